@@ -1,0 +1,558 @@
+#include "cpu/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "cpu/convert.h"
+#include "cpu/matmul.h"
+#include "cpu/ops.h"
+
+namespace routescope {
+
+void KVCache::ensure(int positions, int width) {
+  if (positions <= capacity) return;
+  int cap = std::max(positions, std::max(64, capacity * 2));
+  k.resize(static_cast<size_t>(cap) * width);
+  v.resize(static_cast<size_t>(cap) * width);
+  capacity = cap;
+}
+
+void Decoder::init_rope() {
+  const int hd = cfg_.head_dim;
+  inv_freq_.resize(hd / 2);
+  for (int i = 0; i < hd / 2; ++i) inv_freq_[i] = 1.0 / std::pow(cfg_.rope_theta, (2.0 * i) / hd);
+}
+
+void Decoder::rope_angles(int pos, std::vector<float>& cos_t, std::vector<float>& sin_t) const {
+  const int h = cfg_.head_dim / 2;
+  cos_t.resize(h);
+  sin_t.resize(h);
+  for (int i = 0; i < h; ++i) {
+    double a = pos * inv_freq_[i];
+    cos_t[i] = static_cast<float>(std::cos(a));
+    sin_t[i] = static_cast<float>(std::sin(a));
+  }
+}
+
+void Decoder::embed(const std::vector<int>& tokens, float* h) const {
+  const int H = cfg_.hidden;
+  for (size_t t = 0; t < tokens.size(); ++t) convert_to_f32(ck_.embed.row(tokens[t]), ck_.embed.dtype, h + t * H, H);
+}
+
+void Decoder::logits(const float* h, int rows, float* out) {
+  const int H = cfg_.hidden;
+  std::vector<float> x(static_cast<size_t>(rows) * H);
+  for (int t = 0; t < rows; ++t) rmsnorm_row(h + static_cast<size_t>(t) * H, ck_.final_norm.data(), H, cfg_.eps, x.data() + static_cast<size_t>(t) * H);
+  matmul(pool_, x.data(), rows, ck_.lm_head, out);
+}
+
+void route_token(const float* z_raw, int E, int k, const LayerPatch* lp, int abs_pos, bool renorm, float* p,
+                 int32_t* sel, float* w, bool* mixed) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  *mixed = false;
+  const std::vector<float>* mix_row = nullptr;
+  if (lp) {
+    auto it = lp->mix.find(abs_pos);
+    if (it != lp->mix.end()) mix_row = &it->second;
+  }
+  if (mix_row) {
+    std::copy(mix_row->begin(), mix_row->end(), p);
+    *mixed = true;
+  } else {
+    float mx = neg_inf;
+    for (int e = 0; e < E; ++e) {
+      p[e] = z_raw[e] + (lp && !lp->bias.empty() ? lp->bias[e] : 0.f);
+    }
+    if (lp)
+      for (int e : lp->mask) p[e] = neg_inf;
+    for (int e = 0; e < E; ++e) mx = std::max(mx, p[e]);
+    double sum = 0;
+    for (int e = 0; e < E; ++e) {
+      p[e] = p[e] == neg_inf ? 0.f : std::exp(p[e] - mx);
+      sum += p[e];
+    }
+    for (int e = 0; e < E; ++e) p[e] = static_cast<float>(p[e] / sum);
+  }
+  if (lp)
+    for (int e : lp->mask) p[e] = 0.f;
+  // Forced experts first, then the most probable of the rest (ties: lower index).
+  int n = 0;
+  bool taken_small[256] = {false};
+  std::vector<bool> taken_big;
+  auto taken = [&](int e) -> bool { return E <= 256 ? taken_small[e] : taken_big[e]; };
+  auto take = [&](int e) {
+    if (E <= 256) taken_small[e] = true;
+    else taken_big[e] = true;
+    sel[n++] = e;
+  };
+  if (E > 256) taken_big.assign(E, false);
+  if (lp) {
+    for (int e : lp->force) take(e);
+    for (int e : lp->mask) {
+      if (E <= 256) taken_small[e] = true;
+      else taken_big[e] = true;
+    }
+  }
+  while (n < k) {
+    int best = -1;
+    for (int e = 0; e < E; ++e)
+      if (!taken(e) && (best < 0 || p[e] > p[best])) best = e;
+    take(best);
+  }
+  double total = 0;
+  for (int i = 0; i < k; ++i) total += p[sel[i]];
+  for (int i = 0; i < k; ++i) w[i] = renorm && total > 0 ? static_cast<float>(p[sel[i]] / total) : p[sel[i]];
+  // Report highest weight first, ties by lower expert index.
+  for (int i = 1; i < k; ++i)
+    for (int j = i; j > 0 && (w[j] > w[j - 1] || (w[j] == w[j - 1] && sel[j] < sel[j - 1])); --j) {
+      std::swap(w[j], w[j - 1]);
+      std::swap(sel[j], sel[j - 1]);
+    }
+}
+
+void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, group = nh / nkv;
+  const int kvw = nkv * hd, qw = nh * hd;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const int window = cfg_.sliding_window;
+  pool_.parallel_for(static_cast<int64_t>(nh) * T, 4, [&](int64_t a, int64_t b, int) {
+    std::vector<float> scores;
+    for (int64_t job = a; job < b; ++job) {
+      const int h = static_cast<int>(job / T), i = static_cast<int>(job % T);
+      const int p = pos0 + i, g = h / group;
+      const int j0 = window > 0 ? std::max(0, p - window + 1) : 0;
+      const float* qi = q + static_cast<size_t>(i) * qw + h * hd;
+      scores.resize(p + 1);
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int j = j0; j <= p; ++j) {
+        const float* kj = cache.k.data() + static_cast<size_t>(j) * kvw + g * hd;
+        float s = 0;
+        for (int d = 0; d < hd; ++d) s += qi[d] * kj[d];
+        s *= scale;
+        scores[j] = s;
+        mx = std::max(mx, s);
+      }
+      double sum = 0;
+      for (int j = j0; j <= p; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      float* oi = out + static_cast<size_t>(i) * qw + h * hd;
+      std::fill(oi, oi + hd, 0.f);
+      for (int j = j0; j <= p; ++j) {
+        const float pj = scores[j] * inv;
+        const float* vj = cache.v.data() + static_cast<size_t>(j) * kvw + g * hd;
+        for (int d = 0; d < hd; ++d) oi[d] += pj * vj[d];
+        scores[j] = pj;
+      }
+      if (probs) {  // only for fresh sequences (pos0 == 0): [h, i, j]
+        float* row = probs + (static_cast<size_t>(h) * T + i) * T;
+        std::fill(row, row + T, 0.f);
+        for (int j = j0; j <= p; ++j) row[j] = scores[j];
+      }
+    }
+  });
+}
+
+// y = down(silu(gate x) * up x) for T rows; keeps pre-activations when asked.
+void Decoder::swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float,
+                     std::vector<float>* g_save, std::vector<float>* u_save) {
+  const int I = gate.rows;
+  std::vector<float> g(static_cast<size_t>(T) * I), u(static_cast<size_t>(T) * I);
+  matmul(pool_, x, T, gate, g.data());
+  matmul(pool_, x, T, up, u.data());
+  if (g_save) *g_save = g;
+  if (u_save) *u_save = u;
+  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+  matmul(pool_, g.data(), T, down, y);
+}
+
+void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
+                          const RoutingCallback& on_layer, LayerSave* save) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
+  std::vector<float> z(static_cast<size_t>(T) * E), p(static_cast<size_t>(T) * E), wts(static_cast<size_t>(T) * k);
+  std::vector<int32_t> sel(static_cast<size_t>(T) * k);
+  std::vector<uint8_t> mixed(T);
+  matmul(pool_, x, T, w.router, z.data());
+  auto it = patch.layers.find(l);
+  const LayerPatch* lp = it == patch.layers.end() ? nullptr : &it->second;
+  for (int t = 0; t < T; ++t) {
+    bool m = false;
+    route_token(z.data() + static_cast<size_t>(t) * E, E, k, lp, pos0 + t, cfg_.norm_topk, p.data() + static_cast<size_t>(t) * E,
+                sel.data() + static_cast<size_t>(t) * k, wts.data() + static_cast<size_t>(t) * k, &m);
+    mixed[t] = m;
+  }
+  std::fill(y, y + static_cast<size_t>(T) * H, 0.f);
+  if (save) {
+    save->g.assign(static_cast<size_t>(T) * k * I, 0.f);
+    save->u.assign(static_cast<size_t>(T) * k * I, 0.f);
+    save->o.assign(static_cast<size_t>(T) * k * H, 0.f);
+  }
+  // Group (token, slot) pairs by expert so every expert's weights are streamed once per forward.
+  std::vector<std::vector<int>> rows(E);
+  for (int t = 0; t < T; ++t)
+    for (int s = 0; s < k; ++s) rows[sel[static_cast<size_t>(t) * k + s]].push_back(t * k + s);
+  std::vector<float> xe, g, u, o;
+  for (int e = 0; e < E; ++e) {
+    const auto& r = rows[e];
+    if (r.empty()) continue;
+    const int n = static_cast<int>(r.size());
+    xe.resize(static_cast<size_t>(n) * H);
+    for (int i = 0; i < n; ++i) std::memcpy(&xe[static_cast<size_t>(i) * H], x + static_cast<size_t>(r[i] / k) * H, H * sizeof(float));
+    g.resize(static_cast<size_t>(n) * I);
+    u.resize(static_cast<size_t>(n) * I);
+    o.resize(static_cast<size_t>(n) * H);
+    matmul(pool_, xe.data(), n, w.gate[e], g.data());
+    matmul(pool_, xe.data(), n, w.up[e], u.data());
+    if (save)
+      for (int i = 0; i < n; ++i) {
+        std::memcpy(&save->g[static_cast<size_t>(r[i]) * I], &g[static_cast<size_t>(i) * I], I * sizeof(float));
+        std::memcpy(&save->u[static_cast<size_t>(r[i]) * I], &u[static_cast<size_t>(i) * I], I * sizeof(float));
+      }
+    for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+    matmul(pool_, g.data(), n, w.down[e], o.data());
+    for (int i = 0; i < n; ++i) {
+      const float wt = wts[r[i]];
+      const float* oi = &o[static_cast<size_t>(i) * H];
+      float* yt = y + static_cast<size_t>(r[i] / k) * H;
+      for (int d = 0; d < H; ++d) yt[d] += wt * oi[d];
+      if (save) std::memcpy(&save->o[static_cast<size_t>(r[i]) * H], oi, H * sizeof(float));
+    }
+  }
+  if (!w.shared_expert_gate.empty()) {
+    const int S = cfg_.shared_width;
+    std::vector<float> so(static_cast<size_t>(T) * H);
+    swiglu(x, T, w.shared_gate, w.shared_up, w.shared_down, so.data(), 1.f, save ? &save->sg : nullptr,
+           save ? &save->su : nullptr);
+    if (save) {
+      save->so = so;
+      save->sgate.resize(T);
+    }
+    for (int t = 0; t < T; ++t) {
+      const float* xt = x + static_cast<size_t>(t) * H;
+      float gl = 0;
+      for (int d = 0; d < H; ++d) gl += xt[d] * w.shared_expert_gate[d];
+      const float sgv = sigmoid(gl);
+      if (save) save->sgate[t] = sgv;
+      for (int d = 0; d < H; ++d) y[static_cast<size_t>(t) * H + d] += sgv * so[static_cast<size_t>(t) * H + d];
+    }
+    (void)S;
+  }
+  if (save) {
+    save->p = p;
+    save->sel = sel;
+    save->w = wts;
+    save->mixed = mixed;
+  }
+  if (on_layer) {
+    LayerRouting rec;
+    rec.layer = l;
+    rec.start = pos0;
+    rec.count = T;
+    rec.num_experts = E;
+    rec.top_k = k;
+    rec.router_logits = z.data();
+    rec.experts = sel.data();
+    rec.weights = wts.data();
+    on_layer(rec);
+  }
+}
+
+void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, const Patch& patch,
+                            const RoutingCallback& on_layer, LayerSave* save) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
+  const int qw = nh * hd, kvw = nkv * hd;
+  const size_t TH = static_cast<size_t>(T) * H;
+  std::vector<float> x(TH), r_attn(T);
+  for (int t = 0; t < T; ++t) r_attn[t] = rmsnorm_row(h + t * H, w.attn_norm.data(), H, cfg_.eps, x.data() + t * H);
+  std::vector<float> q(static_cast<size_t>(T) * qw), kk(static_cast<size_t>(T) * kvw), vv(static_cast<size_t>(T) * kvw);
+  matmul(pool_, x.data(), T, w.q, q.data());
+  matmul(pool_, x.data(), T, w.k, kk.data());
+  matmul(pool_, x.data(), T, w.v, vv.data());
+  if (cfg_.qkv_bias)
+    for (int t = 0; t < T; ++t) {
+      for (int i = 0; i < qw; ++i) q[t * qw + i] += w.q_bias[i];
+      for (int i = 0; i < kvw; ++i) kk[t * kvw + i] += w.k_bias[i], vv[t * kvw + i] += w.v_bias[i];
+    }
+  if (cfg_.clip_qkv > 0) {
+    const float c = cfg_.clip_qkv;
+    for (auto* a : {&q, &kk, &vv})
+      for (auto& f : *a) f = std::min(c, std::max(-c, f));
+  }
+  if (save) {
+    save->T = T;
+    save->h_in.assign(h, h + TH);
+    save->r_attn = r_attn;
+    save->x_attn = x;
+    save->q_pre = q;
+    save->k_pre = kk;
+    save->v = vv;
+  }
+  // QK-norm: over the whole projection (olmoe) or per head (qwen3_moe).
+  if (cfg_.qk_norm == QKNorm::Whole) {
+    if (save) save->r_q.resize(T), save->r_k.resize(T);
+    for (int t = 0; t < T; ++t) {
+      float rq = rmsnorm_row(&q[t * qw], w.q_norm.data(), qw, cfg_.eps, &q[t * qw]);
+      float rk = rmsnorm_row(&kk[t * kvw], w.k_norm.data(), kvw, cfg_.eps, &kk[t * kvw]);
+      if (save) save->r_q[t] = rq, save->r_k[t] = rk;
+    }
+  } else if (cfg_.qk_norm == QKNorm::PerHead) {
+    if (save) save->r_q.resize(static_cast<size_t>(T) * nh), save->r_k.resize(static_cast<size_t>(T) * nkv);
+    for (int t = 0; t < T; ++t) {
+      for (int hh = 0; hh < nh; ++hh) {
+        float r = rmsnorm_row(&q[t * qw + hh * hd], w.q_norm.data(), hd, cfg_.eps, &q[t * qw + hh * hd]);
+        if (save) save->r_q[t * nh + hh] = r;
+      }
+      for (int hh = 0; hh < nkv; ++hh) {
+        float r = rmsnorm_row(&kk[t * kvw + hh * hd], w.k_norm.data(), hd, cfg_.eps, &kk[t * kvw + hh * hd]);
+        if (save) save->r_k[t * nkv + hh] = r;
+      }
+    }
+  }
+  std::vector<float> cs, sn;
+  for (int t = 0; t < T; ++t) {
+    rope_angles(pos0 + t, cs, sn);
+    for (int hh = 0; hh < nh; ++hh) rope_head(&q[t * qw + hh * hd], cs.data(), sn.data(), hd, 1.f);
+    for (int hh = 0; hh < nkv; ++hh) rope_head(&kk[t * kvw + hh * hd], cs.data(), sn.data(), hd, 1.f);
+  }
+  cache.ensure(pos0 + T, kvw);
+  std::memcpy(cache.k.data() + static_cast<size_t>(pos0) * kvw, kk.data(), kk.size() * sizeof(float));
+  std::memcpy(cache.v.data() + static_cast<size_t>(pos0) * kvw, vv.data(), vv.size() * sizeof(float));
+  std::vector<float> attn(static_cast<size_t>(T) * qw);
+  if (save) {
+    save->q = q;
+    save->k = kk;
+    save->probs.assign(static_cast<size_t>(nh) * T * T, 0.f);
+  }
+  attention(T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
+  if (save) save->attn = attn;
+  matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
+
+  std::vector<float> r_mlp(T);
+  for (int t = 0; t < T; ++t) r_mlp[t] = rmsnorm_row(h + t * H, w.mlp_norm.data(), H, cfg_.eps, x.data() + t * H);
+  if (save) {
+    save->h_mid.assign(h, h + TH);
+    save->r_mlp = r_mlp;
+    save->x_mlp = x;
+  }
+  std::vector<float> y(TH);
+  if (w.moe) {
+    moe_forward(l, x.data(), T, pos0, patch, y.data(), on_layer, save);
+  } else {
+    swiglu(x.data(), T, w.dense_gate, w.dense_up, w.dense_down, y.data(), 1.f, save ? &save->dg : nullptr,
+           save ? &save->du : nullptr);
+  }
+  for (size_t i = 0; i < TH; ++i) h[i] += y[i];
+  if (cancel_flag && cancel_flag->load()) throw Error("CANCELLED", "cancelled");
+}
+
+namespace {
+// Backward of y = down(silu(g) * u) with g = gate x, u = up x, given dy [n, H]; dx (+)= result.
+void swiglu_backward(ThreadPool& pool, const float* dy, int n, const float* g, const float* u, const Mat& gate,
+                     const Mat& up, const Mat& down, float* dx) {
+  const int I = gate.rows;
+  std::vector<float> da(static_cast<size_t>(n) * I), dg(static_cast<size_t>(n) * I), du(static_cast<size_t>(n) * I);
+  matmul_backward_input(pool, dy, n, down, da.data(), false);
+  for (size_t i = 0; i < da.size(); ++i) {
+    du[i] = da[i] * silu(g[i]);
+    dg[i] = da[i] * u[i] * silu_grad(g[i]);
+  }
+  matmul_backward_input(pool, dg.data(), n, gate, dx, true);
+  matmul_backward_input(pool, du.data(), n, up, dx, true);
+}
+}  // namespace
+
+void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
+                             int mix_pos, float* mix_grad) {
+  const LayerWeights& w = ck_.layers[l];
+  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
+  const size_t TH = static_cast<size_t>(T) * H;
+  std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
+  if (w.moe) {
+    std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
+    std::vector<std::vector<int>> rows(E);
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < k; ++j) rows[s.sel[static_cast<size_t>(t) * k + j]].push_back(t * k + j);
+    // Router: a_e = <dy, o_e>; dp by the (re)normalisation; dz through the softmax (top-k sets fixed).
+    for (int t = 0; t < T; ++t) {
+      const float* dyt = dh + static_cast<size_t>(t) * H;
+      double a[256];
+      std::vector<double> abig;
+      double* av = k <= 256 ? a : (abig.resize(k), abig.data());
+      for (int j = 0; j < k; ++j) {
+        const float* o = &s.o[(static_cast<size_t>(t) * k + j) * H];
+        double dot = 0;
+        for (int d = 0; d < H; ++d) dot += static_cast<double>(dyt[d]) * o[d];
+        av[j] = dot;
+      }
+      std::vector<double> dp(E, 0.0);
+      const float* pt = &s.p[static_cast<size_t>(t) * E];
+      const int32_t* st = &s.sel[static_cast<size_t>(t) * k];
+      if (cfg_.norm_topk) {
+        double sum = 0, wa = 0;
+        for (int j = 0; j < k; ++j) sum += pt[st[j]];
+        if (sum > 0) {
+          for (int j = 0; j < k; ++j) wa += pt[st[j]] / sum * av[j];
+          for (int j = 0; j < k; ++j) dp[st[j]] = (av[j] - wa) / sum;
+        }
+      } else {
+        for (int j = 0; j < k; ++j) dp[st[j]] = av[j];
+      }
+      if (s.mixed[t]) {
+        if (mix_grad && s.T > 0 && t == mix_pos) {
+          // row = softmax(theta) with masked entries zeroed: dtheta = row * (dp - <dp, row>)
+          double dot = 0;
+          for (int e = 0; e < E; ++e) dot += dp[e] * pt[e];
+          for (int e = 0; e < E; ++e) mix_grad[e] = static_cast<float>(pt[e] * (dp[e] - dot));
+        }
+        continue;  // the router logits did not produce this row
+      }
+      double dot = 0;
+      for (int e = 0; e < E; ++e) dot += dp[e] * pt[e];
+      for (int e = 0; e < E; ++e) {
+        const float g = static_cast<float>(pt[e] * (dp[e] - dot));
+        dz[static_cast<size_t>(t) * E + e] = g;
+        if (bias_grad) bias_grad[e] += g;
+      }
+    }
+    if (stop_at_router) return;
+    matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
+    // Experts.
+    std::vector<float> dye, ge, ue, dxe;
+    for (int e = 0; e < E; ++e) {
+      const auto& r = rows[e];
+      if (r.empty()) continue;
+      const int n = static_cast<int>(r.size());
+      dye.resize(static_cast<size_t>(n) * H);
+      ge.resize(static_cast<size_t>(n) * I);
+      ue.resize(static_cast<size_t>(n) * I);
+      dxe.assign(static_cast<size_t>(n) * H, 0.f);
+      for (int i = 0; i < n; ++i) {
+        const float wt = s.w[r[i]];
+        const float* dyt = dh + static_cast<size_t>(r[i] / k) * H;
+        for (int d = 0; d < H; ++d) dye[static_cast<size_t>(i) * H + d] = wt * dyt[d];
+        std::memcpy(&ge[static_cast<size_t>(i) * I], &s.g[static_cast<size_t>(r[i]) * I], I * sizeof(float));
+        std::memcpy(&ue[static_cast<size_t>(i) * I], &s.u[static_cast<size_t>(r[i]) * I], I * sizeof(float));
+      }
+      swiglu_backward(pool_, dye.data(), n, ge.data(), ue.data(), w.gate[e], w.up[e], w.down[e], dxe.data());
+      for (int i = 0; i < n; ++i) {
+        float* dxt = &dx[static_cast<size_t>(r[i] / k) * H];
+        for (int d = 0; d < H; ++d) dxt[d] += dxe[static_cast<size_t>(i) * H + d];
+      }
+    }
+    if (!w.shared_expert_gate.empty()) {
+      std::vector<float> dso(TH);
+      for (int t = 0; t < T; ++t) {
+        const float sgv = s.sgate[t];
+        const float* dyt = dh + static_cast<size_t>(t) * H;
+        double dot = 0;
+        for (int d = 0; d < H; ++d) {
+          dso[static_cast<size_t>(t) * H + d] = sgv * dyt[d];
+          dot += static_cast<double>(dyt[d]) * s.so[static_cast<size_t>(t) * H + d];
+        }
+        const float dgl = static_cast<float>(dot) * sgv * (1.f - sgv);
+        for (int d = 0; d < H; ++d) dx[static_cast<size_t>(t) * H + d] += dgl * w.shared_expert_gate[d];
+      }
+      swiglu_backward(pool_, dso.data(), T, s.sg.data(), s.su.data(), w.shared_gate, w.shared_up, w.shared_down,
+                      dx.data());
+    }
+  } else {
+    if (stop_at_router) return;
+    swiglu_backward(pool_, dh, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
+  }
+  // Through the post-attention norm into the residual stream: dh_mid = dh + norm'(dx).
+  for (int t = 0; t < T; ++t)
+    rmsnorm_row_backward(&s.h_mid[static_cast<size_t>(t) * H], s.r_mlp[t], w.mlp_norm.data(), &dx[static_cast<size_t>(t) * H], H,
+                         dh + static_cast<size_t>(t) * H, true);
+
+  // Attention.
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, group = nh / nkv;
+  const int qw = nh * hd, kvw = nkv * hd;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> dattn(static_cast<size_t>(T) * qw);
+  matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
+  std::vector<float> dq(static_cast<size_t>(T) * qw, 0.f), dk(static_cast<size_t>(T) * kvw, 0.f),
+      dv(static_cast<size_t>(T) * kvw, 0.f);
+  // Parallel over kv groups so dk/dv rows are written by one thread only.
+  pool_.parallel_for(nkv, 1, [&](int64_t a, int64_t b, int) {
+    std::vector<float> dP(T);
+    for (int g = static_cast<int>(a); g < b; ++g)
+      for (int hh = g * group; hh < (g + 1) * group; ++hh)
+        for (int i = 0; i < T; ++i) {
+          const float* P = &s.probs[(static_cast<size_t>(hh) * T + i) * T];
+          const float* doi = &dattn[static_cast<size_t>(i) * qw + hh * hd];
+          double rowdot = 0;
+          for (int j = 0; j <= i; ++j) {
+            if (P[j] == 0.f) {
+              dP[j] = 0;
+              continue;
+            }
+            const float* vj = &s.v[static_cast<size_t>(j) * kvw + g * hd];
+            float d = 0;
+            for (int c = 0; c < hd; ++c) d += doi[c] * vj[c];
+            dP[j] = d;
+            rowdot += static_cast<double>(d) * P[j];
+            float* dvj = &dv[static_cast<size_t>(j) * kvw + g * hd];
+            for (int c = 0; c < hd; ++c) dvj[c] += P[j] * doi[c];
+          }
+          const float* qi = &s.q[static_cast<size_t>(i) * qw + hh * hd];
+          float* dqi = &dq[static_cast<size_t>(i) * qw + hh * hd];
+          for (int j = 0; j <= i; ++j) {
+            if (P[j] == 0.f) continue;
+            const float dS = P[j] * (dP[j] - static_cast<float>(rowdot)) * scale;
+            const float* kj = &s.k[static_cast<size_t>(j) * kvw + g * hd];
+            float* dkj = &dk[static_cast<size_t>(j) * kvw + g * hd];
+            for (int c = 0; c < hd; ++c) {
+              dqi[c] += dS * kj[c];
+              dkj[c] += dS * qi[c];
+            }
+          }
+        }
+  });
+  // Undo RoPE (rotate back), then the QK-norm.
+  std::vector<float> cs, sn;
+  for (int t = 0; t < T; ++t) {
+    rope_angles(t, cs, sn);
+    for (int hh = 0; hh < nh; ++hh) rope_head(&dq[t * qw + hh * hd], cs.data(), sn.data(), hd, -1.f);
+    for (int hh = 0; hh < nkv; ++hh) rope_head(&dk[t * kvw + hh * hd], cs.data(), sn.data(), hd, -1.f);
+  }
+  if (cfg_.qk_norm == QKNorm::Whole) {
+    for (int t = 0; t < T; ++t) {
+      rmsnorm_row_backward(&s.q_pre[t * qw], s.r_q[t], w.q_norm.data(), &dq[t * qw], qw, &dq[t * qw], false);
+      rmsnorm_row_backward(&s.k_pre[t * kvw], s.r_k[t], w.k_norm.data(), &dk[t * kvw], kvw, &dk[t * kvw], false);
+    }
+  } else if (cfg_.qk_norm == QKNorm::PerHead) {
+    for (int t = 0; t < T; ++t) {
+      for (int hh = 0; hh < nh; ++hh)
+        rmsnorm_row_backward(&s.q_pre[t * qw + hh * hd], s.r_q[t * nh + hh], w.q_norm.data(), &dq[t * qw + hh * hd], hd,
+                             &dq[t * qw + hh * hd], false);
+      for (int hh = 0; hh < nkv; ++hh)
+        rmsnorm_row_backward(&s.k_pre[t * kvw + hh * hd], s.r_k[t * nkv + hh], w.k_norm.data(), &dk[t * kvw + hh * hd],
+                             hd, &dk[t * kvw + hh * hd], false);
+    }
+  }
+  if (cfg_.clip_qkv > 0) {  // clamped entries pass no gradient
+    const float c = cfg_.clip_qkv;
+    for (size_t i = 0; i < dq.size(); ++i)
+      if (std::fabs(s.q_pre[i]) >= c) dq[i] = 0;
+    for (size_t i = 0; i < dk.size(); ++i) {
+      if (std::fabs(s.k_pre[i]) >= c) dk[i] = 0;
+      if (std::fabs(s.v[i]) >= c) dv[i] = 0;
+    }
+  }
+  std::vector<float> dxa(TH, 0.f);
+  matmul_backward_input(pool_, dq.data(), T, w.q, dxa.data(), true);
+  matmul_backward_input(pool_, dk.data(), T, w.k, dxa.data(), true);
+  matmul_backward_input(pool_, dv.data(), T, w.v, dxa.data(), true);
+  for (int t = 0; t < T; ++t)
+    rmsnorm_row_backward(&s.h_in[static_cast<size_t>(t) * H], s.r_attn[t], w.attn_norm.data(), &dxa[static_cast<size_t>(t) * H], H,
+                         dh + static_cast<size_t>(t) * H, true);
+}
+
+}  // namespace routescope

@@ -1,0 +1,78 @@
+// CPU forward and backward of the decoder, shared by sessions (KV cache) and gradient requests.
+#pragma once
+#include <atomic>
+#include <vector>
+
+#include "model/model.h"
+#include "routescope/engine.h"
+#include "util/threadpool.h"
+
+namespace routescope {
+
+// Per-layer key/value cache: rows are positions, [capacity, kv_heads * head_dim].
+struct KVCache {
+  std::vector<float> k, v;
+  int capacity = 0;
+  void ensure(int positions, int width);
+};
+
+// Activations of one layer kept for the backward pass (only filled when requested).
+struct LayerSave {
+  int T = 0;
+  std::vector<float> h_in, r_attn, x_attn;     // input, rmsnorm factor, normed input
+  std::vector<float> q_pre, k_pre, r_q, r_k;   // projections before QK-norm (after bias/clip), norm factors
+  std::vector<float> q, k, v;                  // after QK-norm and RoPE
+  std::vector<float> probs;                    // attention probabilities [heads, T, T]
+  std::vector<float> attn;                     // attention output before o_proj [T, heads*head_dim]
+  std::vector<float> h_mid, r_mlp, x_mlp;      // after attention residual; rmsnorm factor; normed
+  // MoE
+  std::vector<float> p;                        // routing probabilities used (after patch / mix) [T, E]
+  std::vector<int32_t> sel;                    // [T, k]
+  std::vector<float> w;                        // [T, k]
+  std::vector<uint8_t> mixed;                  // [T] 1 where a mix row replaced the softmax
+  std::vector<float> g, u, o;                  // per (t, slot): gate and up pre-activations [T*k, I], expert out [T*k, H]
+  // dense MLP or shared expert
+  std::vector<float> dg, du, sg, su, so, sgate;
+};
+
+class Decoder {
+ public:
+  Decoder(const Checkpoint& ck, ThreadPool& pool) : ck_(ck), cfg_(ck.config), pool_(pool) { init_rope(); }
+
+  // Runs layer l over h [T, H] in place for absolute positions pos0..pos0+T-1, appending K/V to cache.
+  void layer_forward(int l, float* h, int T, int pos0, KVCache& cache, const Patch& patch,
+                     const RoutingCallback& on_layer, LayerSave* save);
+  // Given dh = dLoss/d(layer output) [T, H], replaces it with dLoss/d(layer input) (unless stop_at_router).
+  // Adds the router-logit gradient summed over positions to bias_grad (size E) when non-null; fills mix_grad
+  // (dLoss/dtheta at mix_pos) when mix_pos >= 0.
+  void layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad, int mix_pos,
+                      float* mix_grad);
+
+  void embed(const std::vector<int>& tokens, float* h) const;
+  // logits [rows, V] for the given rows of h (after the final norm).
+  void logits(const float* h, int rows, float* out);
+
+  const ModelConfig& config() const { return cfg_; }
+  ThreadPool& pool() { return pool_; }
+  std::atomic<bool>* cancel_flag = nullptr;
+
+ private:
+  void init_rope();
+  void rope_angles(int pos, std::vector<float>& cos_t, std::vector<float>& sin_t) const;
+  void attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs);
+  void moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
+                   const RoutingCallback& on_layer, LayerSave* save);
+  void swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float scale_rows_unused,
+              std::vector<float>* g_save, std::vector<float>* u_save);
+
+  const Checkpoint& ck_;
+  const ModelConfig& cfg_;
+  ThreadPool& pool_;
+  std::vector<double> inv_freq_;
+};
+
+// Routing decision for one token: p (size E, after patch) -> selected experts and weights, sorted by weight.
+void route_token(const float* z_raw, int E, int k, const LayerPatch* lp, int abs_pos, bool renorm, float* p,
+                 int32_t* sel, float* w, bool* mixed);
+
+}  // namespace routescope

@@ -1,0 +1,127 @@
+#include "cpu/matmul.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/convert.h"
+#include "cpu/matmul_avx512.h"
+
+namespace routescope {
+
+namespace {
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
+  return yes;
+}
+int dt_code(DType d) { return d == DType::F32 ? 0 : (d == DType::F16 ? 1 : 2); }
+
+// Portable path for CPUs without AVX-512: widen one weight row at a time.
+void generic_rows(const float* x, int T, const Mat& W, int n0, int n1, float* y, bool accumulate) {
+  std::vector<float> row(W.cols);
+  for (int n = n0; n < n1; ++n) {
+    convert_to_f32(W.row(n), W.dtype, row.data(), W.cols);
+    for (int t = 0; t < T; ++t) {
+      const float* xr = x + static_cast<size_t>(t) * W.cols;
+      float s = 0;
+      for (int k = 0; k < W.cols; ++k) s += xr[k] * row[k];
+      float& dst = y[static_cast<size_t>(t) * W.rows + n];
+      dst = accumulate ? dst + s : s;
+    }
+  }
+}
+}  // namespace
+
+const char* matmul_isa() { return has_avx512() ? "avx512" : "generic"; }
+
+void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
+  if (T <= 0 || W.rows <= 0) return;
+  const int N = W.rows, K = W.cols;
+  if (!has_avx512()) {
+    pool.parallel_for(N, 16, [&](int64_t a, int64_t b, int) { generic_rows(x, T, W, int(a), int(b), y, accumulate); });
+    return;
+  }
+  const int dt = dt_code(W.dtype);
+  if (T <= 4) {
+    // Memory-bound: split rows in blocks of 4 so every thread streams its own part of W once.
+    int64_t blocks = (N + 3) / 4;
+    pool.parallel_for(blocks, 16, [&](int64_t a, int64_t b, int) {
+      avx512::dot_rows(x, T, K, W.data, dt, int(a * 4), int(std::min<int64_t>(N, b * 4)), y, N, accumulate);
+    });
+    return;
+  }
+  int64_t panels = (N + 31) / 32;
+  pool.parallel_for(panels, 1, [&](int64_t a, int64_t b, int) {
+    thread_local std::vector<float> panel;
+    if (panel.size() < 256 * 32) panel.resize(256 * 32);
+    avx512::gemm_panel(x, T, K, W.data, dt, int(a * 32), int(std::min<int64_t>(N, b * 32)), y, N, accumulate,
+                       panel.data());
+  });
+}
+
+void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
+  if (T <= 0) return;
+  const int N = W.rows, K = W.cols;
+  if (!has_avx512()) {
+    pool.parallel_for(T, 1, [&](int64_t a, int64_t b, int) {
+      std::vector<float> row(K);
+      for (int64_t t = a; t < b; ++t) {
+        float* out = dx + t * K;
+        if (!accumulate) std::fill(out, out + K, 0.f);
+        for (int n = 0; n < N; ++n) {
+          float g = dy[t * N + n];
+          if (g == 0.f) continue;
+          convert_to_f32(W.row(n), W.dtype, row.data(), K);
+          for (int k = 0; k < K; ++k) out[k] += g * row[k];
+        }
+      }
+    });
+    return;
+  }
+  const int dt = dt_code(W.dtype);
+  int64_t blocks = (K + 31) / 32;
+  pool.parallel_for(blocks, 1, [&](int64_t a, int64_t b, int) {
+    avx512::backward_rows(dy, T, N, W.data, dt, K, int(a * 32), int(std::min<int64_t>(K, b * 32)), dx, accumulate);
+  });
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while (!(mant & 0x400));
+      bits = sign | ((127 - 15 - e) << 23) | ((mant & 0x3FF) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void convert_to_f32(const uint8_t* src, DType dt, float* dst, size_t n) {
+  if (has_avx512()) {
+    avx512::convert(src, dt_code(dt), dst, static_cast<long>(n));
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (dt == DType::F32) {
+      std::memcpy(dst + i, src + 4 * i, 4);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      dst[i] = dt == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+    }
+  }
+}
+
+}  // namespace routescope

@@ -1,0 +1,16 @@
+// The engine's matrix kernels. Weights stay in their stored dtype (F32/F16/BF16) and are widened on the fly;
+// activations and accumulation are fp32.
+#pragma once
+#include "model/model.h"
+#include "util/threadpool.h"
+
+namespace routescope {
+
+// y[T,N] = x[T,K] · W[N,K]^T  (y += ... when accumulate). x rows are contiguous (ld = K), y rows ld = N.
+void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate = false);
+// dx[T,K] = dy[T,N] · W[N,K]  (dx += ... when accumulate): the input gradient of matmul.
+void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+// Name of the kernel family in use ("avx512" or "generic").
+const char* matmul_isa();
+
+}  // namespace routescope

@@ -1,0 +1,239 @@
+// Compiled with AVX-512 flags and called only when the CPU has them. No standard-library templates here:
+// instantiating them with AVX-512 code could leak into other translation units through the linker.
+#include "cpu/matmul_avx512.h"
+
+#include <immintrin.h>
+
+namespace routescope {
+namespace avx512 {
+
+namespace {
+constexpr int kKC = 256;
+constexpr int kNR = 32;
+constexpr int kMR = 8;
+
+inline int imin(int a, int b) { return a < b ? a : b; }
+
+template <int DT>
+inline __m512 load16(const uint8_t* base, long index) {
+  if (DT == 0) return _mm512_loadu_ps(reinterpret_cast<const float*>(base) + index);
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(base) + index));
+  if (DT == 1) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <int DT>
+inline __m512 load16_masked(const uint8_t* base, long index, __mmask16 m) {
+  if (DT == 0) return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(base) + index);
+  __m256i h = _mm256_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(base) + index);
+  if (DT == 1) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline long elem_bytes(int dt) { return dt == 0 ? 4 : 2; }
+
+// Up to 4 rows of W against up to 4 rows of x, reduced horizontally at the end (decode / tiny batches).
+template <int DT, int TT>
+void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, int rows, float* y, int ldy,
+               int accumulate) {
+  __m512 acc[4][TT];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const uint8_t* wr[4];
+  for (int r = 0; r < 4; ++r) wr[r] = W + (long)(n + (r < rows ? r : 0)) * row_bytes;
+  int k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 xv[TT];
+    for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(x + (long)t * K + k);
+    for (int r = 0; r < 4; ++r) {
+      __m512 w = load16<DT>(wr[r], k);
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+    }
+  }
+  if (k < K) {
+    __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+    __m512 xv[TT];
+    for (int t = 0; t < TT; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + (long)t * K + k);
+    for (int r = 0; r < 4; ++r) {
+      __m512 w = load16_masked<DT>(wr[r], k, m);
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int t = 0; t < TT; ++t) {
+      float s = _mm512_reduce_add_ps(acc[r][t]);
+      float* dst = y + (long)t * ldy + n + r;
+      *dst = accumulate ? *dst + s : s;
+    }
+}
+
+template <int DT, int TT>
+void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate) {
+  long rb = (long)K * elem_bytes(DT);
+  for (int n = n0; n < n1; n += 4) dot_block<DT, TT>(x, K, W, rb, n, imin(4, n1 - n), y, ldy, accumulate);
+}
+
+template <int DT>
+void dot_rows_dt(const float* x, int T, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate) {
+  for (int t = 0; t < T; t += 4) {
+    int tt = imin(4, T - t);
+    const float* xs = x + (long)t * K;
+    float* ys = y + (long)t * ldy;
+    switch (tt) {
+      case 1: dot_rows_t<DT, 1>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
+      case 2: dot_rows_t<DT, 2>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
+      case 3: dot_rows_t<DT, 3>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
+      default: dot_rows_t<DT, 4>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
+    }
+  }
+}
+
+// Packs W[n..n+nr, kc..kc+kb] as fp32 panel[kk][kNR] (zero padded past nr).
+template <int DT>
+void pack_panel(const uint8_t* W, int K, int n, int nr, int kc, int kb, float* panel) {
+  long rb = (long)K * elem_bytes(DT);
+  float tmp[kKC];
+  for (int j = 0; j < kNR; ++j) {
+    if (j >= nr) {
+      for (int kk = 0; kk < kb; ++kk) panel[kk * kNR + j] = 0.f;
+      continue;
+    }
+    const uint8_t* row = W + (long)(n + j) * rb;
+    int kk = 0;
+    for (; kk + 16 <= kb; kk += 16) _mm512_storeu_ps(tmp + kk, load16<DT>(row, kc + kk));
+    if (kk < kb) {
+      __mmask16 m = (__mmask16)((1u << (kb - kk)) - 1);
+      _mm512_mask_storeu_ps(tmp + kk, m, load16_masked<DT>(row, kc + kk, m));
+    }
+    for (kk = 0; kk < kb; ++kk) panel[kk * kNR + j] = tmp[kk];
+  }
+}
+
+template <int MR>
+void micro(const float* x, int ldx, const float* panel, int kb, float* y, int ldy, int nr, int add) {
+  __m512 acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  for (int kk = 0; kk < kb; ++kk) {
+    __m512 w0 = _mm512_loadu_ps(panel + kk * kNR);
+    __m512 w1 = _mm512_loadu_ps(panel + kk * kNR + 16);
+    for (int i = 0; i < MR; ++i) {
+      __m512 b = _mm512_set1_ps(x[(long)i * ldx + kk]);
+      acc0[i] = _mm512_fmadd_ps(b, w0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(b, w1, acc1[i]);
+    }
+  }
+  __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+  __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1));
+  for (int i = 0; i < MR; ++i) {
+    float* yr = y + (long)i * ldy;
+    if (add) {
+      acc0[i] = _mm512_add_ps(acc0[i], _mm512_maskz_loadu_ps(m0, yr));
+      acc1[i] = _mm512_add_ps(acc1[i], _mm512_maskz_loadu_ps(m1, yr + 16));
+    }
+    _mm512_mask_storeu_ps(yr, m0, acc0[i]);
+    _mm512_mask_storeu_ps(yr + 16, m1, acc1[i]);
+  }
+}
+
+template <int DT>
+void gemm_panel_dt(const float* x, int T, int K, const uint8_t* W, int n0, int n1, float* y, int ldy,
+                   int accumulate, float* panel) {
+  for (int n = n0; n < n1; n += kNR) {
+    int nr = imin(kNR, n1 - n);
+    for (int kc = 0; kc < K; kc += kKC) {
+      int kb = imin(kKC, K - kc);
+      pack_panel<DT>(W, K, n, nr, kc, kb, panel);
+      int add = accumulate || kc > 0;
+      int t = 0;
+      for (; t + kMR <= T; t += kMR) micro<kMR>(x + (long)t * K + kc, K, panel, kb, y + (long)t * ldy + n, ldy, nr, add);
+      const float* xs = x + (long)t * K + kc;
+      float* ys = y + (long)t * ldy + n;
+      switch (T - t) {
+        case 0: break;
+        case 1: micro<1>(xs, K, panel, kb, ys, ldy, nr, add); break;
+        case 2: micro<2>(xs, K, panel, kb, ys, ldy, nr, add); break;
+        case 3: micro<3>(xs, K, panel, kb, ys, ldy, nr, add); break;
+        case 4: micro<4>(xs, K, panel, kb, ys, ldy, nr, add); break;
+        case 5: micro<5>(xs, K, panel, kb, ys, ldy, nr, add); break;
+        case 6: micro<6>(xs, K, panel, kb, ys, ldy, nr, add); break;
+        default: micro<7>(xs, K, panel, kb, ys, ldy, nr, add); break;
+      }
+    }
+  }
+}
+
+// dx[t, k0:k1] (+)= sum_n dy[t, n] W[n, k0:k1], tiles of 8 rows x 32 columns.
+template <int DT, int MR>
+void backward_tile(const float* dy, int N, const uint8_t* W, int K, int k, int kw, float* dx, int accumulate) {
+  __m512 acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  __mmask16 m0 = kw >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << kw) - 1);
+  __mmask16 m1 = kw >= 32 ? (__mmask16)0xFFFF : (kw <= 16 ? (__mmask16)0 : (__mmask16)((1u << (kw - 16)) - 1));
+  long rb = (long)K * elem_bytes(DT);
+  for (int n = 0; n < N; ++n) {
+    const uint8_t* row = W + (long)n * rb;
+    __m512 w0 = load16_masked<DT>(row, k, m0);
+    __m512 w1 = load16_masked<DT>(row, k + 16, m1);
+    for (int i = 0; i < MR; ++i) {
+      __m512 b = _mm512_set1_ps(dy[(long)i * N + n]);
+      acc0[i] = _mm512_fmadd_ps(b, w0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(b, w1, acc1[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float* r = dx + (long)i * K + k;
+    if (accumulate) {
+      acc0[i] = _mm512_add_ps(acc0[i], _mm512_maskz_loadu_ps(m0, r));
+      acc1[i] = _mm512_add_ps(acc1[i], _mm512_maskz_loadu_ps(m1, r + 16));
+    }
+    _mm512_mask_storeu_ps(r, m0, acc0[i]);
+    _mm512_mask_storeu_ps(r + 16, m1, acc1[i]);
+  }
+}
+
+template <int DT>
+void backward_rows_dt(const float* dy, int T, int N, const uint8_t* W, int K, int k0, int k1, float* dx,
+                      int accumulate) {
+  for (int k = k0; k < k1; k += 32) {
+    int kw = imin(32, k1 - k);
+    int t = 0;
+    for (; t + 8 <= T; t += 8) backward_tile<DT, 8>(dy + (long)t * N, N, W, K, k, kw, dx + (long)t * K, accumulate);
+    for (; t < T; ++t) backward_tile<DT, 1>(dy + (long)t * N, N, W, K, k, kw, dx + (long)t * K, accumulate);
+  }
+}
+}  // namespace
+
+void dot_rows(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
+              int accumulate) {
+  if (dt == 0) dot_rows_dt<0>(x, T, K, W, n0, n1, y, ldy, accumulate);
+  else if (dt == 1) dot_rows_dt<1>(x, T, K, W, n0, n1, y, ldy, accumulate);
+  else dot_rows_dt<2>(x, T, K, W, n0, n1, y, ldy, accumulate);
+}
+
+void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
+                int accumulate, float* panel) {
+  if (dt == 0) gemm_panel_dt<0>(x, T, K, W, n0, n1, y, ldy, accumulate, panel);
+  else if (dt == 1) gemm_panel_dt<1>(x, T, K, W, n0, n1, y, ldy, accumulate, panel);
+  else gemm_panel_dt<2>(x, T, K, W, n0, n1, y, ldy, accumulate, panel);
+}
+
+void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int k0, int k1, float* dx,
+                   int accumulate) {
+  if (dt == 0) backward_rows_dt<0>(dy, T, N, W, K, k0, k1, dx, accumulate);
+  else if (dt == 1) backward_rows_dt<1>(dy, T, N, W, K, k0, k1, dx, accumulate);
+  else backward_rows_dt<2>(dy, T, N, W, K, k0, k1, dx, accumulate);
+}
+
+void convert(const uint8_t* src, int dt, float* dst, long n) {
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = dt == 0 ? load16<0>(src, i) : (dt == 1 ? load16<1>(src, i) : load16<2>(src, i));
+    _mm512_storeu_ps(dst + i, v);
+  }
+  if (i < n) {
+    __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+    __m512 v = dt == 0 ? load16_masked<0>(src, i, m) : (dt == 1 ? load16_masked<1>(src, i, m) : load16_masked<2>(src, i, m));
+    _mm512_mask_storeu_ps(dst + i, m, v);
+  }
+}
+
+}  // namespace avx512
+}  // namespace routescope

@@ -1,0 +1,15 @@
+// AVX-512 kernels; this header is shared with a translation unit compiled with -mavx512*: raw pointers only.
+#pragma once
+#include <cstdint>
+
+namespace routescope {
+namespace avx512 {
+// dtype codes: 0 = F32, 1 = F16, 2 = BF16
+void dot_rows(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy, int accumulate);
+void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
+                int accumulate, float* panel /* KC*32 floats */);
+void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int k0, int k1, float* dx,
+                   int accumulate);
+void convert(const uint8_t* src, int dt, float* dst, long n);
+}  // namespace avx512
+}  // namespace routescope

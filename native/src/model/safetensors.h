@@ -1,0 +1,55 @@
+// Memory-mapped safetensors files: the header is validated completely before any tensor is used.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace routescope {
+
+enum class DType { F32, F16, BF16, Other };
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+struct TensorView {
+  std::string name;
+  std::string file;  // path of the file that holds it
+  std::string dtype_text;
+  DType dtype = DType::Other;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // not necessarily aligned
+  uint64_t nbytes = 0;
+  int64_t numel() const;
+};
+
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);  // throws Error("BAD_CHECKPOINT", ...)
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+// One .safetensors file: parses and checks the header (length, JSON, dtypes, shapes, offsets tiling the data).
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::string& path() const { return file_.path(); }
+  uint64_t size() const { return file_.size(); }
+
+ private:
+  MappedFile file_;
+  std::map<std::string, TensorView> tensors_;
+};
+
+}  // namespace routescope

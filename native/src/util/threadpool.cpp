@@ -1,0 +1,73 @@
+#include "util/threadpool.h"
+
+#include <algorithm>
+
+namespace routescope {
+
+ThreadPool::ThreadPool(int threads) {
+  for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_start_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::worker_loop(int index) {
+  uint64_t seen = 0;
+  while (true) {
+    const std::function<void(int)>* job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      job = job_;
+    }
+    (*job)(index);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--pending_ == 0) cv_done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
+  if (workers_.empty()) {
+    fn(0);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = &fn;
+    pending_ = static_cast<int>(workers_.size());
+    ++generation_;
+  }
+  cv_start_.notify_all();
+  fn(0);
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_done_.wait(lock, [&] { return pending_ == 0; });
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn) {
+  if (n <= 0) return;
+  int threads = size();
+  grain = std::max<int64_t>(1, grain);
+  if (threads == 1 || n <= grain) {
+    fn(0, n, 0);
+    return;
+  }
+  // Static split: equal contiguous ranges keep each thread on its own rows of a weight matrix.
+  int64_t chunks = std::min<int64_t>(threads, (n + grain - 1) / grain);
+  run_on_all([&](int t) {
+    if (t >= chunks) return;
+    int64_t begin = n * t / chunks, end = n * (t + 1) / chunks;
+    if (begin < end) fn(begin, end, t);
+  });
+}
+
+}  // namespace routescope
