@@ -1,0 +1,228 @@
+// Kernel, KV-cache, generation and error-path tests for the CPU engine.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "cpu/convert.h"
+#include "cpu/matmul.h"
+#include "model/model.h"
+#include "routescope/engine.h"
+#include "test.h"
+
+using namespace routescope;
+
+namespace {
+
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+uint16_t to_f16(float f) {  // inputs here are small normal numbers
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000, exp = (u >> 23) & 0xFF, mant = u & 0x7FFFFF;
+  int e = int(exp) - 127 + 15;
+  if (e <= 0) return static_cast<uint16_t>(sign);
+  return static_cast<uint16_t>(sign | (e << 10) | ((mant + 0x1000) >> 13));
+}
+
+struct TestMat {
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;  // exact values after rounding to the dtype
+  Mat mat;
+};
+
+TestMat make_mat(int N, int K, DType dt, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  TestMat m;
+  m.values.resize(size_t(N) * K);
+  m.bytes.resize(size_t(N) * K * dtype_size(dt) + 64);
+  for (size_t i = 0; i < m.values.size(); ++i) {
+    float v = nd(rng);
+    if (dt == DType::F32) std::memcpy(&m.bytes[4 * i], &v, 4);
+    else {
+      uint16_t h = dt == DType::BF16 ? to_bf16(v) : to_f16(v);
+      std::memcpy(&m.bytes[2 * i], &h, 2);
+    }
+  }
+  convert_to_f32(m.bytes.data(), dt, m.values.data(), m.values.size());
+  // Deliberately misaligned view: safetensors data need not be aligned.
+  std::memmove(m.bytes.data() + 2, m.bytes.data(), m.values.size() * dtype_size(dt));
+  m.mat = Mat{m.bytes.data() + 2, dt, N, K};
+  return m;
+}
+
+TEST("kernels: matmul and its input gradient match a float64 loop (all dtypes, ragged sizes)") {
+  std::printf("     kernel family: %s\n", matmul_isa());
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool(2);
+  for (DType dt : {DType::F32, DType::F16, DType::BF16})
+    for (int T : {1, 2, 3, 4, 5, 8, 9, 17})
+      for (int N : {1, 5, 33, 70})
+        for (int K : {7, 16, 31, 300}) {
+          TestMat W = make_mat(N, K, dt, rng);
+          std::vector<float> x(size_t(T) * K), y(size_t(T) * N, 1.f), dy(size_t(T) * N), dx(size_t(T) * K, 0.5f);
+          for (auto& v : x) v = nd(rng);
+          for (auto& v : dy) v = nd(rng);
+          matmul(pool, x.data(), T, W.mat, y.data(), false);
+          matmul_backward_input(pool, dy.data(), T, W.mat, dx.data(), true);
+          double worst = 0, worst_b = 0;
+          for (int t = 0; t < T; ++t)
+            for (int n = 0; n < N; ++n) {
+              double s = 0;
+              for (int k = 0; k < K; ++k) s += double(x[t * K + k]) * W.values[size_t(n) * K + k];
+              worst = std::max(worst, std::fabs(s - y[t * N + n]) / (1 + std::fabs(s)));
+            }
+          for (int t = 0; t < T; ++t)
+            for (int k = 0; k < K; ++k) {
+              double s = 0.5;
+              for (int n = 0; n < N; ++n) s += double(dy[t * N + n]) * W.values[size_t(n) * K + k];
+              worst_b = std::max(worst_b, std::fabs(s - dx[t * K + k]) / (1 + std::fabs(s)));
+            }
+          CHECK_MSG(worst < 1e-4, "matmul " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " error " << worst);
+          CHECK_MSG(worst_b < 1e-4, "backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " error " << worst_b);
+        }
+}
+
+std::string fixture_model(const char* name) { return rstest::fixtures_dir + "/parity/" + name + "/model"; }
+
+std::vector<int> some_tokens(int n, int vocab, int seed) {
+  std::mt19937 rng(seed);
+  std::vector<int> t(n);
+  for (auto& x : t) x = int(rng() % vocab);
+  return t;
+}
+
+TEST("kv cache: prefill in pieces and token-by-token decode equal one full forward") {
+  for (const char* name : {"olmoe-perexpert-bf16", "qwen2_moe-fused-f32", "qwen3_moe-fused-f16", "mixtral-perexpert-f32"}) {
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
+    const int V = model->info().vocab_size;
+    auto tokens = some_tokens(20, V, 3);
+    auto full = model->create_session();
+    Patch none;
+    auto all = full->forward(tokens, none, LogitsMode::All);
+    auto s = model->create_session();
+    std::vector<int> a(tokens.begin(), tokens.begin() + 7);
+    auto r1 = s->forward(a, none, LogitsMode::All);
+    float worst = 0;
+    for (size_t i = 0; i < r1.logits.size(); ++i) worst = std::max(worst, std::fabs(r1.logits[i] - all.logits[i]));
+    for (int t = 7; t < 20; ++t) {
+      auto r = s->forward({tokens[t]}, none, LogitsMode::Last);
+      for (int v = 0; v < V; ++v) worst = std::max(worst, std::fabs(r.logits[v] - all.logits[size_t(t) * V + v]));
+    }
+    CHECK_MSG(worst < 1e-4, name << ": incremental logits differ from the full forward by " << worst);
+    CHECK(s->position() == 20);
+    s->reset();
+    CHECK(s->position() == 0);
+  }
+}
+
+TEST("generate: greedy decoding equals repeated argmax over full forwards; stop tokens end it") {
+  auto model = Model::load(fixture_model("olmoe-fused-f16"), LoadOptions{1, "cpu"});
+  const int V = model->info().vocab_size;
+  auto prompt = some_tokens(5, V, 11);
+  SampleOptions o;
+  o.max_new_tokens = 8;
+  auto s = model->create_session();
+  Patch none;
+  std::vector<int> streamed;
+  auto out = s->generate(prompt, none, o, [&](int t) { streamed.push_back(t); return true; });
+  CHECK(out.size() == 8);
+  CHECK(streamed == out);
+  std::vector<int> seq = prompt;
+  for (int i = 0; i < 8; ++i) {
+    auto ref = model->create_session();
+    auto r = ref->forward(seq, none, LogitsMode::Last);
+    int best = int(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin());
+    CHECK_MSG(best == out[i], "step " << i << ": " << best << " vs " << out[i]);
+    seq.push_back(best);
+  }
+  // Stopping on the third generated token.
+  SampleOptions o2 = o;
+  o2.stop_tokens = {out[2]};
+  auto s2 = model->create_session();
+  auto out2 = s2->generate(prompt, none, o2);
+  CHECK(out2.size() == 2);
+  // Sampling with a seed is reproducible.
+  SampleOptions o3 = o;
+  o3.temperature = 0.8f;
+  o3.top_p = 0.9f;
+  o3.seed = 42;
+  auto a = model->create_session()->generate(prompt, none, o3);
+  auto b = model->create_session()->generate(prompt, none, o3);
+  CHECK(a == b);
+}
+
+TEST("threads: results do not depend on the thread count") {
+  auto m1 = Model::load(fixture_model("qwen3_moe-perexpert-bf16-sharded"), LoadOptions{1, "cpu"});
+  auto m2 = Model::load(fixture_model("qwen3_moe-perexpert-bf16-sharded"), LoadOptions{2, "cpu"});
+  auto tokens = some_tokens(12, m1->info().vocab_size, 5);
+  Patch none;
+  auto a = m1->create_session()->forward(tokens, none, LogitsMode::All);
+  auto b = m2->create_session()->forward(tokens, none, LogitsMode::All);
+  float worst = 0;
+  for (size_t i = 0; i < a.logits.size(); ++i) worst = std::max(worst, std::fabs(a.logits[i] - b.logits[i]));
+  CHECK_MSG(worst < 1e-5, "1 vs 2 threads differ by " << worst);
+}
+
+template <class F>
+std::string error_code_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.code();
+  } catch (const std::exception& e) {
+    return std::string("std::exception: ") + e.what();
+  }
+  return "none";
+}
+
+TEST("errors: tokens outside the vocabulary, too long, bad patches, missing folder, bad backend") {
+  auto model = Model::load(fixture_model("olmoe-perexpert-bf16"), LoadOptions{1, "cpu"});
+  const ModelInfo& info = model->info();
+  auto s = model->create_session();
+  Patch none;
+  CHECK(error_code_of([&] { s->forward({1, info.vocab_size}, none, LogitsMode::Last); }) == "BAD_TOKENS");
+  CHECK(error_code_of([&] { s->forward({-1}, none, LogitsMode::Last); }) == "BAD_TOKENS");
+  std::vector<int> long_prompt(info.max_position_embeddings + 1, 1);
+  CHECK(error_code_of([&] { s->forward(long_prompt, none, LogitsMode::Last); }) == "TOO_LONG");
+  CHECK(s->position() == 0);
+  CHECK(error_code_of([&] { parse_patch("{\"layers\":{\"0\":{\"mask\":[99]}}}", info); }) == "BAD_PATCH");
+  CHECK(error_code_of([&] { parse_patch("{\"layers\":{\"9\":{\"mask\":[1]}}}", info); }) == "BAD_PATCH");
+  CHECK(error_code_of([&] { parse_patch("{\"layers\":{\"0\":{\"force\":[1,2,3]}}}", info); }) == "BAD_PATCH");
+  CHECK(error_code_of([&] { parse_patch("{\"layers\":{\"0\":{\"mask\":[1],\"force\":[1]}}}", info); }) == "BAD_PATCH");
+  CHECK(error_code_of([&] { parse_patch("{\"layers\":{\"0\":{\"bias\":[1,2]}}}", info); }) == "BAD_PATCH");
+  CHECK(error_code_of([&] { parse_patch("{\"layers\":{\"0\":{\"unknown\":1}}}", info); }) == "BAD_PATCH");
+  CHECK(error_code_of([&] { parse_patch("{\"layers\":", info); }) == "BAD_PATCH");
+  CHECK(error_code_of([&] { Model::load("/nonexistent/model"); }) == "BAD_CHECKPOINT");
+  CHECK(error_code_of([&] { Model::load(fixture_model("olmoe-perexpert-bf16"), LoadOptions{1, "tpu"}); }) == "BAD_ARGUMENT");
+}
+
+TEST("patch: mask removes experts at every position; force always selects them (mixtral renormalises)") {
+  auto model = Model::load(fixture_model("mixtral-perexpert-f32"), LoadOptions{1, "cpu"});
+  const ModelInfo& info = model->info();
+  auto tokens = some_tokens(10, info.vocab_size, 9);
+  Patch p = parse_patch("{\"layers\":{\"1\":{\"mask\":[0,1]},\"2\":{\"force\":[5]}}}", info);
+  bool ok_mask = true, ok_force = true;
+  model->create_session()->forward(tokens, p, LogitsMode::None, [&](const LayerRouting& r) {
+    for (int t = 0; t < r.count; ++t)
+      for (int j = 0; j < r.top_k; ++j) {
+        int e = r.experts[t * r.top_k + j];
+        if (r.layer == 1 && (e == 0 || e == 1)) ok_mask = false;
+      }
+    if (r.layer == 2)
+      for (int t = 0; t < r.count; ++t) {
+        bool has = false;
+        float sum = 0;
+        for (int j = 0; j < r.top_k; ++j) has |= r.experts[t * r.top_k + j] == 5, sum += r.weights[t * r.top_k + j];
+        ok_force &= has && std::fabs(sum - 1.f) < 1e-5;  // mixtral renormalises
+      }
+  });
+  CHECK(ok_mask);
+  CHECK(ok_force);
+}
+
+}  // namespace
