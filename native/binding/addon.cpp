@@ -242,12 +242,20 @@ struct SessionState {
   std::mutex mu;                         // guards busy/closed transitions between the JS thread and the worker
   bool busy = false;
   bool closed = false;
+  // Set by cancel() for the running call. The engine clears its own flag when a call (and each decode step of
+  // generate) starts, so the binding keeps this one and re-arms the engine's flag from its callbacks.
+  std::atomic<bool> cancel_requested{false};
   std::atomic<int> position{0};
 
-  // Called on the worker when a call ends.
-  void Finish() {
+  // Called on the worker when the engine call returns: the weights go as soon as possible after close().
+  void EngineDone() {
     std::lock_guard<std::mutex> lock(mu);
     if (session) position.store(session->position());
+    if (closed) Release();
+  }
+  // Called on the JS thread just before the promise settles: from JS's view the call ends here.
+  void CallDone() {
+    std::lock_guard<std::mutex> lock(mu);
     busy = false;
     if (closed) Release();
   }
@@ -299,7 +307,8 @@ class Call {
         delete c;
       });
     } catch (...) {
-      call->state_->Finish();
+      call->state_->EngineDone();
+      call->state_->CallDone();
       CodedError e = Classify(std::current_exception());
       call->deferred_.Reject(MakeError(env, e.code, e.message).Value());
       delete call;
@@ -309,8 +318,9 @@ class Call {
     return promise;
   }
 
-  // Worker side.
+  // Worker side. Every engine callback re-arms a requested cancel (see SessionState::cancel_requested).
   void EmitLayer(const rs::LayerRouting& r) {
+    RearmCancel();
     if (on_layer_.IsEmpty()) return;
     RoutingMessage m{r.layer, r.start, r.count, r.num_experts, r.top_k, {}, {}, {}};
     size_t logits = static_cast<size_t>(r.count) * r.num_experts, picks = static_cast<size_t>(r.count) * r.top_k;
@@ -321,9 +331,13 @@ class Call {
   }
   bool EmitToken(int token) {
     if (!on_token_.IsEmpty()) Send(new Message(TokenMessage{token}));
-    return !callback_failed_.load();
+    return !callback_failed_.load() && !cancel_requested();
   }
-  bool wants_layers() const { return !on_layer_.IsEmpty(); }
+  bool cancel_requested() const { return state_->cancel_requested.load(); }
+  void RearmCancel() {
+    if (cancel_requested()) state_->session->cancel();
+  }
+  [[noreturn]] static void ThrowCancelled() { throw rs::Error("CANCELLED", "cancelled"); }
   rs::Session& session() { return *state_->session; }
 
   // JS side.
@@ -355,6 +369,7 @@ class Call {
       }
     } else {
       Napi::HandleScope scope(env);
+      state_->CallDone();
       if (!callback_error_.IsEmpty()) {
         deferred_.Reject(callback_error_.Value());
       } else if (failure_) {
@@ -378,11 +393,12 @@ class Call {
  private:
   void Run() {
     try {
+      if (cancel_requested()) ThrowCancelled();  // cancelled before the engine started
       work_(*this);
     } catch (...) {
       failure_ = std::make_unique<CodedError>(Classify(std::current_exception()));
     }
-    state_->Finish();
+    state_->EngineDone();
     // The done message must be delivered even if the queue is closing; a blocking call never drops it.
     Send(new Message(DoneMessage{}));
     tsfn_.Release();
@@ -397,6 +413,7 @@ class Call {
     callback_error_ = Napi::Persistent(e.Value());
     callback_failed_.store(true);
     std::lock_guard<std::mutex> lock(state_->mu);
+    state_->cancel_requested.store(true);
     if (state_->session) state_->session->cancel();
   }
 
@@ -455,6 +472,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       return false;
     }
     state_->busy = true;
+    state_->cancel_requested.store(false);
     return true;
   }
 
@@ -505,9 +523,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       return Call::Start(
           env, std::move(call),
           [tokens, patch, mode, result](Call& c) {
-            rs::RoutingCallback on_layer;
-            if (c.wants_layers()) on_layer = [&c](const rs::LayerRouting& r) { c.EmitLayer(r); };
-            *result = c.session().forward(*tokens, *patch, mode, on_layer);
+            *result = c.session().forward(*tokens, *patch, mode, [&c](const rs::LayerRouting& r) { c.EmitLayer(r); });
           },
           [result](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
@@ -538,10 +554,10 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       return Call::Start(
           env, std::move(call),
           [prompt, patch, opts, generated](Call& c) {
-            rs::RoutingCallback on_layer;
-            if (c.wants_layers()) on_layer = [&c](const rs::LayerRouting& r) { c.EmitLayer(r); };
             *generated = c.session().generate(*prompt, *patch, *opts, [&c](int t) { return c.EmitToken(t); },
-                                              on_layer);
+                                              [&c](const rs::LayerRouting& r) { c.EmitLayer(r); });
+            // A cancel stops generation at the next token even between decode steps; report it as such.
+            if (c.cancel_requested()) Call::ThrowCancelled();
           },
           [generated](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
@@ -611,7 +627,10 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     return Guard(env, [&]() -> Napi::Value {
       if (!state_) return env.Undefined();
       std::lock_guard<std::mutex> lock(state_->mu);
-      if (state_->session && state_->busy) state_->session->cancel();
+      if (state_->session && state_->busy) {
+        state_->cancel_requested.store(true);
+        state_->session->cancel();
+      }
       return env.Undefined();
     });
   }
@@ -693,6 +712,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
           std::lock_guard<std::mutex> lock(session->mu);
           session->closed = true;
           if (session->busy) {
+            session->cancel_requested.store(true);
             if (session->session) session->session->cancel();  // the worker releases it when the call ends
           } else {
             session->Release();

@@ -12,11 +12,15 @@
 
 namespace routescope {
 
-void KVCache::ensure(int positions, int width) {
-  if (positions <= capacity) return;
+void KVCache::ensure(int positions, int kv_heads, int head_dim) {
+  if (positions <= capacity && static_cast<int>(k.size()) == kv_heads) return;
   int cap = std::max(positions, std::max(64, capacity * 2));
-  k.resize(static_cast<size_t>(cap) * width);
-  v.resize(static_cast<size_t>(cap) * width);
+  k.resize(kv_heads);
+  v.resize(kv_heads);
+  for (int g = 0; g < kv_heads; ++g) {
+    k[g].resize(static_cast<size_t>(cap) * head_dim);
+    v[g].resize(static_cast<size_t>(cap) * head_dim);
+  }
   capacity = cap;
 }
 
@@ -113,49 +117,59 @@ void route_token(const float* z_raw, int E, int k, const LayerPatch* lp, int abs
     }
 }
 
+// Causal attention as two matrix products per KV head and block of queries: scores = Q K^T over the keys the
+// block can see, then out = softmax(scores) V. Query heads sharing a KV head (GQA) are stacked as rows.
 void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, group = nh / nkv;
-  const int kvw = nkv * hd, qw = nh * hd;
+  const int qw = nh * hd;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   const int window = cfg_.sliding_window;
-  pool_.parallel_for(static_cast<int64_t>(nh) * T, 4, [&](int64_t a, int64_t b, int) {
-    std::vector<float> scores;
-    for (int64_t job = a; job < b; ++job) {
-      const int h = static_cast<int>(job / T), i = static_cast<int>(job % T);
-      const int p = pos0 + i, g = h / group;
-      const int j0 = window > 0 ? std::max(0, p - window + 1) : 0;
-      const float* qi = q + static_cast<size_t>(i) * qw + h * hd;
-      scores.resize(p + 1);
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int j = j0; j <= p; ++j) {
-        const float* kj = cache.k.data() + static_cast<size_t>(j) * kvw + g * hd;
-        float s = 0;
-        for (int d = 0; d < hd; ++d) s += qi[d] * kj[d];
-        s *= scale;
-        scores[j] = s;
-        mx = std::max(mx, s);
-      }
-      double sum = 0;
-      for (int j = j0; j <= p; ++j) {
-        scores[j] = std::exp(scores[j] - mx);
-        sum += scores[j];
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      float* oi = out + static_cast<size_t>(i) * qw + h * hd;
-      std::fill(oi, oi + hd, 0.f);
-      for (int j = j0; j <= p; ++j) {
-        const float pj = scores[j] * inv;
-        const float* vj = cache.v.data() + static_cast<size_t>(j) * kvw + g * hd;
-        for (int d = 0; d < hd; ++d) oi[d] += pj * vj[d];
-        scores[j] = pj;
-      }
-      if (probs) {  // only for fresh sequences (pos0 == 0): [h, i, j]
-        float* row = probs + (static_cast<size_t>(h) * T + i) * T;
-        std::fill(row, row + T, 0.f);
-        for (int j = j0; j <= p; ++j) row[j] = scores[j];
+  const int block = 64;
+  std::vector<float> qb, scores, ob;
+  for (int g = 0; g < nkv; ++g) {
+    for (int i0 = 0; i0 < T; i0 += block) {
+      const int i1 = std::min(T, i0 + block), bi = i1 - i0, rows = group * bi, keys = pos0 + i1;
+      qb.resize(static_cast<size_t>(rows) * hd);
+      for (int a = 0; a < group; ++a)
+        for (int i = i0; i < i1; ++i)
+          std::memcpy(&qb[(static_cast<size_t>(a) * bi + (i - i0)) * hd], q + static_cast<size_t>(i) * qw + (g * group + a) * hd,
+                      hd * sizeof(float));
+      scores.resize(static_cast<size_t>(rows) * keys);
+      matmul(pool_, qb.data(), rows, Mat{reinterpret_cast<const uint8_t*>(cache.k[g].data()), DType::F32, keys, hd},
+             scores.data());
+      pool_.parallel_for(rows, 8, [&](int64_t a0, int64_t a1, int) {
+        for (int64_t r = a0; r < a1; ++r) {
+          const int i = i0 + static_cast<int>(r % bi), p = pos0 + i;
+          const int j0 = window > 0 ? std::max(0, p - window + 1) : 0;
+          float* srow = &scores[static_cast<size_t>(r) * keys];
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int j = j0; j <= p; ++j) mx = std::max(mx, srow[j] * scale);
+          double sum = 0;
+          for (int j = j0; j <= p; ++j) {
+            srow[j] = std::exp(srow[j] * scale - mx);
+            sum += srow[j];
+          }
+          const float inv = static_cast<float>(1.0 / sum);
+          for (int j = 0; j < keys; ++j) srow[j] = (j >= j0 && j <= p) ? srow[j] * inv : 0.f;
+        }
+      });
+      ob.resize(static_cast<size_t>(rows) * hd);
+      matmul_backward_input(pool_, scores.data(), rows,
+                            Mat{reinterpret_cast<const uint8_t*>(cache.v[g].data()), DType::F32, keys, hd}, ob.data(), false);
+      for (int a = 0; a < group; ++a) {
+        const int hh = g * group + a;
+        for (int i = i0; i < i1; ++i) {
+          const size_t r = static_cast<size_t>(a) * bi + (i - i0);
+          std::memcpy(out + static_cast<size_t>(i) * qw + hh * hd, &ob[r * hd], hd * sizeof(float));
+          if (probs) {  // only for fresh sequences (pos0 == 0): [head, i, j]
+            float* prow = probs + (static_cast<size_t>(hh) * T + i) * T;
+            std::memcpy(prow, &scores[r * keys], keys * sizeof(float));
+            std::fill(prow + keys, prow + T, 0.f);
+          }
+        }
       }
     }
-  });
+  }
 }
 
 // y = down(silu(gate x) * up x) for T rows; keeps pre-activations when asked.
@@ -321,9 +335,12 @@ void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, co
     for (int hh = 0; hh < nh; ++hh) rope_head(&q[t * qw + hh * hd], cs.data(), sn.data(), hd, 1.f);
     for (int hh = 0; hh < nkv; ++hh) rope_head(&kk[t * kvw + hh * hd], cs.data(), sn.data(), hd, 1.f);
   }
-  cache.ensure(pos0 + T, kvw);
-  std::memcpy(cache.k.data() + static_cast<size_t>(pos0) * kvw, kk.data(), kk.size() * sizeof(float));
-  std::memcpy(cache.v.data() + static_cast<size_t>(pos0) * kvw, vv.data(), vv.size() * sizeof(float));
+  cache.ensure(pos0 + T, nkv, hd);
+  for (int t = 0; t < T; ++t)
+    for (int g = 0; g < nkv; ++g) {
+      std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kvw + g * hd], hd * sizeof(float));
+      std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * hd], &vv[static_cast<size_t>(t) * kvw + g * hd], hd * sizeof(float));
+    }
   std::vector<float> attn(static_cast<size_t>(T) * qw);
   if (save) {
     save->q = q;

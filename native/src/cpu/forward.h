@@ -9,11 +9,11 @@
 
 namespace routescope {
 
-// Per-layer key/value cache: rows are positions, [capacity, kv_heads * head_dim].
+// Per-layer key/value cache, head-major so each KV head's keys form one [positions, head_dim] matrix.
 struct KVCache {
-  std::vector<float> k, v;
+  std::vector<std::vector<float>> k, v;  // [kv_head][capacity * head_dim]
   int capacity = 0;
-  void ensure(int positions, int width);
+  void ensure(int positions, int kv_heads, int head_dim);
 };
 
 // Activations of one layer kept for the backward pass (only filled when requested).

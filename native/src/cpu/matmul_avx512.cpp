@@ -86,24 +86,52 @@ void dot_rows_dt(const float* x, int T, int K, const uint8_t* W, int n0, int n1,
   }
 }
 
-// Packs W[n..n+nr, kc..kc+kb] as fp32 panel[kk][kNR] (zero padded past nr).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+      t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
+  }
+}
+
+// Packs W[n..n+nr, kc..kc+kb] as fp32 panel[kk][kNR] (zero padded past nr), 16x16 blocks transposed in registers.
 template <int DT>
 void pack_panel(const uint8_t* W, int K, int n, int nr, int kc, int kb, float* panel) {
-  long rb = (long)K * elem_bytes(DT);
-  float tmp[kKC];
-  for (int j = 0; j < kNR; ++j) {
-    if (j >= nr) {
-      for (int kk = 0; kk < kb; ++kk) panel[kk * kNR + j] = 0.f;
-      continue;
+  const long rb = (long)K * elem_bytes(DT);
+  __m512 r[16];
+  for (int jb = 0; jb < kNR; jb += 16) {
+    for (int kk = 0; kk < kb; kk += 16) {
+      const int kw = imin(16, kb - kk);
+      const __mmask16 m = kw == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << kw) - 1);
+      for (int i = 0; i < 16; ++i) {
+        const int j = jb + i;
+        if (j >= nr) {
+          r[i] = _mm512_setzero_ps();
+          continue;
+        }
+        const uint8_t* row = W + (long)(n + j) * rb;
+        // The next K block of the same rows is packed next: start fetching it now.
+        if (kc + kKC + kk < K) _mm_prefetch((const char*)(row + (long)(kc + kKC + kk) * elem_bytes(DT)), _MM_HINT_T0);
+        r[i] = load16_masked<DT>(row, kc + kk, m);
+      }
+      transpose16(r);
+      for (int c = 0; c < kw; ++c) _mm512_storeu_ps(panel + (long)(kk + c) * kNR + jb, r[c]);
     }
-    const uint8_t* row = W + (long)(n + j) * rb;
-    int kk = 0;
-    for (; kk + 16 <= kb; kk += 16) _mm512_storeu_ps(tmp + kk, load16<DT>(row, kc + kk));
-    if (kk < kb) {
-      __mmask16 m = (__mmask16)((1u << (kb - kk)) - 1);
-      _mm512_mask_storeu_ps(tmp + kk, m, load16_masked<DT>(row, kc + kk, m));
-    }
-    for (kk = 0; kk < kb; ++kk) panel[kk * kNR + j] = tmp[kk];
   }
 }
 

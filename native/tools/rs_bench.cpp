@@ -1,0 +1,118 @@
+// Engine micro-benchmark without Node: `rs_bench --model DIR [--prompt-tokens N] [--decode-tokens M] [--threads T]`
+// prints prefill/decode tokens per second as JSON; `rs_bench --bandwidth [--threads T]` measures the memory read
+// bandwidth that bounds decode.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "routescope/engine.h"
+
+using Clock = std::chrono::steady_clock;
+
+static double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Streams a buffer much larger than the caches with all threads, summing so the reads cannot be elided.
+static double read_bandwidth_gbps(int threads) {
+  const size_t bytes = size_t(1) << 30;
+  std::vector<uint64_t> buf(bytes / 8);
+  for (size_t i = 0; i < buf.size(); i += 512) buf[i] = i;  // touch every page
+  std::fill(buf.begin(), buf.end(), 1);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    std::atomic<uint64_t> total{0};
+    auto t0 = Clock::now();
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        size_t n = buf.size(), a = n * t / threads, b = n * (t + 1) / threads;
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t i = a; i + 4 <= b; i += 4) s0 += buf[i], s1 += buf[i + 1], s2 += buf[i + 2], s3 += buf[i + 3];
+        total += s0 + s1 + s2 + s3;
+      });
+    for (auto& t : ts) t.join();
+    double dt = seconds_since(t0);
+    if (total.load() == 0) std::printf("#");
+    best = std::max(best, bytes / dt / 1e9);
+  }
+  return best;
+}
+
+int main(int argc, char** argv) {
+  std::string model;
+  int prompt = 512, decode = 32, threads = 0;
+  bool bandwidth = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "rs_bench: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--model") model = next();
+    else if (a == "--prompt-tokens") prompt = std::atoi(next());
+    else if (a == "--decode-tokens") decode = std::atoi(next());
+    else if (a == "--threads") threads = std::atoi(next());
+    else if (a == "--bandwidth") bandwidth = true;
+    else {
+      std::fprintf(stderr, "rs_bench: unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (threads <= 0) threads = int(std::thread::hardware_concurrency());
+  if (bandwidth) {
+    std::printf("{\"read_bandwidth_gbps\": %.2f, \"threads\": %d}\n", read_bandwidth_gbps(threads), threads);
+    return 0;
+  }
+  if (model.empty()) {
+    std::fprintf(stderr, "rs_bench: --model DIR is required\n");
+    return 2;
+  }
+  try {
+    auto m = routescope::Model::load(model, {threads, "cpu"});
+    const auto& info = m->info();
+    std::mt19937 rng(1);
+    std::vector<int> tokens(prompt);
+    for (auto& t : tokens) t = int(rng() % info.vocab_size);
+    routescope::Patch none;
+    {  // warm-up: maps the weights in
+      auto s = m->create_session();
+      s->forward({tokens.begin(), tokens.begin() + std::min(prompt, 16)}, none, routescope::LogitsMode::Last);
+      s->forward({1}, none, routescope::LogitsMode::Last);
+    }
+    auto s = m->create_session();
+    auto t0 = Clock::now();
+    auto r = s->forward(tokens, none, routescope::LogitsMode::Last);
+    double prefill = seconds_since(t0);
+    int next = int(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin());
+    t0 = Clock::now();
+    for (int i = 0; i < decode; ++i) {
+      r = s->forward({next}, none, routescope::LogitsMode::Last);
+      next = int(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin());
+    }
+    double dec = seconds_since(t0);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    std::printf("{\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, \"prompt_tokens\": %d, "
+                "\"decode_tokens\": %d, \"threads\": %d, \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, "
+                "\"active_parameters\": %llu}\n",
+                prompt / prefill, decode / dec, prompt, decode, threads, ru.ru_maxrss / 1024.0,
+                (unsigned long long)info.weight_bytes, (unsigned long long)info.active_parameters);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rs_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
