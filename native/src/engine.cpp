@@ -28,19 +28,36 @@ class SessionImpl : public Session {
   std::vector<int> generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                             const std::function<bool(int)>& on_token, const RoutingCallback& on_layer) override;
   GradResult grad(const std::vector<int>& tokens, const Patch& patch, const GradRequest& req) override;
-  void reset() override { pos_ = 0; }
+  RerouteResult generate_rerouted(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
+                                  const RerouteOptions& ropts, const std::function<bool(int)>& on_token,
+                                  const std::function<void(const RerouteRound&)>& on_round) override;
+  void reset() override {
+    pos_ = 0;
+    hidden_.clear();
+  }
   int position() const override { return pos_; }
   void cancel() override { cancel_ = true; }
 
  private:
   void check_tokens(const std::vector<int>& tokens, int already) const;
+  // Loss over target tokens [ts, te) from the last layer's output h (all positions); writes dLoss/dh when dh.
+  double loss_and_grad(const std::vector<int>& tokens, const float* h, int ts, int te, float* dh);
+  // One optimisation round of rerouting over the current context; returns the last position's logits.
+  std::vector<float> reroute_round(const std::vector<int>& context, const Patch& base, const RerouteOptions& o,
+                                   const std::vector<int>& candidates, std::map<int, std::vector<float>>& delta,
+                                   RerouteRound& round);
+
+ public:
   ModelImpl& m_;
   Decoder dec_;
   int max_context_;
   int pos_ = 0;
   std::vector<KVCache> cache_;
   std::atomic<bool> cancel_{false};
+  int keep_layer_ = -1;        // when >= 0, forward() keeps the hidden input of this layer for every position
+  std::vector<float> hidden_;  // [pos_, H]
 };
+
 
 class ModelImpl : public Model {
  public:
@@ -58,6 +75,9 @@ class ModelImpl : public Model {
   }
   const Checkpoint& checkpoint() const { return *ck_; }
   ThreadPool& pool() { return *pool_; }
+  std::shared_ptr<C3poPrefix> c3po_prefix(const std::vector<int>& prompt, int first_layer) override;
+  C3poResult c3po_ngd(const std::map<int, std::vector<float>>& omega_init, const std::vector<C3poNeighbour>& neighbours,
+                      const C3poOptions& opts) override;
 
  private:
   std::unique_ptr<Checkpoint> ck_;
@@ -97,9 +117,16 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
   std::vector<float> h(static_cast<size_t>(T) * H);
   dec_.embed(tokens, h.data());
   try {
-    for (int l = 0; l < cfg.layers; ++l) dec_.layer_forward(l, h.data(), T, pos0, cache_[l], patch, on_layer, nullptr);
+    for (int l = 0; l < cfg.layers; ++l) {
+      if (l == keep_layer_) {
+        hidden_.resize(static_cast<size_t>(pos0) * H);
+        hidden_.insert(hidden_.end(), h.begin(), h.end());
+      }
+      dec_.layer_forward(l, h.data(), T, pos0, cache_[l], patch, on_layer, nullptr);
+    }
   } catch (...) {
     pos_ = pos0;  // the cache rows written by the aborted call are not valid
+    if (keep_layer_ >= 0) hidden_.resize(static_cast<size_t>(pos0) * H);
     throw;
   }
   pos_ = pos0 + T;
@@ -110,6 +137,40 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
   res.logits.resize(static_cast<size_t>(res.rows) * cfg.vocab);
   dec_.logits(h.data() + static_cast<size_t>(first) * H, res.rows, res.logits.data());
   return res;
+}
+
+double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h, int ts, int te, float* dh) {
+  const ModelConfig& cfg = m_.checkpoint().config;
+  const Checkpoint& ck = m_.checkpoint();
+  const int H = cfg.hidden, V = cfg.vocab, rows = te - ts;
+  std::vector<float> logits(static_cast<size_t>(rows) * V);
+  dec_.logits(h + static_cast<size_t>(ts - 1) * H, rows, logits.data());
+  double loss = 0;
+  for (int r = 0; r < rows; ++r) {
+    float* z = &logits[static_cast<size_t>(r) * V];
+    const float mx = *std::max_element(z, z + V);
+    double sum = 0;
+    for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
+    const int target = tokens[ts + r];
+    loss += -(z[target] - mx - std::log(sum));
+    if (dh)  // z becomes dLoss/dz in place
+      for (int i = 0; i < V; ++i) z[i] = static_cast<float>((std::exp(static_cast<double>(z[i]) - mx) / sum - (i == target)) / rows);
+  }
+  if (dh) {
+    std::vector<float> dnorm(static_cast<size_t>(rows) * H);
+    matmul_backward_input(dec_.pool(), logits.data(), rows, ck.lm_head, dnorm.data(), false);
+    const int T = static_cast<int>(tokens.size());
+    std::fill(dh, dh + static_cast<size_t>(T) * H, 0.f);
+    for (int r = 0; r < rows; ++r) {
+      const size_t t = static_cast<size_t>(ts - 1 + r);
+      const float* x = h + t * H;
+      double ss = 0;
+      for (int d = 0; d < H; ++d) ss += static_cast<double>(x[d]) * x[d];
+      const float rr = static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps));
+      rmsnorm_row_backward(x, rr, ck.final_norm.data(), &dnorm[static_cast<size_t>(r) * H], H, dh + t * H, false);
+    }
+  }
+  return loss / rows;
 }
 
 int sample(const float* logits, int V, const SampleOptions& o, std::mt19937_64& rng) {
@@ -164,8 +225,7 @@ std::vector<int> SessionImpl::generate(const std::vector<int>& prompt, const Pat
 GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_in, const GradRequest& req) {
   cancel_ = false;
   const ModelConfig& cfg = m_.checkpoint().config;
-  const ModelInfo& info = m_.info();
-  const int T = static_cast<int>(tokens.size()), H = cfg.hidden, E = cfg.experts, V = cfg.vocab;
+  const int T = static_cast<int>(tokens.size()), H = cfg.hidden, E = cfg.experts;
   if (T < 2) throw Error("BAD_TOKENS", "a loss needs at least 2 tokens");
   check_tokens(tokens, 0);
   const int ts = req.target_start < 0 ? 1 : req.target_start, te = req.target_end < 0 ? T : req.target_end;
@@ -200,51 +260,300 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
   std::vector<LayerSave> saves(cfg.layers);
   for (int l = 0; l < cfg.layers; ++l)
     dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
-  scratch.clear();
-
-  // Loss over targets [ts, te): rows ts-1 .. te-2 predict them.
-  const int rows = te - ts;
-  std::vector<float> logits(static_cast<size_t>(rows) * V);
-  dec_.logits(h.data() + static_cast<size_t>(ts - 1) * H, rows, logits.data());
   GradResult res;
-  double loss = 0;
-  std::vector<float> dlogits(logits.size());
-  for (int r = 0; r < rows; ++r) {
-    const float* z = &logits[static_cast<size_t>(r) * V];
-    float mx = *std::max_element(z, z + V);
-    double sum = 0;
-    for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
-    const int target = tokens[ts + r];
-    loss += -(z[target] - mx - std::log(sum));
-    for (int i = 0; i < V; ++i)
-      dlogits[static_cast<size_t>(r) * V + i] = static_cast<float>((std::exp(static_cast<double>(z[i]) - mx) / sum - (i == target)) / rows);
-  }
-  res.loss = loss / rows;
-  // dh at the final norm's output for the target rows, then through the final norm.
-  const Checkpoint& ck = m_.checkpoint();
-  std::vector<float> dnorm(static_cast<size_t>(rows) * H);
-  matmul_backward_input(dec_.pool(), dlogits.data(), rows, ck.lm_head, dnorm.data(), false);
-  std::vector<float> dh(static_cast<size_t>(T) * H, 0.f);
-  for (int r = 0; r < rows; ++r) {
-    const size_t t = static_cast<size_t>(ts - 1 + r);
-    const float* x = &h[t * H];
-    double ss = 0;
-    for (int d = 0; d < H; ++d) ss += static_cast<double>(x[d]) * x[d];
-    const float rr = static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps));
-    rmsnorm_row_backward(x, rr, ck.final_norm.data(), &dnorm[static_cast<size_t>(r) * H], H, &dh[t * H], false);
-  }
+  std::vector<float> dh(static_cast<size_t>(T) * H);
+  res.loss = loss_and_grad(tokens, h.data(), ts, te, dh.data());
   for (int l : req.bias_layers) res.bias_grad[l].assign(E, 0.f);
   if (req.mix_layer >= 0) res.mix_grad.assign(E, 0.f);
   if (!req.bias_layers.empty() || req.mix_layer >= 0) {
+    std::map<int, float*> none, mix;
+    if (req.mix_layer >= 0) mix[req.mix_position] = res.mix_grad.data();
     for (int l = cfg.layers - 1; l >= lowest; --l) {
       if (cancel_) throw Error("CANCELLED", "cancelled");
       auto bg = res.bias_grad.find(l);
       dec_.layer_backward(l, saves[l], dh.data(), l == lowest, bg == res.bias_grad.end() ? nullptr : bg->second.data(),
-                          l == req.mix_layer ? req.mix_position : -1, l == req.mix_layer ? res.mix_grad.data() : nullptr);
+                          l == req.mix_layer ? mix : none);
       saves[l] = LayerSave();
     }
   }
-  (void)info;
+  return res;
+}
+
+Patch with_delta(const Patch& base, const std::map<int, std::vector<float>>& delta, int E) {
+  Patch p = base;
+  for (const auto& kv : delta) {
+    LayerPatch& lp = p.layers[kv.first];
+    if (lp.bias.empty()) lp.bias.assign(E, 0.f);
+    for (int e = 0; e < E; ++e) lp.bias[e] += kv.second[e];
+  }
+  return p;
+}
+
+struct Adam {
+  std::vector<double> m, v;
+  int t = 0;
+  void step(std::vector<float>& x, const std::vector<float>& g, double lr, const std::vector<int>* only = nullptr) {
+    if (m.empty()) m.assign(x.size(), 0.0), v.assign(x.size(), 0.0);
+    ++t;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const double c1 = 1 - std::pow(b1, t), c2 = 1 - std::pow(b2, t);
+    auto upd = [&](size_t i) {
+      m[i] = b1 * m[i] + (1 - b1) * g[i];
+      v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
+      x[i] -= static_cast<float>(lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps));
+    };
+    if (only) for (int i : *only) upd(static_cast<size_t>(i));
+    else for (size_t i = 0; i < x.size(); ++i) upd(i);
+  }
+};
+
+std::vector<float> SessionImpl::reroute_round(const std::vector<int>& context, const Patch& base,
+                                              const RerouteOptions& o, const std::vector<int>& candidates,
+                                              std::map<int, std::vector<float>>& delta, RerouteRound& round) {
+  const ModelConfig& cfg = m_.checkpoint().config;
+  const int T = static_cast<int>(context.size()), H = cfg.hidden, E = cfg.experts, k = cfg.top_k, L = cfg.layers;
+  const int store = keep_layer_;
+  round.position = T;
+  std::vector<int> selected;
+  std::map<int, Adam> adam;
+  int base_layer = store;
+  std::vector<float> h_base(hidden_.begin(), hidden_.begin() + static_cast<size_t>(T) * H);
+  for (int step = 0; step < o.steps; ++step) {
+    if (cancel_) throw Error("CANCELLED", "cancelled");
+    const Patch patch = with_delta(base, delta, E);
+    const int lowest = selected.empty() ? store : *std::min_element(selected.begin(), selected.end());
+    std::vector<float> h = h_base;
+    std::vector<KVCache> scratch(L);
+    std::vector<LayerSave> saves(L);
+    for (int l = base_layer; l < L; ++l)
+      dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
+    if (selected.empty()) {
+      // Routing confidence C_l = -(1/k) sum over selected experts of log p, averaged over positions.
+      std::vector<std::pair<double, int>> ranked;
+      for (int l : candidates) {
+        const LayerSave& sv = saves[l];
+        double c = 0;
+        for (int t = 0; t < T; ++t)
+          for (int j = 0; j < k; ++j)
+            c -= std::log(std::max(1e-30f, sv.p[static_cast<size_t>(t) * E + sv.sel[static_cast<size_t>(t) * k + j]])) / k;
+        c /= T;
+        round.confidence[l] = static_cast<float>(c);
+        ranked.push_back({o.least_confident_first ? -c : c, l});
+      }
+      std::sort(ranked.begin(), ranked.end());
+      const int n = std::max(1, static_cast<int>(std::lround(o.layer_fraction * candidates.size())));
+      for (int i = 0; i < n && i < static_cast<int>(ranked.size()); ++i) selected.push_back(ranked[i].second);
+      std::sort(selected.begin(), selected.end());
+      round.layers = selected;
+      for (int l : selected)
+        if (!delta.count(l)) delta[l].assign(E, 0.f);
+    }
+    std::vector<float> dh(static_cast<size_t>(T) * H);
+    round.losses.push_back(loss_and_grad(context, h.data(), 1, T, dh.data()));
+    const int low = selected.front();
+    std::map<int, std::vector<float>> grads;
+    std::map<int, float*> none;
+    for (int l : selected) grads[l].assign(E, 0.f);
+    for (int l = L - 1; l >= low; --l) {
+      auto g = grads.find(l);
+      dec_.layer_backward(l, saves[l], dh.data(), l == low, g == grads.end() ? nullptr : g->second.data(), none);
+    }
+    if (step == 0 && low > base_layer) {  // later steps start at the lowest adapted layer
+      h_base = saves[low].h_in;
+      base_layer = low;
+    }
+    for (int l : selected) {
+      if (o.adam) adam[l].step(delta[l], grads[l], o.lr);
+      else
+        for (int e = 0; e < E; ++e) delta[l][e] -= o.lr * grads[l][e];
+    }
+  }
+  // Rebuild the KV cache of every layer from the stored hidden states with the final delta.
+  const Patch patch = with_delta(base, delta, E);
+  std::vector<float> h(hidden_.begin(), hidden_.begin() + static_cast<size_t>(T) * H);
+  for (int l = store; l < L; ++l) dec_.layer_forward(l, h.data(), T, 0, cache_[l], patch, nullptr, nullptr);
+  std::vector<float> logits(cfg.vocab);
+  dec_.logits(h.data() + static_cast<size_t>(T - 1) * H, 1, logits.data());
+  return logits;
+}
+
+RerouteResult SessionImpl::generate_rerouted(const std::vector<int>& prompt, const Patch& patch,
+                                             const SampleOptions& opts, const RerouteOptions& o,
+                                             const std::function<bool(int)>& on_token,
+                                             const std::function<void(const RerouteRound&)>& on_round) {
+  const ModelConfig& cfg = m_.checkpoint().config;
+  std::vector<int> candidates = o.layers;
+  if (candidates.empty())
+    for (int l = 0; l < cfg.layers; ++l)
+      if (cfg.moe_layer[l]) candidates.push_back(l);
+  for (int l : candidates)
+    if (l < 0 || l >= cfg.layers || !cfg.moe_layer[l])
+      throw Error("BAD_ARGUMENT", "rerouting layer " + std::to_string(l) + " has no router");
+  if (o.steps < 0 || o.interval < 1 || !(o.layer_fraction > 0 && o.layer_fraction <= 1))
+    throw Error("BAD_ARGUMENT", "rerouting needs steps >= 0, interval >= 1 and 0 < layer fraction <= 1");
+  if (pos_ != 0) reset();
+  keep_layer_ = *std::min_element(candidates.begin(), candidates.end());
+  hidden_.clear();
+  RerouteResult res;
+  std::mt19937_64 rng(opts.seed);
+  std::vector<int> context = prompt;
+  const int V = cfg.vocab;
+  try {
+    ForwardResult r = forward(prompt, patch, LogitsMode::Last, nullptr);
+    std::vector<float> logits = r.logits;
+    int since = 0;
+    auto maybe_round = [&] {
+      if (o.steps == 0 || context.size() < 2) return;
+      RerouteRound round;
+      logits = reroute_round(context, patch, o, candidates, res.delta, round);
+      res.rounds.push_back(round);
+      if (on_round) on_round(round);
+      since = 0;
+    };
+    maybe_round();
+    while (static_cast<int>(res.tokens.size()) < opts.max_new_tokens) {
+      const int tok = sample(logits.data(), V, opts, rng);
+      if (std::find(opts.stop_tokens.begin(), opts.stop_tokens.end(), tok) != opts.stop_tokens.end()) break;
+      res.tokens.push_back(tok);
+      context.push_back(tok);
+      if (on_token && !on_token(tok)) break;
+      if (static_cast<int>(res.tokens.size()) >= opts.max_new_tokens || pos_ + 1 > max_context_) break;
+      logits = forward({tok}, with_delta(patch, res.delta, cfg.experts), LogitsMode::Last, nullptr).logits;
+      if (++since >= o.interval) maybe_round();
+    }
+  } catch (...) {
+    keep_layer_ = -1;
+    throw;
+  }
+  keep_layer_ = -1;
+  return res;
+}
+
+}  // namespace
+
+struct C3poPrefix {
+  std::unique_ptr<SessionImpl> session;  // KV cache: every layer for positions < last, layers < first for last
+  std::vector<float> h;                  // hidden state of the last token at the input of first_layer
+  int first_layer = 0;
+  int last = 0;                          // position of the last prompt token
+  const ModelImpl* model = nullptr;
+};
+
+namespace {
+
+std::shared_ptr<C3poPrefix> ModelImpl::c3po_prefix(const std::vector<int>& prompt, int first_layer) {
+  const ModelConfig& cfg = ck_->config;
+  if (prompt.empty()) throw Error("BAD_TOKENS", "empty reference prompt");
+  if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
+  auto p = std::make_shared<C3poPrefix>();
+  p->session = std::make_unique<SessionImpl>(*this, 0);
+  p->first_layer = first_layer;
+  p->last = static_cast<int>(prompt.size()) - 1;
+  p->model = this;
+  Patch none;
+  SessionImpl& s = *p->session;
+  if (p->last > 0) s.forward(std::vector<int>(prompt.begin(), prompt.end() - 1), none, LogitsMode::None, nullptr);
+  std::vector<int> last{prompt.back()};
+  if (s.pos_ + 1 > s.max_context_) throw Error("TOO_LONG", "reference prompt exceeds the context");
+  p->h.resize(cfg.hidden);
+  s.dec_.embed(last, p->h.data());
+  for (int l = 0; l < first_layer; ++l) s.dec_.layer_forward(l, p->h.data(), 1, p->last, s.cache_[l], none, nullptr, nullptr);
+  return p;
+}
+
+C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_init,
+                               const std::vector<C3poNeighbour>& neighbours, const C3poOptions& o) {
+  const ModelConfig& cfg = ck_->config;
+  const int E = cfg.experts, L = cfg.layers, H = cfg.hidden;
+  if (o.layers.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one critical layer");
+  if (neighbours.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one neighbour");
+  const int first = *std::min_element(o.layers.begin(), o.layers.end());
+  C3poResult res;
+  std::map<int, std::vector<float>> theta;
+  for (int l : o.layers) {
+    if (l < 0 || l >= L || !cfg.moe_layer[l]) throw Error("BAD_ARGUMENT", "critical layer " + std::to_string(l) + " has no router");
+    auto it = omega_init.find(l);
+    if (it == omega_init.end() || static_cast<int>(it->second.size()) != E)
+      throw Error("BAD_ARGUMENT", "no initial routing of size E for critical layer " + std::to_string(l));
+    res.omega_before[l] = it->second;
+    auto& th = theta[l];
+    th.resize(E);
+    for (int e = 0; e < E; ++e) th[e] = std::log(std::max(1e-30f, it->second[e]));
+    std::vector<int> order(E);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return it->second[a] > it->second[b]; });
+    order.resize(std::min(E, std::max(1, o.core_experts)));
+    std::sort(order.begin(), order.end());
+    res.core[l] = order;
+  }
+  double wsum = 0;
+  for (const auto& n : neighbours) {
+    if (!n.prefix || n.prefix->model != this) throw Error("BAD_ARGUMENT", "neighbour prefix belongs to another model");
+    if (n.prefix->first_layer > first) throw Error("BAD_ARGUMENT", "neighbour prefix was cached above the first critical layer");
+    if (n.answer < 0 || n.answer >= cfg.vocab) throw Error("BAD_TOKENS", "neighbour answer token outside the vocabulary");
+    wsum += std::max(0.f, n.weight);
+  }
+  if (!(wsum > 0)) throw Error("BAD_ARGUMENT", "neighbour weights must not all be zero");
+  std::map<int, Adam> adam;
+  auto softmax = [&](const std::vector<float>& th) {
+    std::vector<float> w(E);
+    const float mx = *std::max_element(th.begin(), th.end());
+    double sum = 0;
+    for (int e = 0; e < E; ++e) sum += (w[e] = std::exp(th[e] - mx));
+    for (int e = 0; e < E; ++e) w[e] = static_cast<float>(w[e] / sum);
+    return w;
+  };
+  for (int step = 0; step <= o.steps; ++step) {
+    double loss = 0;
+    std::map<int, std::vector<float>> grad;
+    for (int l : o.layers) grad[l].assign(E, 0.f);
+    for (const auto& n : neighbours) {
+      C3poPrefix& p = *n.prefix;
+      SessionImpl& s = *p.session;
+      Patch patch;
+      for (int l : o.layers) patch.layers[l].mix[p.last] = softmax(theta[l]);
+      std::vector<float> h = p.h;
+      std::vector<LayerSave> saves(L);
+      for (int l = p.first_layer; l < L; ++l)
+        s.dec_.layer_forward(l, h.data(), 1, p.last, s.cache_[l], patch, nullptr, l >= first ? &saves[l] : nullptr);
+      // Cross-entropy of the answer token at the last position, through the final norm and LM head.
+      std::vector<float> logits(cfg.vocab);
+      s.dec_.logits(h.data(), 1, logits.data());
+      const float mx = *std::max_element(logits.begin(), logits.end());
+      double sum = 0;
+      for (float z : logits) sum += std::exp(static_cast<double>(z) - mx);
+      const double w = std::max(0.f, n.weight) / wsum;
+      loss += w * -(logits[n.answer] - mx - std::log(sum));
+      if (step == o.steps && step > 0) continue;  // the final evaluation needs no gradient
+      for (int i = 0; i < cfg.vocab; ++i)
+        logits[i] = static_cast<float>(w * (std::exp(static_cast<double>(logits[i]) - mx) / sum - (i == n.answer)));
+      std::vector<float> dnorm(H), dh(H);
+      matmul_backward_input(s.dec_.pool(), logits.data(), 1, ck_->lm_head, dnorm.data(), false);
+      double ss = 0;
+      for (int d = 0; d < H; ++d) ss += static_cast<double>(h[d]) * h[d];
+      rmsnorm_row_backward(h.data(), static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps)), ck_->final_norm.data(),
+                           dnorm.data(), H, dh.data(), false);
+      for (int l = L - 1; l >= first; --l) {
+        std::map<int, float*> mg;
+        std::vector<float> gl;
+        if (grad.count(l)) {
+          gl.assign(E, 0.f);
+          mg[p.last] = gl.data();
+        }
+        s.dec_.layer_backward(l, saves[l], dh.data(), l == first, nullptr, mg);
+        if (!gl.empty())
+          for (int e = 0; e < E; ++e) grad[l][e] += gl[e];
+      }
+    }
+    res.losses.push_back(loss);
+    if (step == 0) res.first_grad = grad;
+    if (step == o.steps) break;
+    const double pi = 3.14159265358979323846;
+    const double lr = o.steps > 1 ? o.lr_end + 0.5 * (o.lr_start - o.lr_end) * (1 + std::cos(pi * step / (o.steps - 1)))
+                                  : o.lr_start;
+    for (int l : o.layers) adam[l].step(theta[l], grad[l], lr, &res.core[l]);
+  }
+  for (int l : o.layers) res.omega_after[l] = softmax(theta[l]);
   return res;
 }
 

@@ -87,12 +87,18 @@ Patch parse_patch(const std::string& text, const ModelInfo& info) {
         if (f.second.is_null()) continue;
         if (!f.second.is_object()) bad(where + " mix must be {\"<position>\": [E probabilities]}");
         for (const auto& m : f.second.members()) {
-          int pos = parse_index(m.first, "mix position");
+          const bool tail = !m.first.empty() && m.first.back() == '+';
+          int pos = parse_index(tail ? m.first.substr(0, m.first.size() - 1) : m.first, "mix position");
           std::vector<float> row = expert_vector(m.second, where + " mix at position " + m.first, E, true);
           double sum = 0;
           for (float x : row) sum += x;
           if (!(sum > 0)) bad(where + " mix at position " + m.first + " has no positive weight");
-          lp.mix[pos] = std::move(row);
+          if (tail) {
+            lp.mix_tail_start = pos;
+            lp.mix_tail = std::move(row);
+          } else {
+            lp.mix[pos] = std::move(row);
+          }
         }
       } else {
         bad(where + ": unknown field \"" + f.first + "\" (expected mask, force, bias or mix)");

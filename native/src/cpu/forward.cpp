@@ -57,11 +57,7 @@ void route_token(const float* z_raw, int E, int k, const LayerPatch* lp, int abs
                  int32_t* sel, float* w, bool* mixed) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   *mixed = false;
-  const std::vector<float>* mix_row = nullptr;
-  if (lp) {
-    auto it = lp->mix.find(abs_pos);
-    if (it != lp->mix.end()) mix_row = &it->second;
-  }
+  const std::vector<float>* mix_row = lp ? lp->mix_row(abs_pos) : nullptr;
   if (mix_row) {
     std::copy(mix_row->begin(), mix_row->end(), p);
     *mixed = true;
@@ -161,10 +157,11 @@ void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, f
         for (int i = i0; i < i1; ++i) {
           const size_t r = static_cast<size_t>(a) * bi + (i - i0);
           std::memcpy(out + static_cast<size_t>(i) * qw + hh * hd, &ob[r * hd], hd * sizeof(float));
-          if (probs) {  // only for fresh sequences (pos0 == 0): [head, i, j]
-            float* prow = probs + (static_cast<size_t>(hh) * T + i) * T;
+          if (probs) {  // [head, i, key] over all pos0 + T keys
+            const int all = pos0 + T;
+            float* prow = probs + (static_cast<size_t>(hh) * T + i) * all;
             std::memcpy(prow, &scores[r * keys], keys * sizeof(float));
-            std::fill(prow + keys, prow + T, 0.f);
+            std::fill(prow + keys, prow + all, 0.f);
           }
         }
       }
@@ -345,7 +342,9 @@ void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, co
   if (save) {
     save->q = q;
     save->k = kk;
-    save->probs.assign(static_cast<size_t>(nh) * T * T, 0.f);
+    save->probs.assign(static_cast<size_t>(nh) * T * (pos0 + T), 0.f);
+    save->pos0 = pos0;
+    save->cache = &cache;
   }
   attention(T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
   if (save) save->attn = attn;
@@ -386,7 +385,7 @@ void swiglu_backward(ThreadPool& pool, const float* dy, int n, const float* g, c
 }  // namespace
 
 void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
-                             int mix_pos, float* mix_grad) {
+                             const std::map<int, float*>& mix_grads) {
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
   const size_t TH = static_cast<size_t>(T) * H;
@@ -422,7 +421,9 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
         for (int j = 0; j < k; ++j) dp[st[j]] = av[j];
       }
       if (s.mixed[t]) {
-        if (mix_grad && s.T > 0 && t == mix_pos) {
+        auto mg = mix_grads.find(s.pos0 + t);
+        if (mg != mix_grads.end()) {
+          float* mix_grad = mg->second;
           // row = softmax(theta) with masked entries zeroed: dtheta = row * (dp - <dp, row>)
           double dot = 0;
           for (int e = 0; e < E; ++e) dot += dp[e] * pt[e];
@@ -496,46 +497,54 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
   matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
   std::vector<float> dq(static_cast<size_t>(T) * qw, 0.f), dk(static_cast<size_t>(T) * kvw, 0.f),
       dv(static_cast<size_t>(T) * kvw, 0.f);
+  // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
   // Parallel over kv groups so dk/dv rows are written by one thread only.
+  const int pos0 = s.pos0, all = pos0 + T;
   pool_.parallel_for(nkv, 1, [&](int64_t a, int64_t b, int) {
-    std::vector<float> dP(T);
-    for (int g = static_cast<int>(a); g < b; ++g)
+    std::vector<float> dP(all);
+    for (int g = static_cast<int>(a); g < b; ++g) {
+      const float* Kc = s.cache->k[g].data();
+      const float* Vc = s.cache->v[g].data();
       for (int hh = g * group; hh < (g + 1) * group; ++hh)
         for (int i = 0; i < T; ++i) {
-          const float* P = &s.probs[(static_cast<size_t>(hh) * T + i) * T];
+          const int p = pos0 + i;
+          const float* P = &s.probs[(static_cast<size_t>(hh) * T + i) * all];
           const float* doi = &dattn[static_cast<size_t>(i) * qw + hh * hd];
           double rowdot = 0;
-          for (int j = 0; j <= i; ++j) {
+          for (int j = 0; j <= p; ++j) {
             if (P[j] == 0.f) {
               dP[j] = 0;
               continue;
             }
-            const float* vj = &s.v[static_cast<size_t>(j) * kvw + g * hd];
+            const float* vj = Vc + static_cast<size_t>(j) * hd;
             float d = 0;
             for (int c = 0; c < hd; ++c) d += doi[c] * vj[c];
             dP[j] = d;
             rowdot += static_cast<double>(d) * P[j];
-            float* dvj = &dv[static_cast<size_t>(j) * kvw + g * hd];
-            for (int c = 0; c < hd; ++c) dvj[c] += P[j] * doi[c];
+            if (j >= pos0) {
+              float* dvj = &dv[static_cast<size_t>(j - pos0) * kvw + g * hd];
+              for (int c = 0; c < hd; ++c) dvj[c] += P[j] * doi[c];
+            }
           }
           const float* qi = &s.q[static_cast<size_t>(i) * qw + hh * hd];
           float* dqi = &dq[static_cast<size_t>(i) * qw + hh * hd];
-          for (int j = 0; j <= i; ++j) {
+          for (int j = 0; j <= p; ++j) {
             if (P[j] == 0.f) continue;
             const float dS = P[j] * (dP[j] - static_cast<float>(rowdot)) * scale;
-            const float* kj = &s.k[static_cast<size_t>(j) * kvw + g * hd];
-            float* dkj = &dk[static_cast<size_t>(j) * kvw + g * hd];
-            for (int c = 0; c < hd; ++c) {
-              dqi[c] += dS * kj[c];
-              dkj[c] += dS * qi[c];
+            const float* kj = Kc + static_cast<size_t>(j) * hd;
+            for (int c = 0; c < hd; ++c) dqi[c] += dS * kj[c];
+            if (j >= pos0) {
+              float* dkj = &dk[static_cast<size_t>(j - pos0) * kvw + g * hd];
+              for (int c = 0; c < hd; ++c) dkj[c] += dS * qi[c];
             }
           }
         }
+    }
   });
   // Undo RoPE (rotate back), then the QK-norm.
   std::vector<float> cs, sn;
   for (int t = 0; t < T; ++t) {
-    rope_angles(t, cs, sn);
+    rope_angles(pos0 + t, cs, sn);
     for (int hh = 0; hh < nh; ++hh) rope_head(&dq[t * qw + hh * hd], cs.data(), sn.data(), hd, -1.f);
     for (int hh = 0; hh < nkv; ++hh) rope_head(&dk[t * kvw + hh * hd], cs.data(), sn.data(), hd, -1.f);
   }

@@ -1,6 +1,7 @@
 // CPU forward and backward of the decoder, shared by sessions (KV cache) and gradient requests.
 #pragma once
 #include <atomic>
+#include <map>
 #include <vector>
 
 #include "model/model.h"
@@ -19,10 +20,12 @@ struct KVCache {
 // Activations of one layer kept for the backward pass (only filled when requested).
 struct LayerSave {
   int T = 0;
+  int pos0 = 0;                                // absolute position of the first row
+  const KVCache* cache = nullptr;              // keys/values of every position (prefix ones are constants)
   std::vector<float> h_in, r_attn, x_attn;     // input, rmsnorm factor, normed input
   std::vector<float> q_pre, k_pre, r_q, r_k;   // projections before QK-norm (after bias/clip), norm factors
   std::vector<float> q, k, v;                  // after QK-norm and RoPE
-  std::vector<float> probs;                    // attention probabilities [heads, T, T]
+  std::vector<float> probs;                    // attention probabilities [heads, T, pos0 + T]
   std::vector<float> attn;                     // attention output before o_proj [T, heads*head_dim]
   std::vector<float> h_mid, r_mlp, x_mlp;      // after attention residual; rmsnorm factor; normed
   // MoE
@@ -45,8 +48,9 @@ class Decoder {
   // Given dh = dLoss/d(layer output) [T, H], replaces it with dLoss/d(layer input) (unless stop_at_router).
   // Adds the router-logit gradient summed over positions to bias_grad (size E) when non-null; fills mix_grad
   // (dLoss/dtheta at mix_pos) when mix_pos >= 0.
-  void layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad, int mix_pos,
-                      float* mix_grad);
+  // Positions listed in mix_grads (absolute position -> output of size E) get dLoss/dtheta for their mix row.
+  void layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
+                      const std::map<int, float*>& mix_grads);
 
   void embed(const std::vector<int>& tokens, float* h) const;
   // logits [rows, V] for the given rows of h (after the final norm).
