@@ -31,6 +31,7 @@ class SessionImpl : public Session {
   RerouteResult generate_rerouted(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                                   const RerouteOptions& ropts, const std::function<bool(int)>& on_token,
                                   const std::function<void(const RerouteRound&)>& on_round) override;
+  std::vector<float> mean_hidden(const std::vector<int>& tokens, int layer) override;
   void reset() override {
     pos_ = 0;
     hidden_.clear();
@@ -137,6 +138,26 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
   res.logits.resize(static_cast<size_t>(res.rows) * cfg.vocab);
   dec_.logits(h.data() + static_cast<size_t>(first) * H, res.rows, res.logits.data());
   return res;
+}
+
+std::vector<float> SessionImpl::mean_hidden(const std::vector<int>& tokens, int layer) {
+  const ModelConfig& cfg = m_.checkpoint().config;
+  if (layer < 0 || layer > cfg.layers)
+    throw Error("BAD_ARGUMENT", "embedding layer " + std::to_string(layer) + " is outside 0.." + std::to_string(cfg.layers));
+  if (tokens.empty()) throw Error("BAD_TOKENS", "no tokens to embed");
+  reset();
+  cancel_ = false;
+  check_tokens(tokens, 0);
+  const int T = static_cast<int>(tokens.size()), H = cfg.hidden;
+  std::vector<float> h(static_cast<size_t>(T) * H);
+  dec_.embed(tokens, h.data());
+  Patch none;
+  for (int l = 0; l < layer; ++l) dec_.layer_forward(l, h.data(), T, 0, cache_[l], none, nullptr, nullptr);
+  reset();
+  std::vector<float> mean(H, 0.f);
+  for (int t = 0; t < T; ++t)
+    for (int d = 0; d < H; ++d) mean[d] += h[static_cast<size_t>(t) * H + d] / T;
+  return mean;
 }
 
 double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h, int ts, int te, float* dh) {

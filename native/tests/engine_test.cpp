@@ -226,3 +226,27 @@ TEST("patch: mask removes experts at every position; force always selects them (
 }
 
 }  // namespace
+
+namespace {
+TEST("mean_hidden: layer 0 is the mean token embedding; deeper layers use the cached forward") {
+  auto model = Model::load(fixture_model("olmoe-fused-f32-sharded"), LoadOptions{1, "cpu"});
+  auto tokens = some_tokens(6, model->info().vocab_size, 8);
+  auto s = model->create_session();
+  auto e0 = s->mean_hidden(tokens, 0);
+  // Embedding rows through a one-token forward would need internals; compare with the safetensors directly.
+  auto ck = Checkpoint::open(fixture_model("olmoe-fused-f32-sharded"));
+  const int H = ck->config.hidden;
+  std::vector<float> row(H), mean(H, 0.f);
+  for (int t : tokens) {
+    convert_to_f32(ck->embed.row(t), ck->embed.dtype, row.data(), H);
+    for (int d = 0; d < H; ++d) mean[d] += row[d] / tokens.size();
+  }
+  float worst = 0;
+  for (int d = 0; d < H; ++d) worst = std::max(worst, std::fabs(mean[d] - e0[d]));
+  CHECK_MSG(worst < 1e-5, "layer-0 mean differs by " << worst);
+  auto top = s->mean_hidden(tokens, model->info().num_layers);
+  CHECK(top.size() == size_t(H));
+  CHECK(s->position() == 0);
+  CHECK(error_code_of([&] { s->mean_hidden(tokens, 99); }) == "BAD_ARGUMENT");
+}
+}  // namespace

@@ -181,6 +181,9 @@ class Session {
                                           const SampleOptions& opts, const RerouteOptions& ropts,
                                           const std::function<bool(int)>& on_token = nullptr,
                                           const std::function<void(const RerouteRound&)>& on_round = nullptr) = 0;
+  // Mean over positions of the hidden state entering `layer` (num_layers = the last layer's output), for a fresh
+  // sequence; used as a text embedding when no external embedder is configured. Resets the session.
+  virtual std::vector<float> mean_hidden(const std::vector<int>& tokens, int layer) = 0;
   virtual void reset() = 0;
   virtual int position() const = 0;
   // Cooperative cancellation: the running call throws Error("CANCELLED", ...) at the next layer boundary.
