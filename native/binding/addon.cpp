@@ -314,7 +314,14 @@ class Call {
       delete call;
       return promise;
     }
-    call->thread_ = std::thread([call] { call->Run(); });
+    try {
+      call->thread_ = std::thread([call] { call->Run(); });
+    } catch (...) {  // no thread to be had: settle the promise through the same queue
+      call->failure_ = std::make_unique<CodedError>(Classify(std::current_exception()));
+      call->state_->EngineDone();
+      call->Send(new Message(DoneMessage{}));
+      call->tsfn_.Release();
+    }
     return promise;
   }
 

@@ -174,8 +174,7 @@ void Decoder::swiglu(const float* x, int T, const Mat& gate, const Mat& up, cons
                      std::vector<float>* g_save, std::vector<float>* u_save) {
   const int I = gate.rows;
   std::vector<float> g(static_cast<size_t>(T) * I), u(static_cast<size_t>(T) * I);
-  matmul(pool_, x, T, gate, g.data());
-  matmul(pool_, x, T, up, u.data());
+  matmul_batch(pool_, {{x, T, gate, g.data()}, {x, T, up, u.data()}});
   if (g_save) *g_save = g;
   if (u_save) *u_save = u;
   for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
@@ -208,33 +207,46 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
   std::vector<std::vector<int>> rows(E);
   for (int t = 0; t < T; ++t)
     for (int s = 0; s < k; ++s) rows[sel[static_cast<size_t>(t) * k + s]].push_back(t * k + s);
-  std::vector<float> xe, g, u, o;
+  // Gather each expert's rows, then run all gate/up products in one dispatch and all down products in another.
+  std::vector<int> offset(E + 1, 0);
+  for (int e = 0; e < E; ++e) offset[e + 1] = offset[e] + static_cast<int>(rows[e].size());
+  const int R = offset[E];  // T * k
+  std::vector<float> xe(static_cast<size_t>(R) * H), g(static_cast<size_t>(R) * I), u(static_cast<size_t>(R) * I),
+      o(static_cast<size_t>(R) * H);
+  std::vector<MatmulJob> jobs;
   for (int e = 0; e < E; ++e) {
-    const auto& r = rows[e];
-    if (r.empty()) continue;
-    const int n = static_cast<int>(r.size());
-    xe.resize(static_cast<size_t>(n) * H);
-    for (int i = 0; i < n; ++i) std::memcpy(&xe[static_cast<size_t>(i) * H], x + static_cast<size_t>(r[i] / k) * H, H * sizeof(float));
-    g.resize(static_cast<size_t>(n) * I);
-    u.resize(static_cast<size_t>(n) * I);
-    o.resize(static_cast<size_t>(n) * H);
-    matmul(pool_, xe.data(), n, w.gate[e], g.data());
-    matmul(pool_, xe.data(), n, w.up[e], u.data());
-    if (save)
-      for (int i = 0; i < n; ++i) {
-        std::memcpy(&save->g[static_cast<size_t>(r[i]) * I], &g[static_cast<size_t>(i) * I], I * sizeof(float));
-        std::memcpy(&save->u[static_cast<size_t>(r[i]) * I], &u[static_cast<size_t>(i) * I], I * sizeof(float));
-      }
-    for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
-    matmul(pool_, g.data(), n, w.down[e], o.data());
-    for (int i = 0; i < n; ++i) {
-      const float wt = wts[r[i]];
-      const float* oi = &o[static_cast<size_t>(i) * H];
-      float* yt = y + static_cast<size_t>(r[i] / k) * H;
-      for (int d = 0; d < H; ++d) yt[d] += wt * oi[d];
-      if (save) std::memcpy(&save->o[static_cast<size_t>(r[i]) * H], oi, H * sizeof(float));
-    }
+    const int n = static_cast<int>(rows[e].size());
+    if (!n) continue;
+    for (int i = 0; i < n; ++i)
+      std::memcpy(&xe[static_cast<size_t>(offset[e] + i) * H], x + static_cast<size_t>(rows[e][i] / k) * H, H * sizeof(float));
+    const float* xs = &xe[static_cast<size_t>(offset[e]) * H];
+    jobs.push_back({xs, n, w.gate[e], &g[static_cast<size_t>(offset[e]) * I]});
+    jobs.push_back({xs, n, w.up[e], &u[static_cast<size_t>(offset[e]) * I]});
   }
+  matmul_batch(pool_, jobs);
+  if (save)
+    for (int e = 0; e < E; ++e)
+      for (int i = 0; i < static_cast<int>(rows[e].size()); ++i) {
+        const size_t src = static_cast<size_t>(offset[e] + i), dst = static_cast<size_t>(rows[e][i]);
+        std::memcpy(&save->g[dst * I], &g[src * I], I * sizeof(float));
+        std::memcpy(&save->u[dst * I], &u[src * I], I * sizeof(float));
+      }
+  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+  jobs.clear();
+  for (int e = 0; e < E; ++e)
+    if (!rows[e].empty())
+      jobs.push_back({&g[static_cast<size_t>(offset[e]) * I], static_cast<int>(rows[e].size()), w.down[e],
+                      &o[static_cast<size_t>(offset[e]) * H]});
+  matmul_batch(pool_, jobs);
+  for (int e = 0; e < E; ++e)
+    for (int i = 0; i < static_cast<int>(rows[e].size()); ++i) {
+      const int r = rows[e][i];
+      const float wt = wts[r];
+      const float* oi = &o[static_cast<size_t>(offset[e] + i) * H];
+      float* yt = y + static_cast<size_t>(r / k) * H;
+      for (int d = 0; d < H; ++d) yt[d] += wt * oi[d];
+      if (save) std::memcpy(&save->o[static_cast<size_t>(r) * H], oi, H * sizeof(float));
+    }
   if (!w.shared_expert_gate.empty()) {
     const int S = cfg_.shared_width;
     std::vector<float> so(static_cast<size_t>(T) * H);
@@ -283,9 +295,7 @@ void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, co
   std::vector<float> x(TH), r_attn(T);
   for (int t = 0; t < T; ++t) r_attn[t] = rmsnorm_row(h + t * H, w.attn_norm.data(), H, cfg_.eps, x.data() + t * H);
   std::vector<float> q(static_cast<size_t>(T) * qw), kk(static_cast<size_t>(T) * kvw), vv(static_cast<size_t>(T) * kvw);
-  matmul(pool_, x.data(), T, w.q, q.data());
-  matmul(pool_, x.data(), T, w.k, kk.data());
-  matmul(pool_, x.data(), T, w.v, vv.data());
+  matmul_batch(pool_, {{x.data(), T, w.q, q.data()}, {x.data(), T, w.k, kk.data()}, {x.data(), T, w.v, vv.data()}});
   if (cfg_.qkv_bias)
     for (int t = 0; t < T; ++t) {
       for (int i = 0; i < qw; ++i) q[t * qw + i] += w.q_bias[i];

@@ -1,6 +1,7 @@
 #include "cpu/matmul.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <vector>
 
@@ -58,6 +59,36 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
     if (panel.size() < 256 * 32) panel.resize(256 * 32);
     avx512::gemm_panel(x, T, K, W.data, dt, int(a * 32), int(std::min<int64_t>(N, b * 32)), y, N, accumulate,
                        panel.data());
+  });
+}
+
+void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
+  if (jobs.empty()) return;
+  if (!has_avx512()) {
+    for (const auto& j : jobs) matmul(pool, j.x, j.T, j.W, j.y, j.accumulate);
+    return;
+  }
+  struct Unit {
+    int job, n0, n1;
+  };
+  std::vector<Unit> units;
+  for (int i = 0; i < static_cast<int>(jobs.size()); ++i) {
+    const auto& j = jobs[i];
+    if (j.T <= 0) continue;
+    const int step = j.T <= 4 ? 64 : 32;  // decode: 64-row slabs; prefill: one packed panel
+    for (int n = 0; n < j.W.rows; n += step) units.push_back({i, n, std::min(j.W.rows, n + step)});
+  }
+  std::atomic<size_t> next{0};
+  pool.run_on_all([&](int) {
+    thread_local std::vector<float> panel;
+    if (panel.size() < 256 * 32) panel.resize(256 * 32);
+    for (size_t u; (u = next.fetch_add(1)) < units.size();) {
+      const Unit& un = units[u];
+      const MatmulJob& j = jobs[un.job];
+      const int dt = dt_code(j.W.dtype);
+      if (j.T <= 4) avx512::dot_rows(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate);
+      else avx512::gemm_panel(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate, panel.data());
+    }
   });
 }
 

@@ -2,6 +2,8 @@
 // activations and accumulation are fp32.
 #pragma once
 #include "model/model.h"
+#include <vector>
+
 #include "util/threadpool.h"
 
 namespace routescope {
@@ -10,6 +12,16 @@ namespace routescope {
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate = false);
 // dx[T,K] = dy[T,N] · W[N,K]  (dx += ... when accumulate): the input gradient of matmul.
 void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+// Several independent products in one dispatch (e.g. every selected expert's gate and up projections), split
+// into row blocks that threads take dynamically so small and large jobs balance.
+struct MatmulJob {
+  const float* x;
+  int T;
+  Mat W;
+  float* y;
+  bool accumulate = false;
+};
+void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
 // Name of the kernel family in use ("avx512" or "generic").
 const char* matmul_isa();
 

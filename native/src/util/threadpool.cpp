@@ -4,6 +4,7 @@
 
 namespace routescope {
 
+
 ThreadPool::ThreadPool(int threads) {
   for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -29,9 +30,10 @@ void ThreadPool::worker_loop(int index) {
       job = job_;
     }
     (*job)(index);
-    {
+    if (pending_atomic_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) cv_done_.notify_one();
+      pending_ = 0;
+      cv_done_.notify_one();
     }
   }
 }
@@ -45,12 +47,13 @@ void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     pending_ = static_cast<int>(workers_.size());
+    pending_atomic_.store(pending_, std::memory_order_release);
     ++generation_;
   }
   cv_start_.notify_all();
   fn(0);
   std::unique_lock<std::mutex> lock(mu_);
-  cv_done_.wait(lock, [&] { return pending_ == 0; });
+  cv_done_.wait(lock, [&] { return pending_atomic_.load(std::memory_order_acquire) == 0; });
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn) {

@@ -28,6 +28,7 @@ class ThreadPool {
   uint64_t generation_ = 0;
   int pending_ = 0;
   bool stop_ = false;
+  std::atomic<int> pending_atomic_{0};
 };
 
 }  // namespace routescope
