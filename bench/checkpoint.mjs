@@ -1,0 +1,245 @@
+// Writes an OLMoE-shaped Hugging Face checkpoint with random BF16 weights, streamed to disk (no full copy in memory).
+//
+// Random values: every tensor draws from its own seeded mulberry32 stream (seed = hash(bench seed, tensor name)),
+// each 32-bit draw gives two 16-bit indices into a table of the bf16-rounded normal quantiles
+// std * PHI^-1((i + 0.5) / 65536): exact-enough N(0, std^2) samples at memcpy-like speed.
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const GENERATOR_VERSION = 1;
+
+/** The OLMoE-1B-7B shape with `layers` layers. */
+export function olmoeConfig(layers) {
+  return {
+    architectures: ['OlmoeForCausalLM'],
+    model_type: 'olmoe',
+    hidden_size: 2048,
+    intermediate_size: 1024,
+    num_attention_heads: 16,
+    num_key_value_heads: 16,
+    num_hidden_layers: layers,
+    num_experts: 64,
+    num_experts_per_tok: 8,
+    vocab_size: 50304,
+    hidden_act: 'silu',
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000.0,
+    rope_scaling: null,
+    max_position_embeddings: 4096,
+    norm_topk_prob: false,
+    clip_qkv: null,
+    attention_bias: false,
+    attention_dropout: 0.0,
+    tie_word_embeddings: false,
+    output_router_logits: false,
+    router_aux_loss_coef: 0.01,
+    initializer_range: 0.02,
+    pad_token_id: 1,
+    bos_token_id: null,
+    eos_token_id: 50279,
+    use_cache: true,
+    torch_dtype: 'bfloat16',
+  };
+}
+
+/** [name, shape, init] in file order; init is {std} or {const}. */
+export function tensorList(cfg) {
+  const H = cfg.hidden_size;
+  const I = cfg.intermediate_size;
+  const hd = H / cfg.num_attention_heads;
+  const kv = cfg.num_key_value_heads * hd;
+  const proj = { std: cfg.initializer_range };
+  const ones = { const: 1 };
+  const list = [['model.embed_tokens.weight', [cfg.vocab_size, H], { std: 1 }]];
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const p = `model.layers.${l}.`;
+    list.push([`${p}input_layernorm.weight`, [H], ones]);
+    list.push([`${p}self_attn.q_proj.weight`, [H, H], proj]);
+    list.push([`${p}self_attn.k_proj.weight`, [kv, H], proj]);
+    list.push([`${p}self_attn.v_proj.weight`, [kv, H], proj]);
+    list.push([`${p}self_attn.o_proj.weight`, [H, H], proj]);
+    list.push([`${p}self_attn.q_norm.weight`, [H], ones]);
+    list.push([`${p}self_attn.k_norm.weight`, [kv], ones]);
+    list.push([`${p}post_attention_layernorm.weight`, [H], ones]);
+    list.push([`${p}mlp.gate.weight`, [cfg.num_experts, H], proj]);
+    for (let e = 0; e < cfg.num_experts; e++) {
+      list.push([`${p}mlp.experts.${e}.gate_proj.weight`, [I, H], proj]);
+      list.push([`${p}mlp.experts.${e}.up_proj.weight`, [I, H], proj]);
+      list.push([`${p}mlp.experts.${e}.down_proj.weight`, [H, I], proj]);
+    }
+  }
+  list.push(['model.norm.weight', [H], ones]);
+  list.push(['lm_head.weight', [cfg.vocab_size, H], proj]);
+  return list;
+}
+
+/**
+ * bf16 bytes one decode step reads from the weights: per layer the attention projections, the norms, the router
+ * and top-k experts; the final norm, the lm_head and one embedding row.
+ */
+export function activeDecodeBytes(cfg) {
+  const H = cfg.hidden_size;
+  const hd = H / cfg.num_attention_heads;
+  const kv = cfg.num_key_value_heads * hd;
+  const attn = H * H * 2 + kv * H * 2 + H + kv; // q, o, k, v, q_norm, k_norm
+  const norms = 2 * H;
+  const router = cfg.num_experts * H;
+  const experts = cfg.num_experts_per_tok * 3 * cfg.intermediate_size * H;
+  const perLayer = attn + norms + router + experts;
+  const params = cfg.num_hidden_layers * perLayer + H + cfg.vocab_size * H + H;
+  return params * 2;
+}
+
+// ---- random bf16 ---------------------------------------------------------------------------------------------
+
+/** Inverse standard normal CDF (Acklam; relative error < 1.2e-9, plenty for bf16). */
+function normalQuantile(p) {
+  const a = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
+  const b = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
+  const c = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+  const d = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+  const lo = 0.02425;
+  if (p < lo) {
+    const q = Math.sqrt(-2 * Math.log(p));
+    return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  }
+  if (p > 1 - lo) return -normalQuantile(1 - p);
+  const q = p - 0.5;
+  const r = q * q;
+  return ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q) / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** float → bf16 bits, round to nearest even (finite inputs). */
+export function toBf16(x) {
+  f32[0] = x;
+  const bits = u32[0];
+  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+const tables = new Map();
+function normalTable(std) {
+  let t = tables.get(std);
+  if (!t) {
+    t = new Uint16Array(65536);
+    for (let i = 0; i < 65536; i++) t[i] = toBf16(std * normalQuantile((i + 0.5) / 65536));
+    tables.set(std, t);
+  }
+  return t;
+}
+
+/** FNV-1a over the text, mixed with the seed. */
+function hashSeed(seed, text) {
+  let h = (0x811c9dc5 ^ seed) >>> 0;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}
+
+/** Fills out (Uint16Array, even length) with bf16 samples; returns the new PRNG state. */
+function fillNormal(out, table, state) {
+  const n = out.length;
+  for (let i = 0; i < n; i += 2) {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    t = (t ^ (t >>> 14)) >>> 0;
+    out[i] = table[t & 0xffff];
+    out[i + 1] = table[t >>> 16];
+  }
+  return state;
+}
+
+// ---- safetensors writer --------------------------------------------------------------------------------------
+
+/** The header bytes (8-byte LE length + JSON padded with spaces to a multiple of 8) and the data size. */
+export function safetensorsHeader(tensors, metadata = { format: 'pt' }) {
+  const header = { __metadata__: metadata };
+  let offset = 0;
+  for (const [name, shape] of tensors) {
+    const bytes = shape.reduce((a, b) => a * b, 1) * 2;
+    header[name] = { dtype: 'BF16', shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = Buffer.from(JSON.stringify(header), 'utf8');
+  const padded = Math.ceil(json.length / 8) * 8;
+  json = Buffer.concat([json, Buffer.alloc(padded - json.length, 0x20)]);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  return { head: Buffer.concat([len, json]), dataBytes: offset };
+}
+
+const CHUNK = 1 << 21; // bf16 values per write (4 MiB)
+
+/** Streams the tensors into file; calls progress(bytesWritten, total). */
+export function writeSafetensors(file, tensors, seed, progress = () => {}) {
+  const { head, dataBytes } = safetensorsHeader(tensors);
+  const total = head.length + dataBytes;
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.writeSync(fd, head);
+    let written = head.length;
+    const buf = new Uint16Array(CHUNK);
+    const bytes = Buffer.from(buf.buffer);
+    for (const [name, shape, init] of tensors) {
+      let left = shape.reduce((a, b) => a * b, 1);
+      let state = hashSeed(seed, name) | 0;
+      const table = init.std !== undefined ? normalTable(init.std) : null;
+      if (!table) buf.fill(toBf16(init.const));
+      while (left > 0) {
+        const n = Math.min(left, CHUNK);
+        if (table) state = fillNormal(n === CHUNK ? buf : buf.subarray(0, n + (n & 1)), table, state);
+        fs.writeSync(fd, bytes, 0, n * 2);
+        left -= n;
+        written += n * 2;
+        progress(written, total);
+      }
+    }
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return total;
+}
+
+/**
+ * Makes dir an OLMoE-shaped checkpoint with `layers` layers unless a complete one with the same config is there
+ * (stamp file written last). Returns {dir, config, reused, seconds}.
+ */
+export function ensureCheckpoint(dir, layers, seed, log = () => {}) {
+  const config = olmoeConfig(layers);
+  const tensors = tensorList(config);
+  const { head, dataBytes } = safetensorsHeader(tensors);
+  const expectedSize = head.length + dataBytes;
+  const stamp = JSON.stringify({ generator: GENERATOR_VERSION, seed, config, file_bytes: expectedSize }, null, 2) + '\n';
+  const stampFile = path.join(dir, 'bench-stamp.json');
+  const weights = path.join(dir, 'model.safetensors');
+  try {
+    if (fs.readFileSync(stampFile, 'utf8') === stamp && fs.statSync(weights).size === expectedSize) {
+      return { dir, config, reused: true, seconds: 0, fileBytes: expectedSize };
+    }
+  } catch {
+    // not there or incomplete: write it
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  fs.rmSync(stampFile, { force: true });
+  const t0 = performance.now();
+  log(`writing ${dir} (${(expectedSize / 1e9).toFixed(2)} GB of random bf16 weights, seed ${seed}) ...`);
+  let lastPct = -1;
+  writeSafetensors(weights, tensors, seed, (w, total) => {
+    const pct = Math.floor((100 * w) / total / 10) * 10;
+    if (pct !== lastPct) {
+      lastPct = pct;
+      if (pct > 0) log(`  ${pct}%`);
+    }
+  });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  fs.writeFileSync(
+    path.join(dir, 'generation_config.json'),
+    JSON.stringify({ eos_token_id: config.eos_token_id, pad_token_id: config.pad_token_id }, null, 2) + '\n',
+  );
+  fs.writeFileSync(stampFile, stamp);
+  return { dir, config, reused: false, seconds: (performance.now() - t0) / 1000, fileBytes: expectedSize };
+}
