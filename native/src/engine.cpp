@@ -20,6 +20,19 @@ namespace {
 
 class ModelImpl;
 
+// Marks a public call; the outermost one starts with a cleared cancel flag, nested ones (generate's forwards)
+// keep a cancel that arrived in between.
+class CallScope {
+ public:
+  CallScope(int& depth, std::atomic<bool>& cancel) : depth_(depth) {
+    if (depth_++ == 0) cancel = false;
+  }
+  ~CallScope() { --depth_; }
+
+ private:
+  int& depth_;
+};
+
 class SessionImpl : public Session {
  public:
   SessionImpl(ModelImpl& model, int max_context);
@@ -55,6 +68,7 @@ class SessionImpl : public Session {
   int pos_ = 0;
   std::vector<KVCache> cache_;
   std::atomic<bool> cancel_{false};
+  int depth_ = 0;              // nesting of public calls: only the outermost clears a pending cancel
   int keep_layer_ = -1;        // when >= 0, forward() keeps the hidden input of this layer for every position
   std::vector<float> hidden_;  // [pos_, H]
 };
@@ -110,7 +124,7 @@ void SessionImpl::check_tokens(const std::vector<int>& tokens, int already) cons
 
 ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
                                    const RoutingCallback& on_layer) {
-  cancel_ = false;
+  CallScope scope(depth_, cancel_);
   if (tokens.empty()) throw Error("BAD_TOKENS", "no tokens to run");
   check_tokens(tokens, pos_);
   const ModelConfig& cfg = m_.checkpoint().config;
@@ -146,7 +160,7 @@ std::vector<float> SessionImpl::mean_hidden(const std::vector<int>& tokens, int 
     throw Error("BAD_ARGUMENT", "embedding layer " + std::to_string(layer) + " is outside 0.." + std::to_string(cfg.layers));
   if (tokens.empty()) throw Error("BAD_TOKENS", "no tokens to embed");
   reset();
-  cancel_ = false;
+  CallScope scope(depth_, cancel_);
   check_tokens(tokens, 0);
   const int T = static_cast<int>(tokens.size()), H = cfg.hidden;
   std::vector<float> h(static_cast<size_t>(T) * H);
@@ -228,6 +242,7 @@ int sample(const float* logits, int V, const SampleOptions& o, std::mt19937_64& 
 
 std::vector<int> SessionImpl::generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                                        const std::function<bool(int)>& on_token, const RoutingCallback& on_layer) {
+  CallScope scope(depth_, cancel_);
   std::mt19937_64 rng(opts.seed);
   std::vector<int> out;
   ForwardResult r = forward(prompt, patch, LogitsMode::Last, on_layer);
@@ -244,7 +259,7 @@ std::vector<int> SessionImpl::generate(const std::vector<int>& prompt, const Pat
 }
 
 GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_in, const GradRequest& req) {
-  cancel_ = false;
+  CallScope scope(depth_, cancel_);
   const ModelConfig& cfg = m_.checkpoint().config;
   const int T = static_cast<int>(tokens.size()), H = cfg.hidden, E = cfg.experts;
   if (T < 2) throw Error("BAD_TOKENS", "a loss needs at least 2 tokens");
@@ -402,6 +417,7 @@ RerouteResult SessionImpl::generate_rerouted(const std::vector<int>& prompt, con
                                              const SampleOptions& opts, const RerouteOptions& o,
                                              const std::function<bool(int)>& on_token,
                                              const std::function<void(const RerouteRound&)>& on_round) {
+  CallScope scope(depth_, cancel_);
   const ModelConfig& cfg = m_.checkpoint().config;
   std::vector<int> candidates = o.layers;
   if (candidates.empty())

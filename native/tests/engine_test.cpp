@@ -250,3 +250,25 @@ TEST("mean_hidden: layer 0 is the mean token embedding; deeper layers use the ca
   CHECK(error_code_of([&] { s->mean_hidden(tokens, 99); }) == "BAD_ARGUMENT");
 }
 }  // namespace
+
+namespace {
+TEST("cancel: a cancel between decode steps stops generate with CANCELLED") {
+  auto model = Model::load(fixture_model("olmoe-fused-f16"), LoadOptions{1, "cpu"});
+  auto s = model->create_session();
+  Patch none;
+  SampleOptions o;
+  o.max_new_tokens = 20;
+  int seen = 0;
+  std::string code = error_code_of([&] {
+    s->generate(some_tokens(4, model->info().vocab_size, 1), none, o, [&](int) {
+      if (++seen == 3) s->cancel();  // lands between two decode forwards
+      return true;
+    });
+  });
+  CHECK_MSG(code == "CANCELLED", "got " << code);
+  CHECK(seen == 3);
+  // The next call starts clean.
+  auto r = s->forward({1}, none, LogitsMode::Last);
+  CHECK(!r.logits.empty());
+}
+}  // namespace

@@ -1,0 +1,103 @@
+// JSON output for scripts: float32 values in their shortest round-tripping form, large arrays written in pieces.
+import type { NativeModelInfo } from '../engine/native';
+
+/** The shortest decimal that reads back as the same float32 (NaN/±Inf → null, as JSON has no such numbers). */
+export function formatF32(x: number): string {
+  if (!Number.isFinite(x)) return 'null';
+  if (x === 0) return '0';
+  for (let digits = 6; digits < 9; digits++) {
+    const text = x.toPrecision(digits);
+    if (Math.fround(Number(text)) === x) return String(Number(text));
+  }
+  return String(Number(x.toPrecision(9)));
+}
+
+export function f32Row(values: ArrayLike<number>): string {
+  let out = '[';
+  for (let i = 0; i < values.length; i++) out += (i ? ',' : '') + formatF32(values[i]);
+  return out + ']';
+}
+
+export function intRow(values: ArrayLike<number>): string {
+  let out = '[';
+  for (let i = 0; i < values.length; i++) out += (i ? ',' : '') + String(values[i]);
+  return out + ']';
+}
+
+/** Rows of a row-major [rows, cols] array. */
+export function f32Rows(values: Float32Array, cols: number): string[] {
+  const rows: string[] = [];
+  if (cols <= 0) return rows;
+  for (let offset = 0; offset + cols <= values.length; offset += cols) rows.push(f32Row(values.subarray(offset, offset + cols)));
+  return rows;
+}
+
+/** Writes a JSON object whose values are already-serialised pieces (strings) or arrays of such pieces, so that a
+ *  large logits array never has to exist as one string. */
+export function writeJsonObject(write: (chunk: string) => void, entries: [string, string | string[]][]): void {
+  write('{');
+  entries.forEach(([key, value], i) => {
+    write(`${i ? ',' : ''}${JSON.stringify(key)}:`);
+    if (Array.isArray(value)) {
+      write('[');
+      value.forEach((piece, j) => write((j ? ',' : '') + piece));
+      write(']');
+    } else {
+      write(value);
+    }
+  });
+  write('}\n');
+}
+
+/** Model facts for JSON output, with snake_case keys like the rest of the CLI's JSON. */
+export function modelInfoJson(info: NativeModelInfo): Record<string, unknown> {
+  return {
+    model_type: info.modelType,
+    dir: info.dir,
+    num_layers: info.numLayers,
+    hidden_size: info.hiddenSize,
+    num_heads: info.numHeads,
+    num_kv_heads: info.numKvHeads,
+    head_dim: info.headDim,
+    vocab_size: info.vocabSize,
+    num_experts: info.numExperts,
+    top_k: info.topK,
+    expert_width: info.expertWidth,
+    shared_expert_width: info.sharedExpertWidth,
+    norm_topk_prob: info.normTopkProb,
+    max_position_embeddings: info.maxPositionEmbeddings,
+    moe_layers: info.moeLayers,
+    dtype: info.dtype,
+    expert_layout: info.expertLayout,
+    shards: info.shards,
+    parameters: info.parameters,
+    active_parameters: info.activeParameters,
+    weight_bytes: info.weightBytes,
+    eos_token_ids: info.eosTokenIds,
+    backend: info.backend,
+    threads: info.threads,
+  };
+}
+
+export function formatCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+  return String(n);
+}
+
+export function formatBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+
+export function describeModel(info: NativeModelInfo): string {
+  const moe = info.moeLayers.length === info.numLayers ? '' : ` (${info.moeLayers.length} with experts)`;
+  return (
+    `${info.modelType} · ${info.numLayers} layers${moe} · ${info.numExperts} experts, top-${info.topK} · ` +
+    `${formatCount(info.parameters)} params (${formatCount(info.activeParameters)} active) · ${info.dtype} ${info.expertLayout} · ` +
+    `${info.backend}, ${info.threads} threads`
+  );
+}

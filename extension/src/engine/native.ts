@@ -1,0 +1,157 @@
+// The Node-API addon's surface (native/binding/addon.cpp mirrors this file). Only engine/ imports it;
+// everything else talks to the engine through engine/host.ts, which runs the addon off the UI thread.
+
+export type Backend = 'auto' | 'cpu' | 'cuda';
+export type LogitsMode = 'none' | 'last' | 'all';
+
+export interface NativeModelInfo {
+  modelType: string;            // config.json model_type
+  dir: string;
+  numLayers: number;
+  hiddenSize: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  numExperts: number;
+  topK: number;
+  expertWidth: number;
+  sharedExpertWidth: number;
+  normTopkProb: boolean;
+  maxPositionEmbeddings: number;
+  moeLayers: number[];
+  dtype: string;                // F32 | F16 | BF16
+  expertLayout: string;         // per-expert | fused
+  shards: number;
+  parameters: number;
+  activeParameters: number;
+  weightBytes: number;
+  eosTokenIds: number[];
+  backend: string;              // cpu | cuda
+  threads: number;
+}
+
+/** Routing of one layer for a span of positions; arrays are copies owned by JS. */
+export interface NativeLayerRouting {
+  layer: number;
+  start: number;                // absolute position of the first row
+  count: number;
+  numExperts: number;
+  topK: number;
+  routerLogits: Float32Array;   // [count * numExperts], raw router output before patch/softmax
+  experts: Int32Array;          // [count * topK], highest weight first
+  weights: Float32Array;        // [count * topK], mixing weights applied
+}
+
+export interface NativeForwardOptions {
+  patch?: string;               // patch JSON (see README "Routing patches"); validated natively
+  logits: LogitsMode;
+  onLayer?: (routing: NativeLayerRouting) => void;
+}
+
+export interface NativeGenerateOptions {
+  patch?: string;
+  maxNewTokens: number;
+  temperature: number;          // 0 = greedy
+  topP: number;
+  seed: number;
+  stopTokens: number[];
+  onToken?: (token: number) => void;
+  onLayer?: (routing: NativeLayerRouting) => void;
+}
+
+export interface NativeGradOptions {
+  patch?: string;
+  layers: number[];
+  target?: [number, number];    // target token indices [start, end)
+  mix?: { layer: number; position: number; logits: Float32Array };
+}
+
+export interface NativeGradResult {
+  loss: number;
+  biasGrad: Record<string, Float32Array>;
+  mixGrad?: Float32Array;
+}
+
+export interface NativeRerouteOptions {
+  layers?: number[];            // candidate layers; default every MoE layer
+  interval: number;             // m: a round after prefill, then every m generated tokens
+  steps: number;                // optimiser steps per round
+  lr: number;
+  optimizer: 'adam' | 'sgd';
+  layerFraction: number;        // adapt this fraction of the candidates, ranked by routing confidence
+  leastConfidentFirst: boolean;
+}
+
+export interface NativeRerouteRound {
+  position: number;             // context length when the round ran
+  layers: number[];             // adapted in this round
+  losses: number[];             // self-supervised loss before each step
+  confidence: Record<string, number>; // C_l per candidate layer
+}
+
+export interface NativeRerouteResult {
+  tokens: Int32Array;
+  rounds: NativeRerouteRound[];
+  delta: Record<string, Float32Array>; // final delta per adapted layer
+}
+
+export interface NativeSession {
+  /** Generation with continuous rerouting (arXiv:2510.14853); resets the session first. */
+  generateRerouted(prompt: Int32Array, options: NativeGenerateOptions & { reroute: NativeRerouteOptions;
+    onRound?: (round: NativeRerouteRound) => void }): Promise<NativeRerouteResult>;
+  /** Mean over positions of the hidden state entering `layer` (numLayers = last layer's output); resets. */
+  meanHidden(tokens: Int32Array, layer: number): Promise<Float32Array>;
+  /** Appends tokens after the cached context; runs on a worker thread; callbacks arrive on the JS thread. */
+  forward(tokens: Int32Array, options: NativeForwardOptions): Promise<{ logits: Float32Array; rows: number }>;
+  generate(prompt: Int32Array, options: NativeGenerateOptions): Promise<{ tokens: Int32Array }>;
+  grad(tokens: Int32Array, options: NativeGradOptions): Promise<NativeGradResult>;
+  reset(): void;
+  cancel(): void;
+  readonly position: number;
+}
+
+/** A reference item's prompt cached for C3PO (opaque; keeps memory until released or garbage-collected). */
+export interface NativeC3poPrefix {
+  readonly tokens: number;
+  readonly firstLayer: number;
+  release(): void;
+}
+
+export interface NativeC3poOptions {
+  layers: number[];             // critical layers
+  coreExperts: number;
+  steps: number;
+  lrStart: number;
+  lrEnd: number;
+}
+
+export interface NativeC3poResult {
+  omegaBefore: Record<string, Float32Array>;
+  omegaAfter: Record<string, Float32Array>;
+  core: Record<string, Int32Array>;
+  losses: number[];             // surrogate loss before each step and after the last
+  firstGrad: Record<string, Float32Array>;
+}
+
+export interface NativeModel {
+  info(): NativeModelInfo;
+  /** Runs the prompt except its last token through every layer and the last token up to firstLayer. */
+  c3poPrefix(prompt: Int32Array, firstLayer: number): Promise<NativeC3poPrefix>;
+  /** NGD on the last-position mix logits of the critical layers against weighted neighbours. steps = 0 only
+   *  evaluates the surrogate loss (and its gradient) at omegaInit. */
+  c3poNgd(omegaInit: Record<string, Float32Array>,
+          neighbours: { prefix: NativeC3poPrefix; answer: number; weight: number }[],
+          options: NativeC3poOptions): Promise<NativeC3poResult>;
+  createSession(maxContext?: number): NativeSession;
+  /** Unmaps the weights; the model and its sessions are unusable afterwards. */
+  close(): void;
+}
+
+/** Errors thrown by the addon carry `code` (e.g. BAD_CHECKPOINT, BAD_CONFIG, UNKNOWN_ARCH, BAD_TOKENS,
+ *  BAD_PATCH, TOO_LONG, CANCELLED) and a one-line message naming the file or argument. */
+export interface NativeAddon {
+  version: string;
+  cudaCompiled: boolean;
+  loadModel(dir: string, options?: { threads?: number; backend?: Backend }): NativeModel;
+}

@@ -1,0 +1,233 @@
+// The Node-API binding (native/binding/addon.cpp) against native.ts: promises, callbacks, error codes, BUSY,
+// cancel and close. Uses a parity fixture checkpoint.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { loadAddon } from '../../extension/src/engine/addon';
+import type { NativeLayerRouting, NativeModel } from '../../extension/src/engine/native';
+import { PARITY_DIR } from '../helpers/cli';
+
+const MODEL = path.join(PARITY_DIR, 'mixtral-perexpert-f32', 'model'); // 3 layers, 8 experts, top-2, vocab 96, context 64
+
+function open(): NativeModel {
+  return loadAddon().loadModel(MODEL, { threads: 2 });
+}
+
+async function rejectsWithCode(promise: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
+  await assert.rejects(promise, (error: Error & { code?: string }) => {
+    assert.equal(error.code, code, `code ${error.code}: ${error.message}`);
+    if (message) assert.match(error.message, message);
+    return true;
+  });
+}
+
+test('the addon reports its version and loads a model', () => {
+  const addon = loadAddon();
+  assert.equal(typeof addon.version, 'string');
+  assert.equal(typeof addon.cudaCompiled, 'boolean');
+  const model = open();
+  const info = model.info();
+  assert.equal(info.modelType, 'mixtral');
+  assert.equal(info.numExperts, 8);
+  assert.equal(info.topK, 2);
+  assert.deepEqual(info.moeLayers, [0, 1, 2]);
+  assert.equal(info.threads, 2);
+  model.close();
+});
+
+test('loadModel errors carry a code and name the folder', () => {
+  assert.throws(
+    () => loadAddon().loadModel('/nonexistent/routescope-model'),
+    (error: Error & { code?: string }) => typeof error.code === 'string' && error.message.includes('/nonexistent/routescope-model'),
+  );
+  assert.throws(() => loadAddon().loadModel(MODEL, { backend: 'tpu' as 'cpu' }), { code: 'BAD_ARGUMENT' });
+});
+
+test('forward: routing arrives per layer, as copies, before the promise resolves', async () => {
+  const model = open();
+  const session = model.createSession(16);
+  const seen: NativeLayerRouting[] = [];
+  let resolved = false;
+  const result = await session
+    .forward(Int32Array.of(1, 2, 3, 4), {
+      logits: 'all',
+      onLayer: (r) => {
+        assert.ok(!resolved, 'a routing callback after the promise resolved');
+        seen.push(r);
+      },
+    })
+    .then((r) => {
+      resolved = true;
+      return r;
+    });
+  assert.equal(result.rows, 4);
+  assert.equal(result.logits.length, 4 * 96);
+  assert.deepEqual(seen.map((r) => r.layer).sort(), [0, 1, 2]);
+  for (const r of seen) {
+    assert.equal(r.start, 0);
+    assert.equal(r.count, 4);
+    assert.ok(r.routerLogits instanceof Float32Array && r.routerLogits.length === 4 * 8);
+    assert.ok(r.experts instanceof Int32Array && r.experts.length === 4 * 2);
+    assert.ok(r.weights instanceof Float32Array && r.weights.length === 4 * 2);
+  }
+  // Copies: a later call must not change what an earlier callback received.
+  const before = seen.map((r) => Array.from(r.routerLogits));
+  await session.forward(Int32Array.of(5, 6), { logits: 'none', onLayer: () => {} });
+  assert.deepEqual(seen.map((r) => Array.from(r.routerLogits)), before);
+  assert.equal(session.position, 6);
+  session.reset();
+  assert.equal(session.position, 0);
+  model.close();
+});
+
+test('logits modes: last, all, none', async () => {
+  const model = open();
+  const tokens = Int32Array.of(3, 1, 4, 1, 5);
+  const all = await model.createSession(8).forward(tokens, { logits: 'all' });
+  const last = await model.createSession(8).forward(tokens, { logits: 'last' });
+  const none = await model.createSession(8).forward(tokens, { logits: 'none' });
+  assert.equal(all.rows, 5);
+  assert.equal(last.rows, 1);
+  assert.equal(none.rows, 0);
+  assert.equal(none.logits.length, 0);
+  const lastRow = all.logits.subarray(4 * 96);
+  last.logits.forEach((v, i) => assert.ok(Math.abs(v - lastRow[i]) < 1e-4, `logit ${i}: ${v} vs ${lastRow[i]}`));
+  model.close();
+});
+
+test('engine errors become rejected promises with codes', async () => {
+  const model = open();
+  const session = model.createSession(8);
+  await rejectsWithCode(session.forward(Int32Array.of(1, 96), { logits: 'last' }), 'BAD_TOKENS', /96/);
+  await rejectsWithCode(session.forward(Int32Array.from({ length: 9 }, (_, i) => i), { logits: 'last' }), 'TOO_LONG');
+  await rejectsWithCode(model.createSession().forward(Int32Array.from({ length: 65 }, (_, i) => i), { logits: 'last' }), 'TOO_LONG');
+  await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: '{"layers":{"1":{"mask":[9]}}}' }), 'BAD_PATCH');
+  await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: 'nope' }), 'BAD_PATCH');
+  await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'most' as 'all' }), 'BAD_ARGUMENT');
+  await rejectsWithCode(session.grad(Int32Array.of(1), { layers: [0] }), 'BAD_TOKENS');
+  // The session is still usable after errors.
+  assert.equal((await session.forward(Int32Array.of(1, 2), { logits: 'last' })).rows, 1);
+  model.close();
+});
+
+test('one call per session at a time: a second is rejected with BUSY', async () => {
+  const model = open();
+  const session = model.createSession(16);
+  const first = session.forward(Int32Array.of(1, 2, 3), { logits: 'all' });
+  await rejectsWithCode(session.forward(Int32Array.of(4), { logits: 'last' }), 'BUSY');
+  assert.throws(() => session.reset(), { code: 'BUSY' });
+  assert.equal((await first).rows, 3);
+  // Another session of the same model may run meanwhile.
+  const [a, b] = await Promise.all([
+    session.forward(Int32Array.of(4), { logits: 'last' }),
+    model.createSession(4).forward(Int32Array.of(4), { logits: 'last' }),
+  ]);
+  assert.equal(a.rows + b.rows, 2);
+  model.close();
+});
+
+test('a throwing callback rejects the call with its error', async () => {
+  const model = open();
+  const session = model.createSession(8);
+  await assert.rejects(
+    session.forward(Int32Array.of(1, 2), {
+      logits: 'last',
+      onLayer: () => {
+        throw new Error('boom');
+      },
+    }),
+    /boom/,
+  );
+  assert.equal((await session.forward(Int32Array.of(1, 2), { logits: 'last' })).rows, 1);
+  model.close();
+});
+
+test('generate: greedy is deterministic and streams every token', async () => {
+  const model = open();
+  const run = async () => {
+    const streamed: number[] = [];
+    const result = await model.createSession(32).generate(Int32Array.of(1, 2, 3), {
+      maxNewTokens: 8,
+      temperature: 0,
+      topP: 1,
+      seed: 0,
+      stopTokens: [],
+      onToken: (t) => streamed.push(t),
+    });
+    assert.deepEqual(streamed, Array.from(result.tokens));
+    return Array.from(result.tokens);
+  };
+  const first = await run();
+  assert.equal(first.length, 8);
+  assert.deepEqual(await run(), first);
+  model.close();
+});
+
+// A call may finish before cancel() reaches it (the model is tiny), so each check repeats and needs one hit.
+async function cancelOutcomes(start: () => Promise<unknown>, cancel: () => void, tries = 20): Promise<string[]> {
+  const outcomes: string[] = [];
+  for (let i = 0; i < tries; i++) {
+    const running = start();
+    cancel();
+    outcomes.push(await running.then(() => 'finished', (error: Error & { code?: string }) => String(error.code)));
+  }
+  return outcomes;
+}
+
+test('cancel() rejects the running call with CANCELLED and leaves the session usable', async () => {
+  const model = open();
+  const session = model.createSession(64);
+  const prompt = Int32Array.from({ length: 48 }, (_, i) => i);
+  const generated = await cancelOutcomes(
+    () => {
+      session.reset();
+      return session.generate(Int32Array.of(1, 2, 3), { maxNewTokens: 60, temperature: 0, topP: 1, seed: 0, stopTokens: [] });
+    },
+    () => session.cancel(),
+  );
+  assert.ok(generated.every((o) => o === 'CANCELLED' || o === 'finished'), generated.join(' '));
+  assert.ok(generated.includes('CANCELLED'), generated.join(' '));
+  const forwarded = await cancelOutcomes(
+    () => {
+      session.reset();
+      return session.forward(prompt, { logits: 'all' }).finally(() => {
+        // a cancelled forward leaves the cache where it was
+        assert.ok(session.position === 0 || session.position === prompt.length, `position ${session.position}`);
+      });
+    },
+    () => session.cancel(),
+  );
+  assert.ok(forwarded.every((o) => o === 'CANCELLED' || o === 'finished'), forwarded.join(' '));
+  assert.ok(forwarded.includes('CANCELLED'), forwarded.join(' '));
+  session.reset();
+  assert.equal((await session.forward(Int32Array.of(1, 2, 3), { logits: 'last' })).rows, 1);
+  session.cancel(); // idle: nothing happens, and the next call is not affected
+  assert.equal((await session.forward(Int32Array.of(4), { logits: 'last' })).rows, 1);
+  model.close();
+});
+
+test('grad returns the loss and one bias gradient per layer, and mixGrad when asked', async () => {
+  const model = open();
+  const session = model.createSession(8);
+  const tokens = Int32Array.of(5, 9, 2, 7, 1);
+  const plain = await session.grad(tokens, { layers: [0, 2] });
+  assert.ok(Number.isFinite(plain.loss) && plain.loss > 0);
+  assert.deepEqual(Object.keys(plain.biasGrad).sort(), ['0', '2']);
+  assert.ok(plain.biasGrad['0'] instanceof Float32Array && plain.biasGrad['0'].length === 8);
+  assert.equal(plain.mixGrad, undefined);
+  const mixed = await session.grad(tokens, { layers: [1], target: [2, 5], mix: { layer: 1, position: 3, logits: new Float32Array(8) } });
+  assert.ok(mixed.mixGrad instanceof Float32Array && mixed.mixGrad.length === 8);
+  model.close();
+});
+
+test('close(): the model and its sessions are unusable afterwards', async () => {
+  const model = open();
+  const session = model.createSession(8);
+  const running = session.forward(Int32Array.of(1, 2, 3), { logits: 'last' });
+  model.close();
+  await running.catch((error: Error & { code?: string }) => assert.equal(error.code, 'CANCELLED')); // or it finished first
+  assert.throws(() => model.info(), { code: 'CLOSED' });
+  assert.throws(() => model.createSession(4), { code: 'CLOSED' });
+  await rejectsWithCode(session.forward(Int32Array.of(1), { logits: 'last' }), 'CLOSED');
+  model.close(); // twice is harmless
+});
