@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -140,6 +141,13 @@ bool Has(const Napi::Object& obj, const char* key) {
   return !v.IsUndefined() && !v.IsNull();
 }
 
+bool BoolOption(Napi::Env env, const Napi::Object& obj, const char* key, bool fallback) {
+  if (!Has(obj, key)) return fallback;
+  Napi::Value v = obj.Get(key);
+  if (!v.IsBoolean()) Throw(env, "BAD_ARGUMENT", std::string("option ") + key + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
 double NumberOption(Napi::Env env, const Napi::Object& obj, const char* key, double fallback) {
   if (!Has(obj, key)) return fallback;
   Napi::Value v = obj.Get(key);
@@ -221,6 +229,7 @@ Napi::Object InfoToJs(Napi::Env env, const rs::ModelInfo& m) {
 struct AddonData {
   Napi::FunctionReference model_class;
   Napi::FunctionReference session_class;
+  Napi::FunctionReference prefix_class;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -233,6 +242,8 @@ struct ModelState {
   std::shared_ptr<rs::Model> model;  // null once closed
   rs::ModelInfo info;                // a copy, readable after close
   std::vector<std::weak_ptr<SessionState>> sessions;
+  // C3PO calls (c3poPrefix, c3poNgd) run one at a time per model: cached prefixes own engine scratch state.
+  std::shared_ptr<std::mutex> c3po_mu = std::make_shared<std::mutex>();
 };
 
 struct SessionState {
@@ -277,8 +288,24 @@ struct RoutingMessage {
 struct TokenMessage {
   int token;
 };
+struct RoundMessage {
+  rs::RerouteRound round;
+};
 struct DoneMessage {};
-using Message = std::variant<RoutingMessage, TokenMessage, DoneMessage>;
+using Message = std::variant<RoutingMessage, TokenMessage, RoundMessage, DoneMessage>;
+
+Napi::Object RoundToJs(Napi::Env env, const rs::RerouteRound& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("position", r.position);
+  o.Set("layers", ToIntList(env, r.layers));
+  Napi::Array losses = Napi::Array::New(env, r.losses.size());
+  for (size_t i = 0; i < r.losses.size(); ++i) losses.Set(static_cast<uint32_t>(i), Napi::Number::New(env, r.losses[i]));
+  o.Set("losses", losses);
+  Napi::Object confidence = Napi::Object::New(env);
+  for (const auto& [layer, c] : r.confidence) confidence.Set(std::to_string(layer), Napi::Number::New(env, c));
+  o.Set("confidence", confidence);
+  return o;
+}
 
 class Call;
 void DeliverToJs(Napi::Env env, Napi::Function, Call* call, Message* message);
@@ -340,6 +367,13 @@ class Call {
     if (!on_token_.IsEmpty()) Send(new Message(TokenMessage{token}));
     return !callback_failed_.load() && !cancel_requested();
   }
+  void EmitRound(const rs::RerouteRound& round) {
+    RearmCancel();
+    if (!on_round_.IsEmpty()) Send(new Message(RoundMessage{round}));
+  }
+  void SetOnRound(Napi::Function on_round) {
+    if (!on_round.IsEmpty()) on_round_ = Napi::Persistent(on_round);
+  }
   bool cancel_requested() const { return state_->cancel_requested.load(); }
   void RearmCancel() {
     if (cancel_requested()) state_->session->cancel();
@@ -374,6 +408,13 @@ class Call {
       } catch (const Napi::Error& e) {
         CallbackFailed(e);
       }
+    } else if (auto* rm = std::get_if<RoundMessage>(message)) {
+      if (!callback_error_.IsEmpty()) return;
+      try {
+        on_round_.Call({RoundToJs(env, rm->round)});
+      } catch (const Napi::Error& e) {
+        CallbackFailed(e);
+      }
     } else {
       Napi::HandleScope scope(env);
       state_->CallDone();
@@ -393,6 +434,7 @@ class Call {
       }
       on_layer_.Reset();
       on_token_.Reset();
+      on_round_.Reset();
       callback_error_.Reset();
     }
   }
@@ -426,7 +468,7 @@ class Call {
 
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<SessionState> state_;
-  Napi::FunctionReference on_layer_, on_token_;
+  Napi::FunctionReference on_layer_, on_token_, on_round_;
   Napi::ObjectReference callback_error_;
   std::atomic<bool> callback_failed_{false};
   CallTsfn tsfn_;
@@ -448,6 +490,8 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
                                       {InstanceMethod<&SessionWrap::Forward>("forward"),
                                        InstanceMethod<&SessionWrap::Generate>("generate"),
                                        InstanceMethod<&SessionWrap::Grad>("grad"),
+                                       InstanceMethod<&SessionWrap::GenerateRerouted>("generateRerouted"),
+                                       InstanceMethod<&SessionWrap::MeanHidden>("meanHidden"),
                                        InstanceMethod<&SessionWrap::Reset>("reset"),
                                        InstanceMethod<&SessionWrap::Cancel>("cancel"),
                                        InstanceAccessor<&SessionWrap::Position>("position")});
@@ -616,6 +660,74 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     });
   }
 
+  Napi::Value GenerateRerouted(const Napi::CallbackInfo& info) {
+    return Async(info, [&](Napi::Env env) -> Napi::Value {
+      if (info.Length() < 1) Throw(env, "BAD_ARGUMENT", "generateRerouted(prompt, options): prompt expected");
+      auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
+      Napi::Object options = OptionsObject(env, info, 1, true);
+      auto patch = std::make_shared<rs::Patch>(ReadPatch(env, options));
+      auto opts = std::make_shared<rs::SampleOptions>();
+      opts->max_new_tokens = IntOption(env, options, "maxNewTokens", opts->max_new_tokens);
+      opts->temperature = static_cast<float>(NumberOption(env, options, "temperature", opts->temperature));
+      opts->top_p = static_cast<float>(NumberOption(env, options, "topP", opts->top_p));
+      double seed = NumberOption(env, options, "seed", 0);
+      if (seed < 0 || seed != std::floor(seed)) Throw(env, "BAD_ARGUMENT", "option seed must be a non-negative integer");
+      opts->seed = static_cast<uint64_t>(seed);
+      if (Has(options, "stopTokens")) opts->stop_tokens = ReadIntArray(env, options.Get("stopTokens"), "stopTokens");
+      if (!Has(options, "reroute") || !options.Get("reroute").IsObject())
+        Throw(env, "BAD_ARGUMENT", "option reroute must be an object {interval, steps, lr, optimizer, layerFraction, leastConfidentFirst}");
+      Napi::Object ro = options.Get("reroute").As<Napi::Object>();
+      auto ropts = std::make_shared<rs::RerouteOptions>();
+      if (Has(ro, "layers")) ropts->layers = ReadIntArray(env, ro.Get("layers"), "reroute.layers");
+      ropts->interval = IntOption(env, ro, "interval", ropts->interval);
+      ropts->steps = IntOption(env, ro, "steps", ropts->steps);
+      ropts->lr = static_cast<float>(NumberOption(env, ro, "lr", ropts->lr));
+      std::string optimizer = StringOption(env, ro, "optimizer", "adam");
+      if (optimizer != "adam" && optimizer != "sgd") Throw(env, "BAD_ARGUMENT", "option reroute.optimizer must be 'adam' or 'sgd'");
+      ropts->adam = optimizer == "adam";
+      ropts->layer_fraction = static_cast<float>(NumberOption(env, ro, "layerFraction", ropts->layer_fraction));
+      ropts->least_confident_first = BoolOption(env, ro, "leastConfidentFirst", ropts->least_confident_first);
+      auto result = std::make_shared<rs::RerouteResult>();
+      auto call = std::make_unique<Call>(env, state_, Napi::Function(), CallbackOption(env, options, "onToken"));
+      call->SetOnRound(CallbackOption(env, options, "onRound"));
+      return Call::Start(
+          env, std::move(call),
+          [prompt, patch, opts, ropts, result](Call& c) {
+            *result = c.session().generate_rerouted(*prompt, *patch, *opts, *ropts, [&c](int t) { return c.EmitToken(t); },
+                                                    [&c](const rs::RerouteRound& r) { c.EmitRound(r); });
+            if (c.cancel_requested()) Call::ThrowCancelled();
+          },
+          [result](Napi::Env env) -> Napi::Value {
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("tokens", ToInt32Array(env, result->tokens));
+            Napi::Array rounds = Napi::Array::New(env, result->rounds.size());
+            for (size_t i = 0; i < result->rounds.size(); ++i) rounds.Set(static_cast<uint32_t>(i), RoundToJs(env, result->rounds[i]));
+            o.Set("rounds", rounds);
+            Napi::Object delta = Napi::Object::New(env);
+            for (const auto& [layer, d] : result->delta) delta.Set(std::to_string(layer), ToFloat32Array(env, d));
+            o.Set("delta", delta);
+            return o;
+          });
+    });
+  }
+
+  Napi::Value MeanHidden(const Napi::CallbackInfo& info) {
+    return Async(info, [&](Napi::Env env) -> Napi::Value {
+      if (info.Length() < 2) Throw(env, "BAD_ARGUMENT", "meanHidden(tokens, layer): tokens and layer expected");
+      auto tokens = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "tokens"));
+      if (!info[1].IsNumber()) Throw(env, "BAD_ARGUMENT", "meanHidden(tokens, layer): layer must be an integer");
+      double d = info[1].As<Napi::Number>().DoubleValue();
+      if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > 2147483647.0)
+        Throw(env, "BAD_ARGUMENT", "meanHidden(tokens, layer): layer must be a non-negative integer");
+      const int layer = static_cast<int>(d);
+      auto result = std::make_shared<std::vector<float>>();
+      auto call = std::make_unique<Call>(env, state_, Napi::Function(), Napi::Function());
+      return Call::Start(
+          env, std::move(call), [tokens, layer, result](Call& c) { *result = c.session().mean_hidden(*tokens, layer); },
+          [result](Napi::Env env) -> Napi::Value { return ToFloat32Array(env, *result); });
+    });
+  }
+
   Napi::Value Reset(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return Guard(env, [&]() -> Napi::Value {
@@ -650,6 +762,106 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
+// Model-level asynchronous calls (C3PO): no callbacks, so a plain AsyncWorker on libuv's pool is enough.
+
+class ModelTask : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<void()>;
+  using Resolver = std::function<Napi::Value(Napi::Env)>;
+  static Napi::Promise Start(Napi::Env env, Work work, Resolver resolve) {
+    auto* task = new ModelTask(env, std::move(work), std::move(resolve));
+    Napi::Promise promise = task->deferred_.Promise();
+    task->Queue();
+    return promise;
+  }
+
+ protected:
+  void Execute() override {
+    try {
+      work_();
+    } catch (...) {
+      failure_ = std::make_unique<CodedError>(Classify(std::current_exception()));
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (failure_) {
+      deferred_.Reject(MakeError(env, failure_->code, failure_->message).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(resolve_(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    } catch (...) {
+      CodedError ce = Classify(std::current_exception());
+      deferred_.Reject(MakeError(env, ce.code, ce.message).Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  ModelTask(Napi::Env env, Work work, Resolver resolve)
+      : Napi::AsyncWorker(env, "routescope-c3po"), deferred_(Napi::Promise::Deferred::New(env)),
+        work_(std::move(work)), resolve_(std::move(resolve)) {}
+  Napi::Promise::Deferred deferred_;
+  Work work_;
+  Resolver resolve_;
+  std::unique_ptr<CodedError> failure_;
+};
+
+// A reference item's prompt cached for C3PO. Holds the model so its weights stay mapped while the prefix exists.
+struct PrefixState {
+  std::shared_ptr<rs::Model> model;
+  std::shared_ptr<rs::C3poPrefix> prefix;  // declared after model: destroyed first
+  std::shared_ptr<std::mutex> c3po_mu;
+  int tokens = 0;
+  int first_layer = 0;
+};
+
+class PrefixWrap : public Napi::ObjectWrap<PrefixWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "C3poPrefix",
+                       {InstanceMethod<&PrefixWrap::Release>("release"),
+                        InstanceAccessor<&PrefixWrap::Tokens>("tokens"),
+                        InstanceAccessor<&PrefixWrap::FirstLayer>("firstLayer")});
+  }
+  static Napi::Object New(Napi::Env env, PrefixState state) {
+    Napi::Object obj = env.GetInstanceData<AddonData>()->prefix_class.New({});
+    Unwrap(obj)->state_ = std::move(state);
+    return obj;
+  }
+  // The prefix behind a JS value, or a BAD_ARGUMENT error.
+  static std::shared_ptr<rs::C3poPrefix> From(Napi::Env env, const Napi::Value& value, const std::string& what) {
+    if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(env.GetInstanceData<AddonData>()->prefix_class.Value()))
+      Throw(env, "BAD_ARGUMENT", what + " must be a prefix returned by c3poPrefix()");
+    PrefixWrap* wrap = Unwrap(value.As<Napi::Object>());
+    if (!wrap->state_.prefix) Throw(env, "BAD_ARGUMENT", what + " was released");
+    return wrap->state_.prefix;
+  }
+  explicit PrefixWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PrefixWrap>(info) {}
+  ~PrefixWrap() override { DropState(); }
+
+ private:
+  // The engine frees a prefix's KV cache when the last reference goes; a running c3poNgd holds its own reference
+  // (and drops it under the model's C3PO lock), so releasing here never pulls state from under the engine.
+  void DropState() {
+    state_.prefix.reset();
+    state_.model.reset();
+  }
+  Napi::Value Release(const Napi::CallbackInfo& info) {
+    DropState();
+    return info.Env().Undefined();
+  }
+  Napi::Value Tokens(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), state_.tokens); }
+  Napi::Value FirstLayer(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), state_.first_layer); }
+
+  PrefixState state_;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
 // Model wrapper.
 
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
@@ -658,6 +870,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     return DefineClass(env, "Model",
                                       {InstanceMethod<&ModelWrap::Info>("info"),
                                        InstanceMethod<&ModelWrap::CreateSession>("createSession"),
+                                       InstanceMethod<&ModelWrap::C3poPrefix>("c3poPrefix"),
+                                       InstanceMethod<&ModelWrap::C3poNgd>("c3poNgd"),
                                        InstanceMethod<&ModelWrap::Close>("close")});
   }
 
@@ -710,6 +924,130 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     });
   }
 
+  // Argument errors reject the promise (as the session calls do) rather than throw.
+  template <typename Prepare>
+  Napi::Value AsyncModel(const Napi::CallbackInfo& info, Prepare prepare) {
+    Napi::Env env = info.Env();
+    try {
+      if (!state_ || !state_->model) Throw(env, "CLOSED", "the model was closed");
+      return prepare(env);
+    } catch (const Napi::Error& e) {
+      Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
+      deferred.Reject(e.Value());
+      return deferred.Promise();
+    } catch (...) {
+      Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
+      CodedError e = Classify(std::current_exception());
+      deferred.Reject(MakeError(env, e.code, e.message).Value());
+      return deferred.Promise();
+    }
+  }
+
+  Napi::Value C3poPrefix(const Napi::CallbackInfo& info) {
+    return AsyncModel(info, [&](Napi::Env env) -> Napi::Value {
+      if (info.Length() < 2) Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): prompt and firstLayer expected");
+      auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
+      if (!info[1].IsNumber()) Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): firstLayer must be an integer");
+      double d = info[1].As<Napi::Number>().DoubleValue();
+      if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > 2147483647.0)
+        Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): firstLayer must be a non-negative integer");
+      const int first_layer = static_cast<int>(d);
+      for (int t : *prompt)
+        if (t < 0 || t >= state_->info.vocab_size)
+          Throw(env, "BAD_TOKENS", "token id " + std::to_string(t) + " is outside the vocabulary (0.." +
+                                       std::to_string(state_->info.vocab_size - 1) + ")");
+      std::shared_ptr<rs::Model> model = state_->model;
+      std::shared_ptr<std::mutex> mu = state_->c3po_mu;
+      auto result = std::make_shared<std::shared_ptr<rs::C3poPrefix>>();
+      return ModelTask::Start(
+          env,
+          [model, mu, prompt, first_layer, result] {
+            std::lock_guard<std::mutex> lock(*mu);
+            *result = model->c3po_prefix(*prompt, first_layer);
+          },
+          [model, mu, prompt, first_layer, result](Napi::Env env) -> Napi::Value {
+            PrefixState st;
+            st.model = model;
+            st.prefix = *result;
+            st.c3po_mu = mu;
+            st.tokens = static_cast<int>(prompt->size());
+            st.first_layer = first_layer;
+            return PrefixWrap::New(env, std::move(st));
+          });
+    });
+  }
+
+  Napi::Value C3poNgd(const Napi::CallbackInfo& info) {
+    return AsyncModel(info, [&](Napi::Env env) -> Napi::Value {
+      if (info.Length() < 3) Throw(env, "BAD_ARGUMENT", "c3poNgd(omegaInit, neighbours, options): three arguments expected");
+      if (!info[0].IsObject() || info[0].IsArray())
+        Throw(env, "BAD_ARGUMENT", "c3poNgd: omegaInit must be an object {\"<layer>\": Float32Array(E)}");
+      auto omega = std::make_shared<std::map<int, std::vector<float>>>();
+      Napi::Object omega_obj = info[0].As<Napi::Object>();
+      Napi::Array keys = omega_obj.GetPropertyNames();
+      for (uint32_t i = 0; i < keys.Length(); ++i) {
+        std::string key = keys.Get(i).ToString().Utf8Value();
+        char* end = nullptr;
+        long layer = std::strtol(key.c_str(), &end, 10);
+        if (key.empty() || *end != '\0' || layer < 0 || layer > 1000000)
+          Throw(env, "BAD_ARGUMENT", "c3poNgd: omegaInit key \"" + key + "\" is not a layer index");
+        (*omega)[static_cast<int>(layer)] = ReadFloatArray(env, omega_obj.Get(key), "omegaInit row");
+      }
+      if (!info[1].IsArray()) Throw(env, "BAD_ARGUMENT", "c3poNgd: neighbours must be an array of {prefix, answer, weight}");
+      Napi::Array list = info[1].As<Napi::Array>();
+      auto neighbours = std::make_shared<std::vector<rs::C3poNeighbour>>();
+      for (uint32_t i = 0; i < list.Length(); ++i) {
+        Napi::Value item = list.Get(i);
+        const std::string what = "neighbours[" + std::to_string(i) + "]";
+        if (!item.IsObject()) Throw(env, "BAD_ARGUMENT", what + " must be {prefix, answer, weight}");
+        Napi::Object n = item.As<Napi::Object>();
+        rs::C3poNeighbour nb;
+        nb.prefix = PrefixWrap::From(env, n.Get("prefix"), what + ".prefix");
+        if (!Has(n, "answer")) Throw(env, "BAD_ARGUMENT", what + ".answer (a token id) expected");
+        nb.answer = IntOption(env, n, "answer", 0);
+        nb.weight = static_cast<float>(NumberOption(env, n, "weight", 1.0));
+        neighbours->push_back(std::move(nb));
+      }
+      Napi::Object options = OptionsObject(env, info, 2, true);
+      auto opts = std::make_shared<rs::C3poOptions>();
+      if (!Has(options, "layers")) Throw(env, "BAD_ARGUMENT", "option layers (the critical layers) expected");
+      opts->layers = ReadIntArray(env, options.Get("layers"), "layers");
+      opts->core_experts = IntOption(env, options, "coreExperts", opts->core_experts);
+      opts->steps = IntOption(env, options, "steps", opts->steps);
+      if (opts->steps < 0) Throw(env, "BAD_ARGUMENT", "option steps must be >= 0");
+      opts->lr_start = static_cast<float>(NumberOption(env, options, "lrStart", opts->lr_start));
+      opts->lr_end = static_cast<float>(NumberOption(env, options, "lrEnd", opts->lr_end));
+      std::shared_ptr<rs::Model> model = state_->model;
+      std::shared_ptr<std::mutex> mu = state_->c3po_mu;
+      auto result = std::make_shared<rs::C3poResult>();
+      return ModelTask::Start(
+          env,
+          [model, mu, omega, neighbours, opts, result] {
+            std::lock_guard<std::mutex> lock(*mu);
+            *result = model->c3po_ngd(*omega, *neighbours, *opts);
+            neighbours->clear();  // drop the prefix references under the lock
+          },
+          [result](Napi::Env env) -> Napi::Value {
+            auto rows = [&](const std::map<int, std::vector<float>>& m) {
+              Napi::Object o = Napi::Object::New(env);
+              for (const auto& [layer, v] : m) o.Set(std::to_string(layer), ToFloat32Array(env, v));
+              return o;
+            };
+            Napi::Object o = Napi::Object::New(env);
+            o.Set("omegaBefore", rows(result->omega_before));
+            o.Set("omegaAfter", rows(result->omega_after));
+            Napi::Object core = Napi::Object::New(env);
+            for (const auto& [layer, v] : result->core) core.Set(std::to_string(layer), ToInt32Array(env, v));
+            o.Set("core", core);
+            Napi::Array losses = Napi::Array::New(env, result->losses.size());
+            for (size_t i = 0; i < result->losses.size(); ++i) losses.Set(static_cast<uint32_t>(i), Napi::Number::New(env, result->losses[i]));
+            o.Set("losses", losses);
+            o.Set("firstGrad", rows(result->first_grad));
+            return o;
+          });
+    });
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return Guard(env, [&]() -> Napi::Value {
@@ -759,6 +1097,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->model_class = Napi::Persistent(ModelWrap::Define(env));
   data->session_class = Napi::Persistent(SessionWrap::Define(env));
+  data->prefix_class = Napi::Persistent(PrefixWrap::Define(env));
   env.SetInstanceData(data);
   exports.Set("version", Napi::String::New(env, "0.1.0"));
 #ifdef RS_WITH_CUDA

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cpu/forward.h"
+#include "cuda/backend.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 #include "model/model.h"
@@ -45,10 +46,7 @@ class SessionImpl : public Session {
                                   const RerouteOptions& ropts, const std::function<bool(int)>& on_token,
                                   const std::function<void(const RerouteRound&)>& on_round) override;
   std::vector<float> mean_hidden(const std::vector<int>& tokens, int layer) override;
-  void reset() override {
-    pos_ = 0;
-    hidden_.clear();
-  }
+  void reset() override;
   int position() const override { return pos_; }
   void cancel() override { cancel_ = true; }
 
@@ -68,6 +66,8 @@ class SessionImpl : public Session {
   int pos_ = 0;
   std::vector<KVCache> cache_;
   std::atomic<bool> cancel_{false};
+  std::unique_ptr<cuda::DeviceSession> device_;  // GPU KV cache when the model runs on CUDA
+  bool on_device_ = false;     // this session's cache lives on the GPU (rerouting and C3PO run on the CPU path)
   int depth_ = 0;              // nesting of public calls: only the outermost clears a pending cancel
   int keep_layer_ = -1;        // when >= 0, forward() keeps the hidden input of this layer for every position
   std::vector<float> hidden_;  // [pos_, H]
@@ -83,7 +83,18 @@ class ModelImpl : public Model {
     info_ = ck_->info;
     info_.threads = threads;
     info_.backend = "cpu";
+    if (opts.backend == "cuda") {
+      device_ = cuda::DeviceModel::upload(*ck_);  // throws NO_CUDA / OOM with the reason
+      info_.backend = "cuda";
+      info_.device = device_->device_name();
+    } else if (opts.backend == "auto") {
+      const std::string why = cuda::probe();
+      info_.backend_note = why.empty() ? "a CUDA device is present, but auto keeps the CPU until the CUDA backend has been "
+                                         "validated on a GPU; pass backend cuda to use it"
+                                       : "CPU: " + why;
+    }
   }
+  cuda::DeviceModel* device() { return device_.get(); }
   const ModelInfo& info() const override { return info_; }
   std::unique_ptr<Session> create_session(int max_context) override {
     return std::make_unique<SessionImpl>(*this, max_context);
@@ -98,13 +109,21 @@ class ModelImpl : public Model {
   std::unique_ptr<Checkpoint> ck_;
   std::unique_ptr<ThreadPool> pool_;
   ModelInfo info_;
+  std::unique_ptr<cuda::DeviceModel> device_;  // weights on the GPU when the backend is cuda
 };
+
+void SessionImpl::reset() {
+  pos_ = 0;
+  hidden_.clear();
+  on_device_ = m_.device() != nullptr;
+}
 
 SessionImpl::SessionImpl(ModelImpl& model, int max_context)
     : m_(model), dec_(model.checkpoint(), model.pool()), cache_(model.checkpoint().config.layers) {
   const int limit = model.info().max_position_embeddings;
   max_context_ = max_context > 0 ? std::min(max_context, limit) : limit;
   dec_.cancel_flag = &cancel_;
+  on_device_ = model.device() != nullptr;  // the GPU KV cache is allocated on first use
 }
 
 void SessionImpl::check_tokens(const std::vector<int>& tokens, int already) const {
@@ -129,6 +148,20 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
   check_tokens(tokens, pos_);
   const ModelConfig& cfg = m_.checkpoint().config;
   const int T = static_cast<int>(tokens.size()), H = cfg.hidden, pos0 = pos_;
+  if (on_device_) {
+    if (!device_) device_ = m_.device()->session(max_context_);
+    ForwardResult res;
+    const int first = mode == LogitsMode::Last ? T - 1 : 0;
+    res.rows = mode == LogitsMode::None ? 0 : T - first;
+    try {
+      device_->forward(tokens, pos0, patch, on_layer, first, res.rows, res.logits, &cancel_);
+    } catch (...) {
+      pos_ = pos0;
+      throw;
+    }
+    pos_ = pos0 + T;
+    return res;
+  }
   std::vector<float> h(static_cast<size_t>(T) * H);
   dec_.embed(tokens, h.data());
   try {
@@ -428,7 +461,8 @@ RerouteResult SessionImpl::generate_rerouted(const std::vector<int>& prompt, con
       throw Error("BAD_ARGUMENT", "rerouting layer " + std::to_string(l) + " has no router");
   if (o.steps < 0 || o.interval < 1 || !(o.layer_fraction > 0 && o.layer_fraction <= 1))
     throw Error("BAD_ARGUMENT", "rerouting needs steps >= 0, interval >= 1 and 0 < layer fraction <= 1");
-  if (pos_ != 0) reset();
+  reset();
+  on_device_ = false;  // rounds need the CPU decoder's cache and saved activations
   keep_layer_ = *std::min_element(candidates.begin(), candidates.end());
   hidden_.clear();
   RerouteResult res;
@@ -484,6 +518,7 @@ std::shared_ptr<C3poPrefix> ModelImpl::c3po_prefix(const std::vector<int>& promp
   if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
   auto p = std::make_shared<C3poPrefix>();
   p->session = std::make_unique<SessionImpl>(*this, 0);
+  p->session->on_device_ = false;  // NGD steps run the CPU decoder against this cache
   p->first_layer = first_layer;
   p->last = static_cast<int>(prompt.size()) - 1;
   p->model = this;
@@ -599,8 +634,7 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
   if (opts.backend != "auto" && opts.backend != "cpu" && opts.backend != "cuda")
     throw Error("BAD_ARGUMENT", "backend must be auto, cpu or cuda (got \"" + opts.backend + "\")");
-  if (opts.backend == "cuda")
-    throw Error("NO_CUDA", "the CUDA backend is not available in this build; use --backend cpu or auto");
+  if (opts.backend == "cuda" && !cuda::compiled()) throw Error("NO_CUDA", cuda::probe() + "; use backend cpu or auto");
   return std::make_unique<ModelImpl>(Checkpoint::open(dir), opts);
 }
 

@@ -20,12 +20,16 @@ void fail(const std::string& msg, const char* file, int line) {
 int main(int argc, char** argv) {
   if (argc > 1) rstest::fixtures_dir = argv[1];
   const char* filter = argc > 2 ? argv[2] : nullptr;
-  int passed = 0, failed = 0;
+  int passed = 0, failed = 0, skipped = 0;
   for (const auto& c : rstest::registry()) {
     if (filter && !std::strstr(c.name.c_str(), filter)) continue;
     rstest::failures_in_case = 0;
     try {
       c.fn();
+    } catch (const rstest::Skipped& s) {
+      ++skipped;
+      std::cout << "skip " << c.name << " (" << s.reason << ")\n";
+      continue;
     } catch (const std::exception& e) {
       rstest::fail(std::string("exception: ") + e.what(), __FILE__, __LINE__);
     }
@@ -37,6 +41,6 @@ int main(int argc, char** argv) {
       std::cout << "FAIL " << c.name << " (" << rstest::failures_in_case << " failed checks)\n";
     }
   }
-  std::cout << "engine tests: " << passed << " passed, " << failed << " failed\n";
+  std::cout << "engine tests: " << passed << " passed, " << failed << " failed, " << skipped << " skipped\n";
   return failed == 0 ? 0 : 1;
 }

@@ -13,6 +13,10 @@ struct Case {
 std::vector<Case>& registry();
 extern std::string fixtures_dir;
 void fail(const std::string& msg, const char* file, int line);
+// Thrown by SKIP: the case cannot run on this machine (e.g. no GPU); counted apart from passes.
+struct Skipped {
+  std::string reason;
+};
 struct Registrar {
   Registrar(const std::string& name, std::function<void()> fn) { registry().push_back({name, std::move(fn)}); }
 };
@@ -36,3 +40,4 @@ struct Registrar {
       rstest::fail(os_.str(), __FILE__, __LINE__);                      \
     }                                                                   \
   } while (0)
+#define SKIP(reason) throw rstest::Skipped{reason}

@@ -50,6 +50,8 @@ struct ModelInfo {
   uint64_t weight_bytes = 0;       // mapped from disk
   std::vector<int> eos_token_ids;  // from config.json / generation_config.json
   std::string backend = "cpu";
+  std::string backend_note;      // why "auto" chose what it chose (e.g. no CUDA device), for a one-line notice
+  std::string device;            // GPU name when backend == "cuda"
   int threads = 1;
 };
 

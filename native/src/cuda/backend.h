@@ -1,0 +1,43 @@
+// CUDA backend: the same decoder on an NVIDIA GPU. This header has no CUDA types so the engine compiles with or
+// without the toolkit; the implementation lives in backend.cu (built when CMake finds nvcc).
+//
+// Status: compiled in CI; not yet validated on a GPU (see README "CUDA backend"). The engine therefore selects it
+// only for an explicit backend "cuda"; "auto" stays on the CPU until the GPU parity suite has run.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "routescope/engine.h"
+
+namespace routescope {
+namespace cuda {
+
+// Empty when a device can be used; otherwise why not (no driver, no device, old driver, not compiled).
+std::string probe();
+bool compiled();
+
+class DeviceSession {
+ public:
+  virtual ~DeviceSession() = default;
+  // Runs tokens at positions pos0.., appending to the device KV cache; routing as on the CPU (identical patch
+  // semantics: the router's softmax/patch/top-k run through the same route_token on the host); logits for
+  // `rows` positions starting at `first` (relative to this call) into `logits` ([rows, V]).
+  virtual void forward(const std::vector<int>& tokens, int pos0, const Patch& patch, const RoutingCallback& on_layer,
+                       int first, int rows, std::vector<float>& logits, const std::atomic<bool>* cancel) = 0;
+};
+
+class DeviceModel {
+ public:
+  virtual ~DeviceModel() = default;
+  // Uploads every weight once; throws Error("OOM") before allocating when the model does not fit.
+  static std::unique_ptr<DeviceModel> upload(const Checkpoint& ck);
+  virtual std::unique_ptr<DeviceSession> session(int max_context) = 0;
+  virtual std::string device_name() const = 0;
+  virtual size_t weight_bytes() const = 0;
+};
+
+}  // namespace cuda
+}  // namespace routescope
