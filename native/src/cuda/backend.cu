@@ -39,6 +39,22 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  __shared__ float total;
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float w = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
+    w = warp_sum(w);
+    if (threadIdx.x == 0) total = w;
+  }
+  __syncthreads();
+  return total;
+}
+
 int dt_code(DType d) { return d == DType::F32 ? 0 : (d == DType::F16 ? 1 : 2); }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -57,17 +73,7 @@ __global__ void k_rmsnorm(const float* x, const float* w, int n, float eps, floa
   const float* xr = x + r * n;
   float ss = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
-  __shared__ float part[32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float scale = rsqrtf(part[0] / n + eps);
+  const float scale = rsqrtf(block_sum(ss) / n + eps);
   for (int i = threadIdx.x; i < n; i += blockDim.x) y[r * n + i] = xr[i] * scale * w[i];
 }
 
@@ -232,17 +238,8 @@ __global__ void k_shared_gate(const float* x, const float* gw, const float* so, 
   const int t = blockIdx.x;
   float s = 0;
   for (int d = threadIdx.x; d < H; d += blockDim.x) s += x[static_cast<size_t>(t) * H + d] * gw[d];
-  __shared__ float part[32];
-  s = warp_sum(s);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = 1.f / (1.f + __expf(-v));
-  }
-  __syncthreads();
-  for (int d = threadIdx.x; d < H; d += blockDim.x) y[static_cast<size_t>(t) * H + d] += part[0] * so[static_cast<size_t>(t) * H + d];
+  const float gate = 1.f / (1.f + __expf(-block_sum(s)));
+  for (int d = threadIdx.x; d < H; d += blockDim.x) y[static_cast<size_t>(t) * H + d] += gate * so[static_cast<size_t>(t) * H + d];
 }
 
 __global__ void k_add(float* y, const float* x, size_t n) {
