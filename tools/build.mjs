@@ -19,12 +19,26 @@ const common = {
   logLevel: 'warning',
   absWorkingDir: root,
   // The addon is loaded at run time from build/Release (engine/addon.ts); vscode is provided by the host.
-  external: ['vscode', '*.node'],
+  // onnxruntime-node (optional text embedder, adapt/embedder.ts) ships its own binaries and is required lazily.
+  external: ['vscode', '*.node', 'onnxruntime-node'],
 };
 
 const builds = [
   { ...common, entryPoints: ['extension/src/extension.ts'], outfile: 'dist/extension.js' },
   { ...common, entryPoints: ['extension/src/cli/main.ts'], outfile: 'dist/cli.js' },
+  // The engine process the extension host forks (engine/host.ts): a native crash there spares the host.
+  { ...common, entryPoints: ['extension/src/engine/worker.ts'], outfile: 'dist/engine-worker.js' },
+  // The routing panel's webview app (webview/src) and its stylesheet, loaded by extension/src/views/routingPanel.ts.
+  {
+    ...common,
+    platform: 'browser',
+    format: 'iife',
+    target: 'es2022',
+    external: [],
+    entryPoints: { routing: 'webview/src/main.ts', 'routing-style': 'webview/src/routing.css' },
+    outdir: 'dist/webview',
+    entryNames: '[name]',
+  },
 ];
 
 function testEntries(dir) {
@@ -37,10 +51,11 @@ function testEntries(dir) {
 
 if (args.has('--tests')) {
   rmSync(join(root, 'test/out'), { recursive: true, force: true });
-  const entries = [...testEntries('test/unit'), ...testEntries('test/cli')];
+  const entries = [...testEntries('test/unit'), ...testEntries('test/cli'), ...testEntries('test/e2e')];
   for (const entry of entries) {
     const out = join('test/out', relative('test', entry)).replace(/\.ts$/, '.js');
-    builds.push({ ...common, entryPoints: [entry], outfile: out });
+    // The end-to-end tests drive chromium through playwright-core, loaded from node_modules at run time.
+    builds.push({ ...common, entryPoints: [entry], outfile: out, external: [...common.external, 'playwright-core'] });
   }
 }
 

@@ -1,26 +1,90 @@
-// The extension host entry: only wiring. The UI (panels, views) arrives with a later issue.
+// The extension host entry: only wiring. The engine runs in its own process (engine/host.ts → engine/worker.ts).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { loadAddon } from './engine/addon';
+import { Session } from './session';
+import { registerCommands, demoModelDir, type RoutingDisplay } from './commands';
+import { registerSidePanel } from './views/sidePanel';
+import { PatchFileSystem } from './views/patchDocument';
+import { PromptCodeLensProvider, promptSelector } from './prompts/codeLens';
+import { registerRoutingPanel } from './views/routingPanel';
 
-let output: vscode.OutputChannel | undefined;
+let session: Session | undefined;
 
-export function activate(context: vscode.ExtensionContext): void {
-  output = vscode.window.createOutputChannel('Routescope');
+export function activate(context: vscode.ExtensionContext): { session: Session } {
+  const output = vscode.window.createOutputChannel('Routescope');
   context.subscriptions.push(output);
+  const s = new Session(output, path.join(context.extensionPath, 'dist', 'engine-worker.js'));
+  session = s;
+  context.subscriptions.push(s);
+
+  const panels = registerRoutingPanel(context, {
+    getRun: (id) => s.runs.get(id),
+    listRuns: () => s.runs.all(),
+    getPatch: () => s.patch,
+    setPatch: (patch) => s.setPatch(patch),
+    onDidChangePatch: s.onDidChangePatch,
+    log: (line) => output.appendLine(line),
+  });
+  const display: RoutingDisplay = {
+    show: (run, options) => void panels.show(run, options?.compare ? { compare: options.compare } : {}),
+    update: (run) => panels.update(run),
+  };
   context.subscriptions.push(
-    vscode.commands.registerCommand('routescope.showEngineLog', () => {
-      output?.show(true);
+    ...registerCommands({ context, session: s, display: () => display }),
+    panels.onDidRequestRerun((e) => {
+      try {
+        s.setPatch(e.patch);
+      } catch (error) {
+        void vscode.window.showErrorMessage(`Routescope: ${(error as Error).message}`);
+        return;
+      }
+      if (e.run) void vscode.commands.executeCommand('routescope.rerunWithPatch', e.run.id);
+      else void vscode.commands.executeCommand('routescope.inspectRouting', e.prompt);
+    }),
+    panels.onDidRequestExport((e) => void vscode.commands.executeCommand('routescope.exportTrace', { runId: e.run.id, format: e.format })),
+  );
+  const { disposables } = registerSidePanel(s);
+  context.subscriptions.push(...disposables);
+  context.subscriptions.push(vscode.workspace.registerFileSystemProvider('routescope-patch', new PatchFileSystem(s), { isCaseSensitive: true }));
+
+  const lenses = new PromptCodeLensProvider();
+  let lensRegistration = vscode.languages.registerCodeLensProvider(promptSelector(), lenses);
+  context.subscriptions.push(
+    { dispose: () => lensRegistration.dispose() },
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration('routescope.promptFiles')) {
+        lensRegistration.dispose();
+        lensRegistration = vscode.languages.registerCodeLensProvider(promptSelector(), lenses);
+      }
     }),
   );
-  try {
-    const addon = loadAddon();
-    output.appendLine(`engine ${addon.version} loaded (CUDA backend ${addon.cudaCompiled ? 'compiled' : 'not compiled'})`);
-  } catch (error) {
-    // Not fatal for activation: the log says what to do.
-    output.appendLine(error instanceof Error ? error.message : String(error));
+
+  void vscode.commands.executeCommand('setContext', 'routescope.demoAvailable', fs.existsSync(path.join(demoModelDir(context), 'config.json')));
+
+  // Nothing is loaded on its own in a restricted (untrusted) workspace.
+  const openDemo = vscode.workspace.getConfiguration('routescope').get<boolean>('openDemoOnStartup', false);
+  if (openDemo && vscode.workspace.isTrusted) void openDemoOnStartup();
+  return { session: s };
+}
+
+/** npm start: the workspace's first prompt file in an editor (when none is open), the side panel, the demo model. */
+async function openDemoOnStartup(): Promise<void> {
+  if (vscode.window.visibleTextEditors.length === 0) {
+    const globs = vscode.workspace.getConfiguration('routescope').get<string[]>('promptFiles', []);
+    for (const glob of globs) {
+      const [file] = await vscode.workspace.findFiles(glob, '**/node_modules/**', 1);
+      if (file) {
+        await vscode.window.showTextDocument(file, { preview: false });
+        break;
+      }
+    }
   }
+  await vscode.commands.executeCommand('workbench.view.extension.routescope');
+  await vscode.commands.executeCommand('routescope.openDemoModel');
 }
 
 export function deactivate(): void {
-  output = undefined;
+  session?.dispose();
+  session = undefined;
 }

@@ -1,6 +1,6 @@
 // `npm test`: the engine's C++ tests (build/rs_tests test/fixtures), then node --test over the bundled unit and CLI
 // tests in test/out (built by `node tools/build.mjs --tests`). Ends with node's summary lines.
-//   node test/helpers/run-tests.mjs [--native-only]
+//   node test/helpers/run-tests.mjs [--native-only] [--no-e2e]
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join, dirname } from 'node:path';
@@ -29,7 +29,7 @@ const outDir = join(root, 'test', 'out');
 const files = existsSync(outDir)
   ? readdirSync(outDir, { recursive: true })
       .map(String)
-      .filter((f) => f.endsWith('.test.js'))
+      .filter((f) => f.endsWith('.test.js') && !f.split('/').includes('node_modules'))
       .sort()
       .map((f) => join('test', 'out', f))
   : [];
@@ -37,5 +37,19 @@ if (files.length === 0) {
   console.error('routescope: no bundled tests in test/out: run node tools/build.mjs --tests');
   process.exit(1);
 }
-const node = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...files], { stdio: 'inherit', cwd: root });
-process.exit(failed || node.status !== 0 ? 1 : 0);
+// The end-to-end tests (a real VS Code: code-server + chromium, test/e2e) run last, on their own, so the unit and
+// CLI results come first and the browser has the machine to itself. --no-e2e leaves them out.
+const isE2e = (f) => f.startsWith(join('test', 'out', 'e2e') + '/');
+const unit = files.filter((f) => !isE2e(f));
+const e2e = process.argv.includes('--no-e2e') ? [] : files.filter(isE2e);
+const node = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...unit], { stdio: 'inherit', cwd: root });
+if (node.status !== 0) failed = true;
+if (e2e.length > 0) {
+  const started = Date.now();
+  console.log(`# end-to-end tests in VS Code (code-server + chromium): ${e2e.join(' ')}`);
+  // One file at a time: packaging rebuilds dist/ in production mode.
+  const run = spawnSync(process.execPath, ['--test', '--test-concurrency=1', '--test-reporter=spec', ...e2e], { stdio: 'inherit', cwd: root });
+  console.log(`# end-to-end tests took ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  if (run.status !== 0) failed = true;
+}
+process.exit(failed ? 1 : 0);

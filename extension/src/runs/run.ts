@@ -46,6 +46,8 @@ export interface Run {
   layers: Map<number, LayerRouting>;
   /** Next-token distribution after the prompt: top entries (token, probability), most likely first. */
   nextTokens?: { token: number; text: string; prob: number }[];
+  /** The whole next-token distribution after the prompt ([vocab], sums to 1), for comparing runs. */
+  nextTokenProbs?: Float32Array;
   generatedText?: string;
   error?: string;
   /** Id of the run this one was compared against / derived from (e.g. the unpatched run of a patched re-run). */

