@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
@@ -270,5 +271,25 @@ TEST("cancel: a cancel between decode steps stops generate with CANCELLED") {
   // The next call starts clean.
   auto r = s->forward({1}, none, LogitsMode::Last);
   CHECK(!r.logits.empty());
+}
+}  // namespace
+
+namespace {
+TEST("threads: two sessions of one model running at once on two threads (shared pool) give the sequential results") {
+  auto model = Model::load(fixture_model("qwen2_moe-perexpert-f16"), LoadOptions{2, "cpu"});
+  const int V = model->info().vocab_size;
+  auto a = some_tokens(40, V, 21), b = some_tokens(33, V, 22);
+  Patch none;
+  auto ra = model->create_session()->forward(a, none, LogitsMode::All);
+  auto rb = model->create_session()->forward(b, none, LogitsMode::All);
+  for (int round = 0; round < 20; ++round) {
+    ForwardResult xa, xb;
+    std::thread t1([&] { xa = model->create_session()->forward(a, none, LogitsMode::All); });
+    std::thread t2([&] { xb = model->create_session()->forward(b, none, LogitsMode::All); });
+    t1.join();
+    t2.join();
+    CHECK(xa.logits == ra.logits);
+    CHECK(xb.logits == rb.logits);
+  }
 }
 }  // namespace

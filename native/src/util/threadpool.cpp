@@ -39,8 +39,11 @@ void ThreadPool::worker_loop(int index) {
 }
 
 void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
-  if (workers_.empty()) {
-    fn(0);
+  // Sessions of one model share its pool and may run on different threads at once: whoever finds the pool busy
+  // runs every chunk itself instead of waiting (or corrupting the dispatch in progress).
+  std::unique_lock<std::mutex> dispatch(dispatch_mu_, std::try_to_lock);
+  if (workers_.empty() || !dispatch.owns_lock()) {
+    for (int i = 0; i < size(); ++i) fn(i);
     return;
   }
   {
