@@ -62,7 +62,7 @@ TEST("kernels: matmul and its input gradient match a float64 loop (all dtypes, r
   ThreadPool pool(2);
   for (DType dt : {DType::F32, DType::F16, DType::BF16})
     for (int T : {1, 2, 3, 4, 5, 8, 9, 17})
-      for (int N : {1, 5, 33, 70})
+      for (int N : {1, 5, 33, 70, 300})
         for (int K : {7, 16, 31, 300}) {
           TestMat W = make_mat(N, K, dt, rng);
           std::vector<float> x(size_t(T) * K), y(size_t(T) * N, 1.f), dy(size_t(T) * N), dx(size_t(T) * K, 0.5f);
