@@ -46,6 +46,8 @@ function usage() {
   --engine         how to run the engine: the CLI's bench (cli), build/rs_bench, or auto (default: the CLI when it is
                    built, rs_bench when it is not or fails)
   --skip-peer      engine figures only
+  --skip-adapt     leave out the test-time adaptation overhead (bench/adapt.mjs: C3PO-NGD and rerouting vs plain),
+                   which otherwise runs afterwards on the demo model and this checkpoint (with --json: a second line)
   --json           print results.json to stdout instead of the table (progress still goes to stderr)
 `;
 }
@@ -64,6 +66,7 @@ function parseOptions(argv) {
       python: { type: 'string' },
       engine: { type: 'string', default: 'auto' },
       'skip-peer': { type: 'boolean', default: false },
+      'skip-adapt': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -89,6 +92,7 @@ function parseOptions(argv) {
           throw new BenchError(`--engine must be auto, cli or rs_bench, got ${JSON.stringify(values.engine)}`);
         })(),
     skipPeer: values['skip-peer'],
+    skipAdapt: values['skip-adapt'],
     json: values.json,
   };
 }
@@ -513,6 +517,11 @@ async function main() {
   };
   fs.writeFileSync(path.join(OUT, 'results.json'), JSON.stringify(results, null, 2) + '\n');
   process.stdout.write(opts.json ? JSON.stringify(results) + '\n' : table(results) + '\n');
+  if (!opts.skipAdapt) {
+    // 7. test-time adaptation overhead (its own script; a failure there is reported, not hidden)
+    const adapt = spawnSync(process.execPath, [path.join(ROOT, 'bench', 'adapt.mjs'), '--layers', String(opts.layers), ...(opts.threads ? ['--threads', String(opts.threads)] : []), ...(opts.json ? ['--json'] : [])], { stdio: 'inherit' });
+    if (adapt.status !== 0) realError = realError ?? `bench/adapt.mjs failed (${adapt.signal ?? `exit ${adapt.status}`})`;
+  }
   if (realError) {
     process.stderr.write(`bench: ${realError}\n`);
     return 1;

@@ -815,7 +815,6 @@ class ModelTask : public Napi::AsyncWorker {
 struct PrefixState {
   std::shared_ptr<rs::Model> model;
   std::shared_ptr<rs::C3poPrefix> prefix;  // declared after model: destroyed first
-  std::shared_ptr<std::mutex> c3po_mu;
   int tokens = 0;
   int first_layer = 0;
 };
@@ -965,11 +964,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
             std::lock_guard<std::mutex> lock(*mu);
             *result = model->c3po_prefix(*prompt, first_layer);
           },
-          [model, mu, prompt, first_layer, result](Napi::Env env) -> Napi::Value {
+          [model, prompt, first_layer, result](Napi::Env env) -> Napi::Value {
             PrefixState st;
             st.model = model;
             st.prefix = *result;
-            st.c3po_mu = mu;
             st.tokens = static_cast<int>(prompt->size());
             st.first_layer = first_layer;
             return PrefixWrap::New(env, std::move(st));

@@ -12,6 +12,7 @@ import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber, parseSpan } from './args';
 import { describeModel, f32Row, f32Rows, formatBytes, formatF32, intRow, modelInfoJson, writeJsonObject } from './output';
 import { formatRoutingTable, formatWeight, visibleToken } from './table';
+import { adaptInterrupt, registerAdaptCommands } from './adapt';
 
 const VERSION = '0.1.0';
 const DEMO_MODEL = path.join('media', 'demo-model');
@@ -33,6 +34,7 @@ let activeSession: NativeSession | undefined;
 let interrupted = false;
 
 function onInterrupt(): void {
+  if (adaptInterrupt()) return; // reference build / eval stop between items and keep their partial log
   if (interrupted || !activeSession) process.exit(130); // nothing to cancel, or asked twice
   interrupted = true;
   activeSession.cancel();
@@ -602,6 +604,8 @@ export function buildProgram(): Command {
     .action(action(bench));
 
   commonOptions(program.command('info').description('what the engine read from a model folder')).action(action(info));
+
+  registerAdaptCommands(program, commonOptions, action);
 
   // Options after the subcommand belong to it; global flags are only --help and --version.
   for (const command of program.commands) {

@@ -1,6 +1,8 @@
 // The routing patch: ONE value type shared by the CLI, the UI and the adaptation methods. It mirrors the JSON the
 // engine parses (routescope::parse_patch); layers and experts are 0-based, keys are decimal strings.
 //   {"layers": {"<layer>": {"mask": [e...], "force": [e...], "bias": {"<e>": v} | [v x E], "mix": {"<pos>": [p x E]}}}}
+// A mix key "<pos>+" (at most one per layer) applies its row to every position >= pos, generated ones included;
+// an exact "<pos>" key wins over it at that position.
 
 export interface LayerPatch {
   /** Experts whose router logit becomes -inf before the softmax (as if pruned). */
@@ -9,7 +11,7 @@ export interface LayerPatch {
   force?: number[];
   /** Additive router-logit bias at every position: sparse by expert, or a dense vector of E values. */
   bias?: Record<string, number> | number[];
-  /** Replacement softmax rows (E values each) at absolute positions, applied before top-k. */
+  /** Replacement softmax rows (E values each) at absolute positions ("7"), or from a position on ("7+"), before top-k. */
   mix?: Record<string, number[]>;
 }
 
@@ -131,7 +133,11 @@ export function validatePatch(value: unknown, source = 'patch', model?: PatchMod
       const mix: Record<string, number[]> = {};
       for (const [positionKey, row] of Object.entries(entry.mix as Record<string, unknown>)) {
         const where = `${at}: mix["${positionKey}"]`;
-        if (!isIndexKey(positionKey)) fail(`${at}: mix`, `"${positionKey}" is not a position (0-based decimal)`);
+        const tail = positionKey.endsWith('+');
+        if (!isIndexKey(tail ? positionKey.slice(0, -1) : positionKey)) {
+          fail(`${at}: mix`, `"${positionKey}" is not a position (0-based decimal, or "N+" for every position >= N)`);
+        }
+        if (tail && Object.keys(mix).some((k) => k.endsWith('+'))) fail(`${at}: mix`, 'has more than one "N+" key');
         if (!Array.isArray(row)) fail(where, `expected an array of ${E ?? 'E'} probabilities, got ${describe(row)}`);
         const values = (row as unknown[]).map((v, i) => finite(`${where}[${i}]`, v));
         if (E !== undefined && values.length !== E) fail(where, `has ${values.length} values, expected ${E} (one per expert)`);

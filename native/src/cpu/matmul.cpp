@@ -46,9 +46,11 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
   }
   const int dt = dt_code(W.dtype);
   if (T <= 4) {
-    // Memory-bound: split rows in blocks of 4 so every thread streams its own part of W once.
+    // Memory-bound: split rows in blocks of 4 so every thread streams its own part of W once; at least 256 KiB of
+    // weights per thread, so small matrices (tiny models, one-position C3PO steps) do not pay for waking the pool.
     int64_t blocks = (N + 3) / 4;
-    pool.parallel_for(blocks, 16, [&](int64_t a, int64_t b, int) {
+    const int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / (int64_t(4) * K * (dt == 0 ? 4 : 2)));
+    pool.parallel_for(blocks, grain, [&](int64_t a, int64_t b, int) {
       avx512::dot_rows(x, T, K, W.data, dt, int(a * 4), int(std::min<int64_t>(N, b * 4)), y, N, accumulate);
     });
     return;
@@ -112,6 +114,41 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     return;
   }
   const int dt = dt_code(W.dtype);
+  if (N >= 256) {
+    // Stream W row by row in slabs (contiguous reads), each thread summing into its own K-wide partials for a block
+    // of up to 16 rows of dy, then reduce. The column-block kernel below reads W with a 32-float stride and once per
+    // 8 rows, which made the LM-head backward (N = vocab) of C3PO steps and rerouting rounds bandwidth-starved.
+    // Small products run on the calling thread: waking the pool costs more than the work.
+    const bool inline_only = static_cast<int64_t>(N) * K * T < (int64_t(1) << 20);
+    const int threads = inline_only ? 1 : pool.size();
+    const int TB = std::min(T, 16);
+    std::vector<float> partials(static_cast<size_t>(threads) * TB * K);
+    const int slab = 256;
+    const int units = (N + slab - 1) / slab;
+    for (int t0 = 0; t0 < T; t0 += TB) {
+      const int tb = std::min(TB, T - t0);
+      std::fill(partials.begin(), partials.end(), 0.f);
+      if (inline_only) {
+        avx512::backward_stream(dy + static_cast<size_t>(t0) * N, tb, N, W.data, dt, K, 0, N, partials.data());
+      } else {
+        std::atomic<int> next{0};
+        pool.run_on_all([&](int thread) {
+          float* partial = partials.data() + static_cast<size_t>(thread) * TB * K;
+          for (int u; (u = next.fetch_add(1)) < units;)
+            avx512::backward_stream(dy + static_cast<size_t>(t0) * N, tb, N, W.data, dt, K, u * slab, std::min(N, (u + 1) * slab), partial);
+        });
+      }
+      for (int t = 0; t < tb; ++t) {
+        float* out = dx + static_cast<size_t>(t0 + t) * K;
+        if (!accumulate) std::fill(out, out + K, 0.f);
+        for (int i = 0; i < threads; ++i) {
+          const float* p = partials.data() + (static_cast<size_t>(i) * TB + t) * K;
+          for (int k = 0; k < K; ++k) out[k] += p[k];
+        }
+      }
+    }
+    return;
+  }
   int64_t blocks = (K + 31) / 32;
   pool.parallel_for(blocks, 1, [&](int64_t a, int64_t b, int) {
     avx512::backward_rows(dy, T, N, W.data, dt, K, int(a * 32), int(std::min<int64_t>(K, b * 32)), dx, accumulate);

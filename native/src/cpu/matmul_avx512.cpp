@@ -243,6 +243,65 @@ void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, 
   else gemm_panel_dt<2>(x, T, K, W, n0, n1, y, ldy, accumulate, panel);
 }
 
+namespace {
+// partial[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :] for a few rows t: W streamed row by row (contiguous reads,
+// the K-wide partial sums stay in cache). Four weight rows per pass over the partial sums.
+template <int DT>
+void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, float* partial) {
+  const long rb = (long)K * elem_bytes(DT);
+  int n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const uint8_t* r0 = W + (long)n * rb;
+    const uint8_t* r1 = r0 + rb;
+    const uint8_t* r2 = r1 + rb;
+    const uint8_t* r3 = r2 + rb;
+    for (int t = 0; t < T; ++t) {
+      const float* g = dy + (long)t * N + n;
+      if (g[0] == 0.f && g[1] == 0.f && g[2] == 0.f && g[3] == 0.f) continue;
+      const __m512 b0 = _mm512_set1_ps(g[0]), b1 = _mm512_set1_ps(g[1]), b2 = _mm512_set1_ps(g[2]), b3 = _mm512_set1_ps(g[3]);
+      float* out = partial + (long)t * K;
+      int k = 0;
+      for (; k + 16 <= K; k += 16) {
+        __m512 acc = _mm512_loadu_ps(out + k);
+        acc = _mm512_fmadd_ps(b0, load16<DT>(r0, k), acc);
+        acc = _mm512_fmadd_ps(b1, load16<DT>(r1, k), acc);
+        acc = _mm512_fmadd_ps(b2, load16<DT>(r2, k), acc);
+        acc = _mm512_fmadd_ps(b3, load16<DT>(r3, k), acc);
+        _mm512_storeu_ps(out + k, acc);
+      }
+      if (k < K) {
+        const __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 acc = _mm512_maskz_loadu_ps(m, out + k);
+        acc = _mm512_fmadd_ps(b0, load16_masked<DT>(r0, k, m), acc);
+        acc = _mm512_fmadd_ps(b1, load16_masked<DT>(r1, k, m), acc);
+        acc = _mm512_fmadd_ps(b2, load16_masked<DT>(r2, k, m), acc);
+        acc = _mm512_fmadd_ps(b3, load16_masked<DT>(r3, k, m), acc);
+        _mm512_mask_storeu_ps(out + k, m, acc);
+      }
+    }
+  }
+  for (; n < n1; ++n) {
+    const uint8_t* r0 = W + (long)n * rb;
+    for (int t = 0; t < T; ++t) {
+      const float g = dy[(long)t * N + n];
+      if (g == 0.f) continue;
+      const __m512 b0 = _mm512_set1_ps(g);
+      float* out = partial + (long)t * K;
+      for (int k = 0; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+        _mm512_mask_storeu_ps(out + k, m, _mm512_fmadd_ps(b0, load16_masked<DT>(r0, k, m), _mm512_maskz_loadu_ps(m, out + k)));
+      }
+    }
+  }
+}
+}  // namespace
+
+void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial) {
+  if (dt == 0) backward_stream_dt<0>(dy, T, N, W, K, n0, n1, partial);
+  else if (dt == 1) backward_stream_dt<1>(dy, T, N, W, K, n0, n1, partial);
+  else backward_stream_dt<2>(dy, T, N, W, K, n0, n1, partial);
+}
+
 void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int k0, int k1, float* dx,
                    int accumulate) {
   if (dt == 0) backward_rows_dt<0>(dy, T, N, W, K, k0, k1, dx, accumulate);

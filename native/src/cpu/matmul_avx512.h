@@ -10,6 +10,8 @@ void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, 
                 int accumulate, float* panel /* KC*32 floats */);
 void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int k0, int k1, float* dx,
                    int accumulate);
+// partial[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :], W read row by row (for few rows T: decode-time backward).
+void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial);
 void convert(const uint8_t* src, int dt, float* dst, long n);
 }  // namespace avx512
 }  // namespace routescope

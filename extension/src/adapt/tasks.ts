@@ -1,0 +1,204 @@
+// Labelled task items (media/tasks/*.jsonl) and how the model answers them:
+//   multiple choice {"id","skill","question","options":{"A".."D"},"answer","prompt"}: the option whose letter token
+//     (" A" … " D") has the highest log-probability at the last prompt position;
+//   generative {"id","skill","prompt","answer"}: greedy decoding (at most 16 tokens, cut at the first newline),
+//     exact match of the trimmed text.
+import * as fs from 'node:fs';
+import type { NativeModelInfo, NativeSession } from '../engine/native';
+import type { ModelTokenizer } from '../checkpoint/tokenizer';
+import { serializePatch, type RoutingPatch } from '../engine/patch';
+import { softmax } from './math';
+
+export interface McItem {
+  kind: 'mc';
+  id: string;
+  skill: string;
+  question: string;
+  options: Record<string, string>;
+  answer: string;
+  prompt: string;
+}
+export interface GenItem {
+  kind: 'gen';
+  id: string;
+  skill: string;
+  question?: string;
+  prompt: string;
+  answer: string;
+}
+export type TaskItem = McItem | GenItem;
+
+export class TaskError extends Error {
+  readonly code = 'BAD_TASKS';
+}
+
+export const GEN_MAX_NEW_TOKENS = 16;
+
+export function readTasks(file: string): TaskItem[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new TaskError(`${file}: ${code === 'ENOENT' ? 'not found' : `cannot read (${code})`}`);
+  }
+  const items: TaskItem[] = [];
+  const ids = new Set<string>();
+  text.split('\n').forEach((line, i) => {
+    if (line.trim() === '') return;
+    const where = `${file}:${i + 1}`;
+    let v: Record<string, unknown>;
+    try {
+      v = JSON.parse(line);
+    } catch (error) {
+      throw new TaskError(`${where}: invalid JSON (${(error as Error).message})`);
+    }
+    const str = (key: string): string => {
+      if (typeof v[key] !== 'string' || v[key] === '') throw new TaskError(`${where}: "${key}" must be a non-empty string`);
+      return v[key] as string;
+    };
+    const id = str('id');
+    if (ids.has(id)) throw new TaskError(`${where}: duplicate id "${id}"`);
+    ids.add(id);
+    const skill = typeof v.skill === 'string' ? v.skill : '';
+    if (v.options !== undefined) {
+      const options = v.options as Record<string, unknown>;
+      if (typeof options !== 'object' || options === null || Array.isArray(options) || Object.keys(options).length < 2) {
+        throw new TaskError(`${where}: "options" must be an object of at least two letters → texts`);
+      }
+      for (const [letter, value] of Object.entries(options)) {
+        if (!/^[A-Z]$/.test(letter) || typeof value !== 'string') throw new TaskError(`${where}: option keys must be single capital letters with text values`);
+      }
+      const answer = str('answer');
+      if (!(answer in options)) throw new TaskError(`${where}: answer "${answer}" is not one of the options`);
+      items.push({ kind: 'mc', id, skill, question: str('question'), options: options as Record<string, string>, answer, prompt: str('prompt') });
+    } else {
+      items.push({
+        kind: 'gen',
+        id,
+        skill,
+        ...(typeof v.question === 'string' ? { question: v.question } : {}),
+        prompt: str('prompt'),
+        answer: typeof v.answer === 'string' ? v.answer : String(v.answer ?? ''),
+      });
+    }
+  });
+  if (items.length === 0) throw new TaskError(`${file}: no items`);
+  return items;
+}
+
+/** The text embedded for the neighbour search: the question (the prompt when there is none). */
+export function questionText(item: TaskItem): string {
+  return item.question ?? item.prompt;
+}
+
+/** Last-position routing: per MoE layer, the full softmax of the raw router logits (before top-k and patches). */
+export type Omega = Map<number, Float32Array>;
+
+export interface ForwardOutcome {
+  logits: Float32Array;   // last position, [V]
+  omega: Omega;
+}
+
+export interface McOutcome {
+  choice: string;
+  correct: boolean;
+  logprobs: Record<string, number>;
+}
+
+export interface GenOutcome {
+  tokens: number[];
+  text: string;
+  correct: boolean;
+}
+
+/** Runs items on one session: tokenisation, letter tokens, forward with routing capture, scoring, generation. */
+export class TaskRunner {
+  private readonly letters = new Map<string, number>();
+
+  constructor(
+    readonly info: NativeModelInfo,
+    readonly tokenizer: ModelTokenizer,
+  ) {}
+
+  encode(text: string): number[] {
+    const tokens = this.tokenizer.encode(text);
+    if (tokens.length === 0) throw new TaskError(`the prompt "${text.slice(0, 40)}" encodes to no tokens`);
+    const limit = this.info.maxPositionEmbeddings;
+    if (limit > 0 && tokens.length + GEN_MAX_NEW_TOKENS > limit) {
+      throw new TaskError(`a prompt of ${tokens.length} tokens leaves no room for the answer within max_position_embeddings=${limit}`);
+    }
+    return tokens;
+  }
+
+  /** The token of an option letter after "Answer:" — " A" when that is one token, else "A". */
+  letterToken(letter: string): number {
+    const cached = this.letters.get(letter);
+    if (cached !== undefined) return cached;
+    const base = this.tokenizer.encode('');
+    const strip = (ids: number[]): number[] => (base.length && ids[0] === base[0] ? ids.slice(base.length) : ids);
+    let ids = strip(this.tokenizer.encode(` ${letter}`));
+    if (ids.length !== 1) ids = strip(this.tokenizer.encode(letter));
+    if (ids.length !== 1) throw new TaskError(`option letter ${letter} is not a single token in this tokenizer`);
+    this.letters.set(letter, ids[0]);
+    return ids[0];
+  }
+
+  answerToken(item: McItem): number {
+    return this.letterToken(item.answer);
+  }
+
+  async forward(session: NativeSession, tokens: number[], patch?: RoutingPatch): Promise<ForwardOutcome> {
+    session.reset();
+    const last = tokens.length - 1;
+    const omega: Omega = new Map();
+    const result = await session.forward(Int32Array.from(tokens), {
+      ...(patch ? { patch: serializePatch(patch) } : {}),
+      logits: 'last',
+      onLayer: (r) => {
+        if (last < r.start || last >= r.start + r.count) return;
+        const row = r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts);
+        omega.set(r.layer, softmax(row));
+      },
+    });
+    session.reset();
+    return { logits: result.logits.subarray(result.logits.length - this.info.vocabSize), omega };
+  }
+
+  scoreMc(item: McItem, logits: Float32Array): McOutcome {
+    let max = -Infinity;
+    for (const v of logits) if (v > max) max = v;
+    let sum = 0;
+    for (const v of logits) sum += Math.exp(v - max);
+    const lse = max + Math.log(sum);
+    const logprobs: Record<string, number> = {};
+    let choice = '';
+    for (const letter of Object.keys(item.options).sort()) {
+      logprobs[letter] = logits[this.letterToken(letter)] - lse;
+      if (choice === '' || logprobs[letter] > logprobs[choice]) choice = letter;
+    }
+    return { choice, correct: choice === item.answer, logprobs };
+  }
+
+  /** Greedy continuation, cut at the first newline; `run` lets the caller pick plain or rerouted generation. */
+  finishGeneration(item: GenItem, tokens: number[]): GenOutcome {
+    let text = this.tokenizer.decode(tokens);
+    const cut = text.indexOf('\n');
+    if (cut >= 0) text = text.slice(0, cut);
+    return { tokens, text, correct: text.trim() === item.answer.trim() };
+  }
+
+  async generate(session: NativeSession, item: GenItem, tokens: number[], patch?: RoutingPatch): Promise<GenOutcome> {
+    session.reset();
+    const result = await session.generate(Int32Array.from(tokens), {
+      ...(patch ? { patch: serializePatch(patch) } : {}),
+      maxNewTokens: GEN_MAX_NEW_TOKENS,
+      temperature: 0,
+      topP: 1,
+      seed: 0,
+      stopTokens: this.info.eosTokenIds,
+    });
+    session.reset();
+    return this.finishGeneration(item, [...result.tokens]);
+  }
+}
