@@ -6,6 +6,7 @@ import type { Session } from '../session';
 import type { Run } from '../runs/run';
 import { layerStats, type LayerStats } from '../runs/aggregate';
 import { patchEntries } from '../../../webview/src/protocol';
+import { formatBytes } from '../cli/output';
 
 function formatCount(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} B`;
@@ -14,12 +15,6 @@ function formatCount(n: number): string {
   return String(n);
 }
 
-export function formatBytes(n: number): string {
-  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
-  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
-  if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
-  return `${n} B`;
-}
 
 // ---- Model ----------------------------------------------------------------------------------------------------
 
