@@ -12,7 +12,10 @@ import { EngineError, isCancelled } from './engine/protocol';
 import type { Backend } from './engine/native';
 import { PatchError } from './engine/patch';
 import { parsePromptFile, promptAt } from './prompts/parse';
-import type { PromptArgument } from './prompts/codeLens';
+import { addPromptLenses, type PromptArgument } from './prompts/codeLens';
+import { readSettings, type C3poMethod } from './adapt/settings';
+import { AdaptPanel } from './views/adaptPanel';
+import type { NativeRerouteRound } from './engine/native';
 import { PATCH_URI } from './views/patchDocument';
 import type { ExpertItem, RunItem } from './views/sidePanel';
 import { applyPatchEdit, type PatchEdit } from '../../webview/src/protocol';
@@ -434,9 +437,96 @@ export function registerCommands(c: CommandContext): vscode.Disposable[] {
     }
   };
 
+  // ---- test-time adaptation (the prompt lenses "Re-mix (C3PO)" and "Generate with rerouting") ----
+
+  const adaptPanel = new AdaptPanel();
+  const adaptSettings = () => readSettings((key) => vscode.workspace.getConfiguration().get(key));
+
+  /** The configured reference set, or one the user picks now (saved to routescope.c3po.reference). */
+  const referenceDir = async (): Promise<string | undefined> => {
+    const configured = vscode.workspace.getConfiguration('routescope').get<string>('c3po.reference', '');
+    if (configured) return configured;
+    const choice = await vscode.window.showInformationMessage(
+      'Routescope: Re-mix (C3PO) needs a reference set: a folder built for this model with `routescope reference build --model MODEL --data TASKS.jsonl --out REF`. Set routescope.c3po.reference, or choose the folder now.',
+      'Choose Folder…',
+    );
+    if (choice !== 'Choose Folder…') return undefined;
+    const uris = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, canSelectMany: false, openLabel: 'Use Reference Set', title: 'A C3PO reference set (built with routescope reference build)' });
+    if (!uris?.length) return undefined;
+    const dir = uris[0].fsPath;
+    if (!fs.existsSync(path.join(dir, 'manifest.json'))) {
+      void vscode.window.showErrorMessage(`Routescope: ${dir} is not a reference set (no manifest.json); build one with \`routescope reference build\`.`);
+      return undefined;
+    }
+    const target = vscode.workspace.workspaceFolders?.length ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+    await vscode.workspace.getConfiguration('routescope').update('c3po.reference', dir, target);
+    return dir;
+  };
+
+  const remixPrompt = async (arg?: unknown): Promise<unknown> => {
+    if (!(await ensureModel())) return undefined;
+    const text = await resolvePrompt(arg, 'Routescope: Re-mix (C3PO)');
+    if (text === undefined) return undefined;
+    const dir = await referenceDir();
+    if (!dir) return undefined;
+    try {
+      const { c3po, embedding } = adaptSettings();
+      const method = vscode.workspace.getConfiguration('routescope').get<Exclude<C3poMethod, 'oracle'>>('c3po.method', 'ngd');
+      const input = toInput(text);
+      const result = await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: `Routescope: re-mixing with C3PO (${method})`, cancellable: true },
+        (_progress, token) =>
+          session.host.request('remix', { ...input, referenceDir: dir, method, c3po, embedding, maxNewTokens: settings().maxNewTokens }, { token }),
+      );
+      const o = result.comparison.outcome;
+      out.appendLine(`re-mix (${method}) with ${dir}: layers ${o.layers.join(',')}, ${result.neighbours.length} neighbours${o.skipped ? `, skipped: ${o.skipped}` : ''}`);
+      adaptPanel.show({ kind: 'remix', prompt: text, method, result });
+      return result;
+    } catch (error) {
+      report('Re-mix (C3PO)', error);
+      return undefined;
+    }
+  };
+
+  const reroutePrompt = async (arg?: unknown): Promise<unknown> => {
+    if (!(await ensureModel())) return undefined;
+    const text = await resolvePrompt(arg, 'Routescope: Generate with Rerouting');
+    if (text === undefined) return undefined;
+    try {
+      const { reroute } = adaptSettings();
+      const input = toInput(text);
+      const rounds: NativeRerouteRound[] = [];
+      const result = await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: 'Routescope: generating with rerouting', cancellable: true },
+        (progress, token) =>
+          session.host.request('reroute', { ...input, settings: reroute, maxNewTokens: settings().maxNewTokens }, {
+            token,
+            onEvent: (event) => {
+              rounds.push(event.round);
+              progress.report({ message: `round ${rounds.length} at position ${event.round.position}` });
+              adaptPanel.show({ kind: 'reroute-progress', prompt: text, rounds: [...rounds] });
+            },
+          }),
+      );
+      out.appendLine(`rerouted generation: ${result.comparison.rounds.length} rounds, layers ${Object.keys(result.comparison.delta).join(',')}`);
+      adaptPanel.show({ kind: 'reroute', prompt: text, result });
+      return result;
+    } catch (error) {
+      report('Generate with Rerouting', error);
+      return undefined;
+    }
+  };
+
   const register = (id: string, f: (...args: never[]) => unknown): vscode.Disposable => vscode.commands.registerCommand(id, f);
 
   return [
+    adaptPanel,
+    addPromptLenses((prompt) => [
+      { title: '$(sparkle) Re-mix (C3PO)', command: 'routescope.remixC3po', arguments: [prompt], tooltip: 'Re-mix the routing of this prompt with C3PO and compare before/after' },
+      { title: '$(sync) Generate with rerouting', command: 'routescope.generateRerouted', arguments: [prompt], tooltip: 'Generate with and without continuous rerouting, side by side' },
+    ]),
+    register('routescope.remixC3po', remixPrompt),
+    register('routescope.generateRerouted', reroutePrompt),
     register('routescope.showEngineLog', () => out.show(true)),
     register('routescope.openModel', openModel),
     register('routescope.openDemoModel', openDemoModel),

@@ -1,7 +1,9 @@
 // The one protocol between the extension host (engine/host.ts) and the engine process (engine/worker.ts).
 // Messages cross a child_process channel with serialization 'advanced' (structured clone), so typed arrays
 // (router logits, experts, weights, token ids) travel as typed arrays, never as JSON number lists.
-import type { Backend, LogitsMode, NativeGradResult, NativeLayerRouting, NativeModelInfo } from './native';
+import type { Backend, LogitsMode, NativeGradResult, NativeLayerRouting, NativeModelInfo, NativeRerouteRound } from './native';
+import type { RemixComparison, RerouteComparison } from '../adapt/compare';
+import type { C3poMethod, C3poSettings, EmbeddingSettings, RerouteSettings } from '../adapt/settings';
 
 export interface LoadParams {
   dir: string;
@@ -88,6 +90,49 @@ export interface GradParams {
   mix?: { layer: number; position: number; logits: Float32Array };
 }
 
+/** A prompt for the adaptation requests: text (needs the model's tokenizer) or token ids. */
+export interface AdaptPrompt {
+  text?: string;
+  tokens?: number[];
+}
+
+export interface RemixParams extends AdaptPrompt {
+  /** The C3PO reference set folder (routescope reference build). */
+  referenceDir: string;
+  method: Exclude<C3poMethod, 'oracle'>;
+  c3po: C3poSettings;
+  embedding: EmbeddingSettings;
+  maxNewTokens: number;
+  /** Defaults to the model's EOS ids. */
+  stopTokens?: number[];
+}
+
+export interface RemixResult {
+  comparison: RemixComparison;
+  /** The neighbours used, with their question text from the reference set. */
+  neighbours: { id: string; question: string; similarity: number; weight: number }[];
+  referenceDir: string;
+  referenceItems: number;
+  promptTokens: number;
+}
+
+export interface RerouteParams extends AdaptPrompt {
+  settings: RerouteSettings;
+  maxNewTokens: number;
+  stopTokens?: number[];
+}
+
+export interface RerouteResult {
+  comparison: RerouteComparison;
+  promptTokens: number;
+}
+
+/** One finished rerouting round (streamed by the reroute request). */
+export interface RoundEvent {
+  kind: 'round';
+  round: NativeRerouteRound;
+}
+
 /** Request name → parameters, result and the events streamed while it runs. */
 export interface EngineMethods {
   load: { params: LoadParams; result: LoadResult; event: never };
@@ -98,6 +143,10 @@ export interface EngineMethods {
   inspect: { params: InspectParams; result: InspectResult; event: LayerEvent };
   generate: { params: GenerateParams; result: GenerateResult; event: LayerEvent | TokenEvent };
   grad: { params: GradParams; result: NativeGradResult; event: never };
+  /** C3PO re-mix of one prompt with a reference set: before/after (adapt/compare.ts compareRemix). */
+  remix: { params: RemixParams; result: RemixResult; event: never };
+  /** Greedy generation with and without continuous rerouting (adapt/compare.ts compareReroute). */
+  reroute: { params: RerouteParams; result: RerouteResult; event: RoundEvent };
 }
 
 export type EngineMethod = keyof EngineMethods;
@@ -117,7 +166,7 @@ export interface TokenEvent {
   text: string;
 }
 
-export type EngineEvent = LayerEvent | TokenEvent;
+export type EngineEvent = LayerEvent | TokenEvent | RoundEvent;
 
 // ---- wire messages ----
 

@@ -4,7 +4,14 @@
 import type { NativeAddon, NativeModel, NativeModelInfo, NativeSession } from './native';
 import { loadAddon } from './addon';
 import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
+import { C3po } from '../adapt/c3po';
+import { compareRemix, compareReroute } from '../adapt/compare';
+import { OnnxEmbedder, SelfEmbedder, type Embedder } from '../adapt/embedder';
+import { describeEmbedder, sameEmbedder } from '../adapt/identity';
+import { loadReference, ReferenceError } from '../adapt/reference';
+import { checkC3poSettings, checkRerouteSettings } from '../adapt/settings';
 import type {
+  AdaptPrompt,
   EngineErrorPayload,
   EngineMethod,
   EngineMethods,
@@ -94,6 +101,14 @@ function topTokens(l: Loaded, row: Float32Array, n: number): { next: NextToken[]
   return { next: order.map((token) => ({ token, text: tokenText(l, token), prob: probs[token] })), probs };
 }
 
+function promptTokens(l: Loaded, p: AdaptPrompt): number[] {
+  const tokens = p.tokens ?? (p.text !== undefined ? requireTokenizer(l).encode(p.text) : []);
+  if (tokens.length === 0) throw new WorkerError('BAD_TOKENS', 'the prompt is empty');
+  const bad = tokens.find((t) => !Number.isInteger(t) || t < 0 || t >= l.info.vocabSize);
+  if (bad !== undefined) throw new WorkerError('BAD_TOKENS', `token id ${bad} is outside the vocabulary (0..${l.info.vocabSize - 1})`);
+  return tokens;
+}
+
 type Handler<M extends EngineMethod> = (
   params: ParamsOf<M>,
   emit: (event: EngineEvent) => void,
@@ -176,6 +191,67 @@ const handlers: { [M in EngineMethod]: Handler<M> } = {
       ...(params.target ? { target: params.target } : {}),
       ...(params.mix ? { mix: params.mix } : {}),
     });
+  },
+  async remix(params, _emit, track) {
+    const l = requireModel();
+    const tokenizer = requireTokenizer(l);
+    checkC3poSettings(params.c3po);
+    const tokens = promptTokens(l, params);
+    const session = l.model.createSession();
+    track(session);
+    // The reference set must belong to this model; the embedder is the configured ONNX one, else the one the set
+    // was built with (and must match it).
+    const reference = loadReference(params.referenceDir, l.info, l.info.dir);
+    const recorded = reference.manifest.embedder;
+    const encode = (t: string): number[] => tokenizer.encode(t);
+    const embedder: Embedder = params.embedding.embedder
+      ? await OnnxEmbedder.open(params.embedding.embedder, params.embedding.maxTokens)
+      : recorded.kind === 'onnx'
+        ? await OnnxEmbedder.open(recorded.dir, params.embedding.maxTokens)
+        : new SelfEmbedder(session, encode, recorded.layer, params.embedding.maxTokens);
+    const c3po = new C3po({ model: l.model, info: l.info, reference, embedder, settings: params.c3po, encode });
+    try {
+      if (!sameEmbedder(recorded, embedder.identity)) {
+        throw new ReferenceError(
+          `${params.referenceDir}: built with ${describeEmbedder(recorded)}, but ${describeEmbedder(embedder.identity)} is configured; use the same embedder or rebuild the set`,
+        );
+      }
+      const comparison = await compareRemix(c3po, session, tokenizer, {
+        prompt: tokens,
+        question: params.text ?? tokenizer.decode(tokens),
+        method: params.method,
+        topK: l.info.topK,
+        maxNewTokens: params.maxNewTokens,
+        stopTokens: params.stopTokens ?? l.info.eosTokenIds,
+        applyTo: params.c3po.applyTo,
+      });
+      const byId = new Map(reference.entries.map((e) => [e.id, e.question]));
+      return {
+        comparison,
+        neighbours: comparison.outcome.neighbours.map((n) => ({ ...n, question: byId.get(n.id) ?? '' })),
+        referenceDir: params.referenceDir,
+        referenceItems: reference.entries.length,
+        promptTokens: tokens.length,
+      };
+    } finally {
+      c3po.dispose();
+      await embedder.dispose();
+    }
+  },
+  async reroute(params, emit, track) {
+    const l = requireModel();
+    const tokenizer = requireTokenizer(l);
+    checkRerouteSettings(params.settings);
+    const tokens = promptTokens(l, params);
+    const session = l.model.createSession(tokens.length + params.maxNewTokens);
+    track(session);
+    const comparison = await compareReroute(session, tokenizer, params.settings, {
+      prompt: tokens,
+      maxNewTokens: params.maxNewTokens,
+      stopTokens: params.stopTokens ?? l.info.eosTokenIds,
+      onRound: (round) => emit({ kind: 'round', round }),
+    });
+    return { comparison, promptTokens: tokens.length };
   },
 };
 

@@ -1,0 +1,81 @@
+// The adaptation requests of the engine protocol (remix, reroute) over a real forked engine process, on the tiny
+// parity fixture with a character tokenizer and a reference set built in a temp dir like `routescope reference build`.
+import { test, before, after } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { EngineHost } from '../../extension/src/engine/host';
+import type { RoundEvent } from '../../extension/src/engine/protocol';
+import { loadAddon } from '../../extension/src/engine/addon';
+import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
+import { SelfEmbedder } from '../../extension/src/adapt/embedder';
+import { buildReference, makeManifest, writeReference } from '../../extension/src/adapt/reference';
+import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE } from '../../extension/src/adapt/settings';
+import { TaskRunner, readTasks } from '../../extension/src/adapt/tasks';
+import { ROOT, tempDir } from '../helpers/cli';
+import { mcItems, mcModel, writeJsonl } from '../helpers/adapt';
+
+const WORKER = path.join(ROOT, 'dist', 'engine-worker.js');
+let tmp = '';
+let modelDir = '';
+let refDir = '';
+let host: EngineHost;
+
+before(async () => {
+  tmp = tempDir();
+  modelDir = mcModel(path.join(tmp, 'model'));
+  writeJsonl(path.join(tmp, 'ref.jsonl'), mcItems(24));
+  const model = loadAddon().loadModel(modelDir, { threads: 2 });
+  try {
+    const info = model.info();
+    const tokenizer = loadTokenizer(modelDir);
+    const session = model.createSession();
+    const embedder = new SelfEmbedder(session, (t) => tokenizer.encode(t), info.numLayers, 256);
+    const items = readTasks(path.join(tmp, 'ref.jsonl'));
+    const built = await buildReference({ session, runner: new TaskRunner(info, tokenizer), embedder, items, source: 'ref.jsonl' });
+    assert.ok(built.entries.length >= 1, 'no item answered correctly');
+    refDir = path.join(tmp, 'ref');
+    writeReference(refDir, {
+      manifest: makeManifest(info, modelDir, embedder.identity, built.embeddings[0].length, built.entries.length, { file: 'ref.jsonl', items: items.length, correct: built.correct }),
+      entries: built.entries,
+      routing: built.routing,
+      embeddings: built.embeddings,
+    });
+  } finally {
+    model.close();
+  }
+  host = new EngineHost({ workerPath: WORKER });
+  await host.load({ dir: modelDir, threads: 2 });
+});
+after(() => {
+  host?.dispose();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test('remix: C3PO before/after with neighbours (question text) from the reference set', async () => {
+  const prompt = mcItems(1, 50)[0].prompt;
+  const r = await host.request('remix', { text: prompt, referenceDir: refDir, method: 'kernel', c3po: { ...DEFAULT_C3PO, k: 2 }, embedding: { ...DEFAULT_EMBEDDING }, maxNewTokens: 3 });
+  const o = r.comparison.outcome;
+  assert.ok(o.layers.length >= 1);
+  assert.ok(o.omegaBefore[String(o.layers[0])] instanceof Float32Array, 'typed arrays survive the channel');
+  assert.ok(r.neighbours.length >= 1 && r.neighbours.length <= 2);
+  for (const n of r.neighbours) assert.match(n.question, /^what is \d\+\d\?$/);
+  assert.ok(r.referenceItems >= 1);
+  assert.equal(typeof r.comparison.before.text, 'string');
+  assert.ok(r.comparison.before.top.length > 0 && r.comparison.after.top.length > 0);
+  for (const l of o.layers) assert.ok(r.comparison.selected[String(l)].after.length > 0);
+  // A folder that is not a reference set is refused with a clear code.
+  await assert.rejects(host.request('remix', { text: prompt, referenceDir: tmp, method: 'ngd', c3po: { ...DEFAULT_C3PO }, embedding: { ...DEFAULT_EMBEDDING }, maxNewTokens: 2 }), (e: Error & { code?: string }) => e.code === 'BAD_REFERENCE' && /reference build/.test(e.message));
+});
+
+test('reroute: plain vs rerouted generation, each round streamed as an event', async () => {
+  const events: RoundEvent[] = [];
+  const r = await host.request('reroute', { text: 'q: what is 1+2?\nanswer:', settings: { ...DEFAULT_REROUTE, interval: 2, steps: 2, layers: [] }, maxNewTokens: 6 }, { onEvent: (e) => events.push(e) });
+  assert.ok(r.comparison.rounds.length >= 1);
+  assert.equal(events.length, r.comparison.rounds.length);
+  assert.ok(events.every((e) => e.kind === 'round'));
+  assert.deepEqual(events.map((e) => e.round.position), r.comparison.rounds.map((x) => x.position));
+  assert.ok(r.comparison.plain.tokens.length >= 1 && r.comparison.rerouted.tokens.length >= 1);
+  assert.ok(Object.keys(r.comparison.delta).length >= 1);
+  assert.ok(r.promptTokens > 0);
+});
