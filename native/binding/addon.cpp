@@ -493,6 +493,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
                                        InstanceMethod<&SessionWrap::GenerateRerouted>("generateRerouted"),
                                        InstanceMethod<&SessionWrap::MeanHidden>("meanHidden"),
                                        InstanceMethod<&SessionWrap::Reset>("reset"),
+                                       InstanceMethod<&SessionWrap::Truncate>("truncate"),
                                        InstanceMethod<&SessionWrap::Cancel>("cancel"),
                                        InstanceAccessor<&SessionWrap::Position>("position")});
   }
@@ -736,6 +737,23 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       if (state_->closed || !state_->session) Throw(env, "CLOSED", "the model was closed");
       if (state_->busy) Throw(env, "BUSY", "the session is running a call; cancel it before reset()");
       state_->session->reset();
+      state_->position.store(state_->session->position());
+      return env.Undefined();
+    });
+  }
+
+  Napi::Value Truncate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return Guard(env, [&]() -> Napi::Value {
+      if (!state_) Throw(env, "CLOSED", "session is not initialised");
+      if (info.Length() < 1 || !info[0].IsNumber()) Throw(env, "BAD_ARGUMENT", "truncate(position): a position expected");
+      const double d = info[0].As<Napi::Number>().DoubleValue();
+      if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > 2147483647.0)
+        Throw(env, "BAD_ARGUMENT", "truncate(position): position must be a non-negative integer");
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (state_->closed || !state_->session) Throw(env, "CLOSED", "the model was closed");
+      if (state_->busy) Throw(env, "BUSY", "the session is running a call; cancel it before truncate()");
+      state_->session->truncate(static_cast<int>(d));
       state_->position.store(state_->session->position());
       return env.Undefined();
     });

@@ -47,6 +47,7 @@ class SessionImpl : public Session {
                                   const std::function<void(const RerouteRound&)>& on_round) override;
   std::vector<float> mean_hidden(const std::vector<int>& tokens, int layer) override;
   void reset() override;
+  void truncate(int position) override;
   int position() const override { return pos_; }
   void cancel() override { cancel_ = true; }
 
@@ -116,6 +117,16 @@ void SessionImpl::reset() {
   pos_ = 0;
   hidden_.clear();
   on_device_ = m_.device() != nullptr;
+}
+
+void SessionImpl::truncate(int position) {
+  if (position < 0 || position > pos_)
+    throw Error("BAD_ARGUMENT", "truncate(" + std::to_string(position) + "): the session holds " + std::to_string(pos_) +
+                                    " positions");
+  if (position == 0) return reset();
+  pos_ = position;
+  const size_t H = static_cast<size_t>(m_.checkpoint().config.hidden);
+  if (hidden_.size() > pos_ * H) hidden_.resize(pos_ * H);
 }
 
 SessionImpl::SessionImpl(ModelImpl& model, int max_context)
@@ -575,46 +586,69 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
     for (int e = 0; e < E; ++e) w[e] = static_cast<float>(w[e] / sum);
     return w;
   };
+  // Per step: each neighbour's last position runs through the layers above its cached prefix (its own KV cache);
+  // then the final norm and LM head run once for all neighbours' rows together (forward and backward), so the
+  // LM head — the largest matrix touched — is read twice per step whatever the number of neighbours; then each
+  // neighbour back-propagates through its own saved layers.
+  const int K = static_cast<int>(neighbours.size());
+  std::vector<float> hs(static_cast<size_t>(K) * H), logits(static_cast<size_t>(K) * cfg.vocab),
+      dnorm(static_cast<size_t>(K) * H);
+  std::vector<std::vector<LayerSave>> saves(K, std::vector<LayerSave>(L));
+  Decoder& dec = neighbours.front().prefix->session->dec_;
   for (int step = 0; step <= o.steps; ++step) {
     double loss = 0;
     std::map<int, std::vector<float>> grad;
     for (int l : o.layers) grad[l].assign(E, 0.f);
-    for (const auto& n : neighbours) {
-      C3poPrefix& p = *n.prefix;
+    const bool need_grad = !(step == o.steps && step > 0);  // the final evaluation needs no gradient
+    std::map<int, std::vector<float>> omega;
+    for (int l : o.layers) omega[l] = softmax(theta[l]);
+    for (int j = 0; j < K; ++j) {
+      C3poPrefix& p = *neighbours[j].prefix;
       SessionImpl& s = *p.session;
       Patch patch;
-      for (int l : o.layers) patch.layers[l].mix[p.last] = softmax(theta[l]);
-      std::vector<float> h = p.h;
-      std::vector<LayerSave> saves(L);
+      for (int l : o.layers) patch.layers[l].mix[p.last] = omega[l];
+      float* h = hs.data() + static_cast<size_t>(j) * H;
+      std::copy(p.h.begin(), p.h.end(), h);
       for (int l = p.first_layer; l < L; ++l)
-        s.dec_.layer_forward(l, h.data(), 1, p.last, s.cache_[l], patch, nullptr, l >= first ? &saves[l] : nullptr);
-      // Cross-entropy of the answer token at the last position, through the final norm and LM head.
-      std::vector<float> logits(cfg.vocab);
-      s.dec_.logits(h.data(), 1, logits.data());
-      const float mx = *std::max_element(logits.begin(), logits.end());
+        s.dec_.layer_forward(l, h, 1, p.last, s.cache_[l], patch, nullptr,
+                             need_grad && l >= first ? &saves[j][l] : nullptr);
+    }
+    // Cross-entropy of each neighbour's answer token at its last position, through the final norm and LM head.
+    dec.logits(hs.data(), K, logits.data());
+    for (int j = 0; j < K; ++j) {
+      float* z = logits.data() + static_cast<size_t>(j) * cfg.vocab;
+      const int answer = neighbours[j].answer;
+      const float mx = *std::max_element(z, z + cfg.vocab);
       double sum = 0;
-      for (float z : logits) sum += std::exp(static_cast<double>(z) - mx);
-      const double w = std::max(0.f, n.weight) / wsum;
-      loss += w * -(logits[n.answer] - mx - std::log(sum));
-      if (step == o.steps && step > 0) continue;  // the final evaluation needs no gradient
+      for (int i = 0; i < cfg.vocab; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
+      const double w = std::max(0.f, neighbours[j].weight) / wsum;
+      loss += w * -(z[answer] - mx - std::log(sum));
+      if (!need_grad) continue;
       for (int i = 0; i < cfg.vocab; ++i)
-        logits[i] = static_cast<float>(w * (std::exp(static_cast<double>(logits[i]) - mx) / sum - (i == n.answer)));
-      std::vector<float> dnorm(H), dh(H);
-      matmul_backward_input(s.dec_.pool(), logits.data(), 1, ck_->lm_head, dnorm.data(), false);
-      double ss = 0;
-      for (int d = 0; d < H; ++d) ss += static_cast<double>(h[d]) * h[d];
-      rmsnorm_row_backward(h.data(), static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps)), ck_->final_norm.data(),
-                           dnorm.data(), H, dh.data(), false);
-      for (int l = L - 1; l >= first; --l) {
-        std::map<int, float*> mg;
-        std::vector<float> gl;
-        if (grad.count(l)) {
-          gl.assign(E, 0.f);
-          mg[p.last] = gl.data();
+        z[i] = static_cast<float>(w * (std::exp(static_cast<double>(z[i]) - mx) / sum - (i == answer)));
+    }
+    if (need_grad) {
+      matmul_backward_input(dec.pool(), logits.data(), K, ck_->lm_head, dnorm.data(), false);
+      std::vector<float> dh(H);
+      for (int j = 0; j < K; ++j) {
+        const float* h = hs.data() + static_cast<size_t>(j) * H;
+        const int last = neighbours[j].prefix->last;
+        double ss = 0;
+        for (int d = 0; d < H; ++d) ss += static_cast<double>(h[d]) * h[d];
+        rmsnorm_row_backward(h, static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps)), ck_->final_norm.data(),
+                             dnorm.data() + static_cast<size_t>(j) * H, H, dh.data(), false);
+        Decoder& dj = neighbours[j].prefix->session->dec_;
+        for (int l = L - 1; l >= first; --l) {
+          std::map<int, float*> mg;
+          std::vector<float> gl;
+          if (grad.count(l)) {
+            gl.assign(E, 0.f);
+            mg[last] = gl.data();
+          }
+          dj.layer_backward(l, saves[j][l], dh.data(), l == first, nullptr, mg);
+          if (!gl.empty())
+            for (int e = 0; e < E; ++e) grad[l][e] += gl[e];
         }
-        s.dec_.layer_backward(l, saves[l], dh.data(), l == first, nullptr, mg);
-        if (!gl.empty())
-          for (int e = 0; e < E; ++e) grad[l][e] += gl[e];
       }
     }
     res.losses.push_back(loss);

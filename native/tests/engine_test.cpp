@@ -116,6 +116,25 @@ TEST("kv cache: prefill in pieces and token-by-token decode equal one full forwa
     }
     CHECK_MSG(worst < 1e-4, name << ": incremental logits differ from the full forward by " << worst);
     CHECK(s->position() == 20);
+    // truncate: re-running the last 3 tokens (one with a mask patch in between) gives the full forward again
+    s->truncate(17);
+    CHECK(s->position() == 17);
+    Patch mask;
+    mask.layers[model->info().moe_layers.front()].mask = {0};
+    s->forward({tokens[17]}, mask, LogitsMode::Last);
+    s->truncate(17);
+    auto again = s->forward({tokens[17], tokens[18], tokens[19]}, none, LogitsMode::All);
+    float wt = 0;
+    for (int t = 0; t < 3; ++t)
+      for (int v = 0; v < V; ++v) wt = std::max(wt, std::fabs(again.logits[size_t(t) * V + v] - all.logits[size_t(t + 17) * V + v]));
+    CHECK_MSG(wt < 1e-4, name << ": logits after truncate differ from the full forward by " << wt);
+    bool threw = false;
+    try {
+      s->truncate(21);
+    } catch (const Error& e) {
+      threw = std::string(e.code()) == "BAD_ARGUMENT";
+    }
+    CHECK(threw);
     s->reset();
     CHECK(s->position() == 0);
   }

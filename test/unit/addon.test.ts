@@ -75,6 +75,16 @@ test('forward: routing arrives per layer, as copies, before the promise resolves
   await session.forward(Int32Array.of(5, 6), { logits: 'none', onLayer: () => {} });
   assert.deepEqual(seen.map((r) => Array.from(r.routerLogits)), before);
   assert.equal(session.position, 6);
+  // truncate: re-running the last token after truncate(5) gives the logits of the first time
+  const lastAgain = async (): Promise<Float32Array> => {
+    session.truncate(5);
+    return (await session.forward(Int32Array.of(6), { logits: 'last' })).logits;
+  };
+  const first = await lastAgain();
+  assert.equal(session.position, 6);
+  assert.deepEqual(Array.from(await lastAgain()), Array.from(first));
+  assert.throws(() => session.truncate(7), { code: 'BAD_ARGUMENT' });
+  assert.throws(() => session.truncate(-1), { code: 'BAD_ARGUMENT' });
   session.reset();
   assert.equal(session.position, 0);
   model.close();

@@ -198,7 +198,11 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
     const c3po = o.c3po!;
     const kind = C3PO_METHOD[o.method];
     const t0 = performance.now();
-    const fwd = await runner.forward(session, tokens); // the original routing ω (part of the method's cost)
+    // The original routing ω (part of the method's cost). Multiple choice: the prefix stays cached, so the
+    // adapted ω (which changes only the last position) is scored by re-running that one position.
+    const mc = item.kind === 'mc';
+    if (mc) await runner.prefill(session, tokens);
+    const fwd = mc ? await runner.forwardLast(session, tokens) : await runner.forward(session, tokens);
     const outcome = await c3po.adapt(kind, {
       tokens,
       question: questionText(item),
@@ -208,7 +212,8 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
     let answer: string;
     let correct: boolean;
     if (item.kind === 'mc') {
-      const patched = await runner.forward(session, tokens, c3poPatch(outcome.omegaAfter, last, 'prefill-only'));
+      const patched = await runner.forwardLast(session, tokens, c3poPatch(outcome.omegaAfter, last, 'prefill-only'));
+      session.reset();
       const s = runner.scoreMc(item, patched.logits);
       [answer, correct] = [s.choice, s.correct];
     } else {

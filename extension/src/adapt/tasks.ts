@@ -150,7 +150,30 @@ export class TaskRunner {
 
   async forward(session: NativeSession, tokens: number[], patch?: RoutingPatch): Promise<ForwardOutcome> {
     session.reset();
+    const out = await this.run(session, tokens, tokens.length - 1, patch);
+    session.reset();
+    return out;
+  }
+
+  /** Caches every prompt token but the last in the session, for forwardLast (which re-runs only the last). */
+  async prefill(session: NativeSession, tokens: number[]): Promise<void> {
+    session.reset();
+    if (tokens.length > 1) await session.forward(Int32Array.from(tokens.slice(0, -1)), { logits: 'none' });
+  }
+
+  /** The last prompt token after prefill(session, tokens), with an optional patch: the same logits and ω as
+   *  forward(), for the cost of one position. Leaves the prefix cached, so it can run again with another patch. */
+  async forwardLast(session: NativeSession, tokens: number[], patch?: RoutingPatch): Promise<ForwardOutcome> {
     const last = tokens.length - 1;
+    if (session.position !== last) throw new Error(`forwardLast: the session holds ${session.position} positions, not the ${last} of the prefill`);
+    try {
+      return await this.run(session, tokens.slice(last), last, patch);
+    } finally {
+      session.truncate(last);
+    }
+  }
+
+  private async run(session: NativeSession, tokens: number[], last: number, patch?: RoutingPatch): Promise<ForwardOutcome> {
     const omega: Omega = new Map();
     const result = await session.forward(Int32Array.from(tokens), {
       ...(patch ? { patch: serializePatch(patch) } : {}),
@@ -161,7 +184,6 @@ export class TaskRunner {
         omega.set(r.layer, softmax(row));
       },
     });
-    session.reset();
     return { logits: result.logits.subarray(result.logits.length - this.info.vocabSize), omega };
   }
 

@@ -221,9 +221,10 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
         embedder =
           recorded.kind === 'onnx'
             ? await OnnxEmbedder.open(recorded.dir, DEFAULT_EMBEDDING.maxTokens)
-            : new SelfEmbedder(session, (t) => tokenizer.encode(t), recorded.layer, DEFAULT_EMBEDDING.maxTokens);
+            : new SelfEmbedder(model.createSession(), (t) => tokenizer.encode(t), recorded.layer, DEFAULT_EMBEDDING.maxTokens);
       } else {
-        embedder = await openEmbedder(options, info, session, (t) => tokenizer.encode(t));
+        // its own session: the evaluation keeps each item's prompt cached in `session` while the method runs
+        embedder = await openEmbedder(options, info, model.createSession(), (t) => tokenizer.encode(t));
       }
       if (!sameEmbedder(recorded, embedder.identity)) {
         throw new CliError(

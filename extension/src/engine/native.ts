@@ -107,6 +107,8 @@ export interface NativeSession {
   generate(prompt: Int32Array, options: NativeGenerateOptions): Promise<{ tokens: Int32Array }>;
   grad(tokens: Int32Array, options: NativeGradOptions): Promise<NativeGradResult>;
   reset(): void;
+  /** Forgets the cached positions >= position (0 <= position <= this.position). */
+  truncate(position: number): void;
   cancel(): void;
   readonly position: number;
 }

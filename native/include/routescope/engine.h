@@ -187,6 +187,9 @@ class Session {
   // sequence; used as a text embedding when no external embedder is configured. Resets the session.
   virtual std::vector<float> mean_hidden(const std::vector<int>& tokens, int layer) = 0;
   virtual void reset() = 0;
+  // Forgets the cached positions >= `position` (0 <= position <= position()); the next forward() continues
+  // there, e.g. to re-run a prompt's last token with another patch without re-running the prefix.
+  virtual void truncate(int position) = 0;
   virtual int position() const = 0;
   // Cooperative cancellation: the running call throws Error("CANCELLED", ...) at the next layer boundary.
   virtual void cancel() = 0;
