@@ -77,6 +77,37 @@ test('eval runs every method end to end and writes one log line per item', () =>
   for (const re of [/ANALYSIS ONLY/, /accuracy: none \d+\.\d%  c3po-oracle \d+\.\d%/, /flips: wrong→right \d+, right→wrong \d+/, /^even +6 /m, /overhead \d+\.\d\d×/]) assert.match(human.stdout, re);
 });
 
+test('c3po with 0 NGD steps answers like the plain model (the adapted position re-run on the cached prefix)', () => {
+  const log = path.join(tmp, 'log-c3po-0.jsonl');
+  const r = runCli(['eval', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--method', 'c3po', '--steps', '0', '--reference', ref, '--log', log, '--threads', '2', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const s = JSON.parse(r.stdout);
+  assert.deepEqual(s.flips, { wrong_to_right: 0, right_to_wrong: 0 });
+  for (const rec of fs.readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l))) assert.equal(rec.method.answer, rec.none.answer, rec.id);
+});
+
+test('eval --expert-load: per skill and layer, shares of the routing slots over every prompt token', () => {
+  const r = runCli(['eval', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--expert-load', '--threads', '2', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const load = JSON.parse(r.stdout).expert_load;
+  assert.deepEqual(load.layers, [0, 1, 2]);
+  assert.deepEqual(Object.keys(load.per_skill), ['even', 'odd']);
+  const items = fs.readFileSync(path.join(tmp, 'eval.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  for (const [skill, v] of Object.entries(load.per_skill) as [string, { tokens: number; share: number[][] }][]) {
+    assert.ok(v.tokens > items.filter((i) => i.skill === skill).length, skill); // every prompt position counts
+    assert.equal(v.share.length, 3);
+    for (const row of v.share) {
+      assert.equal(row.length, load.experts);
+      assert.ok(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-9);
+    }
+  }
+  const human = runCli(['eval', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--expert-load', '--threads', '2']);
+  assert.equal(human.code, 0, human.stderr);
+  assert.match(human.stdout, /expert load/);
+  assert.match(human.stdout, /^layer 2$/m);
+  assert.match(human.stdout, /^even +.*\[\d+\]/m);
+});
+
 test('eval refuses a reference set built for another model, and c3po without a reference', () => {
   const other = mcModel(path.join(tmp, 'other-model'), 'qwen3_moe-fused-f32');
   const r = runCli(['eval', '--model', other, '--data', path.join(tmp, 'eval.jsonl'), '--method', 'c3po', '--reference', ref]);

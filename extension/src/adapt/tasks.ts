@@ -4,7 +4,7 @@
 //   generative {"id","skill","prompt","answer"}: greedy decoding (at most 16 tokens, cut at the first newline),
 //     exact match of the trimmed text.
 import * as fs from 'node:fs';
-import type { NativeModelInfo, NativeSession } from '../engine/native';
+import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../engine/patch';
 import { softmax } from './math';
@@ -148,9 +148,11 @@ export class TaskRunner {
     return this.letterToken(item.answer);
   }
 
-  async forward(session: NativeSession, tokens: number[], patch?: RoutingPatch): Promise<ForwardOutcome> {
+  /** A fresh forward of the prompt; `onRouting` sees every layer's routing of every position. */
+  async forward(session: NativeSession, tokens: number[], patch?: RoutingPatch,
+    onRouting?: (routing: NativeLayerRouting) => void): Promise<ForwardOutcome> {
     session.reset();
-    const out = await this.run(session, tokens, tokens.length - 1, patch);
+    const out = await this.run(session, tokens, tokens.length - 1, patch, onRouting);
     session.reset();
     return out;
   }
@@ -173,12 +175,14 @@ export class TaskRunner {
     }
   }
 
-  private async run(session: NativeSession, tokens: number[], last: number, patch?: RoutingPatch): Promise<ForwardOutcome> {
+  private async run(session: NativeSession, tokens: number[], last: number, patch?: RoutingPatch,
+    onRouting?: (routing: NativeLayerRouting) => void): Promise<ForwardOutcome> {
     const omega: Omega = new Map();
     const result = await session.forward(Int32Array.from(tokens), {
       ...(patch ? { patch: serializePatch(patch) } : {}),
       logits: 'last',
       onLayer: (r) => {
+        onRouting?.(r);
         if (last < r.start || last >= r.start + r.count) return;
         const row = r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts);
         omega.set(r.layer, softmax(row));

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { loadAddon, packageRoot } from '../engine/addon';
-import type { NativeModel, NativeModelInfo, NativeSession } from '../engine/native';
+import type { NativeLayerRouting, NativeModel, NativeModelInfo, NativeSession } from '../engine/native';
 import { loadTokenizer } from '../checkpoint/tokenizer';
 import { C3po } from '../adapt/c3po';
 import { OnnxEmbedder, SelfEmbedder, type Embedder } from '../adapt/embedder';
@@ -12,7 +12,7 @@ import { C3PO_METHOD, EVAL_METHODS, describeMethod, runEval, type EvalMethod, ty
 import { sameEmbedder, describeEmbedder } from '../adapt/identity';
 import { buildReference, loadReference, makeManifest, writeReference, type ReferenceSet } from '../adapt/reference';
 import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, checkC3poSettings, checkRerouteSettings, type C3poSettings, type RerouteSettings } from '../adapt/settings';
-import { TaskRunner, readTasks } from '../adapt/tasks';
+import { TaskRunner, readTasks, type TaskItem } from '../adapt/tasks';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber } from './args';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -160,6 +160,7 @@ interface EvalCliOptions extends CommonOptions, EmbedderFlags {
   reference?: string;
   limit?: string;
   log?: string;
+  expertLoad?: boolean;
   k?: string;
   steps?: string;
   criticalLayers?: string;
@@ -206,6 +207,7 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
   const tokenizer = loadTokenizer(dir);
   const session = model.createSession();
   const runner = new TaskRunner(info, tokenizer);
+  const load = options.expertLoad ? new ExpertLoad(info.moeLayers, info.numExperts) : undefined;
   let reference: ReferenceSet | undefined;
   let embedder: Embedder | undefined;
   let c3po: C3po | undefined;
@@ -256,6 +258,7 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
       c3poSettings,
       rerouteSettings,
       shouldStop: () => stopRequested,
+      ...(load ? { onRouting: (item: TaskItem, r: NativeLayerRouting) => load.add(item.skill, r) } : {}),
       onRecord: (record) => {
         if (logFd !== undefined) fs.writeSync(logFd, JSON.stringify(record) + '\n');
       },
@@ -265,8 +268,9 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
         if (!process.stderr.isTTY && (p.done % 50 === 0 || p.done === p.total)) process.stderr.write(`${text}\n`);
       },
     });
-    if (options.json) out(JSON.stringify({ ...summary, ...(options.log ? { log: path.resolve(options.log) } : {}) }) + '\n');
-    else out(formatSummary(summary, options.log));
+    const extra = { ...(options.log ? { log: path.resolve(options.log) } : {}), ...(load ? { expert_load: load.toJSON() } : {}) };
+    if (options.json) out(JSON.stringify({ ...summary, ...extra }) + '\n');
+    else out(formatSummary(summary, options.log) + (load ? formatExpertLoad(load.toJSON()) : ''));
     if (summary.cancelled) {
       throw new CliError(`cancelled after ${summary.completed} of ${summary.items} items${options.log ? `; ${options.log} holds them` : ''}`, 130);
     }
@@ -277,6 +281,64 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
     await embedder?.dispose();
     model.close();
   }
+}
+
+/** Share of the top-k routing slots that go to each expert, per skill and MoE layer, over every prompt position. */
+export interface ExpertLoadJSON {
+  layers: number[];
+  experts: number;
+  per_skill: Record<string, { tokens: number; share: number[][] }>;  // share[layer row][expert], rows sum to 1
+}
+
+export class ExpertLoad {
+  private readonly counts = new Map<string, { tokens: number; slots: Float64Array[] }>();
+  private readonly row: Map<number, number>;
+  constructor(readonly layers: number[], readonly experts: number) {
+    this.row = new Map(layers.map((l, i) => [l, i]));
+  }
+
+  add(skill: string, r: NativeLayerRouting): void {
+    const i = this.row.get(r.layer);
+    if (i === undefined) return;
+    let c = this.counts.get(skill);
+    if (!c) this.counts.set(skill, (c = { tokens: 0, slots: this.layers.map(() => new Float64Array(this.experts)) }));
+    if (i === 0) c.tokens += r.count;
+    const slots = c.slots[i];
+    for (const e of r.experts) if (e >= 0 && e < this.experts) slots[e]++;
+  }
+
+  toJSON(): ExpertLoadJSON {
+    const perSkill: ExpertLoadJSON['per_skill'] = {};
+    for (const skill of [...this.counts.keys()].sort()) {
+      const c = this.counts.get(skill)!;
+      perSkill[skill] = {
+        tokens: c.tokens,
+        share: c.slots.map((s) => {
+          const total = s.reduce((a, b) => a + b, 0);
+          return Array.from(s, (v) => (total ? v / total : 0));
+        }),
+      };
+    }
+    return { layers: this.layers, experts: this.experts, per_skill: perSkill };
+  }
+}
+
+/** One table per MoE layer: skills × experts, percent of routing slots; the largest share of each row in brackets. */
+export function formatExpertLoad(load: ExpertLoadJSON): string {
+  const skills = Object.keys(load.per_skill);
+  if (skills.length === 0) return 'expert load: no multiple-choice items\n';
+  const w = Math.max(5, ...skills.map((s) => s.length));
+  const lines = ['', `expert load (% of top-k slots over the prompt tokens of the multiple-choice items; [max] per row)`];
+  load.layers.forEach((layer, i) => {
+    lines.push(`layer ${layer}`);
+    lines.push(`${'skill'.padEnd(w)} ${Array.from({ length: load.experts }, (_, e) => `e${e}`.padStart(6)).join('')}`);
+    for (const skill of skills) {
+      const row = load.per_skill[skill].share[i];
+      const max = Math.max(...row);
+      lines.push(`${skill.padEnd(w)} ${row.map((v) => (v === max ? `[${(100 * v).toFixed(0)}]` : (100 * v).toFixed(0)).padStart(6)).join('')}`);
+    }
+  });
+  return lines.join('\n') + '\n';
 }
 
 export function formatSummary(s: EvalSummary, log?: string): string {
@@ -328,6 +390,7 @@ export function registerAdaptCommands(
     .option('--reference <dir>', 'C3PO reference set (routescope reference build)')
     .option('--limit <n>', 'only the first n items')
     .option('--log <file>', 'per-item JSONL log (answers, correctness, ω or δ summary)')
+    .option('--expert-load', 'also report the plain model\'s expert load per skill and layer (multiple-choice prompts)')
     .option('--embedder <dir>', 'ONNX text embedder folder; default: the one the reference set was built with')
     .option('--embedding-layer <l>', 'self-embedding layer; default: the one the reference set was built with')
     .option('--k <n>', `C3PO neighbours (default ${DEFAULT_C3PO.k})`)
