@@ -304,6 +304,9 @@ Napi::Object RoundToJs(Napi::Env env, const rs::RerouteRound& r) {
   Napi::Object confidence = Napi::Object::New(env);
   for (const auto& [layer, c] : r.confidence) confidence.Set(std::to_string(layer), Napi::Number::New(env, c));
   o.Set("confidence", confidence);
+  Napi::Object delta = Napi::Object::New(env);
+  for (const auto& [layer, d] : r.delta) delta.Set(std::to_string(layer), ToFloat32Array(env, d));
+  o.Set("delta", delta);
   return o;
 }
 

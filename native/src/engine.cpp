@@ -488,6 +488,7 @@ RerouteResult SessionImpl::generate_rerouted(const std::vector<int>& prompt, con
       if (o.steps == 0 || context.size() < 2) return;
       RerouteRound round;
       logits = reroute_round(context, patch, o, candidates, res.delta, round);
+      round.delta = res.delta;
       res.rounds.push_back(round);
       if (on_round) on_round(round);
       since = 0;

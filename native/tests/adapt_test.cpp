@@ -82,6 +82,9 @@ TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefil
     for (const auto& kv : rr.delta)
       for (float x : kv.second) nonzero |= x != 0.f;
     CHECK(nonzero);
+    // Each round reports delta after it: the last one is the final delta, and delta moves between rounds.
+    CHECK(rr.rounds.back().delta == rr.delta);
+    CHECK(rr.rounds[0].delta != rr.rounds[1].delta);
     // Cache check: one more token through the adapted session vs a fresh prefill of the whole context.
     std::vector<int> context = prompt;
     context.insert(context.end(), rr.tokens.begin(), rr.tokens.end());

@@ -41,12 +41,15 @@ test('re-mix panel: layers, core experts, neighbours, routing change and answers
   assert.ok(html.includes('tabindex="0"'), 'keyboard reachable');
 });
 
-test('rerouting panel: rounds, final δ per layer, both texts side by side; progress view', () => {
+test('rerouting panel: rounds, δ per layer after each round, both texts side by side; progress view', () => {
   const result: RerouteResult = {
     comparison: {
       plain: { tokens: [1], text: 'plain <text>' },
       rerouted: { tokens: [2], text: 'rerouted & text' },
-      rounds: [{ position: 5, layers: [1, 3], losses: [2, 1.5], confidence: { '1': 0.2 } }],
+      rounds: [
+        { position: 5, layers: [3], losses: [2, 1.5], confidence: { '1': 0.2 }, delta: { '3': Float32Array.of(0.25, -0.125) } },
+        { position: 9, layers: [1, 3], losses: [1.4, 1.2], confidence: { '1': 0.2 }, delta: { '3': Float32Array.of(0.5, -0.25), '1': Float32Array.of(0, 0.125) } },
+      ],
       delta: { '3': [0.5, -0.25], '1': [0, 0.125] },
     },
     promptTokens: 5,
@@ -56,8 +59,10 @@ test('rerouting panel: rounds, final δ per layer, both texts side by side; prog
   assert.ok(html.includes('Without rerouting') && html.includes('With rerouting'));
   assert.ok(html.includes('2.0000 → 1.5000'));
   assert.ok(html.includes('-0.250') && html.includes('0.125'));
-  assert.ok(html.indexOf('<th scope="row">1</th><td>0.000') < html.indexOf('<th scope="row">3</th><td>0.500'), 'layers in order');
+  // δ after each round: round 1 has layer 3 only; round 2 layers 1 then 3; the norm closes each row
+  assert.ok(html.includes('<th scope="row">1</th><th scope="row">3</th><td>0.250</td><td>-0.125</td><td>0.280</td>'), 'round 1');
+  assert.ok(html.indexOf('<th scope="row">2</th><th scope="row">1</th><td>0.000') < html.indexOf('<th scope="row">2</th><th scope="row">3</th><td>0.500'), 'layers in order');
   const progress = adaptPanelHtml({ kind: 'reroute-progress', prompt: 'p', rounds: result.comparison.rounds }, 'N2');
-  assert.ok(progress.includes('1 round finished'));
+  assert.ok(progress.includes('2 rounds finished') && progress.includes('<td>0.280</td>'));
   assert.equal(escapeHtml(`<&>"'`), '&lt;&amp;&gt;&quot;&#39;');
 });

@@ -86,7 +86,7 @@ export interface RerouteComparison {
   plain: { tokens: number[]; text: string };
   rerouted: { tokens: number[]; text: string };
   rounds: NativeRerouteRound[];
-  /** The final δ per adapted layer (the engine reports δ after the last round only). */
+  /** The final δ per adapted layer (each round's δ is in rounds[i].delta). */
   delta: Record<string, number[]>;
 }
 

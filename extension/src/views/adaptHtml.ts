@@ -106,23 +106,33 @@ function roundsTable(rounds: NativeRerouteRound[]): string {
   return `<table tabindex="0" aria-label="Rerouting rounds"><thead><tr><th scope="col">Round</th><th scope="col">Context length</th><th scope="col">Layers adapted</th><th scope="col">Loss per step</th></tr></thead><tbody>${rows.join('')}</tbody></table>`;
 }
 
+/** δ of every adapted layer after each round (rows: round · layer; columns: experts, then the L2 norm). */
+function deltaTable(rounds: NativeRerouteRound[], final: Record<string, ArrayLike<number>>): string {
+  const snapshots: { round: string; delta: Record<string, ArrayLike<number>> }[] = rounds.some((r) => r.delta)
+    ? rounds.map((r, i) => ({ round: String(i + 1), delta: r.delta ?? {} }))
+    : [{ round: 'final', delta: final }];
+  const E = Math.max(0, ...snapshots.flatMap((s) => Object.values(s.delta).map((d) => d.length)));
+  if (E === 0) return '<p class="muted">No layer was adapted.</p>';
+  const head = Array.from({ length: E }, (_, e) => `<th scope="col">${e}</th>`).join('');
+  const body = snapshots.flatMap((s) =>
+    Object.keys(s.delta).sort((a, b) => Number(a) - Number(b)).map((l) => {
+      const d = Array.from(s.delta[l]);
+      const norm = Math.sqrt(d.reduce((a, x) => a + x * x, 0));
+      return `<tr><th scope="row">${escapeHtml(s.round)}</th><th scope="row">${escapeHtml(l)}</th>${d.map((x) => `<td>${fmt(x)}</td>`).join('')}<td>${fmt(norm)}</td></tr>`;
+    }));
+  return `<table tabindex="0" aria-label="Delta per layer after each round"><thead><tr><th scope="col">Round</th><th scope="col">Layer \\ expert</th>${head}<th scope="col">‖δ‖</th></tr></thead><tbody>${body.join('')}</tbody></table>`;
+}
+
 function rerouteBody(v: Extract<AdaptView, { kind: 'reroute' | 'reroute-progress' }>): string {
   const parts: string[] = [`<h1>Generate with rerouting</h1>`, `<h2>Prompt</h2><pre tabindex="0">${escapeHtml(v.prompt)}</pre>`];
   if (v.kind === 'reroute-progress') {
-    parts.push(`<p role="status">Running… ${v.rounds.length} round${v.rounds.length === 1 ? '' : 's'} finished.</p>`, '<h2>Rounds</h2>', roundsTable(v.rounds));
+    parts.push(`<p role="status">Running… ${v.rounds.length} round${v.rounds.length === 1 ? '' : 's'} finished.</p>`, '<h2>Rounds</h2>', roundsTable(v.rounds),
+      '<h2>δ per layer across rounds</h2>', deltaTable(v.rounds, {}));
     return parts.join('\n');
   }
   const c = v.result.comparison;
   parts.push('<h2>Rounds</h2>', roundsTable(c.rounds));
-  parts.push('<h2>Final δ per layer</h2><p class="muted">The engine reports δ after the last round only.</p>');
-  const layers = Object.keys(c.delta).sort((a, b) => Number(a) - Number(b));
-  if (layers.length === 0) parts.push('<p class="muted">No layer was adapted.</p>');
-  else {
-    const E = Math.max(...layers.map((l) => c.delta[l].length));
-    const head = Array.from({ length: E }, (_, e) => `<th scope="col">${e}</th>`).join('');
-    const body = layers.map((l) => `<tr><th scope="row">${escapeHtml(l)}</th>${c.delta[l].map((d) => `<td>${fmt(d)}</td>`).join('')}</tr>`).join('');
-    parts.push(`<table tabindex="0" aria-label="Final delta per layer"><thead><tr><th scope="col">Layer \\ expert</th>${head}</tr></thead><tbody>${body}</tbody></table>`);
-  }
+  parts.push('<h2>δ per layer across rounds</h2>', deltaTable(c.rounds, c.delta));
   parts.push('<h2>Generated text</h2>', sideBySide('Without rerouting', c.plain.text, 'With rerouting', c.rerouted.text));
   return parts.join('\n');
 }

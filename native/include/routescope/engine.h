@@ -136,6 +136,7 @@ struct RerouteRound {
   std::vector<int> layers;          // layers adapted in this round
   std::vector<double> losses;       // loss before each step
   std::map<int, float> confidence;  // C_l of every candidate layer
+  std::map<int, std::vector<float>> delta;  // delta of every layer adapted so far, after this round
 };
 struct RerouteResult {
   std::vector<int> tokens;          // generated
