@@ -129,22 +129,28 @@ def p_sub(rng):
 
 
 def _close_numbers(rng, n):
-    d = rng.randint(2, 4)
-    base = rng.randint(10 ** (d - 1), 10 ** d - 1)
-    out = {base}
-    while len(out) < n:
-        s = list(str(base))
-        r = rng.random()
-        if r < 0.4:  # permute digits
-            rng.shuffle(s)
-            x = int("".join(s))
-        elif r < 0.8:  # change one digit
-            i = rng.randrange(len(s))
-            s[i] = str(rng.randint(1 if i == 0 else 0, 9))
-            x = int("".join(s))
-        else:
+    """n distinct numbers of 2-4 digits: usually the same length with random digits; sometimes sharing the leading
+    digit (harder), sometimes of different lengths (easier). For n > 2 (the multiple-choice form, whose options are
+    the numbers) the leading digits are all different (see make_options)."""
+    r = rng.random()
+    out = set()
+    if n > 2:
+        leads = rng.sample("123456789", n)
+        same_len = rng.random() < 0.7
+        d0 = rng.randint(2, 4)
+        for lead in leads:
+            d = d0 if same_len else rng.randint(2, 4)
+            out.add(int(lead + "".join(rng.choice("0123456789") for _ in range(d - 1))))
+    elif r < 0.25:
+        while len(out) < n:
+            out.add(rng.randint(10, 9999))
+    else:
+        d = rng.randint(2, 4)
+        lead = rng.randint(1, 9)
+        while len(out) < n:
             x = rng.randint(10 ** (d - 1), 10 ** d - 1)
-        if len(str(x)) == d:
+            if r < 0.45:  # shared leading digit
+                x = int(str(lead) + str(x)[1:])
             out.add(x)
     out = list(out)
     rng.shuffle(out)
@@ -281,15 +287,41 @@ def sample(rng, skill, split, mc):
             return p
 
 
-def make_options(rng, p, answer_pos):
-    dis = list(dict.fromkeys(d for d in p["distractors"] if d != p["answer"]))
-    if p.get("fixed_options"):
-        picked = dis[:3]
+def _first_char_variants(rng, ans):
+    """Strings like `ans` (same length and alphabet) with a different first character, one per possible first
+    character, in random order."""
+    if ans.isdigit():
+        firsts = "123456789" if len(ans) > 1 else "0123456789"
     else:
-        picked = rng.sample(dis, 3)
+        firsts = "abcdefghijklmnopqrstuvwxyz"
+    out = [c + ans[1:] for c in firsts if c != ans[0]]
+    rng.shuffle(out)
+    return out
+
+
+def make_options(rng, p, answer_pos):
+    """Four options: the answer and three distractors, all with different first characters. Plausible distractors
+    (the sampler's near misses) come first; the answer's own variants with another first character fill up.
+    Distinct first characters make the item decidable from the answer's first token, the way a language model
+    reads options; a model this small does not learn to compare whole multi-token options within the CPU
+    training budget (the answer letter stayed at chance for thousands of steps with near misses that share the
+    first character; README, "The demo model")."""
+    ans = p["answer"]
+    if p.get("fixed_options"):
+        picked = [d for d in p["distractors"] if d != ans][:3]
+    else:
+        dis = list(dict.fromkeys(d for d in p["distractors"] if d != ans))
+        rng.shuffle(dis)
+        picked, firsts = [], {ans[0]}
+        for d in dis + _first_char_variants(rng, ans):
+            if d[0] not in firsts and d != ans:
+                picked.append(d)
+                firsts.add(d[0])
+            if len(picked) == 3:
+                break
     rng.shuffle(picked)
-    opts = picked[:answer_pos] + [p["answer"]] + picked[answer_pos:]
-    assert len(set(opts)) == 4, opts
+    opts = picked[:answer_pos] + [ans] + picked[answer_pos:]
+    assert len({o[0] for o in opts}) == 4, opts
     return dict(zip(LETTERS, opts))
 
 
@@ -335,28 +367,60 @@ def check_answer(skill, key, answer):
 # Training corpus
 # ------------------------------------------------------------------------------------------------------------
 
-# Kinds of training example and their share. "lookup" is a training aid, not a skill of the suite: the question
-# names one of the options' values ("Which option is 85?") and the answer is its letter. It teaches the binding
-# from an option's value to its letter, which the multiple-choice items need on top of solving the problem.
-MIX = (("gen", 0.35), ("mc", 0.40), ("lookup", 0.15), ("statement", 0.10))
-LOOKUP_TEMPLATES = ["Which option is {v}?", "Which option says {v}?", "Find {v} in the options.",
-                    "Which letter goes with {v}?"]
+# Kinds of training example and their share.
+MIX = (("gen", 0.35), ("mc", 0.55), ("statement", 0.10))
+# "pick" is a training aid, not a skill of the suite: a multiple-choice item whose answer is picked by a property
+# each option shows on its own (the largest / smallest single digit; the only number among words, the only word
+# among numbers). A tiny model learns those within a few hundred steps, and with them the mechanism that every
+# multiple-choice item needs: attend to the option that has a feature and copy its letter. Without them (or with
+# an aid that needs matching an option against a value named in the question) the answer letter stayed at chance
+# for thousands of steps (see README).
+PICK_SHARE = 0.05            # in the main mixture
+WARMUP_EXAMPLES = 30000      # stage 0: the first examples trained on, half of them "pick"
 
 
-def training_examples(seed, n, split="train"):
-    """n (text, skill, key, answer_start) tuples; text has no trailing <|endoftext|>; text[answer_start:] is the
-    answer part (" 85", " C", or the end of a statement), which train.py weights fully in the loss."""
+def pick_example(rng):
+    kind = rng.random()
+    if kind < 0.6:
+        vals = rng.sample("0123456789", 4)
+        largest = rng.random() < 0.5
+        ans = max(vals) if largest else min(vals)
+        q = rng.choice(["Which number is the largest?", "Which of these numbers is the biggest?"] if largest else
+                       ["Which number is the smallest?", "Which of these numbers is the lowest?"])
+        key = ("compare", 4, "max" if largest else "min", tuple(sorted(int(v) for v in vals)))
+    else:
+        words = rng.sample(WORDS, 4)
+        nums = [str(rng.randint(2, 999)) for _ in range(4)]
+        if rng.random() < 0.5:
+            vals, ans, q = words[:3] + nums[:1], nums[0], "Which option is a number?"
+        else:
+            vals, ans, q = nums[:3] + words[:1], words[0], "Which option is a word?"
+        rng.shuffle(vals)
+        key = ("pick", q, tuple(vals))
+    opts = dict(zip(LETTERS, vals))
+    L = LETTERS[vals.index(ans)]
+    text = mc_text(q, opts, L)
+    return text, "pick", key, [[len(mc_prompt(q, opts)), len(text)]]
+
+
+def training_examples(seed, n, split="train", pick_share=PICK_SHARE, mix=MIX):
+    """n (text, skill, key, answer_spans) tuples; text has no trailing <|endoftext|>; answer_spans = [[start, end]]
+    character spans of the answer parts (" 85", " C", the end of a statement), which
+    train.py weights fully in the loss."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
+        if rng.random() < pick_share:
+            out.append(pick_example(rng))
+            continue
         skill = rng.choice(SKILLS)
         r = rng.random()
         acc = 0.0
-        for kind, share in MIX:
+        for kind, share in mix:
             acc += share
             if r < acc:
                 break
-        p = sample(rng, skill, split, kind in ("mc", "lookup"))
+        p = sample(rng, skill, split, kind == "mc")
         assert check_answer(skill, p["key"], p["answer"])
         if kind == "gen":
             text = gen_text(p)
@@ -369,33 +433,22 @@ def training_examples(seed, n, split="train"):
             opts = make_options(rng, p, pos)
             text = mc_text(p["question"], opts, LETTERS[pos])
             astart = len(mc_prompt(p["question"], opts))
-        else:
-            if rng.random() < 0.5:  # easy: the answers of four different problems
-                vals = [p["answer"]]
-                while len(vals) < 4:
-                    v = sample(rng, skill, split, True)["answer"]
-                    if v not in vals:
-                        vals.append(v)
-                rng.shuffle(vals)
-                opts = dict(zip(LETTERS, vals))
-            else:  # hard: a multiple-choice item's near-miss options
-                opts = make_options(rng, p, rng.randrange(4))
-            L = rng.choice(LETTERS)
-            q = rng.choice(LOOKUP_TEMPLATES).format(v=opts[L])
-            text = mc_text(q, opts, L)
-            astart = len(mc_prompt(q, opts))
-            skill = "lookup"
-        out.append((text, skill, p["key"], astart))
+        out.append((text, skill, p["key"], [[astart, len(text)]]))
     return out
 
 
-def write_train(path, seed, n):
+def write_train(path, seed, n, warmup=WARMUP_EXAMPLES, mix=MIX):
+    """Stage 0 (`warmup` examples, half "pick") then stage 1 (`n` examples of the main mixture); train.py trains
+    on all stage-0 rows first."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    ex = training_examples(seed, n)
+    stages = [(0, training_examples(seed + 1, warmup, pick_share=0.5, mix=mix)),
+              (1, training_examples(seed, n, mix=mix))]
     with open(path, "w", encoding="utf-8") as f:
-        for text, skill, key, astart in ex:
-            f.write(json.dumps({"skill": skill, "key": list(key), "text": text, "answer_start": astart}) + "\n")
-    return ex
+        for stage, ex in stages:
+            for text, skill, key, spans in ex:
+                f.write(json.dumps({"stage": stage, "skill": skill, "key": list(key), "text": text,
+                                    "answer_spans": spans}) + "\n")
+    return stages[0][1] + stages[1][1]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -511,20 +564,6 @@ def write_prompts(path, seed=2024):
             f.write(f"\n## {title}\n\n{prompt}\n")
 
 
-def dev_lookup(seed=98, n=140):
-    """Lookup-aid items (see MIX) from the dev split, for monitoring the option-letter binding."""
-    rng = random.Random(seed)
-    items = []
-    for i in range(n):
-        skill = SKILLS[i % len(SKILLS)]
-        p = sample(rng, skill, "dev", True)
-        opts = make_options(rng, p, rng.randrange(4))
-        L = LETTERS[i % 4]
-        q = rng.choice(LOOKUP_TEMPLATES).format(v=opts[L])
-        items.append({"id": f"lookup-{i}", "skill": skill, "prompt": mc_prompt(q, opts), "answer": L})
-    return items
-
-
 def _k(key):
     return repr(tuple(tuple(x) if isinstance(x, list) else x for x in key))
 
@@ -562,7 +601,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--out", default=".cache/demo/train.jsonl")
-    t.add_argument("--examples", type=int, default=120000)
+    t.add_argument("--examples", type=int, default=230000)
     t.add_argument("--seed", type=int, default=1234)
     s = sub.add_parser("suite")
     s.add_argument("--out", default="media/tasks")

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import evaluate  # noqa: E402
 import st  # noqa: E402
 import tokenizer as tok  # noqa: E402
+from naive_forward import naive_forward  # noqa: E402
 
 
 def read_prompts(path):
@@ -66,6 +67,17 @@ def main():
             ref[f"{r['name']}.layer{l}.experts"] = topi.to(torch.int32)
             ref[f"{r['name']}.layer{l}.weights"] = topw.to(torch.float32)
 
+    # Cross-check the base run against an independent naive implementation (naive_forward.py).
+    sd = st.load(os.path.join(a.model, "model.safetensors"))
+    n_logits, n_routing = naive_forward(sd, cfg, tokens)
+    d = (n_logits - ref["base.logits"].double()).abs().max().item()
+    assert d < 1e-4, f"naive forward disagrees with model.py: max |dlogits| = {d}"
+    for l, (rl, ex, wt) in enumerate(n_routing):
+        assert torch.equal(ex.to(torch.int32), ref[f"base.layer{l}.experts"]), f"layer {l} experts differ"
+        assert (rl - ref[f"base.layer{l}.router_logits"].double()).abs().max().item() < 1e-5
+        assert (wt - ref[f"base.layer{l}.weights"].double()).abs().max().item() < 1e-6
+    print(f"naive float64 forward agrees with model.py (max |dlogits| {d:.2e}, same experts in every layer)")
+
     os.makedirs(a.out, exist_ok=True)
     model_rel = os.path.relpath(os.path.abspath(a.model), os.path.abspath(a.out))
     cases = {
@@ -76,9 +88,12 @@ def main():
         "runs": runs,
         "grads": [],
     }
+    text = json.dumps(cases, indent=1)
+    text = re.sub(r"\[\s*([-0-9.,\s]+?)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                  text)
+    assert json.loads(text) == cases
     with open(os.path.join(a.out, "cases.json"), "w") as f:
-        json.dump(cases, f, indent=1)
-        f.write("\n")
+        f.write(text + "\n")
     st.save(os.path.join(a.out, "reference.safetensors"), ref,
             metadata={"source": "tools/demo/make_fixture.py", "precision": "float64 reference, stored F32"})
     top = ref["base.logits"][-1].argmax().item()

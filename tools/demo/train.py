@@ -33,13 +33,19 @@ from model import Olmoe, default_config, load_balancing_loss  # noqa: E402
 def pack_rows(examples, T, rng, other_weight):
     """Greedy packing of tokenised examples (each followed by <|endoftext|>) into rows of T+1 tokens; rows start at
     an example start; the tail is padded with <|endoftext|>. Returns ids [R, T+1] and the loss weight of each
-    position as a target [R, T+1]: 1 for the answer part and the closing <|endoftext|>, `other_weight` for the
-    rest of the example (question, options), 0 for padding."""
+    position as a target [R, T+1]: 1 inside the example's answer spans and for the closing <|endoftext|>,
+    `other_weight` for the rest of the example (question, options), 0 for padding."""
     seqs = []
-    for text, astart in examples:
-        a, b = tok.encode(text[:astart]), tok.encode(text[astart:])
-        assert a + b == tok.encode(text), text  # the split never cuts a merge
-        seqs.append((a + b + [tok.EOS_ID], [other_weight] * len(a) + [1.0] * (len(b) + 1)))
+    for text, spans in examples:
+        cuts = sorted({0, len(text)} | {c for sp in spans for c in sp})
+        ids, w = [], []
+        for a, b in zip(cuts, cuts[1:]):
+            seg = tok.encode(text[a:b])
+            inside = any(s <= a and b <= e for s, e in spans)
+            ids += seg
+            w += [1.0 if inside else other_weight] * len(seg)
+        assert ids == tok.encode(text), text  # the cuts never split a merge
+        seqs.append((ids + [tok.EOS_ID], w + [1.0]))
     rng.shuffle(seqs)
     rows, weights = [], []
     cur, cw = [], []
@@ -124,10 +130,17 @@ def main():
             logf.flush()
 
     exs = [json.loads(line) for line in open(a.corpus, encoding="utf-8")]
-    rows, wts = pack_rows([(e["text"], e["answer_start"]) for e in exs], a.seq, random.Random(a.seed),
-                          a.other_weight)
+    # stage 0 (warm-up) rows come first, in their own shuffled order; then stage 1 rows
+    stage_rows = []
+    for stage in sorted({e.get("stage", 0) for e in exs}):
+        stage_rows.append(pack_rows([(e["text"], e["answer_spans"]) for e in exs if e.get("stage", 0) == stage],
+                                    a.seq, random.Random(a.seed + stage), a.other_weight))
+    warm_rows = stage_rows[0][0].shape[0] if len(stage_rows) > 1 else 0
+    rows = torch.cat([r for r, _ in stage_rows])
+    wts = torch.cat([w for _, w in stage_rows])
     masks = wts > 0
-    log({"event": "data", "examples": len(exs), "rows": rows.shape[0], "tokens": int(masks.sum()),
+    log({"event": "data", "examples": len(exs), "rows": rows.shape[0], "warmup_rows": warm_rows,
+         "tokens": int(masks.sum()),
          "answer_tokens": int((wts == 1).sum()), "fill": round(float(masks.float().mean()), 3)})
 
     cfg = default_config(num_hidden_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
@@ -146,14 +159,13 @@ def main():
         "intermediate_size")}})
 
     dev = corpus.dev_set()
-    dev_lookup = corpus.dev_lookup()
     order_rng = random.Random(a.seed + 1)
-    perm = []
+    perm = list(range(warm_rows))  # warm-up rows first, once, in packed (already shuffled) order
     step = 0
     E, k = cfg["num_experts"], cfg["num_experts_per_tok"]
     while step < a.steps:
         if len(perm) < a.batch:
-            p = list(range(rows.shape[0]))
+            p = list(range(warm_rows, rows.shape[0]))
             order_rng.shuffle(p)
             perm += p
         idx = torch.tensor(perm[:a.batch])
@@ -181,10 +193,8 @@ def main():
             model.eval()
             preds, _, _ = evaluate.mc_eval(model, dev)
             acc = evaluate.accuracy_by_skill(dev, preds)
-            lp, _, _ = evaluate.mc_eval(model, dev_lookup)
-            lacc = sum(p == it["answer"] for p, it in zip(lp, dev_lookup)) / len(dev_lookup)
             log({"step": step, "dev_mc": {s: round(v, 3) for s, v in acc.items()},
-                 "dev_mean": round(sum(acc.values()) / len(acc), 3), "dev_lookup": round(lacc, 3)})
+                 "dev_mean": round(sum(acc.values()) / len(acc), 3)})
 
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     train_s = round(time.time() - t0, 1)
