@@ -93,10 +93,11 @@ test('eval --expert-load: per skill and layer, shares of the routing slots over 
   assert.deepEqual(load.layers, [0, 1, 2]);
   assert.deepEqual(Object.keys(load.per_skill), ['even', 'odd']);
   const items = fs.readFileSync(path.join(tmp, 'eval.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  for (const [skill, v] of Object.entries(load.per_skill) as [string, { tokens: number; share: number[][] }][]) {
+  for (const [skill, v] of Object.entries(load.per_skill) as [string, { tokens: number; items: number; share: number[][]; last: number[][] }][]) {
     assert.ok(v.tokens > items.filter((i) => i.skill === skill).length, skill); // every prompt position counts
     assert.equal(v.share.length, 3);
-    for (const row of v.share) {
+    assert.equal(v.items, items.filter((i) => i.skill === skill).length, skill);
+    for (const row of [...v.share, ...v.last]) {
       assert.equal(row.length, load.experts);
       assert.ok(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-9);
     }
@@ -105,7 +106,8 @@ test('eval --expert-load: per skill and layer, shares of the routing slots over 
   assert.equal(human.code, 0, human.stderr);
   assert.match(human.stdout, /expert load/);
   assert.match(human.stdout, /^layer 2$/m);
-  assert.match(human.stdout, /^even +.*\[\d+\]/m);
+  assert.match(human.stdout, /^even +.*\[\d+\].*\|.*\[\d+\]/m);
+  assert.match(human.stdout, /^accuracy: \d+\.\d%$/m);
 });
 
 test('eval refuses a reference set built for another model, and c3po without a reference', () => {

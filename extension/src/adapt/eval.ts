@@ -82,7 +82,7 @@ export interface EvalOptions {
   onProgress?: (p: EvalProgress) => void;
   shouldStop?: () => boolean;
   /** The plain model's routing of every prompt position of each multiple-choice item (for expert-load tables). */
-  onRouting?: (item: TaskItem, routing: NativeLayerRouting) => void;
+  onRouting?: (item: TaskItem, routing: NativeLayerRouting, lastPosition: number) => void;
 }
 
 async function timed<T>(run: () => Promise<T>): Promise<[T, number]> {
@@ -162,7 +162,7 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
   // The plain model.
   let none: Answer;
   if (item.kind === 'mc') {
-    const onRouting = o.onRouting && ((r: NativeLayerRouting) => o.onRouting!(item, r));
+    const onRouting = o.onRouting && ((r: NativeLayerRouting) => o.onRouting!(item, r, last));
     const [fwd, ms] = await timed(() => runner.forward(session, tokens, undefined, onRouting));
     const s = runner.scoreMc(item, fwd.logits);
     none = { answer: s.choice, correct: s.correct, ms };

@@ -258,7 +258,7 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
       c3poSettings,
       rerouteSettings,
       shouldStop: () => stopRequested,
-      ...(load ? { onRouting: (item: TaskItem, r: NativeLayerRouting) => load.add(item.skill, r) } : {}),
+      ...(load ? { onRouting: (item: TaskItem, r: NativeLayerRouting, last: number) => load.add(item.skill, r, last) } : {}),
       onRecord: (record) => {
         if (logFd !== undefined) fs.writeSync(logFd, JSON.stringify(record) + '\n');
       },
@@ -283,60 +283,74 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
   }
 }
 
-/** Share of the top-k routing slots that go to each expert, per skill and MoE layer, over every prompt position. */
+/** Share of the top-k routing slots that go to each expert, per skill and MoE layer: over every prompt position,
+ *  and at the last prompt position alone (the one whose routing C3PO re-mixes). */
 export interface ExpertLoadJSON {
   layers: number[];
   experts: number;
-  per_skill: Record<string, { tokens: number; share: number[][] }>;  // share[layer row][expert], rows sum to 1
+  per_skill: Record<string, { tokens: number; items: number; share: number[][]; last: number[][] }>;  // [layer row][expert], rows sum to 1
 }
 
 export class ExpertLoad {
-  private readonly counts = new Map<string, { tokens: number; slots: Float64Array[] }>();
+  private readonly counts = new Map<string, { tokens: number; items: number; all: Float64Array[]; last: Float64Array[] }>();
   private readonly row: Map<number, number>;
   constructor(readonly layers: number[], readonly experts: number) {
     this.row = new Map(layers.map((l, i) => [l, i]));
   }
 
-  add(skill: string, r: NativeLayerRouting): void {
+  add(skill: string, r: NativeLayerRouting, lastPosition: number): void {
     const i = this.row.get(r.layer);
     if (i === undefined) return;
     let c = this.counts.get(skill);
-    if (!c) this.counts.set(skill, (c = { tokens: 0, slots: this.layers.map(() => new Float64Array(this.experts)) }));
+    if (!c) {
+      const rows = (): Float64Array[] => this.layers.map(() => new Float64Array(this.experts));
+      this.counts.set(skill, (c = { tokens: 0, items: 0, all: rows(), last: rows() }));
+    }
     if (i === 0) c.tokens += r.count;
-    const slots = c.slots[i];
-    for (const e of r.experts) if (e >= 0 && e < this.experts) slots[e]++;
+    const k = r.topK;
+    for (let t = 0; t < r.count; t++) {
+      for (let j = 0; j < k; j++) {
+        const e = r.experts[t * k + j];
+        if (e < 0 || e >= this.experts) continue;
+        c.all[i][e]++;
+        if (r.start + t === lastPosition) c.last[i][e]++;
+      }
+      if (i === 0 && r.start + t === lastPosition) c.items++;
+    }
   }
 
   toJSON(): ExpertLoadJSON {
+    const norm = (rows: Float64Array[]): number[][] =>
+      rows.map((s) => {
+        const total = s.reduce((a, b) => a + b, 0);
+        return Array.from(s, (v) => (total ? v / total : 0));
+      });
     const perSkill: ExpertLoadJSON['per_skill'] = {};
     for (const skill of [...this.counts.keys()].sort()) {
       const c = this.counts.get(skill)!;
-      perSkill[skill] = {
-        tokens: c.tokens,
-        share: c.slots.map((s) => {
-          const total = s.reduce((a, b) => a + b, 0);
-          return Array.from(s, (v) => (total ? v / total : 0));
-        }),
-      };
+      perSkill[skill] = { tokens: c.tokens, items: c.items, share: norm(c.all), last: norm(c.last) };
     }
     return { layers: this.layers, experts: this.experts, per_skill: perSkill };
   }
 }
 
-/** One table per MoE layer: skills × experts, percent of routing slots; the largest share of each row in brackets. */
+/** Per MoE layer: skills × experts, percent of the routing slots over all prompt tokens | at the last prompt token;
+ *  the largest share of each row in brackets. */
 export function formatExpertLoad(load: ExpertLoadJSON): string {
   const skills = Object.keys(load.per_skill);
   if (skills.length === 0) return 'expert load: no multiple-choice items\n';
   const w = Math.max(5, ...skills.map((s) => s.length));
-  const lines = ['', `expert load (% of top-k slots over the prompt tokens of the multiple-choice items; [max] per row)`];
+  const cells = (row: number[]): string => {
+    const max = Math.max(...row);
+    return row.map((v) => (v === max ? `[${(100 * v).toFixed(0)}]` : (100 * v).toFixed(0)).padStart(6)).join('');
+  };
+  const head = Array.from({ length: load.experts }, (_, e) => `e${e}`.padStart(6)).join('');
+  const lines = ['', 'expert load, % of the top-k routing slots of the multiple-choice prompts ([max] per row):',
+    'all prompt tokens | the last prompt token'];
   load.layers.forEach((layer, i) => {
     lines.push(`layer ${layer}`);
-    lines.push(`${'skill'.padEnd(w)} ${Array.from({ length: load.experts }, (_, e) => `e${e}`.padStart(6)).join('')}`);
-    for (const skill of skills) {
-      const row = load.per_skill[skill].share[i];
-      const max = Math.max(...row);
-      lines.push(`${skill.padEnd(w)} ${row.map((v) => (v === max ? `[${(100 * v).toFixed(0)}]` : (100 * v).toFixed(0)).padStart(6)).join('')}`);
-    }
+    lines.push(`${'skill'.padEnd(w)} ${head}  | ${head}`);
+    for (const skill of skills) lines.push(`${skill.padEnd(w)} ${cells(load.per_skill[skill].share[i])}  | ${cells(load.per_skill[skill].last[i])}`);
   });
   return lines.join('\n') + '\n';
 }
@@ -347,18 +361,23 @@ export function formatSummary(s: EvalSummary, log?: string): string {
   if (s.analysis_only) lines.push('ANALYSIS ONLY: the oracle optimises on each test item\'s own label; its accuracy is an upper bound, not a result.');
   lines.push(`${s.completed} of ${s.items} items${s.cancelled ? ' (cancelled)' : ''}`);
   const diff = (100 * (s.accuracy.method - s.accuracy.none)).toFixed(1);
-  lines.push(`accuracy: none ${pct(s.accuracy.none)}  ${name} ${pct(s.accuracy.method)}  (${Number(diff) >= 0 ? '+' : ''}${diff} points)`);
-  lines.push(`flips: wrong→right ${s.flips.wrong_to_right}, right→wrong ${s.flips.right_to_wrong}`);
+  if (name === 'none') lines.push(`accuracy: ${pct(s.accuracy.none)}`);
+  else {
+    lines.push(`accuracy: none ${pct(s.accuracy.none)}  ${name} ${pct(s.accuracy.method)}  (${Number(diff) >= 0 ? '+' : ''}${diff} points)`);
+    lines.push(`flips: wrong→right ${s.flips.wrong_to_right}, right→wrong ${s.flips.right_to_wrong}`);
+  }
   const skills = Object.keys(s.per_skill).sort();
   if (skills.length > 1 || (skills.length === 1 && skills[0] !== '(none)')) {
     const w = Math.max(5, ...skills.map((k) => k.length));
-    lines.push(`${'skill'.padEnd(w)}  items    none  ${name.padStart(7)}`);
+    const plain = name === 'none';
+    lines.push(`${'skill'.padEnd(w)}  items    none${plain ? '' : `  ${name.padStart(7)}`}`);
     for (const k of skills) {
       const r = s.per_skill[k];
-      lines.push(`${k.padEnd(w)}  ${String(r.items).padStart(5)}  ${pct(r.none).padStart(6)}  ${pct(r.method).padStart(7)}`);
+      lines.push(`${k.padEnd(w)}  ${String(r.items).padStart(5)}  ${pct(r.none).padStart(6)}${plain ? '' : `  ${pct(r.method).padStart(7)}`}`);
     }
   }
-  lines.push(`time per item: none ${s.mean_ms.none.toFixed(1)} ms, ${name} ${s.mean_ms.method.toFixed(1)} ms, overhead ${s.overhead.toFixed(2)}×`);
+  if (name === 'none') lines.push(`time per item: ${s.mean_ms.none.toFixed(1)} ms`);
+  else lines.push(`time per item: none ${s.mean_ms.none.toFixed(1)} ms, ${name} ${s.mean_ms.method.toFixed(1)} ms, overhead ${s.overhead.toFixed(2)}×`);
   if (log) lines.push(`log: ${log}`);
   return lines.join('\n') + '\n';
 }
