@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { BrowserContext, FrameLocator, Page } from 'playwright-core';
-import { ROOT } from '../helpers/cli';
+import { ROOT, runCli } from '../helpers/cli';
 import { decodeTensor, readSafetensorsRaw } from '../helpers/safetensors';
 import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
 
@@ -122,6 +122,26 @@ function panelFrame(): FrameLocator {
   return page.frameLocator('iframe.webview').frameLocator('#active-frame');
 }
 
+/** The text and HTML of the adaptation panel once it shows a finished result whose heading starts with `title`. */
+async function adaptPanel(title: string): Promise<{ text: string; html: string }> {
+  const deadline = Date.now() + STEP_MS;
+  while (Date.now() < deadline) {
+    const frames = page.frameLocator('iframe.webview');
+    const n = await page.locator('iframe.webview').count();
+    for (let i = 0; i < n; i++) {
+      try {
+        const body = frames.nth(i).frameLocator('#active-frame').locator('body');
+        const text = await body.innerText({ timeout: 2_000 });
+        if (text.startsWith(title) && !/Running…/.test(text)) return { text, html: await body.innerHTML({ timeout: 2_000 }) };
+      } catch {
+        // not loaded, or another panel
+      }
+    }
+    await page.waitForTimeout(250);
+  }
+  throw new Error(`the adaptation panel never showed "${title}"`);
+}
+
 interface GridState {
   layers: number;
   tokens: number;
@@ -162,9 +182,16 @@ before(async () => {
   const install = tools.ensureCodeServer();
   fs.rmSync(RUN_DIR, { recursive: true, force: true });
   const extension = stageExtension(RUN_DIR);
+  // A C3PO reference set for the demo model, built by the CLI as a user would, for the Re-mix lens.
+  const ref = path.join(RUN_DIR, 'reference');
+  const built = runCli(['reference', 'build', '--model', DEMO_MODEL, '--data', path.join(ROOT, 'media', 'tasks', 'reference.jsonl'), '--limit', '140', '--out', ref, '--threads', '2', '--json']);
+  assert.equal(built.code, 0, built.stderr);
   ({ workspace } = tools.prepareProfile(RUN_DIR, {
     extensionDir: extension,
-    settings: { 'workbench.colorTheme': 'Default Dark Modern', 'editor.codeLens': true, 'git.enabled': false, 'git.openRepositoryInParentFolders': 'never' },
+    settings: {
+      'workbench.colorTheme': 'Default Dark Modern', 'editor.codeLens': true, 'git.enabled': false, 'git.openRepositoryInParentFolders': 'never',
+      'routescope.c3po.reference': ref,
+    },
     workspaceFiles: { 'demo.prompts.md': fs.readFileSync(path.join(ROOT, 'media', 'demo.prompts.md'), 'utf8') },
   }));
   const port = await tools.freePort();
@@ -346,6 +373,27 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     assert.ok(tokens > expectedTokens, `generated past the prompt: ${rows[0]}`);
     await gridState({ mode: 'single' });
     await shot('routing-panel-generate');
+  });
+
+  await step(t, 'Re-mix (C3PO) from a code lens: ω before/after per critical layer, neighbours, routing and answer', async () => {
+    await showPromptsEditor();
+    await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Re-mix (C3PO)' }).first().click();
+    const { text, html } = await adaptPanel('Re-mix (C3PO): ngd');
+    const critical = Math.ceil(config.num_hidden_layers / 3);
+    for (let l = config.num_hidden_layers - critical; l < config.num_hidden_layers; l++) assert.ok(html.includes(`aria-label="ω at layer ${l}"`), `ω of layer ${l}`);
+    assert.match(text, /Neighbour loss: \d+\.\d+ → \d+\.\d+/);
+    assert.ok(html.includes('aria-label="Neighbours"') && html.includes('aria-label="Routing change"'));
+    assert.match(text, /Before[\s\S]*After re-mix/);
+    await shot('adapt-remix');
+  });
+
+  await step(t, 'Generate with rerouting from a code lens: rounds, δ per layer after each round, both texts', async () => {
+    await showPromptsEditor();
+    await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Generate with rerouting' }).first().click();
+    const { text, html } = await adaptPanel('Generate with rerouting');
+    assert.ok(html.includes('aria-label="Rerouting rounds"') && html.includes('aria-label="Delta per layer after each round"'));
+    assert.match(text, /Without rerouting[\s\S]*With rerouting/);
+    await shot('adapt-reroute');
   });
 
   await step(t, 'kill the engine process: a clear message, and the next action restarts it', async () => {

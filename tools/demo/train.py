@@ -2,10 +2,11 @@
 """Train the Routescope demo model (OLMoE architecture) from scratch on the CPU and save it in the Hugging Face
 layout (config.json, model.safetensors in BF16, tokenizer.json, tokenizer_config.json, generation_config.json).
 
-    nice -n 10 /usr/bin/python3 tools/demo/train.py --corpus .cache/demo/train.jsonl --out media/demo-model
+    /usr/bin/python3 tools/demo/corpus.py train --out .cache/demo/train.jsonl
+    /usr/bin/python3 tools/demo/train.py --corpus .cache/demo/train.jsonl --out media/demo-model --steps 7000 --threads 2
 
-Deterministic: fixed seed, fixed thread count (2), torch.use_deterministic_algorithms(True), data order from
-random.Random(seed). See tools/demo/README.md for what reproduces bit-for-bit.
+Deterministic: fixed seed, torch.use_deterministic_algorithms(True), data order from random.Random(seed); the same
+torch build and thread count give the same checkpoint bit for bit (README, "The demo model").
 """
 import argparse
 import json
@@ -103,14 +104,14 @@ def main():
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=7000)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--aux-coef", type=float, default=0.01)
     ap.add_argument("--other-weight", type=float, default=0.1,
                     help="loss weight of the non-answer tokens (answer tokens: 1)")
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
     ap.add_argument("--log", default=None, help="also write the log lines (JSONL) here")
