@@ -587,14 +587,15 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
     for (int e = 0; e < E; ++e) w[e] = static_cast<float>(w[e] / sum);
     return w;
   };
-  // Per step: each neighbour's last position runs through the layers above its cached prefix (its own KV cache);
-  // then the final norm and LM head run once for all neighbours' rows together (forward and backward), so the
-  // LM head — the largest matrix touched — is read twice per step whatever the number of neighbours; then each
-  // neighbour back-propagates through its own saved layers.
+  // Per step, the K neighbours' last positions go up together: in each layer from the first critical one, attention
+  // per neighbour (its own KV cache), then the MLP / MoE block once for the K stacked rows; the final norm and LM
+  // head once for all rows, forward and backward. The largest matrices touched (the LM head, the experts omega
+  // selects) are read the same number of times whatever K is.
   const int K = static_cast<int>(neighbours.size());
   std::vector<float> hs(static_cast<size_t>(K) * H), logits(static_cast<size_t>(K) * cfg.vocab),
       dnorm(static_cast<size_t>(K) * H);
-  std::vector<std::vector<LayerSave>> saves(K, std::vector<LayerSave>(L));
+  std::vector<std::vector<LayerSave>> saves(K, std::vector<LayerSave>(L));  // attention halves, per neighbour
+  std::vector<LayerSave> mlp_saves(L);                                        // MLP halves, neighbours stacked
   Decoder& dec = neighbours.front().prefix->session->dec_;
   for (int step = 0; step <= o.steps; ++step) {
     double loss = 0;
@@ -603,6 +604,7 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
     const bool need_grad = !(step == o.steps && step > 0);  // the final evaluation needs no gradient
     std::map<int, std::vector<float>> omega;
     for (int l : o.layers) omega[l] = softmax(theta[l]);
+    // Layers below the first critical one (a prefix cached lower down) run per neighbour, with its own positions.
     for (int j = 0; j < K; ++j) {
       C3poPrefix& p = *neighbours[j].prefix;
       SessionImpl& s = *p.session;
@@ -610,9 +612,21 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
       for (int l : o.layers) patch.layers[l].mix[p.last] = omega[l];
       float* h = hs.data() + static_cast<size_t>(j) * H;
       std::copy(p.h.begin(), p.h.end(), h);
-      for (int l = p.first_layer; l < L; ++l)
-        s.dec_.layer_forward(l, h, 1, p.last, s.cache_[l], patch, nullptr,
-                             need_grad && l >= first ? &saves[j][l] : nullptr);
+      for (int l = p.first_layer; l < first; ++l) s.dec_.layer_forward(l, h, 1, p.last, s.cache_[l], patch, nullptr, nullptr);
+    }
+    // From the first critical layer up: attention per neighbour (its own KV cache), then the MLP / MoE block once
+    // for the K stacked rows. Every row takes its routing from the same omega, so the selected experts are read
+    // once for all neighbours instead of once each. In the stacked patch, row j is "position" j.
+    Patch stacked;
+    for (int l : o.layers)
+      for (int j = 0; j < K; ++j) stacked.layers[l].mix[j] = omega[l];
+    for (int l = first; l < L; ++l) {
+      for (int j = 0; j < K; ++j) {
+        C3poPrefix& p = *neighbours[j].prefix;
+        p.session->dec_.attn_forward(l, hs.data() + static_cast<size_t>(j) * H, 1, p.last, p.session->cache_[l],
+                                     need_grad ? &saves[j][l] : nullptr);
+      }
+      dec.mlp_forward(l, hs.data(), K, 0, stacked, nullptr, need_grad ? &mlp_saves[l] : nullptr);
     }
     // Cross-entropy of each neighbour's answer token at its last position, through the final norm and LM head.
     dec.logits(hs.data(), K, logits.data());
@@ -630,26 +644,29 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
     }
     if (need_grad) {
       matmul_backward_input(dec.pool(), logits.data(), K, ck_->lm_head, dnorm.data(), false);
-      std::vector<float> dh(H);
+      std::vector<float> dh(static_cast<size_t>(K) * H);
       for (int j = 0; j < K; ++j) {
         const float* h = hs.data() + static_cast<size_t>(j) * H;
-        const int last = neighbours[j].prefix->last;
         double ss = 0;
         for (int d = 0; d < H; ++d) ss += static_cast<double>(h[d]) * h[d];
         rmsnorm_row_backward(h, static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps)), ck_->final_norm.data(),
-                             dnorm.data() + static_cast<size_t>(j) * H, H, dh.data(), false);
-        Decoder& dj = neighbours[j].prefix->session->dec_;
-        for (int l = L - 1; l >= first; --l) {
-          std::map<int, float*> mg;
-          std::vector<float> gl;
-          if (grad.count(l)) {
-            gl.assign(E, 0.f);
-            mg[last] = gl.data();
-          }
-          dj.layer_backward(l, saves[j][l], dh.data(), l == first, nullptr, mg);
-          if (!gl.empty())
-            for (int e = 0; e < E; ++e) grad[l][e] += gl[e];
+                             dnorm.data() + static_cast<size_t>(j) * H, H, dh.data() + static_cast<size_t>(j) * H, false);
+      }
+      std::vector<float> gl(static_cast<size_t>(K) * E);
+      for (int l = L - 1; l >= first; --l) {
+        std::map<int, float*> mg;
+        const bool critical = grad.count(l) > 0;
+        if (critical) {
+          std::fill(gl.begin(), gl.end(), 0.f);
+          for (int j = 0; j < K; ++j) mg[j] = gl.data() + static_cast<size_t>(j) * E;
         }
+        const bool below = dec.mlp_backward(l, mlp_saves[l], dh.data(), l == first, nullptr, mg);
+        if (critical)
+          for (int j = 0; j < K; ++j)
+            for (int e = 0; e < E; ++e) grad[l][e] += gl[static_cast<size_t>(j) * E + e];
+        if (!below) break;
+        for (int j = 0; j < K; ++j)
+          neighbours[j].prefix->session->dec_.attn_backward(l, saves[j][l], dh.data() + static_cast<size_t>(j) * H);
       }
     }
     res.losses.push_back(loss);

@@ -166,6 +166,32 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
     std::vector<C3poNeighbour> nbs;
     for (int i = 0; i < 3; ++i)
       nbs.push_back({model->c3po_prefix(random_tokens(6 + i, info.vocab_size, 20 + i), critical.front()), 7 + i, 1.f / (1 + i)});
+    // The neighbours run stacked through each MLP / MoE block: loss and gradient equal the weighted sums of
+    // single-neighbour runs.
+    C3poOptions o3;
+    o3.layers = critical;
+    o3.steps = 0;
+    auto together = model->c3po_ngd(omega2, nbs, o3);
+    const double wsum = 1 + 1 / 2. + 1 / 3.;
+    double want_loss = 0;
+    std::map<int, std::vector<float>> want;
+    for (int i = 0; i < 3; ++i) {
+      auto alone = model->c3po_ngd(omega2, {nbs[i]}, o3);
+      const double wi = 1.0 / (1 + i) / wsum;
+      want_loss += wi * alone.losses[0];
+      for (int l : critical) {
+        auto& wl = want[l];
+        wl.resize(info.num_experts, 0.f);
+        for (int e = 0; e < info.num_experts; ++e) wl[e] += float(wi * alone.first_grad[l][e]);
+      }
+    }
+    CHECK_MSG(std::fabs(together.losses[0] - want_loss) < 1e-5, name << ": stacked loss " << together.losses[0] << " vs " << want_loss);
+    for (int l : critical) {
+      float sc = 0;
+      for (float x : want[l]) sc = std::max(sc, std::fabs(x));
+      float dd = max_diff(together.first_grad[l], want[l]);
+      CHECK_MSG(dd <= 1e-4 * sc + 1e-7, name << ": stacked gradient at layer " << l << " differs by " << dd << " (scale " << sc << ")");
+    }
     C3poOptions o2;
     o2.layers = critical;
     o2.core_experts = 3;  // of 8: the other five must keep their relative weights

@@ -288,6 +288,11 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
 
 void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, const Patch& patch,
                             const RoutingCallback& on_layer, LayerSave* save) {
+  attn_forward(l, h, T, pos0, cache, save);
+  mlp_forward(l, h, T, pos0, patch, on_layer, save);
+}
+
+void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, LayerSave* save) {
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
   const int qw = nh * hd, kvw = nkv * hd;
@@ -359,7 +364,15 @@ void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, co
   attention(T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
   if (save) save->attn = attn;
   matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
+}
 
+void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, const RoutingCallback& on_layer,
+                          LayerSave* save) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden;
+  const size_t TH = static_cast<size_t>(T) * H;
+  std::vector<float> x(TH);
+  if (save) save->T = T, save->pos0 = pos0;
   std::vector<float> r_mlp(T);
   for (int t = 0; t < T; ++t) r_mlp[t] = rmsnorm_row(h + t * H, w.mlp_norm.data(), H, cfg_.eps, x.data() + t * H);
   if (save) {
@@ -396,6 +409,11 @@ void swiglu_backward(ThreadPool& pool, const float* dy, int n, const float* g, c
 
 void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                              const std::map<int, float*>& mix_grads) {
+  if (mlp_backward(l, s, dh, stop_at_router, bias_grad, mix_grads)) attn_backward(l, s, dh);
+}
+
+bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
+                           const std::map<int, float*>& mix_grads) {
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
   const size_t TH = static_cast<size_t>(T) * H;
@@ -449,7 +467,7 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
         if (bias_grad) bias_grad[e] += g;
       }
     }
-    if (stop_at_router) return;
+    if (stop_at_router) return false;
     matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
     // Experts.
     std::vector<float> dye, ge, ue, dxe;
@@ -491,15 +509,20 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
                       dx.data());
     }
   } else {
-    if (stop_at_router) return;
+    if (stop_at_router) return false;
     swiglu_backward(pool_, dh, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
   }
   // Through the post-attention norm into the residual stream: dh_mid = dh + norm'(dx).
   for (int t = 0; t < T; ++t)
     rmsnorm_row_backward(&s.h_mid[static_cast<size_t>(t) * H], s.r_mlp[t], w.mlp_norm.data(), &dx[static_cast<size_t>(t) * H], H,
                          dh + static_cast<size_t>(t) * H, true);
+  return true;
+}
 
-  // Attention.
+void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
+  const LayerWeights& w = ck_.layers[l];
+  const int T = s.T, H = cfg_.hidden;
+  const size_t TH = static_cast<size_t>(T) * H;
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, group = nh / nkv;
   const int qw = nh * hd, kvw = nkv * hd;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));

@@ -52,6 +52,16 @@ class Decoder {
   void layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                       const std::map<int, float*>& mix_grads);
 
+  // The two halves of a layer, for callers that batch the MLP / MoE block over rows whose attention ran against
+  // different caches (C3PO steps over several neighbours). layer_forward = attn_forward + mlp_forward;
+  // layer_backward = mlp_backward (false when it stopped at the router) + attn_backward. Each half fills (and reads)
+  // its own fields of a LayerSave, with its own T and pos0.
+  void attn_forward(int l, float* h, int T, int pos0, KVCache& cache, LayerSave* save);
+  void mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, const RoutingCallback& on_layer, LayerSave* save);
+  bool mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
+                    const std::map<int, float*>& mix_grads);
+  void attn_backward(int l, const LayerSave& s, float* dh);
+
   void embed(const std::vector<int>& tokens, float* h) const;
   // logits [rows, V] for the given rows of h (after the final norm).
   void logits(const float* h, int rows, float* out);
