@@ -164,6 +164,28 @@ int IntOption(Napi::Env env, const Napi::Object& obj, const char* key, int fallb
   return static_cast<int>(d);
 }
 
+// maxNewTokens, temperature, topP, seed, stopTokens of generate() and generateRerouted().
+rs::SampleOptions ReadSampleOptions(Napi::Env env, const Napi::Object& options) {
+  rs::SampleOptions opts;
+  opts.max_new_tokens = IntOption(env, options, "maxNewTokens", opts.max_new_tokens);
+  opts.temperature = static_cast<float>(NumberOption(env, options, "temperature", opts.temperature));
+  opts.top_p = static_cast<float>(NumberOption(env, options, "topP", opts.top_p));
+  const double seed = NumberOption(env, options, "seed", 0);
+  if (seed < 0 || seed != std::floor(seed)) Throw(env, "BAD_ARGUMENT", "option seed must be a non-negative integer");
+  opts.seed = static_cast<uint64_t>(seed);
+  if (Has(options, "stopTokens")) opts.stop_tokens = ReadIntArray(env, options.Get("stopTokens"), "stopTokens");
+  return opts;
+}
+
+// A positional argument that must be a non-negative 32-bit integer (the caller has checked IsNumber); `what` names
+// it in the error, e.g. "meanHidden(tokens, layer): layer".
+int NonNegativeInt(Napi::Env env, const Napi::Value& v, const std::string& what) {
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > 2147483647.0)
+    Throw(env, "BAD_ARGUMENT", what + " must be a non-negative integer");
+  return static_cast<int>(d);
+}
+
 std::string StringOption(Napi::Env env, const Napi::Object& obj, const char* key, const std::string& fallback) {
   if (!Has(obj, key)) return fallback;
   Napi::Value v = obj.Get(key);
@@ -294,19 +316,28 @@ struct RoundMessage {
 struct DoneMessage {};
 using Message = std::variant<RoutingMessage, TokenMessage, RoundMessage, DoneMessage>;
 
+Napi::Array NumberArray(Napi::Env env, const std::vector<double>& values) {
+  Napi::Array out = Napi::Array::New(env, values.size());
+  for (size_t i = 0; i < values.size(); ++i) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, values[i]));
+  return out;
+}
+
+// {"<layer>": Float32Array} from a per-layer map (router-bias gradients, rerouting delta).
+Napi::Object LayerMapToJs(Napi::Env env, const std::map<int, std::vector<float>>& m) {
+  Napi::Object o = Napi::Object::New(env);
+  for (const auto& [layer, values] : m) o.Set(std::to_string(layer), ToFloat32Array(env, values));
+  return o;
+}
+
 Napi::Object RoundToJs(Napi::Env env, const rs::RerouteRound& r) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("position", r.position);
   o.Set("layers", ToIntList(env, r.layers));
-  Napi::Array losses = Napi::Array::New(env, r.losses.size());
-  for (size_t i = 0; i < r.losses.size(); ++i) losses.Set(static_cast<uint32_t>(i), Napi::Number::New(env, r.losses[i]));
-  o.Set("losses", losses);
+  o.Set("losses", NumberArray(env, r.losses));
   Napi::Object confidence = Napi::Object::New(env);
   for (const auto& [layer, c] : r.confidence) confidence.Set(std::to_string(layer), Napi::Number::New(env, c));
   o.Set("confidence", confidence);
-  Napi::Object delta = Napi::Object::New(env);
-  for (const auto& [layer, d] : r.delta) delta.Set(std::to_string(layer), ToFloat32Array(env, d));
-  o.Set("delta", delta);
+  o.Set("delta", LayerMapToJs(env, r.delta));
   return o;
 }
 
@@ -595,14 +626,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
       Napi::Object options = OptionsObject(env, info, 1, false);
       auto patch = std::make_shared<rs::Patch>(ReadPatch(env, options));
-      auto opts = std::make_shared<rs::SampleOptions>();
-      opts->max_new_tokens = IntOption(env, options, "maxNewTokens", opts->max_new_tokens);
-      opts->temperature = static_cast<float>(NumberOption(env, options, "temperature", opts->temperature));
-      opts->top_p = static_cast<float>(NumberOption(env, options, "topP", opts->top_p));
-      double seed = NumberOption(env, options, "seed", 0);
-      if (seed < 0 || seed != std::floor(seed)) Throw(env, "BAD_ARGUMENT", "option seed must be a non-negative integer");
-      opts->seed = static_cast<uint64_t>(seed);
-      if (Has(options, "stopTokens")) opts->stop_tokens = ReadIntArray(env, options.Get("stopTokens"), "stopTokens");
+      auto opts = std::make_shared<rs::SampleOptions>(ReadSampleOptions(env, options));
       auto generated = std::make_shared<std::vector<int>>();
       auto call = std::make_unique<Call>(env, state_, CallbackOption(env, options, "onLayer"),
                                          CallbackOption(env, options, "onToken"));
@@ -655,9 +679,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
           [result, want_mix](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("loss", result->loss);
-            Napi::Object bias = Napi::Object::New(env);
-            for (const auto& [layer, grad] : result->bias_grad) bias.Set(std::to_string(layer), ToFloat32Array(env, grad));
-            o.Set("biasGrad", bias);
+            o.Set("biasGrad", LayerMapToJs(env, result->bias_grad));
             if (want_mix) o.Set("mixGrad", ToFloat32Array(env, result->mix_grad));
             return o;
           });
@@ -670,14 +692,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
       Napi::Object options = OptionsObject(env, info, 1, true);
       auto patch = std::make_shared<rs::Patch>(ReadPatch(env, options));
-      auto opts = std::make_shared<rs::SampleOptions>();
-      opts->max_new_tokens = IntOption(env, options, "maxNewTokens", opts->max_new_tokens);
-      opts->temperature = static_cast<float>(NumberOption(env, options, "temperature", opts->temperature));
-      opts->top_p = static_cast<float>(NumberOption(env, options, "topP", opts->top_p));
-      double seed = NumberOption(env, options, "seed", 0);
-      if (seed < 0 || seed != std::floor(seed)) Throw(env, "BAD_ARGUMENT", "option seed must be a non-negative integer");
-      opts->seed = static_cast<uint64_t>(seed);
-      if (Has(options, "stopTokens")) opts->stop_tokens = ReadIntArray(env, options.Get("stopTokens"), "stopTokens");
+      auto opts = std::make_shared<rs::SampleOptions>(ReadSampleOptions(env, options));
       if (!Has(options, "reroute") || !options.Get("reroute").IsObject())
         Throw(env, "BAD_ARGUMENT", "option reroute must be an object {interval, steps, lr, optimizer, layerFraction, leastConfidentFirst}");
       Napi::Object ro = options.Get("reroute").As<Napi::Object>();
@@ -707,9 +722,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
             Napi::Array rounds = Napi::Array::New(env, result->rounds.size());
             for (size_t i = 0; i < result->rounds.size(); ++i) rounds.Set(static_cast<uint32_t>(i), RoundToJs(env, result->rounds[i]));
             o.Set("rounds", rounds);
-            Napi::Object delta = Napi::Object::New(env);
-            for (const auto& [layer, d] : result->delta) delta.Set(std::to_string(layer), ToFloat32Array(env, d));
-            o.Set("delta", delta);
+            o.Set("delta", LayerMapToJs(env, result->delta));
             return o;
           });
     });
@@ -720,10 +733,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       if (info.Length() < 2) Throw(env, "BAD_ARGUMENT", "meanHidden(tokens, layer): tokens and layer expected");
       auto tokens = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "tokens"));
       if (!info[1].IsNumber()) Throw(env, "BAD_ARGUMENT", "meanHidden(tokens, layer): layer must be an integer");
-      double d = info[1].As<Napi::Number>().DoubleValue();
-      if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > 2147483647.0)
-        Throw(env, "BAD_ARGUMENT", "meanHidden(tokens, layer): layer must be a non-negative integer");
-      const int layer = static_cast<int>(d);
+      const int layer = NonNegativeInt(env, info[1], "meanHidden(tokens, layer): layer");
       auto result = std::make_shared<std::vector<float>>();
       auto call = std::make_unique<Call>(env, state_, Napi::Function(), Napi::Function());
       return Call::Start(
@@ -732,34 +742,29 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     });
   }
 
-  Napi::Value Reset(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
+  // Runs `change` on the session under its lock, refusing while a call runs (`what` names the method in the error).
+  template <class F>
+  Napi::Value WhileIdle(Napi::Env env, const char* what, F&& change) {
     return Guard(env, [&]() -> Napi::Value {
       if (!state_) Throw(env, "CLOSED", "session is not initialised");
       std::lock_guard<std::mutex> lock(state_->mu);
       if (state_->closed || !state_->session) Throw(env, "CLOSED", "the model was closed");
-      if (state_->busy) Throw(env, "BUSY", "the session is running a call; cancel it before reset()");
-      state_->session->reset();
+      if (state_->busy) Throw(env, "BUSY", std::string("the session is running a call; cancel it before ") + what);
+      change(*state_->session);
       state_->position.store(state_->session->position());
       return env.Undefined();
     });
   }
 
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    return WhileIdle(info.Env(), "reset()", [](rs::Session& s) { s.reset(); });
+  }
+
   Napi::Value Truncate(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    return Guard(env, [&]() -> Napi::Value {
-      if (!state_) Throw(env, "CLOSED", "session is not initialised");
-      if (info.Length() < 1 || !info[0].IsNumber()) Throw(env, "BAD_ARGUMENT", "truncate(position): a position expected");
-      const double d = info[0].As<Napi::Number>().DoubleValue();
-      if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > 2147483647.0)
-        Throw(env, "BAD_ARGUMENT", "truncate(position): position must be a non-negative integer");
-      std::lock_guard<std::mutex> lock(state_->mu);
-      if (state_->closed || !state_->session) Throw(env, "CLOSED", "the model was closed");
-      if (state_->busy) Throw(env, "BUSY", "the session is running a call; cancel it before truncate()");
-      state_->session->truncate(static_cast<int>(d));
-      state_->position.store(state_->session->position());
-      return env.Undefined();
-    });
+    if (info.Length() < 1 || !info[0].IsNumber()) Throw(env, "BAD_ARGUMENT", "truncate(position): a position expected");
+    const int position = NonNegativeInt(env, info[0], "truncate(position): position");
+    return WhileIdle(env, "truncate()", [position](rs::Session& s) { s.truncate(position); });
   }
 
   Napi::Value Cancel(const Napi::CallbackInfo& info) {
@@ -926,10 +931,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       int max_context = 0;
       if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
         if (!info[0].IsNumber()) Throw(env, "BAD_ARGUMENT", "createSession(maxContext): maxContext must be a number");
-        double d = info[0].As<Napi::Number>().DoubleValue();
-        if (!std::isfinite(d) || d < 0 || d != std::floor(d) || d > 2147483647.0)
-          Throw(env, "BAD_ARGUMENT", "createSession(maxContext): maxContext must be a non-negative integer");
-        max_context = static_cast<int>(d);
+        max_context = NonNegativeInt(env, info[0], "createSession(maxContext): maxContext");
       }
       auto session = std::make_shared<SessionState>();
       session->session = state_->model->create_session(max_context);
@@ -968,10 +970,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       if (info.Length() < 2) Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): prompt and firstLayer expected");
       auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
       if (!info[1].IsNumber()) Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): firstLayer must be an integer");
-      double d = info[1].As<Napi::Number>().DoubleValue();
-      if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > 2147483647.0)
-        Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): firstLayer must be a non-negative integer");
-      const int first_layer = static_cast<int>(d);
+      const int first_layer = NonNegativeInt(env, info[1], "c3poPrefix(prompt, firstLayer): firstLayer");
       for (int t : *prompt)
         if (t < 0 || t >= state_->info.vocab_size)
           Throw(env, "BAD_TOKENS", "token id " + std::to_string(t) + " is outside the vocabulary (0.." +
@@ -1047,21 +1046,14 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
             neighbours->clear();  // drop the prefix references under the lock
           },
           [result](Napi::Env env) -> Napi::Value {
-            auto rows = [&](const std::map<int, std::vector<float>>& m) {
-              Napi::Object o = Napi::Object::New(env);
-              for (const auto& [layer, v] : m) o.Set(std::to_string(layer), ToFloat32Array(env, v));
-              return o;
-            };
             Napi::Object o = Napi::Object::New(env);
-            o.Set("omegaBefore", rows(result->omega_before));
-            o.Set("omegaAfter", rows(result->omega_after));
+            o.Set("omegaBefore", LayerMapToJs(env, result->omega_before));
+            o.Set("omegaAfter", LayerMapToJs(env, result->omega_after));
             Napi::Object core = Napi::Object::New(env);
             for (const auto& [layer, v] : result->core) core.Set(std::to_string(layer), ToInt32Array(env, v));
             o.Set("core", core);
-            Napi::Array losses = Napi::Array::New(env, result->losses.size());
-            for (size_t i = 0; i < result->losses.size(); ++i) losses.Set(static_cast<uint32_t>(i), Napi::Number::New(env, result->losses[i]));
-            o.Set("losses", losses);
-            o.Set("firstGrad", rows(result->first_grad));
+            o.Set("losses", NumberArray(env, result->losses));
+            o.Set("firstGrad", LayerMapToJs(env, result->first_grad));
             return o;
           });
     });

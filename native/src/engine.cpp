@@ -592,8 +592,8 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
   // head once for all rows, forward and backward. The largest matrices touched (the LM head, the experts omega
   // selects) are read the same number of times whatever K is.
   const int K = static_cast<int>(neighbours.size());
-  std::vector<float> hs(static_cast<size_t>(K) * H), logits(static_cast<size_t>(K) * cfg.vocab),
-      dnorm(static_cast<size_t>(K) * H);
+  std::vector<float> hs(static_cast<size_t>(K) * H), xs(static_cast<size_t>(K) * H), rnorm(K),
+      logits(static_cast<size_t>(K) * cfg.vocab), dnorm(static_cast<size_t>(K) * H);
   std::vector<std::vector<LayerSave>> saves(K, std::vector<LayerSave>(L));  // attention halves, per neighbour
   std::vector<LayerSave> mlp_saves(L);                                        // MLP halves, neighbours stacked
   Decoder& dec = neighbours.front().prefix->session->dec_;
@@ -629,7 +629,10 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
       dec.mlp_forward(l, hs.data(), K, 0, stacked, nullptr, need_grad ? &mlp_saves[l] : nullptr);
     }
     // Cross-entropy of each neighbour's answer token at its last position, through the final norm and LM head.
-    dec.logits(hs.data(), K, logits.data());
+    for (int j = 0; j < K; ++j)
+      rnorm[j] = rmsnorm_row(hs.data() + static_cast<size_t>(j) * H, ck_->final_norm.data(), H, cfg.eps,
+                             xs.data() + static_cast<size_t>(j) * H);
+    matmul(dec.pool(), xs.data(), K, ck_->lm_head, logits.data());
     for (int j = 0; j < K; ++j) {
       float* z = logits.data() + static_cast<size_t>(j) * cfg.vocab;
       const int answer = neighbours[j].answer;
@@ -645,13 +648,9 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
     if (need_grad) {
       matmul_backward_input(dec.pool(), logits.data(), K, ck_->lm_head, dnorm.data(), false);
       std::vector<float> dh(static_cast<size_t>(K) * H);
-      for (int j = 0; j < K; ++j) {
-        const float* h = hs.data() + static_cast<size_t>(j) * H;
-        double ss = 0;
-        for (int d = 0; d < H; ++d) ss += static_cast<double>(h[d]) * h[d];
-        rmsnorm_row_backward(h, static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps)), ck_->final_norm.data(),
+      for (int j = 0; j < K; ++j)
+        rmsnorm_row_backward(hs.data() + static_cast<size_t>(j) * H, rnorm[j], ck_->final_norm.data(),
                              dnorm.data() + static_cast<size_t>(j) * H, H, dh.data() + static_cast<size_t>(j) * H, false);
-      }
       std::vector<float> gl(static_cast<size_t>(K) * E);
       for (int l = L - 1; l >= first; --l) {
         std::map<int, float*> mg;

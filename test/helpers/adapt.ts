@@ -2,25 +2,13 @@
 // letters A–D, digits and a newline, and a small multiple-choice task file in the media/tasks format.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { McItem } from '../../extension/src/adapt/tasks';
 import { PARITY_DIR, copyDir, writeJson } from './cli';
+import { charTokenizerJson } from './tokenizer';
 
+/** Ids 0..50: space, a–z, the option letters A–D, digits, punctuation and a newline. */
 export function mcTokenizerJson(): object {
-  const chars = [' ', ...'abcdefghijklmnopqrstuvwxyz', ...'ABCD', ...'0123456789', ...'.,!?:+\n'];
-  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
-  const byteLevel = (c: string): string => (c === ' ' ? '\u0120' : c === '\n' ? '\u010a' : c);
-  chars.forEach((c, i) => (vocab[byteLevel(c)] = i + 3)); // ids 0..50
-  const special = (id: number, content: string) => ({ id, content, special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
-  return {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
-    normalizer: null,
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
-    post_processor: null,
-    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges: [] },
-  };
+  return charTokenizerJson([' ', ...'abcdefghijklmnopqrstuvwxyz', ...'ABCD', ...'0123456789', ...'.,!?:+\n']);
 }
 
 /** Copies a parity fixture (vocab 96) to `dir` and adds the tokenizer. */
@@ -31,14 +19,8 @@ export function mcModel(dir: string, fixture = 'olmoe-perexpert-bf16'): string {
   return dir;
 }
 
-export interface McFixtureItem {
-  id: string;
-  skill: string;
-  question: string;
-  options: Record<string, string>;
-  answer: string;
-  prompt: string;
-}
+/** A task-file row: the harness's multiple-choice item without its `kind` (readTasks adds it). */
+export type McFixtureItem = Omit<McItem, 'kind'>;
 
 /** n multiple-choice items "what is a+b?" with answers spread over A–D. */
 export function mcItems(n: number, offset = 0): McFixtureItem[] {

@@ -9,7 +9,7 @@ import type { NativeModel } from '../../extension/src/engine/native';
 import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
 import { C3po, PrefixCache } from '../../extension/src/adapt/c3po';
 import { OnnxEmbedder, SelfEmbedder } from '../../extension/src/adapt/embedder';
-import { buildReference, loadReference, makeManifest, writeReference, type ReferenceSet } from '../../extension/src/adapt/reference';
+import { buildReference, loadReference, saveReference, type ReferenceSet } from '../../extension/src/adapt/reference';
 import { readSafetensors } from '../../extension/src/adapt/safetensors';
 import { DEFAULT_C3PO, DEFAULT_REROUTE } from '../../extension/src/adapt/settings';
 import { compareRemix, compareReroute } from '../../extension/src/adapt/compare';
@@ -36,12 +36,7 @@ before(async () => {
   const built = await buildReference({ session, runner, embedder, items, source: 'ref.jsonl' });
   assert.ok(built.entries.length >= 4, `only ${built.entries.length} items answered correctly`);
   refDir = path.join(tmp, 'ref');
-  writeReference(refDir, {
-    manifest: makeManifest(info, modelDir, embedder.identity, built.embeddings[0].length, built.entries.length, { file: 'ref.jsonl', items: items.length, correct: built.correct }),
-    entries: built.entries,
-    routing: built.routing,
-    embeddings: built.embeddings,
-  });
+  saveReference(refDir, info, modelDir, embedder.identity, built, { file: 'ref.jsonl', items: items.length });
 });
 after(() => {
   model?.close();

@@ -9,7 +9,7 @@ import type { RoundEvent } from '../../extension/src/engine/protocol';
 import { loadAddon } from '../../extension/src/engine/addon';
 import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
 import { SelfEmbedder } from '../../extension/src/adapt/embedder';
-import { buildReference, makeManifest, writeReference } from '../../extension/src/adapt/reference';
+import { buildReference, saveReference } from '../../extension/src/adapt/reference';
 import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE } from '../../extension/src/adapt/settings';
 import { TaskRunner, readTasks } from '../../extension/src/adapt/tasks';
 import { ROOT, tempDir } from '../helpers/cli';
@@ -35,12 +35,7 @@ before(async () => {
     const built = await buildReference({ session, runner: new TaskRunner(info, tokenizer), embedder, items, source: 'ref.jsonl' });
     assert.ok(built.entries.length >= 1, 'no item answered correctly');
     refDir = path.join(tmp, 'ref');
-    writeReference(refDir, {
-      manifest: makeManifest(info, modelDir, embedder.identity, built.embeddings[0].length, built.entries.length, { file: 'ref.jsonl', items: items.length, correct: built.correct }),
-      entries: built.entries,
-      routing: built.routing,
-      embeddings: built.embeddings,
-    });
+    saveReference(refDir, info, modelDir, embedder.identity, built, { file: 'ref.jsonl', items: items.length });
   } finally {
     model.close();
   }

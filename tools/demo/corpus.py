@@ -402,7 +402,7 @@ def pick_example(rng):
     return text, "pick", key, [[len(mc_prompt(q, opts)), len(text)]]
 
 
-def training_examples(seed, n, split="train", pick_share=PICK_SHARE, mix=MIX):
+def training_examples(seed, n, split="train", pick_share=PICK_SHARE):
     """n (text, skill, key, answer_spans) tuples; text has no trailing <|endoftext|>; answer_spans = [[start, end]]
     character spans of the answer parts (" 85", " C", the end of a statement), which
     train.py weights fully in the loss."""
@@ -415,7 +415,7 @@ def training_examples(seed, n, split="train", pick_share=PICK_SHARE, mix=MIX):
         skill = rng.choice(SKILLS)
         r = rng.random()
         acc = 0.0
-        for kind, share in mix:
+        for kind, share in MIX:
             acc += share
             if r < acc:
                 break
@@ -436,12 +436,11 @@ def training_examples(seed, n, split="train", pick_share=PICK_SHARE, mix=MIX):
     return out
 
 
-def write_train(path, seed, n, warmup=WARMUP_EXAMPLES, mix=MIX):
+def write_train(path, seed, n, warmup=WARMUP_EXAMPLES):
     """Stage 0 (`warmup` examples, half "pick") then stage 1 (`n` examples of the main mixture); train.py trains
     on all stage-0 rows first."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    stages = [(0, training_examples(seed + 1, warmup, pick_share=0.5, mix=mix)),
-              (1, training_examples(seed, n, mix=mix))]
+    stages = [(0, training_examples(seed + 1, warmup, pick_share=0.5)), (1, training_examples(seed, n))]
     with open(path, "w", encoding="utf-8") as f:
         for stage, ex in stages:
             for text, skill, key, spans in ex:

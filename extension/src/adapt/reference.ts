@@ -128,6 +128,21 @@ export function writeReference(dir: string, set: Omit<ReferenceSet, 'dir'>): voi
   fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(set.manifest, null, 2) + '\n');
 }
 
+/** Writes what buildReference returned as a reference set in `dir`, with its manifest (model identity, embedder,
+ *  dimensions and source, all derived from the build); returns the manifest. */
+export function saveReference(
+  dir: string,
+  info: NativeModelInfo,
+  modelDir: string,
+  embedder: EmbedderIdentity,
+  built: Omit<ReferenceSet, 'dir' | 'manifest'> & { correct: number },
+  source: { file: string; items: number },
+): ReferenceManifest {
+  const manifest = makeManifest(info, modelDir, embedder, built.embeddings[0]?.length ?? 0, built.entries.length, { ...source, correct: built.correct });
+  writeReference(dir, { manifest, entries: built.entries, routing: built.routing, embeddings: built.embeddings });
+  return manifest;
+}
+
 export function makeManifest(
   info: NativeModelInfo,
   modelDir: string,

@@ -10,7 +10,7 @@ import { C3po } from '../adapt/c3po';
 import { OnnxEmbedder, SelfEmbedder, type Embedder } from '../adapt/embedder';
 import { C3PO_METHOD, EVAL_METHODS, describeMethod, runEval, type EvalMethod, type EvalSummary } from '../adapt/eval';
 import { sameEmbedder, describeEmbedder } from '../adapt/identity';
-import { buildReference, loadReference, makeManifest, writeReference, type ReferenceSet } from '../adapt/reference';
+import { buildReference, loadReference, saveReference, type ReferenceSet } from '../adapt/reference';
 import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, checkC3poSettings, checkRerouteSettings, type C3poSettings, type RerouteSettings } from '../adapt/settings';
 import { TaskRunner, readTasks, type TaskItem } from '../adapt/tasks';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber } from './args';
@@ -120,12 +120,7 @@ async function referenceBuild(options: ReferenceBuildOptions): Promise<void> {
       },
     });
     if (built.entries.length === 0) throw new CliError(`${options.data}: the model answered none of the ${items.length} items correctly; no reference set written`);
-    const manifest = makeManifest(info, dir, embedder.identity, built.embeddings[0].length, built.entries.length, {
-      file: path.resolve(options.data),
-      items: items.length,
-      correct: built.correct,
-    });
-    writeReference(outDir, { manifest, entries: built.entries, routing: built.routing, embeddings: built.embeddings });
+    const manifest = saveReference(outDir, info, dir, embedder.identity, built, { file: path.resolve(options.data), items: items.length });
     const seconds = (performance.now() - t0) / 1000;
     const report = {
       out: outDir,

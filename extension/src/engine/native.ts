@@ -88,7 +88,7 @@ export interface NativeRerouteRound {
   layers: number[];             // adapted in this round
   losses: number[];             // self-supervised loss before each step
   confidence: Record<string, number>; // C_l per candidate layer
-  delta?: Record<string, Float32Array>; // delta of every layer adapted so far, after this round
+  delta: Record<string, Float32Array>; // delta of every layer adapted so far, after this round
 }
 
 export interface NativeRerouteResult {

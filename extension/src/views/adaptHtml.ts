@@ -107,18 +107,15 @@ function roundsTable(rounds: NativeRerouteRound[]): string {
 }
 
 /** δ of every adapted layer after each round (rows: round · layer; columns: experts, then the L2 norm). */
-function deltaTable(rounds: NativeRerouteRound[], final: Record<string, ArrayLike<number>>): string {
-  const snapshots: { round: string; delta: Record<string, ArrayLike<number>> }[] = rounds.some((r) => r.delta)
-    ? rounds.map((r, i) => ({ round: String(i + 1), delta: r.delta ?? {} }))
-    : [{ round: 'final', delta: final }];
-  const E = Math.max(0, ...snapshots.flatMap((s) => Object.values(s.delta).map((d) => d.length)));
+function deltaTable(rounds: NativeRerouteRound[]): string {
+  const E = Math.max(0, ...rounds.flatMap((r) => Object.values(r.delta).map((d) => d.length)));
   if (E === 0) return '<p class="muted">No layer was adapted.</p>';
   const head = Array.from({ length: E }, (_, e) => `<th scope="col">${e}</th>`).join('');
-  const body = snapshots.flatMap((s) =>
-    Object.keys(s.delta).sort((a, b) => Number(a) - Number(b)).map((l) => {
-      const d = Array.from(s.delta[l]);
+  const body = rounds.flatMap((r, i) =>
+    Object.keys(r.delta).sort((a, b) => Number(a) - Number(b)).map((l) => {
+      const d = Array.from(r.delta[l]);
       const norm = Math.sqrt(d.reduce((a, x) => a + x * x, 0));
-      return `<tr><th scope="row">${escapeHtml(s.round)}</th><th scope="row">${escapeHtml(l)}</th>${d.map((x) => `<td>${fmt(x)}</td>`).join('')}<td>${fmt(norm)}</td></tr>`;
+      return `<tr><th scope="row">${i + 1}</th><th scope="row">${escapeHtml(l)}</th>${d.map((x) => `<td>${fmt(x)}</td>`).join('')}<td>${fmt(norm)}</td></tr>`;
     }));
   return `<table tabindex="0" aria-label="Delta per layer after each round"><thead><tr><th scope="col">Round</th><th scope="col">Layer \\ expert</th>${head}<th scope="col">‖δ‖</th></tr></thead><tbody>${body.join('')}</tbody></table>`;
 }
@@ -127,12 +124,12 @@ function rerouteBody(v: Extract<AdaptView, { kind: 'reroute' | 'reroute-progress
   const parts: string[] = [`<h1>Generate with rerouting</h1>`, `<h2>Prompt</h2><pre tabindex="0">${escapeHtml(v.prompt)}</pre>`];
   if (v.kind === 'reroute-progress') {
     parts.push(`<p role="status">Running… ${v.rounds.length} round${v.rounds.length === 1 ? '' : 's'} finished.</p>`, '<h2>Rounds</h2>', roundsTable(v.rounds),
-      '<h2>δ per layer across rounds</h2>', deltaTable(v.rounds, {}));
+      '<h2>δ per layer across rounds</h2>', deltaTable(v.rounds));
     return parts.join('\n');
   }
   const c = v.result.comparison;
   parts.push('<h2>Rounds</h2>', roundsTable(c.rounds));
-  parts.push('<h2>δ per layer across rounds</h2>', deltaTable(c.rounds, c.delta));
+  parts.push('<h2>δ per layer across rounds</h2>', deltaTable(c.rounds));
   parts.push('<h2>Generated text</h2>', sideBySide('Without rerouting', c.plain.text, 'With rerouting', c.rerouted.text));
   return parts.join('\n');
 }

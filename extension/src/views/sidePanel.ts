@@ -18,6 +18,18 @@ function formatCount(n: number): string {
 
 // ---- Model ----------------------------------------------------------------------------------------------------
 
+/** Fires `emitter` at most once per `ms`: streaming updates arrive per layer, the trees redraw at most every 200 ms. */
+function throttledFire(emitter: vscode.EventEmitter<void>, ms = 200): () => void {
+  let pending: NodeJS.Timeout | undefined;
+  return () => {
+    if (pending) return;
+    pending = setTimeout(() => {
+      pending = undefined;
+      emitter.fire();
+    }, ms);
+  };
+}
+
 class ModelTree implements vscode.TreeDataProvider<vscode.TreeItem> {
   private readonly changes = new vscode.EventEmitter<void>();
   readonly onDidChangeTreeData = this.changes.event;
@@ -86,20 +98,12 @@ export class RunItem extends vscode.TreeItem {
 class RunsTree implements vscode.TreeDataProvider<RunItem> {
   private readonly changes = new vscode.EventEmitter<void>();
   readonly onDidChangeTreeData = this.changes.event;
-  private pending: NodeJS.Timeout | undefined;
+  private readonly schedule = throttledFire(this.changes);
 
   constructor(private readonly session: Session) {
     session.runs.onDidChange(() => this.schedule());
   }
 
-  /** Streaming updates arrive per layer; redraw at most every 200 ms. */
-  private schedule(): void {
-    if (this.pending) return;
-    this.pending = setTimeout(() => {
-      this.pending = undefined;
-      this.changes.fire();
-    }, 200);
-  }
 
   getTreeItem(item: RunItem): vscode.TreeItem {
     return item;
@@ -159,7 +163,7 @@ class LayersTree implements vscode.TreeDataProvider<LayersNode> {
   private readonly changes = new vscode.EventEmitter<void>();
   readonly onDidChangeTreeData = this.changes.event;
   private cache: { run: Run; filled: number; stats: LayerStats[] } | undefined;
-  private pending: NodeJS.Timeout | undefined;
+  private readonly schedule = throttledFire(this.changes);
 
   constructor(private readonly session: Session) {
     session.runs.onDidChange((c) => {
@@ -168,13 +172,6 @@ class LayersTree implements vscode.TreeDataProvider<LayersNode> {
     session.onDidChangePatch(() => this.schedule());
   }
 
-  private schedule(): void {
-    if (this.pending) return;
-    this.pending = setTimeout(() => {
-      this.pending = undefined;
-      this.changes.fire();
-    }, 200);
-  }
 
   private stats(run: Run): LayerStats[] {
     let filled = 0;
