@@ -113,6 +113,8 @@ test('engine errors become rejected promises with codes', async () => {
   await rejectsWithCode(model.createSession().forward(Int32Array.from({ length: 65 }, (_, i) => i), { logits: 'last' }), 'TOO_LONG');
   await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: '{"layers":{"1":{"mask":[9]}}}' }), 'BAD_PATCH');
   await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: 'nope' }), 'BAD_PATCH');
+  // The engine refuses values that would overflow float32, as the TypeScript validator does (patch-cases.json).
+  await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: '{"layers":{"1":{"bias":{"3":-1e300}}}}' }), 'BAD_PATCH', /^patch: layer 1: bias: expert 3: not a finite float32 value/);
   await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'most' as 'all' }), 'BAD_ARGUMENT');
   await rejectsWithCode(session.grad(Int32Array.of(1), { layers: [0] }), 'BAD_TOKENS');
   // The session is still usable after errors.

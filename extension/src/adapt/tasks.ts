@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
-import { serializePatch, type RoutingPatch } from '../engine/patch';
+import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
 import { softmax } from './math';
 
 export interface McItem {
