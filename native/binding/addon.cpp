@@ -18,6 +18,7 @@
 #include <variant>
 #include <vector>
 
+#include "routescope/adapt.h"
 #include "routescope/engine.h"
 
 namespace rs = routescope;
@@ -712,7 +713,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       return Call::Start(
           env, std::move(call),
           [prompt, patch, opts, ropts, result](Call& c) {
-            *result = c.session().generate_rerouted(*prompt, *patch, *opts, *ropts, [&c](int t) { return c.EmitToken(t); },
+            *result = rs::generate_rerouted(c.session(), *prompt, *patch, *opts, *ropts, [&c](int t) { return c.EmitToken(t); },
                                                     [&c](const rs::RerouteRound& r) { c.EmitRound(r); });
             if (c.cancel_requested()) Call::ThrowCancelled();
           },
@@ -982,7 +983,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
           env,
           [model, mu, prompt, first_layer, result] {
             std::lock_guard<std::mutex> lock(*mu);
-            *result = model->c3po_prefix(*prompt, first_layer);
+            *result = rs::c3po_prefix(*model, *prompt, first_layer);
           },
           [model, prompt, first_layer, result](Napi::Env env) -> Napi::Value {
             PrefixState st;
@@ -1042,7 +1043,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
           env,
           [model, mu, omega, neighbours, opts, result] {
             std::lock_guard<std::mutex> lock(*mu);
-            *result = model->c3po_ngd(*omega, *neighbours, *opts);
+            *result = rs::c3po_ngd(*model, *omega, *neighbours, *opts);
             neighbours->clear();  // drop the prefix references under the lock
           },
           [result](Napi::Env env) -> Napi::Value {
