@@ -265,21 +265,16 @@ struct ModelState {
   std::shared_ptr<rs::Model> model;  // null once closed
   rs::ModelInfo info;                // a copy, readable after close
   std::vector<std::weak_ptr<SessionState>> sessions;
-  // C3PO calls (c3poPrefix, c3poNgd) run one at a time per model: cached prefixes own engine scratch state.
-  std::shared_ptr<std::mutex> c3po_mu = std::make_shared<std::mutex>();
 };
 
 struct SessionState {
   std::shared_ptr<rs::Model> model;
   std::unique_ptr<rs::Session> session;  // declared after model: destroyed first
   rs::ModelInfo info;
-  std::mutex mu;                         // guards busy/closed transitions between the JS thread and the worker
-  bool busy = false;
+  std::mutex mu;                         // guards in_flight/closed transitions between the JS thread and the worker
+  bool in_flight = false;                // a call holds the engine session's reservation until its promise settles
   bool closed = false;
-  // Set by cancel() for the running call. The engine clears its own flag when a call (and each decode step of
-  // generate) starts, so the binding keeps this one and re-arms the engine's flag from its callbacks.
-  std::atomic<bool> cancel_requested{false};
-  std::atomic<int> position{0};
+  std::atomic<int> position{0};          // as of the last call's end: JS may read it while a call runs
 
   // Called on the worker when the engine call returns: the weights go as soon as possible after close().
   void EngineDone() {
@@ -290,7 +285,8 @@ struct SessionState {
   // Called on the JS thread just before the promise settles: from JS's view the call ends here.
   void CallDone() {
     std::lock_guard<std::mutex> lock(mu);
-    busy = false;
+    in_flight = false;
+    if (session) session->release();
     if (closed) Release();
   }
   void Release() {
@@ -387,9 +383,8 @@ class Call {
     return promise;
   }
 
-  // Worker side. Every engine callback re-arms a requested cancel (see SessionState::cancel_requested).
+  // Worker side.
   void EmitLayer(const rs::LayerRouting& r) {
-    RearmCancel();
     if (on_layer_.IsEmpty()) return;
     RoutingMessage m{r.layer, r.start, r.count, r.num_experts, r.top_k, {}, {}, {}};
     size_t logits = static_cast<size_t>(r.count) * r.num_experts, picks = static_cast<size_t>(r.count) * r.top_k;
@@ -400,20 +395,14 @@ class Call {
   }
   bool EmitToken(int token) {
     if (!on_token_.IsEmpty()) Send(new Message(TokenMessage{token}));
-    return !callback_failed_.load() && !cancel_requested();
+    return !callback_failed_.load();
   }
   void EmitRound(const rs::RerouteRound& round) {
-    RearmCancel();
     if (!on_round_.IsEmpty()) Send(new Message(RoundMessage{round}));
   }
   void SetOnRound(Napi::Function on_round) {
     if (!on_round.IsEmpty()) on_round_ = Napi::Persistent(on_round);
   }
-  bool cancel_requested() const { return state_->cancel_requested.load(); }
-  void RearmCancel() {
-    if (cancel_requested()) state_->session->cancel();
-  }
-  [[noreturn]] static void ThrowCancelled() { throw rs::Error("CANCELLED", "cancelled"); }
   rs::Session& session() { return *state_->session; }
 
   // JS side.
@@ -477,7 +466,6 @@ class Call {
  private:
   void Run() {
     try {
-      if (cancel_requested()) ThrowCancelled();  // cancelled before the engine started
       work_(*this);
     } catch (...) {
       failure_ = std::make_unique<CodedError>(Classify(std::current_exception()));
@@ -497,7 +485,6 @@ class Call {
     callback_error_ = Napi::Persistent(e.Value());
     callback_failed_.store(true);
     std::lock_guard<std::mutex> lock(state_->mu);
-    state_->cancel_requested.store(true);
     if (state_->session) state_->session->cancel();
   }
 
@@ -542,7 +529,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
   explicit SessionWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SessionWrap>(info) {}
 
  private:
-  // Claims the session for one call; a rejected promise when it is closed or busy.
+  // Reserves the engine session for one call (the engine answers BUSY); a rejected promise when it cannot.
   bool Claim(Napi::Env env, Napi::Promise::Deferred& deferred) {
     if (!state_) {
       deferred.Reject(MakeError(env, "CLOSED", "session is not initialised").Value());
@@ -553,19 +540,21 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       deferred.Reject(MakeError(env, "CLOSED", "the model was closed").Value());
       return false;
     }
-    if (state_->busy) {
-      deferred.Reject(
-          MakeError(env, "BUSY", "the session is already running a call; wait for it or cancel it").Value());
+    try {
+      state_->session->reserve();
+    } catch (...) {
+      CodedError e = Classify(std::current_exception());
+      deferred.Reject(MakeError(env, e.code, e.message).Value());
       return false;
     }
-    state_->busy = true;
-    state_->cancel_requested.store(false);
+    state_->in_flight = true;
     return true;
   }
 
   void Unclaim() {
     std::lock_guard<std::mutex> lock(state_->mu);
-    state_->busy = false;
+    state_->in_flight = false;
+    if (state_->session) state_->session->release();
   }
 
   rs::Patch ReadPatch(Napi::Env env, const Napi::Object& options) {
@@ -636,8 +625,6 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
           [prompt, patch, opts, generated](Call& c) {
             *generated = c.session().generate(*prompt, *patch, *opts, [&c](int t) { return c.EmitToken(t); },
                                               [&c](const rs::LayerRouting& r) { c.EmitLayer(r); });
-            // A cancel stops generation at the next token even between decode steps; report it as such.
-            if (c.cancel_requested()) Call::ThrowCancelled();
           },
           [generated](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
@@ -713,9 +700,9 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
       return Call::Start(
           env, std::move(call),
           [prompt, patch, opts, ropts, result](Call& c) {
-            *result = rs::generate_rerouted(c.session(), *prompt, *patch, *opts, *ropts, [&c](int t) { return c.EmitToken(t); },
-                                                    [&c](const rs::RerouteRound& r) { c.EmitRound(r); });
-            if (c.cancel_requested()) Call::ThrowCancelled();
+            *result = rs::generate_rerouted(c.session(), *prompt, *patch, *opts, *ropts,
+                                            [&c](int t) { return c.EmitToken(t); },
+                                            [&c](const rs::RerouteRound& r) { c.EmitRound(r); });
           },
           [result](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
@@ -743,14 +730,13 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     });
   }
 
-  // Runs `change` on the session under its lock, refusing while a call runs (`what` names the method in the error).
+  // Runs `change` on the session under its lock (the engine refuses while a call runs).
   template <class F>
-  Napi::Value WhileIdle(Napi::Env env, const char* what, F&& change) {
+  Napi::Value WhileIdle(Napi::Env env, F&& change) {
     return Guard(env, [&]() -> Napi::Value {
       if (!state_) Throw(env, "CLOSED", "session is not initialised");
       std::lock_guard<std::mutex> lock(state_->mu);
       if (state_->closed || !state_->session) Throw(env, "CLOSED", "the model was closed");
-      if (state_->busy) Throw(env, "BUSY", std::string("the session is running a call; cancel it before ") + what);
       change(*state_->session);
       state_->position.store(state_->session->position());
       return env.Undefined();
@@ -758,14 +744,14 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
   }
 
   Napi::Value Reset(const Napi::CallbackInfo& info) {
-    return WhileIdle(info.Env(), "reset()", [](rs::Session& s) { s.reset(); });
+    return WhileIdle(info.Env(), [](rs::Session& s) { s.reset(); });
   }
 
   Napi::Value Truncate(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsNumber()) Throw(env, "BAD_ARGUMENT", "truncate(position): a position expected");
     const int position = NonNegativeInt(env, info[0], "truncate(position): position");
-    return WhileIdle(env, "truncate()", [position](rs::Session& s) { s.truncate(position); });
+    return WhileIdle(env, [position](rs::Session& s) { s.truncate(position); });
   }
 
   Napi::Value Cancel(const Napi::CallbackInfo& info) {
@@ -773,10 +759,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     return Guard(env, [&]() -> Napi::Value {
       if (!state_) return env.Undefined();
       std::lock_guard<std::mutex> lock(state_->mu);
-      if (state_->session && state_->busy) {
-        state_->cancel_requested.store(true);
-        state_->session->cancel();
-      }
+      if (state_->session) state_->session->cancel();  // the engine ignores a cancel while idle
       return env.Undefined();
     });
   }
@@ -871,8 +854,8 @@ class PrefixWrap : public Napi::ObjectWrap<PrefixWrap> {
   ~PrefixWrap() override { DropState(); }
 
  private:
-  // The engine frees a prefix's KV cache when the last reference goes; a running c3poNgd holds its own reference
-  // (and drops it under the model's C3PO lock), so releasing here never pulls state from under the engine.
+  // The engine frees a prefix's KV cache when the last reference goes; a running c3poNgd holds its own reference,
+  // so releasing here never pulls state from under the engine.
   void DropState() {
     state_.prefix.reset();
     state_.model.reset();
@@ -972,19 +955,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
       if (!info[1].IsNumber()) Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): firstLayer must be an integer");
       const int first_layer = NonNegativeInt(env, info[1], "c3poPrefix(prompt, firstLayer): firstLayer");
-      for (int t : *prompt)
-        if (t < 0 || t >= state_->info.vocab_size)
-          Throw(env, "BAD_TOKENS", "token id " + std::to_string(t) + " is outside the vocabulary (0.." +
-                                       std::to_string(state_->info.vocab_size - 1) + ")");
       std::shared_ptr<rs::Model> model = state_->model;
-      std::shared_ptr<std::mutex> mu = state_->c3po_mu;
       auto result = std::make_shared<std::shared_ptr<rs::C3poPrefix>>();
       return ModelTask::Start(
-          env,
-          [model, mu, prompt, first_layer, result] {
-            std::lock_guard<std::mutex> lock(*mu);
-            *result = rs::c3po_prefix(*model, *prompt, first_layer);
-          },
+          env, [model, prompt, first_layer, result] { *result = rs::c3po_prefix(*model, *prompt, first_layer); },
           [model, prompt, first_layer, result](Napi::Env env) -> Napi::Value {
             PrefixState st;
             st.model = model;
@@ -1033,19 +1007,12 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
       opts->layers = ReadIntArray(env, options.Get("layers"), "layers");
       opts->core_experts = IntOption(env, options, "coreExperts", opts->core_experts);
       opts->steps = IntOption(env, options, "steps", opts->steps);
-      if (opts->steps < 0) Throw(env, "BAD_ARGUMENT", "option steps must be >= 0");
       opts->lr_start = static_cast<float>(NumberOption(env, options, "lrStart", opts->lr_start));
       opts->lr_end = static_cast<float>(NumberOption(env, options, "lrEnd", opts->lr_end));
       std::shared_ptr<rs::Model> model = state_->model;
-      std::shared_ptr<std::mutex> mu = state_->c3po_mu;
       auto result = std::make_shared<rs::C3poResult>();
       return ModelTask::Start(
-          env,
-          [model, mu, omega, neighbours, opts, result] {
-            std::lock_guard<std::mutex> lock(*mu);
-            *result = rs::c3po_ngd(*model, *omega, *neighbours, *opts);
-            neighbours->clear();  // drop the prefix references under the lock
-          },
+          env, [model, omega, neighbours, opts, result] { *result = rs::c3po_ngd(*model, *omega, *neighbours, *opts); },
           [result](Napi::Env env) -> Napi::Value {
             Napi::Object o = Napi::Object::New(env);
             o.Set("omegaBefore", LayerMapToJs(env, result->omega_before));
@@ -1068,8 +1035,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
         if (auto session = weak.lock()) {
           std::lock_guard<std::mutex> lock(session->mu);
           session->closed = true;
-          if (session->busy) {
-            session->cancel_requested.store(true);
+          if (session->in_flight) {
             if (session->session) session->session->cancel();  // the worker releases it when the call ends
           } else {
             session->Release();
@@ -1095,10 +1061,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     Napi::Object options = OptionsObject(env, info, 1, false);
     rs::LoadOptions load;
     load.threads = IntOption(env, options, "threads", 0);
-    if (load.threads < 0) Throw(env, "BAD_ARGUMENT", "option threads must be >= 0");
     load.backend = StringOption(env, options, "backend", "auto");
-    if (load.backend != "auto" && load.backend != "cpu" && load.backend != "cuda")
-      Throw(env, "BAD_ARGUMENT", "option backend must be 'auto', 'cpu' or 'cuda'");
     std::unique_ptr<rs::Model> model = rs::Model::load(dir, load);
     if (!model) Throw(env, "INTERNAL", "internal error: the engine returned no model for " + dir);
     return ModelWrap::New(env, std::move(model));
