@@ -323,6 +323,8 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
     if (!is_moe(req.mix_layer)) throw Error("BAD_ARGUMENT", "mix layer " + std::to_string(req.mix_layer) + " has no router");
     if (req.mix_position < 0 || req.mix_position >= T) throw Error("BAD_ARGUMENT", "mix position outside the sequence");
     if (static_cast<int>(req.mix_logits.size()) != E) throw Error("BAD_ARGUMENT", "mix logits need one value per expert");
+    for (float x : req.mix_logits)
+      if (!std::isfinite(x)) throw Error("BAD_ARGUMENT", "mix logits must be finite float32 values");
     std::vector<float> row(E);
     float mx = *std::max_element(req.mix_logits.begin(), req.mix_logits.end());
     double sum = 0;
