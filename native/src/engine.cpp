@@ -341,6 +341,8 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
     if (!is_moe(req.mix_layer)) throw Error("BAD_ARGUMENT", "mix layer " + std::to_string(req.mix_layer) + " has no router");
     if (req.mix_position < 0 || req.mix_position >= T) throw Error("BAD_ARGUMENT", "mix position outside the sequence");
     if (static_cast<int>(req.mix_logits.size()) != E) throw Error("BAD_ARGUMENT", "mix logits need one value per expert");
+    for (float x : req.mix_logits)
+      if (!std::isfinite(x)) throw Error("BAD_ARGUMENT", "mix logits must be finite float32 values");
     patch.layers[req.mix_layer].mix[req.mix_position] = softmax_row(req.mix_logits);
     lowest = std::min(lowest, req.mix_layer);
   }
