@@ -2,6 +2,8 @@
 // Debian chromium with playwright-core, as in shared/spec/vscode-testing.md. The extension is the built tree
 // (dist/, build/Release, media/) staged as an installed extension. Screenshots of every panel go to test/out/e2e/.
 //   ROUTESCOPE_E2E_MODEL=DIR   stage DIR as the extension's demo model (default media/demo-model)
+// Over 400 lines on purpose: one test walks the product in one window, each step building on the last (the model
+// opened, the runs made, the patch set), so the steps and their page helpers stay together.
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';

@@ -4,7 +4,8 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { loadAddon } from '../../extension/src/engine/addon';
-import type { NativeLayerRouting, NativeModel } from '../../extension/src/engine/native';
+import type { NativeModel } from '../../extension/src/engine/native';
+import type { RoutingSpan } from '../../common/src/routing';
 import { PARITY_DIR } from '../helpers/cli';
 
 const MODEL = path.join(PARITY_DIR, 'mixtral-perexpert-f32', 'model'); // 3 layers, 8 experts, top-2, vocab 96, context 64
@@ -46,7 +47,7 @@ test('loadModel errors carry a code and name the folder', () => {
 test('forward: routing arrives per layer, as copies, before the promise resolves', async () => {
   const model = open();
   const session = model.createSession(16);
-  const seen: NativeLayerRouting[] = [];
+  const seen: RoutingSpan[] = [];
   let resolved = false;
   const result = await session
     .forward(Int32Array.of(1, 2, 3, 4), {
