@@ -207,7 +207,8 @@ before(async () => {
   });
   context.setDefaultTimeout(UI_MS);
   page = context.pages()[0] ?? (await context.newPage());
-  await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`);
+  // A shared, loaded machine can take longer than the default UI timeout to serve the workbench.
+  await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`, { timeout: 60_000 });
   await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
   await page.locator('.activitybar').waitFor({ state: 'visible' });
 });

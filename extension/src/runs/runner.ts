@@ -28,7 +28,7 @@ export interface GenerateRequest extends RunRequest {
   seed?: number;
 }
 
-export const NO_MODEL_MESSAGE = 'no model is open: run "Routescope: Open Model…" or "Routescope: Open Demo Model" first';
+const NO_MODEL_MESSAGE = 'no model is open: run "Routescope: Open Model…" or "Routescope: Open Demo Model" first';
 
 export function runModel(loaded: LoadResult): RunModel {
   const info = loaded.info;
@@ -79,6 +79,15 @@ function newRun(kind: RunKind, request: RunRequest, model: RunModel, prompt: str
   };
 }
 
+/** The open model and the prompt's tokens; `makeRun` allocates the run for that many routed positions. */
+async function prepare(host: EngineHost, kind: RunKind, request: RunRequest) {
+  const loaded = host.loaded;
+  if (!loaded) throw new Error(NO_MODEL_MESSAGE);
+  const model = runModel(loaded);
+  const { prompt, tokens, tokenText } = await resolveTokens(host, request.input);
+  return { tokens, info: loaded.info, makeRun: (capacity: number): Run => newRun(kind, request, model, prompt, tokens, tokenText, capacity) };
+}
+
 /** Copies a streamed span into its layer (the host's one copy) and reports it. */
 function absorb(run: Run, span: RoutingSpan, request: RunRequest): void {
   run.layers.get(span.layer)?.write(span);
@@ -87,11 +96,8 @@ function absorb(run: Run, span: RoutingSpan, request: RunRequest): void {
 
 /** One forward pass with routing capture and the next-token distribution. */
 export async function inspectRun(host: EngineHost, request: RunRequest, onStart?: (run: Run) => void): Promise<Run> {
-  const loaded = host.loaded;
-  if (!loaded) throw new Error(NO_MODEL_MESSAGE);
-  const model = runModel(loaded);
-  const { prompt, tokens, tokenText } = await resolveTokens(host, request.input);
-  const run = newRun('inspect', request, model, prompt, tokens, tokenText, tokens.length);
+  const { tokens, makeRun } = await prepare(host, 'inspect', request);
+  const run = makeRun(tokens.length);
   onStart?.(run);
   const patch = run.patch ? serializePatch(run.patch) : undefined;
   const result = await host.request(
@@ -110,15 +116,12 @@ export async function inspectRun(host: EngineHost, request: RunRequest, onStart?
 
 /** Generation with routing of every position streamed; the run's tokens grow as they are generated. */
 export async function generateRun(host: EngineHost, request: GenerateRequest, onStart?: (run: Run) => void): Promise<Run> {
-  const loaded = host.loaded;
-  if (!loaded) throw new Error(NO_MODEL_MESSAGE);
-  const model = runModel(loaded);
-  const { prompt, tokens, tokenText } = await resolveTokens(host, request.input);
-  const context = loaded.info.maxPositionEmbeddings > 0 ? loaded.info.maxPositionEmbeddings : Number.POSITIVE_INFINITY;
+  const { tokens, makeRun, info } = await prepare(host, 'generate', request);
+  const context = info.maxPositionEmbeddings > 0 ? info.maxPositionEmbeddings : Number.POSITIVE_INFINITY;
   const maxNewTokens = Math.max(0, Math.min(request.maxNewTokens, context - tokens.length));
   if (maxNewTokens === 0) throw new Error(`the prompt (${tokens.length} tokens) leaves no room to generate within the model's context of ${context}`);
   // The last generated token is never fed back through the model: prompt + maxNewTokens - 1 positions are routed.
-  const run = newRun('generate', request, model, prompt, tokens, tokenText, tokens.length + maxNewTokens - 1);
+  const run = makeRun(tokens.length + maxNewTokens - 1);
   onStart?.(run);
   const patch = run.patch ? serializePatch(run.patch) : undefined;
   const result = await host.request(
