@@ -94,7 +94,6 @@ export const EditPatchCommand = new IpcCommand<{ edit: PatchEdit }>('patch/edit'
 export const RerunCommand = new IpcCommand<Record<string, never>>('run/rerun');
 /** Re-run a run that is no longer available, from the prompt the webview kept (with the session's patch). */
 export const RerunUnavailableCommand = new IpcCommand<{ prompt: string; modelDir?: string }>('run/rerunUnavailable');
-export const SelectCellCommand = new IpcCommand<{ runId: number; layer: number; position: number; pinned: boolean }>('cell/select');
 /** Ask the host to pick a run to compare with; `runId` undefined → let the user choose; -1 → stop comparing. */
 export const RequestCompareCommand = new IpcCommand<{ runId?: number }>('compare/request');
 export const ExportCommand = new IpcCommand<{ runId: number; format: ExportFormat }>('run/export');
@@ -122,7 +121,7 @@ export function decodeLayerMessage(params: unknown): { runId: number; span: Rout
 export function decodeWebviewMessage(raw: unknown): IpcMessage<unknown> | undefined {
   if (typeof raw !== 'object' || raw === null) return undefined;
   const m = raw as IpcMessage<unknown>;
-  const known = [ReadyCommand, EditPatchCommand, RerunCommand, RerunUnavailableCommand, SelectCellCommand, RequestCompareCommand, ExportCommand];
+  const known = [ReadyCommand, EditPatchCommand, RerunCommand, RerunUnavailableCommand, RequestCompareCommand, ExportCommand];
   if (!known.some((t) => t.is(m))) return undefined;
   if (typeof m.params !== 'object' || m.params === null) return undefined;
   return m;

@@ -212,3 +212,22 @@ test('runner: inspect and generate runs filled from the engine process stream', 
     host.dispose();
   }
 });
+
+test('runner: a span that does not fit the run fails the run with its message (the host\'s message handler never throws)', async () => {
+  const info = { dir: '/m', modelType: 'olmoe', numLayers: 2, numExperts: E, topK: K, moeLayers: [0, 1], vocabSize: 8, maxPositionEmbeddings: 64 };
+  const events: unknown[] = [];
+  const host = {
+    loaded: { info, tokenizer: false, rssBytes: 0 },
+    request: async (method: string, _params: unknown, options: { onEvent?: (e: unknown) => void }) => {
+      if (method === 'decode') return { text: '', tokenText: [] };
+      // Layer 0 streams rows 0..1, then a span starting at 3: position 2 would be missing.
+      for (const routing of [L0.span(0, 2), { ...L0.span(0, 1), start: 3 }]) {
+        events.push(routing);
+        options.onEvent?.({ kind: 'layer', routing });
+      }
+      return { logits: new Float32Array(0), rows: 0, nextTokens: [] };
+    },
+  } as unknown as EngineHost;
+  await assert.rejects(inspectRun(host, { id: 1, input: { tokens: [1, 2, 3, 4] } }), /routing span of layer 0 starts at position 3, after the 2 filled/);
+  assert.equal(events.length, 2);
+});

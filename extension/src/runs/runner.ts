@@ -88,10 +88,25 @@ async function prepare(host: EngineHost, kind: RunKind, request: RunRequest) {
   return { tokens, info: loaded.info, makeRun: (capacity: number): Run => newRun(kind, request, model, prompt, tokens, tokenText, capacity) };
 }
 
-/** Copies a streamed span into its layer (the host's one copy) and reports it. */
-function absorb(run: Run, span: RoutingSpan, request: RunRequest): void {
-  run.layers.get(span.layer)?.write(span);
-  request.onUpdate?.(run, span);
+/** Copies streamed spans into their layers (the host's one copy) and reports them; a span that does not fit the run
+ *  (an engine bug) is kept as the error the run then fails with, instead of escaping the message handler. */
+function absorber(run: Run, request: RunRequest): { absorb(span: RoutingSpan): void; check(): void } {
+  let error: Error | undefined;
+  return {
+    absorb(span) {
+      if (error) return;
+      try {
+        run.layers.get(span.layer)?.write(span);
+      } catch (e) {
+        error = e as Error;
+        return;
+      }
+      request.onUpdate?.(run, span);
+    },
+    check() {
+      if (error) throw error;
+    },
+  };
 }
 
 /** One forward pass with routing capture and the next-token distribution. */
@@ -100,14 +115,16 @@ export async function inspectRun(host: EngineHost, request: RunRequest, onStart?
   const run = makeRun(tokens.length);
   onStart?.(run);
   const patch = run.patch ? serializePatch(run.patch) : undefined;
+  const spans = absorber(run, request);
   const result = await host.request(
     'inspect',
     { tokens: Int32Array.from(tokens), logits: 'last', topTokens: 10, ...(patch ? { patch } : {}) },
     {
       ...(request.token ? { token: request.token } : {}),
-      onEvent: (event) => absorb(run, event.routing, request),
+      onEvent: (event) => spans.absorb(event.routing),
     },
   );
+  spans.check();
   run.nextTokens = result.nextTokens;
   if (result.nextTokenProbs) run.nextTokenProbs = result.nextTokenProbs;
   run.finishedAt = Date.now();
@@ -124,6 +141,7 @@ export async function generateRun(host: EngineHost, request: GenerateRequest, on
   const run = makeRun(tokens.length + maxNewTokens - 1);
   onStart?.(run);
   const patch = run.patch ? serializePatch(run.patch) : undefined;
+  const spans = absorber(run, request);
   const result = await host.request(
     'generate',
     {
@@ -143,11 +161,12 @@ export async function generateRun(host: EngineHost, request: GenerateRequest, on
           run.tokenText.push(event.text);
           request.onUpdate?.(run);
         } else {
-          absorb(run, event.routing, request);
+          spans.absorb(event.routing);
         }
       },
     },
   );
+  spans.check();
   run.generatedText = result.text ?? [...result.tokens].join(' ');
   run.finishedAt = Date.now();
   return run;

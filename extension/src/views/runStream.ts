@@ -1,7 +1,8 @@
 // What the routing panel has sent of one run, and the messages that bring the webview up to date. A span that just
 // arrived from the engine process is posted as it is (its typed arrays, no copy); rows the webview has not seen for
 // another reason (the run was shown after they arrived) are posted as views into the run's own arrays (no copy
-// either). No vscode import: the unit tests drive it with a recording `post`.
+// either; VS Code transfers a view's whole buffer, which the run sized to the positions it can route). No vscode
+// import: the unit tests drive it with a recording `post`.
 import {
   RunFinishedNotification,
   RunInitNotification,
