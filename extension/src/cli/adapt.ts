@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import type { NativeModelInfo, NativeSession } from '../engine/native';
 import type { RoutingSpan } from '../../../common/src/routing';
-import { loadTokenizer } from '../checkpoint/tokenizer';
+import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
 import { C3po } from '../adapt/c3po';
 import { OnnxEmbedder, SelfEmbedder, type Embedder } from '../adapt/embedder';
 import { C3PO_METHOD, EVAL_METHODS, describeMethod, runEval, type EvalMethod, type EvalSummary } from '../adapt/eval';
@@ -15,7 +15,7 @@ import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, checkC3poSettings, ch
 import { TaskRunner, readTasks, type TaskItem } from '../adapt/tasks';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber } from './args';
 import { ExpertLoad, formatExpertLoad } from './expertLoad';
-import { action, commonOptions, itemByItem, out, withModel, type CommonOptions } from './setup';
+import { action, commonOptions, itemByItem, out, withModel, type CommonOptions, type OpenModel } from './setup';
 
 interface EmbedderFlags {
   embedder?: string;
@@ -41,6 +41,28 @@ function pct(x: number): string {
   return `${(100 * x).toFixed(1)}%`;
 }
 
+/** The items of --data (the first --limit of them), read before the model opens. */
+function readItems(options: { data: string; limit?: string }): TaskItem[] {
+  const limit = options.limit !== undefined ? parseInteger('--limit', options.limit, 1) : undefined;
+  const items = readTasks(options.data);
+  return limit !== undefined ? items.slice(0, limit) : items;
+}
+
+interface ItemSetup extends OpenModel {
+  tokenizer: ModelTokenizer;
+  /** The session the items run on (Ctrl-C cancels the item in flight on it). */
+  session: NativeSession;
+  runner: TaskRunner;
+}
+
+/** Opens the model with its tokenizer and a session to run items on; closes the model afterwards. */
+function withItemRunner<T>(options: CommonOptions, body: (setup: ItemSetup) => Promise<T>): Promise<T> {
+  return withModel(options, (opened) => {
+    const tokenizer = loadTokenizer(opened.dir);
+    return body({ ...opened, tokenizer, session: opened.model.createSession(), runner: new TaskRunner(opened.info, tokenizer) });
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // reference build
 
@@ -51,17 +73,12 @@ interface ReferenceBuildOptions extends CommonOptions, EmbedderFlags {
 }
 
 async function referenceBuild(options: ReferenceBuildOptions): Promise<void> {
-  const limit = options.limit !== undefined ? parseInteger('--limit', options.limit, 1) : undefined;
-  let items = readTasks(options.data);
-  if (limit !== undefined) items = items.slice(0, limit);
+  const items = readItems(options);
   const outDir = path.resolve(options.out);
   if (fs.existsSync(outDir) && fs.readdirSync(outDir).length > 0 && !fs.existsSync(path.join(outDir, 'manifest.json'))) {
     throw new CliError(`${options.out}: exists and is not a reference set; choose an empty or new folder`);
   }
-  await withModel(options, async ({ model, info, dir }) => {
-    const tokenizer = loadTokenizer(dir);
-    const session = model.createSession();
-    const runner = new TaskRunner(info, tokenizer);
+  await withItemRunner(options, async ({ info, dir, tokenizer, session, runner }) => {
     const embedder = await openEmbedder(options, info, session, (t) => tokenizer.encode(t));
     const t0 = performance.now();
     try {
@@ -148,16 +165,11 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
   const method = options.method;
   const needsReference = method in C3PO_METHOD;
   if (needsReference && options.reference === undefined) throw new UsageError(`--method ${method} needs --reference REF (build one with routescope reference build)`);
-  const limit = options.limit !== undefined ? parseInteger('--limit', options.limit, 1) : undefined;
   const c3poSettings = c3poSettingsFrom(options);
   const rerouteSettings = rerouteSettingsFrom(options);
-  let items = readTasks(options.data);
-  if (limit !== undefined) items = items.slice(0, limit);
+  const items = readItems(options);
 
-  await withModel(options, async ({ model, info, dir }) => {
-    const tokenizer = loadTokenizer(dir);
-    const session = model.createSession();
-    const runner = new TaskRunner(info, tokenizer);
+  await withItemRunner(options, async ({ model, info, dir, tokenizer, session, runner }) => {
     const load = options.expertLoad ? new ExpertLoad(info.moeLayers, info.numExperts) : undefined;
     let reference: ReferenceSet | undefined;
     let embedder: Embedder | undefined;

@@ -3,9 +3,8 @@
 // current patch).
 import * as vscode from 'vscode';
 import type { Session } from '../session';
-import type { Run } from '../runs/run';
 import type { LayerStats } from '../../../common/src/routing';
-import { sortedLayers } from '../runs/run';
+import { sortedLayers, type Run } from '../runs/run';
 import { biasOf, describePatch } from '../../../common/src/patchEdit';
 import { formatBytes, formatCount } from '../../../common/src/format';
 
