@@ -10,11 +10,12 @@ import { C3po } from '../adapt/c3po';
 import { OnnxEmbedder, SelfEmbedder, type Embedder } from '../adapt/embedder';
 import { C3PO_METHOD, EVAL_METHODS, describeMethod, runEval, type EvalMethod, type EvalSummary } from '../adapt/eval';
 import { sameEmbedder, describeEmbedder } from '../adapt/identity';
-import { buildReference, loadReference, saveReference, type ReferenceSet } from '../adapt/reference';
+import { buildReference, checkReferenceOutput, loadReference, saveReference, type ReferenceSet } from '../adapt/reference';
 import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, checkC3poSettings, checkRerouteSettings, type C3poSettings, type RerouteSettings } from '../adapt/settings';
 import { TaskRunner, readTasks, type TaskItem } from '../adapt/tasks';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber } from './args';
 import { ExpertLoad, formatExpertLoad } from './expertLoad';
+import { jsonText } from './output';
 import { action, commonOptions, itemByItem, out, withModel, type CommonOptions, type OpenModel } from './setup';
 
 interface EmbedderFlags {
@@ -75,9 +76,7 @@ interface ReferenceBuildOptions extends CommonOptions, EmbedderFlags {
 async function referenceBuild(options: ReferenceBuildOptions): Promise<void> {
   const items = readItems(options);
   const outDir = path.resolve(options.out);
-  if (fs.existsSync(outDir) && fs.readdirSync(outDir).length > 0 && !fs.existsSync(path.join(outDir, 'manifest.json'))) {
-    throw new CliError(`${options.out}: exists and is not a reference set; choose an empty or new folder`);
-  }
+  checkReferenceOutput(outDir, `--out ${options.out}`);
   await withItemRunner(options, async ({ info, dir, tokenizer, session, runner }) => {
     const embedder = await openEmbedder(options, info, session, (t) => tokenizer.encode(t));
     const t0 = performance.now();
@@ -104,7 +103,7 @@ async function referenceBuild(options: ReferenceBuildOptions): Promise<void> {
         embedding_dim: manifest.embedding_dim,
         seconds,
       };
-      if (options.json) out(JSON.stringify(report) + '\n');
+      if (options.json) out(jsonText(report) + '\n');
       else
         out(
           `reference set ${outDir}: kept ${report.kept} of ${report.items} items (answered correctly), ` +
@@ -222,13 +221,13 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
           shouldStop,
           ...(load ? { onRouting: (item: TaskItem, r: RoutingSpan, last: number) => load.add(item.skill, r, last) } : {}),
           onRecord: (record) => {
-            if (logFd !== undefined) fs.writeSync(logFd, JSON.stringify(record) + '\n');
+            if (logFd !== undefined) fs.writeSync(logFd, jsonText(record) + '\n');
           },
           onProgress: (p) => progress(`[${p.done}/${p.total}] none ${pct(p.noneCorrect / p.done)}  ${method} ${pct(p.methodCorrect / p.done)}`, p.done, p.total),
         }),
       );
       const extra = { ...(options.log ? { log: path.resolve(options.log) } : {}), ...(load ? { expert_load: load.toJSON() } : {}) };
-      if (options.json) out(JSON.stringify({ ...summary, ...extra }) + '\n');
+      if (options.json) out(jsonText({ ...summary, ...extra }) + '\n');
       else out(formatSummary(summary, options.log) + (load ? formatExpertLoad(load.toJSON()) : ''));
       if (summary.cancelled) {
         throw new CliError(`cancelled after ${summary.completed} of ${summary.items} items${options.log ? `; ${options.log} holds them` : ''}`, 130);

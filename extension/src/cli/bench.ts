@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { CliError, parseInteger } from './args';
 import { formatBytes } from '../../../common/src/format';
-import { describeModel, modelInfoJson } from './output';
+import { describeModel, jsonText, modelInfoJson } from './output';
 import { action, commonOptions, engineCall, out, withModel, type CommonOptions } from './setup';
 
 interface BenchOptions extends CommonOptions {
@@ -64,7 +64,7 @@ async function bench(options: BenchOptions): Promise<void> {
       model: modelInfoJson(info),
     };
     if (options.json) {
-      out(JSON.stringify(report) + '\n');
+      out(jsonText(report) + '\n');
       return;
     }
     out(`${describeModel(info)}\n`);
@@ -78,7 +78,7 @@ async function bench(options: BenchOptions): Promise<void> {
 async function info(options: CommonOptions): Promise<void> {
   await withModel(options, async ({ info }) => {
     if (options.json) {
-      out(JSON.stringify(modelInfoJson(info)) + '\n');
+      out(jsonText(modelInfoJson(info)) + '\n');
       return;
     }
     out(`${info.dir}\n${describeModel(info)}\n`);

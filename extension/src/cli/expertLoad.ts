@@ -44,7 +44,7 @@ export class ExpertLoad {
         const total = s.reduce((a, b) => a + b, 0);
         return Array.from(s, (v) => (total ? v / total : 0));
       });
-    const perSkill: ExpertLoadJSON['per_skill'] = {};
+    const perSkill: ExpertLoadJSON['per_skill'] = Object.create(null); // skills are user text ("__proto__" too)
     for (const skill of [...this.counts.keys()].sort()) {
       const c = this.counts.get(skill)!;
       perSkill[skill] = { tokens: c.tokens, items: c.items, share: norm(c.all), last: norm(c.last) };

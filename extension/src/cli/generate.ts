@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { DEFAULT_MAX_NEW_TOKENS } from '../settings';
 import { parseInteger, parseNumber } from './args';
 import { intRow, writeJsonObject } from './output';
-import { routingJson, routingRecorder } from './inspect';
+import { requireFiniteRouting, routingJson, routingRecorder } from './inspect';
 import {
   action, commonOptions, engineCall, out, parseTokenInput, readPatch, resolveTokens, tokenOptions, tryTokenizer, withModel,
   type CommonOptions, type TokenOptions,
@@ -65,6 +65,7 @@ async function generate(options: GenerateOptions): Promise<void> {
       }),
     );
     const generated = [...result.tokens];
+    if (routing) requireFiniteRouting(dir, routing.layers.values(), prompt.length);
     if (options.json) {
       const entries: [string, string | string[]][] = [
         ['prompt_tokens', intRow(prompt)],

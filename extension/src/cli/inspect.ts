@@ -1,6 +1,5 @@
 // `routescope inspect` (one forward pass with full routing capture) and `routescope grad` (loss and router-bias
 // gradients). JSON keys are a scripting contract (README "CLI reference").
-import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import type { NativeModelInfo } from '../engine/native';
@@ -8,7 +7,8 @@ import { LayerRouting, type RoutingSpan } from '../../../common/src/routing';
 import { softmax, topIndices } from '../../../common/src/math';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { CliError, parseIntegerList, parseSpan } from './args';
-import { describeModel, f32Row, f32Rows, formatF32, intRow, writeJsonObject } from './output';
+import { FILE_KINDS, readTextFile } from '../common/files';
+import { describeModel, f32Row, f32Rows, formatF32, formatNumber, intRow, requireFinite, writeJsonObject } from './output';
 import { visibleToken } from '../../../common/src/format';
 import { formatRoutingTable, formatWeight, truncate } from './table';
 import {
@@ -20,6 +20,18 @@ import {
 export function routingRecorder(info: NativeModelInfo): { layers: Map<number, LayerRouting>; onLayer: (span: RoutingSpan) => void } {
   const layers = new Map(info.moeLayers.map((l) => [l, new LayerRouting(l, info.numExperts, info.topK)]));
   return { layers, onLayer: (span) => layers.get(span.layer)?.write(span) };
+}
+
+/** Refuses routing that holds NaN/Inf (rows [from, filled) of each layer) before anything is printed. */
+export function requireFiniteRouting(dir: string, layers: Iterable<LayerRouting>, from = 0): void {
+  for (const l of layers) {
+    const E = l.numExperts;
+    const k = l.topK;
+    for (let p = from; p < l.filled; p++) {
+      requireFinite(`${dir}: the router logits of layer ${l.layer} at position ${p}`, l.routerLogits.subarray(p * E, (p + 1) * E));
+      requireFinite(`${dir}: the routing weights of layer ${l.layer} at position ${p}`, l.weights.subarray(p * k, (p + 1) * k));
+    }
+  }
 }
 
 /** `"router_logits":[...],"experts":[...],"weights":[...]` of rows [from, to) of a layer. */
@@ -55,6 +67,8 @@ async function inspect(options: InspectOptions): Promise<void> {
     );
     const layers = [...routing.layers.values()];
     const vocab = result.rows > 0 ? result.logits.length / result.rows : info.vocabSize;
+    requireFinite(`${dir}: the logits`, result.logits, vocab);
+    requireFiniteRouting(dir, layers);
     if (options.json) {
       writeJsonObject(out, [
         ['tokens', intRow(tokens)],
@@ -97,13 +111,16 @@ interface MixRequest {
   logits: number[];
 }
 
+/** Largest float32 magnitude: logits beyond it would become ±Infinity, and the loss NaN. */
+const F32_MAX = 3.4028234663852886e38;
+
 function readMix(file: string, info: NativeModelInfo, tokenCount: number): MixRequest {
+  const text = readTextFile(file, FILE_KINDS.mix, (message) => new CliError(message));
   let value: unknown;
   try {
-    value = JSON.parse(fs.readFileSync(file, 'utf8'));
+    value = JSON.parse(text);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new CliError(`${file}: ${code ? `cannot read (${code})` : `invalid JSON (${(error as Error).message})`}`);
+    throw new CliError(`${file}: invalid JSON (${(error as Error).message})`);
   }
   const mix = value as Partial<MixRequest> | null;
   if (
@@ -119,6 +136,8 @@ function readMix(file: string, info: NativeModelInfo, tokenCount: number): MixRe
   checkLayers(file, [mix.layer!], info);
   if (mix.position! < 0 || mix.position! >= tokenCount) throw new CliError(`${file}: position ${mix.position} is outside the ${tokenCount} tokens`);
   if (mix.logits.length !== info.numExperts) throw new CliError(`${file}: logits has ${mix.logits.length} values, expected ${info.numExperts} (one per expert)`);
+  const beyond = mix.logits.findIndex((v) => Math.abs(v) > F32_MAX);
+  if (beyond >= 0) throw new CliError(`${file}: logits[${beyond}] = ${mix.logits[beyond]} is beyond float32 range (|x| <= 3.4e38)`);
   return mix as MixRequest;
 }
 
@@ -145,9 +164,12 @@ async function grad(options: GradOptions): Promise<void> {
       }),
     );
     const keys = Object.keys(result.biasGrad).sort((a, b) => Number(a) - Number(b));
+    requireFinite(`${dir}: the loss`, [result.loss]);
+    for (const key of keys) requireFinite(`${dir}: the router bias gradients of layer ${key}`, result.biasGrad[key]);
+    if (result.mixGrad) requireFinite(`${options.mix ?? dir}: the mix gradients`, result.mixGrad);
     if (options.json) {
       const entries: [string, string | string[]][] = [
-        ['loss', String(result.loss)],
+        ['loss', formatNumber(result.loss)],
         ['bias_grad', `{${keys.map((k) => `${JSON.stringify(k)}:${f32Row(result.biasGrad[k])}`).join(',')}}`],
       ];
       if (mix && result.mixGrad) entries.push(['mix_grad', f32Row(result.mixGrad)]);

@@ -9,6 +9,7 @@ import { loadAddon, packageRoot } from '../engine/addon';
 import type { NativeModel, NativeModelInfo, NativeSession } from '../engine/native';
 import { PatchError, parsePatch, serializePatch } from '../../../common/src/patch';
 import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
+import { FILE_KINDS, readTextFile } from '../common/files';
 import { CliError, UsageError, parseInteger, parseIntegerList } from './args';
 
 export const DEMO_MODEL = path.join('media', 'demo-model');
@@ -233,13 +234,8 @@ export function checkTokens(flag: string, tokens: readonly number[], info: Nativ
 /** The --patch file, validated against the model, as the JSON the engine reads. */
 export function readPatch(file: string | undefined, info: NativeModelInfo): string | undefined {
   if (file === undefined) return undefined;
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new CliError(`${file}: ${code === 'ENOENT' ? 'patch file not found' : `cannot read the patch file (${code})`}`);
-  }
+  if (!fs.existsSync(file)) throw new CliError(`${file}: patch file not found`);
+  const text = readTextFile(file, FILE_KINDS.patch, (message) => new CliError(message));
   try {
     return serializePatch(parsePatch(text, file, info));
   } catch (error) {

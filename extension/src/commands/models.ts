@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { FILE_KINDS, readTextFile } from '../common/files';
 import { EngineError } from '../engine/protocol';
 import { editorSettings } from '../editorConfig';
 import { report, type CommandContext } from './context';
@@ -15,9 +16,15 @@ export function checkModelFolder(dir: string): string | undefined {
   const config = path.join(dir, 'config.json');
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return `${dir}: not a folder`;
   if (!fs.existsSync(config)) return `${dir}: no config.json (a Hugging Face model folder has config.json and *.safetensors)`;
+  let text: string;
   try {
-    const value = JSON.parse(fs.readFileSync(config, 'utf8')) as { model_type?: unknown };
-    if (typeof value.model_type !== 'string') return `${config}: no "model_type"`;
+    text = readTextFile(config, FILE_KINDS.config); // never blocks the extension host on a FIFO
+  } catch (error) {
+    return (error as Error).message;
+  }
+  try {
+    const value = JSON.parse(text) as { model_type?: unknown } | null;
+    if (typeof value?.model_type !== 'string') return `${config}: no "model_type"`;
   } catch (error) {
     return `${config}: invalid JSON (${(error as Error).message})`;
   }
