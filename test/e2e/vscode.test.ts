@@ -340,7 +340,15 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await runCommand('Export Routing Trace…');
     const input = page.locator('.quick-input-widget input.input');
     await input.waitFor({ state: 'visible' });
-    await input.fill(target);
+    // The save dialog fills in its default path after it opens; typing before that gets the two mixed
+    // ("trace.safetensors.safetensors" in a folder that does not exist): wait for it, then type until it sticks.
+    for (let deadline = Date.now() + UI_MS; (await input.inputValue()) === '' && Date.now() < deadline; ) await page.waitForTimeout(100);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      await input.fill(target);
+      await page.waitForTimeout(300);
+      if ((await input.inputValue()) === target) break;
+    }
+    assert.equal(await input.inputValue(), target, 'the save dialog holds the target path');
     await input.press('Enter');
     await waitForNotification(/routing trace of run #\d+ saved/);
     const st = readSafetensorsRaw(target);
