@@ -1,7 +1,9 @@
 // Engine micro-benchmark without Node: `rs_bench --model DIR [--prompt-tokens N] [--decode-tokens M] [--threads T]
 // [--repeat R]` prints prefill/decode tokens per second (best of R) as JSON, with the process CPU seconds of each
 // phase (on a machine shared with other work, tokens per CPU-second move far less than tokens per wall-second);
-// `rs_bench --bandwidth [--threads T]` measures the memory read bandwidth that bounds decode.
+// `rs_bench --bandwidth [--threads T]` measures the memory read bandwidth that bounds decode;
+// `rs_bench --experts --model DIR [--prompt-tokens N] [--kernels generic|avx512|avx512_bf16] [--repeat R]` times the
+// routed experts of the first MoE layer alone (random routing, N tokens), for A/B measurements of the kernel families.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -15,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/moe_experts.h"
+#include "model/model.h"
 #include "routescope/engine.h"
 
 using Clock = std::chrono::steady_clock;
@@ -56,10 +60,66 @@ static double read_bandwidth_gbps(int threads) {
   return best;
 }
 
+// GFLOP per call of the routed experts for T tokens.
+static int experts_bench(const std::string& dir, int T, int threads, int repeat, const std::string& kernels) {
+  auto ck = routescope::Checkpoint::open(dir);
+  const auto& cfg = ck->config;
+  int layer = 0;
+  while (layer < cfg.layers && !ck->layers[layer].moe) ++layer;
+  if (layer == cfg.layers) {
+    std::fprintf(stderr, "rs_bench: %s has no MoE layer\n", dir.c_str());
+    return 1;
+  }
+  const auto& w = ck->layers[layer];
+  routescope::ExpertKernels family = routescope::ExpertKernels::Auto;
+  if (kernels == "generic") family = routescope::ExpertKernels::Generic;
+  else if (kernels == "avx512") family = routescope::ExpertKernels::Avx512;
+  else if (kernels == "avx512_bf16") family = routescope::ExpertKernels::Avx512Bf16;
+  else if (!kernels.empty() && kernels != "auto") {
+    std::fprintf(stderr, "rs_bench: --kernels must be auto, generic, avx512 or avx512_bf16\n");
+    return 2;
+  }
+  if (!routescope::expert_kernels_available(family)) {
+    std::fprintf(stderr, "rs_bench: this CPU cannot run --kernels %s\n", kernels.c_str());
+    return 1;
+  }
+  const int H = cfg.hidden, E = cfg.experts, k = cfg.top_k, I = cfg.expert_width;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(size_t(T) * H), y(size_t(T) * H), wts(size_t(T) * k);
+  std::vector<int32_t> sel(size_t(T) * k);
+  for (auto& v : x) v = nd(rng);
+  for (int t = 0; t < T; ++t) {
+    std::vector<int> perm(E);
+    for (int e = 0; e < E; ++e) perm[e] = e;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int s = 0; s < k; ++s) sel[size_t(t) * k + s] = perm[s], wts[size_t(t) * k + s] = 1.f / k;
+  }
+  routescope::ThreadPool pool(threads);
+  routescope::moe_experts_forward(pool, x.data(), T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y.data(),
+                                  nullptr, nullptr, nullptr, family);  // warm-up: maps the weights in
+  double wall = 1e30, cpu = 1e30;
+  for (int r = 0; r < repeat; ++r) {
+    const double c0 = cpu_seconds();
+    const auto t0 = Clock::now();
+    routescope::moe_experts_forward(pool, x.data(), T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y.data(),
+                                    nullptr, nullptr, nullptr, family);
+    wall = std::min(wall, seconds_since(t0));
+    cpu = std::min(cpu, cpu_seconds() - c0);
+  }
+  const double gflop = 2.0 * T * k * 3.0 * I * H / 1e9;
+  std::printf("{\"experts_kernels\": \"%s\", \"tokens\": %d, \"threads\": %d, \"repeat\": %d, \"seconds\": %.4f, "
+              "\"cpu_seconds\": %.4f, \"gflops\": %.1f, \"gflops_per_cpu_second\": %.1f}\n",
+              routescope::expert_kernels_name(family, w.gate[0].dtype), T, threads, repeat, wall, cpu, gflop / wall,
+              gflop / cpu);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string model;
   int prompt = 512, decode = 32, threads = 0, repeat = 1;
-  bool bandwidth = false;
+  bool bandwidth = false, experts = false;
+  std::string kernels;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -75,6 +135,8 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::atoi(next());
     else if (a == "--repeat") repeat = std::max(1, std::atoi(next()));
     else if (a == "--bandwidth") bandwidth = true;
+    else if (a == "--experts") experts = true;
+    else if (a == "--kernels") kernels = next();
     else {
       std::fprintf(stderr, "rs_bench: unknown argument %s\n", a.c_str());
       return 2;
@@ -90,6 +152,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (experts) return experts_bench(model, prompt, threads, repeat, kernels);
     auto m = routescope::Model::load(model, {threads, "cpu"});
     const auto& info = m->info();
     std::mt19937 rng(1);

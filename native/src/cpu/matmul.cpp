@@ -36,6 +36,16 @@ void generic_rows(const float* x, int T, const Mat& W, int n0, int n1, float* y,
 }  // namespace
 
 const char* matmul_isa() { return has_avx512() ? "avx512" : "generic"; }
+bool cpu_has_avx512() { return has_avx512(); }
+bool cpu_has_avx512_bf16() {
+  static const bool yes = has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+
+namespace {
+// Products with more rows than this pack the weights into panels; fewer rows stream them (dot_rows).
+constexpr int kStreamRows = 4;
+}  // namespace
 
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
@@ -45,7 +55,7 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
     return;
   }
   const int dt = dt_code(W.dtype);
-  if (T <= 4) {
+  if (T <= kStreamRows) {
     // Memory-bound: split rows in blocks of 4 so every thread streams its own part of W once; at least 256 KiB of
     // weights per thread, so small matrices (tiny models, one-position C3PO steps) do not pay for waking the pool.
     int64_t blocks = (N + 3) / 4;
@@ -77,7 +87,7 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
   for (int i = 0; i < static_cast<int>(jobs.size()); ++i) {
     const auto& j = jobs[i];
     if (j.T <= 0) continue;
-    const int step = j.T <= 4 ? 64 : 32;  // decode: 64-row slabs; prefill: one packed panel
+    const int step = j.T <= kStreamRows ? 64 : 32;  // decode: 64-row slabs; prefill: one packed panel
     for (int n = 0; n < j.W.rows; n += step) units.push_back({i, n, std::min(j.W.rows, n + step)});
   }
   std::atomic<size_t> next{0};
@@ -88,7 +98,7 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
       const Unit& un = units[u];
       const MatmulJob& j = jobs[un.job];
       const int dt = dt_code(j.W.dtype);
-      if (j.T <= 4) avx512::dot_rows(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate);
+      if (j.T <= kStreamRows) avx512::dot_rows(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate);
       else avx512::gemm_panel(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate, panel.data());
     }
   });
