@@ -257,26 +257,31 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
     }
   });
 
-  // Combine per token in slot order: the same sums whichever thread ran which expert.
+  // Combine per token in ascending expert order: the same sums whichever thread ran which expert, and whatever order
+  // the router listed the slots in (two runs whose weights tie differently still add identically).
   const bool vector = family != ExpertKernels::Generic;
   pool.parallel_for(T, 16, [&](int64_t a, int64_t b, int) {
-    const float* slot_rows[256];
-    std::vector<const float*> big;
-    const float** rp = k <= 256 ? slot_rows : (big.resize(k), big.data());
+    std::vector<int> slots(k);
+    std::vector<const float*> rp(k);
+    std::vector<float> ws(k);
     for (int64_t t = a; t < b; ++t) {
-      for (int s = 0; s < k; ++s) rp[s] = o + static_cast<size_t>(pos[t * k + s]) * H;
+      for (int s = 0; s < k; ++s) slots[s] = s;
+      std::sort(slots.begin(), slots.end(), [&](int p, int q) { return pos[t * k + p] < pos[t * k + q]; });
+      for (int i = 0; i < k; ++i) {
+        rp[i] = o + static_cast<size_t>(pos[t * k + slots[i]]) * H;
+        ws[i] = w[t * k + slots[i]];
+      }
       float* yt = y + static_cast<size_t>(t) * H;
       if (vector) {
-        avx512::weighted_sum(rp, w + t * k, k, H, yt, 0);
+        avx512::weighted_sum(rp.data(), ws.data(), k, H, yt, 0);
       } else {
         std::fill(yt, yt + H, 0.f);
-        for (int s = 0; s < k; ++s) {
-          const float ws = w[t * k + s];
-          for (int d = 0; d < H; ++d) yt[d] += ws * rp[s][d];
-        }
+        for (int i = 0; i < k; ++i)
+          for (int d = 0; d < H; ++d) yt[d] += ws[i] * rp[i][d];
       }
       if (save_o)
-        for (int s = 0; s < k; ++s) std::memcpy(save_o + (static_cast<size_t>(t) * k + s) * H, rp[s], H * sizeof(float));
+        for (int s = 0; s < k; ++s)
+          std::memcpy(save_o + (static_cast<size_t>(t) * k + s) * H, o + static_cast<size_t>(pos[t * k + s]) * H, H * sizeof(float));
     }
   });
   cs.o.trim();

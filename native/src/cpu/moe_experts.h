@@ -19,7 +19,8 @@ enum class ExpertKernels { Auto, Generic, Avx512, Avx512Bf16 };
 // y[t] = sum over slots s of w[t,s] * down_e(silu(gate_e x_t) * up_e x_t) with e = sel[t,s], for T tokens with k
 // slots each (x, y: [T, H]; y is overwritten). gate/up: [I, H] per expert, down: [H, I]. When non-null, save_g and
 // save_u receive the gate and up pre-activations [T*k, I] and save_o the expert outputs [T*k, H] (row t*k+s), for
-// the backward pass. Results do not depend on which thread ran which expert (deterministic slot-order combine).
+// the backward pass. Results do not depend on which thread ran which expert nor on the order of the slots (each
+// token sums its experts in ascending expert order).
 void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const int32_t* sel, const float* w,
                          const std::vector<Mat>& gate, const std::vector<Mat>& up, const std::vector<Mat>& down,
                          float* y, float* save_g = nullptr, float* save_u = nullptr, float* save_o = nullptr,
