@@ -56,12 +56,20 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
   }
   const int dt = dt_code(W.dtype);
   if (T <= kStreamRows) {
-    // Memory-bound: split rows in blocks of 4 so every thread streams its own part of W once; at least 256 KiB of
-    // weights per thread, so small matrices (tiny models, one-position C3PO steps) do not pay for waking the pool.
-    int64_t blocks = (N + 3) / 4;
-    const int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / (int64_t(4) * K * (dt == 0 ? 4 : 2)));
-    pool.parallel_for(blocks, grain, [&](int64_t a, int64_t b, int) {
-      avx512::dot_rows(x, T, K, W.data, dt, int(a * 4), int(std::min<int64_t>(N, b * 4)), y, N, accumulate);
+    // Memory-bound: slabs of rows (about 256 KiB of weights each) taken dynamically, so a thread the OS delays does
+    // not hold up the others at the end; small matrices (tiny models, one-position C3PO steps) run on the calling
+    // thread rather than pay for waking the pool.
+    const int64_t row_bytes = int64_t(K) * (dt == 0 ? 4 : 2);
+    const int slab = static_cast<int>(std::max<int64_t>(16, ((int64_t(256) << 10) / row_bytes + 3) / 4 * 4));
+    const int slabs = (N + slab - 1) / slab;
+    if (slabs < 2 || pool.size() == 1) {
+      avx512::dot_rows(x, T, K, W.data, dt, 0, N, y, N, accumulate);
+      return;
+    }
+    std::atomic<int> next{0};
+    pool.run_on_all([&](int) {
+      for (int u; (u = next.fetch_add(1)) < slabs;)
+        avx512::dot_rows(x, T, K, W.data, dt, u * slab, std::min(N, (u + 1) * slab), y, N, accumulate);
     });
     return;
   }

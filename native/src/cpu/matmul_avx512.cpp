@@ -71,7 +71,14 @@ void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, i
 template <int DT, int TT>
 void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate) {
   long rb = (long)K * elem_bytes(DT);
-  for (int n = n0; n < n1; n += 4) dot_block<DT, TT>(x, K, W, rb, n, imin(4, n1 - n), y, ldy, accumulate);
+  const int lines = 4;
+  for (int n = n0; n < n1; n += 4) {
+    // Each row starts a new page where the hardware prefetcher has to find the stream again: fetch the first
+    // lines of the next block's rows while this block streams.
+    for (int r = 0; r < 4 && n + 4 + r < n1; ++r)
+      for (int l = 0; l < lines; ++l) _mm_prefetch((const char*)(W + (long)(n + 4 + r) * rb + l * 64), _MM_HINT_T0);
+    dot_block<DT, TT>(x, K, W, rb, n, imin(4, n1 - n), y, ldy, accumulate);
+  }
 }
 
 template <int DT>

@@ -1,9 +1,12 @@
 #include "cpu/moe_experts.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "cpu/convert.h"
@@ -20,21 +23,41 @@ constexpr int kUnitRows = 128;                     // rows of one expert per wor
 constexpr size_t kKeepBytes = size_t(64) << 20;    // scratch a thread keeps between calls
 constexpr int kDotRows = 4;                        // up to this many rows an expert streams its weights (no packing)
 
-// Growable memory owned by one thread and reused across calls, so repeated forwards do not fault in fresh pages.
+// Growable memory owned by one thread and reused across calls, so repeated forwards (and the layers of one forward)
+// do not fault in and zero fresh pages: contents are not initialised. Large buffers ask for transparent huge pages;
+// a buffer above kKeepBytes is released once a call needs less than a quarter of it (a long prompt's expert outputs
+// stay for all its layers, then go at the next decode step).
 class Scratch {
  public:
   template <class T>
   T* get(size_t n) {
-    const size_t bytes = n * sizeof(T) + 64;
-    if (buf_.size() < bytes) buf_.resize(bytes);
-    return reinterpret_cast<T*>(buf_.data() + ((64 - reinterpret_cast<uintptr_t>(buf_.data()) % 64) % 64));
+    const size_t bytes = n * sizeof(T);
+    if (bytes > size_) {
+      release();
+      size_ = std::max(bytes, size_t(4096));
+      const size_t align = size_ >= (size_t(2) << 20) ? (size_t(2) << 20) : 64;
+      size_ = (size_ + align - 1) / align * align;
+      data_ = static_cast<uint8_t*>(std::aligned_alloc(align, size_));
+      if (!data_) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+      if (align > 64) madvise(data_, size_, MADV_HUGEPAGE);
+#endif
+    } else if (size_ > kKeepBytes && bytes < size_ / 4) {
+      release();
+      return get<T>(n);
+    }
+    return reinterpret_cast<T*>(data_);
   }
-  void trim() {
-    if (buf_.capacity() > kKeepBytes) std::vector<uint8_t>().swap(buf_);
-  }
+  ~Scratch() { release(); }
 
  private:
-  std::vector<uint8_t> buf_;
+  void release() {
+    std::free(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
 };
 
 // One expert's compute on one thread.
@@ -284,8 +307,6 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
           std::memcpy(save_o + (static_cast<size_t>(t) * k + s) * H, o + static_cast<size_t>(pos[t * k + s]) * H, H * sizeof(float));
     }
   });
-  cs.o.trim();
-  worker_scratch().x.trim();
 }
 
 }  // namespace routescope
