@@ -85,12 +85,9 @@ async function main() {
   const promptTokens = Number(values['prompt-tokens']);
   const decodeTokens = Number(values['decode-tokens']);
   const contextSize = check ? check.split(',').length + 8 : promptTokens + decodeTokens + 8;
-  const ctx = await model.createContext({
-    contextSize,
-    batchSize: check ? contextSize : promptTokens,
-    threads: { ideal: threads, min: threads },
-    sequences: 1,
-  });
+  // node-llama-cpp's default batch (512 tokens, also the micro-batch) is llama.cpp's own default micro-batch: a
+  // longer prompt is evaluated in batches of 512 as llama.cpp users run it.
+  const ctx = await model.createContext({ contextSize, threads: { ideal: threads, min: threads }, sequences: 1 });
   const seq = ctx.getSequence();
   const base = {
     build: llamaPeerBuild(),
