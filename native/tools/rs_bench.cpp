@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
     {  // warm-up: maps the weights in
       auto s = m->create_session();
       s->forward({tokens.begin(), tokens.begin() + std::min(prompt, 16)}, none, routescope::LogitsMode::Last);
-      s->forward({1}, none, routescope::LogitsMode::Last);
+      if (prompt > 16 || decode > 0) s->forward({1}, none, routescope::LogitsMode::Last);
     }
     double prefill = 1e30, dec = 1e30, prefill_cpu = 1e30, dec_cpu = 1e30;
     for (int rep = 0; rep < repeat; ++rep) {
@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
     std::printf("{\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, \"prefill_cpu_seconds\": %.3f, "
                 "\"decode_cpu_seconds\": %.3f, \"prompt_tokens\": %d, \"decode_tokens\": %d, \"threads\": %d, "
                 "\"repeat\": %d, \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, \"active_parameters\": %llu}\n",
-                prompt / prefill, decode / dec, prefill_cpu, dec_cpu, prompt, decode, threads, repeat,
+                prompt / prefill, decode > 0 ? decode / dec : 0.0, prefill_cpu, dec_cpu, prompt, decode, threads, repeat,
                 ru.ru_maxrss / 1024.0, (unsigned long long)info.weight_bytes,
                 (unsigned long long)info.active_parameters);
   } catch (const std::exception& e) {
