@@ -12,6 +12,7 @@
 #include "cuda/backend.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
+#include "cpu/router.h"
 #include "model/model.h"
 #include "routescope/engine.h"
 
@@ -85,6 +86,10 @@ class ModelImpl : public Model {
     info_.threads = threads;
     info_.backend = "cpu";
     if (opts.backend == "cuda") {
+      const std::string gap = cuda::unsupported(ck_->config);
+      if (!gap.empty())
+        throw Error("NO_CUDA", "the CUDA backend does not run " + info_.model_type + " models yet (" + gap +
+                                   "); use backend cpu");
       device_ = cuda::DeviceModel::upload(*ck_);  // throws NO_CUDA / OOM with the reason
       info_.backend = "cuda";
       info_.device = device_->device_name();
@@ -324,10 +329,7 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
     if (req.mix_position < 0 || req.mix_position >= T) throw Error("BAD_ARGUMENT", "mix position outside the sequence");
     if (static_cast<int>(req.mix_logits.size()) != E) throw Error("BAD_ARGUMENT", "mix logits need one value per expert");
     std::vector<float> row(E);
-    float mx = *std::max_element(req.mix_logits.begin(), req.mix_logits.end());
-    double sum = 0;
-    for (int e = 0; e < E; ++e) sum += (row[e] = std::exp(req.mix_logits[e] - mx));
-    for (int e = 0; e < E; ++e) row[e] = static_cast<float>(row[e] / sum);
+    scores_from_logits(cfg.router.scoring, req.mix_logits.data(), E, row.data());  // softmax or sigmoid of θ
     patch.layers[req.mix_layer].mix[req.mix_position] = row;
     lowest = std::min(lowest, req.mix_layer);
   }
@@ -562,7 +564,11 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
     res.omega_before[l] = it->second;
     auto& th = theta[l];
     th.resize(E);
-    for (int e = 0; e < E; ++e) th[e] = std::log(std::max(1e-30f, it->second[e]));
+    // θ with scoring(θ) = ω: log ω for softmax routers, logit(ω) for sigmoid ones.
+    for (int e = 0; e < E; ++e) {
+      const float w = std::min(1.f - 1e-7f, std::max(1e-30f, it->second[e]));
+      th[e] = cfg.router.scoring == Scoring::Sigmoid ? std::log(w / (1.f - w)) : std::log(std::max(1e-30f, it->second[e]));
+    }
     std::vector<int> order(E);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return it->second[a] > it->second[b]; });
@@ -579,12 +585,9 @@ C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_in
   }
   if (!(wsum > 0)) throw Error("BAD_ARGUMENT", "neighbour weights must not all be zero");
   std::map<int, Adam> adam;
-  auto softmax = [&](const std::vector<float>& th) {
+  auto softmax = [&](const std::vector<float>& th) {  // ω = the router's scoring of θ (softmax or sigmoid)
     std::vector<float> w(E);
-    const float mx = *std::max_element(th.begin(), th.end());
-    double sum = 0;
-    for (int e = 0; e < E; ++e) sum += (w[e] = std::exp(th[e] - mx));
-    for (int e = 0; e < E; ++e) w[e] = static_cast<float>(w[e] / sum);
+    scores_from_logits(cfg.router.scoring, th.data(), E, w.data());
     return w;
   };
   // Per step, the K neighbours' last positions go up together: in each layer from the first critical one, attention

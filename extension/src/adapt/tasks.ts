@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../engine/patch';
-import { softmax } from './math';
+import { routerScores } from './math';
 
 export interface McItem {
   kind: 'mc';
@@ -92,7 +92,7 @@ export function questionText(item: TaskItem): string {
   return item.question ?? item.prompt;
 }
 
-/** Last-position routing: per MoE layer, the full softmax of the raw router logits (before top-k and patches). */
+/** Last-position routing: per MoE layer, the router scores of the raw router logits (softmax, or sigmoid for sigmoid routers; before top-k and patches). */
 export type Omega = Map<number, Float32Array>;
 
 export interface ForwardOutcome {
@@ -185,7 +185,7 @@ export class TaskRunner {
         onRouting?.(r);
         if (last < r.start || last >= r.start + r.count) return;
         const row = r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts);
-        omega.set(r.layer, softmax(row));
+        omega.set(r.layer, routerScores(this.info.routerScoring, row));
       },
     });
     return { logits: result.logits.subarray(result.logits.length - this.info.vocabSize), omega };
