@@ -10,7 +10,7 @@ import { diffRuns } from './runs/aggregate';
 import { traceCsv, traceSafetensors } from './runs/trace';
 import { EngineError, isCancelled } from './engine/protocol';
 import type { Backend } from './engine/native';
-import { PatchError } from './engine/patch';
+import { PatchError } from '../../common/src/patch';
 import { parsePromptFile, promptAt } from './prompts/parse';
 import { addPromptLenses, type PromptArgument } from './prompts/codeLens';
 import { readSettings, type C3poMethod } from './adapt/settings';
@@ -18,7 +18,8 @@ import { AdaptPanel } from './views/adaptPanel';
 import type { NativeRerouteRound } from './engine/native';
 import { PATCH_URI } from './views/patchDocument';
 import type { ExpertItem, RunItem } from './views/sidePanel';
-import { applyPatchEdit, type PatchEdit } from '../../webview/src/protocol';
+import { applyPatchEdit, clearExpertEdits, type PatchEdit } from '../../common/src/patchEdit';
+import { FILE_KINDS, readTextFile } from './common/files';
 
 /** Where runs are drawn (the routing panel, views/routingPanel.ts). */
 export interface RoutingDisplay {
@@ -51,9 +52,15 @@ export function checkModelFolder(dir: string): string | undefined {
   const config = path.join(dir, 'config.json');
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return `${dir}: not a folder`;
   if (!fs.existsSync(config)) return `${dir}: no config.json (a Hugging Face model folder has config.json and *.safetensors)`;
+  let text: string;
   try {
-    const value = JSON.parse(fs.readFileSync(config, 'utf8')) as { model_type?: unknown };
-    if (typeof value.model_type !== 'string') return `${config}: no "model_type"`;
+    text = readTextFile(config, FILE_KINDS.config); // never blocks the extension host on a FIFO
+  } catch (error) {
+    return (error as Error).message;
+  }
+  try {
+    const value = JSON.parse(text) as { model_type?: unknown } | null;
+    if (typeof value?.model_type !== 'string') return `${config}: no "model_type"`;
   } catch (error) {
     return `${config}: invalid JSON (${(error as Error).message})`;
   }
@@ -576,11 +583,8 @@ export function registerCommands(c: CommandContext): vscode.Disposable[] {
     register('routescope.clearExpertEdits', (arg: unknown) => {
       const ref = expertFromArg(arg);
       if (!ref) return;
-      let patch = applyPatchEdit(session.patch, { op: 'unmask', ...ref });
-      patch = applyPatchEdit(patch, { op: 'unforce', ...ref });
-      patch = applyPatchEdit(patch, { op: 'unbias', ...ref });
       try {
-        session.setPatch(patch);
+        session.setPatch(clearExpertEdits(session.patch, ref.layer, ref.expert));
       } catch (error) {
         report('Clear Expert Edits', error);
       }

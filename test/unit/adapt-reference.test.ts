@@ -15,6 +15,7 @@ import { DEFAULT_C3PO, DEFAULT_REROUTE } from '../../extension/src/adapt/setting
 import { compareRemix, compareReroute } from '../../extension/src/adapt/compare';
 import { TaskRunner, readTasks, type McItem } from '../../extension/src/adapt/tasks';
 import { ROOT, tempDir } from '../helpers/cli';
+import { readSafetensorsRaw, writeSafetensorsRaw } from '../helpers/safetensors';
 import { mcItems, mcModel, writeJsonl } from '../helpers/adapt';
 
 let tmp = '';
@@ -194,4 +195,93 @@ test('panel comparisons: C3PO re-mix before/after and generation with/without re
   assert.equal(rr.rerouted.tokens.length, 7);
   assert.deepEqual(rounds, [prompt.length, prompt.length + 3, prompt.length + 6]);
   assert.deepEqual(Object.keys(rr.delta).map(Number), info.moeLayers);
+});
+
+test('malformed reference sets: every variant is a one-line BAD_REFERENCE naming the file, never a TypeError', () => {
+  const info = model.info();
+  const variants: [string, (dir: string) => void][] = [];
+  const editJson = (file: string, edit: (v: Record<string, unknown>) => void) => (dir: string) => {
+    const full = path.join(dir, file);
+    const v = JSON.parse(fs.readFileSync(full, 'utf8'));
+    edit(v);
+    fs.writeFileSync(full, JSON.stringify(v));
+  };
+  const wrong: unknown[] = [null, '8', [], {}, -1, 1.5, true];
+  const manifestFields: [string, (m: Record<string, unknown>, v: unknown) => void][] = [
+    ['format', (m, v) => (m.format = v)],
+    ['model', (m, v) => (m.model = v)],
+    ['model.weights', (m, v) => ((m.model as Record<string, unknown>).weights = v)],
+    ['model.weights[0]', (m, v) => (((m.model as Record<string, unknown>).weights as unknown[])[0] = v)],
+    ['model.config_sha256', (m, v) => ((m.model as Record<string, unknown>).config_sha256 = v)],
+    ['embedder', (m, v) => (m.embedder = v)],
+    ['embedder.layer', (m, v) => ((m.embedder as Record<string, unknown>).layer = v)],
+    ['moe_layers', (m, v) => (m.moe_layers = v)],
+    ['num_experts', (m, v) => (m.num_experts = v)],
+    ['embedding_dim', (m, v) => (m.embedding_dim = v)],
+    ['items', (m, v) => (m.items = v)],
+  ];
+  for (const [field, set] of manifestFields) {
+    for (const v of wrong) variants.push([`manifest ${field} = ${JSON.stringify(v)}`, editJson('manifest.json', (m) => set(m, v))]);
+  }
+  variants.push(['manifest: not JSON', (d) => fs.writeFileSync(path.join(d, 'manifest.json'), '{"format":')]);
+  variants.push(['manifest: a list', (d) => fs.writeFileSync(path.join(d, 'manifest.json'), '[]')]);
+  variants.push(['manifest: moe_layers of another model', editJson('manifest.json', (m) => (m.moe_layers = [0]))]);
+  variants.push(['manifest: num_experts of another model', editJson('manifest.json', (m) => (m.num_experts = 4))]);
+  const index = (edit: (lines: string[]) => string[]) => (dir: string) => {
+    const file = path.join(dir, 'index.jsonl');
+    fs.writeFileSync(file, edit(fs.readFileSync(file, 'utf8').trim().split('\n')).join('\n') + '\n');
+  };
+  const entry = (edit: (e: Record<string, unknown>) => void) => index((lines) => {
+    const e = JSON.parse(lines[0]);
+    edit(e);
+    return [JSON.stringify(e), ...lines.slice(1)];
+  });
+  variants.push(['index: a null line', index((l) => [...l.slice(0, 1), 'null', ...l.slice(1)])]);
+  variants.push(['index: not JSON', index((l) => ['{', ...l.slice(1)])]);
+  variants.push(['index: a line missing', index((l) => l.slice(1))]);
+  for (const key of ['id', 'prompt', 'question', 'answer', 'skill']) variants.push([`index: ${key} = 3`, entry((e) => (e[key] = 3))]);
+  for (const t of [-1, 96, 1e9, 1.5, '3', null]) variants.push([`index: answer_token = ${JSON.stringify(t)}`, entry((e) => (e.answer_token = t))]);
+  const tensor = (file: string, edit: (st: ReturnType<typeof readSafetensorsRaw>) => void) => (dir: string) => {
+    const st = readSafetensorsRaw(path.join(dir, file));
+    st.data = Buffer.from(st.data);
+    edit(st);
+    writeSafetensorsRaw(path.join(dir, file), st);
+  };
+  for (const file of ['routing.safetensors', 'embeddings.safetensors']) {
+    const name = file.split('.')[0];
+    variants.push([`${file}: data_offsets from -8`, tensor(file, (st) => (st.header[name].data_offsets = [-8, st.header[name].data_offsets[1] - 8]))]);
+    variants.push([`${file}: dtype F16`, tensor(file, (st) => (st.header[name].dtype = 'F16'))]);
+    variants.push([`${file}: shape [2]`, tensor(file, (st) => (st.header[name].shape = [2]))]);
+    variants.push([`${file}: NaN`, tensor(file, (st) => st.data.writeFloatLE(NaN, 8))]);
+    variants.push([`${file}: -Infinity`, tensor(file, (st) => st.data.writeFloatLE(-Infinity, 0))]);
+    variants.push([`${file}: tensor renamed`, tensor(file, (st) => ((st.header.other = st.header[name]), delete st.header[name]))]);
+    variants.push([`${file}: truncated`, (d) => fs.truncateSync(path.join(d, file), 20)]);
+    variants.push([`${file}: header length past the end`, (d) => {
+      const bytes = fs.readFileSync(path.join(d, file));
+      bytes.writeBigUInt64LE(1n << 40n, 0);
+      fs.writeFileSync(path.join(d, file), bytes);
+    }]);
+    variants.push([`${file}: a gap after the tensor`, (d) => fs.appendFileSync(path.join(d, file), Buffer.alloc(8))]);
+    variants.push([`${file}: missing`, (d) => fs.rmSync(path.join(d, file))]);
+  }
+  variants.push(['routing: a row summing to 2', tensor('routing.safetensors', (st) => st.data.writeFloatLE(st.data.readFloatLE(0) + 1, 0))]);
+  variants.push(['routing: a negative probability', tensor('routing.safetensors', (st) => st.data.writeFloatLE(-0.5, 4))]);
+  assert.ok(variants.length >= 33, `${variants.length} variants`);
+  let n = 0;
+  for (const [name, edit] of variants) {
+    const dir = path.join(tmp, `bad-ref-${n++}`);
+    fs.cpSync(refDir, dir, { recursive: true });
+    edit(dir);
+    assert.throws(
+      () => loadReference(dir, info, modelDir),
+      (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'BAD_REFERENCE', `${name}: ${e.constructor.name} ${e.message}`);
+        assert.ok(e.message.startsWith(dir), `${name}: "${e.message}" should name a file of the set`);
+        assert.doesNotMatch(e.message, /\n|undefined|Cannot read|is not a function/, name);
+        return true;
+      },
+      name,
+    );
+    fs.rmSync(dir, { recursive: true });
+  }
 });

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parsePromptFile, promptAt, promptFileKind } from '../../extension/src/prompts/parse';
+import { parsePromptFile, promptAt, promptFileKind, sectionTitle } from '../../extension/src/prompts/parse';
 import { ROOT } from '../helpers/cli';
 
 test('markdown: each "## " section body is one prompt, without surrounding blank lines; the preamble is not', () => {
@@ -113,4 +113,22 @@ test('file kinds, and the shipped demo prompts parse into their sections', () =>
     assert.ok(p.text.trim() === p.text && p.text.length > 0, p.title);
     assert.doesNotMatch(p.text, /^## /m);
   }
+});
+
+test('a heading line of many blanks parses in linear time, with the title the old rule gave', { timeout: 60_000 }, () => {
+  // The former rule /^##(?!#)\s*(.*?)\s*#*\s*$/ took cubic time here (40 s for 5,000 spaces); 200,000 would take
+  // hours. Only the test timeout could fail this one: a scan takes microseconds.
+  for (const n of [5_000, 200_000]) {
+    const blanks = ' '.repeat(n);
+    const text = `##${blanks}x\n\nbody\n\n##${blanks}\n\n##${blanks}${'#'.repeat(n)}${blanks}\n`;
+    const { prompts, problems } = parsePromptFile('x.prompts.md', text);
+    assert.deepEqual(prompts.map((p) => [p.title, p.text]), [['x', 'body']]);
+    assert.equal(problems.length, 2);
+  }
+  assert.equal(sectionTitle('## Title ##'), 'Title');
+  assert.equal(sectionTitle('##Title#  '), 'Title');
+  assert.equal(sectionTitle('##   '), '');
+  assert.equal(sectionTitle('### deeper'), undefined);
+  assert.equal(sectionTitle('# top'), undefined);
+  assert.equal(sectionTitle('## C# and F#'), 'C# and F');
 });

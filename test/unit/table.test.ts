@@ -72,5 +72,6 @@ test('float32 values print in their shortest round-tripping form', () => {
   }
   assert.equal(formatF32(Math.fround(0.1)), '0.1');
   assert.equal(formatF32(0), '0');
-  assert.equal(formatF32(NaN), 'null');
+  assert.throws(() => formatF32(NaN), (e: Error & { code?: string }) => e.code === 'NOT_FINITE');
+  assert.throws(() => formatF32(Infinity), (e: Error & { code?: string }) => e.code === 'NOT_FINITE');
 });

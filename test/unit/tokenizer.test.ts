@@ -44,3 +44,9 @@ test('clear errors when the files are missing or broken', () => {
   assert.throws(() => loadTokenizer(dir), /tokenizer_config\.json: invalid JSON \(not a JSON object\)/);
   fs.rmSync(dir, { recursive: true });
 });
+
+test('decoding no tokens is the empty text (generation that stops at EOS first), not a library error', () => {
+  const dir = folder();
+  assert.equal(loadTokenizer(dir).decode([]), '');
+  fs.rmSync(dir, { recursive: true });
+});

@@ -8,6 +8,7 @@ import type * as Ort from 'onnxruntime-node';
 import type { NativeSession } from '../engine/native';
 import { l2normalize } from './math';
 import { sha256File, type EmbedderIdentity } from './identity';
+import { FILE_KINDS, openRegularFile, readTextFile } from '../common/files';
 
 export interface Embedder {
   readonly identity: EmbedderIdentity;
@@ -70,11 +71,14 @@ export class OnnxEmbedder implements Embedder {
     for (const file of [modelFile, tokenizerFile]) {
       if (!fs.existsSync(file)) throw new EmbedderError(`${file}: not found (an embedder folder holds model.onnx and tokenizer.json)`);
     }
+    const fail = (message: string): Error => new EmbedderError(message);
+    fs.closeSync(openRegularFile(modelFile, FILE_KINDS.onnxModel, fail).fd); // onnxruntime would block on a FIFO
+    const configFile = path.join(folder, 'tokenizer_config.json');
+    const configText = fs.existsSync(configFile) ? readTextFile(configFile, FILE_KINDS.tokenizerConfig, fail) : '{}';
+    const tokenizerText = readTextFile(tokenizerFile, FILE_KINDS.tokenizer, fail);
     let tokenizer: Tokenizer;
     try {
-      const configFile = path.join(folder, 'tokenizer_config.json');
-      const config = fs.existsSync(configFile) ? JSON.parse(fs.readFileSync(configFile, 'utf8')) : {};
-      tokenizer = new Tokenizer(JSON.parse(fs.readFileSync(tokenizerFile, 'utf8')), config);
+      tokenizer = new Tokenizer(JSON.parse(tokenizerText), JSON.parse(configText));
     } catch (error) {
       throw new EmbedderError(`${tokenizerFile}: cannot load the tokenizer (${(error as Error).message})`);
     }

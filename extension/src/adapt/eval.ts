@@ -124,7 +124,7 @@ export async function runEval(o: EvalOptions): Promise<EvalSummary> {
 export function summarise(method: EvalMethod, total: number, records: ItemRecord[], cancelled: boolean): EvalSummary {
   const n = records.length;
   const frac = (k: number, of: number): number => (of ? k / of : 0);
-  const perSkill: EvalSummary['per_skill'] = {};
+  const perSkill: EvalSummary['per_skill'] = Object.create(null); // skills are user text: "__proto__" is a skill too
   for (const r of records) {
     const s = (perSkill[r.skill || '(none)'] ??= { items: 0, none: 0, method: 0 });
     s.items++;

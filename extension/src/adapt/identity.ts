@@ -3,6 +3,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { FILE_KINDS, openRegularFile, type FileKind } from '../common/files';
 
 export interface ModelIdentity {
   model_type: string;
@@ -16,9 +17,9 @@ export type EmbedderIdentity =
   | { kind: 'self'; layer: number }
   | { kind: 'onnx'; dir: string; model_sha256: string; tokenizer_sha256: string };
 
-export function sha256File(file: string): string {
+export function sha256File(file: string, kind?: FileKind): string {
   const hash = crypto.createHash('sha256');
-  const fd = fs.openSync(file, 'r');
+  const { fd } = openRegularFile(file, kind);
   try {
     const buffer = Buffer.alloc(1 << 20);
     for (;;) {
@@ -32,14 +33,16 @@ export function sha256File(file: string): string {
   return hash.digest('hex');
 }
 
+/** Largest safetensors JSON header read, as in the engine (native/src/util/files.h). */
+const MAX_SAFETENSORS_HEADER = 100_000_000;
+
 function safetensorsHeaderHash(file: string): string {
-  const fd = fs.openSync(file, 'r');
+  const { fd, size } = openRegularFile(file);
   try {
     const prefix = Buffer.alloc(8);
     fs.readSync(fd, prefix, 0, 8, 0);
     const n = Number(prefix.readBigUInt64LE(0));
-    const size = fs.fstatSync(fd).size;
-    const header = Buffer.alloc(Math.max(0, Math.min(n, size - 8)));
+    const header = Buffer.alloc(Math.max(0, Math.min(n, size - 8, MAX_SAFETENSORS_HEADER)));
     fs.readSync(fd, header, 0, header.length, 8);
     return crypto.createHash('sha256').update(prefix).update(header).digest('hex');
   } finally {
@@ -59,9 +62,9 @@ export function modelIdentity(dir: string, modelType: string): ModelIdentity {
   const tokenizer = path.join(dir, 'tokenizer.json');
   return {
     model_type: modelType,
-    config_sha256: sha256File(path.join(dir, 'config.json')),
+    config_sha256: sha256File(path.join(dir, 'config.json'), FILE_KINDS.config),
     weights,
-    tokenizer_sha256: fs.existsSync(tokenizer) ? sha256File(tokenizer) : null,
+    tokenizer_sha256: fs.existsSync(tokenizer) ? sha256File(tokenizer, FILE_KINDS.tokenizer) : null,
   };
 }
 

@@ -3,10 +3,10 @@
 //     (" A" … " D") has the highest log-probability at the last prompt position;
 //   generative {"id","skill","prompt","answer"}: greedy decoding (at most 16 tokens, cut at the first newline),
 //     exact match of the trimmed text.
-import * as fs from 'node:fs';
+import { FILE_KINDS, readTextFile } from '../common/files';
 import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
-import { serializePatch, type RoutingPatch } from '../engine/patch';
+import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
 import { routerScores } from './math';
 
 export interface McItem {
@@ -35,13 +35,7 @@ export class TaskError extends Error {
 export const GEN_MAX_NEW_TOKENS = 16;
 
 export function readTasks(file: string): TaskItem[] {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new TaskError(`${file}: ${code === 'ENOENT' ? 'not found' : `cannot read (${code})`}`);
-  }
+  const text = readTextFile(file, FILE_KINDS.tasks, (message) => new TaskError(message));
   const items: TaskItem[] = [];
   const ids = new Set<string>();
   text.split('\n').forEach((line, i) => {
@@ -53,6 +47,7 @@ export function readTasks(file: string): TaskItem[] {
     } catch (error) {
       throw new TaskError(`${where}: invalid JSON (${(error as Error).message})`);
     }
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new TaskError(`${where}: expected a JSON object (an item), got ${v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v}`);
     const str = (key: string): string => {
       if (typeof v[key] !== 'string' || v[key] === '') throw new TaskError(`${where}: "${key}" must be a non-empty string`);
       return v[key] as string;
@@ -70,7 +65,7 @@ export function readTasks(file: string): TaskItem[] {
         if (!/^[A-Z]$/.test(letter) || typeof value !== 'string') throw new TaskError(`${where}: option keys must be single capital letters with text values`);
       }
       const answer = str('answer');
-      if (!(answer in options)) throw new TaskError(`${where}: answer "${answer}" is not one of the options`);
+      if (!Object.hasOwn(options, answer)) throw new TaskError(`${where}: answer "${answer}" is not one of the options`);
       items.push({ kind: 'mc', id, skill, question: str('question'), options: options as Record<string, string>, answer, prompt: str('prompt') });
     } else {
       items.push({

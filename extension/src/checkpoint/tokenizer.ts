@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { FILE_KINDS, readTextFile, type FileKind } from '../common/files';
 
 export class TokenizerError extends Error {
   readonly code = 'NO_TOKENIZER';
@@ -14,16 +15,9 @@ export interface ModelTokenizer {
   tokenText(id: number): string;
 }
 
-function readJson(file: string): object {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new TokenizerError(
-      code === 'ENOENT' ? `${file}: not found (pass --tokens to give token ids directly)` : `${file}: cannot read (${code})`,
-    );
-  }
+function readJson(file: string, kind: FileKind): object {
+  if (!fs.existsSync(file)) throw new TokenizerError(`${file}: not found (pass --tokens to give token ids directly)`);
+  const text = readTextFile(file, kind, (message) => new TokenizerError(message));
   try {
     const value: unknown = JSON.parse(text);
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('not a JSON object');
@@ -36,8 +30,8 @@ function readJson(file: string): object {
 export function loadTokenizer(modelDir: string): ModelTokenizer {
   const tokenizerFile = path.join(modelDir, 'tokenizer.json');
   const configFile = path.join(modelDir, 'tokenizer_config.json');
-  const tokenizerJson = readJson(tokenizerFile);
-  const config = fs.existsSync(configFile) ? readJson(configFile) : {};
+  const tokenizerJson = readJson(tokenizerFile, FILE_KINDS.tokenizer);
+  const config = fs.existsSync(configFile) ? readJson(configFile, FILE_KINDS.tokenizerConfig) : {};
   let tokenizer: Tokenizer;
   try {
     tokenizer = new Tokenizer(tokenizerJson, config);
@@ -52,7 +46,8 @@ export function loadTokenizer(modelDir: string): ModelTokenizer {
       const ids = tokenizer.encode(text, { add_special_tokens: false }).ids;
       return bosId !== undefined && ids[0] !== bosId ? [bosId, ...ids] : ids;
     },
-    decode: (ids) => tokenizer.decode([...ids], { skip_special_tokens: false }),
+    // The library refuses an empty list (e.g. generation that stopped at EOS first): that is the empty text.
+    decode: (ids) => (ids.length === 0 ? '' : tokenizer.decode([...ids], { skip_special_tokens: false })),
     tokenText: (id) => {
       const piece = tokenizer.id_to_token(id);
       let decoded = tokenizer.decode([id], { skip_special_tokens: false });

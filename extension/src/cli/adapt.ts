@@ -10,10 +10,11 @@ import { C3po } from '../adapt/c3po';
 import { OnnxEmbedder, SelfEmbedder, type Embedder } from '../adapt/embedder';
 import { C3PO_METHOD, EVAL_METHODS, describeMethod, runEval, type EvalMethod, type EvalSummary } from '../adapt/eval';
 import { sameEmbedder, describeEmbedder } from '../adapt/identity';
-import { buildReference, loadReference, saveReference, type ReferenceSet } from '../adapt/reference';
+import { buildReference, checkReferenceOutput, loadReference, saveReference, type ReferenceSet } from '../adapt/reference';
 import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, checkC3poSettings, checkRerouteSettings, type C3poSettings, type RerouteSettings } from '../adapt/settings';
 import { TaskRunner, readTasks, type TaskItem } from '../adapt/tasks';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber } from './args';
+import { jsonText } from './output';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Interruption: the first Ctrl-C asks the running command to stop after the current step (the engine call in
@@ -95,9 +96,7 @@ async function referenceBuild(options: ReferenceBuildOptions): Promise<void> {
   let items = readTasks(options.data);
   if (limit !== undefined) items = items.slice(0, limit);
   const outDir = path.resolve(options.out);
-  if (fs.existsSync(outDir) && fs.readdirSync(outDir).length > 0 && !fs.existsSync(path.join(outDir, 'manifest.json'))) {
-    throw new CliError(`${options.out}: exists and is not a reference set; choose an empty or new folder`);
-  }
+  checkReferenceOutput(outDir, `--out ${options.out}`);
   const { model, info, dir } = openModel(options);
   const tokenizer = loadTokenizer(dir);
   const session = model.createSession();
@@ -130,7 +129,7 @@ async function referenceBuild(options: ReferenceBuildOptions): Promise<void> {
       embedding_dim: manifest.embedding_dim,
       seconds,
     };
-    if (options.json) out(JSON.stringify(report) + '\n');
+    if (options.json) out(jsonText(report) + '\n');
     else
       out(
         `reference set ${outDir}: kept ${report.kept} of ${report.items} items (answered correctly), ` +
@@ -255,7 +254,7 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
       shouldStop: () => stopRequested,
       ...(load ? { onRouting: (item: TaskItem, r: NativeLayerRouting, last: number) => load.add(item.skill, r, last) } : {}),
       onRecord: (record) => {
-        if (logFd !== undefined) fs.writeSync(logFd, JSON.stringify(record) + '\n');
+        if (logFd !== undefined) fs.writeSync(logFd, jsonText(record) + '\n');
       },
       onProgress: (p) => {
         const text = `[${p.done}/${p.total}] none ${pct(p.noneCorrect / p.done)}  ${method} ${pct(p.methodCorrect / p.done)}`;
@@ -264,7 +263,7 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
       },
     });
     const extra = { ...(options.log ? { log: path.resolve(options.log) } : {}), ...(load ? { expert_load: load.toJSON() } : {}) };
-    if (options.json) out(JSON.stringify({ ...summary, ...extra }) + '\n');
+    if (options.json) out(jsonText({ ...summary, ...extra }) + '\n');
     else out(formatSummary(summary, options.log) + (load ? formatExpertLoad(load.toJSON()) : ''));
     if (summary.cancelled) {
       throw new CliError(`cancelled after ${summary.completed} of ${summary.items} items${options.log ? `; ${options.log} holds them` : ''}`, 130);
@@ -320,7 +319,7 @@ export class ExpertLoad {
         const total = s.reduce((a, b) => a + b, 0);
         return Array.from(s, (v) => (total ? v / total : 0));
       });
-    const perSkill: ExpertLoadJSON['per_skill'] = {};
+    const perSkill: ExpertLoadJSON['per_skill'] = Object.create(null); // skills are user text ("__proto__" too)
     for (const skill of [...this.counts.keys()].sort()) {
       const c = this.counts.get(skill)!;
       perSkill[skill] = { tokens: c.tokens, items: c.items, share: norm(c.all), last: norm(c.last) };

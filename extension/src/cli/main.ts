@@ -7,10 +7,12 @@ import { Command, CommanderError, Option } from 'commander';
 import { loadAddon, packageRoot } from '../engine/addon';
 import type { NativeModel, NativeModelInfo, NativeSession } from '../engine/native';
 import { RoutingCollector } from '../engine/routing';
-import { PatchError, parsePatch, serializePatch } from '../engine/patch';
+import { PatchError, parsePatch, serializePatch } from '../../../common/src/patch';
 import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber, parseSpan } from './args';
-import { describeModel, f32Row, f32Rows, formatBytes, formatF32, intRow, modelInfoJson, writeJsonObject } from './output';
+import { describeModel, f32Row, f32Rows, formatBytes, formatF32, formatNumber, intRow, jsonText, modelInfoJson, requireFinite, writeJsonObject } from './output';
+import { FILE_KINDS, readTextFile } from '../common/files';
+import type { LayerRoutingRows } from '../engine/routing';
 import { formatRoutingTable, formatWeight, visibleToken } from './table';
 import { adaptInterrupt, registerAdaptCommands } from './adapt';
 
@@ -161,13 +163,8 @@ export function checkTokens(flag: string, tokens: readonly number[], info: Nativ
 
 function readPatch(file: string | undefined, info: NativeModelInfo): string | undefined {
   if (file === undefined) return undefined;
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new CliError(`${file}: ${code === 'ENOENT' ? 'patch file not found' : `cannot read the patch file (${code})`}`);
-  }
+  if (!fs.existsSync(file)) throw new CliError(`${file}: patch file not found`);
+  const text = readTextFile(file, FILE_KINDS.patch, (message) => new CliError(message));
   try {
     return serializePatch(parsePatch(text, file, info));
   } catch (error) {
@@ -199,6 +196,16 @@ function formatTopTokens(row: Float32Array, tokenizer: ModelTokenizer | undefine
     .join('  ');
 }
 
+/** Refuses routing that holds NaN/Inf before anything is printed. */
+function requireFiniteRouting(dir: string, layers: LayerRoutingRows[]): void {
+  for (const l of layers) {
+    l.positions.forEach((p, i) => {
+      requireFinite(`${dir}: the router logits of layer ${l.layer} at position ${p}`, l.routerLogits[i]);
+      requireFinite(`${dir}: the routing weights of layer ${l.layer} at position ${p}`, l.weights[i]);
+    });
+  }
+}
+
 function truncateLabel(text: string): string {
   const cs = Array.from(text);
   return cs.length > 16 ? cs.slice(0, 15).join('') + '…' : text;
@@ -226,6 +233,8 @@ async function inspect(options: InspectOptions): Promise<void> {
     );
     const layers = routing.layers(0, tokens.length);
     const vocab = result.rows > 0 ? result.logits.length / result.rows : info.vocabSize;
+    requireFinite(`${dir}: the logits`, result.logits, vocab);
+    requireFiniteRouting(dir, layers);
 
     if (options.json) {
       writeJsonObject(out, [
@@ -281,13 +290,16 @@ interface MixRequest {
   logits: number[];
 }
 
+/** Largest float32 magnitude: logits beyond it would become ±Infinity, and the loss NaN. */
+const F32_MAX = 3.4028234663852886e38;
+
 function readMix(file: string, info: NativeModelInfo, tokenCount: number): MixRequest {
+  const text = readTextFile(file, FILE_KINDS.mix, (message) => new CliError(message));
   let value: unknown;
   try {
-    value = JSON.parse(fs.readFileSync(file, 'utf8'));
+    value = JSON.parse(text);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new CliError(`${file}: ${code ? `cannot read (${code})` : `invalid JSON (${(error as Error).message})`}`);
+    throw new CliError(`${file}: invalid JSON (${(error as Error).message})`);
   }
   const mix = value as Partial<MixRequest> | null;
   if (
@@ -303,6 +315,8 @@ function readMix(file: string, info: NativeModelInfo, tokenCount: number): MixRe
   checkLayers(file, [mix.layer!], info);
   if (mix.position! < 0 || mix.position! >= tokenCount) throw new CliError(`${file}: position ${mix.position} is outside the ${tokenCount} tokens`);
   if (mix.logits.length !== info.numExperts) throw new CliError(`${file}: logits has ${mix.logits.length} values, expected ${info.numExperts} (one per expert)`);
+  const beyond = mix.logits.findIndex((v) => Math.abs(v) > F32_MAX);
+  if (beyond >= 0) throw new CliError(`${file}: logits[${beyond}] = ${mix.logits[beyond]} is beyond float32 range (|x| <= 3.4e38)`);
   return mix as MixRequest;
 }
 
@@ -330,9 +344,12 @@ async function grad(options: GradOptions): Promise<void> {
       }),
     );
     const keys = Object.keys(result.biasGrad).sort((a, b) => Number(a) - Number(b));
+    requireFinite(`${dir}: the loss`, [result.loss]);
+    for (const key of keys) requireFinite(`${dir}: the router bias gradients of layer ${key}`, result.biasGrad[key]);
+    if (result.mixGrad) requireFinite(`${options.mix ?? dir}: the mix gradients`, result.mixGrad);
     if (options.json) {
       const entries: [string, string | string[]][] = [
-        ['loss', String(result.loss)],
+        ['loss', formatNumber(result.loss)],
         ['bias_grad', `{${keys.map((k) => `${JSON.stringify(k)}:${f32Row(result.biasGrad[k])}`).join(',')}}`],
       ];
       if (mix && result.mixGrad) entries.push(['mix_grad', f32Row(result.mixGrad)]);
@@ -409,6 +426,7 @@ async function generate(options: GenerateOptions): Promise<void> {
       }),
     );
     const generated = [...result.tokens];
+    if (routing) requireFiniteRouting(dir, routing.layers(prompt.length));
     if (options.json) {
       const entries: [string, string | string[]][] = [
         ['prompt_tokens', intRow(prompt)],
@@ -499,7 +517,7 @@ async function bench(options: BenchOptions): Promise<void> {
       model: modelInfoJson(info),
     };
     if (options.json) {
-      out(JSON.stringify(report) + '\n');
+      out(jsonText(report) + '\n');
       return;
     }
     out(`${describeModel(info)}\n`);
@@ -516,7 +534,7 @@ async function info(options: CommonOptions): Promise<void> {
   const { model, info } = openModel(options);
   try {
     if (options.json) {
-      out(JSON.stringify(modelInfoJson(info)) + '\n');
+      out(jsonText(modelInfoJson(info)) + '\n');
       return;
     }
     out(`${info.dir}\n${describeModel(info)}\n`);

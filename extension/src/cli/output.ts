@@ -1,9 +1,40 @@
 // JSON output for scripts: float32 values in their shortest round-tripping form, large arrays written in pieces.
+// NaN and ±Infinity are never printed as figures: they are refused with a one-line error (NonFiniteError).
 import type { NativeModelInfo } from '../engine/native';
 
-/** The shortest decimal that reads back as the same float32 (NaN/±Inf → null, as JSON has no such numbers). */
+/** A result that holds NaN or ±Infinity where a figure belongs; the CLI reports it instead of printing it. */
+export class NonFiniteError extends Error {
+  readonly code = 'NOT_FINITE';
+}
+
+/** Throws NonFiniteError when `values` holds NaN or ±Infinity; `what` names the result ("the logits"). */
+export function requireFinite(what: string, values: ArrayLike<number>, rowLength = 0): void {
+  for (let i = 0; i < values.length; i++) {
+    if (Number.isFinite(values[i])) continue;
+    const at = rowLength > 0 ? ` (row ${Math.floor(i / rowLength)}, column ${i % rowLength})` : values.length > 1 ? ` (index ${i})` : '';
+    throw new NonFiniteError(`${what} ${values.length === 1 ? 'is' : 'include'} ${values[i]}${at}; not printed (the weights or inputs may hold NaN, Inf or values beyond float32 range)`);
+  }
+}
+
+/** A figure for JSON or text output; refuses NaN and ±Infinity. */
+export function formatNumber(x: number): string {
+  if (!Number.isFinite(x)) throw new NonFiniteError(`a result holds ${x}; not printed`);
+  return String(x);
+}
+
+/** JSON.stringify that refuses NaN and ±Infinity (JSON.stringify would silently write null). */
+export function jsonText(value: unknown): string {
+  return JSON.stringify(value, (key, v: unknown) => {
+    if (typeof v === 'number' && !Number.isFinite(v)) {
+      throw new NonFiniteError(`${key ? `"${key}"` : 'a result'} is ${v}; not printed (JSON has no such number)`);
+    }
+    return v;
+  });
+}
+
+/** The shortest decimal that reads back as the same float32; NaN/±Inf are refused (NonFiniteError). */
 export function formatF32(x: number): string {
-  if (!Number.isFinite(x)) return 'null';
+  if (!Number.isFinite(x)) throw new NonFiniteError(`a result holds ${x}; not printed (JSON has no such number)`);
   if (x === 0) return '0';
   for (let digits = 6; digits < 9; digits++) {
     const text = x.toPrecision(digits);

@@ -123,8 +123,14 @@ export class EngineHost {
     const forward = (chunk: Buffer): void => {
       for (const line of chunk.toString('utf8').split('\n')) if (line.trim()) this.log(`[engine ${child.pid}] ${line}`);
     };
+    // The engine's last word before dying (e.g. "routescope: <file>: the model file changed while it was in use").
+    let lastError = '';
     child.stdout?.on('data', forward);
-    child.stderr?.on('data', forward);
+    child.stderr?.on('data', (chunk: Buffer) => {
+      forward(chunk);
+      const lines = chunk.toString('utf8').split('\n').filter((l) => l.trim() !== '');
+      if (lines.length > 0) lastError = lines[lines.length - 1].replace(/^routescope: /, '').slice(0, 500);
+    });
     this.ready = new Promise<void>((resolve, reject) => {
       let started = false;
       child.on('message', (message: WorkerMessage) => {
@@ -149,7 +155,7 @@ export class EngineHost {
         const expected = this.stopping.has(child);
         const message = expected
           ? 'the engine process was stopped'
-          : `the engine process exited unexpectedly (${signal ? `signal ${signal}` : `exit code ${code}`}); it restarts on the next action`;
+          : `the engine process exited unexpectedly (${signal ? `signal ${signal}` : `exit code ${code}`}${lastError ? `: ${lastError}` : ''}); it restarts on the next action`;
         if (!started) reject(new EngineError('ENGINE_DIED', message));
         this.onExit(child, { pid: child.pid ?? -1, code, signal, expected, message });
       });

@@ -50,8 +50,18 @@ function shortTitle(text: string): string {
 }
 
 const FENCE = /^( {0,3})(`{3,}|~{3,})(.*)$/;
-const SECTION = /^##(?!#)\s*(.*?)\s*#*\s*$/;
 const TOP_HEADING = /^#(?!#)\s/;
+
+/** The title of a "## " heading line (closing #s and surrounding blanks dropped), or undefined for other lines.
+ *  A scan, not a regex with nested quantifiers: a heading of 5,000 blanks must not take cubic time. */
+export function sectionTitle(line: string): string | undefined {
+  if (!line.startsWith('##') || line.startsWith('###')) return undefined;
+  let title = line.slice(2).trimEnd();
+  let end = title.length;
+  while (end > 0 && title[end - 1] === '#') end--;
+  title = title.slice(0, end).trim();
+  return title;
+}
 
 export function parseMarkdownPrompts(text: string): ParsedPrompts {
   const lines = text.split(/\r?\n/);
@@ -124,10 +134,10 @@ export function parseMarkdownPrompts(text: string): ParsedPrompts {
       i = j;
       continue;
     }
-    const heading = SECTION.exec(line);
-    if (heading) {
+    const title = sectionTitle(line);
+    if (title !== undefined) {
       closeSection(i);
-      section = { title: heading[1], headingLine: i, bodyStart: i + 1, blocks: 0 };
+      section = { title, headingLine: i, bodyStart: i + 1, blocks: 0 };
       continue;
     }
     if (TOP_HEADING.test(line)) closeSection(i);

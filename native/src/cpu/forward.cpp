@@ -61,6 +61,7 @@ void Decoder::rope_angles(int pos, std::vector<float>& cos_t, std::vector<float>
 }
 
 void Decoder::embed(const std::vector<int>& tokens, float* h) const {
+  ck_.check_files_unchanged();  // every call that starts from tokens: a truncated file is an error, not SIGBUS
   const int H = cfg_.hidden;
   for (size_t t = 0; t < tokens.size(); ++t) convert_to_f32(ck_.embed.row(tokens[t]), ck_.embed.dtype, h + t * H, H);
 }
@@ -371,6 +372,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   }
   for (size_t i = 0; i < TH; ++i) h[i] += y[i];
   if (cancel_flag && cancel_flag->load()) throw Error("CANCELLED", "cancelled");
+  ck_.check_files_unchanged(true);
 }
 
 namespace {

@@ -11,6 +11,7 @@
 #include "model/arch.h"
 #include "model/model.h"
 #include "model/weights.h"
+#include "util/files.h"
 #include "util/json.h"
 
 namespace routescope {
@@ -22,18 +23,15 @@ std::string join_path(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
-bool file_exists(const std::string& path) {
-  std::ifstream f(path);
-  return f.good();
-}
+// Present in any form (a FIFO or a device counts: reading it then says what is wrong); stat only, never blocks.
+bool file_exists(const std::string& path) { return path_type(path) != PathType::Missing; }
 
-Json read_json_file(const std::string& path, const char* code) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(code, path + ": file not found");
-  std::stringstream ss;
-  ss << f.rdbuf();
+// A JSON file of the model folder: a regular file inside the folder, within its kind's size limit.
+Json read_json_file(const std::string& dir, const std::string& path, const FileKind& kind, const char* code) {
+  check_inside_folder(dir, path, code);
+  const std::string text = read_text_file(path, kind, code);
   try {
-    return Json::parse(ss.str());
+    return Json::parse(text);
   } catch (const std::exception& e) {
     throw Error(code, path + ": " + e.what());
   }
@@ -103,26 +101,27 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
     if (!file_exists(dir)) throw Error("BAD_CHECKPOINT", dir + ": model folder not found");
     throw Error("BAD_CHECKPOINT", config_path + ": file not found (is this a Hugging Face model folder?)");
   }
-  Json cfg_json = read_json_file(config_path, "BAD_CONFIG");
+  Json cfg_json = read_json_file(dir, config_path, kConfigFile, "BAD_CONFIG");
   ModelConfig& cfg = ck->config;
   cfg = parse_config(cfg_json, config_path, info);
   // generation_config.json may name more EOS ids.
   const std::string gen_path = join_path(dir, "generation_config.json");
   if (file_exists(gen_path)) {
-    try {
-      Json g = Json::parse([&] { std::ifstream f(gen_path); std::stringstream s; s << f.rdbuf(); return s.str(); }());
-      if (const Json* eos = g.find("eos_token_id")) {
-        std::vector<const Json*> ids;
-        if (eos->is_array()) for (const auto& x : eos->items()) ids.push_back(&x);
-        else ids.push_back(eos);
-        for (const Json* x : ids) {
-          int64_t v;
-          if (x->as_int64(v) && std::find(info.eos_token_ids.begin(), info.eos_token_ids.end(), v) == info.eos_token_ids.end())
-            info.eos_token_ids.push_back(static_cast<int>(v));
-        }
+    // Optional, but when present it must be readable: a broken one would silently lose EOS ids.
+    Json g = read_json_file(dir, gen_path, kGenerationConfigFile, "BAD_CONFIG");
+    if (!g.is_object()) throw Error("BAD_CONFIG", gen_path + ": not a JSON object");
+    if (const Json* eos = g.find("eos_token_id"); eos && !eos->is_null()) {
+      std::vector<const Json*> ids;
+      if (eos->is_array()) for (const auto& x : eos->items()) ids.push_back(&x);
+      else ids.push_back(eos);
+      for (const Json* x : ids) {
+        int64_t v;
+        if (!x->as_int64(v) || v < 0 || v >= cfg.vocab)
+          throw Error("BAD_CONFIG", gen_path + ": \"eos_token_id\" must be token ids within the vocabulary (0.." +
+                                        std::to_string(cfg.vocab - 1) + ")");
+        if (std::find(info.eos_token_ids.begin(), info.eos_token_ids.end(), v) == info.eos_token_ids.end())
+          info.eos_token_ids.push_back(static_cast<int>(v));
       }
-    } catch (const std::exception&) {
-      // generation_config.json is optional; a broken one only loses its EOS ids.
     }
   }
 
@@ -131,7 +130,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
   std::vector<std::string> shard_names;
   const std::string index_path = join_path(dir, "model.safetensors.index.json");
   if (file_exists(index_path)) {
-    Json idx = read_json_file(index_path, "BAD_CHECKPOINT");
+    Json idx = read_json_file(dir, index_path, kIndexFile, "BAD_CHECKPOINT");
     const Json* wm = idx.is_object() ? idx.find("weight_map") : nullptr;
     if (!wm || !wm->is_object()) throw Error("BAD_CHECKPOINT", index_path + ": missing \"weight_map\" object");
     for (const auto& kv : wm->members()) {
@@ -150,6 +149,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
   }
   std::map<std::string, const TensorView*> all;
   for (const auto& name : shard_names) {
+    check_inside_folder(dir, join_path(dir, name), "BAD_CHECKPOINT");
     ck->files_.push_back(std::make_unique<SafetensorsFile>(join_path(dir, name)));
     info.weight_bytes += ck->files_.back()->size();
     for (const auto& kv : ck->files_.back()->tensors()) {

@@ -1,5 +1,6 @@
 // A loaded checkpoint: config, mapped files and views of every weight the forward pass reads.
 #pragma once
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,9 +47,13 @@ class Checkpoint {
   Mat embed, lm_head;
   std::vector<float> final_norm;
   std::vector<LayerWeights> layers;
+  // Throws Error("MODEL_CHANGED") when a weight file was truncated or rewritten since it was loaded; with
+  // `rate_limited` (between layers) it looks at most every 50 ms.
+  void check_files_unchanged(bool rate_limited = false) const;
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  mutable std::atomic<int64_t> last_file_check_ns_{0};
 };
 
 std::vector<float> to_f32(const TensorView& t);

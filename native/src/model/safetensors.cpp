@@ -9,7 +9,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "model/mapping_guard.h"
 #include "routescope/engine.h"
+#include "util/files.h"
 #include "util/json.h"
 
 namespace routescope {
@@ -51,40 +53,63 @@ int64_t TensorView::numel() const {
   return n;
 }
 
+namespace {
+int64_t mtime_ns(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+}  // namespace
+
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) bad(path, errno == ENOENT ? "file not found" : std::string("cannot open: ") + std::strerror(errno));
   struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    bad(path, "not a regular file");
-  }
+  fd_ = open_regular_file(path, "BAD_CHECKPOINT", nullptr, &st);
   size_ = static_cast<uint64_t>(st.st_size);
+  mtime_ns_ = mtime_ns(st);
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
     if (p == MAP_FAILED) {
-      ::close(fd);
-      bad(path, std::string("cannot map: ") + std::strerror(errno));
+      const int err = errno;
+      ::close(fd_);
+      bad(path, std::string("cannot map: ") + std::strerror(err));
     }
     data_ = static_cast<const uint8_t*>(p);
+    register_mapping(data_, size_, path);
   }
-  ::close(fd);
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_) {
+    unregister_mapping(data_);
+    ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
+  if (fd_ >= 0) ::close(fd_);
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
-  const uint64_t size = file_.size();
+void MappedFile::check_unchanged() const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) return;
+  const uint64_t now = static_cast<uint64_t>(st.st_size);
+  if (now != size_)
+    throw Error("MODEL_CHANGED", path_ + ": the model file changed while it was in use (now " + std::to_string(now) +
+                                     " bytes, " + std::to_string(size_) + " when loaded); open the model again");
+  if (mtime_ns(st) != mtime_ns_)
+    throw Error("MODEL_CHANGED", path_ + ": the model file changed while it was in use (rewritten since it was "
+                                         "loaded); open the model again");
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : file_(path), tensors_(parse_safetensors(file_.data(), file_.size(), path)) {}
+
+std::map<std::string, TensorView> parse_safetensors(const uint8_t* data, uint64_t size, const std::string& path) {
+  std::map<std::string, TensorView> tensors;
   if (size < 8) bad(path, "truncated: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
   uint64_t header_len = 0;
-  std::memcpy(&header_len, file_.data(), 8);  // little-endian on every platform we build for
-  if (header_len > 100000000ull) bad(path, "header length " + std::to_string(header_len) + " exceeds 100 MB");
+  std::memcpy(&header_len, data, 8);  // little-endian on every platform we build for
+  if (header_len > kMaxSafetensorsHeader)
+    bad(path, "header length " + std::to_string(header_len) + " exceeds " + format_limit(kMaxSafetensorsHeader));
   if (header_len > size - 8)
     bad(path, "header length " + std::to_string(header_len) + " runs past the end of the file (" +
                   std::to_string(size) + " bytes)");
-  std::string header(reinterpret_cast<const char*>(file_.data() + 8), header_len);
+  std::string header(reinterpret_cast<const char*>(data + 8), header_len);
   if (header.empty() || header[0] != '{') bad(path, "header does not start with '{'");
   Json root;
   try {
@@ -95,7 +120,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   if (!root.is_object()) bad(path, "header is not a JSON object");
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_len = size - data_start;
-  const uint8_t* base = file_.data() + data_start;
+  const uint8_t* base = data + data_start;
 
   std::vector<std::pair<uint64_t, uint64_t>> spans;
   std::vector<std::string> span_names;
@@ -145,7 +170,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     v.nbytes = static_cast<uint64_t>(e - b);
     spans.emplace_back(b, e);
     span_names.push_back(name);
-    tensors_.emplace(name, std::move(v));
+    tensors.emplace(name, std::move(v));
   }
   // Offsets must tile the data exactly: sorted spans, each starting where the previous ended.
   std::vector<size_t> order(spans.size());
@@ -164,6 +189,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   if (cursor != data_len)
     bad(path, "tensor data does not tile the buffer: " + std::to_string(data_len - cursor) +
                   " bytes after the last tensor");
+  return tensors;
 }
 
 }  // namespace routescope

@@ -23,6 +23,8 @@ struct TensorView {
   int64_t numel() const;
 };
 
+// A whole file mapped read-only. The descriptor stays open so that the engine can tell, between layers, whether the
+// file it mapped was truncated or rewritten since (check_unchanged).
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path);  // throws Error("BAD_CHECKPOINT", ...)
@@ -32,12 +34,21 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Throws Error("MODEL_CHANGED", "<path>: the model file changed while it was in use ...") when the file's size or
+  // modification time differs from when it was mapped.
+  void check_unchanged() const;
 
  private:
   std::string path_;
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  int fd_ = -1;
+  int64_t mtime_ns_ = 0;
 };
+
+// Parses and checks a safetensors file held in memory (header length, JSON, dtypes, shapes, offsets tiling the
+// data); the views point into `data`. Errors name `path`. Arithmetic on the header only: no tensor data is read.
+std::map<std::string, TensorView> parse_safetensors(const uint8_t* data, uint64_t size, const std::string& path);
 
 // One .safetensors file: parses and checks the header (length, JSON, dtypes, shapes, offsets tiling the data).
 class SafetensorsFile {
@@ -46,6 +57,7 @@ class SafetensorsFile {
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::string& path() const { return file_.path(); }
   uint64_t size() const { return file_.size(); }
+  void check_unchanged() const { file_.check_unchanged(); }
 
  private:
   MappedFile file_;

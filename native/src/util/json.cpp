@@ -90,6 +90,8 @@ class JsonParser {
       }
     }
     if (!(peek() >= '0' && peek() <= '9')) fail("bad number");
+    if (peek() == '0' && i_ + 1 < s_.size() && s_[i_ + 1] >= '0' && s_[i_ + 1] <= '9')
+      fail("number with a leading zero");
     while (peek() >= '0' && peek() <= '9') ++i_;
     if (peek() == '.') {
       ++i_;
@@ -163,9 +165,12 @@ class JsonParser {
         case 't': out += '\t'; break;
         case 'u': {
           uint32_t cp = parse_hex4();
-          if (cp >= 0xD800 && cp < 0xDC00 && s_.compare(i_, 2, "\\u") == 0) {
+          if (cp >= 0xDC00 && cp < 0xE000) fail("unpaired \\u surrogate");
+          if (cp >= 0xD800 && cp < 0xDC00) {
+            if (s_.compare(i_, 2, "\\u") != 0) fail("unpaired \\u surrogate");
             i_ += 2;
-            uint32_t lo = parse_hex4();
+            const uint32_t lo = parse_hex4();
+            if (lo < 0xDC00 || lo >= 0xE000) fail("unpaired \\u surrogate");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           }
           put_utf8(out, cp);
