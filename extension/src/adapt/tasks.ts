@@ -8,7 +8,7 @@ import type { NativeModelInfo, NativeSession } from '../engine/native';
 import type { RoutingSpan } from '../../../common/src/routing';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
-import { logSumExp, routerScores, softmax } from '../../../common/src/math';
+import { logSumExp, routerScores } from '../../../common/src/math';
 
 export interface McItem {
   kind: 'mc';
