@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "model/model.h"
 #include "routescope/engine.h"
@@ -115,10 +116,30 @@ static int experts_bench(const std::string& dir, int T, int threads, int repeat,
   return 0;
 }
 
+// One-row products streaming the LM head (decode's largest read), interleaved with the bandwidth probe: GB/s of each.
+static int stream_bench(const std::string& dir, int threads, int repeat) {
+  auto ck = routescope::Checkpoint::open(dir);
+  const routescope::Mat& W = ck->lm_head;
+  const size_t bytes = size_t(W.rows) * W.cols * routescope::dtype_size(W.dtype);
+  std::vector<float> x(W.cols, 0.01f), y(W.rows);
+  routescope::ThreadPool pool(threads);
+  routescope::matmul(pool, x.data(), 1, W, y.data());  // maps the weights in
+  double best = 0, probe = 0;
+  for (int r = 0; r < repeat; ++r) {
+    const auto t0 = Clock::now();
+    routescope::matmul(pool, x.data(), 1, W, y.data());
+    best = std::max(best, bytes / seconds_since(t0) / 1e9);
+    if (r % 4 == 0) probe = std::max(probe, read_bandwidth_gbps(threads));
+  }
+  std::printf("{\"lm_head_bytes\": %zu, \"threads\": %d, \"stream_gbps\": %.2f, \"probe_gbps\": %.2f, \"fraction\": %.3f}\n",
+              bytes, threads, best, probe, best / probe);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string model;
   int prompt = 512, decode = 32, threads = 0, repeat = 1;
-  bool bandwidth = false, experts = false;
+  bool bandwidth = false, experts = false, stream = false;
   std::string kernels;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -136,6 +157,7 @@ int main(int argc, char** argv) {
     else if (a == "--repeat") repeat = std::max(1, std::atoi(next()));
     else if (a == "--bandwidth") bandwidth = true;
     else if (a == "--experts") experts = true;
+    else if (a == "--stream") stream = true;
     else if (a == "--kernels") kernels = next();
     else {
       std::fprintf(stderr, "rs_bench: unknown argument %s\n", a.c_str());
@@ -153,6 +175,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (experts) return experts_bench(model, prompt, threads, repeat, kernels);
+    if (stream) return stream_bench(model, threads, repeat);
     auto m = routescope::Model::load(model, {threads, "cpu"});
     const auto& info = m->info();
     std::mt19937 rng(1);

@@ -184,7 +184,11 @@ test('panel comparisons: C3PO re-mix before/after and generation with/without re
   const zero = c3po(ref, { criticalLayers: 2, steps: 0 });
   const same = await compareRemix(zero, session, tokenizer, { prompt, question: item.question, method: 'ngd', topK: info.topK, maxNewTokens: 4, stopTokens: [], applyTo: 'prefill-only' });
   assert.deepEqual(same.after.tokens, same.before.tokens);
-  assert.deepEqual(same.after.top, same.before.top);
+  // ω is the softmax of the reported router logits computed in JavaScript (float64, then float32), which may differ
+  // from the engine's own float32 softmax in the last bit of a weight: the same next tokens, probabilities equal to
+  // float32 rounding.
+  assert.deepEqual(same.after.top.map((t) => [t.token, t.text]), same.before.top.map((t) => [t.token, t.text]));
+  same.after.top.forEach((t, i) => assert.ok(Math.abs(t.prob - same.before.top[i]!.prob) <= 1e-6 * same.before.top[i]!.prob, `top ${i}: ${t.prob} vs ${same.before.top[i]!.prob}`));
   const tail = await compareRemix(zero, session, tokenizer, { prompt, question: item.question, method: 'ngd', topK: info.topK, maxNewTokens: 4, stopTokens: [], applyTo: 'every-token' });
   assert.equal(tail.after.tokens[0], tail.before.tokens[0]);
   adapter.dispose();
