@@ -20,6 +20,7 @@ import { PATCH_URI } from './views/patchDocument';
 import type { ExpertItem, RunItem } from './views/sidePanel';
 import { applyPatchEdit, type PatchEdit } from '../../webview/src/protocol';
 import { FILE_KINDS, readTextFile } from './common/files';
+import { jsonErrorText } from './common/json-error';
 
 /** Where runs are drawn (the routing panel, views/routingPanel.ts). */
 export interface RoutingDisplay {
@@ -62,7 +63,7 @@ export function checkModelFolder(dir: string): string | undefined {
     const value = JSON.parse(text) as { model_type?: unknown } | null;
     if (typeof value?.model_type !== 'string') return `${config}: no "model_type"`;
   } catch (error) {
-    return `${config}: invalid JSON (${(error as Error).message})`;
+    return `${config}: invalid JSON (${jsonErrorText(error)})`;
   }
   return undefined;
 }

@@ -8,6 +8,7 @@ import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engi
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../engine/patch';
 import { softmax } from './math';
+import { jsonErrorText } from '../common/json-error';
 
 export interface McItem {
   kind: 'mc';
@@ -45,7 +46,7 @@ export function readTasks(file: string): TaskItem[] {
     try {
       v = JSON.parse(line);
     } catch (error) {
-      throw new TaskError(`${where}: invalid JSON (${(error as Error).message})`);
+      throw new TaskError(`${where}: invalid JSON (${jsonErrorText(error)})`);
     }
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new TaskError(`${where}: expected a JSON object (an item), got ${v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v}`);
     const str = (key: string): string => {

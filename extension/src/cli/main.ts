@@ -15,6 +15,7 @@ import { FILE_KINDS, readTextFile } from '../common/files';
 import type { LayerRoutingRows } from '../engine/routing';
 import { formatRoutingTable, formatWeight, visibleToken } from './table';
 import { adaptInterrupt, registerAdaptCommands } from './adapt';
+import { jsonErrorText } from '../common/json-error';
 
 const VERSION = '0.1.0';
 const DEMO_MODEL = path.join('media', 'demo-model');
@@ -299,7 +300,7 @@ function readMix(file: string, info: NativeModelInfo, tokenCount: number): MixRe
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new CliError(`${file}: invalid JSON (${(error as Error).message})`);
+    throw new CliError(`${file}: invalid JSON (${jsonErrorText(error)})`);
   }
   const mix = value as Partial<MixRequest> | null;
   if (
