@@ -10,7 +10,7 @@ import { diffRuns } from './runs/aggregate';
 import { traceCsv, traceSafetensors } from './runs/trace';
 import { EngineError, isCancelled } from './engine/protocol';
 import type { Backend } from './engine/native';
-import { PatchError } from './engine/patch';
+import { PatchError } from '../../common/src/patch';
 import { parsePromptFile, promptAt } from './prompts/parse';
 import { addPromptLenses, type PromptArgument } from './prompts/codeLens';
 import { readSettings, type C3poMethod } from './adapt/settings';
@@ -18,7 +18,7 @@ import { AdaptPanel } from './views/adaptPanel';
 import type { NativeRerouteRound } from './engine/native';
 import { PATCH_URI } from './views/patchDocument';
 import type { ExpertItem, RunItem } from './views/sidePanel';
-import { applyPatchEdit, type PatchEdit } from '../../webview/src/protocol';
+import { applyPatchEdit, clearExpertEdits, type PatchEdit } from '../../common/src/patchEdit';
 import { FILE_KINDS, readTextFile } from './common/files';
 import { jsonErrorText } from './common/json-error';
 
@@ -584,11 +584,8 @@ export function registerCommands(c: CommandContext): vscode.Disposable[] {
     register('routescope.clearExpertEdits', (arg: unknown) => {
       const ref = expertFromArg(arg);
       if (!ref) return;
-      let patch = applyPatchEdit(session.patch, { op: 'unmask', ...ref });
-      patch = applyPatchEdit(patch, { op: 'unforce', ...ref });
-      patch = applyPatchEdit(patch, { op: 'unbias', ...ref });
       try {
-        session.setPatch(patch);
+        session.setPatch(clearExpertEdits(session.patch, ref.layer, ref.expert));
       } catch (error) {
         report('Clear Expert Edits', error);
       }

@@ -3,7 +3,7 @@
 import * as vscode from 'vscode';
 import { EngineHost } from './engine/host';
 import type { LoadResult } from './engine/protocol';
-import { isEmptyPatch, validatePatch, type PatchModelShape, type RoutingPatch } from './engine/patch';
+import { isEmptyPatch, validatePatch, type PatchModelShape, type RoutingPatch } from '../../common/src/patch';
 import { RunStore } from './runs/store';
 
 export class Session implements vscode.Disposable {

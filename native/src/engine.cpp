@@ -1,133 +1,58 @@
-// Model and Session: the engine's public face over the CPU decoder.
+// Model and Session: loading a checkpoint, running sessions over the CPU decoder (or the CUDA backend), generation,
+// gradients, and the rules every call obeys (one call at a time per session, cancellation, token checks).
+// Test-time adaptation (rerouting, C3PO) lives in adapt/ on top of these.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <numeric>
 #include <random>
 #include <thread>
 
-#include "cpu/forward.h"
-#include "cuda/backend.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
-#include "model/model.h"
-#include "routescope/engine.h"
+#include "engine_impl.h"
 
 namespace routescope {
 
-namespace {
-
-class ModelImpl;
-
-// Marks a public call; the outermost one starts with a cleared cancel flag, nested ones (generate's forwards)
-// keep a cancel that arrived in between.
-class CallScope {
- public:
-  CallScope(int& depth, std::atomic<bool>& cancel) : depth_(depth) {
-    if (depth_++ == 0) cancel = false;
+ModelImpl::ModelImpl(std::unique_ptr<Checkpoint> ck, const LoadOptions& opts) : ck_(std::move(ck)) {
+  int threads = opts.threads > 0 ? opts.threads : static_cast<int>(std::thread::hardware_concurrency());
+  threads = std::max(1, std::min(threads, 256));
+  pool_ = std::make_unique<ThreadPool>(threads);
+  info_ = ck_->info;
+  info_.threads = threads;
+  info_.backend = "cpu";
+  if (opts.backend == "cuda") {
+    device_ = cuda::DeviceModel::upload(*ck_);  // throws NO_CUDA / OOM with the reason
+    info_.backend = "cuda";
+    info_.device = device_->device_name();
+  } else if (opts.backend == "auto") {
+    const std::string why = cuda::probe();
+    info_.backend_note = why.empty() ? "a CUDA device is present, but auto keeps the CPU until the CUDA backend has been "
+                                       "validated on a GPU; pass backend cuda to use it"
+                                     : "CPU: " + why;
   }
-  ~CallScope() { --depth_; }
-
- private:
-  int& depth_;
-};
-
-class SessionImpl : public Session {
- public:
-  SessionImpl(ModelImpl& model, int max_context);
-  ForwardResult forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
-                        const RoutingCallback& on_layer) override;
-  std::vector<int> generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
-                            const std::function<bool(int)>& on_token, const RoutingCallback& on_layer) override;
-  GradResult grad(const std::vector<int>& tokens, const Patch& patch, const GradRequest& req) override;
-  RerouteResult generate_rerouted(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
-                                  const RerouteOptions& ropts, const std::function<bool(int)>& on_token,
-                                  const std::function<void(const RerouteRound&)>& on_round) override;
-  std::vector<float> mean_hidden(const std::vector<int>& tokens, int layer) override;
-  void reset() override;
-  void truncate(int position) override;
-  int position() const override { return pos_; }
-  void cancel() override { cancel_ = true; }
-
- private:
-  void check_tokens(const std::vector<int>& tokens, int already) const;
-  // Loss over target tokens [ts, te) from the last layer's output h (all positions); writes dLoss/dh when dh.
-  double loss_and_grad(const std::vector<int>& tokens, const float* h, int ts, int te, float* dh);
-  // One optimisation round of rerouting over the current context; returns the last position's logits.
-  std::vector<float> reroute_round(const std::vector<int>& context, const Patch& base, const RerouteOptions& o,
-                                   const std::vector<int>& candidates, std::map<int, std::vector<float>>& delta,
-                                   RerouteRound& round);
-
- public:
-  ModelImpl& m_;
-  Decoder dec_;
-  int max_context_;
-  int pos_ = 0;
-  std::vector<KVCache> cache_;
-  std::atomic<bool> cancel_{false};
-  std::unique_ptr<cuda::DeviceSession> device_;  // GPU KV cache when the model runs on CUDA
-  bool on_device_ = false;     // this session's cache lives on the GPU (rerouting and C3PO run on the CPU path)
-  int depth_ = 0;              // nesting of public calls: only the outermost clears a pending cancel
-  int keep_layer_ = -1;        // when >= 0, forward() keeps the hidden input of this layer for every position
-  std::vector<float> hidden_;  // [pos_, H]
-};
-
-
-class ModelImpl : public Model {
- public:
-  ModelImpl(std::unique_ptr<Checkpoint> ck, const LoadOptions& opts) : ck_(std::move(ck)) {
-    int threads = opts.threads > 0 ? opts.threads : static_cast<int>(std::thread::hardware_concurrency());
-    threads = std::max(1, std::min(threads, 256));
-    pool_ = std::make_unique<ThreadPool>(threads);
-    info_ = ck_->info;
-    info_.threads = threads;
-    info_.backend = "cpu";
-    if (opts.backend == "cuda") {
-      device_ = cuda::DeviceModel::upload(*ck_);  // throws NO_CUDA / OOM with the reason
-      info_.backend = "cuda";
-      info_.device = device_->device_name();
-    } else if (opts.backend == "auto") {
-      const std::string why = cuda::probe();
-      info_.backend_note = why.empty() ? "a CUDA device is present, but auto keeps the CPU until the CUDA backend has been "
-                                         "validated on a GPU; pass backend cuda to use it"
-                                       : "CPU: " + why;
-    }
-  }
-  cuda::DeviceModel* device() { return device_.get(); }
-  const ModelInfo& info() const override { return info_; }
-  std::unique_ptr<Session> create_session(int max_context) override {
-    return std::make_unique<SessionImpl>(*this, max_context);
-  }
-  const Checkpoint& checkpoint() const { return *ck_; }
-  ThreadPool& pool() { return *pool_; }
-  std::shared_ptr<C3poPrefix> c3po_prefix(const std::vector<int>& prompt, int first_layer) override;
-  C3poResult c3po_ngd(const std::map<int, std::vector<float>>& omega_init, const std::vector<C3poNeighbour>& neighbours,
-                      const C3poOptions& opts) override;
-
- private:
-  std::unique_ptr<Checkpoint> ck_;
-  std::unique_ptr<ThreadPool> pool_;
-  ModelInfo info_;
-  std::unique_ptr<cuda::DeviceModel> device_;  // weights on the GPU when the backend is cuda
-};
-
-void SessionImpl::reset() {
-  pos_ = 0;
-  hidden_.clear();
-  on_device_ = m_.device() != nullptr;
 }
 
-void SessionImpl::truncate(int position) {
-  if (position < 0 || position > pos_)
-    throw Error("BAD_ARGUMENT", "truncate(" + std::to_string(position) + "): the session holds " + std::to_string(pos_) +
-                                    " positions");
-  if (position == 0) return reset();
-  pos_ = position;
-  const size_t H = static_cast<size_t>(m_.checkpoint().config.hidden);
-  if (hidden_.size() > pos_ * H) hidden_.resize(pos_ * H);
+ModelImpl& engine_model(Model& model, const char* what) {
+  auto* impl = dynamic_cast<ModelImpl*>(&model);
+  if (!impl) throw Error("BAD_ARGUMENT", std::string(what) + ": the model was not loaded by Model::load");
+  return *impl;
 }
+
+SessionImpl& engine_session(Session& session, const char* what) {
+  auto* impl = dynamic_cast<SessionImpl*>(&session);
+  if (!impl) throw Error("BAD_ARGUMENT", std::string(what) + ": the session was not created by Model::create_session");
+  return *impl;
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
+  if (opts.threads < 0) throw Error("BAD_ARGUMENT", "threads must be >= 0 (0 = one per core)");
+  if (opts.backend != "auto" && opts.backend != "cpu" && opts.backend != "cuda")
+    throw Error("BAD_ARGUMENT", "backend must be auto, cpu or cuda (got \"" + opts.backend + "\")");
+  if (opts.backend == "cuda" && !cuda::compiled()) throw Error("NO_CUDA", cuda::probe() + "; use backend cpu or auto");
+  return std::make_unique<ModelImpl>(Checkpoint::open(dir), opts);
+}
+
 
 SessionImpl::SessionImpl(ModelImpl& model, int max_context)
     : m_(model), dec_(model.checkpoint(), model.pool()), cache_(model.checkpoint().config.layers) {
@@ -136,6 +61,87 @@ SessionImpl::SessionImpl(ModelImpl& model, int max_context)
   dec_.cancel_flag = &cancel_;
   on_device_ = model.device() != nullptr;  // the GPU KV cache is allocated on first use
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Call state: one call at a time, reservations, cancellation.
+
+namespace {
+Error busy_error() { return Error("BUSY", "the session is already running a call; wait for it or cancel it"); }
+}  // namespace
+
+SessionImpl::CallScope::CallScope(SessionImpl& session) : session_(session) {
+  std::lock_guard<std::mutex> lock(session_.state_mu_);
+  const std::thread::id self = std::this_thread::get_id();
+  if (session_.depth_ > 0 && session_.runner_ != self) throw busy_error();
+  if (session_.depth_ == 0) {
+    session_.runner_ = self;
+    if (!session_.reserved_) session_.cancel_ = false;  // a direct call starts clean; a reserved one keeps a cancel
+  }
+  if (session_.cancel_) throw Error("CANCELLED", "cancelled");
+  ++session_.depth_;
+}
+
+SessionImpl::CallScope::~CallScope() {
+  std::lock_guard<std::mutex> lock(session_.state_mu_);
+  if (--session_.depth_ == 0 && !session_.reserved_) session_.cancel_ = false;
+}
+
+void SessionImpl::reserve() {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  if (reserved_ || depth_ > 0) throw busy_error();
+  reserved_ = true;
+  cancel_ = false;
+}
+
+void SessionImpl::release() {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  reserved_ = false;
+  if (depth_ == 0) cancel_ = false;
+}
+
+void SessionImpl::cancel() {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  if (reserved_ || depth_ > 0) cancel_ = true;  // idle: nothing to cancel, and the next call is not affected
+}
+
+void SessionImpl::check_cancelled() const {
+  if (cancel_.load()) throw Error("CANCELLED", "cancelled");
+}
+
+void SessionImpl::check_idle(const char* what) const {
+  std::lock_guard<std::mutex> lock(state_mu_);
+  const bool inside_call = depth_ > 0 && runner_ == std::this_thread::get_id();
+  if (!inside_call && (reserved_ || depth_ > 0))
+    throw Error("BUSY", std::string("the session is running a call; cancel it before ") + what);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The KV cache.
+
+void SessionImpl::reset() {
+  check_idle("reset()");
+  clear();
+}
+
+void SessionImpl::clear() {
+  pos_ = 0;
+  hidden_.clear();
+  on_device_ = m_.device() != nullptr;
+}
+
+void SessionImpl::truncate(int position) {
+  check_idle("truncate()");
+  if (position < 0 || position > pos_)
+    throw Error("BAD_ARGUMENT", "truncate(" + std::to_string(position) + "): the session holds " + std::to_string(pos_) +
+                                    " positions");
+  if (position == 0) return clear();
+  pos_ = position;
+  const size_t H = static_cast<size_t>(m_.checkpoint().config.hidden);
+  if (hidden_.size() > pos_ * H) hidden_.resize(pos_ * H);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Calls.
 
 void SessionImpl::check_tokens(const std::vector<int>& tokens, int already) const {
   const int V = m_.info().vocab_size;
@@ -154,7 +160,7 @@ void SessionImpl::check_tokens(const std::vector<int>& tokens, int already) cons
 
 ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
                                    const RoutingCallback& on_layer) {
-  CallScope scope(depth_, cancel_);
+  CallScope scope(*this);
   if (tokens.empty()) throw Error("BAD_TOKENS", "no tokens to run");
   check_tokens(tokens, pos_);
   const ModelConfig& cfg = m_.checkpoint().config;
@@ -203,15 +209,15 @@ std::vector<float> SessionImpl::mean_hidden(const std::vector<int>& tokens, int 
   if (layer < 0 || layer > cfg.layers)
     throw Error("BAD_ARGUMENT", "embedding layer " + std::to_string(layer) + " is outside 0.." + std::to_string(cfg.layers));
   if (tokens.empty()) throw Error("BAD_TOKENS", "no tokens to embed");
-  reset();
-  CallScope scope(depth_, cancel_);
+  CallScope scope(*this);
+  clear();
   check_tokens(tokens, 0);
   const int T = static_cast<int>(tokens.size()), H = cfg.hidden;
   std::vector<float> h(static_cast<size_t>(T) * H);
   dec_.embed(tokens, h.data());
   Patch none;
   for (int l = 0; l < layer; ++l) dec_.layer_forward(l, h.data(), T, 0, cache_[l], none, nullptr, nullptr);
-  reset();
+  clear();
   std::vector<float> mean(H, 0.f);
   for (int t = 0; t < T; ++t)
     for (int d = 0; d < H; ++d) mean[d] += h[static_cast<size_t>(t) * H + d] / T;
@@ -252,6 +258,9 @@ double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h
   return loss / rows;
 }
 
+namespace {
+
+// Next token from logits [V]: argmax at temperature 0, else nucleus sampling with `rng`.
 int sample(const float* logits, int V, const SampleOptions& o, std::mt19937_64& rng) {
   if (o.temperature <= 0.f) {
     int best = 0;
@@ -284,26 +293,35 @@ int sample(const float* logits, int V, const SampleOptions& o, std::mt19937_64& 
   return p[n - 1].second;
 }
 
+}  // namespace
+
 std::vector<int> SessionImpl::generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                                        const std::function<bool(int)>& on_token, const RoutingCallback& on_layer) {
-  CallScope scope(depth_, cancel_);
+  CallScope scope(*this);
+  std::vector<float> logits = forward(prompt, patch, LogitsMode::Last, on_layer).logits;
+  return decode(std::move(logits), opts, on_token,
+                [&](int token) { return forward({token}, patch, LogitsMode::Last, on_layer).logits; });
+}
+
+std::vector<int> SessionImpl::decode(std::vector<float> logits, const SampleOptions& opts,
+                                     const std::function<bool(int)>& on_token,
+                                     const std::function<std::vector<float>(int token)>& step) {
   std::mt19937_64 rng(opts.seed);
   std::vector<int> out;
-  ForwardResult r = forward(prompt, patch, LogitsMode::Last, on_layer);
   const int V = m_.info().vocab_size;
   while (static_cast<int>(out.size()) < opts.max_new_tokens) {
-    int tok = sample(r.logits.data(), V, opts, rng);
-    if (std::find(opts.stop_tokens.begin(), opts.stop_tokens.end(), tok) != opts.stop_tokens.end()) break;
-    out.push_back(tok);
-    if (on_token && !on_token(tok)) break;
+    const int token = sample(logits.data(), V, opts, rng);
+    if (std::find(opts.stop_tokens.begin(), opts.stop_tokens.end(), token) != opts.stop_tokens.end()) break;
+    out.push_back(token);
+    if (on_token && !on_token(token)) break;
     if (static_cast<int>(out.size()) >= opts.max_new_tokens || pos_ + 1 > max_context_) break;
-    r = forward({tok}, patch, LogitsMode::Last, on_layer);
+    logits = step(token);
   }
   return out;
 }
 
 GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_in, const GradRequest& req) {
-  CallScope scope(depth_, cancel_);
+  CallScope scope(*this);
   const ModelConfig& cfg = m_.checkpoint().config;
   const int T = static_cast<int>(tokens.size()), H = cfg.hidden, E = cfg.experts;
   if (T < 2) throw Error("BAD_TOKENS", "a loss needs at least 2 tokens");
@@ -325,12 +343,7 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
     if (static_cast<int>(req.mix_logits.size()) != E) throw Error("BAD_ARGUMENT", "mix logits need one value per expert");
     for (float x : req.mix_logits)
       if (!std::isfinite(x)) throw Error("BAD_ARGUMENT", "mix logits must be finite float32 values");
-    std::vector<float> row(E);
-    float mx = *std::max_element(req.mix_logits.begin(), req.mix_logits.end());
-    double sum = 0;
-    for (int e = 0; e < E; ++e) sum += (row[e] = std::exp(req.mix_logits[e] - mx));
-    for (int e = 0; e < E; ++e) row[e] = static_cast<float>(row[e] / sum);
-    patch.layers[req.mix_layer].mix[req.mix_position] = row;
+    patch.layers[req.mix_layer].mix[req.mix_position] = softmax_row(req.mix_logits);
     lowest = std::min(lowest, req.mix_layer);
   }
   if (lowest == cfg.layers) lowest = cfg.layers - 1;  // loss only
@@ -351,7 +364,7 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
     std::map<int, float*> none, mix;
     if (req.mix_layer >= 0) mix[req.mix_position] = res.mix_grad.data();
     for (int l = cfg.layers - 1; l >= lowest; --l) {
-      if (cancel_) throw Error("CANCELLED", "cancelled");
+      check_cancelled();
       auto bg = res.bias_grad.find(l);
       dec_.layer_backward(l, saves[l], dh.data(), l == lowest, bg == res.bias_grad.end() ? nullptr : bg->second.data(),
                           l == req.mix_layer ? mix : none);
@@ -361,334 +374,14 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
   return res;
 }
 
-Patch with_delta(const Patch& base, const std::map<int, std::vector<float>>& delta, int E) {
-  Patch p = base;
-  for (const auto& kv : delta) {
-    LayerPatch& lp = p.layers[kv.first];
-    if (lp.bias.empty()) lp.bias.assign(E, 0.f);
-    for (int e = 0; e < E; ++e) lp.bias[e] += kv.second[e];
-  }
+std::vector<float> softmax_row(const std::vector<float>& theta) {
+  std::vector<float> p(theta.size());
+  if (theta.empty()) return p;
+  const float mx = *std::max_element(theta.begin(), theta.end());
+  double sum = 0;
+  for (size_t e = 0; e < theta.size(); ++e) sum += (p[e] = std::exp(theta[e] - mx));
+  for (float& v : p) v = static_cast<float>(v / sum);
   return p;
-}
-
-struct Adam {
-  std::vector<double> m, v;
-  int t = 0;
-  void step(std::vector<float>& x, const std::vector<float>& g, double lr, const std::vector<int>* only = nullptr) {
-    if (m.empty()) m.assign(x.size(), 0.0), v.assign(x.size(), 0.0);
-    ++t;
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    const double c1 = 1 - std::pow(b1, t), c2 = 1 - std::pow(b2, t);
-    auto upd = [&](size_t i) {
-      m[i] = b1 * m[i] + (1 - b1) * g[i];
-      v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
-      x[i] -= static_cast<float>(lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps));
-    };
-    if (only) for (int i : *only) upd(static_cast<size_t>(i));
-    else for (size_t i = 0; i < x.size(); ++i) upd(i);
-  }
-};
-
-std::vector<float> SessionImpl::reroute_round(const std::vector<int>& context, const Patch& base,
-                                              const RerouteOptions& o, const std::vector<int>& candidates,
-                                              std::map<int, std::vector<float>>& delta, RerouteRound& round) {
-  const ModelConfig& cfg = m_.checkpoint().config;
-  const int T = static_cast<int>(context.size()), H = cfg.hidden, E = cfg.experts, k = cfg.top_k, L = cfg.layers;
-  const int store = keep_layer_;
-  round.position = T;
-  std::vector<int> selected;
-  std::map<int, Adam> adam;
-  int base_layer = store;
-  std::vector<float> h_base(hidden_.begin(), hidden_.begin() + static_cast<size_t>(T) * H);
-  for (int step = 0; step < o.steps; ++step) {
-    if (cancel_) throw Error("CANCELLED", "cancelled");
-    const Patch patch = with_delta(base, delta, E);
-    const int lowest = selected.empty() ? store : *std::min_element(selected.begin(), selected.end());
-    std::vector<float> h = h_base;
-    std::vector<KVCache> scratch(L);
-    std::vector<LayerSave> saves(L);
-    for (int l = base_layer; l < L; ++l)
-      dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
-    if (selected.empty()) {
-      // Routing confidence C_l = -(1/k) sum over selected experts of log p, averaged over positions.
-      std::vector<std::pair<double, int>> ranked;
-      for (int l : candidates) {
-        const LayerSave& sv = saves[l];
-        double c = 0;
-        for (int t = 0; t < T; ++t)
-          for (int j = 0; j < k; ++j)
-            c -= std::log(std::max(1e-30f, sv.p[static_cast<size_t>(t) * E + sv.sel[static_cast<size_t>(t) * k + j]])) / k;
-        c /= T;
-        round.confidence[l] = static_cast<float>(c);
-        ranked.push_back({o.least_confident_first ? -c : c, l});
-      }
-      std::sort(ranked.begin(), ranked.end());
-      const int n = std::max(1, static_cast<int>(std::lround(o.layer_fraction * candidates.size())));
-      for (int i = 0; i < n && i < static_cast<int>(ranked.size()); ++i) selected.push_back(ranked[i].second);
-      std::sort(selected.begin(), selected.end());
-      round.layers = selected;
-      for (int l : selected)
-        if (!delta.count(l)) delta[l].assign(E, 0.f);
-    }
-    std::vector<float> dh(static_cast<size_t>(T) * H);
-    round.losses.push_back(loss_and_grad(context, h.data(), 1, T, dh.data()));
-    const int low = selected.front();
-    std::map<int, std::vector<float>> grads;
-    std::map<int, float*> none;
-    for (int l : selected) grads[l].assign(E, 0.f);
-    for (int l = L - 1; l >= low; --l) {
-      auto g = grads.find(l);
-      dec_.layer_backward(l, saves[l], dh.data(), l == low, g == grads.end() ? nullptr : g->second.data(), none);
-    }
-    if (step == 0 && low > base_layer) {  // later steps start at the lowest adapted layer
-      h_base = saves[low].h_in;
-      base_layer = low;
-    }
-    for (int l : selected) {
-      if (o.adam) adam[l].step(delta[l], grads[l], o.lr);
-      else
-        for (int e = 0; e < E; ++e) delta[l][e] -= o.lr * grads[l][e];
-    }
-  }
-  // Rebuild the KV cache of every layer from the stored hidden states with the final delta.
-  const Patch patch = with_delta(base, delta, E);
-  std::vector<float> h(hidden_.begin(), hidden_.begin() + static_cast<size_t>(T) * H);
-  for (int l = store; l < L; ++l) dec_.layer_forward(l, h.data(), T, 0, cache_[l], patch, nullptr, nullptr);
-  std::vector<float> logits(cfg.vocab);
-  dec_.logits(h.data() + static_cast<size_t>(T - 1) * H, 1, logits.data());
-  return logits;
-}
-
-RerouteResult SessionImpl::generate_rerouted(const std::vector<int>& prompt, const Patch& patch,
-                                             const SampleOptions& opts, const RerouteOptions& o,
-                                             const std::function<bool(int)>& on_token,
-                                             const std::function<void(const RerouteRound&)>& on_round) {
-  CallScope scope(depth_, cancel_);
-  const ModelConfig& cfg = m_.checkpoint().config;
-  std::vector<int> candidates = o.layers;
-  if (candidates.empty())
-    for (int l = 0; l < cfg.layers; ++l)
-      if (cfg.moe_layer[l]) candidates.push_back(l);
-  for (int l : candidates)
-    if (l < 0 || l >= cfg.layers || !cfg.moe_layer[l])
-      throw Error("BAD_ARGUMENT", "rerouting layer " + std::to_string(l) + " has no router");
-  if (o.steps < 0 || o.interval < 1 || !(o.layer_fraction > 0 && o.layer_fraction <= 1))
-    throw Error("BAD_ARGUMENT", "rerouting needs steps >= 0, interval >= 1 and 0 < layer fraction <= 1");
-  reset();
-  on_device_ = false;  // rounds need the CPU decoder's cache and saved activations
-  keep_layer_ = *std::min_element(candidates.begin(), candidates.end());
-  hidden_.clear();
-  RerouteResult res;
-  std::mt19937_64 rng(opts.seed);
-  std::vector<int> context = prompt;
-  const int V = cfg.vocab;
-  try {
-    ForwardResult r = forward(prompt, patch, LogitsMode::Last, nullptr);
-    std::vector<float> logits = r.logits;
-    int since = 0;
-    auto maybe_round = [&] {
-      if (o.steps == 0 || context.size() < 2) return;
-      RerouteRound round;
-      logits = reroute_round(context, patch, o, candidates, res.delta, round);
-      round.delta = res.delta;
-      res.rounds.push_back(round);
-      if (on_round) on_round(round);
-      since = 0;
-    };
-    maybe_round();
-    while (static_cast<int>(res.tokens.size()) < opts.max_new_tokens) {
-      const int tok = sample(logits.data(), V, opts, rng);
-      if (std::find(opts.stop_tokens.begin(), opts.stop_tokens.end(), tok) != opts.stop_tokens.end()) break;
-      res.tokens.push_back(tok);
-      context.push_back(tok);
-      if (on_token && !on_token(tok)) break;
-      if (static_cast<int>(res.tokens.size()) >= opts.max_new_tokens || pos_ + 1 > max_context_) break;
-      logits = forward({tok}, with_delta(patch, res.delta, cfg.experts), LogitsMode::Last, nullptr).logits;
-      if (++since >= o.interval) maybe_round();
-    }
-  } catch (...) {
-    keep_layer_ = -1;
-    throw;
-  }
-  keep_layer_ = -1;
-  return res;
-}
-
-}  // namespace
-
-struct C3poPrefix {
-  std::unique_ptr<SessionImpl> session;  // KV cache: every layer for positions < last, layers < first for last
-  std::vector<float> h;                  // hidden state of the last token at the input of first_layer
-  int first_layer = 0;
-  int last = 0;                          // position of the last prompt token
-  const ModelImpl* model = nullptr;
-};
-
-namespace {
-
-std::shared_ptr<C3poPrefix> ModelImpl::c3po_prefix(const std::vector<int>& prompt, int first_layer) {
-  const ModelConfig& cfg = ck_->config;
-  if (prompt.empty()) throw Error("BAD_TOKENS", "empty reference prompt");
-  if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
-  auto p = std::make_shared<C3poPrefix>();
-  p->session = std::make_unique<SessionImpl>(*this, 0);
-  p->session->on_device_ = false;  // NGD steps run the CPU decoder against this cache
-  p->first_layer = first_layer;
-  p->last = static_cast<int>(prompt.size()) - 1;
-  p->model = this;
-  Patch none;
-  SessionImpl& s = *p->session;
-  if (p->last > 0) s.forward(std::vector<int>(prompt.begin(), prompt.end() - 1), none, LogitsMode::None, nullptr);
-  std::vector<int> last{prompt.back()};
-  if (s.pos_ + 1 > s.max_context_) throw Error("TOO_LONG", "reference prompt exceeds the context");
-  p->h.resize(cfg.hidden);
-  s.dec_.embed(last, p->h.data());
-  for (int l = 0; l < first_layer; ++l) s.dec_.layer_forward(l, p->h.data(), 1, p->last, s.cache_[l], none, nullptr, nullptr);
-  return p;
-}
-
-C3poResult ModelImpl::c3po_ngd(const std::map<int, std::vector<float>>& omega_init,
-                               const std::vector<C3poNeighbour>& neighbours, const C3poOptions& o) {
-  const ModelConfig& cfg = ck_->config;
-  const int E = cfg.experts, L = cfg.layers, H = cfg.hidden;
-  if (o.layers.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one critical layer");
-  if (neighbours.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one neighbour");
-  const int first = *std::min_element(o.layers.begin(), o.layers.end());
-  C3poResult res;
-  std::map<int, std::vector<float>> theta;
-  for (int l : o.layers) {
-    if (l < 0 || l >= L || !cfg.moe_layer[l]) throw Error("BAD_ARGUMENT", "critical layer " + std::to_string(l) + " has no router");
-    auto it = omega_init.find(l);
-    if (it == omega_init.end() || static_cast<int>(it->second.size()) != E)
-      throw Error("BAD_ARGUMENT", "no initial routing of size E for critical layer " + std::to_string(l));
-    res.omega_before[l] = it->second;
-    auto& th = theta[l];
-    th.resize(E);
-    for (int e = 0; e < E; ++e) th[e] = std::log(std::max(1e-30f, it->second[e]));
-    std::vector<int> order(E);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return it->second[a] > it->second[b]; });
-    order.resize(std::min(E, std::max(1, o.core_experts)));
-    std::sort(order.begin(), order.end());
-    res.core[l] = order;
-  }
-  double wsum = 0;
-  for (const auto& n : neighbours) {
-    if (!n.prefix || n.prefix->model != this) throw Error("BAD_ARGUMENT", "neighbour prefix belongs to another model");
-    if (n.prefix->first_layer > first) throw Error("BAD_ARGUMENT", "neighbour prefix was cached above the first critical layer");
-    if (n.answer < 0 || n.answer >= cfg.vocab) throw Error("BAD_TOKENS", "neighbour answer token outside the vocabulary");
-    wsum += std::max(0.f, n.weight);
-  }
-  if (!(wsum > 0)) throw Error("BAD_ARGUMENT", "neighbour weights must not all be zero");
-  std::map<int, Adam> adam;
-  auto softmax = [&](const std::vector<float>& th) {
-    std::vector<float> w(E);
-    const float mx = *std::max_element(th.begin(), th.end());
-    double sum = 0;
-    for (int e = 0; e < E; ++e) sum += (w[e] = std::exp(th[e] - mx));
-    for (int e = 0; e < E; ++e) w[e] = static_cast<float>(w[e] / sum);
-    return w;
-  };
-  // Per step, the K neighbours' last positions go up together: in each layer from the first critical one, attention
-  // per neighbour (its own KV cache), then the MLP / MoE block once for the K stacked rows; the final norm and LM
-  // head once for all rows, forward and backward. The largest matrices touched (the LM head, the experts omega
-  // selects) are read the same number of times whatever K is.
-  const int K = static_cast<int>(neighbours.size());
-  std::vector<float> hs(static_cast<size_t>(K) * H), xs(static_cast<size_t>(K) * H), rnorm(K),
-      logits(static_cast<size_t>(K) * cfg.vocab), dnorm(static_cast<size_t>(K) * H);
-  std::vector<std::vector<LayerSave>> saves(K, std::vector<LayerSave>(L));  // attention halves, per neighbour
-  std::vector<LayerSave> mlp_saves(L);                                        // MLP halves, neighbours stacked
-  Decoder& dec = neighbours.front().prefix->session->dec_;
-  for (int step = 0; step <= o.steps; ++step) {
-    double loss = 0;
-    std::map<int, std::vector<float>> grad;
-    for (int l : o.layers) grad[l].assign(E, 0.f);
-    const bool need_grad = !(step == o.steps && step > 0);  // the final evaluation needs no gradient
-    std::map<int, std::vector<float>> omega;
-    for (int l : o.layers) omega[l] = softmax(theta[l]);
-    // Layers below the first critical one (a prefix cached lower down) run per neighbour, with its own positions.
-    for (int j = 0; j < K; ++j) {
-      C3poPrefix& p = *neighbours[j].prefix;
-      SessionImpl& s = *p.session;
-      Patch patch;
-      for (int l : o.layers) patch.layers[l].mix[p.last] = omega[l];
-      float* h = hs.data() + static_cast<size_t>(j) * H;
-      std::copy(p.h.begin(), p.h.end(), h);
-      for (int l = p.first_layer; l < first; ++l) s.dec_.layer_forward(l, h, 1, p.last, s.cache_[l], patch, nullptr, nullptr);
-    }
-    // From the first critical layer up: attention per neighbour (its own KV cache), then the MLP / MoE block once
-    // for the K stacked rows. Every row takes its routing from the same omega, so the selected experts are read
-    // once for all neighbours instead of once each. In the stacked patch, row j is "position" j.
-    Patch stacked;
-    for (int l : o.layers)
-      for (int j = 0; j < K; ++j) stacked.layers[l].mix[j] = omega[l];
-    for (int l = first; l < L; ++l) {
-      for (int j = 0; j < K; ++j) {
-        C3poPrefix& p = *neighbours[j].prefix;
-        p.session->dec_.attn_forward(l, hs.data() + static_cast<size_t>(j) * H, 1, p.last, p.session->cache_[l],
-                                     need_grad ? &saves[j][l] : nullptr);
-      }
-      dec.mlp_forward(l, hs.data(), K, 0, stacked, nullptr, need_grad ? &mlp_saves[l] : nullptr);
-    }
-    // Cross-entropy of each neighbour's answer token at its last position, through the final norm and LM head.
-    for (int j = 0; j < K; ++j)
-      rnorm[j] = rmsnorm_row(hs.data() + static_cast<size_t>(j) * H, ck_->final_norm.data(), H, cfg.eps,
-                             xs.data() + static_cast<size_t>(j) * H);
-    matmul(dec.pool(), xs.data(), K, ck_->lm_head, logits.data());
-    for (int j = 0; j < K; ++j) {
-      float* z = logits.data() + static_cast<size_t>(j) * cfg.vocab;
-      const int answer = neighbours[j].answer;
-      const float mx = *std::max_element(z, z + cfg.vocab);
-      double sum = 0;
-      for (int i = 0; i < cfg.vocab; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
-      const double w = std::max(0.f, neighbours[j].weight) / wsum;
-      loss += w * -(z[answer] - mx - std::log(sum));
-      if (!need_grad) continue;
-      for (int i = 0; i < cfg.vocab; ++i)
-        z[i] = static_cast<float>(w * (std::exp(static_cast<double>(z[i]) - mx) / sum - (i == answer)));
-    }
-    if (need_grad) {
-      matmul_backward_input(dec.pool(), logits.data(), K, ck_->lm_head, dnorm.data(), false);
-      std::vector<float> dh(static_cast<size_t>(K) * H);
-      for (int j = 0; j < K; ++j)
-        rmsnorm_row_backward(hs.data() + static_cast<size_t>(j) * H, rnorm[j], ck_->final_norm.data(),
-                             dnorm.data() + static_cast<size_t>(j) * H, H, dh.data() + static_cast<size_t>(j) * H, false);
-      std::vector<float> gl(static_cast<size_t>(K) * E);
-      for (int l = L - 1; l >= first; --l) {
-        std::map<int, float*> mg;
-        const bool critical = grad.count(l) > 0;
-        if (critical) {
-          std::fill(gl.begin(), gl.end(), 0.f);
-          for (int j = 0; j < K; ++j) mg[j] = gl.data() + static_cast<size_t>(j) * E;
-        }
-        const bool below = dec.mlp_backward(l, mlp_saves[l], dh.data(), l == first, nullptr, mg);
-        if (critical)
-          for (int j = 0; j < K; ++j)
-            for (int e = 0; e < E; ++e) grad[l][e] += gl[static_cast<size_t>(j) * E + e];
-        if (!below) break;
-        for (int j = 0; j < K; ++j)
-          neighbours[j].prefix->session->dec_.attn_backward(l, saves[j][l], dh.data() + static_cast<size_t>(j) * H);
-      }
-    }
-    res.losses.push_back(loss);
-    if (step == 0) res.first_grad = grad;
-    if (step == o.steps) break;
-    const double pi = 3.14159265358979323846;
-    const double lr = o.steps > 1 ? o.lr_end + 0.5 * (o.lr_start - o.lr_end) * (1 + std::cos(pi * step / (o.steps - 1)))
-                                  : o.lr_start;
-    for (int l : o.layers) adam[l].step(theta[l], grad[l], lr, &res.core[l]);
-  }
-  for (int l : o.layers) res.omega_after[l] = softmax(theta[l]);
-  return res;
-}
-
-}  // namespace
-
-std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opts) {
-  if (opts.backend != "auto" && opts.backend != "cpu" && opts.backend != "cuda")
-    throw Error("BAD_ARGUMENT", "backend must be auto, cpu or cuda (got \"" + opts.backend + "\")");
-  if (opts.backend == "cuda" && !cuda::compiled()) throw Error("NO_CUDA", cuda::probe() + "; use backend cpu or auto");
-  return std::make_unique<ModelImpl>(Checkpoint::open(dir), opts);
 }
 
 }  // namespace routescope

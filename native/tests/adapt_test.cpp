@@ -3,21 +3,14 @@
 #include <random>
 #include <sstream>
 
-#include "routescope/engine.h"
+#include "routescope/adapt.h"
 #include "test.h"
 
 using namespace routescope;
+using rstest::fixture_model;
+using rstest::random_tokens;
 
 namespace {
-
-std::string model_path(const char* name) { return rstest::fixtures_dir + "/parity/" + name + "/model"; }
-
-std::vector<int> random_tokens(int n, int vocab, int seed) {
-  std::mt19937 rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng() % vocab);
-  return t;
-}
 
 Patch delta_patch(const std::map<int, std::vector<float>>& delta, const ModelInfo& info) {
   std::ostringstream js;
@@ -41,7 +34,7 @@ float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 TEST("reroute: zero steps reproduces plain generation exactly") {
-  auto model = Model::load(model_path("olmoe-perexpert-bf16"), LoadOptions{2, "cpu"});
+  auto model = Model::load(fixture_model("olmoe-perexpert-bf16"), LoadOptions{2, "cpu"});
   auto prompt = random_tokens(6, model->info().vocab_size, 1);
   SampleOptions so;
   so.max_new_tokens = 10;
@@ -49,14 +42,14 @@ TEST("reroute: zero steps reproduces plain generation exactly") {
   ro.steps = 0;
   Patch none;
   auto plain = model->create_session()->generate(prompt, none, so);
-  auto rr = model->create_session()->generate_rerouted(prompt, none, so, ro);
+  auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
   CHECK(rr.tokens == plain);
   CHECK(rr.rounds.empty());
 }
 
 TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefill with the final delta") {
   for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "qwen2_moe-fused-f32"}) {
-    auto model = Model::load(model_path(name), LoadOptions{2, "cpu"});
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     auto prompt = random_tokens(12, info.vocab_size, 2);
     SampleOptions so;
@@ -68,7 +61,7 @@ TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefil
     Patch none;
     auto session = model->create_session();
     int rounds_seen = 0;
-    auto rr = session->generate_rerouted(prompt, none, so, ro, nullptr, [&](const RerouteRound&) { ++rounds_seen; });
+    auto rr = generate_rerouted(*session, prompt, none, so, ro, nullptr, [&](const RerouteRound&) { ++rounds_seen; });
     CHECK_MSG(rr.tokens.size() == 9, name << ": generated " << rr.tokens.size());
     CHECK_MSG(rr.rounds.size() == 3 && rounds_seen == 3, name << ": rounds " << rr.rounds.size());  // after prefill, +4, +8
     CHECK(rr.rounds[0].position == 12 && rr.rounds[1].position == 16 && rr.rounds[2].position == 20);
@@ -97,14 +90,14 @@ TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefil
 }
 
 TEST("reroute: confidence-based layer selection adapts the requested fraction") {
-  auto model = Model::load(model_path("mixtral-perexpert-f32"), LoadOptions{1, "cpu"});
+  auto model = Model::load(fixture_model("mixtral-perexpert-f32"), LoadOptions{1, "cpu"});
   auto prompt = random_tokens(8, model->info().vocab_size, 4);
   SampleOptions so;
   so.max_new_tokens = 2;
   RerouteOptions ro;
   ro.layer_fraction = 0.34f;  // 1 of 3 layers
   Patch none;
-  auto rr = model->create_session()->generate_rerouted(prompt, none, so, ro);
+  auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
   CHECK(rr.rounds.size() == 1);
   CHECK(rr.rounds[0].layers.size() == 1);
   CHECK(rr.rounds[0].confidence.size() == 3);
@@ -131,7 +124,7 @@ std::map<int, std::vector<float>> last_softmax(Model& model, const std::vector<i
 
 TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NGD lowers the surrogate loss") {
   for (const char* name : {"olmoe-fused-f16", "qwen3_moe-fused-f32", "mixtral-perexpert-f32"}) {
-    auto model = Model::load(model_path(name), LoadOptions{2, "cpu"});
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     const int last_layer = info.moe_layers.back();
     auto test_prompt = random_tokens(7, info.vocab_size, 10);
@@ -139,11 +132,11 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
     // One neighbour: its gradient must match grad() on prompt + answer with the mix at the last prompt position.
     auto nb_prompt = random_tokens(9, info.vocab_size, 11);
     const int answer = 5;
-    C3poNeighbour nb{model->c3po_prefix(nb_prompt, last_layer), answer, 1.f};
+    C3poNeighbour nb{c3po_prefix(*model, nb_prompt, last_layer), answer, 1.f};
     C3poOptions o;
     o.layers = {last_layer};
     o.steps = 0;
-    auto r0 = model->c3po_ngd(omega, {nb}, o);
+    auto r0 = c3po_ngd(*model, omega, {nb}, o);
     std::vector<int> seq = nb_prompt;
     seq.push_back(answer);
     GradRequest req;
@@ -165,18 +158,18 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
     auto omega2 = last_softmax(*model, test_prompt, critical);
     std::vector<C3poNeighbour> nbs;
     for (int i = 0; i < 3; ++i)
-      nbs.push_back({model->c3po_prefix(random_tokens(6 + i, info.vocab_size, 20 + i), critical.front()), 7 + i, 1.f / (1 + i)});
+      nbs.push_back({c3po_prefix(*model, random_tokens(6 + i, info.vocab_size, 20 + i), critical.front()), 7 + i, 1.f / (1 + i)});
     // The neighbours run stacked through each MLP / MoE block: loss and gradient equal the weighted sums of
     // single-neighbour runs.
     C3poOptions o3;
     o3.layers = critical;
     o3.steps = 0;
-    auto together = model->c3po_ngd(omega2, nbs, o3);
+    auto together = c3po_ngd(*model, omega2, nbs, o3);
     const double wsum = 1 + 1 / 2. + 1 / 3.;
     double want_loss = 0;
     std::map<int, std::vector<float>> want;
     for (int i = 0; i < 3; ++i) {
-      auto alone = model->c3po_ngd(omega2, {nbs[i]}, o3);
+      auto alone = c3po_ngd(*model, omega2, {nbs[i]}, o3);
       const double wi = 1.0 / (1 + i) / wsum;
       want_loss += wi * alone.losses[0];
       for (int l : critical) {
@@ -195,7 +188,7 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
     C3poOptions o2;
     o2.layers = critical;
     o2.core_experts = 3;  // of 8: the other five must keep their relative weights
-    auto r = model->c3po_ngd(omega2, nbs, o2);
+    auto r = c3po_ngd(*model, omega2, nbs, o2);
     CHECK(r.losses.size() == 11);
     CHECK_MSG(r.losses.back() < r.losses.front(), name << ": NGD did not lower the loss: " << r.losses.front() << " -> " << r.losses.back());
     for (int l : critical) {

@@ -12,6 +12,9 @@
 #include "test.h"
 
 using namespace routescope;
+using rstest::error_code_of;
+using rstest::fixture_model;
+using rstest::random_tokens;
 
 namespace {
 
@@ -88,20 +91,11 @@ TEST("kernels: matmul and its input gradient match a float64 loop (all dtypes, r
         }
 }
 
-std::string fixture_model(const char* name) { return rstest::fixtures_dir + "/parity/" + name + "/model"; }
-
-std::vector<int> some_tokens(int n, int vocab, int seed) {
-  std::mt19937 rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng() % vocab);
-  return t;
-}
-
 TEST("kv cache: prefill in pieces and token-by-token decode equal one full forward") {
   for (const char* name : {"olmoe-perexpert-bf16", "qwen2_moe-fused-f32", "qwen3_moe-fused-f16", "mixtral-perexpert-f32"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const int V = model->info().vocab_size;
-    auto tokens = some_tokens(20, V, 3);
+    auto tokens = random_tokens(20, V, 3);
     auto full = model->create_session();
     Patch none;
     auto all = full->forward(tokens, none, LogitsMode::All);
@@ -143,7 +137,7 @@ TEST("kv cache: prefill in pieces and token-by-token decode equal one full forwa
 TEST("generate: greedy decoding equals repeated argmax over full forwards; stop tokens end it") {
   auto model = Model::load(fixture_model("olmoe-fused-f16"), LoadOptions{1, "cpu"});
   const int V = model->info().vocab_size;
-  auto prompt = some_tokens(5, V, 11);
+  auto prompt = random_tokens(5, V, 11);
   SampleOptions o;
   o.max_new_tokens = 8;
   auto s = model->create_session();
@@ -179,25 +173,13 @@ TEST("generate: greedy decoding equals repeated argmax over full forwards; stop 
 TEST("threads: results do not depend on the thread count") {
   auto m1 = Model::load(fixture_model("qwen3_moe-perexpert-bf16-sharded"), LoadOptions{1, "cpu"});
   auto m2 = Model::load(fixture_model("qwen3_moe-perexpert-bf16-sharded"), LoadOptions{2, "cpu"});
-  auto tokens = some_tokens(12, m1->info().vocab_size, 5);
+  auto tokens = random_tokens(12, m1->info().vocab_size, 5);
   Patch none;
   auto a = m1->create_session()->forward(tokens, none, LogitsMode::All);
   auto b = m2->create_session()->forward(tokens, none, LogitsMode::All);
   float worst = 0;
   for (size_t i = 0; i < a.logits.size(); ++i) worst = std::max(worst, std::fabs(a.logits[i] - b.logits[i]));
   CHECK_MSG(worst < 1e-5, "1 vs 2 threads differ by " << worst);
-}
-
-template <class F>
-std::string error_code_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.code();
-  } catch (const std::exception& e) {
-    return std::string("std::exception: ") + e.what();
-  }
-  return "none";
 }
 
 TEST("errors: tokens outside the vocabulary, too long, bad patches, missing folder, bad backend") {
@@ -224,7 +206,7 @@ TEST("errors: tokens outside the vocabulary, too long, bad patches, missing fold
 TEST("patch: mask removes experts at every position; force always selects them (mixtral renormalises)") {
   auto model = Model::load(fixture_model("mixtral-perexpert-f32"), LoadOptions{1, "cpu"});
   const ModelInfo& info = model->info();
-  auto tokens = some_tokens(10, info.vocab_size, 9);
+  auto tokens = random_tokens(10, info.vocab_size, 9);
   Patch p = parse_patch("{\"layers\":{\"1\":{\"mask\":[0,1]},\"2\":{\"force\":[5]}}}", info);
   bool ok_mask = true, ok_force = true;
   model->create_session()->forward(tokens, p, LogitsMode::None, [&](const LayerRouting& r) {
@@ -250,7 +232,7 @@ TEST("patch: mask removes experts at every position; force always selects them (
 namespace {
 TEST("mean_hidden: layer 0 is the mean token embedding; deeper layers use the cached forward") {
   auto model = Model::load(fixture_model("olmoe-fused-f32-sharded"), LoadOptions{1, "cpu"});
-  auto tokens = some_tokens(6, model->info().vocab_size, 8);
+  auto tokens = random_tokens(6, model->info().vocab_size, 8);
   auto s = model->create_session();
   auto e0 = s->mean_hidden(tokens, 0);
   // Embedding rows through a one-token forward would need internals; compare with the safetensors directly.
@@ -280,7 +262,7 @@ TEST("cancel: a cancel between decode steps stops generate with CANCELLED") {
   o.max_new_tokens = 20;
   int seen = 0;
   std::string code = error_code_of([&] {
-    s->generate(some_tokens(4, model->info().vocab_size, 1), none, o, [&](int) {
+    s->generate(random_tokens(4, model->info().vocab_size, 1), none, o, [&](int) {
       if (++seen == 3) s->cancel();  // lands between two decode forwards
       return true;
     });
@@ -297,7 +279,7 @@ namespace {
 TEST("threads: two sessions of one model running at once on two threads (shared pool) give the sequential results") {
   auto model = Model::load(fixture_model("qwen2_moe-perexpert-f16"), LoadOptions{2, "cpu"});
   const int V = model->info().vocab_size;
-  auto a = some_tokens(40, V, 21), b = some_tokens(33, V, 22);
+  auto a = random_tokens(40, V, 21), b = random_tokens(33, V, 22);
   Patch none;
   auto ra = model->create_session()->forward(a, none, LogitsMode::All);
   auto rb = model->create_session()->forward(b, none, LogitsMode::All);

@@ -175,8 +175,16 @@ test('Ctrl-C during reference build stops it and writes no reference set', async
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => child.kill('SIGINT'), 700);
+  // Ctrl-C once the build is under way (its first progress line), not at a fixed time: a loaded machine may take
+  // longer than any fixed delay to start the CLI, and a signal before its handler is installed just kills it.
+  const interrupt = (): void => {
+    if (child.exitCode === null) child.kill('SIGINT');
+  };
+  child.stderr.on('data', (d: Buffer) => {
+    if (stderr === '') interrupt();
+    stderr += d.toString();
+  });
+  const timer = setTimeout(interrupt, 20_000);
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   clearTimeout(timer);
   assert.equal(code, 130, stderr);

@@ -256,3 +256,18 @@ test('a patch file with an out-of-range expert', () => {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test('a patch file with a bias beyond float32 (1e39 would become infinite in the engine)', () => {
+  const tmp = tempDir();
+  try {
+    const patch = path.join(tmp, 'patch.json');
+    fs.writeFileSync(patch, '{"layers": {"2": {"bias": {"5": 1e39}}}}');
+    expectRejected(SINGLE, () => {}, {
+      names: 'patch.json',
+      problem: /layer 2: bias: expert 5: not a finite float32 value/,
+      args: ['inspect', '--model', 'MODEL', '--tokens', TOKENS, '--patch', patch],
+    });
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { loadAddon } from '../../extension/src/engine/addon';
-import { PatchError, parsePatch, serializePatch } from '../../extension/src/engine/patch';
+import { PatchError, parsePatch, serializePatch } from '../../common/src/patch';
 import { c3poPatch } from '../../extension/src/adapt/c3po';
 import { PARITY_DIR } from '../helpers/cli';
 
@@ -21,7 +21,7 @@ test('"N+" mix keys are accepted, kept by serialisation, and checked like exact 
   rejects({ layers: { '1': { mix: { '01+': ROW } } } }, /not a position/);
   rejects({ layers: { '1': { mix: { '3++': ROW } } } }, /not a position/);
   rejects({ layers: { '1': { mix: { '3+': [1, 0] } } } }, /mix\["3\+"\]: has 2 values/);
-  rejects({ layers: { '1': { mix: { '3+': ROW, '5+': ROW } } } }, /more than one "N\+" key/);
+  rejects({ layers: { '1': { mix: { '3+': ROW, '5+': ROW } } } }, /has two "N\+" keys/);
 });
 
 test('c3poPatch: the last prompt position only, or from it on', () => {

@@ -1,4 +1,4 @@
-// The Node-API binding (native/binding/addon.cpp) against native.ts: promises, callbacks, error codes, BUSY,
+// The Node-API binding (native/binding/) against native.ts: promises, callbacks, routing spans, error codes, BUSY,
 // cancel and close. Uses a parity fixture checkpoint.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -113,6 +113,8 @@ test('engine errors become rejected promises with codes', async () => {
   await rejectsWithCode(model.createSession().forward(Int32Array.from({ length: 65 }, (_, i) => i), { logits: 'last' }), 'TOO_LONG');
   await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: '{"layers":{"1":{"mask":[9]}}}' }), 'BAD_PATCH');
   await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: 'nope' }), 'BAD_PATCH');
+  // The engine refuses values that would overflow float32, as the TypeScript validator does (patch-cases.json).
+  await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'last', patch: '{"layers":{"1":{"bias":{"3":-1e300}}}}' }), 'BAD_PATCH', /^patch: layer 1: bias: expert 3: not a finite float32 value/);
   await rejectsWithCode(session.forward(Int32Array.of(1, 2), { logits: 'most' as 'all' }), 'BAD_ARGUMENT');
   await rejectsWithCode(session.grad(Int32Array.of(1), { layers: [0] }), 'BAD_TOKENS');
   // The session is still usable after errors.
@@ -240,4 +242,75 @@ test('close(): the model and its sessions are unusable afterwards', async () => 
   assert.throws(() => model.createSession(4), { code: 'CLOSED' });
   await rejectsWithCode(session.forward(Int32Array.of(1), { logits: 'last' }), 'CLOSED');
   model.close(); // twice is harmless
+});
+
+// Per (layer, position): router logits, experts and weights as plain arrays.
+function routingByPosition(spans: NativeLayerRouting[]): Map<string, { logits: number[]; experts: number[]; weights: number[] }> {
+  const out = new Map<string, { logits: number[]; experts: number[]; weights: number[] }>();
+  for (const r of spans)
+    for (let i = 0; i < r.count; i++)
+      out.set(`${r.layer}@${r.start + i}`, {
+        logits: Array.from(r.routerLogits.subarray(i * r.numExperts, (i + 1) * r.numExperts)),
+        experts: Array.from(r.experts.subarray(i * r.topK, (i + 1) * r.topK)),
+        weights: Array.from(r.weights.subarray(i * r.topK, (i + 1) * r.topK)),
+      });
+  return out;
+}
+
+test('generate: the routing of the prompt and of every decode step equals one forward over the whole sequence, with a fast or a slow onLayer', async () => {
+  const model = open();
+  const prompt = Int32Array.of(3, 1, 4, 1, 5);
+  // A slow consumer lets the engine run ahead of the buffers the binding prepares, so spans are also handed over
+  // one at a time (the worker waits for the JS thread's copy); both paths must deliver the same routing.
+  for (const slowMs of [0, 2]) {
+    const spans: NativeLayerRouting[] = [];
+    const { tokens } = await model.createSession(64).generate(prompt, {
+      maxNewTokens: 40, temperature: 0, topP: 1, seed: 0, stopTokens: [],
+      onLayer: (r) => {
+        spans.push(r);
+        for (const end = performance.now() + slowMs; performance.now() < end; );
+      },
+    });
+    assert.equal(tokens.length, 40);
+    assert.deepEqual(spans.filter((r) => r.start === 0).map((r) => r.count), [5, 5, 5]);
+    assert.ok(spans.filter((r) => r.start > 0).every((r) => r.count === 1));
+    assert.equal(spans.length, 3 * 40); // prefill + 39 decode steps, 3 MoE layers each
+    const full: NativeLayerRouting[] = [];
+    await model.createSession(64).forward(Int32Array.from([...prompt, ...tokens.subarray(0, 39)]), { logits: 'none', onLayer: (r) => full.push(r) });
+    const got = routingByPosition(spans), want = routingByPosition(full);
+    assert.equal(got.size, want.size);
+    for (const [key, w] of want) {
+      const g = got.get(key)!;
+      assert.ok(g, `no routing for ${key}`);
+      assert.deepEqual(g.experts, w.experts, `${key} (slow ${slowMs} ms)`);
+      g.logits.forEach((v, i) => assert.ok(Math.abs(v - w.logits[i]) < 1e-4, `${key} logit ${i}: ${v} vs ${w.logits[i]}`));
+      g.weights.forEach((v, i) => assert.ok(Math.abs(v - w.weights[i]) < 1e-4, `${key} weight ${i}: ${v} vs ${w.weights[i]}`));
+    }
+    // Every span owns its arrays: one buffer per array, exactly its size.
+    for (const r of spans) {
+      assert.equal(r.routerLogits.buffer.byteLength, r.count * r.numExperts * 4);
+      assert.equal(r.experts.buffer.byteLength, r.count * r.topK * 4);
+      assert.equal(r.weights.buffer.byteLength, r.count * r.topK * 4);
+    }
+  }
+  model.close();
+});
+
+test('generate: a throwing onLayer rejects the call with its error and the session stays usable', async () => {
+  const model = open();
+  const session = model.createSession(32);
+  let calls = 0;
+  await assert.rejects(
+    session.generate(Int32Array.of(1, 2, 3), {
+      maxNewTokens: 20, temperature: 0, topP: 1, seed: 0, stopTokens: [],
+      onLayer: () => {
+        if (++calls === 7) throw new Error('boom in a decode step');
+      },
+    }),
+    /boom in a decode step/,
+  );
+  assert.equal(calls, 7, 'no routing callback after the one that threw');
+  session.reset();
+  assert.equal((await session.generate(Int32Array.of(1, 2, 3), { maxNewTokens: 4, temperature: 0, topP: 1, seed: 0, stopTokens: [] })).tokens.length, 4);
+  model.close();
 });

@@ -3,17 +3,16 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import {
-  applyPatchEdit,
   decodeLayerChunk,
   decodeWebviewMessage,
   EditPatchCommand,
   encodeLayerChunk,
   encodeRunInfo,
-  patchEntries,
   ReadyCommand,
   RunLayerNotification,
 } from '../../webview/src/protocol';
-import { validatePatch } from '../../extension/src/engine/patch';
+import { validatePatch } from '../../common/src/patch';
+import { applyPatchEdit, patchEntries } from '../../common/src/patchEdit';
 import type { Run } from '../../extension/src/runs/run';
 
 function makeRun(T = 5, E = 4, k = 2): Run {

@@ -3,7 +3,7 @@
 // biased experts of the draft patch marked). In the pinned panel a bar is clickable: it picks the expert to edit.
 import { expertHex } from './colors';
 import { fixed, visibleToken } from './format';
-import type { RoutingPatch } from '../../extension/src/engine/patch';
+import type { RoutingPatch } from '../../common/src/patch';
 import type { RunRouting } from './runData';
 import type { Theme } from './theme';
 

@@ -1,6 +1,6 @@
 // The routing panel's webview app: builds the page, receives runs and streamed routing from the host (protocol.ts)
 // and wires the grid, the cell details, the load heatmap, the patch editor and compare mode together.
-import type { RoutingPatch } from '../../extension/src/engine/patch';
+import type { RoutingPatch } from '../../common/src/patch';
 import { expertHex } from './colors';
 import { renderCellDetails, expertAtChartX } from './details';
 import type { CellDetails } from './details';
@@ -16,7 +16,6 @@ import {
   EditPatchCommand,
   ExportCommand,
   METRICS,
-  patchEntries,
   PatchChangedNotification,
   ReadyCommand,
   RequestCompareCommand,
@@ -30,7 +29,8 @@ import {
   SelectCellCommand,
   SettingsChangedNotification,
 } from './protocol';
-import type { IpcMessage, Metric, PanelState, PatchEdit } from './protocol';
+import type { IpcMessage, Metric, PanelState } from './protocol';
+import { patchEntries, type PatchEdit } from '../../common/src/patchEdit';
 import { RunRouting } from './runData';
 import { readTheme, watchTheme } from './theme';
 

@@ -3,7 +3,7 @@
 // ANALYSIS ONLY: it uses the answer it is evaluated on). Takes the addon objects as parameters, so the CLI
 // (in-process addon) and the extension (through its engine host) can both drive it.
 import type { NativeC3poPrefix, NativeModel, NativeModelInfo } from '../engine/native';
-import type { RoutingPatch } from '../engine/patch';
+import type { RoutingPatch } from '../../../common/src/patch';
 import type { Embedder } from './embedder';
 import { alphaGrid, findNeighbours, interpolate, meanShift, searchAlpha, topIndices, weightedMean, type Neighbourhood } from './math';
 import type { ReferenceSet } from './reference';

@@ -4,7 +4,7 @@
 // "Generate with rerouting" the text with and without rerouting, the rounds and the final δ per layer.
 import type { NativeRerouteRound, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
-import { serializePatch } from '../engine/patch';
+import { serializePatch } from '../../../common/src/patch';
 import { C3po, c3poPatch, type C3poOutcome } from './c3po';
 import { softmax, topIndices } from './math';
 import { generateRerouted } from './reroute';

@@ -1,8 +1,8 @@
 // Continuous rerouting during generation (arXiv:2510.14853; /shared/spec/rerouting.md): a thin layer over
 // Session.generateRerouted with the settings, plus the δ summaries used by logs and the panel.
 import type { NativeRerouteOptions, NativeRerouteResult, NativeRerouteRound, NativeSession } from '../engine/native';
-import type { RoutingPatch } from '../engine/patch';
-import { serializePatch } from '../engine/patch';
+import type { RoutingPatch } from '../../../common/src/patch';
+import { serializePatch } from '../../../common/src/patch';
 import { norm, topIndices } from './math';
 import type { RerouteSettings } from './settings';
 

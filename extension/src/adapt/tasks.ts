@@ -6,7 +6,7 @@
 import { FILE_KINDS, readTextFile } from '../common/files';
 import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
-import { serializePatch, type RoutingPatch } from '../engine/patch';
+import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
 import { softmax } from './math';
 import { jsonErrorText } from '../common/json-error';
 

@@ -7,7 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { loadAddon, packageRoot } from '../engine/addon';
 import type { NativeModel, NativeModelInfo, NativeSession } from '../engine/native';
 import { RoutingCollector } from '../engine/routing';
-import { PatchError, parsePatch, serializePatch } from '../engine/patch';
+import { PatchError, parsePatch, serializePatch } from '../../../common/src/patch';
 import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber, parseSpan } from './args';
 import { describeModel, f32Row, f32Rows, formatBytes, formatF32, formatNumber, intRow, jsonText, modelInfoJson, requireFinite, writeJsonObject } from './output';

@@ -1,7 +1,7 @@
 // A run: one prompt through the engine with one routing patch, and the routing it produced. Runs are what the
 // side panel lists, the routing panel draws and compare/diff works on. Routing is kept as flat typed arrays per
 // layer so it can be streamed to a webview without copying into JS number arrays.
-import type { RoutingPatch } from '../engine/patch';
+import type { RoutingPatch } from '../../../common/src/patch';
 
 export type RunKind = 'inspect' | 'generate' | 'c3po' | 'reroute';
 

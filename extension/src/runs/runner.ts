@@ -2,7 +2,7 @@
 // arrays as the engine streams them (onUpdate fires per streamed span). No vscode import.
 import type { CancellationLike, EngineHost } from '../engine/host';
 import type { LoadResult, LayerEvent } from '../engine/protocol';
-import { serializePatch, isEmptyPatch, type RoutingPatch } from '../engine/patch';
+import { serializePatch, isEmptyPatch, type RoutingPatch } from '../../../common/src/patch';
 import type { LayerRouting, Run, RunKind, RunModel } from './run';
 import * as path from 'node:path';
 

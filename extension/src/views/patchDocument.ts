@@ -2,7 +2,7 @@
 // validates with engine/patch.ts against the open model and makes it the current patch; an invalid patch is
 // refused with the validator's message (the editor keeps the text).
 import * as vscode from 'vscode';
-import { parsePatch } from '../engine/patch';
+import { parsePatch } from '../../../common/src/patch';
 import type { Session } from '../session';
 
 export const PATCH_URI = vscode.Uri.from({ scheme: 'routescope-patch', path: '/current-patch.json' });

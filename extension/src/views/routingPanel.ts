@@ -31,12 +31,11 @@
 // says "Run no longer available — re-run" and offers a re-run of the kept prompt.
 import { randomBytes } from 'node:crypto';
 import * as vscode from 'vscode';
-import type { RoutingPatch } from '../engine/patch';
-import { PatchError, validatePatch } from '../engine/patch';
+import type { RoutingPatch } from '../../../common/src/patch';
+import { PatchError, validatePatch } from '../../../common/src/patch';
 import type { Run } from '../runs/run';
 import { routingPanelHtml } from '../../../webview/src/html';
 import {
-  applyPatchEdit,
   CompareClearedNotification,
   decodeWebviewMessage,
   EditPatchCommand,
@@ -56,7 +55,8 @@ import {
   SelectCellCommand,
   SettingsChangedNotification,
 } from '../../../webview/src/protocol';
-import type { ExportFormat, IpcMessage, Metric, PanelState, PatchEdit } from '../../../webview/src/protocol';
+import type { ExportFormat, IpcMessage, Metric, PanelState } from '../../../webview/src/protocol';
+import { applyPatchEdit, type PatchEdit } from '../../../common/src/patchEdit';
 
 export interface RoutingPanelDeps {
   /** The run store: a run by id (undefined once dropped). */

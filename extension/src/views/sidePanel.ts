@@ -5,7 +5,7 @@ import * as vscode from 'vscode';
 import type { Session } from '../session';
 import type { Run } from '../runs/run';
 import { layerStats, type LayerStats } from '../runs/aggregate';
-import { patchEntries } from '../../../webview/src/protocol';
+import { describePatch } from '../../../common/src/patchEdit';
 import { formatBytes } from '../cli/output';
 
 function formatCount(n: number): string {
@@ -87,7 +87,7 @@ export class RunItem extends vscode.TreeItem {
     this.iconPath = new vscode.ThemeIcon(
       run.error ? 'error' : run.finishedAt === undefined ? 'loading~spin' : selected ? 'eye' : run.kind === 'generate' ? 'comment-discussion' : 'search',
     );
-    const patch = run.patch ? patchEntries(run.patch).map((e) => `${e.kind} L${e.layer}${e.expert >= 0 ? ` E${e.expert}` : ''}${e.value !== undefined ? ` ${e.value}` : ''}`).join(', ') : 'none';
+    const patch = describePatch(run.patch);
     this.tooltip = new vscode.MarkdownString(
       [`**${run.kind}** #${run.id} on \`${run.model.name}\``, '', '```', run.prompt, '```', '', `patch: ${patch}`, run.error ? `\n\nerror: ${run.error}` : ''].join('\n'),
     );

@@ -1,5 +1,5 @@
-// Routescope engine: public C++ API. No Node, no UI: front ends (the Node-API binding, the C++ tests)
-// sit on top of this header only.
+// Routescope engine: public C++ API for running models. No Node, no UI: front ends (the Node-API binding, the C++
+// tests, rs_bench) sit on top of this header and routescope/adapt.h (test-time adaptation).
 #pragma once
 
 #include <cstdint>
@@ -120,51 +120,6 @@ struct GradResult {
   std::vector<float> mix_grad;
 };
 
-// Continuous rerouting (arXiv:2510.14853): a router-logit offset delta per adapted layer, optimised on the
-// self-supervised next-token loss of the context after prefill and then every `interval` generated tokens.
-struct RerouteOptions {
-  std::vector<int> layers;          // candidate layers; empty = every MoE layer
-  int interval = 128;               // m
-  int steps = 5;                    // optimiser steps per round
-  float lr = 0.05f;
-  bool adam = true;                 // false = plain SGD
-  float layer_fraction = 1.0f;      // adapt only this fraction of candidates, ranked by routing confidence
-  bool least_confident_first = true;// rank by C_l = -(1/k) sum log p (largest first) when true
-};
-struct RerouteRound {
-  int position = 0;                 // context length when the round ran
-  std::vector<int> layers;          // layers adapted in this round
-  std::vector<double> losses;       // loss before each step
-  std::map<int, float> confidence;  // C_l of every candidate layer
-  std::map<int, std::vector<float>> delta;  // delta of every layer adapted so far, after this round
-};
-struct RerouteResult {
-  std::vector<int> tokens;          // generated
-  std::vector<RerouteRound> rounds;
-  std::map<int, std::vector<float>> delta;  // final delta per adapted layer
-};
-
-// C3PO (arXiv:2504.07964) NGD: re-mix the last prompt position's routing in critical layers so that the
-// kernel-weighted loss of reference neighbours, run with that routing, goes down.
-struct C3poPrefix;  // a reference item with its prefix cached (opaque)
-struct C3poNeighbour {
-  std::shared_ptr<C3poPrefix> prefix;
-  int answer = 0;      // token id the neighbour should predict after its prompt
-  float weight = 1.f;  // kernel weight (normalised by the engine)
-};
-struct C3poOptions {
-  std::vector<int> layers;      // critical layers
-  int core_experts = 20;        // optimise the top-n experts of the original routing; the rest stay frozen
-  int steps = 10;
-  float lr_start = 1e-2f, lr_end = 1e-5f;  // cosine schedule, Adam
-};
-struct C3poResult {
-  std::map<int, std::vector<float>> omega_before, omega_after;  // per critical layer, size E
-  std::map<int, std::vector<int>> core;                         // core experts per layer
-  std::vector<double> losses;                                   // surrogate loss before each step, and after the last
-  std::map<int, std::vector<float>> first_grad;                 // dLoss/dtheta at the start (all experts)
-};
-
 class Model;
 
 // A session owns a KV cache; forward() appends tokens after what is already cached.
@@ -179,11 +134,6 @@ class Session {
                                     const RoutingCallback& on_layer = nullptr) = 0;
   // Full-sequence loss and router gradients (fresh, does not touch the KV cache).
   virtual GradResult grad(const std::vector<int>& tokens, const Patch& patch, const GradRequest& req) = 0;
-  // Generation with continuous rerouting; on_round reports each finished round.
-  virtual RerouteResult generate_rerouted(const std::vector<int>& prompt, const Patch& patch,
-                                          const SampleOptions& opts, const RerouteOptions& ropts,
-                                          const std::function<bool(int)>& on_token = nullptr,
-                                          const std::function<void(const RerouteRound&)>& on_round = nullptr) = 0;
   // Mean over positions of the hidden state entering `layer` (num_layers = the last layer's output), for a fresh
   // sequence; used as a text embedding when no external embedder is configured. Resets the session.
   virtual std::vector<float> mean_hidden(const std::vector<int>& tokens, int layer) = 0;
@@ -192,7 +142,16 @@ class Session {
   // there, e.g. to re-run a prompt's last token with another patch without re-running the prefix.
   virtual void truncate(int position) = 0;
   virtual int position() const = 0;
-  // Cooperative cancellation: the running call throws Error("CANCELLED", ...) at the next layer boundary.
+
+  // Calls on a session run one at a time: a call made while another thread's call runs throws Error("BUSY", ...),
+  // and so do reset() and truncate(). A front end that hands calls to a worker thread reserves the session on the
+  // thread that accepts the request: from reserve() to release(), another reserve(), reset() or truncate() throws
+  // BUSY, and a cancel() cancels the reserved call even if the worker has not started it yet.
+  virtual void reserve() = 0;
+  // Ends a reservation, after its call has returned (or when the call will not be made); clears a pending cancel.
+  virtual void release() = 0;
+  // Cooperative cancellation: the running or reserved call throws Error("CANCELLED", ...) at the next layer
+  // boundary (or as it starts). While the session is idle and unreserved, cancel() does nothing.
   virtual void cancel() = 0;
 };
 
@@ -206,13 +165,8 @@ class Model {
   virtual ~Model() = default;
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& opts = {});
   virtual const ModelInfo& info() const = 0;
+  // A session keeps a reference to this model: the model must outlive its sessions (and C3PO prefixes).
   virtual std::unique_ptr<Session> create_session(int max_context = 0) = 0;
-  // C3PO: cache a reference item's prompt (all but the last token in every layer, the last token's hidden state
-  // at the input of `first_layer`); then optimise a test prompt's last-position routing against neighbours.
-  virtual std::shared_ptr<C3poPrefix> c3po_prefix(const std::vector<int>& prompt, int first_layer) = 0;
-  // omega_init per critical layer: the test prompt's last-position softmax (size E), the starting point.
-  virtual C3poResult c3po_ngd(const std::map<int, std::vector<float>>& omega_init,
-                              const std::vector<C3poNeighbour>& neighbours, const C3poOptions& opts) = 0;
 };
 
 }  // namespace routescope

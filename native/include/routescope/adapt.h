@@ -1,0 +1,77 @@
+// Routescope test-time adaptation: continuous rerouting and C3PO, built on the sessions and models of
+// routescope/engine.h. Both optimise router inputs (a logit offset, a mixing row) through the engine's own backward
+// pass; what they change is applied as an ordinary routing Patch.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "routescope/engine.h"
+
+namespace routescope {
+
+// Continuous rerouting (arXiv:2510.14853): a router-logit offset delta per adapted layer, optimised on the
+// self-supervised next-token loss of the context after prefill and then every `interval` generated tokens.
+struct RerouteOptions {
+  std::vector<int> layers;          // candidate layers; empty = every MoE layer
+  int interval = 128;               // m
+  int steps = 5;                    // optimiser steps per round
+  float lr = 0.05f;
+  bool adam = true;                 // false = plain SGD
+  float layer_fraction = 1.0f;      // adapt only this fraction of candidates, ranked by routing confidence
+  bool least_confident_first = true;// rank by C_l = -(1/k) sum log p (largest first) when true
+};
+struct RerouteRound {
+  int position = 0;                 // context length when the round ran
+  std::vector<int> layers;          // layers adapted in this round
+  std::vector<double> losses;       // loss before each step
+  std::map<int, float> confidence;  // C_l of every candidate layer
+  std::map<int, std::vector<float>> delta;  // delta of every layer adapted so far, after this round
+};
+struct RerouteResult {
+  std::vector<int> tokens;          // generated
+  std::vector<RerouteRound> rounds;
+  std::map<int, std::vector<float>> delta;  // final delta per adapted layer
+};
+
+// Generation with continuous rerouting: resets the session, runs the prompt, then alternates rounds and decoding.
+// on_token as in Session::generate; on_round reports each finished round. Runs on the CPU decoder whatever the
+// model's backend. Obeys the session's call rules (Session::reserve) like any other call.
+RerouteResult generate_rerouted(Session& session, const std::vector<int>& prompt, const Patch& patch,
+                                const SampleOptions& opts, const RerouteOptions& ropts,
+                                const std::function<bool(int)>& on_token = nullptr,
+                                const std::function<void(const RerouteRound&)>& on_round = nullptr);
+
+// C3PO (arXiv:2504.07964) NGD: re-mix the last prompt position's routing in critical layers so that the
+// kernel-weighted loss of reference neighbours, run with that routing, goes down.
+struct C3poPrefix;  // a reference item with its prefix cached (opaque)
+struct C3poNeighbour {
+  std::shared_ptr<C3poPrefix> prefix;
+  int answer = 0;      // token id the neighbour should predict after its prompt
+  float weight = 1.f;  // kernel weight (normalised by the engine)
+};
+struct C3poOptions {
+  std::vector<int> layers;      // critical layers
+  int core_experts = 20;        // optimise the top-n experts of the original routing; the rest stay frozen
+  int steps = 10;
+  float lr_start = 1e-2f, lr_end = 1e-5f;  // cosine schedule, Adam
+};
+struct C3poResult {
+  std::map<int, std::vector<float>> omega_before, omega_after;  // per critical layer, size E
+  std::map<int, std::vector<int>> core;                         // core experts per layer
+  std::vector<double> losses;                                   // surrogate loss before each step, and after the last
+  std::map<int, std::vector<float>> first_grad;                 // dLoss/dtheta at the start (all experts)
+};
+
+// Caches a reference item's prompt: all but the last token in every layer, the last token's hidden state at the
+// input of `first_layer`. The prefix keeps a reference to `model`, which must outlive it.
+std::shared_ptr<C3poPrefix> c3po_prefix(Model& model, const std::vector<int>& prompt, int first_layer);
+// Optimises a test prompt's last-position routing against the neighbours; omega_init per critical layer is the
+// test prompt's last-position softmax (size E), the starting point. steps = 0 only evaluates the loss and gradient.
+// C3PO calls on one model run one at a time (NGD writes into the neighbours' cached rows); concurrent callers wait.
+C3poResult c3po_ngd(Model& model, const std::map<int, std::vector<float>>& omega_init,
+                    const std::vector<C3poNeighbour>& neighbours, const C3poOptions& opts);
+
+}  // namespace routescope
