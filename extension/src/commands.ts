@@ -19,8 +19,8 @@ import type { NativeRerouteRound } from './engine/native';
 import { PATCH_URI } from './views/patchDocument';
 import type { ExpertItem, RunItem } from './views/sidePanel';
 import { applyPatchEdit, clearExpertEdits, type PatchEdit } from '../../common/src/patchEdit';
-import { FILE_KINDS, readTextFile } from './common/files';
-import { jsonErrorText } from './common/json-error';
+import { FILE_KINDS, readTextFile } from './inputFiles';
+import { jsonErrorText } from '../../common/src/jsonError';
 
 /** Where runs are drawn (the routing panel, views/routingPanel.ts). */
 export interface RoutingDisplay {

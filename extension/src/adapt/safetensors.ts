@@ -1,7 +1,7 @@
 // Minimal float32 safetensors reader/writer for reference sets (any safetensors tool can open the files).
 import * as fs from 'node:fs';
-import { FILE_KINDS, readRegularFile, type MakeError } from '../common/files';
-import { jsonErrorText } from '../common/json-error';
+import { FILE_KINDS, readRegularFile, type MakeError } from '../inputFiles';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export interface F32Tensor {
   shape: number[];

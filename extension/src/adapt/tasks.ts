@@ -3,12 +3,12 @@
 //     (" A" … " D") has the highest log-probability at the last prompt position;
 //   generative {"id","skill","prompt","answer"}: greedy decoding (at most 16 tokens, cut at the first newline),
 //     exact match of the trimmed text.
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../inputFiles';
 import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
 import { softmax } from './math';
-import { jsonErrorText } from '../common/json-error';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export interface McItem {
   kind: 'mc';

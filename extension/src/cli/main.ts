@@ -11,11 +11,11 @@ import { PatchError, parsePatch, serializePatch } from '../../../common/src/patc
 import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber, parseSpan } from './args';
 import { describeModel, f32Row, f32Rows, formatBytes, formatF32, formatNumber, intRow, jsonText, modelInfoJson, requireFinite, writeJsonObject } from './output';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../inputFiles';
 import type { LayerRoutingRows } from '../engine/routing';
 import { formatRoutingTable, formatWeight, visibleToken } from './table';
 import { adaptInterrupt, registerAdaptCommands } from './adapt';
-import { jsonErrorText } from '../common/json-error';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 const VERSION = '0.1.0';
 const DEMO_MODEL = path.join('media', 'demo-model');

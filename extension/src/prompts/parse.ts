@@ -3,7 +3,7 @@
 //           one prompt on its own (a section holding fenced blocks gives one prompt per block, not its body).
 //   .jsonl: each line that is an object with a string "prompt" (preferred) or "question" field.
 // Lines and characters are 0-based; `line` is where a code lens goes (the heading, fence or JSON line).
-import { jsonErrorText } from '../common/json-error';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export interface PromptRange {
   startLine: number;

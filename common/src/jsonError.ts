@@ -1,4 +1,4 @@
-// JSON parse errors of user files, as they appear in one-line messages (pure: also used by prompts/parse.ts).
+// JSON parse errors of user files, as they appear in one-line messages.
 /** A JSON.parse error as one line: V8 quotes the text around the error, line breaks and control characters included. */
 export function jsonErrorText(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
