@@ -1,6 +1,6 @@
 // Minimal float32 safetensors reader/writer for reference sets (any safetensors tool can open the files).
 import * as fs from 'node:fs';
-import { FILE_KINDS, readRegularFile, type MakeError } from '../inputFiles';
+import { FILE_KINDS, readRegularFile, type MakeError } from '../common/files';
 import { jsonErrorText } from '../../../common/src/jsonError';
 
 export interface F32Tensor {

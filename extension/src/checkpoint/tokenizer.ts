@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { FILE_KINDS, readTextFile, type FileKind } from '../inputFiles';
+import { FILE_KINDS, readTextFile, type FileKind } from '../common/files';
 import { jsonErrorText } from '../../../common/src/jsonError';
 
 export class TokenizerError extends Error {
