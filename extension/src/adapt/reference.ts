@@ -12,6 +12,7 @@ import { FILE_KINDS, readTextFile } from '../common/files';
 import { describeEmbedder, identityMismatch, modelIdentity, sameEmbedder, type EmbedderIdentity, type ModelIdentity } from './identity';
 import { readSafetensors, writeSafetensors } from './safetensors';
 import { questionText, type TaskItem, type TaskRunner } from './tasks';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export const REFERENCE_FORMAT = 'routescope-reference/1';
 
@@ -280,7 +281,7 @@ export function parseManifest(file: string, text: string): ReferenceManifest {
   try {
     m = JSON.parse(text);
   } catch (error) {
-    return fail(`invalid JSON (${(error as Error).message})`);
+    return fail(`invalid JSON (${jsonErrorText(error)})`);
   }
   if (!isObject(m)) return fail('not a JSON object');
   if (m.format !== REFERENCE_FORMAT) fail(`format ${describe(m.format)}, expected ${REFERENCE_FORMAT}`);
@@ -328,7 +329,7 @@ export function parseIndex(file: string, text: string, vocabSize: number): Refer
     try {
       v = JSON.parse(line);
     } catch (error) {
-      throw new ReferenceError(`${where}: invalid JSON (${(error as Error).message})`);
+      throw new ReferenceError(`${where}: invalid JSON (${jsonErrorText(error)})`);
     }
     if (!isObject(v)) throw new ReferenceError(`${where}: expected a JSON object, got ${describe(v)}`);
     for (const key of ['id', 'skill', 'question', 'prompt', 'answer']) {

@@ -9,6 +9,7 @@ import type { RoutingSpan } from '../../../common/src/routing';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
 import { logSumExp, routerScores } from '../../../common/src/math';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export interface McItem {
   kind: 'mc';
@@ -46,7 +47,7 @@ export function readTasks(file: string): TaskItem[] {
     try {
       v = JSON.parse(line);
     } catch (error) {
-      throw new TaskError(`${where}: invalid JSON (${(error as Error).message})`);
+      throw new TaskError(`${where}: invalid JSON (${jsonErrorText(error)})`);
     }
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new TaskError(`${where}: expected a JSON object (an item), got ${v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v}`);
     const str = (key: string): string => {
