@@ -83,7 +83,7 @@ void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, f
   const int qw = nh * hd, ow = nh * vd;
   const float scale = cfg_.softmax_scale;
   const int window = cfg_.sliding_window;
-  if (!probs && attention_fused(pool_, AttentionShape{nh, nkv, hd, hd, scale, window}, q, T, pos0, cache.k, cache.v, out))
+  if (!probs && attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window}, q, T, pos0, cache.k, cache.v, out))
     return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
   std::vector<float> qb, scores, ob;
