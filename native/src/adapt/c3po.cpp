@@ -66,7 +66,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     res.omega_before[l] = it->second;
     auto& th = theta[l];
     th.resize(E);
-    for (int e = 0; e < E; ++e) th[e] = std::log(std::max(1e-30f, it->second[e]));
+    th = logits_of_scores(cfg, it->second);  // scores_row(th) = ω
     std::vector<int> order(E);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return it->second[a] > it->second[b]; });
@@ -99,7 +99,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     for (int l : o.layers) grad[l].assign(E, 0.f);
     const bool need_grad = !(step == o.steps && step > 0);  // the final evaluation needs no gradient
     std::map<int, std::vector<float>> omega;
-    for (int l : o.layers) omega[l] = softmax_row(theta[l]);
+    for (int l : o.layers) omega[l] = scores_row(cfg, theta[l]);
     // Layers below the first critical one (a prefix cached lower down) run per neighbour, with its own positions.
     for (int j = 0; j < K; ++j) {
       C3poPrefix& p = *neighbours[j].prefix;
@@ -170,7 +170,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     const double lr = cosine_lr(step, o.steps, o.lr_start, o.lr_end);
     for (int l : o.layers) adam[l].step(theta[l], grad[l], lr, &res.core[l]);
   }
-  for (int l : o.layers) res.omega_after[l] = softmax_row(theta[l]);
+  for (int l : o.layers) res.omega_after[l] = scores_row(cfg, theta[l]);
   return res;
 }
 
