@@ -38,7 +38,8 @@ fs.writeFileSync(path.join(st, 'dtypes'), safetensors([['h', 'F16', [3]], ['bf',
 fs.writeFileSync(path.join(st, 'metadata'), safetensors([['model.layers.0.mlp.gate.weight', 'BF16', [8, 4]]], { format: 'pt', note: 'é\u00e9' }));
 fs.writeFileSync(path.join(st, 'empty'), safetensors([]));
 
-// config: one byte choosing the fixture (sorted folder names, as config_fuzz.cpp), then config.json, and after
+// config: one byte choosing the fixture (its index among the sorted folders; config_fuzz.cpp takes it modulo the
+// fixtures of the config's model_type), then config.json, and after
 // 0xFF bytes generation_config.json and the index.
 const cfg = corpus('config');
 fixtures.forEach((name, i) => {
@@ -52,9 +53,10 @@ fixtures.forEach((name, i) => {
   fs.writeFileSync(path.join(cfg, `${name}+files`), Buffer.concat([Buffer.from([i]), ...parts.flatMap((p, j) => (j ? [sep, p] : [p]))]));
 });
 
-// patch: experts, top-k, layers, dense-layer bits, logit flavour, then the patch JSON (patch_fuzz.cpp).
+// patch: experts, top-k, layers, dense-layer bits, logit flavour, routing rule, then the patch JSON (patch_fuzz.cpp).
 const pt = corpus('patch');
-const shape = Buffer.from([7, 1, 3, 0, 0]); // 8 experts, top-2, 4 layers, all MoE
+const shape = Buffer.from([7, 1, 3, 0, 0, 0]); // 8 experts, top-2, 4 layers, all MoE, softmax
+const grouped = Buffer.from([7, 1, 3, 0, 0, 0x4b]); // sigmoid, renormalised, selection bias, 2 groups
 let n = 0;
 for (const name of fixtures) {
   const cases = JSON.parse(fs.readFileSync(path.join(parity, name, 'cases.json'), 'utf8'));
@@ -66,4 +68,5 @@ for (const name of fixtures) {
   if (n > 30) break;
 }
 fs.writeFileSync(path.join(pt, 'tail-mix'), Buffer.concat([shape, Buffer.from('{"layers":{"1":{"mix":{"3+":[0.5,0.5,0,0,0,0,0,0]},"mask":[7],"force":[2]}}}')]));
-fs.writeFileSync(path.join(pt, 'wide'), Buffer.concat([Buffer.from([0x85, 3, 1, 0, 5]), Buffer.from('{"layers":{"0":{"bias":{"260":2.5},"mask":[0,1,2]}}}')]));
+fs.writeFileSync(path.join(pt, 'wide'), Buffer.concat([Buffer.from([0x85, 3, 1, 0, 5, 0]), Buffer.from('{"layers":{"0":{"bias":{"260":2.5},"mask":[0,1,2]}}}')]));
+fs.writeFileSync(path.join(pt, 'grouped'), Buffer.concat([grouped, Buffer.from('{"layers":{"2":{"mask":[0,1,2,3],"force":[5]}}}')]));

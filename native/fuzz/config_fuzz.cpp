@@ -1,6 +1,7 @@
 // libFuzzer harness: checkpoint loading from a model folder whose config.json (and optionally
 // generation_config.json and model.safetensors.index.json) come from the input, over the weights of a parity
-// fixture. Input: one byte choosing the fixture, then the files separated by 0xFF bytes (never in JSON text).
+// fixture. Input: one byte choosing the fixture (among those of the config's model_type, so that an input keeps its
+// fixture when fixtures of other architectures are added), then the files separated by 0xFF bytes (never in JSON).
 // A folder that loads is run: a forward pass of three tokens must finish without a sanitizer report.
 // Fixtures are read from $ROUTESCOPE_FIXTURES (default test/fixtures) and copied once into a private folder.
 #include <unistd.h>
@@ -11,10 +12,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include "routescope/engine.h"
+#include "util/json.h"
 
 namespace fs = std::filesystem;
 using namespace routescope;
@@ -23,12 +26,28 @@ namespace {
 struct Fixture {
   fs::path dir;
   bool sharded = false;
+  std::string model_type;
 };
 std::vector<Fixture> g_fixtures;
 
 void write_file(const fs::path& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f << text;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+std::string model_type_of(const std::string& config) {
+  try {
+    const Json root = Json::parse(config);
+    const Json* t = root.is_object() ? root.find("model_type") : nullptr;
+    return t && t->is_string() ? t->as_string() : std::string();
+  } catch (const std::exception&) {
+    return std::string();
+  }
 }
 }  // namespace
 
@@ -47,6 +66,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     fs::create_directories(f.dir);
     for (const auto& file : fs::directory_iterator(src / "model")) fs::copy(file.path(), f.dir / file.path().filename());
     f.sharded = fs::exists(f.dir / "model.safetensors.index.json");
+    f.model_type = model_type_of(read_file(f.dir / "config.json"));
     g_fixtures.push_back(f);
   }
   if (g_fixtures.empty()) {
@@ -62,12 +82,18 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
-  const Fixture& fx = g_fixtures[data[0] % g_fixtures.size()];
   std::vector<std::string> parts(1);
   for (size_t i = 1; i < size; ++i) {
     if (data[i] == 0xFF) parts.emplace_back();
     else parts.back() += static_cast<char>(data[i]);
   }
+  std::vector<const Fixture*> same;
+  const std::string type = model_type_of(parts[0]);
+  for (const Fixture& f : g_fixtures)
+    if (f.model_type == type) same.push_back(&f);
+  if (same.empty())
+    for (const Fixture& f : g_fixtures) same.push_back(&f);
+  const Fixture& fx = *same[data[0] % same.size()];
   static std::string original_index;
   write_file(fx.dir / "config.json", parts[0]);
   if (parts.size() > 1) write_file(fx.dir / "generation_config.json", parts[1]);

@@ -1,7 +1,9 @@
 // libFuzzer harness: the routing-patch parser and the router (parse_patch + route_token).
-// Input: 4 bytes choosing the model's shape (experts, top-k, layers, which are MoE), 1 byte of logit flavour, then
+// Input: 4 bytes choosing the model's shape (experts, top-k, layers, which are MoE), 1 byte of logit flavour, 1 byte
+// of routing rule (softmax or sigmoid, renormalised or not, a group limit as DeepSeek's, a selection bias), then
 // the patch JSON. A parsed patch is applied at every patched position; the selection must hold top-k distinct
 // experts in range, never a masked one, always the forced ones.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -9,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/forward.h"
+#include "cpu/router.h"
 #include "routescope/engine.h"
 
 using namespace routescope;
@@ -27,8 +29,29 @@ float logit(uint32_t& state, uint8_t flavour) {
 }
 }  // namespace
 
+// A rule the config readers would accept for E experts and top-k (model/arch_deepseek.cpp read_groups).
+RouterRule rule_from(uint8_t b, int E, int k) {
+  RouterRule r;
+  r.scoring = (b & 1) ? Scoring::Sigmoid : Scoring::Softmax;
+  r.renorm = (b & 2) != 0;
+  r.scale = (b & 4) ? 2.5f : 1.f;
+  r.selection_bias = (b & 8) != 0;
+  r.group_score = (b & 16) ? GroupScore::TopTwoSum : GroupScore::Max;
+  const int want = 1 + ((b >> 5) & 7);
+  for (int g = std::min(want, E); g > 1; --g) {
+    if (E % g) continue;
+    const int per = E / g;
+    int kept = 1 + (b >> 3) % g;
+    while (kept < g && kept * per < k) ++kept;
+    if (kept * per < k || (r.group_score == GroupScore::TopTwoSum && per < 2)) continue;
+    r.groups = g, r.groups_kept = kept;
+    break;
+  }
+  return r;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < 5) return 0;
+  if (size < 6) return 0;
   ModelInfo info;
   info.num_experts = (data[0] & 0x80) ? 257 + data[0] % 40 : 1 + data[0] % 64;
   info.top_k = 1 + data[1] % info.num_experts;
@@ -36,7 +59,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int l = 0; l < info.num_layers; ++l)
     if (((data[3] >> l) & 1) == 0) info.moe_layers.push_back(l);
   const uint8_t flavour = data[4];
-  const std::string text(reinterpret_cast<const char*>(data + 5), size - 5);
+  const RouterRule rule = rule_from(data[5], info.num_experts, info.top_k);
+  const std::string text(reinterpret_cast<const char*>(data + 6), size - 6);
   Patch patch;
   try {
     patch = parse_patch(text, info);
@@ -44,7 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   const int E = info.num_experts, k = info.top_k;
-  std::vector<float> z(E), p(E), w(k);
+  std::vector<float> z(E), p(E), w(k), bias(E);
   std::vector<int32_t> sel(k);
   uint32_t state = static_cast<uint32_t>(size) * 2654435761u;
   for (const auto& [layer, lp] : patch.layers) {
@@ -53,9 +77,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (lp.mix_tail_start >= 0) positions.push_back(lp.mix_tail_start), positions.push_back(lp.mix_tail_start + 7);
     for (int pos : positions) {
       for (float& x : z) x = logit(state, flavour);
+      for (float& x : bias) x = logit(state, 0) * 0.01f;
       bool mixed = false;
       for (bool renorm : {false, true}) {
-        route_token(z.data(), E, k, &lp, pos, renorm, p.data(), sel.data(), w.data(), &mixed);
+        RouterRule r = rule;
+        r.renorm = renorm;
+        route_token(r, z.data(), E, k, r.selection_bias ? bias.data() : nullptr, &lp, pos, p.data(), sel.data(),
+                    w.data(), &mixed);
         std::vector<bool> seen(E, false);
         for (int i = 0; i < k; ++i) {
           if (sel[i] < 0 || sel[i] >= E || seen[sel[i]]) std::abort();  // out of range or selected twice
