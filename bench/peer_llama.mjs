@@ -114,6 +114,12 @@ async function main() {
     const tokens = randomTokens(promptTokens, vocab, Number(values.seed) + 7);
     const greedy = { generateNext: { token: true, options: { temperature: 0 } } };
     const items = tokens.map((t, i) => (i === tokens.length - 1 ? [t, greedy] : t));
+    // The same warm-up as `routescope bench`: one untimed prefill of the prompt and one single-token step, then an
+    // empty sequence.
+    await seq.controlledEvaluate(items);
+    await seq.clearHistory();
+    await seq.controlledEvaluate([[tokens[0], greedy]]);
+    await seq.clearHistory();
     let t0 = performance.now();
     const out = await seq.controlledEvaluate(items);
     const prefill = (performance.now() - t0) / 1000;

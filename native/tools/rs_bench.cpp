@@ -182,10 +182,11 @@ int main(int argc, char** argv) {
     std::vector<int> tokens(prompt);
     for (auto& t : tokens) t = int(rng() % info.vocab_size);
     routescope::Patch none;
-    {  // warm-up: maps the weights in
+    {  // warm-up, as `routescope bench`: one prefill of the prompt (maps the weights, sizes the buffers), one step
       auto s = m->create_session();
-      s->forward({tokens.begin(), tokens.begin() + std::min(prompt, 16)}, none, routescope::LogitsMode::Last);
-      if (prompt > 16 || decode > 0) s->forward({1}, none, routescope::LogitsMode::Last);
+      s->forward(tokens, none, routescope::LogitsMode::Last);
+      s->reset();
+      s->forward({1}, none, routescope::LogitsMode::Last);
     }
     double prefill = 1e30, dec = 1e30, prefill_cpu = 1e30, dec_cpu = 1e30;
     for (int rep = 0; rep < repeat; ++rep) {

@@ -38,8 +38,11 @@ async function bench(options: BenchOptions): Promise<void> {
     const prompt = Int32Array.from(tokens.slice(0, promptTokens));
     const session = model.createSession(promptTokens + decodeTokens);
 
-    // Warm-up: touch the weights and the kernels once, then start from an empty cache.
-    await engineCall(session, () => session.forward(prompt.subarray(0, Math.min(promptTokens, 16)), { logits: 'last' }));
+    // Warm-up: one full-length prefill maps the weights and sizes the engine's buffers (llama.cpp likewise allocates
+    // its compute buffers and KV cache when a context is created, outside any timing), and one single-token step;
+    // then the timed runs start from an empty cache.
+    await engineCall(session, () => session.forward(prompt, { logits: 'last' }));
+    session.reset();
     await engineCall(session, () => session.forward(Int32Array.of(tokens[0]), { logits: 'last' }));
     session.reset();
 

@@ -11,6 +11,7 @@
 #include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "cpu/ops.h"
+#include "cpu/scratch.h"
 
 namespace routescope {
 
@@ -259,9 +260,12 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
   const int qw = nh * hd, kvw = nkv * hd;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH), r_attn(T);
+  std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
+  std::vector<float> r_attn(T);
   for (int t = 0; t < T; ++t) r_attn[t] = rmsnorm_row(h + t * H, w.attn_norm.data(), H, cfg_.eps, x.data() + t * H);
-  std::vector<float> q(static_cast<size_t>(T) * qw), kk(static_cast<size_t>(T) * kvw), vv(static_cast<size_t>(T) * kvw);
+  std::vector<float>& q = layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * qw);
+  std::vector<float>& kk = layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * kvw);
+  std::vector<float>& vv = layer_buffer(LayerBuffer::Value, static_cast<size_t>(T) * kvw);
   matmul_batch(pool_, {{x.data(), T, w.q, q.data()}, {x.data(), T, w.k, kk.data()}, {x.data(), T, w.v, vv.data()}});
   if (cfg_.qkv_bias)
     for (int t = 0; t < T; ++t) {
@@ -315,7 +319,7 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
       std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kvw + g * hd], hd * sizeof(float));
       std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * hd], &vv[static_cast<size_t>(t) * kvw + g * hd], hd * sizeof(float));
     }
-  std::vector<float> attn(static_cast<size_t>(T) * qw);
+  std::vector<float>& attn = layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * qw);
   if (save) {
     save->q = q;
     save->k = kk;
@@ -333,7 +337,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH);
+  std::vector<float>& x = layer_buffer(LayerBuffer::MlpInput, TH);
   if (save) save->T = T, save->pos0 = pos0;
   std::vector<float> r_mlp(T);
   for (int t = 0; t < T; ++t) r_mlp[t] = rmsnorm_row(h + t * H, w.mlp_norm.data(), H, cfg_.eps, x.data() + t * H);
@@ -342,7 +346,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
     save->r_mlp = r_mlp;
     save->x_mlp = x;
   }
-  std::vector<float> y(TH);
+  std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
   if (w.moe) {
     moe_forward(l, x.data(), T, pos0, patch, y.data(), on_layer, save);
   } else {
