@@ -89,8 +89,16 @@ async function main() {
   // longer prompt is evaluated in batches of 512 as llama.cpp users run it.
   const ctx = await model.createContext({ contextSize, threads: { ideal: threads, min: threads }, sequences: 1 });
   const seq = ctx.getSequence();
+  // Which of the package's CPU backend variants ggml loaded for this CPU (libggml-cpu-<variant>.so).
+  let cpuBackend = null;
+  try {
+    cpuBackend = /libggml-cpu-([\w-]+)\.so/.exec(fs.readFileSync('/proc/self/maps', 'utf8'))?.[1] ?? null;
+  } catch {
+    // not Linux
+  }
   const base = {
     build: llamaPeerBuild(),
+    cpu_backend: cpuBackend,
     build_type: llama.buildType,
     system_info: llama.systemInfo,
     threads: ctx.currentThreads ?? threads,

@@ -440,7 +440,7 @@ function table(res) {
   }
   if (res.llama_build) {
     const lb = res.llama_build;
-    lines.push(`llama.cpp: node-llama-cpp ${lb.node_llama_cpp} (${lb.build_type ?? 'unknown'} binaries), ${lb.llama_cpp_repo} release ${lb.llama_cpp_release}; ${lb.system_info ?? ''}`.trim());
+    lines.push(`llama.cpp: node-llama-cpp ${lb.node_llama_cpp} (${lb.build_type ?? 'unknown'} binaries), ${lb.llama_cpp_repo} release ${lb.llama_cpp_release}, CPU backend ${lb.cpu_backend ? `libggml-cpu-${lb.cpu_backend}.so` : 'unknown'}; ${lb.system_info ?? ''}`.trim());
     lines.push(`  context: batch ${lb.batch_size ?? '?'}, flash attention ${lb.flash_attention ?? '?'}, ${lb.threads ?? '?'} threads`);
   }
   const t = res.engines.find((e) => e.id === 'torch' && !e.error && !e.skipped);
@@ -589,7 +589,7 @@ async function main() {
     e.long_peak_rss_bytes = long.length ? best(long.map((r) => r.peak_rss_bytes)) : null;
     if (e.id === 'routescope') e.via = main[0]?.via ?? engineVia;
     if (e.id.startsWith('llama_') && main[0]) {
-      llamaBuild = llamaBuild ?? { ...main[0].build, build_type: main[0].build_type, system_info: main[0].system_info, threads: main[0].threads, flash_attention: main[0].flash_attention, batch_size: main[0].batch_size };
+      llamaBuild = llamaBuild ?? { ...main[0].build, build_type: main[0].build_type, cpu_backend: main[0].cpu_backend, system_info: main[0].system_info, threads: main[0].threads, flash_attention: main[0].flash_attention, batch_size: main[0].batch_size };
     }
   }
   if (!llamaBuild && opts.peers.includes('llama') && !llamaPeerMissing()) llamaBuild = llamaPeerBuild();
