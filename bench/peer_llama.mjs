@@ -128,25 +128,35 @@ async function main() {
     await seq.clearHistory();
     await seq.controlledEvaluate([[tokens[0], greedy]]);
     await seq.clearHistory();
+    const cpuSeconds = (since) => {
+      const d = process.cpuUsage(since);
+      return (d.user + d.system) / 1e6;
+    };
     let t0 = performance.now();
+    let c0 = process.cpuUsage();
     const out = await seq.controlledEvaluate(items);
     const prefill = (performance.now() - t0) / 1000;
+    const prefillCpu = cpuSeconds(c0);
     let next = out[tokens.length - 1]?.next?.token;
     if (typeof next !== 'number') throw new Error('no token after the prefill');
     t0 = performance.now();
+    c0 = process.cpuUsage();
     for (let i = 0; i < decodeTokens; i++) {
       const r = await seq.controlledEvaluate([[next, greedy]]);
       next = r[0]?.next?.token;
       if (typeof next !== 'number') throw new Error(`no token at decode step ${i}`);
     }
     const decode = (performance.now() - t0) / 1000;
+    const decodeCpu = cpuSeconds(c0);
     process.stdout.write(
       JSON.stringify({
         ...base,
         prompt_tokens: promptTokens,
         decode_tokens: decodeTokens,
         prefill_tokens_per_s: promptTokens / prefill,
+        prefill_cpu_seconds: prefillCpu,
         decode_tokens_per_s: decodeTokens / decode,
+        decode_cpu_seconds: decodeCpu,
         peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
       }) + '\n',
     );
