@@ -9,7 +9,7 @@
 namespace routescope {
 
 namespace {
-constexpr int kBlockRows = 64;  // query rows of one work unit (one head)
+constexpr int kBlockRows = 256;  // query rows of one work unit (one head): each unit streams its keys and values once
 }  // namespace
 
 bool attention_fused(ThreadPool& pool, const AttentionShape& s, const float* q, int T, int pos0,

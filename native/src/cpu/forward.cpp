@@ -12,6 +12,7 @@
 #include "cpu/moe_experts.h"
 #include "cpu/ops.h"
 #include "cpu/router.h"
+#include "cpu/scratch.h"
 
 namespace routescope {
 
@@ -221,7 +222,8 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH), r_attn(T);
+  std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
+  std::vector<float> r_attn(T);
   for (int t = 0; t < T; ++t) r_attn[t] = rmsnorm_row(h + t * H, w.attn_norm.data(), H, cfg_.eps, x.data() + t * H);
   if (save) {
     save->T = T;
@@ -229,7 +231,10 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
     save->r_attn = r_attn;
     save->x_attn = x;
   }
-  std::vector<float> q, kk, vv;  // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied
+  // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied
+  std::vector<float>& q = layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * nh * hd);
+  std::vector<float>& kk = layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * nkv * hd);
+  std::vector<float>& vv = layer_buffer(LayerBuffer::Value, static_cast<size_t>(T) * nkv * vd);
   if (cfg_.attention == AttentionKind::Latent) latent_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   else standard_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   const int kw = nkv * hd, vw = nkv * vd;
@@ -239,7 +244,7 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
       std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kw + g * hd], hd * sizeof(float));
       std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * vd], &vv[static_cast<size_t>(t) * vw + g * vd], vd * sizeof(float));
     }
-  std::vector<float> attn(static_cast<size_t>(T) * nh * vd);
+  std::vector<float>& attn = layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * nh * vd);
   if (save) {
     save->q = q;
     save->k = kk;
@@ -315,7 +320,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH);
+  std::vector<float>& x = layer_buffer(LayerBuffer::MlpInput, TH);
   if (save) save->T = T, save->pos0 = pos0;
   std::vector<float> r_mlp(T);
   for (int t = 0; t < T; ++t) r_mlp[t] = rmsnorm_row(h + t * H, w.mlp_norm.data(), H, cfg_.eps, x.data() + t * H);
@@ -324,7 +329,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
     save->r_mlp = r_mlp;
     save->x_mlp = x;
   }
-  std::vector<float> y(TH);
+  std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
   if (w.moe) {
     moe_forward(l, x.data(), T, pos0, patch, y.data(), on_layer, save);
   } else {
