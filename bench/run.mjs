@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { activeDecodeBytes, ensureCheckpoint } from './checkpoint.mjs';
+import { SHAPES, activeDecodeBytes, ensureCheckpoint } from './checkpoint.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
@@ -34,7 +34,9 @@ class BenchError extends Error {}
 function usage() {
   return `usage: npm run bench -- [--layers N] [--prompt-tokens N] [--decode-tokens M] [--threads T] [--check-tokens K]
                         [--seed S] [--repeat R] [--python PATH] [--engine auto|cli|rs_bench] [--skip-peer] [--json]
-  --layers         OLMoE-shaped layers in the random checkpoint (default 2)
+  --layers         layers in the random checkpoint (default 2)
+  --shape          olmoe (OLMoE-1B-7B, default), deepseek-v2-lite or moonlight (their config.json, layers shrunk;
+                   the PyTorch peer and the adaptation overhead run on olmoe only)
   --prompt-tokens  prefill length (default 512)
   --decode-tokens  single-token decode steps (default 32)
   --threads        threads for the engine, the bandwidth probe and PyTorch (default: all cores, ${os.availableParallelism()})
@@ -57,6 +59,7 @@ function parseOptions(argv) {
     args: argv,
     options: {
       layers: { type: 'string', default: '2' },
+      shape: { type: 'string', default: 'olmoe' },
       'prompt-tokens': { type: 'string', default: '512' },
       'decode-tokens': { type: 'string', default: '32' },
       threads: { type: 'string' },
@@ -79,6 +82,11 @@ function parseOptions(argv) {
   return {
     help: values.help,
     layers: int('layers', values.layers, 1),
+    shape: Object.keys(SHAPES).includes(values.shape)
+      ? values.shape
+      : (() => {
+          throw new BenchError(`--shape must be one of ${Object.keys(SHAPES).join(', ')}, got ${JSON.stringify(values.shape)}`);
+        })(),
     promptTokens: int('prompt-tokens', values['prompt-tokens'], 1),
     decodeTokens: int('decode-tokens', values['decode-tokens'], 1),
     threads: values.threads === undefined ? os.availableParallelism() : int('threads', values.threads, 1),
@@ -306,7 +314,7 @@ function table(res) {
   const lines = [];
   const c = res.config;
   lines.push(
-    `Routescope bench: OLMoE-shaped (hidden ${c.hidden_size}, ${c.num_experts} experts top-${c.num_experts_per_tok}, expert width ${c.intermediate_size}, vocab ${c.vocab_size}), ${c.num_hidden_layers} layers, random bf16 weights (${gb(res.checkpoint.file_bytes)})`,
+    `Routescope bench: ${res.shape}-shaped (hidden ${c.hidden_size}, ${c.num_experts ?? c.n_routed_experts} experts top-${c.num_experts_per_tok}, expert width ${c.moe_intermediate_size ?? c.intermediate_size}, vocab ${c.vocab_size}), ${c.num_hidden_layers} layers, random bf16 weights (${gb(res.checkpoint.file_bytes)})`,
   );
   lines.push(`prefill ${res.prompt_tokens} tokens, decode ${res.decode_tokens} tokens${res.repeat > 1 ? `, best of ${res.repeat} runs each` : ''}`);
   lines.push(`CPU: ${res.machine.cpu_model} (${res.machine.logical_cpus} logical CPUs${res.machine.cpu_flags.length ? `; ${res.machine.cpu_flags.join(' ')}` : ''}), threads ${res.threads}, load avg before ${res.machine.loadavg_before.map((x) => x.toFixed(2)).join(' ')}`);
@@ -375,8 +383,8 @@ async function main() {
   fs.mkdirSync(OUT, { recursive: true });
 
   // 1. checkpoint
-  const dir = path.join(OUT, `olmoe-shaped-L${opts.layers}`);
-  const ck = ensureCheckpoint(dir, opts.layers, CHECKPOINT_SEED, log);
+  const dir = path.join(OUT, `${opts.shape}-shaped-L${opts.layers}`);
+  const ck = ensureCheckpoint(dir, opts.layers, CHECKPOINT_SEED, log, opts.shape);
   log(ck.reused ? `reusing ${path.relative(ROOT, dir)}` : `wrote ${path.relative(ROOT, dir)} in ${ck.seconds.toFixed(1)} s`);
   const config = ck.config;
   if (opts.promptTokens + opts.decodeTokens + 1 > config.max_position_embeddings) {
@@ -434,8 +442,8 @@ async function main() {
   let realError = null;
   const checkTokens = randomTokens(Math.min(opts.checkTokens, config.max_position_embeddings - 1), config.vocab_size, opts.seed + 1);
   const checkPrefix = path.join(OUT, 'peer-check');
-  if (opts.skipPeer) {
-    peer = { skipped: '--skip-peer' };
+  if (opts.skipPeer || opts.shape !== 'olmoe') {
+    peer = { skipped: opts.skipPeer ? '--skip-peer' : `the PyTorch peer implements OLMoE only (--shape ${opts.shape})` };
     cross = { skipped: 'needs the peer' };
   } else {
     const t = torchAvailable(opts.python);
@@ -506,6 +514,7 @@ async function main() {
     repeat: opts.repeat,
     prompt_tokens: opts.promptTokens,
     decode_tokens: opts.decodeTokens,
+    shape: opts.shape,
     config,
     checkpoint: { dir: path.relative(ROOT, dir), reused: ck.reused, file_bytes: ck.fileBytes, write_seconds: ck.seconds },
     engine,
@@ -517,7 +526,7 @@ async function main() {
   };
   fs.writeFileSync(path.join(OUT, 'results.json'), JSON.stringify(results, null, 2) + '\n');
   process.stdout.write(opts.json ? JSON.stringify(results) + '\n' : table(results) + '\n');
-  if (!opts.skipAdapt) {
+  if (!opts.skipAdapt && opts.shape === 'olmoe') {
     // 7. test-time adaptation overhead (its own script; a failure there is reported, not hidden)
     const adapt = spawnSync(process.execPath, [path.join(ROOT, 'bench', 'adapt.mjs'), '--layers', String(opts.layers), ...(opts.threads ? ['--threads', String(opts.threads)] : []), ...(opts.json ? ['--json'] : [])], { stdio: 'inherit' });
     if (adapt.status !== 0) realError = realError ?? `bench/adapt.mjs failed (${adapt.signal ?? `exit ${adapt.status}`})`;
