@@ -30,27 +30,6 @@ import shims  # noqa: E402
 import st  # noqa: E402
 
 
-def hub_to_state(arch, tensors, E):
-    """Hub per-expert tensors (or v5 fused ones) -> transformers 5.2's state dict names."""
-    out, experts = {}, {}
-    for name, (_, t) in tensors.items():
-        parts = name.split(".")
-        if "experts" in parts and parts[parts.index("experts") + 1].isdigit():
-            i = parts.index("experts")
-            block = ".".join(parts[:i]).replace(arch.hub_block.rstrip("."), "mlp")
-            experts.setdefault(block, {})[(int(parts[i + 1]), ".".join(parts[i + 2:]))] = t
-            continue
-        out[name.replace("." + arch.hub_block, ".mlp.")] = t
-    g, u, d = (n for n in arch.per_expert)
-    for block, ex in experts.items():
-        gate = torch.stack([ex[(e, g.split(".", 2)[2])] for e in range(E)])
-        up = torch.stack([ex[(e, u.split(".", 2)[2])] for e in range(E)])
-        down = torch.stack([ex[(e, d.split(".", 2)[2])] for e in range(E)])
-        out[block + ".experts.gate_up_proj"] = torch.cat([gate, up], 1)
-        out[block + ".experts.down_proj"] = down
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
@@ -75,7 +54,7 @@ def main():
     files = sorted(set(json.load(open(idx))["weight_map"].values())) if os.path.exists(idx) else ["model.safetensors"]
     for f in files:
         tensors.update(st.read(os.path.join(args.model, f), float_type=np.float32))
-    state = hub_to_state(arch, tensors, E)
+    state = archs.hub_to_state(arch, tensors, E)
     model.float()
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.endswith("inv_freq")]

@@ -22,6 +22,10 @@ struct MatmulJob {
   bool accumulate = false;
 };
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
+// Block-scaled FP8 weights (matmul_fp8.cpp): tiles widened with their scales, then the f32 kernels above.
+void matmul_fp8(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate);
+void matmul_fp8_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+void fp8_to_f32(const uint8_t* src, float* dst, size_t n);  // unscaled E4M3 values
 // Name of the kernel family in use ("avx512" or "generic").
 const char* matmul_isa();
 
