@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { adaptPanelHtml, escapeHtml } from '../../extension/src/views/adaptHtml';
-import type { RemixResult, RerouteResult } from '../../extension/src/engine/protocol';
+import type { RemixResult, RerouteResult } from '../../extension/src/adapt/protocol';
 
 const remix: RemixResult = {
   comparison: {

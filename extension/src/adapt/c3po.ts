@@ -5,7 +5,8 @@
 import type { NativeC3poPrefix, NativeModel, NativeModelInfo, RouterScoring } from '../engine/native';
 import type { RoutingPatch } from '../../../common/src/patch';
 import type { Embedder } from './embedder';
-import { alphaGrid, findNeighbours, interpolate, meanShift, searchAlpha, topIndices, weightedMean, type Neighbourhood } from './math';
+import { alphaGrid, findNeighbours, interpolate, meanShift, searchAlpha, weightedMean, type Neighbourhood } from './math';
+import { topIndices } from '../../../common/src/math';
 import type { ReferenceSet } from './reference';
 import { criticalLayers, type C3poMethod, type C3poSettings } from './settings';
 import type { Omega } from './tasks';

@@ -6,7 +6,7 @@ import type { NativeRerouteRound, NativeSession, RouterScoring } from '../engine
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch } from '../../../common/src/patch';
 import { C3po, c3poPatch, type C3poOutcome } from './c3po';
-import { routerScores, softmax, topIndices } from './math';
+import { routerScores, softmax, topIndices } from '../../../common/src/math';
 import { generateRerouted } from './reroute';
 import type { C3poMethod, RerouteSettings } from './settings';
 import type { Omega } from './tasks';

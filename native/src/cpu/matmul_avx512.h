@@ -13,5 +13,9 @@ void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int 
 // partial[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :], W read row by row (for few rows T: decode-time backward).
 void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial);
 void convert(const uint8_t* src, int dt, float* dst, long n);
+// out[i][c] = silu(g[i][c]) * u[i][c] for an [m][n] tile (row strides ldg, ldo).
+void silu_mul(const float* g, const float* u, int m, int n, long ldg, float* out, long ldo);
+// y (+)= sum_i w[i] * rows[i], rows of n floats (the MoE combine of one token, slots in order).
+void weighted_sum(const float* const* rows, const float* w, int count, int n, float* y, int accumulate);
 }  // namespace avx512
 }  // namespace routescope

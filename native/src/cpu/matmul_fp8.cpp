@@ -81,4 +81,26 @@ void matmul_fp8_backward_input(ThreadPool& pool, const float* dy, int T, const M
   }
 }
 
+void moe_experts_fp8(ThreadPool& pool, const float* x, int H, const int32_t* tokens, const int32_t* order,
+                     const int* count, int E, const std::vector<Mat>& gate, const std::vector<Mat>& up,
+                     const std::vector<Mat>& down, float* o, float* save_g, float* save_u) {
+  std::vector<float> xe, g, u;
+  for (int e = 0; e < E; ++e) {
+    const int b = count[e], n = count[e + 1] - b;
+    if (!n) continue;
+    const int I = gate[e].rows;
+    xe.resize(static_cast<size_t>(n) * H), g.resize(static_cast<size_t>(n) * I), u.resize(static_cast<size_t>(n) * I);
+    for (int i = 0; i < n; ++i) std::memcpy(&xe[static_cast<size_t>(i) * H], x + static_cast<size_t>(tokens[b + i]) * H, H * sizeof(float));
+    matmul(pool, xe.data(), n, gate[e], g.data());
+    matmul(pool, xe.data(), n, up[e], u.data());
+    for (int i = 0; i < n; ++i) {
+      const size_t row = static_cast<size_t>(order[b + i]);
+      if (save_g) std::memcpy(save_g + row * I, &g[static_cast<size_t>(i) * I], I * sizeof(float));
+      if (save_u) std::memcpy(save_u + row * I, &u[static_cast<size_t>(i) * I], I * sizeof(float));
+    }
+    for (size_t j = 0; j < g.size(); ++j) g[j] = g[j] / (1.f + std::exp(-g[j])) * u[j];
+    matmul(pool, g.data(), n, down[e], o + static_cast<size_t>(b) * H);
+  }
+}
+
 }  // namespace routescope
