@@ -21,7 +21,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { activeDecodeBytes, ensureCheckpoint } from './checkpoint.mjs';
+import { SHAPES, activeDecodeBytes, ensureCheckpoint } from './checkpoint.mjs';
 import { ensureGguf } from './gguf.mjs';
 import { PEERS_DIR, llamaPeerBuild, llamaPeerMissing } from './peer_llama.mjs';
 
@@ -45,7 +45,9 @@ function usage() {
   return `usage: npm run bench -- [--layers N] [--prompt-tokens N] [--long-prompt-tokens N] [--decode-tokens M]
                         [--repeat R] [--threads T] [--peers LIST] [--llama-types LIST] [--check-tokens K] [--seed S]
                         [--python PATH] [--engine auto|cli|rs_bench] [--skip-peer] [--skip-adapt] [--json]
-  --layers              OLMoE-shaped layers in the random checkpoint (default 2)
+  --layers              layers in the random checkpoint (default 2)
+  --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite or moonlight (their config.json, layers
+                        shrunk); the peers and the adaptation overhead run on olmoe only
   --prompt-tokens       prefill length of the main comparison (default 512); decode follows this prefill
   --long-prompt-tokens  a second, long prefill timed on its own (default 4096, at most max_position_embeddings;
                         0 = skip)
@@ -73,6 +75,7 @@ function parseOptions(argv) {
     args: argv,
     options: {
       layers: { type: 'string', default: '2' },
+      shape: { type: 'string', default: 'olmoe' },
       'prompt-tokens': { type: 'string', default: '512' },
       'long-prompt-tokens': { type: 'string', default: '4096' },
       'decode-tokens': { type: 'string', default: '32' },
@@ -102,10 +105,13 @@ function parseOptions(argv) {
   };
   let peers = list('peers', values.peers, ['llama', 'torch', 'none']);
   if (values['skip-peer'] || peers.includes('none')) peers = [];
+  if (!Object.keys(SHAPES).includes(values.shape)) throw new BenchError(`--shape must be one of ${Object.keys(SHAPES).join(', ')}, got ${JSON.stringify(values.shape)}`);
+  if (values.shape !== 'olmoe') peers = [];  // the GGUF converter and the PyTorch peer implement OLMoE only
   if (!['auto', 'cli', 'rs_bench'].includes(values.engine)) throw new BenchError(`--engine must be auto, cli or rs_bench, got ${JSON.stringify(values.engine)}`);
   return {
     help: values.help,
     layers: int('layers', values.layers, 1),
+    shape: values.shape,
     promptTokens: int('prompt-tokens', values['prompt-tokens'], 1),
     longPromptTokens: int('long-prompt-tokens', values['long-prompt-tokens'], 0),
     decodeTokens: int('decode-tokens', values['decode-tokens'], 1),
@@ -117,7 +123,7 @@ function parseOptions(argv) {
     engine: values.engine,
     peers,
     llamaTypes: list('llama-types', values['llama-types'], ['bf16', 'q8_0']),
-    skipAdapt: values['skip-adapt'],
+    skipAdapt: values['skip-adapt'] || values.shape !== 'olmoe',
     json: values.json,
   };
 }
@@ -400,7 +406,7 @@ function table(res) {
   const c = res.config;
   const long = res.long_prompt_tokens;
   lines.push(
-    `Routescope bench: OLMoE-shaped (hidden ${c.hidden_size}, ${c.num_experts} experts top-${c.num_experts_per_tok}, expert width ${c.intermediate_size}, vocab ${c.vocab_size}), ${c.num_hidden_layers} layers, random bf16 weights (${gb(res.checkpoint.file_bytes)})`,
+    `Routescope bench: ${res.shape}-shaped (hidden ${c.hidden_size}, ${c.num_experts ?? c.n_routed_experts} experts top-${c.num_experts_per_tok}, expert width ${c.moe_intermediate_size ?? c.intermediate_size}, vocab ${c.vocab_size}), ${c.num_hidden_layers} layers, random bf16 weights (${gb(res.checkpoint.file_bytes)})`,
   );
   lines.push(`prefill ${res.prompt_tokens}${long ? ` and ${long}` : ''} tokens, batch-1 decode ${res.decode_tokens} tokens; ${res.repeat} interleaved round${res.repeat > 1 ? 's, best of each' : ''}; ${res.threads} threads`);
   lines.push(`CPU: ${res.machine.cpu_model} (family ${res.machine.cpu_family ?? '?'}, ${res.machine.logical_cpus} logical CPUs${res.machine.cpu_flags.length ? `; ${res.machine.cpu_flags.join(' ')}` : ''}); load average before ${res.machine.loadavg_before.map((x) => x.toFixed(2)).join(' ')}, after ${res.machine.loadavg_after.map((x) => x.toFixed(2)).join(' ')}`);
@@ -499,8 +505,8 @@ async function main() {
   let realError = null;
 
   // 1. checkpoint
-  const dir = path.join(OUT, `olmoe-shaped-L${opts.layers}`);
-  const ck = ensureCheckpoint(dir, opts.layers, CHECKPOINT_SEED, log);
+  const dir = path.join(OUT, `${opts.shape}-shaped-L${opts.layers}`);
+  const ck = ensureCheckpoint(dir, opts.layers, CHECKPOINT_SEED, log, opts.shape);
   log(ck.reused ? `reusing ${path.relative(ROOT, dir)}` : `wrote ${path.relative(ROOT, dir)} in ${ck.seconds.toFixed(1)} s`);
   const config = ck.config;
   if (opts.promptTokens + opts.decodeTokens > config.max_position_embeddings) {
@@ -705,6 +711,7 @@ async function main() {
     prompt_tokens: opts.promptTokens,
     long_prompt_tokens: opts.longPromptTokens,
     decode_tokens: opts.decodeTokens,
+    shape: opts.shape,
     config,
     checkpoint: { dir: path.relative(ROOT, dir), reused: ck.reused, file_bytes: ck.fileBytes, write_seconds: ck.seconds },
     engines,

@@ -100,6 +100,35 @@ test('expert counts under both names that disagree (num_experts vs num_local_exp
   });
 });
 
+test('FP8 weights: missing block scales, no quantization_config, an unsupported method: refused naming the tensor or field', () => {
+  const FP8 = path.join(PARITY_DIR, 'qwen3_moe-perexpert-fp8', 'model');
+  const scale = 'model.layers.1.mlp.experts.3.down_proj.weight_scale_inv';
+  expectRejected(
+    FP8,
+    (dir) =>
+      editSafetensors(dir, (st) => {
+        const [b, e] = st.header[scale].data_offsets;
+        delete st.header[scale];
+        for (const entry of Object.values(st.header))
+          if (entry.data_offsets[0] >= e) entry.data_offsets = [entry.data_offsets[0] - (e - b), entry.data_offsets[1] - (e - b)];
+        st.data = Buffer.concat([st.data.subarray(0, b), st.data.subarray(e)]);
+      }),
+    { names: 'model.layers.1.mlp.experts.3.down_proj.weight', problem: /is F8_E4M3 but its block scales .*_scale_inv" are missing/ },
+  );
+  expectRejected(FP8, (dir) => editConfig(dir, (c) => delete c.quantization_config), {
+    names: /F8_E4M3/,
+    problem: /config\.json has no quantization_config with weight_block_size/,
+  });
+  expectRejected(FP8, (dir) => editConfig(dir, (c) => ((c.quantization_config as Record<string, unknown>).quant_method = 'gptq')), {
+    names: 'config.json',
+    problem: /quant_method "gptq" is not supported/,
+  });
+  expectRejected(FP8, (dir) => editConfig(dir, (c) => ((c.quantization_config as Record<string, unknown>).weight_block_size = [16, 32])), {
+    names: 'weight_scale_inv',
+    problem: /has shape \[\d+, \d+\] but config\.json implies/,
+  });
+});
+
 test('hybrid and unknown model types name what is supported', () => {
   expectRejected(OLMOE_F16, (dir) => editConfig(dir, (c) => (c.model_type = 'qwen3_next')), {
     names: 'config.json',

@@ -3,6 +3,8 @@ experts sit in the module tree, the router rule as transformers implements it, a
 import math
 import re
 
+import torch
+
 from route import RouterRule
 
 HIDDEN, HEADS, LAYERS, EXPERTS, WIDTH, VOCAB, MAXPOS = 32, 4, 3, 8, 16, 96, 64
@@ -217,6 +219,27 @@ def fused_to_hub(arch, state, num_experts):
         else:
             out.append((name, t))  # dense MLP and shared experts keep their names
     return sorted(out, key=lambda nt: natural_key(nt[0]))
+
+
+def hub_to_state(arch, tensors, E):
+    """{hub name: (dtype, tensor)} (per-expert, or v5 fused) -> transformers 5.2's state dict {name: tensor}."""
+    out, experts = {}, {}
+    for name, (_, t) in tensors.items():
+        parts = name.split(".")
+        if "experts" in parts and parts[parts.index("experts") + 1].isdigit():
+            i = parts.index("experts")
+            block = ".".join(parts[:i]).replace(arch.hub_block.rstrip("."), "mlp")
+            experts.setdefault(block, {})[(int(parts[i + 1]), ".".join(parts[i + 2:]))] = t
+            continue
+        out[name.replace("." + arch.hub_block, ".mlp.")] = t
+    g, u, d = (n for n in arch.per_expert)
+    for block, ex in experts.items():
+        gate = torch.stack([ex[(e, g.split(".", 2)[2])] for e in range(E)])
+        up = torch.stack([ex[(e, u.split(".", 2)[2])] for e in range(E)])
+        down = torch.stack([ex[(e, d.split(".", 2)[2])] for e in range(E)])
+        out[block + ".experts.gate_up_proj"] = torch.cat([gate, up], 1)
+        out[block + ".experts.down_proj"] = down
+    return out
 
 
 def natural_key(name):

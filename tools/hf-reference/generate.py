@@ -73,6 +73,12 @@ CASES = [
          n_group=2, topk_group=1),
     dict(name="glm4_moe-fused-bf16-sharded", arch="glm4_moe", layout="fused", dtype="BF16", shards=2, T=10, k=3,
          qk_norm=False, style="v5"),
+    # FP8 block-scaled projections and experts (F8_E4M3 + weight_scale_inv) as DeepSeek-V3 and Qwen3-FP8 ship
+    # them; blocks of 16 x 16 so that the tiny matrices hold several, partial ones included.
+    dict(name="deepseek_v3-perexpert-fp8-sharded", arch="deepseek_v3", layout="per-expert", dtype="BF16", shards=2,
+         T=11, k=3, fp8=[16, 16]),
+    dict(name="qwen3_moe-perexpert-fp8", arch="qwen3_moe", layout="per-expert", dtype="BF16", shards=1, T=10, k=3,
+         fp8=[16, 16]),
 ]
 
 DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -129,6 +135,51 @@ def stored_dtype(name, dtype):
     if name.endswith("e_score_correction_bias"):
         return "F32"
     return dtype
+
+
+def is_fp8_weight(name):
+    """The matrices FP8 checkpoints store in F8_E4M3: attention projections and every MLP / expert projection;
+    embeddings, the LM head, norms and the router stay BF16 (DeepSeek-V3, Qwen3-*-FP8)."""
+    if not name.endswith(".weight") or "norm" in name or name.endswith("mlp.gate.weight"):
+        return False
+    return ".self_attn." in name or ".mlp." in name
+
+
+def quantize_fp8(arch, named, E, block, model):
+    """Stores the FP8 matrices as E4M3 codes with one f32 scale per block (scale = max|w| / 448, DeepSeek's
+    recipe) and loads the dequantised values (code × scale, exact in float64) into the model. Returns the Hub
+    per-expert tensors [(name, tensor, stored dtype)], scales as <name>_scale_inv."""
+    br, bc = block
+    hub = archs.fused_to_hub(arch, [(n, t) for n, t, _ in named], E)
+    sdtype = {n: sd for n, _, sd in named}
+    files, values = [], {}
+    for name, t in hub:
+        if not (is_fp8_weight(name) and t.dim() == 2):
+            files.append((name, t, sdtype.get(name, "BF16" if not name.endswith("correction_bias") else "F32")))
+            values[name] = (None, t)
+            continue
+        rows, cols = t.shape
+        sr, sc = -(-rows // br), -(-cols // bc)
+        scale = torch.zeros(sr, sc, dtype=torch.float64)
+        deq = torch.zeros_like(t)
+        codes = torch.zeros_like(t)
+        for i in range(sr):
+            for j in range(sc):
+                blk = t[i * br:(i + 1) * br, j * bc:(j + 1) * bc]
+                s = float(np.float32(blk.abs().max().item() / 448.0)) or 1.0
+                q = st.f8_e4m3_round(blk / s)
+                scale[i, j] = s
+                codes[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = q
+                deq[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = q * s
+        files.append((name, codes, "F8_E4M3"))
+        files.append((name + "_scale_inv", scale, "F32"))
+        values[name] = (None, deq)
+    state = archs.hub_to_state(arch, values, E)
+    with torch.no_grad():
+        own = model.state_dict()
+        for n, v in state.items():
+            own[n].copy_(v)
+    return files
 
 
 def fill_weights(model, rng, dtype):
@@ -509,6 +560,9 @@ def config_text(config, cfg_dict, case):
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
     d = dict(cfg_dict, architectures=[config.architectures[0] if config.architectures else case["causal_lm"]],
              torch_dtype=DTYPE_NAME[case["dtype"]], transformers_version="4.57.1")
+    if case.get("fp8"):
+        d["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                    "weight_block_size": list(case["fp8"])}
     return json.dumps(dict(sorted(d.items())), indent=2) + "\n"
 
 
@@ -524,6 +578,8 @@ def build_case(case, idx):
         fixes = arch.fix_reference(config, model)
         rule = arch.rule(config, model)
         E = expert_count(config)
+        if case.get("fp8"):
+            named = quantize_fp8(arch, named, E, case["fp8"], model)
         moe = sorted(arch.moe_blocks(model))
         runner = Runner(arch, model, rule, case["k"], E, moe)
         tokens = [int(t) for t in rng.integers(0, config.vocab_size, size=case["T"])]
@@ -546,14 +602,17 @@ def make_case(case, idx, out_root):
     if os.path.exists(cdir):
         shutil.rmtree(cdir)
     os.makedirs(cdir)
-    state = [(n, t) for n, t, _ in named]
-    sdtype = {n: sd for n, _, sd in named}
-    if case["layout"] == "per-expert":
-        state = archs.fused_to_hub(arch, state, E)
+    if case.get("fp8"):  # already the Hub's per-expert tensors
+        files = sorted(named, key=lambda nt: archs.natural_key(nt[0]))
     else:
-        state = sorted(state, key=lambda nt: archs.natural_key(nt[0]))
-    files = [(n, t, sdtype.get(n, case["dtype"] if not n.endswith("e_score_correction_bias") else "F32"))
-             for n, t in state]
+        state = [(n, t) for n, t, _ in named]
+        sdtype = {n: sd for n, _, sd in named}
+        if case["layout"] == "per-expert":
+            state = archs.fused_to_hub(arch, state, E)
+        else:
+            state = sorted(state, key=lambda nt: archs.natural_key(nt[0]))
+        files = [(n, t, sdtype.get(n, case["dtype"] if not n.endswith("e_score_correction_bias") else "F32"))
+                 for n, t in state]
     mdir = os.path.join(cdir, "model")
     write_checkpoint(mdir, config_text(config, cfg_dict, case), files, case["shards"])
 

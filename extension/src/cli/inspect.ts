@@ -19,7 +19,7 @@ import {
 
 /** Collects the streamed spans of every MoE layer (rows = positions 0..T-1). */
 export function routingRecorder(info: NativeModelInfo): { layers: Map<number, LayerRouting>; onLayer: (span: RoutingSpan) => void } {
-  const layers = new Map(info.moeLayers.map((l) => [l, new LayerRouting(l, info.numExperts, info.topK)]));
+  const layers = new Map(info.moeLayers.map((l) => [l, new LayerRouting(l, info.numExperts, info.topK, 0, info.routerScoring)]));
   return { layers, onLayer: (span) => layers.get(span.layer)?.write(span) };
 }
 

@@ -25,6 +25,7 @@ inline std::string unsupported(const ModelConfig& cfg) {
   if (cfg.shared_width > 0 && !cfg.shared_gated) return "ungated shared experts";
   if (cfg.rope.yarn || cfg.rope.dims != cfg.head_dim || cfg.rope.layout != RopeLayout::Half)
     return "YaRN, partial or interleaved RoPE";
+  if (cfg.fp8_block_rows > 0) return "FP8 block-scaled weights";
   return "";
 }
 bool compiled();

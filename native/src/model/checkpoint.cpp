@@ -166,10 +166,12 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
       throw Error("BAD_CHECKPOINT", join_path(dir, kv.second) + ": tensor \"" + kv.first + "\" listed in the index is missing");
   info.shards = static_cast<int>(shard_names.size());
 
-  WeightReader r(all, dir);
+  WeightReader r(all, dir, cfg, ck->scales_);
   const ArchFamily& family = *find_arch(info.model_type);
   const int H = cfg.hidden;
   ck->embed = r.mat("model.embed_tokens.weight", cfg.vocab, H);
+  if (ck->embed.dtype == DType::F8E4M3)
+    throw Error("BAD_CHECKPOINT", dir + ": \"model.embed_tokens.weight\" is F8_E4M3; FP8 is read for projections only");
   ck->final_norm = r.vec("model.norm.weight", H);
   if (r.has("lm_head.weight") || !cfg.tie_embeddings) ck->lm_head = r.mat("lm_head.weight", cfg.vocab, H);
   else ck->lm_head = ck->embed;

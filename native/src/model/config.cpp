@@ -151,6 +151,28 @@ void read_rope(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) {
            " × partial_rotary_factor " + format_number(partial) + "); it must be even and at least 2");
 }
 
+// quantization_config: FP8 (E4M3) weights with one scale per weight_block_size block, as DeepSeek-V3 and the
+// Qwen3 FP8 checkpoints ship; other methods are refused by name.
+void read_quantization(const ConfigReader& c, ModelConfig& cfg) {
+  const Json* q = c.get("quantization_config");
+  if (!q) return;
+  if (!q->is_object()) c.fail("\"quantization_config\" must be an object");
+  ConfigReader r(*q, c.path() + ": quantization_config");
+  const std::string method = r.string("quant_method", "");
+  if (method != "fp8")
+    r.fail("quant_method \"" + method + "\" is not supported (fp8 with weight_block_size is; dequantise others first)");
+  const std::string fmt = r.string("fmt", "e4m3");
+  if (fmt != "e4m3") r.fail("\"fmt\" \"" + fmt + "\" is not supported (e4m3 is)");
+  const Json* bs = r.get("weight_block_size");
+  if (!bs || !bs->is_array() || bs->items().size() != 2)
+    r.fail("\"weight_block_size\" must be [rows, cols] (per-tensor FP8 scales are not supported)");
+  int64_t br, bc;
+  if (!bs->items()[0].as_int64(br) || !bs->items()[1].as_int64(bc) || br < 1 || bc < 1 || br > 65536 || bc > 65536)
+    r.fail("\"weight_block_size\" must hold two integers in 1..65536");
+  cfg.fp8_block_rows = static_cast<int>(br);
+  cfg.fp8_block_cols = static_cast<int>(bc);
+}
+
 // eos_token_id: one id or a list.
 void read_eos(const ConfigReader& c, ModelInfo& info) {
   const Json* eos = c.get("eos_token_id");
@@ -201,6 +223,7 @@ ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& i
   cfg.moe_layer.assign(cfg.layers, true);
 
   family->read_config(c, cfg);
+  read_quantization(c, cfg);
 
   if (cfg.experts < 1 || cfg.top_k > cfg.experts)
     c.fail("num_experts_per_tok (" + std::to_string(cfg.top_k) + ") must be between 1 and the number of experts (" +

@@ -1,6 +1,7 @@
 // A loaded checkpoint: config, mapped files and views of every weight the forward pass reads.
 #pragma once
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,13 +12,22 @@
 
 namespace routescope {
 
-// A row-major [rows, cols] weight matrix in its stored dtype, possibly a slice of a fused tensor.
+// A row-major [rows, cols] weight matrix in its stored dtype, possibly a slice of a fused tensor. Block-scaled FP8
+// (F8E4M3) carries one f32 scale per [block_rows, block_cols] block: w = fp8 × scale (DeepSeek's weight_scale_inv).
 struct Mat {
   const uint8_t* data = nullptr;
   DType dtype = DType::F32;
   int rows = 0, cols = 0;
+  const float* scale = nullptr;  // [ceil(rows / block_rows), ceil(cols / block_cols)], FP8 only
+  int block_rows = 0, block_cols = 0;
   const uint8_t* row(int r) const { return data + static_cast<size_t>(r) * cols * dtype_size(dtype); }
-  Mat slice_rows(int begin, int count) const { return Mat{row(begin), dtype, count, cols}; }
+  int scale_cols() const { return block_cols ? (cols + block_cols - 1) / block_cols : 0; }
+  // Rows [begin, begin + count); for FP8, begin must fall on a block boundary.
+  Mat slice_rows(int begin, int count) const {
+    Mat m{row(begin), dtype, count, cols, scale, block_rows, block_cols};
+    if (scale) m.scale = scale + static_cast<size_t>(begin / block_rows) * scale_cols();
+    return m;
+  }
 };
 
 struct LayerWeights {
@@ -53,6 +63,7 @@ class Checkpoint {
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::deque<std::vector<float>> scales_;  // FP8 block scales widened to f32 (small: one per 128 × 128 block)
   mutable std::atomic<int64_t> last_file_check_ns_{0};
 };
 

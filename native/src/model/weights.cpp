@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include <cmath>
+
 #include "cpu/convert.h"
 
 namespace routescope {
@@ -17,11 +19,12 @@ const TensorView* WeightReader::find(const std::string& name) const {
   return it == all_.end() ? nullptr : it->second;
 }
 
-const TensorView& WeightReader::require(const std::string& name, const std::vector<int64_t>& shape) {
+const TensorView& WeightReader::require(const std::string& name, const std::vector<int64_t>& shape, bool allow_fp8) {
   const TensorView* t = find(name);
   if (!t) throw Error("BAD_CHECKPOINT", dir_ + ": tensor \"" + name + "\" not found in the checkpoint");
-  if (t->dtype == DType::Other)
-    throw Error("BAD_CHECKPOINT", t->file + ": tensor \"" + name + "\" has dtype " + t->dtype_text + "; expected F32, F16 or BF16");
+  if (t->dtype == DType::Other || (t->dtype == DType::F8E4M3 && !allow_fp8))
+    throw Error("BAD_CHECKPOINT", t->file + ": tensor \"" + name + "\" has dtype " + t->dtype_text + "; expected F32, F16 or BF16" +
+                                      (t->dtype == DType::F8E4M3 ? " (F8_E4M3 is read for weight matrices only)" : ""));
   if (t->shape != shape)
     throw Error("BAD_CONFIG", t->file + ": tensor \"" + name + "\" has shape " + shape_text(t->shape) +
                                   " but config.json implies " + shape_text(shape));
@@ -31,8 +34,28 @@ const TensorView& WeightReader::require(const std::string& name, const std::vect
 }
 
 Mat WeightReader::mat(const std::string& name, int rows, int cols) {
-  const TensorView& t = require(name, {rows, cols});
-  return Mat{t.data, t.dtype, rows, cols};
+  const TensorView& t = require(name, {rows, cols}, true);
+  Mat m{t.data, t.dtype, rows, cols};
+  if (t.dtype == DType::F8E4M3) {
+    if (cfg_.fp8_block_rows <= 0)
+      throw Error("BAD_CHECKPOINT", t.file + ": tensor \"" + name + "\" is F8_E4M3 but config.json has no " +
+                                        "quantization_config with weight_block_size");
+    const std::string scale_name = name + "_scale_inv";
+    const TensorView* s = find(scale_name);
+    if (!s)
+      throw Error("BAD_CHECKPOINT", t.file + ": tensor \"" + name + "\" is F8_E4M3 but its block scales \"" + scale_name +
+                                        "\" are missing");
+    const int br = cfg_.fp8_block_rows, bc = cfg_.fp8_block_cols;
+    const int sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
+    scales_.push_back(to_f32(require(scale_name, {sr, sc})));
+    for (float v : scales_.back())
+      if (!std::isfinite(v))
+        throw Error("BAD_CHECKPOINT", s->file + ": tensor \"" + scale_name + "\" holds a non-finite scale");
+    m.scale = scales_.back().data();
+    m.block_rows = br;
+    m.block_cols = bc;
+  }
+  return m;
 }
 
 std::vector<float> WeightReader::vec(const std::string& name, int n) { return to_f32(require(name, {n})); }
@@ -68,6 +91,9 @@ void WeightReader::dense_mlp(const std::string& p, int D, int H, LayerWeights& w
 void WeightReader::experts(const std::string& block, const ExpertNames& names, int E, int I, int H, LayerWeights& w) {
   if (has(block + "experts.gate_up_proj")) {
     any_fused = true;
+    if (const TensorView* t = find(block + "experts.gate_up_proj"); t->dtype == DType::F8E4M3)
+      throw Error("BAD_CHECKPOINT", t->file + ": fused F8_E4M3 experts (\"" + block + "experts.gate_up_proj\") are not " +
+                                        "supported; FP8 checkpoints as released (per-expert tensors) are");
     const TensorView& gu = require(block + "experts.gate_up_proj", {E, 2 * I, H});
     const TensorView& dn = require(block + "experts.down_proj", {E, H, I});
     Mat gu_all{gu.data, gu.dtype, E * 2 * I, H}, dn_all{dn.data, dn.dtype, E * H, I};

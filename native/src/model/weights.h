@@ -1,6 +1,7 @@
 // Reading a checkpoint's tensors by name with shape and dtype checks; records which tensors were used so that
 // the rest can be reported (unused tensors are refused, or named in a warning for known extras).
 #pragma once
+#include <deque>
 #include <map>
 #include <set>
 #include <string>
@@ -12,11 +13,15 @@ namespace routescope {
 
 class WeightReader {
  public:
-  WeightReader(const std::map<std::string, const TensorView*>& all, std::string dir) : all_(all), dir_(std::move(dir)) {}
+  WeightReader(const std::map<std::string, const TensorView*>& all, std::string dir, const ModelConfig& cfg,
+               std::deque<std::vector<float>>& scales)
+      : all_(all), dir_(std::move(dir)), cfg_(cfg), scales_(scales) {}
   const TensorView* find(const std::string& name) const;
   bool has(const std::string& name) const { return find(name) != nullptr; }
-  // The tensor, which must exist with this shape and a float dtype.
-  const TensorView& require(const std::string& name, const std::vector<int64_t>& shape);
+  // The tensor, which must exist with this shape and a float dtype (F8_E4M3 only where allow_fp8).
+  const TensorView& require(const std::string& name, const std::vector<int64_t>& shape, bool allow_fp8 = false);
+  // A weight matrix; F8_E4M3 ones (with quantization_config's weight_block_size) come with their
+  // <name>_scale_inv block scales.
   Mat mat(const std::string& name, int rows, int cols);
   std::vector<float> vec(const std::string& name, int n);
 
@@ -40,6 +45,8 @@ class WeightReader {
  private:
   const std::map<std::string, const TensorView*>& all_;
   std::string dir_;
+  const ModelConfig& cfg_;
+  std::deque<std::vector<float>>& scales_;
   std::set<std::string> used_;
   std::map<DType, uint64_t> dtype_params_;
 };
