@@ -137,7 +137,8 @@ void Call::EmitLayer(const LayerRouting& r) {
   if (on_layer_.IsEmpty() || callback_failed_.load()) return;
   LayerRouting span = r;
   const ModelInfo& info = state_->info;
-  const bool fits = r.router_logits && r.experts && r.weights && r.num_experts == info.num_experts && r.top_k == info.top_k;
+  const bool fits = r.router_logits && r.experts && r.weights && r.num_experts == info.num_experts &&
+                    r.top_k == info.top_k;
   if (std::unique_ptr<RoutingSlot> slot = fits ? TakeSlot(r.count) : nullptr) {
     const size_t logits = static_cast<size_t>(r.count) * r.num_experts, picks = static_cast<size_t>(r.count) * r.top_k;
     std::copy(r.router_logits, r.router_logits + logits, slot->router_logits_data);
@@ -162,18 +163,14 @@ void Call::EmitLayer(const LayerRouting& r) {
   handoff_cv_.wait(lock, [this] { return layer_copied_ || abandoned_; });
 }
 
-void Call::LayerCopied() {
-  {
-    std::lock_guard<std::mutex> lock(routing_mu_);
-    layer_copied_ = true;
-  }
-  handoff_cv_.notify_one();
-}
+void Call::LayerCopied() { WakeWorker(layer_copied_); }
 
-void Call::Abandon() {
+void Call::Abandon() { WakeWorker(abandoned_); }
+
+void Call::WakeWorker(bool& reason) {
   {
     std::lock_guard<std::mutex> lock(routing_mu_);
-    abandoned_ = true;
+    reason = true;
   }
   handoff_cv_.notify_one();
 }

@@ -100,6 +100,7 @@ class Call {
   void CallbackFailed(const Napi::Error& e);
   void LayerCopied();           // lets the worker's EmitLayer return
   void Abandon();               // environment teardown: no copy will come, stop waiting for one
+  void WakeWorker(bool& reason);  // sets reason (a flag guarded by routing_mu_) and wakes EmitLayer
   std::unique_ptr<RoutingSlot> NewSlot(Napi::Env env, int rows);
   std::unique_ptr<RoutingSlot> TakeSlot(int rows);  // worker: a free slot of exactly `rows` rows, or none
   void DeliverRouting(Napi::Env env, RoutingMessage& m);

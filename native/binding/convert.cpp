@@ -46,6 +46,12 @@ Napi::Error ToJsError(Napi::Env env, std::exception_ptr eptr) {
   }
 }
 
+Napi::Promise RejectedPromise(Napi::Env env, std::exception_ptr eptr) {
+  Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
+  deferred.Reject(ToJsError(env, eptr).Value());
+  return deferred.Promise();
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Arguments and options in.
 
@@ -190,7 +196,8 @@ SampleOptions ReadSampleOptions(Napi::Env env, const Napi::Object& options) {
 
 RerouteOptions ReadRerouteOptions(Napi::Env env, const Napi::Object& options) {
   if (!Has(options, "reroute") || !options.Get("reroute").IsObject())
-    Throw(env, "BAD_ARGUMENT", "option reroute must be an object {interval, steps, lr, optimizer, layerFraction, leastConfidentFirst}");
+    Throw(env, "BAD_ARGUMENT",
+          "option reroute must be an object {interval, steps, lr, optimizer, layerFraction, leastConfidentFirst}");
   Napi::Object ro = options.Get("reroute").As<Napi::Object>();
   RerouteOptions opts;
   if (Has(ro, "layers")) opts.layers = ReadIntArray(env, ro.Get("layers"), "reroute.layers");
@@ -198,7 +205,8 @@ RerouteOptions ReadRerouteOptions(Napi::Env env, const Napi::Object& options) {
   opts.steps = IntOption(env, ro, "steps", opts.steps);
   opts.lr = static_cast<float>(NumberOption(env, ro, "lr", opts.lr));
   std::string optimizer = StringOption(env, ro, "optimizer", "adam");
-  if (optimizer != "adam" && optimizer != "sgd") Throw(env, "BAD_ARGUMENT", "option reroute.optimizer must be 'adam' or 'sgd'");
+  if (optimizer != "adam" && optimizer != "sgd")
+    Throw(env, "BAD_ARGUMENT", "option reroute.optimizer must be 'adam' or 'sgd'");
   opts.adam = optimizer == "adam";
   opts.layer_fraction = static_cast<float>(NumberOption(env, ro, "layerFraction", opts.layer_fraction));
   opts.least_confident_first = BoolOption(env, ro, "leastConfidentFirst", opts.least_confident_first);

@@ -25,6 +25,8 @@ Napi::Error MakeError(Napi::Env env, const std::string& code, const std::string&
 CodedError Classify(std::exception_ptr eptr);
 // A JS error for a caught exception: JS errors as they are, everything else classified.
 Napi::Error ToJsError(Napi::Env env, std::exception_ptr eptr);
+// A promise already rejected with ToJsError(eptr): asynchronous calls report argument errors this way, not by throwing.
+Napi::Promise RejectedPromise(Napi::Env env, std::exception_ptr eptr);
 
 // Runs a synchronous JS-facing body; engine exceptions become coded JS errors.
 template <typename F>

@@ -28,38 +28,38 @@ ModelWrap::~ModelWrap() {
   if (state_) state_->model.reset();
 }
 
+Model& ModelWrap::Open(Napi::Env env) {
+  if (!state_ || !state_->model) Throw(env, "CLOSED", "the model was closed");
+  return *state_->model;
+}
+
 template <typename Prepare>
 Napi::Value ModelWrap::Async(const Napi::CallbackInfo& info, Prepare prepare) {
   Napi::Env env = info.Env();
   try {
-    if (!state_ || !state_->model) Throw(env, "CLOSED", "the model was closed");
+    Open(env);
     return prepare(env);
   } catch (...) {
-    Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
-    deferred.Reject(ToJsError(env, std::current_exception()).Value());
-    return deferred.Promise();
+    return RejectedPromise(env, std::current_exception());
   }
 }
 
 Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  return Guard(env, [&]() -> Napi::Value {
-    if (!state_ || !state_->model) Throw(env, "CLOSED", "the model was closed");
-    return InfoToJs(env, state_->model->info());
-  });
+  return Guard(env, [&]() -> Napi::Value { return InfoToJs(env, Open(env).info()); });
 }
 
 Napi::Value ModelWrap::CreateSession(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return Guard(env, [&]() -> Napi::Value {
-    if (!state_ || !state_->model) Throw(env, "CLOSED", "the model was closed");
+    Model& model = Open(env);
     int max_context = 0;
     if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
       if (!info[0].IsNumber()) Throw(env, "BAD_ARGUMENT", "createSession(maxContext): maxContext must be a number");
       max_context = NonNegativeInt(env, info[0], "createSession(maxContext): maxContext");
     }
     auto session = std::make_shared<SessionState>();
-    session->session = state_->model->create_session(max_context);
+    session->session = model.create_session(max_context);
     session->model = state_->model;
     session->info = state_->info;
     session->position.store(session->session->position());

@@ -43,10 +43,19 @@ Napi::Value SessionWrap::Async(const Napi::CallbackInfo& info, Prepare prepare) 
     }
     return Call::Start(env, std::move(plan.call), std::move(plan.work), std::move(plan.resolve));
   } catch (...) {
-    Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
-    deferred.Reject(ToJsError(env, std::current_exception()).Value());
-    return deferred.Promise();
+    return RejectedPromise(env, std::current_exception());
   }
+}
+
+SessionWrap::Inputs SessionWrap::ReadInputs(Napi::Env env, const Napi::CallbackInfo& info, const char* method,
+                                            const char* tokens_name, bool options_required) {
+  if (info.Length() < 1)
+    Throw(env, "BAD_ARGUMENT", std::string(method) + "(" + tokens_name + ", options): " + tokens_name + " expected");
+  Inputs in;
+  in.tokens = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], tokens_name));
+  in.options = OptionsObject(env, info, 1, options_required);
+  in.patch = std::make_shared<Patch>(ReadPatch(env, in.options, state_->info));
+  return in;
 }
 
 template <typename Change>
@@ -63,10 +72,8 @@ Napi::Value SessionWrap::WhileIdle(Napi::Env env, Change change) {
 
 Napi::Value SessionWrap::Forward(const Napi::CallbackInfo& info) {
   return Async(info, [&](Napi::Env env) -> Plan {
-    if (info.Length() < 1) Throw(env, "BAD_ARGUMENT", "forward(tokens, options): tokens expected");
-    auto tokens = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "tokens"));
-    Napi::Object options = OptionsObject(env, info, 1, false);
-    auto patch = std::make_shared<Patch>(ReadPatch(env, options, state_->info));
+    Inputs in = ReadInputs(env, info, "forward", "tokens", false);
+    const Napi::Object& options = in.options;
     const std::string mode_name = StringOption(env, options, "logits", "last");
     LogitsMode mode = LogitsMode::Last;
     if (mode_name == "all") mode = LogitsMode::All;
@@ -74,7 +81,7 @@ Napi::Value SessionWrap::Forward(const Napi::CallbackInfo& info) {
     else if (mode_name != "last") Throw(env, "BAD_ARGUMENT", "option logits must be 'last', 'all' or 'none'");
     auto result = std::make_shared<ForwardResult>();
     return {std::make_unique<Call>(env, state_, CallbackOption(env, options, "onLayer"), Napi::Function()),
-            [tokens, patch, mode, result](Call& c) {
+            [tokens = in.tokens, patch = in.patch, mode, result](Call& c) {
               *result = c.session().forward(*tokens, *patch, mode, [&c](const LayerRouting& r) { c.EmitLayer(r); });
             },
             [result](Napi::Env env) -> Napi::Value {
@@ -83,21 +90,19 @@ Napi::Value SessionWrap::Forward(const Napi::CallbackInfo& info) {
               o.Set("rows", result->rows);
               return o;
             },
-            static_cast<int>(tokens->size())};
+            static_cast<int>(in.tokens->size())};
   });
 }
 
 Napi::Value SessionWrap::Generate(const Napi::CallbackInfo& info) {
   return Async(info, [&](Napi::Env env) -> Plan {
-    if (info.Length() < 1) Throw(env, "BAD_ARGUMENT", "generate(prompt, options): prompt expected");
-    auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
-    Napi::Object options = OptionsObject(env, info, 1, false);
-    auto patch = std::make_shared<Patch>(ReadPatch(env, options, state_->info));
+    Inputs in = ReadInputs(env, info, "generate", "prompt", false);
+    const Napi::Object& options = in.options;
     auto opts = std::make_shared<SampleOptions>(ReadSampleOptions(env, options));
     auto generated = std::make_shared<std::vector<int>>();
     return {std::make_unique<Call>(env, state_, CallbackOption(env, options, "onLayer"),
                                    CallbackOption(env, options, "onToken")),
-            [prompt, patch, opts, generated](Call& c) {
+            [prompt = in.tokens, patch = in.patch, opts, generated](Call& c) {
               *generated = c.session().generate(*prompt, *patch, *opts, [&c](int t) { return c.EmitToken(t); },
                                                 [&c](const LayerRouting& r) { c.EmitLayer(r); });
             },
@@ -106,16 +111,14 @@ Napi::Value SessionWrap::Generate(const Napi::CallbackInfo& info) {
               o.Set("tokens", ToInt32Array(env, *generated));
               return o;
             },
-            static_cast<int>(prompt->size()), 1};
+            static_cast<int>(in.tokens->size()), 1};
   });
 }
 
 Napi::Value SessionWrap::Grad(const Napi::CallbackInfo& info) {
   return Async(info, [&](Napi::Env env) -> Plan {
-    if (info.Length() < 1) Throw(env, "BAD_ARGUMENT", "grad(tokens, options): tokens expected");
-    auto tokens = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "tokens"));
-    Napi::Object options = OptionsObject(env, info, 1, true);
-    auto patch = std::make_shared<Patch>(ReadPatch(env, options, state_->info));
+    Inputs in = ReadInputs(env, info, "grad", "tokens", true);
+    const Napi::Object& options = in.options;
     auto req = std::make_shared<GradRequest>();
     if (Has(options, "layers")) req->bias_layers = ReadIntArray(env, options.Get("layers"), "layers");
     if (Has(options, "target")) {
@@ -136,7 +139,9 @@ Napi::Value SessionWrap::Grad(const Napi::CallbackInfo& info) {
     }
     auto result = std::make_shared<GradResult>();
     return {std::make_unique<Call>(env, state_, Napi::Function(), Napi::Function()),
-            [tokens, patch, req, result](Call& c) { *result = c.session().grad(*tokens, *patch, *req); },
+            [tokens = in.tokens, patch = in.patch, req, result](Call& c) {
+              *result = c.session().grad(*tokens, *patch, *req);
+            },
             [result, want_mix](Napi::Env env) -> Napi::Value {
               Napi::Object o = Napi::Object::New(env);
               o.Set("loss", result->loss);
@@ -149,16 +154,14 @@ Napi::Value SessionWrap::Grad(const Napi::CallbackInfo& info) {
 
 Napi::Value SessionWrap::GenerateRerouted(const Napi::CallbackInfo& info) {
   return Async(info, [&](Napi::Env env) -> Plan {
-    if (info.Length() < 1) Throw(env, "BAD_ARGUMENT", "generateRerouted(prompt, options): prompt expected");
-    auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
-    Napi::Object options = OptionsObject(env, info, 1, true);
-    auto patch = std::make_shared<Patch>(ReadPatch(env, options, state_->info));
+    Inputs in = ReadInputs(env, info, "generateRerouted", "prompt", true);
+    const Napi::Object& options = in.options;
     auto opts = std::make_shared<SampleOptions>(ReadSampleOptions(env, options));
     auto ropts = std::make_shared<RerouteOptions>(ReadRerouteOptions(env, options));
     auto result = std::make_shared<RerouteResult>();
     return {std::make_unique<Call>(env, state_, Napi::Function(), CallbackOption(env, options, "onToken"),
                                    CallbackOption(env, options, "onRound")),
-            [prompt, patch, opts, ropts, result](Call& c) {
+            [prompt = in.tokens, patch = in.patch, opts, ropts, result](Call& c) {
               *result = generate_rerouted(c.session(), *prompt, *patch, *opts, *ropts,
                                           [&c](int t) { return c.EmitToken(t); },
                                           [&c](const RerouteRound& r) { c.EmitRound(r); });

@@ -38,6 +38,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value C3poPrefix(const Napi::CallbackInfo& info);
   Napi::Value C3poNgd(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Model& Open(Napi::Env env);  // the model, or a CLOSED error
   // The frame of the asynchronous model calls: argument errors reject the promise rather than throw.
   template <typename Prepare>
   Napi::Value Async(const Napi::CallbackInfo& info, Prepare prepare);
@@ -69,6 +70,15 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
     Call::Resolver resolve;
     int first_rows = 0, decode_rows = 0;  // the routing spans it streams (Call::PlanRouting)
   };
+  // What the token-taking calls share: tokens (info[0], named tokens_name), the options object (info[1]) and the
+  // patch it carries, validated against the model.
+  struct Inputs {
+    std::shared_ptr<std::vector<int>> tokens;
+    Napi::Object options;
+    std::shared_ptr<Patch> patch;
+  };
+  Inputs ReadInputs(Napi::Env env, const Napi::CallbackInfo& info, const char* method, const char* tokens_name,
+                    bool options_required);
   // The frame of every session call: `prepare` converts the arguments; then the engine session is reserved and
   // the call starts. Argument errors, BUSY and CLOSED reject the promise rather than throw.
   template <typename Prepare>

@@ -56,7 +56,8 @@ class SessionImpl : public Session {
   // The decode loop of generation with and without rerouting: samples from `logits`, stops on a stop token, at
   // max_new_tokens, at the context limit or when on_token returns false; otherwise `step` runs the token and
   // returns the logits after it. Returns the generated tokens.
-  std::vector<int> decode(std::vector<float> logits, const SampleOptions& opts, const std::function<bool(int)>& on_token,
+  std::vector<int> decode(std::vector<float> logits, const SampleOptions& opts,
+                          const std::function<bool(int)>& on_token,
                           const std::function<std::vector<float>(int token)>& step);
 
   ModelImpl& m_;

@@ -174,7 +174,9 @@ TEST("c3po: calls on one model from several threads wait for each other and give
   o.steps = 6;
   o.core_experts = E;
   const C3poResult want_a = c3po_ngd(*model, omega_a, nbs, o), want_b = c3po_ngd(*model, omega_b, nbs, o);
-  auto same = [](const C3poResult& x, const C3poResult& y) { return x.losses == y.losses && x.omega_after == y.omega_after; };
+  auto same = [](const C3poResult& x, const C3poResult& y) {
+    return x.losses == y.losses && x.omega_after == y.omega_after;
+  };
   int mismatches = 0;
   for (int round = 0; round < 8; ++round) {
     C3poResult got_a, got_b;

@@ -120,8 +120,6 @@ struct GradResult {
   std::vector<float> mix_grad;
 };
 
-class Model;
-
 // A session owns a KV cache; forward() appends tokens after what is already cached.
 class Session {
  public:
