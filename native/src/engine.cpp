@@ -230,17 +230,25 @@ double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h
   const int H = cfg.hidden, V = cfg.vocab, rows = te - ts;
   std::vector<float> logits(static_cast<size_t>(rows) * V);
   dec_.logits(h + static_cast<size_t>(ts - 1) * H, rows, logits.data());
+  // Cross-entropy per row; z becomes dLoss/dz = (softmax(z) - onehot) / rows in place (one exp per logit).
+  std::vector<double> row_loss(rows);
+  dec_.pool().parallel_for(rows, 1, [&](int64_t a, int64_t b, int) {
+    for (int64_t r = a; r < b; ++r) {
+      float* z = &logits[static_cast<size_t>(r) * V];
+      const float mx = *std::max_element(z, z + V);
+      const int target = tokens[ts + r];
+      const float zt = z[target];
+      double sum = 0;
+      for (int i = 0; i < V; ++i) sum += (z[i] = std::exp(z[i] - mx));
+      row_loss[r] = -(zt - mx - std::log(sum));
+      if (!dh) continue;
+      const float scale = static_cast<float>(1.0 / (sum * rows));
+      for (int i = 0; i < V; ++i) z[i] *= scale;
+      z[target] -= 1.f / rows;
+    }
+  });
   double loss = 0;
-  for (int r = 0; r < rows; ++r) {
-    float* z = &logits[static_cast<size_t>(r) * V];
-    const float mx = *std::max_element(z, z + V);
-    double sum = 0;
-    for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
-    const int target = tokens[ts + r];
-    loss += -(z[target] - mx - std::log(sum));
-    if (dh)  // z becomes dLoss/dz in place
-      for (int i = 0; i < V; ++i) z[i] = static_cast<float>((std::exp(static_cast<double>(z[i]) - mx) / sum - (i == target)) / rows);
-  }
+  for (double x : row_loss) loss += x;
   if (dh) {
     std::vector<float> dnorm(static_cast<size_t>(rows) * H);
     matmul_backward_input(dec_.pool(), logits.data(), rows, ck.lm_head, dnorm.data(), false);
@@ -351,10 +359,10 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
   // Forward: plain below the lowest layer asked for, keeping activations from there up.
   std::vector<float> h(static_cast<size_t>(T) * H);
   dec_.embed(tokens, h.data());
-  std::vector<KVCache> scratch(cfg.layers);
-  std::vector<LayerSave> saves(cfg.layers);
+  prepare_grad_workspace();
+  std::vector<LayerSave>& saves = grad_saves_;
   for (int l = 0; l < cfg.layers; ++l)
-    dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
+    dec_.layer_forward(l, h.data(), T, 0, grad_cache_[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
   GradResult res;
   std::vector<float> dh(static_cast<size_t>(T) * H);
   res.loss = loss_and_grad(tokens, h.data(), ts, te, dh.data());
@@ -368,10 +376,27 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
       auto bg = res.bias_grad.find(l);
       dec_.layer_backward(l, saves[l], dh.data(), l == lowest, bg == res.bias_grad.end() ? nullptr : bg->second.data(),
                           l == req.mix_layer ? mix : none);
-      saves[l] = LayerSave();
     }
   }
+  trim_grad_workspace();
   return res;
+}
+
+void SessionImpl::prepare_grad_workspace() {
+  const int L = m_.checkpoint().config.layers;
+  grad_saves_.resize(L);
+  grad_cache_.resize(L);
+}
+
+void SessionImpl::trim_grad_workspace() {
+  const size_t keep = size_t(256) << 20;
+  size_t bytes = 0;
+  for (const auto& s : grad_saves_) bytes += s.bytes();
+  for (const auto& c : grad_cache_)
+    for (size_t g = 0; g < c.k.size(); ++g) bytes += (c.k[g].capacity() + c.v[g].capacity()) * sizeof(float);
+  if (bytes <= keep) return;
+  std::vector<LayerSave>().swap(grad_saves_);
+  std::vector<KVCache>().swap(grad_cache_);
 }
 
 std::vector<float> softmax_row(const std::vector<float>& theta) {

@@ -6,6 +6,7 @@
 #include <limits>
 #include <numeric>
 
+#include "cpu/backward.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
@@ -417,14 +418,11 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
 bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                            const std::map<int, float*>& mix_grads) {
   const LayerWeights& w = ck_.layers[l];
-  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
+  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k;
   const size_t TH = static_cast<size_t>(T) * H;
   std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
   if (w.moe) {
     std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
-    std::vector<std::vector<int>> rows(E);
-    for (int t = 0; t < T; ++t)
-      for (int j = 0; j < k; ++j) rows[s.sel[static_cast<size_t>(t) * k + j]].push_back(t * k + j);
     // Router: a_e = <dy, o_e>; dp by the (re)normalisation; dz through the softmax (top-k sets fixed).
     for (int t = 0; t < T; ++t) {
       const float* dyt = dh + static_cast<size_t>(t) * H;
@@ -471,29 +469,7 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
     }
     if (stop_at_router) return false;
     matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
-    // Experts.
-    std::vector<float> dye, ge, ue, dxe;
-    for (int e = 0; e < E; ++e) {
-      const auto& r = rows[e];
-      if (r.empty()) continue;
-      const int n = static_cast<int>(r.size());
-      dye.resize(static_cast<size_t>(n) * H);
-      ge.resize(static_cast<size_t>(n) * I);
-      ue.resize(static_cast<size_t>(n) * I);
-      dxe.assign(static_cast<size_t>(n) * H, 0.f);
-      for (int i = 0; i < n; ++i) {
-        const float wt = s.w[r[i]];
-        const float* dyt = dh + static_cast<size_t>(r[i] / k) * H;
-        for (int d = 0; d < H; ++d) dye[static_cast<size_t>(i) * H + d] = wt * dyt[d];
-        std::memcpy(&ge[static_cast<size_t>(i) * I], &s.g[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-        std::memcpy(&ue[static_cast<size_t>(i) * I], &s.u[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-      }
-      swiglu_backward(pool_, dye.data(), n, ge.data(), ue.data(), w.gate[e], w.up[e], w.down[e], dxe.data());
-      for (int i = 0; i < n; ++i) {
-        float* dxt = &dx[static_cast<size_t>(r[i] / k) * H];
-        for (int d = 0; d < H; ++d) dxt[d] += dxe[static_cast<size_t>(i) * H + d];
-      }
-    }
+    moe_experts_backward(pool_, dh, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up, w.down, dx.data());
     if (!w.shared_expert_gate.empty()) {
       std::vector<float> dso(TH);
       for (int t = 0; t < T; ++t) {
@@ -525,57 +501,15 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, group = nh / nkv;
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, pos0 = s.pos0;
   const int qw = nh * hd, kvw = nkv * hd;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   std::vector<float> dattn(static_cast<size_t>(T) * qw);
   matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
-  std::vector<float> dq(static_cast<size_t>(T) * qw, 0.f), dk(static_cast<size_t>(T) * kvw, 0.f),
-      dv(static_cast<size_t>(T) * kvw, 0.f);
+  std::vector<float> dq(static_cast<size_t>(T) * qw), dk(static_cast<size_t>(T) * kvw), dv(static_cast<size_t>(T) * kvw);
   // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
-  // Parallel over kv groups so dk/dv rows are written by one thread only.
-  const int pos0 = s.pos0, all = pos0 + T;
-  pool_.parallel_for(nkv, 1, [&](int64_t a, int64_t b, int) {
-    std::vector<float> dP(all);
-    for (int g = static_cast<int>(a); g < b; ++g) {
-      const float* Kc = s.cache->k[g].data();
-      const float* Vc = s.cache->v[g].data();
-      for (int hh = g * group; hh < (g + 1) * group; ++hh)
-        for (int i = 0; i < T; ++i) {
-          const int p = pos0 + i;
-          const float* P = &s.probs[(static_cast<size_t>(hh) * T + i) * all];
-          const float* doi = &dattn[static_cast<size_t>(i) * qw + hh * hd];
-          double rowdot = 0;
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) {
-              dP[j] = 0;
-              continue;
-            }
-            const float* vj = Vc + static_cast<size_t>(j) * hd;
-            float d = 0;
-            for (int c = 0; c < hd; ++c) d += doi[c] * vj[c];
-            dP[j] = d;
-            rowdot += static_cast<double>(d) * P[j];
-            if (j >= pos0) {
-              float* dvj = &dv[static_cast<size_t>(j - pos0) * kvw + g * hd];
-              for (int c = 0; c < hd; ++c) dvj[c] += P[j] * doi[c];
-            }
-          }
-          const float* qi = &s.q[static_cast<size_t>(i) * qw + hh * hd];
-          float* dqi = &dq[static_cast<size_t>(i) * qw + hh * hd];
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) continue;
-            const float dS = P[j] * (dP[j] - static_cast<float>(rowdot)) * scale;
-            const float* kj = Kc + static_cast<size_t>(j) * hd;
-            for (int c = 0; c < hd; ++c) dqi[c] += dS * kj[c];
-            if (j >= pos0) {
-              float* dkj = &dk[static_cast<size_t>(j - pos0) * kvw + g * hd];
-              for (int c = 0; c < hd; ++c) dkj[c] += dS * qi[c];
-            }
-          }
-        }
-    }
-  });
+  attention_backward(pool_, T, pos0, nh, nkv, hd, hd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
+                     dq.data(), dk.data(), dv.data());
   // Undo RoPE (rotate back), then the QK-norm.
   std::vector<float> cs, sn;
   for (int t = 0; t < T; ++t) {

@@ -36,6 +36,14 @@ struct LayerSave {
   std::vector<float> g, u, o;                  // per (t, slot): gate and up pre-activations [T*k, I], expert out [T*k, H]
   // dense MLP or shared expert
   std::vector<float> dg, du, sg, su, so, sgate;
+  // Memory held (capacity), to decide whether to keep a save for the next pass.
+  size_t bytes() const {
+    size_t f = 0;
+    for (const auto* v : {&h_in, &r_attn, &x_attn, &q_pre, &k_pre, &r_q, &r_k, &q, &k, &v, &probs, &attn, &h_mid, &r_mlp,
+                          &x_mlp, &p, &w, &g, &u, &o, &dg, &du, &sg, &su, &so, &sgate})
+      f += v->capacity();
+    return f * sizeof(float) + sel.capacity() * sizeof(int32_t) + mixed.capacity();
+  }
 };
 
 class Decoder {
