@@ -185,12 +185,34 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
       float dd = max_diff(together.first_grad[l], want[l]);
       CHECK_MSG(dd <= 1e-4 * sc + 1e-7, name << ": stacked gradient at layer " << l << " differs by " << dd << " (scale " << sc << ")");
     }
+    // The first critical layer cached (attention output, router logits and every expert's output at the last
+    // token) gives the loss and gradient of running it, and so does a prefix cached one layer lower.
+    for (int below : {0, 1}) {
+      if (below && critical.front() == 0) continue;
+      std::vector<C3poNeighbour> plain;
+      for (int i = 0; i < 3; ++i)
+        plain.push_back({c3po_prefix(*model, random_tokens(6 + i, info.vocab_size, 20 + i), critical.front() - below, below == 1),
+                         7 + i, 1.f / (1 + i)});
+      auto run = c3po_ngd(*model, omega2, plain, o3);
+      CHECK_MSG(std::fabs(run.losses[0] - together.losses[0]) < 1e-5,
+                name << ": loss " << run.losses[0] << " uncached vs " << together.losses[0] << " cached");
+      for (int l : critical) {
+        float sc = 0;
+        for (float x : run.first_grad[l]) sc = std::max(sc, std::fabs(x));
+        float dd = max_diff(together.first_grad[l], run.first_grad[l]);
+        CHECK_MSG(dd <= 1e-4 * sc + 1e-7, name << ": cached gradient at layer " << l << " differs by " << dd << " (scale " << sc
+                                               << ", prefix " << below << " below)");
+      }
+    }
     C3poOptions o2;
     o2.layers = critical;
     o2.core_experts = 3;  // of 8: the other five must keep their relative weights
+    o2.final_loss = true;
     auto r = c3po_ngd(*model, omega2, nbs, o2);
-    CHECK(r.losses.size() == 11);
+    CHECK(r.losses.size() == 11);  // before each of 10 steps, and after the last
     CHECK_MSG(r.losses.back() < r.losses.front(), name << ": NGD did not lower the loss: " << r.losses.front() << " -> " << r.losses.back());
+    o2.final_loss = false;
+    CHECK(c3po_ngd(*model, omega2, nbs, o2).losses.size() == 10);
     for (int l : critical) {
       double sum = 0;
       for (float x : r.omega_after[l]) sum += x;
@@ -205,6 +227,50 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
       }
     }
   }
+}
+
+TEST("c3po: the loss restricted to option tokens has the gradient of its finite differences") {
+  auto model = Model::load(fixture_model("olmoe-fused-f16"), LoadOptions{1, "cpu"});
+  const ModelInfo& info = model->info();
+  const std::vector<int> critical(info.moe_layers.end() - 2, info.moe_layers.end());
+  auto omega = last_softmax(*model, random_tokens(7, info.vocab_size, 30), critical);
+  std::vector<C3poNeighbour> nbs;
+  for (int i = 0; i < 2; ++i)
+    nbs.push_back({c3po_prefix(*model, random_tokens(8, info.vocab_size, 31 + i), critical.front()), 3 + i, 1.f, {3, 4, 9, 12}});
+  nbs.push_back({c3po_prefix(*model, random_tokens(5, info.vocab_size, 40), critical.front()), 6, 0.5f});  // whole vocabulary
+  C3poOptions o;
+  o.layers = critical;
+  o.steps = 0;
+  auto at = [&](const std::map<int, std::vector<float>>& theta) {
+    std::map<int, std::vector<float>> w;
+    for (const auto& kv : theta) {
+      std::vector<float> t = kv.second;
+      float mx = *std::max_element(t.begin(), t.end());
+      double s = 0;
+      for (auto& x : t) s += (x = std::exp(x - mx));
+      for (auto& x : t) x = float(x / s);
+      w[kv.first] = t;
+    }
+    return c3po_ngd(*model, w, nbs, o);
+  };
+  std::map<int, std::vector<float>> theta;
+  for (int l : critical)
+    for (float p : omega[l]) theta[l].push_back(std::log(p));
+  auto base = at(theta);
+  const float eps = 1e-2f;
+  for (int l : critical)
+    for (int e = 0; e < info.num_experts; ++e) {
+      auto plus = theta, minus = theta;
+      plus[l][e] += eps;
+      minus[l][e] -= eps;
+      const double fd = (at(plus).losses[0] - at(minus).losses[0]) / (2 * eps);
+      CHECK_MSG(std::fabs(fd - base.first_grad[l][e]) < 2e-3 + 2e-2 * std::fabs(fd),
+                "layer " << l << " expert " << e << ": gradient " << base.first_grad[l][e] << " vs finite difference " << fd);
+    }
+  // An answer outside its options is refused.
+  auto bad = nbs;
+  bad[0].answer = 5;
+  CHECK(rstest::error_code_of([&] { c3po_ngd(*model, omega, bad, o); }) == "BAD_ARGUMENT");
 }
 
 }  // namespace

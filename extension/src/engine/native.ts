@@ -127,24 +127,36 @@ export interface NativeC3poOptions {
   steps: number;
   lrStart: number;
   lrEnd: number;
+  /** Evaluate the loss once more after the last step (one forward; off: losses holds the loss before each step). */
+  finalLoss?: boolean;
+}
+
+export interface NativeC3poNeighbour {
+  prefix: NativeC3poPrefix;
+  answer: number;
+  weight: number;
+  /** Multiple choice: the option tokens; the loss is then the cross-entropy over these tokens only. */
+  options?: number[];
 }
 
 export interface NativeC3poResult {
   omegaBefore: Record<string, Float32Array>;
   omegaAfter: Record<string, Float32Array>;
   core: Record<string, Int32Array>;
-  losses: number[];             // surrogate loss before each step and after the last
+  losses: number[];             // surrogate loss before each step, then after the last when finalLoss
   firstGrad: Record<string, Float32Array>;
 }
 
 export interface NativeModel {
   info(): NativeModelInfo;
-  /** Runs the prompt except its last token through every layer and the last token up to firstLayer. */
-  c3poPrefix(prompt: Int32Array, firstLayer: number): Promise<NativeC3poPrefix>;
+  /** Runs the prompt except its last token through every layer and the last token up to firstLayer; unless
+   *  cacheFirstLayer is false, also keeps that MoE layer's attention output, router logits and every expert's output
+   *  at the last token, so NGD steps need not run it. */
+  c3poPrefix(prompt: Int32Array, firstLayer: number, options?: { cacheFirstLayer?: boolean }): Promise<NativeC3poPrefix>;
   /** NGD on the last-position mix logits of the critical layers against weighted neighbours. steps = 0 only
    *  evaluates the surrogate loss (and its gradient) at omegaInit. */
   c3poNgd(omegaInit: Record<string, Float32Array>,
-          neighbours: { prefix: NativeC3poPrefix; answer: number; weight: number }[],
+          neighbours: NativeC3poNeighbour[],
           options: NativeC3poOptions): Promise<NativeC3poResult>;
   createSession(maxContext?: number): NativeSession;
   /** Unmaps the weights; the model and its sessions are unusable afterwards. */

@@ -51,26 +51,41 @@ struct C3poNeighbour {
   std::shared_ptr<C3poPrefix> prefix;
   int answer = 0;      // token id the neighbour should predict after its prompt
   float weight = 1.f;  // kernel weight (normalised by the engine)
+  // Optional, for multiple-choice sets: the option tokens (the answer among them). When given, this neighbour's loss
+  // is the cross-entropy of the softmax over these tokens only, which reads their rows of the LM head instead of all
+  // of it; empty = over the whole vocabulary (the paper's loss).
+  std::vector<int> options;
 };
 struct C3poOptions {
   std::vector<int> layers;      // critical layers
   int core_experts = 20;        // optimise the top-n experts of the original routing; the rest stay frozen
   int steps = 10;
-  float lr_start = 1e-2f, lr_end = 1e-5f;  // cosine schedule, Adam
+  // Adam on theta = log omega with a cosine schedule. The paper's step of 1e-1 on omega itself (printed "10e-2")
+  // moves an expert at a typical core probability of about 0.1 by 1 in log space: Adam's per-coordinate step in
+  // theta is the learning rate, so 1 at the start; the end keeps the paper's 1000:1 ratio.
+  float lr_start = 1.f, lr_end = 1e-3f;
+  bool final_loss = false;      // evaluate the loss once more after the last step (one forward, no backward)
 };
 struct C3poResult {
   std::map<int, std::vector<float>> omega_before, omega_after;  // per critical layer, size E
   std::map<int, std::vector<int>> core;                         // core experts per layer
-  std::vector<double> losses;                                   // surrogate loss before each step, and after the last
+  std::vector<double> losses;  // surrogate loss before each step (one entry when steps = 0), then after the last
+                               // step when final_loss
   std::map<int, std::vector<float>> first_grad;                 // dLoss/dtheta at the start (all experts)
 };
 
-// Caches a reference item's prompt: all but the last token in every layer, the last token's hidden state at the
-// input of `first_layer`. The prefix keeps a reference to `model`, which must outlive it.
-std::shared_ptr<C3poPrefix> c3po_prefix(Model& model, const std::vector<int>& prompt, int first_layer);
+// Caches a reference item's prompt for NGD: every layer's keys and values of all positions but the last, and for
+// the last token what does not depend on the routing being optimised: its state up to `first_layer` and, when
+// cache_first_layer (the default), that MoE layer's attention output, router logits and every routed expert's
+// output, so that a step costs a weighted sum there instead of running the layer. The prefix keeps a reference to
+// `model`, which must outlive it.
+std::shared_ptr<C3poPrefix> c3po_prefix(Model& model, const std::vector<int>& prompt, int first_layer,
+                                        bool cache_first_layer = true);
 // Optimises a test prompt's last-position routing against the neighbours; omega_init per critical layer is the
 // test prompt's last-position softmax (size E), the starting point. steps = 0 only evaluates the loss and gradient.
-// C3PO calls on one model run one at a time (NGD writes into the neighbours' cached rows); concurrent callers wait.
+// The neighbours' prefixes must all be cached at the same layer, at or below the first critical layer, the same
+// way. C3PO calls on one model run one at a time (NGD writes into the neighbours' cached rows); concurrent callers
+// wait.
 C3poResult c3po_ngd(Model& model, const std::map<int, std::vector<float>>& omega_init,
                     const std::vector<C3poNeighbour>& neighbours, const C3poOptions& opts);
 

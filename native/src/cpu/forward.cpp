@@ -550,4 +550,32 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
                          dh + static_cast<size_t>(t) * H, true);
 }
 
+void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden, E = cfg_.experts, I = cfg_.expert_width;
+  if (!w.moe) throw Error("BAD_ARGUMENT", "layer " + std::to_string(l) + " has no router");
+  std::vector<float> x(H);
+  rmsnorm_row(h_mid, w.mlp_norm.data(), H, cfg_.eps, x.data());
+  matmul(pool_, x.data(), 1, w.router, z);
+  std::vector<float> g(static_cast<size_t>(E) * I), u(static_cast<size_t>(E) * I);
+  std::vector<MatmulJob> jobs;
+  for (int e = 0; e < E; ++e) {
+    jobs.push_back({x.data(), 1, w.gate[e], &g[static_cast<size_t>(e) * I]});
+    jobs.push_back({x.data(), 1, w.up[e], &u[static_cast<size_t>(e) * I]});
+  }
+  matmul_batch(pool_, jobs);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+  jobs.clear();
+  for (int e = 0; e < E; ++e) jobs.push_back({&g[static_cast<size_t>(e) * I], 1, w.down[e], experts + static_cast<size_t>(e) * H});
+  matmul_batch(pool_, jobs);
+  std::fill(shared, shared + H, 0.f);
+  if (!w.shared_expert_gate.empty()) {
+    swiglu(x.data(), 1, w.shared_gate, w.shared_up, w.shared_down, shared, 1.f, nullptr, nullptr);
+    float gl = 0;
+    for (int d = 0; d < H; ++d) gl += x[d] * w.shared_expert_gate[d];
+    const float sgv = sigmoid(gl);
+    for (int d = 0; d < H; ++d) shared[d] *= sgv;
+  }
+}
+
 }  // namespace routescope

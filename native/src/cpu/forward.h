@@ -70,6 +70,11 @@ class Decoder {
                     const std::map<int, float*>& mix_grads);
   void attn_backward(int l, const LayerSave& s, float* dh);
 
+  // What MoE layer l computes for one row h_mid (the residual after its attention) whatever the routing: the raw
+  // router logits z [E], every routed expert's output [E, H] and the shared expert's gated contribution [H] (zero
+  // when the layer has none). The layer's output is then h_mid + shared + sum over the selected e of w_e experts[e].
+  void moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared);
+
   void embed(const std::vector<int>& tokens, float* h) const;
   // logits [rows, V] for the given rows of h (after the final norm).
   void logits(const float* h, int rows, float* out);
