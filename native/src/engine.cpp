@@ -159,13 +159,32 @@ void SessionImpl::check_tokens(const std::vector<int>& tokens, int already) cons
 }
 
 ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
-                                   const RoutingCallback& on_layer) {
+                                   const RoutingCallback& on_layer, int mean_hidden_layer) {
   CallScope scope(*this);
   if (tokens.empty()) throw Error("BAD_TOKENS", "no tokens to run");
   check_tokens(tokens, pos_);
   const ModelConfig& cfg = m_.checkpoint().config;
   const int T = static_cast<int>(tokens.size()), H = cfg.hidden, pos0 = pos_;
+  if (mean_hidden_layer > cfg.layers)
+    throw Error("BAD_ARGUMENT", "embedding layer " + std::to_string(mean_hidden_layer) + " is outside 0.." + std::to_string(cfg.layers));
+  // The mean over this call's rows of h, the hidden state entering layer `at`.
+  std::vector<float> mean;
+  auto take_mean = [&](int at, const float* h) {
+    if (at != mean_hidden_layer) return;
+    mean.assign(H, 0.f);
+    for (int t = 0; t < T; ++t)
+      for (int d = 0; d < H; ++d) mean[d] += h[static_cast<size_t>(t) * H + d] / T;
+  };
   if (on_device_) {
+    if (mean_hidden_layer >= 0) {
+      // The GPU keeps no hidden states: the embedding comes from a CPU pass over the same tokens.
+      if (pos0 != 0) throw Error("BAD_ARGUMENT", "on the CUDA backend an embedding needs a forward from position 0");
+      std::vector<float> h(static_cast<size_t>(T) * H);
+      dec_.embed(tokens, h.data());
+      std::vector<KVCache> scratch(cfg.layers);
+      for (int l = 0; l < mean_hidden_layer; ++l) dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, nullptr);
+      take_mean(mean_hidden_layer, h.data());
+    }
     if (!device_) device_ = m_.device()->session(max_context_);
     ForwardResult res;
     const int first = mode == LogitsMode::Last ? T - 1 : 0;
@@ -177,6 +196,7 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
       throw;
     }
     pos_ = pos0 + T;
+    res.mean_hidden = std::move(mean);
     return res;
   }
   std::vector<float> h(static_cast<size_t>(T) * H);
@@ -187,8 +207,10 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
         hidden_.resize(static_cast<size_t>(pos0) * H);
         hidden_.insert(hidden_.end(), h.begin(), h.end());
       }
+      take_mean(l, h.data());
       dec_.layer_forward(l, h.data(), T, pos0, cache_[l], patch, on_layer, nullptr);
     }
+    take_mean(cfg.layers, h.data());
   } catch (...) {
     pos_ = pos0;  // the cache rows written by the aborted call are not valid
     if (keep_layer_ >= 0) hidden_.resize(static_cast<size_t>(pos0) * H);
@@ -196,6 +218,7 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
   }
   pos_ = pos0 + T;
   ForwardResult res;
+  res.mean_hidden = std::move(mean);
   if (mode == LogitsMode::None) return res;
   const int first = mode == LogitsMode::Last ? T - 1 : 0;
   res.rows = T - first;

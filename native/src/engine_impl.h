@@ -21,7 +21,7 @@ class SessionImpl : public Session {
  public:
   SessionImpl(ModelImpl& model, int max_context);
   ForwardResult forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
-                        const RoutingCallback& on_layer) override;
+                        const RoutingCallback& on_layer, int mean_hidden_layer = -1) override;
   std::vector<int> generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                             const std::function<bool(int)>& on_token, const RoutingCallback& on_layer) override;
   GradResult grad(const std::vector<int>& tokens, const Patch& patch, const GradRequest& req) override;

@@ -81,10 +81,15 @@ export interface NativeRerouteOptions {
   optimizer: 'adam' | 'sgd';
   layerFraction: number;        // adapt this fraction of the candidates, ranked by routing confidence
   leastConfidentFirst: boolean;
+  /** Reset Adam's moments at every round (default: one optimiser per layer for the whole request). */
+  resetAdamEachRound?: boolean;
+  /** A round's loss over the tokens since the previous round only, older keys/values from the cache. */
+  sinceLastRound?: boolean;
 }
 
 export interface NativeRerouteRound {
   position: number;             // context length when the round ran
+  windowStart: number;          // first position of the round's loss window
   layers: number[];             // adapted in this round
   losses: number[];             // self-supervised loss before each step
   confidence: Record<string, number>; // C_l per candidate layer

@@ -11,64 +11,22 @@
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 #include "engine_impl.h"
+#include "adapt/last_position.h"
 #include "routescope/adapt.h"
 
 namespace routescope {
 
-struct C3poPrefix {
-  std::unique_ptr<SessionImpl> session;  // KV cache: every layer for positions < last; the last position's rows are
-                                         // written by NGD steps above first_layer
-  int first_layer = 0;
-  int last = 0;                          // position of the last prompt token
-  bool cached = false;                   // first_layer's MoE block is cached (below) instead of run
-  std::vector<float> h;                  // !cached: the last token's hidden state at the input of first_layer
-  std::vector<float> h_base;             // cached: the residual after first_layer's attention plus its shared expert
-  std::vector<float> experts;            // cached: every routed expert's output at first_layer [E, H]
-  std::vector<float> router;             // cached: the raw router logits at first_layer [E]
-  const ModelImpl* model = nullptr;      // the model whose caches these are
-};
-
-std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>& prompt, int first_layer,
-                                        bool cache_first_layer) {
-  ModelImpl& model = engine_model(model_in, "c3po_prefix");
-  std::lock_guard<std::mutex> lock(model.c3po_mutex());
-  const ModelConfig& cfg = model.checkpoint().config;
-  if (prompt.empty()) throw Error("BAD_TOKENS", "empty reference prompt");
-  if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
-  auto p = std::make_shared<C3poPrefix>();
-  p->session = std::make_unique<SessionImpl>(model, 0);
-  p->session->check_tokens(prompt, 0);  // the last token skips forward(), which checks the others
-  p->session->on_device_ = false;  // NGD steps run the CPU decoder against this cache
-  p->first_layer = first_layer;
-  p->last = static_cast<int>(prompt.size()) - 1;
-  p->model = &model;
-  Patch none;
-  SessionImpl& s = *p->session;
-  if (p->last > 0) s.forward(std::vector<int>(prompt.begin(), prompt.end() - 1), none, LogitsMode::None, nullptr);
-  std::vector<int> last{prompt.back()};
-  if (s.pos_ + 1 > s.max_context_) throw Error("TOO_LONG", "reference prompt exceeds the context");
-  p->h.resize(cfg.hidden);
-  s.dec_.embed(last, p->h.data());
-  for (int l = 0; l < first_layer; ++l) s.dec_.layer_forward(l, p->h.data(), 1, p->last, s.cache_[l], none, nullptr, nullptr);
-  if (cache_first_layer && cfg.moe_layer[first_layer]) {
-    // Nothing of this layer depends on the routing at the last position but its mixing: keep the parts.
-    s.dec_.attn_forward(first_layer, p->h.data(), 1, p->last, s.cache_[first_layer], nullptr);
-    p->h_base.resize(cfg.hidden);
-    p->experts.resize(static_cast<size_t>(cfg.experts) * cfg.hidden);
-    p->router.resize(cfg.experts);
-    s.dec_.moe_parts(first_layer, p->h.data(), p->router.data(), p->experts.data(), p->h_base.data());
-    for (int d = 0; d < cfg.hidden; ++d) p->h_base[d] += p->h[d];
-    p->h.clear();
-    p->cached = true;
-  }
-  return p;
+void cache_block(C3poPrefix& p, const float* h_mid) {
+  SessionImpl& s = *p.session;
+  const ModelConfig& cfg = s.m_.checkpoint().config;
+  p.h_base.resize(cfg.hidden);
+  p.experts.resize(static_cast<size_t>(cfg.experts) * cfg.hidden);
+  p.router.resize(cfg.experts);
+  s.dec_.moe_parts(p.first_layer, h_mid, p.router.data(), p.experts.data(), p.h_base.data());
+  for (int d = 0; d < cfg.hidden; ++d) p.h_base[d] += h_mid[d];
+  p.cached = true;
 }
 
-namespace {
-
-// A cached MoE block run for stacked rows: row j's routing from `lp` (a mix row at "position" j) or, without one,
-// from the cached router logits; the output is h_base + sum of the selected experts' cached outputs by weight.
-// `save` gets what Decoder::mlp_backward needs to stop at the router (p, sel, w, mixed, o).
 void cached_block(const std::vector<const C3poPrefix*>& rows, const LayerPatch* lp, const ModelConfig& cfg, float* h,
                   LayerSave* save) {
   const int K = static_cast<int>(rows.size()), E = cfg.experts, k = cfg.top_k, H = cfg.hidden;
@@ -102,6 +60,39 @@ void cached_block(const std::vector<const C3poPrefix*>& rows, const LayerPatch* 
     }
   }
 }
+
+std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>& prompt, int first_layer,
+                                        bool cache_first_layer) {
+  ModelImpl& model = engine_model(model_in, "c3po_prefix");
+  std::lock_guard<std::mutex> lock(model.c3po_mutex());
+  const ModelConfig& cfg = model.checkpoint().config;
+  if (prompt.empty()) throw Error("BAD_TOKENS", "empty reference prompt");
+  if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
+  auto p = std::make_shared<C3poPrefix>();
+  p->session = std::make_shared<SessionImpl>(model, 0);
+  p->session->check_tokens(prompt, 0);  // the last token skips forward(), which checks the others
+  p->session->on_device_ = false;  // NGD steps run the CPU decoder against this cache
+  p->first_layer = first_layer;
+  p->last = static_cast<int>(prompt.size()) - 1;
+  p->model = &model;
+  Patch none;
+  SessionImpl& s = *p->session;
+  if (p->last > 0) s.forward(std::vector<int>(prompt.begin(), prompt.end() - 1), none, LogitsMode::None, nullptr);
+  std::vector<int> last{prompt.back()};
+  if (s.pos_ + 1 > s.max_context_) throw Error("TOO_LONG", "reference prompt exceeds the context");
+  p->h.resize(cfg.hidden);
+  s.dec_.embed(last, p->h.data());
+  for (int l = 0; l < first_layer; ++l) s.dec_.layer_forward(l, p->h.data(), 1, p->last, s.cache_[l], none, nullptr, nullptr);
+  if (cache_first_layer && cfg.moe_layer[first_layer]) {
+    // Nothing of this layer depends on the routing at the last position but its mixing: keep the parts.
+    s.dec_.attn_forward(first_layer, p->h.data(), 1, p->last, s.cache_[first_layer], nullptr);
+    cache_block(*p, p->h.data());
+    p->h.clear();
+  }
+  return p;
+}
+
+namespace {
 
 // Cross-entropy of `answer` under the softmax over the listed vocabulary rows only, for one normed row x; adds
 // weight * dLoss/dx to dx. Returns the loss.
