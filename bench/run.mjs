@@ -1,14 +1,18 @@
 #!/usr/bin/env node
-// `npm run bench`: Routescope against PyTorch eager on an OLMoE-shaped checkpoint with random bf16 weights.
+// `npm run bench`: Routescope against llama.cpp (and, on request, PyTorch eager) on an OLMoE-shaped checkpoint with
+// random bf16 weights.
 //
-//   npm run bench -- [--layers 2] [--prompt-tokens 512] [--decode-tokens 32] [--threads T] [--skip-peer] [--json]
+//   npm run bench -- [--layers 2] [--prompt-tokens 512] [--long-prompt-tokens 4096] [--decode-tokens 32]
+//                    [--repeat 3] [--threads T] [--peers llama,torch] [--json]
 //
 // 1. writes bench/out/olmoe-shaped-L<layers>/ (once; reused while its stamp matches),
-// 2. measures the memory read bandwidth (build/rs_bench --bandwidth),
-// 3. runs the product (`routescope bench --json`; build/rs_bench when the CLI is not there or fails),
-// 4. runs the peer bench/peer_torch.py (PyTorch eager, HF-style per-expert loop, fp32) on the same weights,
-// 5. cross-checks the last-position logits and selected experts of a short prompt (`routescope inspect`),
-// 6. prints the table and writes bench/out/results.json.
+// 2. installs the llama.cpp peer into bench/peers/ (node-llama-cpp's prebuilt CPU binaries; once) and writes the
+//    checkpoint as GGUF files in llama.cpp's `olmoe` layout (BF16, and Q8_0 for reference; once),
+// 3. checks that llama.cpp runs the same model: last-position logits of a few prompts against `routescope inspect`,
+// 4. measures the memory read bandwidth (build/rs_bench --bandwidth),
+// 5. times prefill (two lengths) and batch-1 decode of every engine, interleaved round by round, best of --repeat,
+// 6. optionally runs the PyTorch eager peer (bench/peer_torch.py) with its own cross-check,
+// 7. prints the table and writes bench/out/results.json.
 // Benchmarks report, they do not assert: missed targets never fail the run; real errors do.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -18,37 +22,49 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import { activeDecodeBytes, ensureCheckpoint } from './checkpoint.mjs';
+import { ensureGguf } from './gguf.mjs';
+import { PEERS_DIR, llamaPeerBuild, llamaPeerMissing } from './peer_llama.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
 const RS_BENCH = path.join(ROOT, 'build', process.platform === 'win32' ? 'rs_bench.exe' : 'rs_bench');
 const CLI = path.join(ROOT, 'bin', 'routescope.js');
 const CLI_BUNDLE = path.join(ROOT, 'dist', 'cli.js');
-const PEER = path.join(ROOT, 'bench', 'peer_torch.py');
-const TARGET_RATIO = 3;
-const TARGET_BOUND_FRACTION = 0.5;
+const PEER_TORCH = path.join(ROOT, 'bench', 'peer_torch.py');
+const PEER_LLAMA = path.join(ROOT, 'bench', 'peer_llama.mjs');
+const TARGET_TORCH_RATIO = 3;
+const TARGET_LLAMA_BF16_RATIO = 1.2; // prefill (both lengths) and decode
+const TARGET_LLAMA_Q8_DECODE_RATIO = 1.0;
+const TARGET_BOUND_FRACTION = 0.8;
 const CHECKPOINT_SEED = 20240901;
+const CHECK_PROMPT_LENGTHS = [16, 61, 200];
 
 class BenchError extends Error {}
 
 function usage() {
-  return `usage: npm run bench -- [--layers N] [--prompt-tokens N] [--decode-tokens M] [--threads T] [--check-tokens K]
-                        [--seed S] [--repeat R] [--python PATH] [--engine auto|cli|rs_bench] [--skip-peer] [--json]
-  --layers         OLMoE-shaped layers in the random checkpoint (default 2)
-  --prompt-tokens  prefill length (default 512)
-  --decode-tokens  single-token decode steps (default 32)
-  --threads        threads for the engine, the bandwidth probe and PyTorch (default: all cores, ${os.availableParallelism()})
-  --check-tokens   length of the logits cross-check prompt (default 16, 0 = skip)
-  --seed           seed of the random prompt tokens (default 0)
-  --repeat         timed runs of the engine and of the peer; the best prefill and the best decode of each count
-                   (default 1; more steadies the figures on a busy machine)
-  --python         interpreter with torch (default $ROUTESCOPE_PYTHON or /usr/bin/python3)
-  --engine         how to run the engine: the CLI's bench (cli), build/rs_bench, or auto (default: the CLI when it is
-                   built, rs_bench when it is not or fails)
-  --skip-peer      engine figures only
-  --skip-adapt     leave out the test-time adaptation overhead (bench/adapt.mjs: C3PO-NGD and rerouting vs plain),
-                   which otherwise runs afterwards on the demo model and this checkpoint (with --json: a second line)
-  --json           print results.json to stdout instead of the table (progress still goes to stderr)
+  return `usage: npm run bench -- [--layers N] [--prompt-tokens N] [--long-prompt-tokens N] [--decode-tokens M]
+                        [--repeat R] [--threads T] [--peers LIST] [--llama-types LIST] [--check-tokens K] [--seed S]
+                        [--python PATH] [--engine auto|cli|rs_bench] [--skip-peer] [--skip-adapt] [--json]
+  --layers              OLMoE-shaped layers in the random checkpoint (default 2)
+  --prompt-tokens       prefill length of the main comparison (default 512); decode follows this prefill
+  --long-prompt-tokens  a second, long prefill timed on its own (default 4096, at most max_position_embeddings;
+                        0 = skip)
+  --decode-tokens       single-token decode steps (default 32)
+  --repeat              measurement rounds; every engine runs once per round, interleaved, and its best prefill
+                        and best decode count (default 3)
+  --threads             threads for every engine and the bandwidth probe (default: all cores, ${os.availableParallelism()})
+  --peers               comma-separated peers: llama (llama.cpp through node-llama-cpp, installed into bench/peers/),
+                        torch (PyTorch eager, bench/peer_torch.py); default llama; none = engine figures only
+  --llama-types         GGUF types of the llama.cpp peer (default bf16,q8_0)
+  --check-tokens        length of the PyTorch cross-check prompt (default 16, 0 = skip)
+  --seed                seed of the random prompt tokens (default 0)
+  --python              interpreter with torch (default $ROUTESCOPE_PYTHON or /usr/bin/python3)
+  --engine              how to run the engine: the CLI's bench (cli), build/rs_bench, or auto (default: the CLI when it is
+                        built, rs_bench when it is not or fails)
+  --skip-peer           same as --peers none
+  --skip-adapt          leave out the test-time adaptation overhead (bench/adapt.mjs: C3PO-NGD and rerouting vs plain),
+                        which otherwise runs afterwards on the demo model and this checkpoint (with --json: a second line)
+  --json                print results.json to stdout instead of the table (progress still goes to stderr)
 `;
 }
 
@@ -58,13 +74,16 @@ function parseOptions(argv) {
     options: {
       layers: { type: 'string', default: '2' },
       'prompt-tokens': { type: 'string', default: '512' },
+      'long-prompt-tokens': { type: 'string', default: '4096' },
       'decode-tokens': { type: 'string', default: '32' },
       threads: { type: 'string' },
       'check-tokens': { type: 'string', default: '16' },
       seed: { type: 'string', default: '0' },
-      repeat: { type: 'string', default: '1' },
+      repeat: { type: 'string', default: '3' },
       python: { type: 'string' },
       engine: { type: 'string', default: 'auto' },
+      peers: { type: 'string', default: 'llama' },
+      'llama-types': { type: 'string', default: 'bf16,q8_0' },
       'skip-peer': { type: 'boolean', default: false },
       'skip-adapt': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
@@ -76,22 +95,28 @@ function parseOptions(argv) {
     if (!/^\d+$/.test(text) || Number(text) < min) throw new BenchError(`--${flag} must be an integer >= ${min}, got ${JSON.stringify(text)}`);
     return Number(text);
   };
+  const list = (flag, text, allowed) => {
+    const items = text.split(',').map((s) => s.trim()).filter(Boolean);
+    for (const i of items) if (!allowed.includes(i)) throw new BenchError(`--${flag}: unknown ${JSON.stringify(i)} (one of ${allowed.join(', ')})`);
+    return [...new Set(items)];
+  };
+  let peers = list('peers', values.peers, ['llama', 'torch', 'none']);
+  if (values['skip-peer'] || peers.includes('none')) peers = [];
+  if (!['auto', 'cli', 'rs_bench'].includes(values.engine)) throw new BenchError(`--engine must be auto, cli or rs_bench, got ${JSON.stringify(values.engine)}`);
   return {
     help: values.help,
     layers: int('layers', values.layers, 1),
     promptTokens: int('prompt-tokens', values['prompt-tokens'], 1),
+    longPromptTokens: int('long-prompt-tokens', values['long-prompt-tokens'], 0),
     decodeTokens: int('decode-tokens', values['decode-tokens'], 1),
     threads: values.threads === undefined ? os.availableParallelism() : int('threads', values.threads, 1),
     checkTokens: int('check-tokens', values['check-tokens'], 0),
     seed: int('seed', values.seed, 0),
     repeat: int('repeat', values.repeat, 1),
     python: values.python ?? process.env.ROUTESCOPE_PYTHON ?? '/usr/bin/python3',
-    engine: ['auto', 'cli', 'rs_bench'].includes(values.engine)
-      ? values.engine
-      : (() => {
-          throw new BenchError(`--engine must be auto, cli or rs_bench, got ${JSON.stringify(values.engine)}`);
-        })(),
-    skipPeer: values['skip-peer'],
+    engine: values.engine,
+    peers,
+    llamaTypes: list('llama-types', values['llama-types'], ['bf16', 'q8_0']),
     skipAdapt: values['skip-adapt'],
     json: values.json,
   };
@@ -138,16 +163,17 @@ function lastJson(stdout) {
 function cpuModel() {
   try {
     const text = fs.readFileSync('/proc/cpuinfo', 'utf8');
-    const name = /^model name\s*:\s*(.+)$/m.exec(text)?.[1]?.trim();
-    const flags = /^flags\s*:\s*(.+)$/m.exec(text)?.[1]?.split(/\s+/) ?? [];
+    const field = (name) => new RegExp(`^${name}\\s*:\\s*(.+)$`, 'm').exec(text)?.[1]?.trim();
+    const flags = field('flags')?.split(/\s+/) ?? [];
     const ofNote = ['avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16'].filter((f) => flags.includes(f));
-    return { model: name ?? os.cpus()[0]?.model ?? 'unknown', flags: ofNote };
+    const family = field('cpu family');
+    return { model: field('model name') ?? os.cpus()[0]?.model ?? 'unknown', family: family ? Number(family) : null, model_number: field('model') ? Number(field('model')) : null, flags: ofNote };
   } catch {
-    return { model: os.cpus()[0]?.model ?? 'unknown', flags: [] };
+    return { model: os.cpus()[0]?.model ?? 'unknown', family: null, model_number: null, flags: [] };
   }
 }
 
-/** Deterministic token ids (mulberry32), distinct from the engine's and the peer's own prompt streams. */
+/** Deterministic token ids (mulberry32), distinct from the engine's and the peers' own prompt streams. */
 function randomTokens(n, vocab, seed) {
   let state = (seed ^ 0x5bd1e995) >>> 0;
   const out = [];
@@ -160,6 +186,11 @@ function randomTokens(n, vocab, seed) {
   }
   return out;
 }
+
+const best = (xs) => {
+  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x));
+  return v.length ? Math.max(...v) : null;
+};
 
 // ---- steps ---------------------------------------------------------------------------------------------------
 
@@ -177,50 +208,108 @@ function cliAvailable() {
   return null;
 }
 
-function engineViaCli(dir, opts) {
+function engineViaCli(dir, opts, promptTokens, decodeTokens) {
   const r = run(process.execPath, [
     CLI, 'bench', '--model', dir,
-    '--prompt-tokens', String(opts.promptTokens), '--decode-tokens', String(opts.decodeTokens),
+    '--prompt-tokens', String(promptTokens), '--decode-tokens', String(decodeTokens),
     '--threads', String(opts.threads), '--json',
   ]);
   if (!r.ok) return { error: `routescope bench failed: ${describeFailure(r)}` };
   const j = lastJson(r.stdout);
-  if (!j || typeof j.prefill_tokens_per_s !== 'number' || typeof j.decode_tokens_per_s !== 'number') {
-    return { error: `routescope bench --json printed no prefill_tokens_per_s / decode_tokens_per_s: ${r.stdout.slice(0, 200)}` };
+  if (!j || typeof j.prefill_tokens_per_s !== 'number') {
+    return { error: `routescope bench --json printed no prefill_tokens_per_s: ${r.stdout.slice(0, 200)}` };
   }
   return {
     via: 'cli',
-    command: `node bin/routescope.js bench --model ${path.relative(ROOT, dir)} --prompt-tokens ${opts.promptTokens} --decode-tokens ${opts.decodeTokens} --threads ${opts.threads} --json`,
     prefill_tokens_per_s: j.prefill_tokens_per_s,
-    decode_tokens_per_s: j.decode_tokens_per_s,
+    decode_tokens_per_s: decodeTokens > 0 ? j.decode_tokens_per_s : null,
     peak_rss_bytes: typeof j.peak_rss_bytes === 'number' ? j.peak_rss_bytes : null,
     threads: j.model?.threads ?? opts.threads,
     backend: j.model?.backend ?? null,
-    active_parameters: j.model?.active_parameters ?? null,
     wall_seconds: r.seconds,
-    raw: j,
   };
 }
 
-function engineViaRsBench(dir, opts) {
+function engineViaRsBench(dir, opts, promptTokens, decodeTokens) {
   if (!fs.existsSync(RS_BENCH)) return { error: `${path.relative(ROOT, RS_BENCH)} is missing` };
   const r = run(RS_BENCH, [
-    '--model', dir, '--prompt-tokens', String(opts.promptTokens), '--decode-tokens', String(opts.decodeTokens),
+    '--model', dir, '--prompt-tokens', String(promptTokens), '--decode-tokens', String(Math.max(decodeTokens, 1)),
     '--threads', String(opts.threads),
   ]);
   const j = r.ok ? lastJson(r.stdout) : null;
   if (!j || typeof j.prefill_tokens_per_s !== 'number') return { error: `rs_bench failed: ${describeFailure(r)}` };
   return {
     via: 'rs_bench',
-    command: `build/rs_bench --model ${path.relative(ROOT, dir)} --prompt-tokens ${opts.promptTokens} --decode-tokens ${opts.decodeTokens} --threads ${opts.threads}`,
     prefill_tokens_per_s: j.prefill_tokens_per_s,
-    decode_tokens_per_s: j.decode_tokens_per_s,
+    decode_tokens_per_s: decodeTokens > 0 ? j.decode_tokens_per_s : null,
     peak_rss_bytes: typeof j.peak_rss_mb === 'number' ? Math.round(j.peak_rss_mb * 1024 * 1024) : null,
     threads: j.threads ?? opts.threads,
     backend: 'cpu',
-    active_parameters: j.active_parameters ?? null,
     wall_seconds: r.seconds,
-    raw: j,
+  };
+}
+
+/** Installs node-llama-cpp into bench/peers/ (offline-safe flags: nothing downloaded or compiled); null when ready. */
+function ensureLlamaPeer() {
+  if (process.platform !== 'linux' || process.arch !== 'x64') return `the bench installs llama.cpp's prebuilt linux-x64 CPU binaries only (this is ${process.platform}-${process.arch})`;
+  if (!llamaPeerMissing()) return null;
+  log(`installing the llama.cpp peer (node-llama-cpp) into ${path.relative(ROOT, PEERS_DIR)} ...`);
+  const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+  const env = { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: 'true' };
+  // The parent `npm run` exports npm_config_* for its own package; they must not leak into this install.
+  for (const k of Object.keys(env)) if (k.startsWith('npm_')) delete env[k];
+  const r = run(npm, ['ci', '--ignore-scripts', '--omit=optional', '--no-audit', '--no-fund'], { cwd: PEERS_DIR, env });
+  if (!r.ok) return `npm ci in ${path.relative(ROOT, PEERS_DIR)} failed: ${describeFailure(r)}`;
+  return llamaPeerMissing();
+}
+
+function llamaTime(gguf, opts, promptTokens, decodeTokens) {
+  const r = run(process.execPath, [
+    PEER_LLAMA, '--model', gguf, '--vocab', String(opts.vocab), '--threads', String(opts.threads),
+    '--prompt-tokens', String(promptTokens), '--decode-tokens', String(decodeTokens), '--seed', String(opts.seed),
+  ]);
+  const j = r.ok ? lastJson(r.stdout) : null;
+  if (!j || typeof j.prefill_tokens_per_s !== 'number') return { error: `peer_llama.mjs failed: ${describeFailure(r)}` };
+  return { ...j, decode_tokens_per_s: decodeTokens > 0 ? j.decode_tokens_per_s : null, wall_seconds: r.seconds };
+}
+
+/** Last-position logits of llama.cpp against `routescope inspect` on a few prompts: max |diff| and top-5 agreement. */
+function llamaCrossCheck(dir, gguf, opts, vocab) {
+  const prompts = [];
+  for (const [i, n] of CHECK_PROMPT_LENGTHS.entries()) {
+    const tokens = randomTokens(n, vocab, opts.seed + 101 + i);
+    const prefix = path.join(OUT, `llama-check-${n}`);
+    fs.rmSync(`${prefix}.logits.f32`, { force: true });
+    const p = run(process.execPath, [PEER_LLAMA, '--model', gguf, '--vocab', String(vocab), '--threads', String(opts.threads), '--check-tokens', tokens.join(','), '--check-out', prefix]);
+    if (!p.ok) return { error: `peer_llama.mjs --check-tokens failed: ${describeFailure(p)}` };
+    const e = run(process.execPath, [CLI, 'inspect', '--model', dir, '--tokens', tokens.join(','), '--logits', 'last', '--threads', String(opts.threads), '--json']);
+    if (!e.ok) return { error: `routescope inspect failed: ${describeFailure(e)}` };
+    let row;
+    try {
+      const j = JSON.parse(e.stdout);
+      row = j.logits?.[j.logits.length - 1];
+    } catch (err) {
+      return { error: `routescope inspect --json printed no JSON object: ${err.message}` };
+    }
+    if (!Array.isArray(row)) return { error: 'routescope inspect --json has no "logits" rows' };
+    const buf = fs.readFileSync(`${prefix}.logits.f32`);
+    const peer = new Float32Array(buf.buffer, buf.byteOffset, buf.length / 4);
+    if (peer.length !== row.length) return { error: `logits length differs: engine ${row.length}, llama.cpp ${peer.length}` };
+    let maxAbs = 0;
+    let maxRef = 0;
+    for (let i = 0; i < row.length; i++) {
+      maxAbs = Math.max(maxAbs, Math.abs(row[i] - peer[i]));
+      maxRef = Math.max(maxRef, Math.abs(row[i]));
+    }
+    const top = (a) => Array.from(a.keys()).sort((x, y) => a[y] - a[x] || x - y).slice(0, 5);
+    const te = top(row);
+    const tp = top(Array.from(peer));
+    prompts.push({ tokens: n, max_abs_logit_diff: maxAbs, max_abs_logit: maxRef, top5_engine: te, top5_llama: tp, top5_identical: te.every((t, i) => t === tp[i]) });
+  }
+  return {
+    prompts,
+    max_abs_logit_diff: Math.max(...prompts.map((p) => p.max_abs_logit_diff)),
+    top5_identical: prompts.every((p) => p.top5_identical),
   };
 }
 
@@ -230,9 +319,9 @@ function torchAvailable(python) {
   return { ok: false, why: r.error ? r.error.message : r.stderr.trim().split('\n').slice(-1)[0] || `exit ${r.status}` };
 }
 
-function runPeer(python, dir, opts, checkTokens, checkPrefix) {
+function runTorch(python, dir, opts, checkTokens, checkPrefix) {
   const args = [
-    PEER, '--model', dir, '--prompt-tokens', String(opts.promptTokens), '--decode-tokens', String(opts.decodeTokens),
+    PEER_TORCH, '--model', dir, '--prompt-tokens', String(opts.promptTokens), '--decode-tokens', String(opts.decodeTokens),
     '--threads', String(opts.threads), '--seed', String(opts.seed), '--repeat', String(opts.repeat),
   ];
   if (checkTokens.length > 0) args.push('--check-tokens', checkTokens.join(','), '--check-out', checkPrefix);
@@ -244,7 +333,7 @@ function runPeer(python, dir, opts, checkTokens, checkPrefix) {
   return { ...j, wall_seconds: r.seconds };
 }
 
-function crossCheck(dir, opts, tokens, checkPrefix) {
+function torchCrossCheck(dir, opts, tokens, checkPrefix) {
   const r = run(process.execPath, [
     CLI, 'inspect', '--model', dir, '--tokens', tokens.join(','), '--logits', 'last', '--threads', String(opts.threads), '--json',
   ]);
@@ -300,61 +389,77 @@ const fmt = (x, digits = 1) => (typeof x === 'number' && Number.isFinite(x) ? x.
 const gb = (bytes) => (typeof bytes === 'number' ? `${(bytes / 1e9).toFixed(2)} GB` : '—');
 const pad = (s, n) => String(s).padStart(n);
 const padEnd = (s, n) => String(s).padEnd(n);
-const verdict = (ok) => (ok === null ? '' : ok ? '  met' : '  NOT met');
+const ratioCell = (r, target) => (typeof r === 'number' ? `${r.toFixed(2)}x${target ? (r >= target ? ' ok' : ' NO') : ''}` : '—');
 
 function table(res) {
   const lines = [];
   const c = res.config;
+  const long = res.long_prompt_tokens;
   lines.push(
     `Routescope bench: OLMoE-shaped (hidden ${c.hidden_size}, ${c.num_experts} experts top-${c.num_experts_per_tok}, expert width ${c.intermediate_size}, vocab ${c.vocab_size}), ${c.num_hidden_layers} layers, random bf16 weights (${gb(res.checkpoint.file_bytes)})`,
   );
-  lines.push(`prefill ${res.prompt_tokens} tokens, decode ${res.decode_tokens} tokens${res.repeat > 1 ? `, best of ${res.repeat} runs each` : ''}`);
-  lines.push(`CPU: ${res.machine.cpu_model} (${res.machine.logical_cpus} logical CPUs${res.machine.cpu_flags.length ? `; ${res.machine.cpu_flags.join(' ')}` : ''}), threads ${res.threads}, load avg before ${res.machine.loadavg_before.map((x) => x.toFixed(2)).join(' ')}`);
+  lines.push(`prefill ${res.prompt_tokens}${long ? ` and ${long}` : ''} tokens, batch-1 decode ${res.decode_tokens} tokens; ${res.repeat} interleaved round${res.repeat > 1 ? 's, best of each' : ''}; ${res.threads} threads`);
+  lines.push(`CPU: ${res.machine.cpu_model} (family ${res.machine.cpu_family ?? '?'}, ${res.machine.logical_cpus} logical CPUs${res.machine.cpu_flags.length ? `; ${res.machine.cpu_flags.join(' ')}` : ''}); load average before ${res.machine.loadavg_before.map((x) => x.toFixed(2)).join(' ')}, after ${res.machine.loadavg_after.map((x) => x.toFixed(2)).join(' ')}`);
   lines.push('');
-  const e = res.engine;
-  const p = res.peer;
-  const w = [30, 15, 15, 12];
-  lines.push(padEnd('', w[0]) + pad('prefill tok/s', w[1]) + pad('decode tok/s', w[2]) + pad('peak RSS', w[3]));
-  if (e && !e.error) {
-    lines.push(padEnd(`Routescope (${e.via === 'cli' ? 'routescope bench' : 'rs_bench fallback'})`, w[0]) + pad(fmt(e.prefill_tokens_per_s), w[1]) + pad(fmt(e.decode_tokens_per_s), w[2]) + pad(gb(e.peak_rss_bytes), w[3]));
+  const w = [28, 14, 15, 13, 10];
+  lines.push(padEnd('', w[0]) + pad(`prefill ${res.prompt_tokens}`, w[1]) + pad(long ? `prefill ${long}` : '', w[2]) + pad('decode', w[3]) + pad('peak RSS', w[4]));
+  lines.push(padEnd('', w[0]) + pad('tok/s', w[1]) + pad(long ? 'tok/s' : '', w[2]) + pad('tok/s', w[3]));
+  for (const e of res.engines) {
+    if (e.error || e.skipped) continue;
+    lines.push(padEnd(e.label, w[0]) + pad(fmt(e.prefill_tokens_per_s), w[1]) + pad(long ? fmt(e.long_prefill_tokens_per_s) : '', w[2]) + pad(fmt(e.decode_tokens_per_s), w[3]) + pad(gb(e.peak_rss_bytes), w[4]));
   }
-  if (p && !p.error && !p.skipped) {
-    lines.push(padEnd(`PyTorch ${p.torch} eager fp32`, w[0]) + pad(fmt(p.prefill_tokens_per_s), w[1]) + pad(fmt(p.decode_tokens_per_s), w[2]) + pad(gb(p.peak_rss_bytes), w[3]));
-    const r = res.ratios;
-    lines.push(padEnd(`ratio (target >= ${TARGET_RATIO}x)`, w[0]) + pad(`${fmt(r.prefill, 2)}x`, w[1]) + pad(`${fmt(r.decode, 2)}x`, w[2]));
-    lines.push(padEnd('', w[0]) + pad(verdict(r.prefill_met).trim(), w[1]) + pad(verdict(r.decode_met).trim(), w[2]));
+  for (const r of res.ratios) {
+    lines.push(
+      padEnd(r.label, w[0]) + pad(ratioCell(r.prefill, r.target_prefill), w[1]) + pad(long ? ratioCell(r.long_prefill, r.target_prefill) : '', w[2]) + pad(ratioCell(r.decode, r.target_decode), w[3]),
+    );
   }
+  if (res.ratios.some((r) => r.target_prefill || r.target_decode)) lines.push(`  (ok / NO: the target of issue 15: >= ${TARGET_LLAMA_BF16_RATIO}x llama.cpp BF16, decode >= ${TARGET_LLAMA_Q8_DECODE_RATIO}x llama.cpp Q8_0${res.ratios.some((r) => r.peer === 'torch') ? `, >= ${TARGET_TORCH_RATIO}x PyTorch` : ''})`);
   lines.push('');
   const b = res.bandwidth;
+  const rs = res.engines.find((e) => e.id === 'routescope');
   if (b && !b.error) {
     lines.push(
-      `decode vs bandwidth bound: ${fmt(e?.decode_tokens_per_s)} of ${fmt(b.bound_tokens_per_s)} tok/s = ${fmt(100 * b.fraction_of_bound, 0)}% (target >= ${100 * TARGET_BOUND_FRACTION}%)${verdict(b.fraction_met)}`,
+      `decode vs bandwidth bound: ${fmt(rs?.decode_tokens_per_s)} of ${fmt(b.bound_tokens_per_s)} tok/s = ${fmt(100 * b.fraction_of_bound, 0)}% (target >= ${100 * TARGET_BOUND_FRACTION}%)${b.fraction_met ? '  met' : '  NOT met'}`,
     );
-    lines.push(`  bound = read bandwidth ${fmt(b.read_bandwidth_gbps, 2)} GB/s / ${fmt(b.active_bytes_per_token / 1e9, 3)} GB of bf16 weights read per decoded token`);
-    if (p && !p.error && !p.skipped) lines.push(`  (PyTorch reads fp32 weights, ${fmt((2 * b.active_bytes_per_token) / 1e9, 3)} GB/token: ${fmt(100 * p.decode_tokens_per_s * 2 * b.active_bytes_per_token / 1e9 / b.read_bandwidth_gbps, 0)}% of its own bound)`);
+    lines.push(`  bound = read bandwidth ${fmt(b.read_bandwidth_gbps, 2)} GB/s (rs_bench --bandwidth, ${b.threads} threads) / ${fmt(b.active_bytes_per_token / 1e9, 3)} GB of bf16 weights read per decoded token`);
+    const q8 = res.engines.find((e) => e.id === 'llama_q8_0' && !e.error && !e.skipped);
+    const bf = res.engines.find((e) => e.id === 'llama_bf16' && !e.error && !e.skipped);
+    if (bf) lines.push(`  llama.cpp BF16 decode: ${fmt((100 * bf.decode_tokens_per_s) / b.bound_tokens_per_s, 0)}% of the same bound${q8 ? `; Q8_0 reads ≈ ${fmt((b.active_bytes_per_token * 34) / 64 / 1e9, 3)} GB/token` : ''}`);
   } else if (b?.error) {
     lines.push(`bandwidth: not measured (${b.error})`);
   }
-  if (p && !p.error && !p.skipped) {
-    const names = p.blas?.alternative ?? (p.blas?.mapped ?? []).join(', ');
-    lines.push(`peer BLAS: ${p.blas?.name ?? 'unknown'} (${names || 'no libblas.so.3 alternative found'}), sgemm 1024^3 ${fmt(p.sgemm_1024_gflops, 0)} GFLOP/s on ${p.threads} threads`);
-    if (p.blas?.name && !/openblas|blis|mkl/i.test(p.blas.name)) {
-      lines.push('  WARNING: the peer is not on an optimised BLAS, so the ratios flatter the engine: apt-get install libopenblas0-pthread');
-    }
-  } else if (p?.skipped) {
-    lines.push(`peer: skipped (${p.skipped})`);
-  } else if (p?.error) {
-    lines.push(`peer: FAILED (${p.error})`);
+  const lc = res.llama_check;
+  if (lc && !lc.error && !lc.skipped) {
+    lines.push(
+      `same model check (llama.cpp BF16 vs routescope inspect, last position, prompts of ${lc.prompts.map((p) => p.tokens).join('/')} tokens): top-5 tokens ${lc.top5_identical ? 'identical' : 'DIFFER'}, max |logit diff| ${lc.prompts.map((p) => p.max_abs_logit_diff.toFixed(4)).join(' / ')} (llama.cpp's BF16 matmul rounds activations to bf16)`,
+    );
+  } else if (lc?.skipped) {
+    lines.push(`same model check: skipped (${lc.skipped})`);
+  } else if (lc?.error) {
+    lines.push(`same model check: FAILED (${lc.error})`);
   }
-  const x = res.cross_check;
+  if (res.llama_build) {
+    const lb = res.llama_build;
+    lines.push(`llama.cpp: node-llama-cpp ${lb.node_llama_cpp} (${lb.build_type ?? 'unknown'} binaries), ${lb.llama_cpp_repo} release ${lb.llama_cpp_release}; ${lb.system_info ?? ''}`.trim());
+    lines.push(`  context: batch ${lb.batch_size ?? '?'}, flash attention ${lb.flash_attention ?? '?'}, ${lb.threads ?? '?'} threads`);
+  }
+  const t = res.engines.find((e) => e.id === 'torch' && !e.error && !e.skipped);
+  if (t) {
+    const names = t.blas?.alternative ?? (t.blas?.mapped ?? []).join(', ');
+    lines.push(`PyTorch BLAS: ${t.blas?.name ?? 'unknown'} (${names || 'no libblas.so.3 alternative found'}), sgemm 1024^3 ${fmt(t.sgemm_1024_gflops, 0)} GFLOP/s`);
+    if (t.blas?.name && !/openblas|blis|mkl/i.test(t.blas.name)) lines.push('  WARNING: PyTorch is not on an optimised BLAS, so its ratio flatters the engine: apt-get install libopenblas0-pthread');
+  }
+  const x = res.torch_check;
   if (x && !x.error && !x.skipped) {
     lines.push(
-      `cross-check (${x.tokens}-token prompt, last position): max |logit diff| = ${x.max_abs_logit_diff.toExponential(2)} (logits up to ${fmt(x.max_abs_logit, 2)}), argmax ${x.same_argmax ? 'same' : 'DIFFERS'}, selected experts identical at ${x.experts_identical}/${x.experts_compared} (layer, position)`,
+      `PyTorch cross-check (${x.tokens}-token prompt, last position): max |logit diff| = ${x.max_abs_logit_diff.toExponential(2)} (logits up to ${fmt(x.max_abs_logit, 2)}), argmax ${x.same_argmax ? 'same' : 'DIFFERS'}, selected experts identical at ${x.experts_identical}/${x.experts_compared} (layer, position)`,
     );
-  } else if (x?.skipped) {
-    lines.push(`cross-check: skipped (${x.skipped})`);
   } else if (x?.error) {
-    lines.push(`cross-check: FAILED (${x.error})`);
+    lines.push(`PyTorch cross-check: FAILED (${x.error})`);
+  }
+  for (const e of res.engines) {
+    if (e.skipped) lines.push(`${e.label}: skipped (${e.skipped})`);
+    else if (e.error) lines.push(`${e.label}: FAILED (${e.error})`);
   }
   for (const n of res.notes) lines.push(`note: ${n}`);
   lines.push(`results: ${path.relative(ROOT, path.join(OUT, 'results.json'))}`);
@@ -373,117 +478,181 @@ async function main() {
   const cpu = cpuModel();
   const loadBefore = os.loadavg();
   fs.mkdirSync(OUT, { recursive: true });
+  let realError = null;
 
   // 1. checkpoint
   const dir = path.join(OUT, `olmoe-shaped-L${opts.layers}`);
   const ck = ensureCheckpoint(dir, opts.layers, CHECKPOINT_SEED, log);
   log(ck.reused ? `reusing ${path.relative(ROOT, dir)}` : `wrote ${path.relative(ROOT, dir)} in ${ck.seconds.toFixed(1)} s`);
   const config = ck.config;
-  if (opts.promptTokens + opts.decodeTokens + 1 > config.max_position_embeddings) {
-    throw new BenchError(`--prompt-tokens + --decode-tokens must stay below max_position_embeddings=${config.max_position_embeddings}`);
+  if (opts.promptTokens + opts.decodeTokens > config.max_position_embeddings) {
+    throw new BenchError(`--prompt-tokens + --decode-tokens must stay within max_position_embeddings=${config.max_position_embeddings}`);
+  }
+  if (opts.longPromptTokens > config.max_position_embeddings) {
+    throw new BenchError(`--long-prompt-tokens must stay within max_position_embeddings=${config.max_position_embeddings}`);
   }
   const activeBytes = activeDecodeBytes(config);
+  opts.vocab = config.vocab_size;
 
-  // 2. bandwidth
+  // 2. the engine route
+  const noCli = opts.engine === 'rs_bench' ? '--engine rs_bench' : cliAvailable();
+  if (noCli !== null && opts.engine === 'cli') throw new BenchError(`--engine cli: ${noCli}`);
+  let engineVia = noCli === null ? 'cli' : 'rs_bench';
+  if (noCli !== null) notes.push(opts.engine === 'rs_bench' ? 'engine figures come from build/rs_bench (--engine rs_bench)' : `the CLI is not available (${noCli}): engine figures come from build/rs_bench`);
+
+  // 3. the llama.cpp peer: install, GGUFs, same-model check
+  const engines = [{ id: 'routescope', label: 'Routescope', runs: [] }];
+  let llamaCheck = null;
+  let llamaBuild = null;
+  const ggufs = {};
+  if (opts.peers.includes('llama')) {
+    const why = ensureLlamaPeer();
+    if (why) {
+      for (const t of opts.llamaTypes) engines.push({ id: `llama_${t}`, label: `llama.cpp ${t.toUpperCase()}`, skipped: why });
+      llamaCheck = { skipped: why };
+      notes.push(`llama.cpp peer unavailable: ${why}`);
+    } else {
+      for (const t of opts.llamaTypes) {
+        const g = ensureGguf(dir, OUT, t, log);
+        log(g.reused ? `reusing ${path.relative(ROOT, g.file)}` : `wrote ${path.relative(ROOT, g.file)} (${gb(g.bytes)}) in ${g.seconds.toFixed(1)} s`);
+        ggufs[t] = g.file;
+        engines.push({ id: `llama_${t}`, label: `llama.cpp ${t.toUpperCase()}`, gguf: path.relative(ROOT, g.file), gguf_bytes: g.bytes, runs: [] });
+      }
+      const checkGguf = ggufs.bf16 ?? ggufs[opts.llamaTypes[0]];
+      if (noCli !== null) llamaCheck = { skipped: `needs the CLI (${noCli})` };
+      else {
+        log(`same-model check: llama.cpp vs routescope inspect on ${CHECK_PROMPT_LENGTHS.join('/')}-token prompts ...`);
+        llamaCheck = llamaCrossCheck(dir, checkGguf, opts, config.vocab_size);
+        if (llamaCheck.error) realError = `same-model check: ${llamaCheck.error}`;
+        else if (!llamaCheck.top5_identical) notes.push('llama.cpp and Routescope disagree on the top-5 tokens of a check prompt: the timings below may not compare the same model');
+      }
+    }
+  }
+
+  // 4. bandwidth
   log(`measuring memory read bandwidth (${opts.threads} threads) ...`);
   const bw = measureBandwidth(opts.threads);
   if (bw.error) notes.push(`bandwidth not measured: ${bw.error}`);
 
-  // 3. engine
-  let engine;
-  const noCli = opts.engine === 'rs_bench' ? '--engine rs_bench' : cliAvailable();
-  if (noCli !== null && opts.engine === 'cli') throw new BenchError(`--engine cli: ${noCli}`);
-  if (noCli === null) {
-    log('running the engine: routescope bench ...');
-    engine = engineViaCli(dir, opts);
-    if (engine.error && opts.engine === 'cli') throw new BenchError(engine.error);
-    if (engine.error) {
-      notes.push(`the CLI bench failed, engine figures come from build/rs_bench instead (${engine.error})`);
-      log(`${engine.error}; falling back to build/rs_bench`);
+  // 5. interleaved rounds: every engine once per round (order rotated), main prefill + decode, then the long prefill
+  const timed = engines.filter((e) => !e.skipped);
+  const measureOne = (e, promptTokens, decodeTokens) => {
+    if (e.id === 'routescope') {
+      let r = engineVia === 'cli' ? engineViaCli(dir, opts, promptTokens, decodeTokens) : engineViaRsBench(dir, opts, promptTokens, decodeTokens);
+      if (r.error && engineVia === 'cli' && opts.engine === 'auto') {
+        notes.push(`the CLI bench failed, engine figures come from build/rs_bench instead (${r.error})`);
+        engineVia = 'rs_bench';
+        r = engineViaRsBench(dir, opts, promptTokens, decodeTokens);
+      }
+      return r;
     }
-  } else {
-    notes.push(opts.engine === 'rs_bench' ? 'engine figures come from build/rs_bench (--engine rs_bench)' : `the CLI is not available (${noCli}): engine figures come from build/rs_bench`);
-    log(`${noCli}; running build/rs_bench instead`);
+    return llamaTime(ggufs[e.id.slice('llama_'.length)], opts, promptTokens, decodeTokens);
+  };
+  for (let round = 0; round < opts.repeat; round++) {
+    const order = timed.map((_, i) => timed[(i + round) % timed.length]);
+    for (const e of order) {
+      if (e.error) continue;
+      log(`round ${round + 1}/${opts.repeat}: ${e.label}, prefill ${opts.promptTokens} + decode ${opts.decodeTokens} ...`);
+      const r = measureOne(e, opts.promptTokens, opts.decodeTokens);
+      if (r.error) {
+        e.error = r.error;
+        if (e.id === 'routescope') throw new BenchError(`no engine figures: ${r.error}`);
+        realError = realError ?? `${e.label}: ${r.error}`;
+        continue;
+      }
+      e.runs.push({ prompt_tokens: opts.promptTokens, ...r });
+      log(`  prefill ${fmt(r.prefill_tokens_per_s)} tok/s, decode ${fmt(r.decode_tokens_per_s)} tok/s`);
+    }
+    if (opts.longPromptTokens > 0) {
+      for (const e of order) {
+        if (e.error) continue;
+        log(`round ${round + 1}/${opts.repeat}: ${e.label}, prefill ${opts.longPromptTokens} ...`);
+        const r = measureOne(e, opts.longPromptTokens, 0);
+        if (r.error) {
+          e.error = r.error;
+          if (e.id === 'routescope') throw new BenchError(`no engine figures (${opts.longPromptTokens}-token prefill): ${r.error}`);
+          realError = realError ?? `${e.label}: ${r.error}`;
+          continue;
+        }
+        e.runs.push({ prompt_tokens: opts.longPromptTokens, ...r });
+        log(`  prefill ${fmt(r.prefill_tokens_per_s)} tok/s`);
+      }
+    }
   }
-  if (!engine || engine.error) {
-    engine = engineViaRsBench(dir, opts);
-    if (engine.error) throw new BenchError(`no engine figures: ${engine.error}`);
+  for (const e of timed) {
+    const main = e.runs.filter((r) => r.prompt_tokens === opts.promptTokens);
+    const long = e.runs.filter((r) => r.prompt_tokens === opts.longPromptTokens && opts.longPromptTokens > 0);
+    e.prefill_tokens_per_s = best(main.map((r) => r.prefill_tokens_per_s));
+    e.decode_tokens_per_s = best(main.map((r) => r.decode_tokens_per_s));
+    e.long_prefill_tokens_per_s = long.length ? best(long.map((r) => r.prefill_tokens_per_s)) : null;
+    e.peak_rss_bytes = best(main.map((r) => r.peak_rss_bytes));
+    e.long_peak_rss_bytes = long.length ? best(long.map((r) => r.peak_rss_bytes)) : null;
+    if (e.id === 'routescope') e.via = main[0]?.via ?? engineVia;
+    if (e.id.startsWith('llama_') && main[0]) {
+      llamaBuild = llamaBuild ?? { ...main[0].build, build_type: main[0].build_type, system_info: main[0].system_info, threads: main[0].threads, flash_attention: main[0].flash_attention, batch_size: main[0].batch_size };
+    }
   }
-  // --repeat: further runs by the same route; the best prefill and the best decode count (as in the peer).
-  const runs = [engine];
-  for (let i = 1; i < opts.repeat; i++) {
-    const again = engine.via === 'cli' ? engineViaCli(dir, opts) : engineViaRsBench(dir, opts);
-    if (again.error) throw new BenchError(`engine run ${i + 1} of ${opts.repeat}: ${again.error}`);
-    runs.push(again);
-  }
-  if (runs.length > 1) {
-    engine = {
-      ...engine,
-      prefill_tokens_per_s: Math.max(...runs.map((r) => r.prefill_tokens_per_s)),
-      decode_tokens_per_s: Math.max(...runs.map((r) => r.decode_tokens_per_s)),
-      peak_rss_bytes: runs.every((r) => typeof r.peak_rss_bytes === 'number') ? Math.max(...runs.map((r) => r.peak_rss_bytes)) : null,
-      runs: runs.map(({ prefill_tokens_per_s, decode_tokens_per_s, peak_rss_bytes }) => ({ prefill_tokens_per_s, decode_tokens_per_s, peak_rss_bytes })),
-    };
-  }
-  engine.repeat = opts.repeat;
-  log(`engine: prefill ${fmt(engine.prefill_tokens_per_s)} tok/s, decode ${fmt(engine.decode_tokens_per_s)} tok/s`);
+  if (!llamaBuild && opts.peers.includes('llama') && !llamaPeerMissing()) llamaBuild = llamaPeerBuild();
 
-  // 4. peer + 5. cross-check
-  let peer;
-  let cross = null;
-  let realError = null;
-  const checkTokens = randomTokens(Math.min(opts.checkTokens, config.max_position_embeddings - 1), config.vocab_size, opts.seed + 1);
-  const checkPrefix = path.join(OUT, 'peer-check');
-  if (opts.skipPeer) {
-    peer = { skipped: '--skip-peer' };
-    cross = { skipped: 'needs the peer' };
-  } else {
+  // 6. PyTorch (opt-in: it loads ≈ 4 GB of fp32 weights and takes minutes on 2 cores)
+  let torchCheck = null;
+  if (opts.peers.includes('torch')) {
+    const checkTokens = randomTokens(Math.min(opts.checkTokens, config.max_position_embeddings - 1), config.vocab_size, opts.seed + 1);
+    const checkPrefix = path.join(OUT, 'peer-check');
     const t = torchAvailable(opts.python);
     if (!t.ok) {
-      peer = { skipped: `PyTorch is not importable by ${opts.python}: ${t.why}; engine figures only` };
-      cross = { skipped: 'needs the peer' };
-      notes.push(`PyTorch missing: ${opts.python} cannot import torch; install python3-torch and libopenblas0-pthread (Debian) for the peer`);
+      engines.push({ id: 'torch', label: 'PyTorch eager fp32', skipped: `PyTorch is not importable by ${opts.python}: ${t.why}` });
+      notes.push(`PyTorch missing: ${opts.python} cannot import torch; install python3-torch and libopenblas0-pthread (Debian) for that peer`);
     } else {
-      log(`running the peer: PyTorch ${t.version} eager (a few minutes) ...`);
+      log(`running the PyTorch ${t.version} eager peer (a few minutes) ...`);
       fs.rmSync(`${checkPrefix}.logits.f32`, { force: true });
-      peer = runPeer(opts.python, dir, opts, checkTokens, checkPrefix);
-      if (peer.error) {
-        realError = peer.error;
+      const p = runTorch(opts.python, dir, opts, checkTokens, checkPrefix);
+      if (p.error) {
+        engines.push({ id: 'torch', label: 'PyTorch eager fp32', error: p.error });
+        realError = realError ?? p.error;
       } else {
-        log(`peer: prefill ${fmt(peer.prefill_tokens_per_s)} tok/s, decode ${fmt(peer.decode_tokens_per_s)} tok/s, BLAS ${peer.blas?.name}`);
-        if (checkTokens.length === 0) cross = { skipped: '--check-tokens 0' };
-        else if (noCli !== null) cross = { skipped: `needs the CLI (${noCli})` };
-        else {
-          log(`cross-check: routescope inspect on ${checkTokens.length} tokens ...`);
-          cross = crossCheck(dir, opts, checkTokens, checkPrefix);
-          if (cross.error) realError = `cross-check: ${cross.error}`;
+        engines.push({ id: 'torch', label: `PyTorch ${p.torch} eager fp32`, ...p, long_prefill_tokens_per_s: null });
+        if (checkTokens.length > 0 && noCli === null) {
+          torchCheck = torchCrossCheck(dir, opts, checkTokens, checkPrefix);
+          if (torchCheck.error) realError = realError ?? `PyTorch cross-check: ${torchCheck.error}`;
         }
       }
     }
   }
 
-  // 6. report
-  const peerOk = peer && !peer.error && !peer.skipped;
-  const ratios = peerOk
-    ? {
-        prefill: engine.prefill_tokens_per_s / peer.prefill_tokens_per_s,
-        decode: engine.decode_tokens_per_s / peer.decode_tokens_per_s,
-      }
-    : null;
-  if (ratios) {
-    ratios.target = TARGET_RATIO;
-    ratios.prefill_met = ratios.prefill >= TARGET_RATIO;
-    ratios.decode_met = ratios.decode >= TARGET_RATIO;
+  // 7. ratios and report
+  const rs = engines[0];
+  const ratios = [];
+  const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0 ? a / b : null);
+  for (const e of engines.slice(1)) {
+    if (e.error || e.skipped) continue;
+    const peer = e.id === 'torch' ? 'torch' : e.id;
+    const targetPrefill = e.id === 'llama_bf16' ? TARGET_LLAMA_BF16_RATIO : e.id === 'torch' ? TARGET_TORCH_RATIO : null;
+    const targetDecode = e.id === 'llama_bf16' ? TARGET_LLAMA_BF16_RATIO : e.id === 'llama_q8_0' ? TARGET_LLAMA_Q8_DECODE_RATIO : e.id === 'torch' ? TARGET_TORCH_RATIO : null;
+    const r = {
+      peer,
+      label: `Routescope ÷ ${e.label.replace(/ eager fp32$/, '')}`,
+      prefill: ratio(rs.prefill_tokens_per_s, e.prefill_tokens_per_s),
+      long_prefill: ratio(rs.long_prefill_tokens_per_s, e.long_prefill_tokens_per_s),
+      decode: ratio(rs.decode_tokens_per_s, e.decode_tokens_per_s),
+      target_prefill: targetPrefill,
+      target_decode: targetDecode,
+    };
+    r.prefill_met = targetPrefill ? r.prefill >= targetPrefill : null;
+    r.long_prefill_met = targetPrefill && r.long_prefill !== null ? r.long_prefill >= targetPrefill : null;
+    r.decode_met = targetDecode ? r.decode >= targetDecode : null;
+    ratios.push(r);
   }
   const bandwidth = bw.error
     ? { error: bw.error, active_bytes_per_token: activeBytes }
     : {
         read_bandwidth_gbps: bw.read_bandwidth_gbps,
+        threads: bw.threads,
         active_bytes_per_token: activeBytes,
         bound_tokens_per_s: (bw.read_bandwidth_gbps * 1e9) / activeBytes,
       };
   if (!bw.error) {
-    bandwidth.fraction_of_bound = engine.decode_tokens_per_s / bandwidth.bound_tokens_per_s;
+    bandwidth.fraction_of_bound = rs.decode_tokens_per_s / bandwidth.bound_tokens_per_s;
     bandwidth.target_fraction = TARGET_BOUND_FRACTION;
     bandwidth.fraction_met = bandwidth.fraction_of_bound >= TARGET_BOUND_FRACTION;
   }
@@ -495,6 +664,8 @@ async function main() {
     date: new Date().toISOString(),
     machine: {
       cpu_model: cpu.model,
+      cpu_family: cpu.family,
+      cpu_model_number: cpu.model_number,
       cpu_flags: cpu.flags,
       logical_cpus: os.availableParallelism(),
       memory_bytes: os.totalmem(),
@@ -505,20 +676,22 @@ async function main() {
     threads: opts.threads,
     repeat: opts.repeat,
     prompt_tokens: opts.promptTokens,
+    long_prompt_tokens: opts.longPromptTokens,
     decode_tokens: opts.decodeTokens,
     config,
     checkpoint: { dir: path.relative(ROOT, dir), reused: ck.reused, file_bytes: ck.fileBytes, write_seconds: ck.seconds },
-    engine,
-    peer,
+    engines,
     ratios,
     bandwidth,
-    cross_check: cross,
+    llama_build: llamaBuild,
+    llama_check: llamaCheck,
+    torch_check: torchCheck,
     notes,
   };
   fs.writeFileSync(path.join(OUT, 'results.json'), JSON.stringify(results, null, 2) + '\n');
   process.stdout.write(opts.json ? JSON.stringify(results) + '\n' : table(results) + '\n');
   if (!opts.skipAdapt) {
-    // 7. test-time adaptation overhead (its own script; a failure there is reported, not hidden)
+    // 8. test-time adaptation overhead (its own script; a failure there is reported, not hidden)
     const adapt = spawnSync(process.execPath, [path.join(ROOT, 'bench', 'adapt.mjs'), '--layers', String(opts.layers), ...(opts.threads ? ['--threads', String(opts.threads)] : []), ...(opts.json ? ['--json'] : [])], { stdio: 'inherit' });
     if (adapt.status !== 0) realError = realError ?? `bench/adapt.mjs failed (${adapt.signal ?? `exit ${adapt.status}`})`;
   }

@@ -27,7 +27,7 @@ const builds = [
   { ...common, entryPoints: ['extension/src/extension.ts'], outfile: 'dist/extension.js' },
   { ...common, entryPoints: ['extension/src/cli/main.ts'], outfile: 'dist/cli.js' },
   // The engine process the extension host forks (engine/host.ts): a native crash there spares the host.
-  { ...common, entryPoints: ['extension/src/engine/worker.ts'], outfile: 'dist/engine-worker.js' },
+  { ...common, entryPoints: ['extension/src/engineProcess.ts'], outfile: 'dist/engine-worker.js' },
   // The routing panel's webview app (webview/src) and its stylesheet, loaded by extension/src/views/routingPanel.ts.
   {
     ...common,

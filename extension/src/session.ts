@@ -1,13 +1,18 @@
-// What one window works on: the engine process (EngineHost), the open model, this session's runs, and the current
-// routing patch (the one value type every edit produces; applied by the next Inspect / Generate).
+// What one window works on: the engine process (EngineHost, serving the engine's and adaptation's requests), the open
+// model, this session's runs, and the current routing patch (the one value type every edit produces; applied by
+// the next Inspect / Generate / Re-run with Patch — the host holds it, views only send edits).
 import * as vscode from 'vscode';
 import { EngineHost } from './engine/host';
-import type { LoadResult } from './engine/protocol';
+import type { CoreMethods, LoadResult } from './engine/protocol';
+import type { AdaptMethods } from './adapt/protocol';
 import { isEmptyPatch, validatePatch, type PatchModelShape, type RoutingPatch } from '../../common/src/patch';
+import { applyPatchEdit, type PatchEdit } from '../../common/src/patchEdit';
 import { RunStore } from './runs/store';
 
+export type SessionMethods = CoreMethods & AdaptMethods;
+
 export class Session implements vscode.Disposable {
-  readonly host: EngineHost;
+  readonly host: EngineHost<SessionMethods>;
   readonly runs = new RunStore();
   private currentPatch: RoutingPatch = { layers: {} };
   private readonly patchEmitter = new vscode.EventEmitter<RoutingPatch>();
@@ -19,7 +24,7 @@ export class Session implements vscode.Disposable {
   readonly onDidChangeModel = this.modelEmitter.event;
 
   constructor(readonly output: vscode.OutputChannel, workerPath: string) {
-    this.host = new EngineHost({ workerPath, log: (line) => output.appendLine(line) });
+    this.host = new EngineHost<SessionMethods>({ workerPath, log: (line) => output.appendLine(line) });
     this.disposables.push(
       this.host.onDidChangeModel((loaded) => {
         void vscode.commands.executeCommand('setContext', 'routescope.modelLoaded', loaded !== undefined);
@@ -48,9 +53,9 @@ export class Session implements vscode.Disposable {
     return this.host.loaded;
   }
 
+  /** What patches are validated against: the open model. */
   get modelShape(): PatchModelShape | undefined {
-    const info = this.host.loaded?.info;
-    return info ? { numLayers: info.numLayers, numExperts: info.numExperts, topK: info.topK, moeLayers: info.moeLayers } : undefined;
+    return this.host.loaded?.info;
   }
 
   get patch(): RoutingPatch {
@@ -69,6 +74,21 @@ export class Session implements vscode.Disposable {
     void vscode.commands.executeCommand('setContext', 'routescope.hasPatch', !isEmptyPatch(valid));
     this.patchEmitter.fire(valid);
     return valid;
+  }
+
+  /** setPatch that returns the validator's message instead of throwing (undefined when the patch was taken). */
+  trySetPatch(patch: RoutingPatch): string | undefined {
+    try {
+      this.setPatch(patch);
+      return undefined;
+    } catch (error) {
+      return error instanceof Error ? error.message : String(error);
+    }
+  }
+
+  /** One edit of the current patch (mask / force / bias an expert, …), validated like any patch. */
+  editPatch(edit: PatchEdit): string | undefined {
+    return this.trySetPatch(applyPatchEdit(this.currentPatch, edit));
   }
 
   dispose(): void {

@@ -100,7 +100,7 @@ void check_run(Model& model, const Reference& ref, const std::vector<int>& token
   CHECK_MSG(res.logits.size() == ref_logits.size(), label << ": logits size " << res.logits.size() << " vs " << ref_logits.size());
   if (res.logits.size() == ref_logits.size()) {
     float d = max_abs_diff(res.logits.data(), ref_logits.data(), ref_logits.size());
-    CHECK_MSG(d <= 1e-3f, label << ": logits differ by " << d << " (tolerance 1e-3)");
+    CHECK_MSG(d <= 1e-4f, label << ": logits differ by " << d << " (tolerance 1e-4)");
     stats.logits = std::max(stats.logits, d);
     ++stats.runs;
   }
@@ -116,7 +116,7 @@ void check_run(Model& model, const Reference& ref, const std::vector<int>& token
     CHECK_MSG(cap.experts[l] == std::vector<int32_t>(ex.begin(), ex.end()), label << ": layer " << l << " selected experts differ");
     if (cap.router_logits[l].size() == rl.size()) {
       float d = max_abs_diff(cap.router_logits[l].data(), rl.data(), rl.size());
-      CHECK_MSG(d <= 1e-3f, label << ": layer " << l << " router logits differ by " << d);
+      CHECK_MSG(d <= 1e-4f, label << ": layer " << l << " router logits differ by " << d << " (tolerance 1e-4)");
     } else {
       CHECK_MSG(false, label << ": layer " << l << " router logits size");
     }

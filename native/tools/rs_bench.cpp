@@ -1,6 +1,9 @@
-// Engine micro-benchmark without Node: `rs_bench --model DIR [--prompt-tokens N] [--decode-tokens M] [--threads T]`
-// prints prefill/decode tokens per second as JSON; `rs_bench --bandwidth [--threads T]` measures the memory read
-// bandwidth that bounds decode.
+// Engine micro-benchmark without Node: `rs_bench --model DIR [--prompt-tokens N] [--decode-tokens M] [--threads T]
+// [--repeat R]` prints prefill/decode tokens per second (best of R) as JSON, with the process CPU seconds of each
+// phase (on a machine shared with other work, tokens per CPU-second move far less than tokens per wall-second);
+// `rs_bench --bandwidth [--threads T]` measures the memory read bandwidth that bounds decode;
+// `rs_bench --experts --model DIR [--prompt-tokens N] [--kernels generic|avx512|avx512_bf16] [--repeat R]` times the
+// routed experts of the first MoE layer alone (random routing, N tokens), for A/B measurements of the kernel families.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -14,12 +17,21 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/moe_experts.h"
+#include "model/model.h"
 #include "routescope/engine.h"
 
 using Clock = std::chrono::steady_clock;
 
 static double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// User + system CPU seconds of the whole process so far (all threads).
+static double cpu_seconds() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 // Streams a buffer much larger than the caches with all threads, summing so the reads cannot be elided.
@@ -48,10 +60,66 @@ static double read_bandwidth_gbps(int threads) {
   return best;
 }
 
+// GFLOP per call of the routed experts for T tokens.
+static int experts_bench(const std::string& dir, int T, int threads, int repeat, const std::string& kernels) {
+  auto ck = routescope::Checkpoint::open(dir);
+  const auto& cfg = ck->config;
+  int layer = 0;
+  while (layer < cfg.layers && !ck->layers[layer].moe) ++layer;
+  if (layer == cfg.layers) {
+    std::fprintf(stderr, "rs_bench: %s has no MoE layer\n", dir.c_str());
+    return 1;
+  }
+  const auto& w = ck->layers[layer];
+  routescope::ExpertKernels family = routescope::ExpertKernels::Auto;
+  if (kernels == "generic") family = routescope::ExpertKernels::Generic;
+  else if (kernels == "avx512") family = routescope::ExpertKernels::Avx512;
+  else if (kernels == "avx512_bf16") family = routescope::ExpertKernels::Avx512Bf16;
+  else if (!kernels.empty() && kernels != "auto") {
+    std::fprintf(stderr, "rs_bench: --kernels must be auto, generic, avx512 or avx512_bf16\n");
+    return 2;
+  }
+  if (!routescope::expert_kernels_available(family)) {
+    std::fprintf(stderr, "rs_bench: this CPU cannot run --kernels %s\n", kernels.c_str());
+    return 1;
+  }
+  const int H = cfg.hidden, E = cfg.experts, k = cfg.top_k, I = cfg.expert_width;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(size_t(T) * H), y(size_t(T) * H), wts(size_t(T) * k);
+  std::vector<int32_t> sel(size_t(T) * k);
+  for (auto& v : x) v = nd(rng);
+  for (int t = 0; t < T; ++t) {
+    std::vector<int> perm(E);
+    for (int e = 0; e < E; ++e) perm[e] = e;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (int s = 0; s < k; ++s) sel[size_t(t) * k + s] = perm[s], wts[size_t(t) * k + s] = 1.f / k;
+  }
+  routescope::ThreadPool pool(threads);
+  routescope::moe_experts_forward(pool, x.data(), T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y.data(),
+                                  nullptr, nullptr, nullptr, family);  // warm-up: maps the weights in
+  double wall = 1e30, cpu = 1e30;
+  for (int r = 0; r < repeat; ++r) {
+    const double c0 = cpu_seconds();
+    const auto t0 = Clock::now();
+    routescope::moe_experts_forward(pool, x.data(), T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y.data(),
+                                    nullptr, nullptr, nullptr, family);
+    wall = std::min(wall, seconds_since(t0));
+    cpu = std::min(cpu, cpu_seconds() - c0);
+  }
+  const double gflop = 2.0 * T * k * 3.0 * I * H / 1e9;
+  std::printf("{\"experts_kernels\": \"%s\", \"tokens\": %d, \"threads\": %d, \"repeat\": %d, \"seconds\": %.4f, "
+              "\"cpu_seconds\": %.4f, \"gflops\": %.1f, \"gflops_per_cpu_second\": %.1f}\n",
+              routescope::expert_kernels_name(family, w.gate[0].dtype), T, threads, repeat, wall, cpu, gflop / wall,
+              gflop / cpu);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string model;
-  int prompt = 512, decode = 32, threads = 0;
-  bool bandwidth = false;
+  int prompt = 512, decode = 32, threads = 0, repeat = 1;
+  bool bandwidth = false, experts = false;
+  std::string kernels;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -65,7 +133,10 @@ int main(int argc, char** argv) {
     else if (a == "--prompt-tokens") prompt = std::atoi(next());
     else if (a == "--decode-tokens") decode = std::atoi(next());
     else if (a == "--threads") threads = std::atoi(next());
+    else if (a == "--repeat") repeat = std::max(1, std::atoi(next()));
     else if (a == "--bandwidth") bandwidth = true;
+    else if (a == "--experts") experts = true;
+    else if (a == "--kernels") kernels = next();
     else {
       std::fprintf(stderr, "rs_bench: unknown argument %s\n", a.c_str());
       return 2;
@@ -81,6 +152,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (experts) return experts_bench(model, prompt, threads, repeat, kernels);
     auto m = routescope::Model::load(model, {threads, "cpu"});
     const auto& info = m->info();
     std::mt19937 rng(1);
@@ -90,26 +162,34 @@ int main(int argc, char** argv) {
     {  // warm-up: maps the weights in
       auto s = m->create_session();
       s->forward({tokens.begin(), tokens.begin() + std::min(prompt, 16)}, none, routescope::LogitsMode::Last);
-      s->forward({1}, none, routescope::LogitsMode::Last);
+      if (prompt > 16 || decode > 0) s->forward({1}, none, routescope::LogitsMode::Last);
     }
-    auto s = m->create_session();
-    auto t0 = Clock::now();
-    auto r = s->forward(tokens, none, routescope::LogitsMode::Last);
-    double prefill = seconds_since(t0);
-    int next = int(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin());
-    t0 = Clock::now();
-    for (int i = 0; i < decode; ++i) {
-      r = s->forward({next}, none, routescope::LogitsMode::Last);
-      next = int(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin());
+    double prefill = 1e30, dec = 1e30, prefill_cpu = 1e30, dec_cpu = 1e30;
+    for (int rep = 0; rep < repeat; ++rep) {
+      auto s = m->create_session();
+      double c0 = cpu_seconds();
+      auto t0 = Clock::now();
+      auto r = s->forward(tokens, none, routescope::LogitsMode::Last);
+      prefill = std::min(prefill, seconds_since(t0));
+      prefill_cpu = std::min(prefill_cpu, cpu_seconds() - c0);
+      int next = int(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin());
+      c0 = cpu_seconds();
+      t0 = Clock::now();
+      for (int i = 0; i < decode; ++i) {
+        r = s->forward({next}, none, routescope::LogitsMode::Last);
+        next = int(std::max_element(r.logits.begin(), r.logits.end()) - r.logits.begin());
+      }
+      dec = std::min(dec, seconds_since(t0));
+      dec_cpu = std::min(dec_cpu, cpu_seconds() - c0);
     }
-    double dec = seconds_since(t0);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    std::printf("{\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, \"prompt_tokens\": %d, "
-                "\"decode_tokens\": %d, \"threads\": %d, \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, "
-                "\"active_parameters\": %llu}\n",
-                prompt / prefill, decode / dec, prompt, decode, threads, ru.ru_maxrss / 1024.0,
-                (unsigned long long)info.weight_bytes, (unsigned long long)info.active_parameters);
+    std::printf("{\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, \"prefill_cpu_seconds\": %.3f, "
+                "\"decode_cpu_seconds\": %.3f, \"prompt_tokens\": %d, \"decode_tokens\": %d, \"threads\": %d, "
+                "\"repeat\": %d, \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, \"active_parameters\": %llu}\n",
+                prompt / prefill, decode > 0 ? decode / dec : 0.0, prefill_cpu, dec_cpu, prompt, decode, threads, repeat,
+                ru.ru_maxrss / 1024.0, (unsigned long long)info.weight_bytes,
+                (unsigned long long)info.active_parameters);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rs_bench: %s\n", e.what());
     return 1;

@@ -2,6 +2,8 @@
 // Debian chromium with playwright-core, as in shared/spec/vscode-testing.md. The extension is the built tree
 // (dist/, build/Release, media/) staged as an installed extension. Screenshots of every panel go to test/out/e2e/.
 //   ROUTESCOPE_E2E_MODEL=DIR   stage DIR as the extension's demo model (default media/demo-model)
+// Over 400 lines on purpose: one test walks the product in one window, each step building on the last (the model
+// opened, the runs made, the patch set), so the steps and their page helpers stay together.
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -205,7 +207,8 @@ before(async () => {
   });
   context.setDefaultTimeout(UI_MS);
   page = context.pages()[0] ?? (await context.newPage());
-  await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`);
+  // A shared, loaded machine can take longer than the default UI timeout to serve the workbench.
+  await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`, { timeout: 60_000 });
   await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
   await page.locator('.activitybar').waitFor({ state: 'visible' });
 });
@@ -337,7 +340,15 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await runCommand('Export Routing Trace…');
     const input = page.locator('.quick-input-widget input.input');
     await input.waitFor({ state: 'visible' });
-    await input.fill(target);
+    // The save dialog fills in its default path after it opens; typing before that gets the two mixed
+    // ("trace.safetensors.safetensors" in a folder that does not exist): wait for it, then type until it sticks.
+    for (let deadline = Date.now() + UI_MS; (await input.inputValue()) === '' && Date.now() < deadline; ) await page.waitForTimeout(100);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      await input.fill(target);
+      await page.waitForTimeout(300);
+      if ((await input.inputValue()) === target) break;
+    }
+    assert.equal(await input.inputValue(), target, 'the save dialog holds the target path');
     await input.press('Enter');
     await waitForNotification(/routing trace of run #\d+ saved/);
     const st = readSafetensorsRaw(target);

@@ -9,7 +9,8 @@ engine's parity tests compare against.
 
 Usage (needs Debian's python3-torch; no safetensors / transformers packages are used):
 
-    /usr/bin/python3 test/parity/make_fixtures.py
+    /usr/bin/python3 test/parity/make_fixtures.py                               # writes its own fixtures
+    /usr/bin/python3 test/parity/make_fixtures.py --check test/fixtures/parity  # recomputes committed ones
 
 Writes test/fixtures/parity/<case>/{model/, cases.json, reference.safetensors}. Deterministic: re-running
 reproduces byte-identical files. See test/parity/README.md for the format and semantics.
@@ -20,6 +21,7 @@ import math
 import os
 import shutil
 import struct
+import sys
 
 import numpy as np
 import torch
@@ -133,7 +135,8 @@ def cfg_get(cfg):
     H, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     nkv = cfg.get("num_key_value_heads") or nh
     hd = cfg.get("head_dim") or H // nh
-    E = cfg["num_local_experts"] if arch == "mixtral" else cfg["num_experts"]
+    # transformers' attribute_map: mixtral/qwen3_moe store num_local_experts, olmoe num_experts; either name loads.
+    E = cfg.get("num_local_experts") or cfg.get("num_experts")
     I = cfg["intermediate_size"] if arch in ("mixtral", "olmoe") else cfg["moe_intermediate_size"]
     theta = cfg.get("rope_theta")
     if theta is None:
@@ -860,8 +863,60 @@ def make_case(c, idx):
     return size
 
 
+def check_fixtures(root):
+    """Cross-check: recompute committed fixtures (e.g. those tools/hf-reference/generate.py writes from
+    transformers' own code) with this independent reference, in float64, and compare every number."""
+    worst = {"logits": 0.0, "router_logits": 0.0, "weights": 0.0, "grad": 0.0}
+    checked = 0
+    for name in sorted(os.listdir(root)):
+        cdir = os.path.join(root, name)
+        if not os.path.exists(os.path.join(cdir, "cases.json")):
+            continue
+        with open(os.path.join(cdir, "cases.json")) as f:
+            doc = json.load(f)
+        if doc["arch"] not in ARCH_CLASS:
+            continue
+        cfg, W = read_checkpoint(os.path.join(cdir, "model"))
+        model = Model(cfg, W, doc["layout"])
+        ref = {n: t for n, (dt, t) in read_safetensors(os.path.join(cdir, "reference.safetensors")).items()}
+        tokens = doc["tokens"]
+        case_worst = 0.0
+        for r in doc["runs"]:
+            logits, rec = run_forward(model, tokens, r["patch"])
+            d = (logits - ref[f"{r['name']}.logits"]).abs().max().item()
+            worst["logits"] = max(worst["logits"], d)
+            case_worst = max(case_worst, d)
+            for l in model.d["moe"]:
+                p = f"{r['name']}.layer{l}"
+                assert rec[l]["experts"] == ref[p + ".experts"].tolist(), (name, p)
+                worst["router_logits"] = max(worst["router_logits"],
+                                             (rec[l]["router_logits"] - ref[p + ".router_logits"]).abs().max().item())
+                worst["weights"] = max(worst["weights"], (rec[l]["weights"] - ref[p + ".weights"]).abs().max().item())
+        for g in doc["grads"]:
+            out = grad_eval(model, tokens, g)
+            assert abs(out["loss"] - ref[f"{g['name']}.loss"].item()) < 1e-5, (name, g["name"])
+            for l in g["layers"]:
+                want = ref[f"{g['name']}.bias.{l}"]
+                worst["grad"] = max(worst["grad"], (out["bias"][l] - want).abs().max().item() /
+                                    max(want.abs().max().item(), 1e-30))
+            if g["mix"]:
+                want = ref[f"{g['name']}.mix_grad"]
+                worst["grad"] = max(worst["grad"], (out["mix_grad"] - want).abs().max().item() /
+                                    max(want.abs().max().item(), 1e-30))
+        checked += 1
+        print(f"{name:34s} runs and grads agree; max |logit diff| {case_worst:.1e}")
+    # The reference files hold float32 values: agreement is to float32 rounding.
+    print(f"{checked} cases; max |diff|: logits {worst['logits']:.1e}, router logits {worst['router_logits']:.1e}, "
+          f"weights {worst['weights']:.1e}; bias/mix grad rel. {worst['grad']:.1e}")
+    assert checked > 0, f"no {', '.join(ARCH_CLASS)} cases under {root}"
+    assert worst["logits"] < 1e-5 and worst["router_logits"] < 1e-5 and worst["weights"] < 1e-6, worst
+    assert worst["grad"] < 1e-5, worst
+
+
 def main():
     torch.set_num_threads(1)  # bitwise determinism of the reductions
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        return check_fixtures(sys.argv[2])
     os.makedirs(OUT, exist_ok=True)
     total = 0
     for i, c in enumerate(CASES):

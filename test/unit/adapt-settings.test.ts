@@ -1,9 +1,11 @@
-// Every adaptation hyperparameter is a VS Code setting whose default is the spec default in adapt/settings.ts.
+// Every adaptation hyperparameter is a VS Code setting whose default is the spec default in adapt/settings.ts; every
+// setting is read by the one reader, extension/src/settings.ts, with the default package.json declares.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, SettingsError, readSettings, settingKeys } from '../../extension/src/adapt/settings';
+import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, SettingsError, readAdaptSettings, settingKeys } from '../../extension/src/adapt/settings';
+import { DEFAULT_MAX_NEW_TOKENS, EDITOR_DEFAULTS, EDITOR_KEYS, readEditorSettings, settingKeys as settingKeysRead } from '../../extension/src/settings';
 import { ROOT } from '../helpers/cli';
 
 const properties = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).contributes.configuration.properties as Record<string, { default: unknown; description?: string; markdownDescription?: string }>;
@@ -24,10 +26,21 @@ test('package.json contributes every C3PO, rerouting and embedding setting with 
   assert.deepEqual([DEFAULT_REROUTE.interval, DEFAULT_REROUTE.steps, DEFAULT_REROUTE.lr, DEFAULT_REROUTE.optimizer], [128, 5, 0.05, 'adam']);
 });
 
-test('readSettings: configured values override, mistyped ones fall back, out-of-range ones are named', () => {
-  const s = readSettings((key) => ({ 'routescope.c3po.k': 5, 'routescope.c3po.steps': 'ten', 'routescope.reroute.layers': [1, 2] } as Record<string, unknown>)[key]);
+test('readAdaptSettings: configured values override, mistyped ones fall back, out-of-range ones are named', () => {
+  const s = readAdaptSettings((key) => ({ 'routescope.c3po.k': 5, 'routescope.c3po.steps': 'ten', 'routescope.reroute.layers': [1, 2] } as Record<string, unknown>)[key]);
   assert.equal(s.c3po.k, 5);
   assert.equal(s.c3po.steps, 10);
   assert.deepEqual(s.reroute.layers, [1, 2]);
-  assert.throws(() => readSettings((key) => (key === 'routescope.reroute.layerFraction' ? 0 : undefined)), (e: Error) => e instanceof SettingsError && /routescope\.reroute\.layerFraction/.test(e.message));
+  assert.throws(() => readAdaptSettings((key) => (key === 'routescope.reroute.layerFraction' ? 0 : undefined)), (e: Error) => e instanceof SettingsError && /routescope\.reroute\.layerFraction/.test(e.message));
+});
+
+test('one settings reader: every routescope.* setting package.json contributes is read by extension/src/settings.ts, and nothing else', () => {
+  const contributed = Object.keys(properties).filter((k) => k.startsWith('routescope.')).sort();
+  assert.deepEqual([...settingKeysRead()].sort(), contributed);
+  for (const [name, key] of Object.entries(EDITOR_KEYS)) assert.deepEqual(properties[key].default, (EDITOR_DEFAULTS as Record<string, unknown>)[name], key);
+  assert.equal(properties['routescope.maxNewTokens'].default, DEFAULT_MAX_NEW_TOKENS, 'the editor and the CLI generate the same number of tokens by default');
+  const read = readEditorSettings((key) => ({ 'routescope.threads': 4, 'routescope.backend': 'tpu', 'routescope.routingPanel.defaultMetric': 'entropy' } as Record<string, unknown>)[key]);
+  assert.equal(read.threads, 4);
+  assert.equal(read.backend, 'auto', 'an unknown value falls back to the default');
+  assert.equal(read.defaultMetric, 'entropy');
 });

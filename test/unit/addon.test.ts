@@ -4,7 +4,8 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { loadAddon } from '../../extension/src/engine/addon';
-import type { NativeLayerRouting, NativeModel } from '../../extension/src/engine/native';
+import type { NativeModel } from '../../extension/src/engine/native';
+import type { RoutingSpan } from '../../common/src/routing';
 import { PARITY_DIR } from '../helpers/cli';
 
 const MODEL = path.join(PARITY_DIR, 'mixtral-perexpert-f32', 'model'); // 3 layers, 8 experts, top-2, vocab 96, context 64
@@ -46,7 +47,7 @@ test('loadModel errors carry a code and name the folder', () => {
 test('forward: routing arrives per layer, as copies, before the promise resolves', async () => {
   const model = open();
   const session = model.createSession(16);
-  const seen: NativeLayerRouting[] = [];
+  const seen: RoutingSpan[] = [];
   let resolved = false;
   const result = await session
     .forward(Int32Array.of(1, 2, 3, 4), {
@@ -245,7 +246,7 @@ test('close(): the model and its sessions are unusable afterwards', async () => 
 });
 
 // Per (layer, position): router logits, experts and weights as plain arrays.
-function routingByPosition(spans: NativeLayerRouting[]): Map<string, { logits: number[]; experts: number[]; weights: number[] }> {
+function routingByPosition(spans: RoutingSpan[]): Map<string, { logits: number[]; experts: number[]; weights: number[] }> {
   const out = new Map<string, { logits: number[]; experts: number[]; weights: number[] }>();
   for (const r of spans)
     for (let i = 0; i < r.count; i++)
@@ -263,7 +264,7 @@ test('generate: the routing of the prompt and of every decode step equals one fo
   // A slow consumer lets the engine run ahead of the buffers the binding prepares, so spans are also handed over
   // one at a time (the worker waits for the JS thread's copy); both paths must deliver the same routing.
   for (const slowMs of [0, 2]) {
-    const spans: NativeLayerRouting[] = [];
+    const spans: RoutingSpan[] = [];
     const { tokens } = await model.createSession(64).generate(prompt, {
       maxNewTokens: 40, temperature: 0, topP: 1, seed: 0, stopTokens: [],
       onLayer: (r) => {
@@ -275,7 +276,7 @@ test('generate: the routing of the prompt and of every decode step equals one fo
     assert.deepEqual(spans.filter((r) => r.start === 0).map((r) => r.count), [5, 5, 5]);
     assert.ok(spans.filter((r) => r.start > 0).every((r) => r.count === 1));
     assert.equal(spans.length, 3 * 40); // prefill + 39 decode steps, 3 MoE layers each
-    const full: NativeLayerRouting[] = [];
+    const full: RoutingSpan[] = [];
     await model.createSession(64).forward(Int32Array.from([...prompt, ...tokens.subarray(0, 39)]), { logits: 'none', onLayer: (r) => full.push(r) });
     const got = routingByPosition(spans), want = routingByPosition(full);
     assert.equal(got.size, want.size);

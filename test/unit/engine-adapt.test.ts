@@ -5,7 +5,8 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { EngineHost } from '../../extension/src/engine/host';
-import type { RoundEvent } from '../../extension/src/engine/protocol';
+import type { CoreMethods } from '../../extension/src/engine/protocol';
+import type { AdaptMethods, RoundEvent } from '../../extension/src/adapt/protocol';
 import { loadAddon } from '../../extension/src/engine/addon';
 import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
 import { SelfEmbedder } from '../../extension/src/adapt/embedder';
@@ -19,7 +20,7 @@ const WORKER = path.join(ROOT, 'dist', 'engine-worker.js');
 let tmp = '';
 let modelDir = '';
 let refDir = '';
-let host: EngineHost;
+let host: EngineHost<CoreMethods & AdaptMethods>;
 
 before(async () => {
   tmp = tempDir();
@@ -39,7 +40,7 @@ before(async () => {
   } finally {
     model.close();
   }
-  host = new EngineHost({ workerPath: WORKER });
+  host = new EngineHost<CoreMethods & AdaptMethods>({ workerPath: WORKER });
   await host.load({ dir: modelDir, threads: 2 });
 });
 after(() => {

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { EngineHost } from '../../extension/src/engine/host';
 import { EngineError, type LayerEvent, type TokenEvent } from '../../extension/src/engine/protocol';
 import { loadAddon } from '../../extension/src/engine/addon';
-import type { NativeLayerRouting } from '../../extension/src/engine/native';
+import type { RoutingSpan } from '../../common/src/routing';
 import { PARITY_DIR, ROOT, tempDir } from '../helpers/cli';
 import { writeRandomOlmoe } from '../helpers/random-model';
 
@@ -39,10 +39,10 @@ function cancellation(): { token: { isCancellationRequested: boolean; onCancella
   };
 }
 
-function inProcessRouting(dir: string, tokens: Int32Array, patch?: string): Promise<{ layers: NativeLayerRouting[]; logits: Float32Array }> {
+function inProcessRouting(dir: string, tokens: Int32Array, patch?: string): Promise<{ layers: RoutingSpan[]; logits: Float32Array }> {
   const model = loadAddon().loadModel(dir, { threads: 1 });
   const session = model.createSession(tokens.length);
-  const layers: NativeLayerRouting[] = [];
+  const layers: RoutingSpan[] = [];
   return session
     .forward(tokens, { logits: 'last', ...(patch ? { patch } : {}), onLayer: (r) => layers.push(r) })
     .then((out) => {

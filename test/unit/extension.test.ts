@@ -116,6 +116,7 @@ test('dist/extension.js activates and registers every contributed command; palet
       assert.ok(registered.has(command), `${command} contributed but not registered`);
     }
     const contributed = new Set(manifest.contributes.commands.map((c) => c.command));
+    for (const id of registered.keys()) assert.ok(contributed.has(id), `${id} registered but not contributed in package.json`);
     for (const [menu, items] of Object.entries(manifest.contributes.menus)) {
       for (const item of items) assert.ok(contributed.has(item.command), `${menu}: ${item.command} is not a contributed command`);
     }

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { formatRoutingTable, formatWeight, truncate, visibleToken } from '../../extension/src/cli/table';
+import { formatRoutingTable, formatWeight, truncate } from '../../extension/src/cli/table';
+import { visibleToken } from '../../common/src/format';
 import { formatF32 } from '../../extension/src/cli/output';
 
 test('weights print in three characters', () => {

@@ -1,13 +1,14 @@
 // The routing panel's pure parts: colour scales, grid downsampling (with a timing against a naive peer at
-// 4,096 tokens × 48 layers × 128 experts, printed, never asserted), run data derivation and diffs.
+// 4,096 tokens × 48 layers × 128 experts, printed, never asserted) and the run data the grid draws from.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { expertHex, expertPalette, lutIndex, packRgba, parseCssColor, rampLut, unpackRgba, VIRIDIS_ANCHORS } from '../../webview/src/colors';
 import { blockFor, DownsampleCache, downsampleMode, downsampleNumeric } from '../../webview/src/downsample';
-import { RunRouting, softmaxEntropy } from '../../webview/src/runData';
-import { diffRouting, nextTokenChange } from '../../webview/src/diff';
-import { visibleToken } from '../../webview/src/format';
-import type { LayerChunk, RunInfo } from '../../webview/src/protocol';
+import { RunRouting } from '../../webview/src/runData';
+import { visibleToken } from '../../common/src/format';
+import { softmaxEntropy } from '../../common/src/math';
+import type { RoutingSpan } from '../../common/src/routing';
+import type { RunInfo } from '../../common/src/run';
 
 test('expert palette: deterministic, distinct for 256 experts, valid hex', () => {
   const colours = Array.from({ length: 256 }, (_, e) => expertHex(e));
@@ -93,63 +94,43 @@ function info(T: number, E = 4, k = 2, layers = [0, 2]): RunInfo {
     patch: undefined, tokens: Array.from({ length: T }, (_, i) => i), tokenText: Array.from({ length: T }, () => 'x'), promptTokens: T, startedAt: 0,
   };
 }
-function chunk(layer: number, start: number, experts: number[][], logits?: number[][], E = 4): LayerChunk {
+function chunk(layer: number, start: number, experts: number[][], logits?: number[][], E = 4): RoutingSpan {
   const count = experts.length;
   return {
-    runId: 1, layer, start, count, numExperts: E, topK: experts[0].length,
+    layer, start, count, numExperts: E, topK: experts[0].length,
     routerLogits: Float32Array.from((logits ?? experts.map(() => new Array(E).fill(0))).flat()),
     experts: Int32Array.from(experts.flat()),
     weights: Float32Array.from(experts.flatMap((row) => row.map((_, j) => (j === 0 ? 0.7 : 0.3)))),
   };
 }
 
-test('run data: streamed chunks fill rows, derive top-1, weight, entropy and load', () => {
+test('run data: streamed spans fill rows, derive top-1, weight, entropy ÷ ln E and load', () => {
   const run = new RunRouting(info(3));
-  assert.equal(run.addChunk(chunk(1, 0, [[0, 1]])), undefined, 'layer 1 is not a MoE layer of this run');
-  assert.equal(run.addChunk(chunk(2, 0, [[2, 1], [2, 3]], [[0, 0, 0, 0], [0, 0, 100, 0]])), 1);
+  assert.equal(run.addSpan(chunk(1, 0, [[0, 1]])), undefined, 'layer 1 is not a MoE layer of this run');
+  assert.equal(run.addSpan(chunk(2, 0, [[2, 1], [2, 3]], [[0, 0, 0, 0], [0, 0, 100, 0]])), 1);
   assert.equal(run.filled[1], 2);
   assert.equal(run.layersArrived, 1);
   assert.deepEqual([...run.top1[1].subarray(0, 3)], [2, 2, -1]);
   assert.ok(Math.abs(run.entropy[1][0] - 1) < 1e-6, 'uniform logits: normalised entropy 1');
+  assert.ok(Math.abs(run.routerEntropy(1, 0)! - Math.log(4)) < 1e-6, 'the same cell in nats: ln 4');
   assert.ok(run.entropy[1][1] < 1e-6, 'one dominant logit: entropy 0');
   assert.ok(Math.abs(run.top1Weight[1][0] - 0.7) < 1e-6);
   const share = run.loadShare();
   assert.deepEqual([...share.subarray(4, 8)], [0, 0.5, 1, 0.5]);
   const stats = run.layerStats(1)!;
-  assert.equal(stats.unused, 1);
+  assert.equal(stats.unusedExperts, 1);
   assert.equal(stats.maxOverMean, 2);
+  assert.ok(Math.abs(stats.meanEntropy - Math.log(4) / 2) < 1e-6, 'mean router entropy in nats');
   // Generation: routing for a position beyond the token list grows the run.
-  run.addChunk(chunk(0, 3, [[1, 0]]));
+  run.addSpan(chunk(0, 0, [[0, 1], [0, 1], [0, 1]]));
+  run.addSpan(chunk(0, 3, [[1, 0]]));
   assert.equal(run.T, 4);
   assert.deepEqual(run.cell(0, 3), [{ expert: 1, weight: Math.fround(0.7) }, { expert: 0, weight: Math.fround(0.3) }]);
   assert.equal(softmaxEntropy([0, 0], 0, 2).toFixed(6), Math.log(2).toFixed(6));
 });
 
-test('diff: cells whose expert set changed, top-1 changes, next-token distribution change', () => {
-  const a = new RunRouting(info(3));
-  const b = new RunRouting({ ...info(3), id: 2 });
-  a.addChunk(chunk(0, 0, [[0, 1], [2, 3], [1, 2]]));
-  b.addChunk({ ...chunk(0, 0, [[1, 0], [2, 0], [3, 2]]), runId: 2 });
-  a.addChunk(chunk(2, 0, [[0, 1]]));
-  const d = diffRouting(a, b);
-  assert.deepEqual([...d.change[0]], [0, 0.5, 0.5], 'order ignored; one of two replaced');
-  assert.deepEqual([...d.top1Changed[0]], [1, 0, 1]);
-  assert.equal(d.changedCells, 2);
-  assert.equal(d.changedTop1, 2);
-  assert.equal(d.comparedCells, 3, 'layer 2 has no routing in b: not compared');
-  assert.ok(Number.isNaN(d.change[1][0]));
-  const next = nextTokenChange(
-    [{ token: 5, text: 'a', prob: 0.6 }, { token: 6, text: 'b', prob: 0.3 }],
-    [{ token: 6, text: 'b', prob: 0.5 }, { token: 7, text: 'c', prob: 0.2 }],
-  )!;
-  assert.equal(next.top1Changed, true);
-  assert.deepEqual(next.rows.map((r) => r.token), [5, 6, 7]);
-  assert.ok(Math.abs(next.totalVariation - 0.5) < 1e-9);
-  assert.equal(nextTokenChange(undefined, []), undefined);
-});
-
-test('token text shows whitespace', () => {
-  assert.equal(visibleToken(' the\n'), '·the↵');
-  assert.equal(visibleToken('\t'), '→');
+test('token text shows whitespace, as the CLI table does', () => {
+  assert.equal(visibleToken(' the\n'), '·the⏎');
+  assert.equal(visibleToken('\t'), '⇥');
   assert.equal(visibleToken(''), '∅');
 });

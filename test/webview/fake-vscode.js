@@ -15,7 +15,7 @@
       if (message.method === 'webview/ready') {
         const scenario = window.ROUTESCOPE_SCENARIO || [];
         for (const m of scenario) {
-          const out = m.method === 'run/layer' ? { method: m.method, params: { chunk: toTyped(m.params.chunk) } } : m;
+          const out = m.method === 'run/layer' ? { method: m.method, params: { runId: m.params.runId, span: toTyped(m.params.span) } } : m;
           window.postMessage(out, '*');
         }
         window.postMessage({ method: 'harness/done', params: {} }, '*');

@@ -30,7 +30,7 @@ mkdirSync(work, { recursive: true });
 
 // Helpers written in TypeScript, bundled for this script.
 await esbuild.build({
-  entryPoints: { html: 'webview/src/html.ts', model: 'test/helpers/random-model.ts' },
+  entryPoints: { html: 'extension/src/views/routingHtml.ts', model: 'test/helpers/random-model.ts' },
   outdir: join(work, 'lib'),
   bundle: true, platform: 'node', format: 'esm', outExtension: { '.js': '.mjs' }, absWorkingDir: root, logLevel: 'warning',
 });
@@ -78,7 +78,7 @@ function toMessages(id, label, recorded, patch, role) {
   for (const layer of result.layers) {
     messages.push({
       method: 'run/layer',
-      params: { chunk: { runId: id, layer: layer.layer, start: 0, count: layer.experts.length, numExperts: E, topK: k, routerLogits: layer.router_logits.flat(), experts: layer.experts.flat(), weights: layer.weights.flat() } },
+      params: { runId: id, span: { layer: layer.layer, start: 0, count: layer.experts.length, numExperts: E, topK: k, routerLogits: layer.router_logits.flat(), experts: layer.experts.flat(), weights: layer.weights.flat() } },
     });
   }
   messages.push({ method: 'run/finished', params: { runId: id, finishedAt: finished, nextTokens } });

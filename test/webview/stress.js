@@ -25,7 +25,7 @@
         weights[t * k + j] = (k - j) / ((k * (k + 1)) / 2);
       }
     }
-    messages.push({ method: 'run/layer', params: { chunk: { runId: 1, layer, start: 0, count: T, numExperts: E, topK: k, routerLogits, experts, weights } } });
+    messages.push({ method: 'run/layer', params: { runId: 1, span: { layer, start: 0, count: T, numExperts: E, topK: k, routerLogits, experts, weights } } });
   }
   messages.push({ method: 'run/finished', params: { runId: 1, finishedAt: Date.now() } });
   window.ROUTESCOPE_SCENARIO = messages;

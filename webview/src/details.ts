@@ -2,7 +2,8 @@
 // weights, and a bar chart of the router logits over ALL experts at that layer (top-k highlighted, masked / forced /
 // biased experts of the draft patch marked). In the pinned panel a bar is clickable: it picks the expert to edit.
 import { expertHex } from './colors';
-import { fixed, visibleToken } from './format';
+import { visibleToken } from '../../common/src/format';
+import { fixed } from './format';
 import type { RoutingPatch } from '../../common/src/patch';
 import type { RunRouting } from './runData';
 import type { Theme } from './theme';
@@ -67,8 +68,9 @@ export function renderCellDetails(container: HTMLElement, d: CellDetails, theme:
     container.appendChild(expertList(run, row, position));
   }
   if (position >= run.filled[row]) return undefined;
-  const entropy = run.entropy[row][position];
-  container.appendChild(el('div', 'small muted', `router entropy ${fixed(entropy, 3)} × ln ${run.E} · logits over all ${run.E} experts:`));
+  const entropy = run.routerEntropy(row, position) ?? 0;
+  const normalised = run.E > 1 ? entropy / Math.log(run.E) : 0;
+  container.appendChild(el('div', 'small muted', `router entropy ${fixed(entropy, 3)} nats (${fixed(normalised, 3)} of ln ${run.E}) · logits over all ${run.E} experts:`));
   const canvas = el('canvas', 'logit-chart');
   canvas.setAttribute('role', 'img');
   const top = run.cell(row, position);
@@ -90,7 +92,7 @@ export function drawLogitChart(canvas: HTMLCanvasElement, run: RunRouting, row: 
   const ctx = canvas.getContext('2d')!;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, width, height);
-  const logits = run.routerLogits[row].subarray(position * E, (position + 1) * E);
+  const logits = run.rows[row].routerLogits.subarray(position * E, (position + 1) * E);
   let min = Infinity;
   let max = -Infinity;
   for (const v of logits) {

@@ -1,10 +1,4 @@
-// Small text formatting shared by the webview's views (pure; no DOM).
-
-/** Token text with whitespace made visible: space ·, newline ↵, tab →; empty → ∅. */
-export function visibleToken(text: string): string {
-  if (!text) return '∅';
-  return text.replace(/ /g, '·').replace(/\r?\n/g, '↵').replace(/\t/g, '→');
-}
+// Number formatting of the webview's views (pure; no DOM). Token text is made visible by common/src/format.ts.
 
 export function percent(v: number, digits = 1): string {
   return `${(v * 100).toFixed(digits)}%`;

@@ -3,11 +3,13 @@
 // ImageData and scales it up with drawImage, so the cost follows the viewport, not the sequence length. Scrolling
 // is native (a sized spacer in an overflow:auto box; the canvas is sticky), repaints go through
 // requestAnimationFrame. In compare mode the grid stacks bands: run A, run B, and their difference.
+// Over 400 lines on purpose: layout, drawing, hit-testing and keyboard navigation share one geometry (row height,
+// cell width, band tops), and splitting them would pass that state around instead of keeping it in one place.
+import type { Metric } from '../../common/src/panelProtocol';
+import type { RunDiff } from '../../common/src/runDiff';
 import { expertPalette, lutIndex, rampLut } from './colors';
-import type { RoutingDiff } from './diff';
 import { blockFor, DownsampleCache } from './downsample';
-import { visibleToken } from './format';
-import type { Metric } from './protocol';
+import { visibleToken } from '../../common/src/format';
 import type { RunRouting } from './runData';
 import type { Theme } from './theme';
 
@@ -51,7 +53,9 @@ export class RoutingGrid {
   private palette = expertPalette(8);
   private readonly lut = rampLut();
   private bands: Band[] = [];
-  private diff: RoutingDiff | undefined;
+  private diff: RunDiff | undefined;
+  /** Bumped whenever the diff is replaced: the Δ band's downsampling cache keys on it. */
+  private diffVersion = 0;
   private theme: Theme;
   metric: Metric = 'expert';
   /** CSS pixels per token column; undefined = fit the whole sequence. */
@@ -124,9 +128,10 @@ export class RoutingGrid {
 
   // ---- data ------------------------------------------------------------------------------------------------------
 
-  setBands(bands: Band[], diff: RoutingDiff | undefined): void {
+  setBands(bands: Band[], diff: RunDiff | undefined): void {
     this.bands = bands;
     this.diff = diff;
+    this.diffVersion++;
     const E = Math.max(...bands.map((b) => b.run.E), 1);
     if (this.palette.length < E) this.palette = expertPalette(E);
     this.cache.clear();
@@ -142,8 +147,9 @@ export class RoutingGrid {
     host.style.height = `${Math.round(Math.min(wanted, Math.max(260, window.innerHeight * 0.62)))}px`;
   }
 
-  setDiff(diff: RoutingDiff | undefined): void {
+  setDiff(diff: RunDiff | undefined): void {
     this.diff = diff;
+    this.diffVersion++;
     this.requestDraw();
   }
 
@@ -340,9 +346,10 @@ export class RoutingGrid {
     let values: Float32Array | undefined;
     let filled = Math.min(n, run.filled[row]);
     if (metric === 'change') {
-      if (this.diff && this.diff.change[row]) {
-        values = this.cache.numeric(`c${bandIndex}`, row, this.diff.rowVersion[row], this.diff.change[row], this.diff.change[row].length, block, 'max');
-        filled = this.diff.change[row].length;
+      const change = this.diff?.layers[row]?.change;
+      if (change) {
+        values = this.cache.numeric(`c${bandIndex}`, row, this.diffVersion, change, change.length, block, 'max');
+        filled = change.length;
       }
     } else {
       const source = metric === 'entropy' ? run.entropy[row] : run.top1Weight[row];
@@ -367,7 +374,7 @@ export class RoutingGrid {
   }
 
   private isTop1Block(row: number, b: number, block: number): boolean {
-    const flags = this.diff?.top1Changed[row];
+    const flags = this.diff?.layers[row]?.top1Changed;
     if (!flags) return false;
     for (let p = b * block; p < Math.min(flags.length, (b + 1) * block); p++) if (flags[p]) return true;
     return false;

@@ -1,6 +1,6 @@
 // Layer × expert load: for every MoE layer (row) and expert (column), the share of tokens whose top-k includes the
 // expert, coloured with viridis relative to the busiest cell; beside it a table of per-layer figures (mean router
-// entropy, load imbalance). Click a cell to pick that (layer, expert) for editing.
+// entropy in nats, load imbalance: common/src/routing.ts LayerStats). Click a cell to pick that (layer, expert).
 import { fixed, percent } from './format';
 import { lutIndex, rampLut, unpackRgba } from './colors';
 import type { RunRouting } from './runData';
@@ -37,7 +37,7 @@ export class LoadHeatmap {
       if (!hit || !this.run) return this.callbacks.onHover(undefined, 0, 0);
       const { row, expert } = hit;
       const n = this.run.filled[row];
-      const meanW = this.run.load[row][expert] ? this.run.loadWeight[row][expert] / this.run.load[row][expert] : 0;
+      const meanW = this.run.layerStats(row)?.experts[expert].meanWeight ?? 0;
       this.callbacks.onHover(
         `layer ${this.run.layers[row]} · expert ${expert}: ${percent(this.share[row * this.run.E + expert])} of ${n} tokens, mean weight ${fixed(meanW, 3)}`,
         e.clientX,
@@ -92,12 +92,12 @@ export class LoadHeatmap {
 
   private renderTable(run: RunRouting): void {
     const head = document.createElement('thead');
-    head.innerHTML = '<tr><th scope="col">layer</th><th scope="col" title="mean router entropy ÷ ln E (0 = one expert, 1 = uniform)">entropy</th><th scope="col" title="coefficient of variation of tokens per expert (0 = balanced)">load CV</th><th scope="col" title="busiest expert ÷ the uniform share k/E">max/mean</th><th scope="col" title="experts no token selected">unused</th></tr>';
+    head.innerHTML = `<tr><th scope="col">layer</th><th scope="col" title="mean router entropy in nats (0 = one expert, ln ${run.E} = ${fixed(Math.log(run.E), 2)} = uniform)">entropy (nats)</th><th scope="col" title="coefficient of variation of tokens per expert (0 = balanced)">load CV</th><th scope="col" title="busiest expert ÷ the uniform share k/E">max/mean</th><th scope="col" title="experts no token selected">unused</th></tr>`;
     const body = document.createElement('tbody');
     run.layers.forEach((layer, row) => {
       const s = run.layerStats(row);
       const tr = document.createElement('tr');
-      const cells = s ? [`L${layer}`, fixed(s.meanEntropy, 3), fixed(s.loadCv, 2), fixed(s.maxOverMean, 2), String(s.unused)] : [`L${layer}`, '…', '', '', ''];
+      const cells = s ? [`L${layer}`, fixed(s.meanEntropy, 3), fixed(s.loadCv, 2), fixed(s.maxOverMean, 2), String(s.unusedExperts)] : [`L${layer}`, '…', '', '', ''];
       for (const [i, text] of cells.entries()) {
         const td = document.createElement(i === 0 ? 'th' : 'td');
         if (i === 0) td.setAttribute('scope', 'row');

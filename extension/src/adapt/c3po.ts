@@ -5,7 +5,8 @@
 import type { NativeC3poPrefix, NativeModel, NativeModelInfo } from '../engine/native';
 import type { RoutingPatch } from '../../../common/src/patch';
 import type { Embedder } from './embedder';
-import { alphaGrid, findNeighbours, interpolate, meanShift, searchAlpha, topIndices, weightedMean, type Neighbourhood } from './math';
+import { alphaGrid, findNeighbours, interpolate, meanShift, searchAlpha, weightedMean, type Neighbourhood } from './math';
+import { topIndices } from '../../../common/src/math';
 import type { ReferenceSet } from './reference';
 import { criticalLayers, type C3poMethod, type C3poSettings } from './settings';
 import type { Omega } from './tasks';
@@ -201,7 +202,8 @@ export class C3po {
 
     if (method === 'ngd') {
       const r = await model.c3poNgd(omegaBefore, neighbours, this.ngdOptions(settings.steps));
-      return { ...withHood, omegaAfter: r.omegaAfter, core: coreLists(r.core), losses: r.losses };
+      // Zero steps leave ω as it was (softmax(log ω) would only round it).
+      return { ...withHood, omegaAfter: settings.steps > 0 ? r.omegaAfter : omegaBefore, core: coreLists(r.core), losses: r.losses };
     }
 
     // Kernel regression and mode finding: a target pathway, then ω ← α ω + (1 − α) target.

@@ -6,7 +6,7 @@ import type { NativeRerouteRound, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch } from '../../../common/src/patch';
 import { C3po, c3poPatch, type C3poOutcome } from './c3po';
-import { softmax, topIndices } from './math';
+import { softmax, topIndices } from '../../../common/src/math';
 import { generateRerouted } from './reroute';
 import type { C3poMethod, RerouteSettings } from './settings';
 import type { Omega } from './tasks';

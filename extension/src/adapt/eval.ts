@@ -2,7 +2,8 @@
 // the same run, so accuracy, flips and the time overhead compare like with like.
 //   multiple choice: the option letter with the highest log-probability at the last prompt position;
 //   generative: greedy decoding, exact match.
-import type { NativeLayerRouting, NativeModel, NativeSession } from '../engine/native';
+import type { NativeModel, NativeSession } from '../engine/native';
+import type { RoutingSpan } from '../../../common/src/routing';
 import { C3po, c3poPatch, omegaSummary, type C3poOutcome } from './c3po';
 import { deltaPatch, deltaSummary, generateRerouted, type DeltaSummary } from './reroute';
 import type { C3poMethod, C3poSettings, RerouteSettings } from './settings';
@@ -82,7 +83,7 @@ export interface EvalOptions {
   onProgress?: (p: EvalProgress) => void;
   shouldStop?: () => boolean;
   /** The plain model's routing of every prompt position of each multiple-choice item (for expert-load tables). */
-  onRouting?: (item: TaskItem, routing: NativeLayerRouting, lastPosition: number) => void;
+  onRouting?: (item: TaskItem, routing: RoutingSpan, lastPosition: number) => void;
 }
 
 async function timed<T>(run: () => Promise<T>): Promise<[T, number]> {
@@ -162,7 +163,7 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
   // The plain model.
   let none: Answer;
   if (item.kind === 'mc') {
-    const onRouting = o.onRouting && ((r: NativeLayerRouting) => o.onRouting!(item, r, last));
+    const onRouting = o.onRouting && ((r: RoutingSpan) => o.onRouting!(item, r, last));
     const [fwd, ms] = await timed(() => runner.forward(session, tokens, undefined, onRouting));
     const s = runner.scoreMc(item, fwd.logits);
     none = { answer: s.choice, correct: s.correct, ms };

@@ -1,17 +1,10 @@
 // Pure numerics of the adaptation methods (no engine): vectors, neighbourhoods, Gaussian kernel, kernel regression,
-// mean-shift and the α grid. See /shared/spec/c3po.md (the C3PO paper's definitions).
+// mean-shift and the α grid. See /shared/spec/c3po.md (the C3PO paper's definitions). Softmax and top-n selection
+// are the routing math's (common/src/math.ts).
 
-export type Vec = ArrayLike<number>;
+import type { Vec } from '../../../common/src/math';
 
-export function softmax(logits: Vec): Float32Array {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
-  const out = new Float32Array(logits.length);
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
-  for (let i = 0; i < logits.length; i++) out[i] = Math.exp(logits[i] - max) / sum;
-  return out;
-}
+export type { Vec };
 
 export function dot(a: Vec, b: Vec): number {
   let s = 0;
@@ -170,11 +163,4 @@ export function meanShift(start: Vec, points: readonly Vec[], o: MeanShiftOption
     current = next;
   }
   return { mode: current, trajectory };
-}
-
-/** Indices of the n largest values, largest first (ties: lower index). */
-export function topIndices(values: Vec, n: number): number[] {
-  return Array.from({ length: values.length }, (_, i) => i)
-    .sort((a, b) => values[b] - values[a] || a - b)
-    .slice(0, n);
 }

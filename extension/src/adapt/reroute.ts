@@ -3,7 +3,8 @@
 import type { NativeRerouteOptions, NativeRerouteResult, NativeRerouteRound, NativeSession } from '../engine/native';
 import type { RoutingPatch } from '../../../common/src/patch';
 import { serializePatch } from '../../../common/src/patch';
-import { norm, topIndices } from './math';
+import { norm } from './math';
+import { topIndices } from '../../../common/src/math';
 import type { RerouteSettings } from './settings';
 
 export function rerouteOptions(s: RerouteSettings): NativeRerouteOptions {

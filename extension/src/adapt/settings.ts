@@ -1,6 +1,6 @@
 // Hyperparameters of the two test-time adaptation methods, with the specs' defaults (/shared/spec/c3po.md,
 // /shared/spec/rerouting.md). package.json contributes the same keys as VS Code settings (routescope.c3po.*,
-// routescope.reroute.*, routescope.embedding.*); the CLI uses these defaults.
+// routescope.reroute.*, routescope.embedding.*), read by extension/src/settings.ts; the CLI uses these defaults.
 
 export type C3poMethod = 'ngd' | 'kernel' | 'mode' | 'oracle';
 
@@ -144,11 +144,17 @@ export function settingKeys(): { c3po: Record<keyof C3poSettings, string>; rerou
   };
 }
 
+export interface AdaptSettings {
+  c3po: C3poSettings;
+  reroute: RerouteSettings;
+  embedding: EmbeddingSettings;
+}
+
 /**
- * Settings from a configuration reader (e.g. `(key) => vscode.workspace.getConfiguration().get(key)`); a missing
- * or mistyped value falls back to the spec default, then the whole set is range-checked.
+ * Settings from a configuration reader (`get` takes the full key, e.g. "routescope.c3po.k"); a missing or mistyped
+ * value falls back to the spec default, then the whole set is range-checked.
  */
-export function readSettings(get: (key: string) => unknown): { c3po: C3poSettings; reroute: RerouteSettings; embedding: EmbeddingSettings } {
+export function readAdaptSettings(get: (key: string) => unknown): AdaptSettings {
   const keys = settingKeys();
   const pick = <T extends object>(defaults: T, names: Record<keyof T, string>): T => {
     const out = { ...defaults } as Record<string, unknown>;

@@ -4,10 +4,11 @@
 //   generative {"id","skill","prompt","answer"}: greedy decoding (at most 16 tokens, cut at the first newline),
 //     exact match of the trimmed text.
 import { FILE_KINDS, readTextFile } from '../common/files';
-import type { NativeLayerRouting, NativeModelInfo, NativeSession } from '../engine/native';
+import type { NativeModelInfo, NativeSession } from '../engine/native';
+import type { RoutingSpan } from '../../../common/src/routing';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
-import { softmax } from './math';
+import { logSumExp, softmax } from '../../../common/src/math';
 
 export interface McItem {
   kind: 'mc';
@@ -145,7 +146,7 @@ export class TaskRunner {
 
   /** A fresh forward of the prompt; `onRouting` sees every layer's routing of every position. */
   async forward(session: NativeSession, tokens: number[], patch?: RoutingPatch,
-    onRouting?: (routing: NativeLayerRouting) => void): Promise<ForwardOutcome> {
+    onRouting?: (routing: RoutingSpan) => void): Promise<ForwardOutcome> {
     session.reset();
     const out = await this.run(session, tokens, tokens.length - 1, patch, onRouting);
     session.reset();
@@ -171,7 +172,7 @@ export class TaskRunner {
   }
 
   private async run(session: NativeSession, tokens: number[], last: number, patch?: RoutingPatch,
-    onRouting?: (routing: NativeLayerRouting) => void): Promise<ForwardOutcome> {
+    onRouting?: (routing: RoutingSpan) => void): Promise<ForwardOutcome> {
     const omega: Omega = new Map();
     const result = await session.forward(Int32Array.from(tokens), {
       ...(patch ? { patch: serializePatch(patch) } : {}),
@@ -187,11 +188,7 @@ export class TaskRunner {
   }
 
   scoreMc(item: McItem, logits: Float32Array): McOutcome {
-    let max = -Infinity;
-    for (const v of logits) if (v > max) max = v;
-    let sum = 0;
-    for (const v of logits) sum += Math.exp(v - max);
-    const lse = max + Math.log(sum);
+    const lse = logSumExp(logits);
     const logprobs: Record<string, number> = {};
     let choice = '';
     for (const letter of Object.keys(item.options).sort()) {

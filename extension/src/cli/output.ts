@@ -1,6 +1,7 @@
 // JSON output for scripts: float32 values in their shortest round-tripping form, large arrays written in pieces.
 // NaN and ±Infinity are never printed as figures: they are refused with a one-line error (NonFiniteError).
 import type { NativeModelInfo } from '../engine/native';
+import { formatCount } from '../../../common/src/format';
 
 /** A result that holds NaN or ±Infinity where a figure belongs; the CLI reports it instead of printing it. */
 export class NonFiniteError extends Error {
@@ -108,20 +109,6 @@ export function modelInfoJson(info: NativeModelInfo): Record<string, unknown> {
     backend: info.backend,
     threads: info.threads,
   };
-}
-
-export function formatCount(n: number): string {
-  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
-  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
-  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
-  return String(n);
-}
-
-export function formatBytes(n: number): string {
-  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
-  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
-  if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
-  return `${n} B`;
 }
 
 export function describeModel(info: NativeModelInfo): string {

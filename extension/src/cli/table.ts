@@ -1,5 +1,6 @@
 // The human-readable routing table: rows = layers, columns = token positions, cells = top-1 expert and its weight
 // ("3 .62"). Columns that do not fit the terminal wrap into further blocks.
+import { visibleToken } from '../../../common/src/format';
 
 export interface TableLayer {
   layer: number;
@@ -21,20 +22,6 @@ export function formatWeight(w: number): string {
   if (w >= 0.995) return '1.0';
   if (w <= 0) return '.00';
   return w.toFixed(2).slice(1);
-}
-
-/** A token's text made visible in one line: spaces as ·, newlines as ⏎, tabs as ⇥, other controls as �. */
-export function visibleToken(text: string): string {
-  let out = '';
-  for (const ch of text) {
-    if (ch === ' ') out += '·';
-    else if (ch === '\n') out += '⏎';
-    else if (ch === '\r') out += '↵';
-    else if (ch === '\t') out += '⇥';
-    else if (/\p{Cc}/u.test(ch)) out += '�';
-    else out += ch;
-  }
-  return out === '' ? '∅' : out;
 }
 
 function chars(text: string): string[] {

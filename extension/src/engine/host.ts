@@ -1,16 +1,18 @@
 // The extension side of the engine: starts the engine process (dist/engine-worker.js) on first use, sends typed
 // requests (engine/protocol.ts), streams their events, forwards cancellation, and survives the process dying:
 // pending requests fail with a clear message and the next request starts a fresh process (reloading the model
-// that was open). No vscode import, so the CLI-free unit tests drive it directly.
+// that was open). Typed by the table of requests the engine process serves (CoreMethods, plus e.g. adaptation's
+// AdaptMethods). No vscode import, so the unit tests drive it directly.
 import { fork, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { packageRoot } from './addon';
 import {
   EngineError,
-  type EngineMethod,
+  type CoreMethods,
   type EventOf,
   type LoadParams,
   type LoadResult,
+  type MethodTable,
   type ParamsOf,
   type ResultOf,
   type WorkerMessage,
@@ -42,7 +44,7 @@ export interface EngineExit {
 }
 
 interface Pending {
-  method: EngineMethod;
+  method: string;
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   onEvent?: (event: never) => void;
@@ -66,7 +68,7 @@ export interface RequestOptions<E> {
   token?: CancellationLike;
 }
 
-export class EngineHost {
+export class EngineHost<M extends MethodTable = CoreMethods> {
   private child: ChildProcess | undefined;
   private ready: Promise<void> | undefined;
   private nextId = 1;
@@ -207,7 +209,11 @@ export class EngineHost {
   }
 
   /** One request; events stream to onEvent; a cancelled token cancels it in the engine (rejects CANCELLED). */
-  async request<M extends EngineMethod>(method: M, params: ParamsOf<M>, options: RequestOptions<EventOf<M>> = {}): Promise<ResultOf<M>> {
+  request<K extends keyof M & string>(method: K, params: ParamsOf<M, K>, options: RequestOptions<EventOf<M, K>> = {}): Promise<ResultOf<M, K>> {
+    return this.call(method, params, options as RequestOptions<never>) as Promise<ResultOf<M, K>>;
+  }
+
+  private async call(method: string, params: unknown, options: RequestOptions<never>): Promise<unknown> {
     if (options.token?.isCancellationRequested) throw new EngineError('CANCELLED', 'cancelled');
     await this.start();
     if (this.needsReload && method !== 'load' && method !== 'unload' && this.model) {
@@ -225,11 +231,11 @@ export class EngineHost {
     return this.send(method, params, options);
   }
 
-  private send<M extends EngineMethod>(method: M, params: ParamsOf<M>, options: RequestOptions<EventOf<M>>): Promise<ResultOf<M>> {
+  private send(method: string, params: unknown, options: RequestOptions<never>): Promise<unknown> {
     const child = this.child;
     if (!child) return Promise.reject(new EngineError('ENGINE_DIED', 'the engine process is not running'));
     const id = this.nextId++;
-    return new Promise<ResultOf<M>>((resolve, reject) => {
+    return new Promise<unknown>((resolve, reject) => {
       let subscription: { dispose(): void } | undefined;
       const done = <T>(f: (v: T) => void) => (v: T): void => {
         subscription?.dispose();
@@ -237,14 +243,14 @@ export class EngineHost {
       };
       this.pending.set(id, {
         method,
-        resolve: done(resolve as (v: unknown) => void),
+        resolve: done(resolve),
         reject: done(reject),
         ...(options.onEvent ? { onEvent: options.onEvent as (event: never) => void } : {}),
       });
       if (options.token) {
         subscription = options.token.onCancellationRequested(() => this.cancel(id));
       }
-      const message = { type: 'request', id, method, params } as RequestMessage;
+      const message: RequestMessage = { type: 'request', id, method, params };
       child.send(message, (error) => {
         if (error && this.pending.has(id)) {
           this.pending.delete(id);
@@ -261,7 +267,7 @@ export class EngineHost {
 
   /** Opens a model (closing the previous one); remembered so a restarted engine reopens it. */
   async load(params: LoadParams, token?: CancellationLike): Promise<LoadResult> {
-    const result = await this.request('load', params, token ? { token } : {});
+    const result = (await this.call('load', params, token ? { token } : {})) as LoadResult;
     this.model = { params, result };
     this.needsReload = false;
     this.modelChanges.fire(result);
@@ -273,7 +279,7 @@ export class EngineHost {
     const had = this.model !== undefined;
     this.model = undefined;
     this.needsReload = false;
-    if (this.child) await this.request('unload', {});
+    if (this.child) await this.call('unload', {}, {});
     if (had) this.modelChanges.fire(undefined);
   }
 

@@ -1,5 +1,6 @@
-// The Node-API addon's surface (native/binding/addon.cpp mirrors this file). Only engine/ imports it;
-// everything else talks to the engine through engine/host.ts, which runs the addon off the UI thread.
+// The Node-API addon's surface (native/binding/addon.cpp mirrors this file). In the editor the addon runs only in
+// the engine process (engine/worker.ts, adapt/requests.ts); the CLI and the adaptation library call it in-process.
+import type { RoutingSpan } from '../../../common/src/routing';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
 export type LogitsMode = 'none' | 'last' | 'all';
@@ -31,22 +32,10 @@ export interface NativeModelInfo {
   threads: number;
 }
 
-/** Routing of one layer for a span of positions; arrays are copies owned by JS. */
-export interface NativeLayerRouting {
-  layer: number;
-  start: number;                // absolute position of the first row
-  count: number;
-  numExperts: number;
-  topK: number;
-  routerLogits: Float32Array;   // [count * numExperts], raw router output before patch/softmax
-  experts: Int32Array;          // [count * topK], highest weight first
-  weights: Float32Array;        // [count * topK], mixing weights applied
-}
-
 export interface NativeForwardOptions {
   patch?: string;               // patch JSON (see README "Routing patches"); validated natively
   logits: LogitsMode;
-  onLayer?: (routing: NativeLayerRouting) => void;
+  onLayer?: (span: RoutingSpan) => void;
 }
 
 export interface NativeGenerateOptions {
@@ -57,7 +46,7 @@ export interface NativeGenerateOptions {
   seed: number;
   stopTokens: number[];
   onToken?: (token: number) => void;
-  onLayer?: (routing: NativeLayerRouting) => void;
+  onLayer?: (span: RoutingSpan) => void;
 }
 
 export interface NativeGradOptions {

@@ -1,9 +1,19 @@
 // The one protocol between the extension host (engine/host.ts) and the engine process (engine/worker.ts).
 // Messages cross a child_process channel with serialization 'advanced' (structured clone), so typed arrays
 // (router logits, experts, weights, token ids) travel as typed arrays, never as JSON number lists.
-import type { Backend, LogitsMode, NativeGradResult, NativeLayerRouting, NativeModelInfo, NativeRerouteRound } from './native';
-import type { RemixComparison, RerouteComparison } from '../adapt/compare';
-import type { C3poMethod, C3poSettings, EmbeddingSettings, RerouteSettings } from '../adapt/settings';
+// The engine's own requests are CoreMethods; adaptation adds its requests from adapt/ (adapt/protocol.ts types,
+// adapt/requests.ts handlers), so nothing here knows about it.
+import type { Backend, LogitsMode, NativeGradResult, NativeModelInfo } from './native';
+import type { RoutingSpan } from '../../../common/src/routing';
+import type { NextToken } from '../../../common/src/run';
+
+/** A request's parameters, result and the events streamed while it runs. */
+export interface MethodSpec {
+  params: unknown;
+  result: unknown;
+  event: unknown;
+}
+export type MethodTable = { [method: string]: MethodSpec };
 
 export interface LoadParams {
   dir: string;
@@ -39,15 +49,9 @@ export interface DecodeResult {
   tokenText: string[];
 }
 
-export interface NextToken {
-  token: number;
-  text: string;
-  prob: number;
-}
-
 export interface InspectParams {
   tokens: Int32Array;
-  /** Patch JSON (engine/patch.ts serializePatch); validated by the engine too. */
+  /** Patch JSON (common/src/patch.ts serializePatch); validated by the engine too. */
   patch?: string;
   logits: LogitsMode;
   /** How many of the most likely next tokens to report (after the last position). */
@@ -90,73 +94,10 @@ export interface GradParams {
   mix?: { layer: number; position: number; logits: Float32Array };
 }
 
-/** A prompt for the adaptation requests: text (needs the model's tokenizer) or token ids. */
-export interface AdaptPrompt {
-  text?: string;
-  tokens?: number[];
-}
-
-export interface RemixParams extends AdaptPrompt {
-  /** The C3PO reference set folder (routescope reference build). */
-  referenceDir: string;
-  method: Exclude<C3poMethod, 'oracle'>;
-  c3po: C3poSettings;
-  embedding: EmbeddingSettings;
-  maxNewTokens: number;
-  /** Defaults to the model's EOS ids. */
-  stopTokens?: number[];
-}
-
-export interface RemixResult {
-  comparison: RemixComparison;
-  /** The neighbours used, with their question text from the reference set. */
-  neighbours: { id: string; question: string; similarity: number; weight: number }[];
-  referenceDir: string;
-  referenceItems: number;
-  promptTokens: number;
-}
-
-export interface RerouteParams extends AdaptPrompt {
-  settings: RerouteSettings;
-  maxNewTokens: number;
-  stopTokens?: number[];
-}
-
-export interface RerouteResult {
-  comparison: RerouteComparison;
-  promptTokens: number;
-}
-
-/** One finished rerouting round (streamed by the reroute request). */
-export interface RoundEvent {
-  kind: 'round';
-  round: NativeRerouteRound;
-}
-
-/** Request name → parameters, result and the events streamed while it runs. */
-export interface EngineMethods {
-  load: { params: LoadParams; result: LoadResult; event: never };
-  unload: { params: Record<string, never>; result: { unloaded: boolean }; event: never };
-  info: { params: Record<string, never>; result: LoadResult | null; event: never };
-  tokenize: { params: TokenizeParams; result: TokenizeResult; event: never };
-  decode: { params: DecodeParams; result: DecodeResult; event: never };
-  inspect: { params: InspectParams; result: InspectResult; event: LayerEvent };
-  generate: { params: GenerateParams; result: GenerateResult; event: LayerEvent | TokenEvent };
-  grad: { params: GradParams; result: NativeGradResult; event: never };
-  /** C3PO re-mix of one prompt with a reference set: before/after (adapt/compare.ts compareRemix). */
-  remix: { params: RemixParams; result: RemixResult; event: never };
-  /** Greedy generation with and without continuous rerouting (adapt/compare.ts compareReroute). */
-  reroute: { params: RerouteParams; result: RerouteResult; event: RoundEvent };
-}
-
-export type EngineMethod = keyof EngineMethods;
-export type ParamsOf<M extends EngineMethod> = EngineMethods[M]['params'];
-export type ResultOf<M extends EngineMethod> = EngineMethods[M]['result'];
-export type EventOf<M extends EngineMethod> = EngineMethods[M]['event'];
-
+/** One routing span, streamed while inspect / generate run. */
 export interface LayerEvent {
   kind: 'layer';
-  routing: NativeLayerRouting;
+  routing: RoutingSpan;
 }
 
 export interface TokenEvent {
@@ -166,13 +107,30 @@ export interface TokenEvent {
   text: string;
 }
 
-export type EngineEvent = LayerEvent | TokenEvent | RoundEvent;
+/** The engine's own requests. */
+export type CoreMethods = {
+  load: { params: LoadParams; result: LoadResult; event: never };
+  unload: { params: Record<string, never>; result: { unloaded: boolean }; event: never };
+  info: { params: Record<string, never>; result: LoadResult | null; event: never };
+  tokenize: { params: TokenizeParams; result: TokenizeResult; event: never };
+  decode: { params: DecodeParams; result: DecodeResult; event: never };
+  inspect: { params: InspectParams; result: InspectResult; event: LayerEvent };
+  generate: { params: GenerateParams; result: GenerateResult; event: LayerEvent | TokenEvent };
+  grad: { params: GradParams; result: NativeGradResult; event: never };
+};
+
+export type ParamsOf<M extends MethodTable, K extends keyof M> = M[K]['params'];
+export type ResultOf<M extends MethodTable, K extends keyof M> = M[K]['result'];
+export type EventOf<M extends MethodTable, K extends keyof M> = M[K]['event'];
 
 // ---- wire messages ----
 
-export type RequestMessage = {
-  [M in EngineMethod]: { type: 'request'; id: number; method: M; params: ParamsOf<M> };
-}[EngineMethod];
+export interface RequestMessage {
+  type: 'request';
+  id: number;
+  method: string;
+  params: unknown;
+}
 
 export interface CancelMessage {
   type: 'cancel';
@@ -202,7 +160,7 @@ export interface ErrorMessage {
 export interface EventMessage {
   type: 'event';
   id: number;
-  event: EngineEvent;
+  event: unknown;
 }
 
 /** Sent once when the engine process is up and the addon loaded (or failed to). */
@@ -222,7 +180,7 @@ export interface LogMessage {
 
 export type WorkerMessage = ResultMessage | ErrorMessage | EventMessage | ReadyMessage | LogMessage;
 
-/** An engine error on the host side: the code and one-line message from the engine process. */
+/** An engine error: a code and a one-line message (on the host: from the engine process). */
 export class EngineError extends Error {
   constructor(
     readonly code: string,

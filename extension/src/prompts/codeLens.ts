@@ -59,8 +59,7 @@ export class PromptCodeLensProvider implements vscode.CodeLensProvider {
   }
 }
 
-/** The document selector for the configured prompt-file globs. */
-export function promptSelector(): vscode.DocumentFilter[] {
-  const globs = vscode.workspace.getConfiguration('routescope').get<string[]>('promptFiles', ['**/*.prompts.md', '**/*.prompts.jsonl']);
+/** The document selector for the prompt-file globs (routescope.promptFiles). */
+export function promptSelector(globs: readonly string[]): vscode.DocumentFilter[] {
   return globs.map((pattern) => ({ pattern }));
 }

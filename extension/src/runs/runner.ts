@@ -1,10 +1,12 @@
-// Runs a prompt through the engine process and assembles the Run the UI works on, filling its per-layer typed
-// arrays as the engine streams them (onUpdate fires per streamed span). No vscode import.
-import type { CancellationLike, EngineHost } from '../engine/host';
-import type { LoadResult, LayerEvent } from '../engine/protocol';
-import { serializePatch, isEmptyPatch, type RoutingPatch } from '../../../common/src/patch';
-import type { LayerRouting, Run, RunKind, RunModel } from './run';
+// Runs a prompt through the engine process and assembles the Run the UI works on: each streamed routing span is
+// copied once, into the run's LayerRouting of its layer, and handed to onUpdate as it arrived (the routing panel
+// posts it on without another copy). No vscode import.
 import * as path from 'node:path';
+import type { CancellationLike, EngineHost } from '../engine/host';
+import type { LoadResult } from '../engine/protocol';
+import { serializePatch, isEmptyPatch, type RoutingPatch } from '../../../common/src/patch';
+import { LayerRouting, type RoutingSpan } from '../../../common/src/routing';
+import type { Run, RunKind, RunModel } from './run';
 
 export type PromptInput = { text: string } | { tokens: number[] };
 
@@ -15,8 +17,8 @@ export interface RunRequest {
   label?: string;
   baseRunId?: number;
   token?: CancellationLike;
-  /** Called after each streamed span (layer routing or generated token). */
-  onUpdate?: (run: Run, layer?: number) => void;
+  /** Called after each streamed piece: a routing span (already in the run) or a generated token (no span). */
+  onUpdate?: (run: Run, span?: RoutingSpan) => void;
 }
 
 export interface GenerateRequest extends RunRequest {
@@ -25,6 +27,8 @@ export interface GenerateRequest extends RunRequest {
   topP?: number;
   seed?: number;
 }
+
+const NO_MODEL_MESSAGE = 'no model is open: run "Routescope: Open Model…" or "Routescope: Open Demo Model" first';
 
 export function runModel(loaded: LoadResult): RunModel {
   const info = loaded.info;
@@ -56,35 +60,6 @@ async function resolveTokens(host: EngineHost, input: PromptInput): Promise<{ pr
   return { prompt: input.tokens.join(' '), tokens: [...input.tokens], tokenText };
 }
 
-function allocate(model: RunModel, capacity: number): Map<number, LayerRouting> {
-  const layers = new Map<number, LayerRouting>();
-  for (const layer of model.moeLayers) {
-    layers.set(layer, {
-      layer,
-      routerLogits: new Float32Array(capacity * model.numExperts),
-      experts: new Int32Array(capacity * model.topK),
-      weights: new Float32Array(capacity * model.topK),
-      filled: 0,
-    });
-  }
-  return layers;
-}
-
-function absorb(run: Run, event: LayerEvent): void {
-  const r = event.routing;
-  const target = run.layers.get(r.layer);
-  if (!target) return;
-  const E = r.numExperts;
-  const k = r.topK;
-  const capacity = target.experts.length / k;
-  const count = Math.min(r.count, capacity - r.start);
-  if (count <= 0) return;
-  target.routerLogits.set(r.routerLogits.subarray(0, count * E), r.start * E);
-  target.experts.set(r.experts.subarray(0, count * k), r.start * k);
-  target.weights.set(r.weights.subarray(0, count * k), r.start * k);
-  target.filled = Math.max(target.filled, r.start + count);
-}
-
 function newRun(kind: RunKind, request: RunRequest, model: RunModel, prompt: string, tokens: number[], tokenText: string[], capacity: number): Run {
   const patch = request.patch && !isEmptyPatch(request.patch) ? request.patch : undefined;
   const verb = kind === 'generate' ? 'Generate' : 'Inspect';
@@ -99,31 +74,57 @@ function newRun(kind: RunKind, request: RunRequest, model: RunModel, prompt: str
     tokenText: [...tokenText],
     promptTokens: tokens.length,
     startedAt: Date.now(),
-    layers: allocate(model, capacity),
+    layers: new Map(model.moeLayers.map((layer) => [layer, new LayerRouting(layer, model.numExperts, model.topK, capacity)])),
     ...(request.baseRunId !== undefined ? { baseRunId: request.baseRunId } : {}),
+  };
+}
+
+/** The open model and the prompt's tokens; `makeRun` allocates the run for that many routed positions. */
+async function prepare(host: EngineHost, kind: RunKind, request: RunRequest) {
+  const loaded = host.loaded;
+  if (!loaded) throw new Error(NO_MODEL_MESSAGE);
+  const model = runModel(loaded);
+  const { prompt, tokens, tokenText } = await resolveTokens(host, request.input);
+  return { tokens, info: loaded.info, makeRun: (capacity: number): Run => newRun(kind, request, model, prompt, tokens, tokenText, capacity) };
+}
+
+/** Copies streamed spans into their layers (the host's one copy) and reports them; a span that does not fit the run
+ *  (an engine bug) is kept as the error the run then fails with, instead of escaping the message handler. */
+function absorber(run: Run, request: RunRequest): { absorb(span: RoutingSpan): void; check(): void } {
+  let error: Error | undefined;
+  return {
+    absorb(span) {
+      if (error) return;
+      try {
+        run.layers.get(span.layer)?.write(span);
+      } catch (e) {
+        error = e as Error;
+        return;
+      }
+      request.onUpdate?.(run, span);
+    },
+    check() {
+      if (error) throw error;
+    },
   };
 }
 
 /** One forward pass with routing capture and the next-token distribution. */
 export async function inspectRun(host: EngineHost, request: RunRequest, onStart?: (run: Run) => void): Promise<Run> {
-  const loaded = host.loaded;
-  if (!loaded) throw new Error('no model is open: run "Routescope: Open Model…" or "Routescope: Open Demo Model" first');
-  const model = runModel(loaded);
-  const { prompt, tokens, tokenText } = await resolveTokens(host, request.input);
-  const run = newRun('inspect', request, model, prompt, tokens, tokenText, tokens.length);
+  const { tokens, makeRun } = await prepare(host, 'inspect', request);
+  const run = makeRun(tokens.length);
   onStart?.(run);
   const patch = run.patch ? serializePatch(run.patch) : undefined;
+  const spans = absorber(run, request);
   const result = await host.request(
     'inspect',
     { tokens: Int32Array.from(tokens), logits: 'last', topTokens: 10, ...(patch ? { patch } : {}) },
     {
       ...(request.token ? { token: request.token } : {}),
-      onEvent: (event) => {
-        absorb(run, event);
-        request.onUpdate?.(run, event.routing.layer);
-      },
+      onEvent: (event) => spans.absorb(event.routing),
     },
   );
+  spans.check();
   run.nextTokens = result.nextTokens;
   if (result.nextTokenProbs) run.nextTokenProbs = result.nextTokenProbs;
   run.finishedAt = Date.now();
@@ -132,16 +133,15 @@ export async function inspectRun(host: EngineHost, request: RunRequest, onStart?
 
 /** Generation with routing of every position streamed; the run's tokens grow as they are generated. */
 export async function generateRun(host: EngineHost, request: GenerateRequest, onStart?: (run: Run) => void): Promise<Run> {
-  const loaded = host.loaded;
-  if (!loaded) throw new Error('no model is open: run "Routescope: Open Model…" or "Routescope: Open Demo Model" first');
-  const model = runModel(loaded);
-  const { prompt, tokens, tokenText } = await resolveTokens(host, request.input);
-  const context = loaded.info.maxPositionEmbeddings > 0 ? loaded.info.maxPositionEmbeddings : Number.POSITIVE_INFINITY;
+  const { tokens, makeRun, info } = await prepare(host, 'generate', request);
+  const context = info.maxPositionEmbeddings > 0 ? info.maxPositionEmbeddings : Number.POSITIVE_INFINITY;
   const maxNewTokens = Math.max(0, Math.min(request.maxNewTokens, context - tokens.length));
   if (maxNewTokens === 0) throw new Error(`the prompt (${tokens.length} tokens) leaves no room to generate within the model's context of ${context}`);
-  const run = newRun('generate', request, model, prompt, tokens, tokenText, tokens.length + maxNewTokens);
+  // The last generated token is never fed back through the model: prompt + maxNewTokens - 1 positions are routed.
+  const run = makeRun(tokens.length + maxNewTokens - 1);
   onStart?.(run);
   const patch = run.patch ? serializePatch(run.patch) : undefined;
+  const spans = absorber(run, request);
   const result = await host.request(
     'generate',
     {
@@ -161,19 +161,13 @@ export async function generateRun(host: EngineHost, request: GenerateRequest, on
           run.tokenText.push(event.text);
           request.onUpdate?.(run);
         } else {
-          absorb(run, event);
-          request.onUpdate?.(run, event.routing.layer);
+          spans.absorb(event.routing);
         }
       },
     },
   );
+  spans.check();
   run.generatedText = result.text ?? [...result.tokens].join(' ');
-  // Trim the arrays to the routed positions (the last generated token is never fed back through the model).
-  for (const l of run.layers.values()) {
-    l.routerLogits = l.routerLogits.slice(0, l.filled * model.numExperts);
-    l.experts = l.experts.slice(0, l.filled * model.topK);
-    l.weights = l.weights.slice(0, l.filled * model.topK);
-  }
   run.finishedAt = Date.now();
   return run;
 }

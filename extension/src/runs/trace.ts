@@ -1,17 +1,12 @@
 // A run's routing trace as files (pure, no vscode): .safetensors with router_logits [L,T,E] F32, experts [L,T,k]
 // I32 and weights [L,T,k] F32 (L = MoE layers ascending, as listed in the metadata) plus __metadata__ (tokens,
-// model, patch, … as JSON strings); and CSV, one row per (layer, position).
-import type { Run } from './run';
-import { entropy, softmaxRow } from './aggregate';
+// model, patch, … as JSON strings); and CSV, one row per (layer, position), with the router entropy in nats.
+import { sortedLayers, type Run } from './run';
 
 function routedTokens(run: Run): number {
   let T = Number.POSITIVE_INFINITY;
   for (const l of run.layers.values()) T = Math.min(T, l.filled);
   return Number.isFinite(T) ? T : 0;
-}
-
-function sortedLayers(run: Run) {
-  return [...run.layers.values()].sort((a, b) => a.layer - b.layer);
 }
 
 export function traceMetadata(run: Run, T = routedTokens(run)): Record<string, string> {
@@ -67,23 +62,22 @@ function csvField(value: string): string {
   return /[",\n\r]/.test(value) || /^\s|\s$/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;
 }
 
-/** CSV: layer, position, token id and text, the k experts and weights (highest first), top-1 weight, entropy. */
+/** CSV: layer, position, token id and text, the k experts and weights (highest first), router entropy in nats. */
 export function traceCsv(run: Run): string {
   const T = routedTokens(run);
-  const E = run.model.numExperts;
   const k = run.model.topK;
   const head = ['layer', 'position', 'token_id', 'token'];
   for (let s = 1; s <= k; s++) head.push(`expert_${s}`);
   for (let s = 1; s <= k; s++) head.push(`weight_${s}`);
-  head.push('router_entropy');
+  head.push('router_entropy_nats');
   const rows = [head.join(',')];
-  const p = new Float64Array(E);
   for (const l of sortedLayers(run)) {
+    const entropy = l.routerEntropy();
     for (let t = 0; t < T; t++) {
       const cells = [String(l.layer), String(t), String(run.tokens[t]), csvField(run.tokenText[t] ?? '')];
       for (let s = 0; s < k; s++) cells.push(String(l.experts[t * k + s]));
       for (let s = 0; s < k; s++) cells.push(String(l.weights[t * k + s]));
-      cells.push(entropy(softmaxRow(l.routerLogits, t * E, E, p)).toPrecision(6));
+      cells.push(entropy[t].toPrecision(6));
       rows.push(cells.join(','));
     }
   }

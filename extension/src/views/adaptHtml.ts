@@ -1,7 +1,7 @@
 // The adaptation panel's HTML (views/adaptPanel.ts), as a pure function of the data so a unit test can render it:
 // "Re-mix (C3PO)" (ω before/after per critical layer, neighbours, routing change, answer before/after) and
 // "Generate with rerouting" (rounds, final δ per layer, text with and without rerouting). Only --vscode-* colours.
-import type { RemixResult, RerouteResult } from '../engine/protocol';
+import type { RemixResult, RerouteResult } from '../adapt/protocol';
 import type { NativeRerouteRound } from '../engine/native';
 
 export type AdaptView =

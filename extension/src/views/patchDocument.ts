@@ -1,5 +1,5 @@
 // "Edit Routing Patch": the current patch as a JSON document (routescope-patch:/current-patch.json). Saving it
-// validates with engine/patch.ts against the open model and makes it the current patch; an invalid patch is
+// validates with common/src/patch.ts against the open model and makes it the current patch; an invalid patch is
 // refused with the validator's message (the editor keeps the text).
 import * as vscode from 'vscode';
 import { parsePatch } from '../../../common/src/patch';

@@ -3,18 +3,10 @@
 // current patch).
 import * as vscode from 'vscode';
 import type { Session } from '../session';
-import type { Run } from '../runs/run';
-import { layerStats, type LayerStats } from '../runs/aggregate';
-import { describePatch } from '../../../common/src/patchEdit';
-import { formatBytes } from '../cli/output';
-
-function formatCount(n: number): string {
-  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} B`;
-  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
-  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} K`;
-  return String(n);
-}
-
+import type { LayerStats } from '../../../common/src/routing';
+import { sortedLayers, type Run } from '../runs/run';
+import { biasOf, describePatch } from '../../../common/src/patchEdit';
+import { formatBytes, formatCount } from '../../../common/src/format';
 
 // ---- Model ----------------------------------------------------------------------------------------------------
 
@@ -130,7 +122,7 @@ class LayerItem extends vscode.TreeItem {
   constructor(readonly stats: LayerStats, readonly numExperts: number) {
     super(`Layer ${stats.layer}`, vscode.TreeItemCollapsibleState.Collapsed);
     this.id = `layer-${stats.layer}`;
-    this.description = `entropy ${stats.meanEntropy.toFixed(2)} · balance ${stats.switchBalance.toFixed(2)} · load CV ${stats.loadCv.toFixed(2)}${stats.unusedExperts ? ` · ${stats.unusedExperts} unused` : ''}`;
+    this.description = `router entropy ${stats.meanEntropy.toFixed(2)} nats · balance ${stats.switchBalance.toFixed(2)} · load CV ${stats.loadCv.toFixed(2)}${stats.unusedExperts ? ` · ${stats.unusedExperts} unused` : ''}`;
     this.tooltip = [
       `Layer ${stats.layer}: ${stats.tokens} tokens`,
       `mean router entropy ${stats.meanEntropy.toFixed(3)} nats (max ${Math.log(numExperts).toFixed(3)})`,
@@ -177,10 +169,7 @@ class LayersTree implements vscode.TreeDataProvider<LayersNode> {
     let filled = 0;
     for (const l of run.layers.values()) filled += l.filled;
     if (this.cache?.run !== run || this.cache.filled !== filled) {
-      const stats = [...run.layers.values()]
-        .sort((a, b) => a.layer - b.layer)
-        .filter((l) => l.filled > 0)
-        .map((l) => layerStats(l, run.model.numExperts, run.model.topK));
+      const stats = sortedLayers(run).filter((l) => l.filled > 0).map((l) => l.stats());
       this.cache = { run, filled, stats };
     }
     return this.cache.stats;
@@ -197,12 +186,11 @@ class LayersTree implements vscode.TreeDataProvider<LayersNode> {
     if (!parent) return stats.map((s) => new LayerItem(s, run.model.numExperts));
     if (!(parent instanceof LayerItem)) return [];
     const layerPatch = this.session.patch.layers[String(parent.stats.layer)];
-    const bias = layerPatch?.bias;
     return parent.stats.experts.map((_, e) => {
       const marks: string[] = [];
       if (layerPatch?.mask?.includes(e)) marks.push('masked');
       if (layerPatch?.force?.includes(e)) marks.push('forced');
-      const b = Array.isArray(bias) ? bias[e] : bias?.[String(e)];
+      const b = biasOf(this.session.patch, parent.stats.layer, e);
       if (b) marks.push(`bias ${b > 0 ? '+' : ''}${b}`);
       return new ExpertItem(parent.stats.layer, e, parent.stats, marks);
     });

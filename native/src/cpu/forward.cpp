@@ -9,6 +9,7 @@
 #include "cpu/backward.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
+#include "cpu/moe_experts.h"
 #include "cpu/ops.h"
 
 namespace routescope {
@@ -199,56 +200,13 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
                 sel.data() + static_cast<size_t>(t) * k, wts.data() + static_cast<size_t>(t) * k, &m);
     mixed[t] = m;
   }
-  std::fill(y, y + static_cast<size_t>(T) * H, 0.f);
   if (save) {
     save->g.assign(static_cast<size_t>(T) * k * I, 0.f);
     save->u.assign(static_cast<size_t>(T) * k * I, 0.f);
     save->o.assign(static_cast<size_t>(T) * k * H, 0.f);
   }
-  // Group (token, slot) pairs by expert so every expert's weights are streamed once per forward.
-  std::vector<std::vector<int>> rows(E);
-  for (int t = 0; t < T; ++t)
-    for (int s = 0; s < k; ++s) rows[sel[static_cast<size_t>(t) * k + s]].push_back(t * k + s);
-  // Gather each expert's rows, then run all gate/up products in one dispatch and all down products in another.
-  std::vector<int> offset(E + 1, 0);
-  for (int e = 0; e < E; ++e) offset[e + 1] = offset[e] + static_cast<int>(rows[e].size());
-  const int R = offset[E];  // T * k
-  std::vector<float> xe(static_cast<size_t>(R) * H), g(static_cast<size_t>(R) * I), u(static_cast<size_t>(R) * I),
-      o(static_cast<size_t>(R) * H);
-  std::vector<MatmulJob> jobs;
-  for (int e = 0; e < E; ++e) {
-    const int n = static_cast<int>(rows[e].size());
-    if (!n) continue;
-    for (int i = 0; i < n; ++i)
-      std::memcpy(&xe[static_cast<size_t>(offset[e] + i) * H], x + static_cast<size_t>(rows[e][i] / k) * H, H * sizeof(float));
-    const float* xs = &xe[static_cast<size_t>(offset[e]) * H];
-    jobs.push_back({xs, n, w.gate[e], &g[static_cast<size_t>(offset[e]) * I]});
-    jobs.push_back({xs, n, w.up[e], &u[static_cast<size_t>(offset[e]) * I]});
-  }
-  matmul_batch(pool_, jobs);
-  if (save)
-    for (int e = 0; e < E; ++e)
-      for (int i = 0; i < static_cast<int>(rows[e].size()); ++i) {
-        const size_t src = static_cast<size_t>(offset[e] + i), dst = static_cast<size_t>(rows[e][i]);
-        std::memcpy(&save->g[dst * I], &g[src * I], I * sizeof(float));
-        std::memcpy(&save->u[dst * I], &u[src * I], I * sizeof(float));
-      }
-  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
-  jobs.clear();
-  for (int e = 0; e < E; ++e)
-    if (!rows[e].empty())
-      jobs.push_back({&g[static_cast<size_t>(offset[e]) * I], static_cast<int>(rows[e].size()), w.down[e],
-                      &o[static_cast<size_t>(offset[e]) * H]});
-  matmul_batch(pool_, jobs);
-  for (int e = 0; e < E; ++e)
-    for (int i = 0; i < static_cast<int>(rows[e].size()); ++i) {
-      const int r = rows[e][i];
-      const float wt = wts[r];
-      const float* oi = &o[static_cast<size_t>(offset[e] + i) * H];
-      float* yt = y + static_cast<size_t>(r / k) * H;
-      for (int d = 0; d < H; ++d) yt[d] += wt * oi[d];
-      if (save) std::memcpy(&save->o[static_cast<size_t>(r) * H], oi, H * sizeof(float));
-    }
+  moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
+                      save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
   if (!w.shared_expert_gate.empty()) {
     const int S = cfg_.shared_width;
     std::vector<float> so(static_cast<size_t>(T) * H);

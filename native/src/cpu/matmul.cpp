@@ -36,6 +36,16 @@ void generic_rows(const float* x, int T, const Mat& W, int n0, int n1, float* y,
 }  // namespace
 
 const char* matmul_isa() { return has_avx512() ? "avx512" : "generic"; }
+bool cpu_has_avx512() { return has_avx512(); }
+bool cpu_has_avx512_bf16() {
+  static const bool yes = has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+
+namespace {
+// Products with more rows than this pack the weights into panels; fewer rows stream them (dot_rows).
+constexpr int kStreamRows = 4;
+}  // namespace
 
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
@@ -45,13 +55,21 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
     return;
   }
   const int dt = dt_code(W.dtype);
-  if (T <= 4) {
-    // Memory-bound: split rows in blocks of 4 so every thread streams its own part of W once; at least 256 KiB of
-    // weights per thread, so small matrices (tiny models, one-position C3PO steps) do not pay for waking the pool.
-    int64_t blocks = (N + 3) / 4;
-    const int64_t grain = std::max<int64_t>(16, (int64_t(256) << 10) / (int64_t(4) * K * (dt == 0 ? 4 : 2)));
-    pool.parallel_for(blocks, grain, [&](int64_t a, int64_t b, int) {
-      avx512::dot_rows(x, T, K, W.data, dt, int(a * 4), int(std::min<int64_t>(N, b * 4)), y, N, accumulate);
+  if (T <= kStreamRows) {
+    // Memory-bound: slabs of rows (about 256 KiB of weights each) taken dynamically, so a thread the OS delays does
+    // not hold up the others at the end; small matrices (tiny models, one-position C3PO steps) run on the calling
+    // thread rather than pay for waking the pool.
+    const int64_t row_bytes = int64_t(K) * (dt == 0 ? 4 : 2);
+    const int slab = static_cast<int>(std::max<int64_t>(16, ((int64_t(256) << 10) / row_bytes + 3) / 4 * 4));
+    const int slabs = (N + slab - 1) / slab;
+    if (slabs < 2 || pool.size() == 1) {
+      avx512::dot_rows(x, T, K, W.data, dt, 0, N, y, N, accumulate);
+      return;
+    }
+    std::atomic<int> next{0};
+    pool.run_on_all([&](int) {
+      for (int u; (u = next.fetch_add(1)) < slabs;)
+        avx512::dot_rows(x, T, K, W.data, dt, u * slab, std::min(N, (u + 1) * slab), y, N, accumulate);
     });
     return;
   }
@@ -77,7 +95,7 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
   for (int i = 0; i < static_cast<int>(jobs.size()); ++i) {
     const auto& j = jobs[i];
     if (j.T <= 0) continue;
-    const int step = j.T <= 4 ? 64 : 32;  // decode: 64-row slabs; prefill: one packed panel
+    const int step = j.T <= kStreamRows ? 64 : 32;  // decode: 64-row slabs; prefill: one packed panel
     for (int n = 0; n < j.W.rows; n += step) units.push_back({i, n, std::min(j.W.rows, n + step)});
   }
   std::atomic<size_t> next{0};
@@ -88,7 +106,7 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
       const Unit& un = units[u];
       const MatmulJob& j = jobs[un.job];
       const int dt = dt_code(j.W.dtype);
-      if (j.T <= 4) avx512::dot_rows(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate);
+      if (j.T <= kStreamRows) avx512::dot_rows(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate);
       else avx512::gemm_panel(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate, panel.data());
     }
   });
@@ -184,7 +202,11 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     });
     return;
   }
-  if (N >= 256) {
+  // Column tiles (below) re-read W once per 8 rows of dy: right for many rows against a W that stays in cache (the
+  // attention's probabilities times V), wrong for a few rows against a large W (the LM head's backward), which
+  // streams W row by row instead.
+  const bool small_w = static_cast<int64_t>(N) * K * (dt == 0 ? 4 : 2) <= (int64_t(4) << 20);
+  if (N >= 256 && !(T >= 8 && small_w)) {
     // Stream W row by row in slabs (contiguous reads), each thread summing into its own K-wide partials for a block
     // of up to 16 rows of dy, then reduce. The column-block kernel below reads W with a 32-float stride and once per
     // 8 rows, which made the LM-head backward (N = vocab) of C3PO steps and rerouting rounds bandwidth-starved.

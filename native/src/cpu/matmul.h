@@ -28,5 +28,8 @@ struct MatmulJob {
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
 // Name of the kernel family in use ("avx512" or "generic").
 const char* matmul_isa();
+// CPU features the kernels dispatch on (false when ROUTESCOPE_GENERIC_KERNELS is set).
+bool cpu_has_avx512();
+bool cpu_has_avx512_bf16();
 
 }  // namespace routescope

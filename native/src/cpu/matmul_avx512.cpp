@@ -4,6 +4,9 @@
 
 #include <immintrin.h>
 
+#include "cpu/block_prefetch.h"
+#include "cpu/vecmath_avx512.h"
+
 namespace routescope {
 namespace avx512 {
 
@@ -68,7 +71,14 @@ void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, i
 template <int DT, int TT>
 void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate) {
   long rb = (long)K * elem_bytes(DT);
-  for (int n = n0; n < n1; n += 4) dot_block<DT, TT>(x, K, W, rb, n, imin(4, n1 - n), y, ldy, accumulate);
+  const int lines = 4;
+  for (int n = n0; n < n1; n += 4) {
+    // Each row starts a new page where the hardware prefetcher has to find the stream again: fetch the first
+    // lines of the next block's rows while this block streams.
+    for (int r = 0; r < 4 && n + 4 + r < n1; ++r)
+      for (int l = 0; l < lines; ++l) _mm_prefetch((const char*)(W + (long)(n + 4 + r) * rb + l * 64), _MM_HINT_T0);
+    dot_block<DT, TT>(x, K, W, rb, n, imin(4, n1 - n), y, ldy, accumulate);
+  }
 }
 
 template <int DT>
@@ -125,8 +135,6 @@ void pack_panel(const uint8_t* W, int K, int n, int nr, int kc, int kb, float* p
           continue;
         }
         const uint8_t* row = W + (long)(n + j) * rb;
-        // The next K block of the same rows is packed next: start fetching it now.
-        if (kc + kKC + kk < K) _mm_prefetch((const char*)(row + (long)(kc + kKC + kk) * elem_bytes(DT)), _MM_HINT_T0);
         r[i] = load16_masked<DT>(row, kc + kk, m);
       }
       transpose16(r);
@@ -164,14 +172,27 @@ void micro(const float* x, int ldx, const float* panel, int kb, float* y, int ld
 template <int DT>
 void gemm_panel_dt(const float* x, int T, int K, const uint8_t* W, int n0, int n1, float* y, int ldy,
                    int accumulate, float* panel) {
+  const long eb = elem_bytes(DT), rb = (long)K * eb;
+  const int calls = T / kMR + (T % kMR ? 1 : 0);
+  BlockPrefetch ahead;
   for (int n = n0; n < n1; n += kNR) {
     int nr = imin(kNR, n1 - n);
     for (int kc = 0; kc < K; kc += kKC) {
       int kb = imin(kKC, K - kc);
       pack_panel<DT>(W, K, n, nr, kc, kb, panel);
+      // The block packed next (the next K block of these rows, or the first of the next panel) is fetched while
+      // this one is multiplied.
+      if (kc + kKC < K) ahead.set(W, rb, n, nr, (kc + kKC) * eb, (long)imin(kKC, K - kc - kKC) * eb);
+      else if (n + kNR < n1) ahead.set(W, rb, n + kNR, imin(kNR, n1 - n - kNR), 0, (long)imin(kKC, K) * eb);
+      else ahead.clear();
+      const int per_call = (ahead.total + calls - 1) / calls;
       int add = accumulate || kc > 0;
       int t = 0;
-      for (; t + kMR <= T; t += kMR) micro<kMR>(x + (long)t * K + kc, K, panel, kb, y + (long)t * ldy + n, ldy, nr, add);
+      for (; t + kMR <= T; t += kMR) {
+        ahead.issue(per_call);
+        micro<kMR>(x + (long)t * K + kc, K, panel, kb, y + (long)t * ldy + n, ldy, nr, add);
+      }
+      ahead.issue(ahead.total);
       const float* xs = x + (long)t * K + kc;
       float* ys = y + (long)t * ldy + n;
       switch (T - t) {
@@ -369,6 +390,27 @@ void convert(const uint8_t* src, int dt, float* dst, long n) {
     __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
     __m512 v = dt == 0 ? load16_masked<0>(src, i, m) : (dt == 1 ? load16_masked<1>(src, i, m) : load16_masked<2>(src, i, m));
     _mm512_mask_storeu_ps(dst + i, m, v);
+  }
+}
+
+void silu_mul(const float* g, const float* u, int m, int n, long ldg, float* out, long ldo) {
+  for (int i = 0; i < m; ++i) {
+    const float* gi = g + i * ldg;
+    const float* ui = u + i * ldg;
+    float* oi = out + i * ldo;
+    for (int c = 0; c < n; c += 16) {
+      const __mmask16 mk = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
+      _mm512_mask_storeu_ps(oi + c, mk, avx512math::silu_mul_ps(_mm512_maskz_loadu_ps(mk, gi + c), _mm512_maskz_loadu_ps(mk, ui + c)));
+    }
+  }
+}
+
+void weighted_sum(const float* const* rows, const float* w, int count, int n, float* y, int accumulate) {
+  for (int c = 0; c < n; c += 16) {
+    const __mmask16 mk = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
+    __m512 acc = accumulate ? _mm512_maskz_loadu_ps(mk, y + c) : _mm512_setzero_ps();
+    for (int i = 0; i < count; ++i) acc = _mm512_fmadd_ps(_mm512_set1_ps(w[i]), _mm512_maskz_loadu_ps(mk, rows[i] + c), acc);
+    _mm512_mask_storeu_ps(y + c, mk, acc);
   }
 }
 

@@ -18,5 +18,9 @@ void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, in
 void backward_gemm(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, int k0, int k1,
                    float* dx, int accumulate, float* panel /* KC*32 floats */);
 void convert(const uint8_t* src, int dt, float* dst, long n);
+// out[i][c] = silu(g[i][c]) * u[i][c] for an [m][n] tile (row strides ldg, ldo).
+void silu_mul(const float* g, const float* u, int m, int n, long ldg, float* out, long ldo);
+// y (+)= sum_i w[i] * rows[i], rows of n floats (the MoE combine of one token, slots in order).
+void weighted_sum(const float* const* rows, const float* w, int count, int n, float* y, int accumulate);
 }  // namespace avx512
 }  // namespace routescope

@@ -70,6 +70,16 @@ class ConfigReader {
     if (!v->as_int64(x) || x < 0 || x > INT_MAX) throw Error("BAD_CONFIG", path_ + ": \"" + key + "\" must be a non-negative integer");
     return static_cast<int>(x);
   }
+  // A field transformers reads under two names (its config classes' attribute_map): either may be present; both
+  // must then agree.
+  int integer_alias(const std::string& key, const std::string& alias) const {
+    const Json* a = get(key);
+    const Json* b = get(alias);
+    if (a && b && a->dump() != b->dump())
+      throw Error("BAD_CONFIG", path_ + ": \"" + key + "\" and \"" + alias + "\" disagree");
+    if (!a && !b) throw Error("BAD_CONFIG", path_ + ": missing \"" + key + "\" (or \"" + alias + "\")");
+    return integer(a ? key : alias);
+  }
   double number(const std::string& key, double fallback) const {
     const Json* v = get(key);
     if (!v) return fallback;
@@ -138,13 +148,13 @@ ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& i
 
   switch (cfg.arch) {
     case Arch::Mixtral:
-      cfg.experts = c.integer("num_local_experts");
+      cfg.experts = c.integer_alias("num_local_experts", "num_experts");
       cfg.expert_width = c.integer("intermediate_size");
       cfg.norm_topk = true;
       cfg.sliding_window = c.integer("sliding_window", 0);
       break;
     case Arch::Olmoe:
-      cfg.experts = c.integer("num_experts");
+      cfg.experts = c.integer_alias("num_experts", "num_local_experts");
       cfg.expert_width = c.integer("intermediate_size");
       cfg.norm_topk = c.boolean("norm_topk_prob", false);
       cfg.qk_norm = QKNorm::Whole;
@@ -160,7 +170,7 @@ ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& i
       if (c.boolean("use_sliding_window", false)) cfg.sliding_window = c.integer("sliding_window", 0);
       break;
     case Arch::Qwen3Moe:
-      cfg.experts = c.integer("num_experts");
+      cfg.experts = c.integer_alias("num_experts", "num_local_experts");
       cfg.expert_width = c.integer("moe_intermediate_size");
       cfg.dense_width = c.integer("intermediate_size", 0);
       cfg.norm_topk = c.boolean("norm_topk_prob", true);

@@ -1,0 +1,99 @@
+// `routescope bench` (prefill and decode throughput, peak memory) and `routescope info` (what the engine read).
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { CliError, parseInteger } from './args';
+import { formatBytes } from '../../../common/src/format';
+import { describeModel, jsonText, modelInfoJson } from './output';
+import { action, commonOptions, engineCall, out, withModel, type CommonOptions } from './setup';
+
+interface BenchOptions extends CommonOptions {
+  promptTokens: string;
+  decodeTokens: string;
+  seed: string;
+}
+
+/** Deterministic in-vocabulary token ids (mulberry32). */
+function randomTokens(count: number, vocab: number, seed: number): number[] {
+  let state = seed >>> 0;
+  const next = (): number => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return Array.from({ length: count }, () => Math.floor(next() * vocab));
+}
+
+async function bench(options: BenchOptions): Promise<void> {
+  const promptTokens = parseInteger('--prompt-tokens', options.promptTokens, 1, 1_000_000);
+  const decodeTokens = parseInteger('--decode-tokens', options.decodeTokens, 0, 1_000_000);
+  const seed = parseInteger('--seed', options.seed, 0);
+  await withModel(options, async ({ model, info }) => {
+    const limit = info.maxPositionEmbeddings;
+    if (limit > 0 && promptTokens + decodeTokens > limit) {
+      throw new CliError(`--prompt-tokens + --decode-tokens = ${promptTokens + decodeTokens} exceed max_position_embeddings=${limit} of ${path.join(info.dir, 'config.json')}`);
+    }
+    const tokens = randomTokens(promptTokens + decodeTokens, info.vocabSize, seed);
+    const prompt = Int32Array.from(tokens.slice(0, promptTokens));
+    const session = model.createSession(promptTokens + decodeTokens);
+
+    // Warm-up: touch the weights and the kernels once, then start from an empty cache.
+    await engineCall(session, () => session.forward(prompt.subarray(0, Math.min(promptTokens, 16)), { logits: 'last' }));
+    await engineCall(session, () => session.forward(Int32Array.of(tokens[0]), { logits: 'last' }));
+    session.reset();
+
+    let t0 = performance.now();
+    await engineCall(session, () => session.forward(prompt, { logits: 'last' }));
+    const prefillSeconds = (performance.now() - t0) / 1000;
+    t0 = performance.now();
+    for (let i = 0; i < decodeTokens; i++) {
+      const token = Int32Array.of(tokens[promptTokens + i]);
+      await engineCall(session, () => session.forward(token, { logits: 'last' }));
+    }
+    const decodeSeconds = (performance.now() - t0) / 1000;
+    const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+    const report = {
+      prompt_tokens: promptTokens,
+      decode_tokens: decodeTokens,
+      prefill_seconds: prefillSeconds,
+      prefill_tokens_per_s: promptTokens / prefillSeconds,
+      decode_seconds: decodeSeconds,
+      decode_tokens_per_s: decodeTokens > 0 ? decodeTokens / decodeSeconds : null,
+      peak_rss_bytes: peakRssBytes,
+      model: modelInfoJson(info),
+    };
+    if (options.json) {
+      out(jsonText(report) + '\n');
+      return;
+    }
+    out(`${describeModel(info)}\n`);
+    out(`weights mapped: ${formatBytes(info.weightBytes)}\n`);
+    out(`prefill: ${promptTokens} tokens in ${prefillSeconds.toFixed(3)} s = ${report.prefill_tokens_per_s.toFixed(1)} tokens/s\n`);
+    if (decodeTokens > 0) out(`decode:  ${decodeTokens} tokens in ${decodeSeconds.toFixed(3)} s = ${(decodeTokens / decodeSeconds).toFixed(1)} tokens/s\n`);
+    out(`peak RSS: ${formatBytes(peakRssBytes)}\n`);
+  });
+}
+
+async function info(options: CommonOptions): Promise<void> {
+  await withModel(options, async ({ info }) => {
+    if (options.json) {
+      out(jsonText(modelInfoJson(info)) + '\n');
+      return;
+    }
+    out(`${info.dir}\n${describeModel(info)}\n`);
+    out(`hidden ${info.hiddenSize}, heads ${info.numHeads}/${info.numKvHeads} × ${info.headDim}, expert width ${info.expertWidth}`);
+    out(`${info.sharedExpertWidth ? `, shared expert ${info.sharedExpertWidth}` : ''}, vocab ${info.vocabSize}, context ${info.maxPositionEmbeddings}\n`);
+    out(`weights mapped: ${formatBytes(info.weightBytes)} in ${info.shards} file${info.shards === 1 ? '' : 's'}\n`);
+  });
+}
+
+export function registerBenchCommands(program: Command): void {
+  commonOptions(program.command('bench').description('prefill and decode throughput and peak memory'))
+    .option('--prompt-tokens <n>', 'prefill length (random in-vocabulary tokens)', '512')
+    .option('--decode-tokens <n>', 'single-token decode steps after the prefill', '64')
+    .option('--seed <n>', 'seed of the random tokens', '0')
+    .action(action(bench));
+
+  commonOptions(program.command('info').description('what the engine read from a model folder')).action(action(info));
+}

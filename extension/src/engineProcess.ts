@@ -1,0 +1,6 @@
+// The engine process's entry (dist/engine-worker.js, forked by engine/host.ts): the engine's own requests plus the
+// ones adaptation registers (adapt/requests.ts). Only wiring, like extension.ts.
+import { serveEngine } from './engine/worker';
+import { adaptHandlers } from './adapt/requests';
+
+serveEngine(adaptHandlers);

@@ -1,0 +1,36 @@
+// Vector exp and SiLU for the AVX-512 translation units (internal linkage: each includer compiles its own copy with
+// its own target flags).
+#pragma once
+#include <immintrin.h>
+
+namespace routescope {
+namespace avx512math {
+
+// e^x, relative error within 2 ulp of float over the range where the result is a normal float; overflows to +inf and
+// underflows to 0 like expf. Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, scale by 2^n.
+static inline __m512 exp_ps(__m512 x) {
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7228391f)), _mm512_set1_ps(-103.972084f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+  r = _mm512_fnmadd_ps(n, ln2_lo, r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// silu(g) * u = g * u / (1 + e^-g)
+static inline __m512 silu_mul_ps(__m512 g, __m512 u) {
+  const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
+  return _mm512_div_ps(_mm512_mul_ps(g, u), _mm512_add_ps(_mm512_set1_ps(1.f), e));
+}
+
+}  // namespace avx512math
+}  // namespace routescope

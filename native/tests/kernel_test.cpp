@@ -1,0 +1,184 @@
+// The grouped expert kernels against a float64 loop: every kernel family the CPU has, every weight dtype, ragged
+// shapes, routings from one token to a few hundred.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "cpu/convert.h"
+#include "cpu/matmul.h"
+#include "cpu/matmul_bf16.h"
+#include "cpu/moe_experts.h"
+#include "model/model.h"
+#include "test.h"
+
+using namespace routescope;
+
+namespace {
+
+uint16_t round_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+uint16_t round_f16(float f) {  // inputs here are small normal numbers
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000, exp = (u >> 23) & 0xFF, mant = u & 0x7FFFFF;
+  int e = int(exp) - 127 + 15;
+  if (e <= 0) return static_cast<uint16_t>(sign);
+  return static_cast<uint16_t>(sign | (e << 10) | ((mant + 0x1000) >> 13));
+}
+
+// A weight matrix in a dtype with its exact values, stored one element off alignment like a safetensors view.
+struct Weights {
+  std::vector<uint8_t> bytes;
+  std::vector<double> values;
+  Mat mat;
+};
+Weights make_weights(int N, int K, DType dt, float scale, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.f, scale);
+  Weights w;
+  const size_t n = size_t(N) * K, es = dtype_size(dt);
+  w.bytes.assign(n * es + 8, 0);
+  w.values.resize(n);
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) {
+    float v = nd(rng);
+    if (dt == DType::F32) std::memcpy(&w.bytes[2 + 4 * i], &v, 4);
+    else {
+      const uint16_t h = dt == DType::BF16 ? round_bf16(v) : round_f16(v);
+      std::memcpy(&w.bytes[2 + 2 * i], &h, 2);
+    }
+  }
+  convert_to_f32(w.bytes.data() + 2, dt, f.data(), n);
+  for (size_t i = 0; i < n; ++i) w.values[i] = f[i];
+  w.mat = Mat{w.bytes.data() + 2, dt, N, K};
+  return w;
+}
+
+const char* family_name(ExpertKernels f) {
+  switch (f) {
+    case ExpertKernels::Generic: return "generic";
+    case ExpertKernels::Avx512: return "avx512";
+    case ExpertKernels::Avx512Bf16: return "avx512_bf16";
+    default: return "auto";
+  }
+}
+
+}  // namespace
+
+TEST("kernels: grouped experts (gate/up, SiLU, down, weighted combine) match a float64 loop for every family") {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool1(1), pool2(2);
+  struct Shape {
+    int H, I, E, k;
+  };
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (Shape sh : {Shape{64, 48, 6, 2}, Shape{37, 22, 5, 3}, Shape{130, 70, 8, 4}})
+      for (int T : {1, 3, 5, 17, 70, 300}) {
+        const int H = sh.H, I = sh.I, E = sh.E, k = sh.k;
+        std::vector<Weights> gw, uw, dw;
+        std::vector<Mat> gate, up, down;
+        for (int e = 0; e < E; ++e) {
+          gw.push_back(make_weights(I, H, dt, 0.3f, rng));
+          uw.push_back(make_weights(I, H, dt, 0.3f, rng));
+          dw.push_back(make_weights(H, I, dt, 0.3f, rng));
+        }
+        for (int e = 0; e < E; ++e) gate.push_back(gw[e].mat), up.push_back(uw[e].mat), down.push_back(dw[e].mat);
+        std::vector<float> x(size_t(T) * H), w(size_t(T) * k);
+        std::vector<int32_t> sel(size_t(T) * k);
+        for (auto& v : x) v = nd(rng);
+        for (int t = 0; t < T; ++t) {
+          // Skewed routing: expert 0 takes most tokens, so one expert's rows span several work units.
+          std::vector<int> perm(E);
+          for (int e = 0; e < E; ++e) perm[e] = e;
+          std::shuffle(perm.begin() + 1, perm.end(), rng);
+          if (rng() % 4 == 0) std::swap(perm[0], perm[1 + rng() % (E - 1)]);
+          for (int s = 0; s < k; ++s) sel[size_t(t) * k + s] = perm[s], w[size_t(t) * k + s] = 0.2f + 0.1f * s;
+        }
+        // float64 reference
+        std::vector<double> ref(size_t(T) * H, 0.0), ref_g(size_t(T) * k * I), ref_u(size_t(T) * k * I),
+            ref_o(size_t(T) * k * H);
+        for (int t = 0; t < T; ++t)
+          for (int s = 0; s < k; ++s) {
+            const int e = sel[size_t(t) * k + s], r = t * k + s;
+            std::vector<double> a(I);
+            for (int i = 0; i < I; ++i) {
+              double g = 0, u = 0;
+              for (int c = 0; c < H; ++c) {
+                g += double(x[size_t(t) * H + c]) * gw[e].values[size_t(i) * H + c];
+                u += double(x[size_t(t) * H + c]) * uw[e].values[size_t(i) * H + c];
+              }
+              ref_g[size_t(r) * I + i] = g, ref_u[size_t(r) * I + i] = u;
+              a[i] = g / (1 + std::exp(-g)) * u;
+            }
+            for (int d = 0; d < H; ++d) {
+              double o = 0;
+              for (int i = 0; i < I; ++i) o += a[i] * dw[e].values[size_t(d) * I + i];
+              ref_o[size_t(r) * H + d] = o;
+              ref[size_t(t) * H + d] += w[size_t(t) * k + s] * o;
+            }
+          }
+        auto worst = [](const std::vector<float>& got, const std::vector<double>& want) {
+          double m = 0;
+          for (size_t i = 0; i < want.size(); ++i) m = std::max(m, std::fabs(got[i] - want[i]) / (1 + std::fabs(want[i])));
+          return m;
+        };
+        for (ExpertKernels f : {ExpertKernels::Generic, ExpertKernels::Avx512, ExpertKernels::Avx512Bf16}) {
+          if (!expert_kernels_available(f)) continue;
+          std::vector<float> y(size_t(T) * H, 7.f), y2(size_t(T) * H, -3.f), g(size_t(T) * k * I), u(g.size()),
+              o(size_t(T) * k * H);
+          moe_experts_forward(pool2, x.data(), T, k, sel.data(), w.data(), gate, up, down, y.data(), g.data(), u.data(),
+                              o.data(), f);
+          moe_experts_forward(pool1, x.data(), T, k, sel.data(), w.data(), gate, up, down, y2.data(), nullptr, nullptr,
+                              nullptr, f);
+          // The pair kernels keep ~17 bits of each activation (x = hi + lo in bf16): a looser, stated bound.
+          const bool pairs = f == ExpertKernels::Avx512Bf16 && dt == DType::BF16;
+          const double tol = pairs ? 2e-3 : 1e-4;
+          const double ey = worst(y, ref), eg = worst(g, ref_g), eu = worst(u, ref_u), eo = worst(o, ref_o);
+          const double e = std::max(std::max(ey, eo), std::max(eg, eu));
+          CHECK_MSG(e < tol, family_name(f) << " " << dtype_name(dt) << " H=" << H << " I=" << I << " T=" << T
+                                            << ": error y " << ey << ", g " << eg << ", u " << eu << ", o " << eo);
+          CHECK_MSG(y == y2, family_name(f) << " " << dtype_name(dt) << " T=" << T << ": 1 and 2 threads differ");
+          // The same routing with every token's slots listed in reverse gives the same bits.
+          std::vector<int32_t> rsel(sel.size());
+          std::vector<float> rw(w.size()), y3(size_t(T) * H);
+          for (int t = 0; t < T; ++t)
+            for (int s = 0; s < k; ++s) rsel[size_t(t) * k + s] = sel[size_t(t) * k + k - 1 - s], rw[size_t(t) * k + s] = w[size_t(t) * k + k - 1 - s];
+          moe_experts_forward(pool2, x.data(), T, k, rsel.data(), rw.data(), gate, up, down, y3.data(), nullptr, nullptr,
+                              nullptr, f);
+          CHECK_MSG(y == y3, family_name(f) << " " << dtype_name(dt) << " T=" << T << ": slot order changes the result");
+          if (T == 300 && sh.H == 130)
+            std::printf("     %-12s %-5s worst relative error vs float64 (T=300, H=130): %.2e\n", family_name(f),
+                        dtype_name(dt), e);
+        }
+      }
+}
+
+TEST("kernels: bf16 pair split keeps 16 bits of every activation (|x - hi - lo| <= 2^-16 |x|)") {
+  if (!cpu_has_avx512_bf16()) SKIP("no AVX512_BF16 on this CPU");
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> mant(1.f, 2.f);
+  std::uniform_int_distribution<int> ex(-40, 40);
+  const int K = 77;
+  std::vector<float> x(size_t(3) * K);
+  for (auto& v : x) v = std::ldexp(mant(rng), ex(rng)) * (rng() % 2 ? 1.f : -1.f);
+  const int P = (K + 1) / 2;
+  std::vector<uint32_t> hi(size_t(3) * P), lo(size_t(3) * P);
+  bf16dp::split_rows(x.data(), K, nullptr, 3, K, hi.data(), lo.data());
+  double worst = 0;
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < K; ++c) {
+      const uint32_t h = hi[size_t(r) * P + c / 2], l = lo[size_t(r) * P + c / 2];
+      const float hv = bf16_to_f32(static_cast<uint16_t>(c % 2 ? h >> 16 : h & 0xFFFF));
+      const float lv = bf16_to_f32(static_cast<uint16_t>(c % 2 ? l >> 16 : l & 0xFFFF));
+      const double v = x[size_t(r) * K + c];
+      worst = std::max(worst, std::fabs(v - double(hv) - double(lv)) / std::fabs(v));
+    }
+  // The padding element of the odd tail is zero in both halves.
+  CHECK((hi[P - 1] >> 16) == 0 && (lo[P - 1] >> 16) == 0);
+  std::printf("     worst |x - hi - lo| / |x| = %.2e (2^-16 = %.2e)\n", worst, std::ldexp(1.0, -16));
+  CHECK_MSG(worst <= std::ldexp(1.0, -16), "split error " << worst);
+}

@@ -1,0 +1,621 @@
+#!/usr/bin/env python3
+"""Parity fixtures from transformers' own modeling code (see README.md in this folder).
+
+For every case: a tiny random config of the architecture, transformers' XxxForCausalLM (eager attention, eager
+experts) built from it, random weights rounded to the stored dtype, run in float64 (transformers keeps its router
+softmax in float32, as it does for every user). Writes test/fixtures/parity/<case>/:
+  model/                  config.json + safetensors (one file or shards + index), fused or per-expert layout
+  cases.json              tokens, patched runs, gradient requests (format: test/parity/README.md)
+  reference.safetensors   logits, raw router logits (hooked on the gate), selected experts and applied weights per
+                          MoE layer for every run; loss, router-bias gradients (autograd through transformers'
+                          router) and their central finite differences for every gradient request
+
+    /usr/bin/python3 tools/hf-reference/generate.py [--only CASE ...]
+
+Deterministic: a re-run writes byte-identical files.
+"""
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import archs  # noqa: E402
+import route  # noqa: E402
+import runtime  # noqa: E402
+import shims  # noqa: E402
+import st  # noqa: E402
+
+GAP = 2e-3          # min margin of every selection (score units) and group choice; keeps fp32 engines on the same side
+ORDER_GAP = 1e-4    # min gap between consecutive reported weights
+FD_STEP = 1e-5      # central finite-difference step (float64 throughout)
+FD_RTOL = 1e-6      # autograd vs finite differences: max|a - fd| <= FD_RTOL * max|a| + 1e-12
+MAX_WEIGHT_DRAWS = 100
+MAX_PATCH_DRAWS = 200
+
+CASES = [
+    dict(name="mixtral-perexpert-f32", arch="mixtral", layout="per-expert", dtype="F32", shards=1, T=12, k=2),
+    dict(name="mixtral-perexpert-f16-sharded", arch="mixtral", layout="per-expert", dtype="F16", shards=2, T=11, k=2),
+    dict(name="mixtral-fused-bf16-sharded", arch="mixtral", layout="fused", dtype="BF16", shards=3, T=10, k=2,
+         style="v5"),
+    dict(name="olmoe-perexpert-bf16", arch="olmoe", layout="per-expert", dtype="BF16", shards=1, T=12, k=2),
+    dict(name="olmoe-fused-f32-sharded", arch="olmoe", layout="fused", dtype="F32", shards=2, T=11, k=2, style="v5"),
+    dict(name="olmoe-fused-f16", arch="olmoe", layout="fused", dtype="F16", shards=1, T=10, k=2),
+    dict(name="qwen2_moe-perexpert-f16", arch="qwen2_moe", layout="per-expert", dtype="F16", shards=1, T=12, k=2),
+    dict(name="qwen2_moe-perexpert-bf16-sharded", arch="qwen2_moe", layout="per-expert", dtype="BF16", shards=3,
+         T=11, k=2),
+    dict(name="qwen2_moe-fused-f32", arch="qwen2_moe", layout="fused", dtype="F32", shards=1, T=10, k=2, style="v5"),
+    dict(name="qwen3_moe-perexpert-bf16-sharded", arch="qwen3_moe", layout="per-expert", dtype="BF16", shards=2,
+         T=12, k=3),
+    dict(name="qwen3_moe-fused-f32", arch="qwen3_moe", layout="fused", dtype="F32", shards=1, T=11, k=3, style="v5"),
+    dict(name="qwen3_moe-fused-f16", arch="qwen3_moe", layout="fused", dtype="F16", shards=1, T=10, k=3, style="v5"),
+]
+
+DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+transformers = None  # imported after the runtime is prepared
+
+
+def f32(v):
+    """A float64 holding exactly the nearest float32 value (JSON text, fp32 engine and reference agree)."""
+    return float(np.float32(v))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model construction
+
+
+def build_model(arch, case, cfg_dict):
+    config = transformers.AutoConfig.for_model(cfg_dict["model_type"], **{k: v for k, v in cfg_dict.items()
+                                                                       if k != "model_type"})
+    config._attn_implementation = "eager"
+    config._experts_implementation = "eager"
+    model = getattr(transformers, arch.causal_lm)(config)
+    return config, model.eval()
+
+
+def param_std(name, shape):
+    """(mean, std) of the random value of a parameter, by its role."""
+    if name.endswith("e_score_correction_bias"):
+        return 0.0, 0.02
+    if "norm" in name and len(shape) == 1:
+        return 1.0, 0.1
+    if name == "model.embed_tokens.weight":
+        return 0.0, 1.0
+    if name == "lm_head.weight":
+        return 0.0, 0.2
+    if name.endswith(".bias"):
+        return 0.0, 0.1
+    if ".gate.weight" in name or name.endswith("shared_expert_gate.weight"):
+        return 0.0, 0.3
+    if "self_attn" in name:
+        return 0.0, 0.15
+    return 0.0, 0.2
+
+
+def stored_dtype(name, dtype):
+    """The dtype a tensor is stored in: the case's, except the small float32 tensors real checkpoints keep."""
+    if name.endswith("e_score_correction_bias"):
+        return "F32"
+    return dtype
+
+
+def fill_weights(model, rng, dtype):
+    """Random weights rounded to their stored dtype; returns [(name, float64 tensor, stored dtype)] in state order."""
+    named = []
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, t in state.items():
+            if name.endswith("inv_freq"):  # non-persistent buffers never reach a checkpoint
+                continue
+            mean, std = param_std(name, t.shape)
+            sd = stored_dtype(name, dtype)
+            v = torch.from_numpy(rng.standard_normal(tuple(t.shape))) * std + mean
+            v = v.to(st.TORCH_DTYPE[sd]).to(torch.float64)
+            t.copy_(v.to(t.dtype))
+            named.append((name, v, sd))
+    model.double()
+    for name, v, _ in named:  # the float64 model holds exactly the stored values
+        assert torch.equal(model.state_dict()[name], v), name
+    return named
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hooks: raw router logits from the gate's linear, selection and weights at the experts' input
+
+
+class Tap:
+    """Taps one model's routers and experts. Plain runs use transformers' routing untouched (and check route.py
+    against it); a bias patch is added to the raw logits and routed by transformers; mask / force / mix runs (and
+    gradients through them) replace the experts' (indices, weights) by route.py's rule."""
+
+    def __init__(self, arch, model, rule, k, E):
+        self.blocks = arch.moe_blocks(model)
+        self.rule, self.k, self.E = rule, k, E
+        self.routers = [(l, w) for l, (_, w, _) in self.blocks.items()]
+        for l, (_, _, experts) in self.blocks.items():
+            experts.register_forward_pre_hook(lambda mod, args, l=l: self.at_experts(l, args))
+        self.set()
+
+    def set(self, patch=None, extra=None, mix=None, override=False):
+        self.patch = (patch or {}).get("layers", {})
+        self.extra = extra or {}          # layer -> leaf tensor [E] added to the logits (gradients)
+        self.mix = mix                    # (layer, position, row tensor) for gradients w.r.t. theta
+        self.override = override
+        self.raw, self.used, self.hf, self.margins = {}, {}, {}, {}
+
+    def bias(self, l):
+        b = torch.zeros(self.E, dtype=torch.float64)
+        pb = self.patch.get(str(l), {}).get("bias")
+        if pb:
+            for e, v in (pb.items() if isinstance(pb, dict) else enumerate(pb)):
+                b[int(e)] += v
+        if l in self.extra:
+            b = b + self.extra[l]
+        return b
+
+    def linear(self, x, w, b=None):
+        y = ORIG_LINEAR(x, w, b)
+        for l, W in self.routers:
+            if w is W or (w.shape == W.shape and w.dtype != W.dtype and torch.equal(w, W.to(w.dtype))):
+                self.raw[l] = y.reshape(-1, self.E).to(torch.float64)  # kept in the graph for route.py
+                return y + self.bias(l).to(y.dtype) if y.dtype == torch.float64 else y + self.bias(l)
+        return y
+
+    def at_experts(self, l, args):
+        hidden, idx, w = args
+        self.hf[l] = (idx.detach().clone(), w.detach().clone())
+        z = self.raw[l] + self.bias(l)
+        mix = {self.mix[1]: self.mix[2]} if self.mix and self.mix[0] == l else None
+        idx2, w2, margins = route.route(self.rule, l, z, self.k, self.patch.get(str(l)), mix_override=mix)
+        self.margins[l] = margins
+        if not self.override:
+            self.used[l] = sort_routing(idx.detach(), w.detach())
+            self.check_rule(l, idx2, w2)
+            return None
+        self.used[l] = (idx2, w2.detach())
+        return (hidden, idx2, w2.to(hidden.dtype))
+
+    def check_rule(self, l, idx2, w2):
+        """route.py's rule on the same logits selects what transformers selected, with the same weights."""
+        idx, w = self.used[l]
+        assert torch.equal(idx, idx2), (l, idx, idx2)
+        err = (w.to(torch.float64) - w2.detach()).abs().max().item()
+        assert err < (1e-6 if self.islands else 1e-12), (l, err)
+
+
+def sort_routing(idx, w):
+    """Per token: highest weight first, ties by lower expert index (the engine's reporting order)."""
+    out_i, out_w = [], []
+    for t in range(idx.shape[0]):
+        order = sorted(range(idx.shape[1]), key=lambda j: (-float(w[t, j]), int(idx[t, j])))
+        out_i.append([int(idx[t, j]) for j in order])
+        out_w.append(w[t, order].to(torch.float64))
+    return torch.tensor(out_i, dtype=torch.long), torch.stack(out_w)
+
+
+ORIG_LINEAR = torch.nn.functional.linear
+
+
+class Runner:
+    def __init__(self, arch, model, rule, k, E, moe_layers):
+        self.model, self.tap, self.moe = model, Tap(arch, model, rule, k, E), moe_layers
+
+    def forward(self, tokens, patch=None, extra=None, mix=None, grad=False, islands=False):
+        """islands=True: transformers' own float32 islands (RMSNorm, RoPE, router softmax); else float64 throughout."""
+        needs_override = bool(mix) or any(
+            ("mask" in lp or "force" in lp or "mix" in lp) for lp in ((patch or {}).get("layers", {}).values()))
+        self.tap.set(patch, extra, mix, needs_override)
+        self.tap.islands = islands
+        torch.nn.functional.linear = self.tap.linear
+        try:
+            with torch.set_grad_enabled(grad), (contextlib.nullcontext() if islands else shims.float64_throughout()):
+                logits = self.model(input_ids=torch.tensor([tokens]), use_cache=False).logits[0]
+        finally:
+            torch.nn.functional.linear = ORIG_LINEAR
+        rec = {}
+        for l in self.moe:
+            idx, w = self.tap.used[l]
+            m = self.tap.margins[l]
+            rec[l] = dict(router_logits=self.tap.raw[l].detach().clone(), experts=idx.tolist(), weights=w.detach().clone(),
+                          sets=[set(r) for r in idx.tolist()],
+                          gap=min(min(x["select"], x["group"]) for x in m),
+                          order_gap=min(x["order"] for x in m), min_choice=min(x["min_choice"] for x in m))
+        return logits, rec
+
+
+def loss_of(logits, tokens, target):
+    s, e = target if target else (1, len(tokens))
+    lp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    return -torch.stack([lp[j - 1, tokens[j]] for j in range(s, e)]).mean()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs and gradients (the same design as test/parity/make_fixtures.py: patches that change the routing, margins
+# that keep every selection unambiguous in float32)
+
+
+class Retry(Exception):
+    pass
+
+
+def routing_ok(rec, ordering=True):
+    for r in rec.values():
+        if r["gap"] <= GAP or r["min_choice"] <= GAP or (ordering and r["order_gap"] <= ORDER_GAP):
+            return False
+    return True
+
+
+def changed(rec, base):
+    return any(rec[l]["sets"] != base[l]["sets"] for l in rec)
+
+
+def grad_eval(runner, tokens, g, E):
+    """Autograd through the model (selection fixed by the forward), plus central differences of the bias grads."""
+    mix = None
+    theta = None
+    if g["mix"]:
+        theta = torch.tensor(g["mix"]["logits"], dtype=torch.float64, requires_grad=True)
+        mix = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(theta, -1))
+    extra = {l: torch.zeros(E, dtype=torch.float64, requires_grad=True) for l in g["layers"]}
+    logits, rec = runner.forward(tokens, g["patch"], extra, mix, grad=True)
+    loss = loss_of(logits, tokens, g["target"])
+    loss.backward()
+    out = {"loss": loss.item(), "bias": {l: extra[l].grad.clone() for l in g["layers"]}, "rec": rec}
+    if theta is not None:
+        out["mix_grad"] = theta.grad.clone()
+
+    def L(ex, th=None):
+        m = None
+        if g["mix"]:
+            m = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(th if th is not None else theta.detach(), -1))
+        lo, r = runner.forward(tokens, g["patch"], ex, m)
+        assert all(r[l]["sets"] == rec[l]["sets"] for l in rec), "a finite-difference step changed the selection"
+        return loss_of(lo, tokens, g["target"]).item()
+
+    out["fd"] = {}
+    for l in g["layers"]:
+        fd = torch.zeros(E, dtype=torch.float64)
+        for e in range(E):
+            hp = {ll: torch.zeros(E, dtype=torch.float64) for ll in g["layers"]}
+            hm = {ll: torch.zeros(E, dtype=torch.float64) for ll in g["layers"]}
+            hp[l][e] = FD_STEP
+            hm[l][e] = -FD_STEP
+            fd[e] = (L(hp) - L(hm)) / (2 * FD_STEP)
+        out["fd"][l] = fd
+        a = out["bias"][l]
+        err = (a - fd).abs().max().item()
+        assert err <= FD_RTOL * a.abs().max().item() + 1e-12, (g["name"], l, err, a, fd)
+    out["fd_err"] = max(((out["bias"][l] - out["fd"][l]).abs().max().item() /
+                         max(out["bias"][l].abs().max().item(), 1e-30)) for l in g["layers"])
+    if theta is not None:
+        fd = torch.zeros(E, dtype=torch.float64)
+        for e in range(E):
+            tp, tm = theta.detach().clone(), theta.detach().clone()
+            tp[e] += FD_STEP
+            tm[e] -= FD_STEP
+            fd[e] = (L({}, tp) - L({}, tm)) / (2 * FD_STEP)
+        err = (out["mix_grad"] - fd).abs().max().item()
+        assert err <= FD_RTOL * out["mix_grad"].abs().max().item() + 1e-12, ("mix", err)
+    return out
+
+
+def bias_obj(rng, E, experts=None, count=None):
+    if experts is None:
+        experts = sorted(rng.choice(E, size=count, replace=False).tolist())
+    b = {}
+    for e in experts:
+        v = 0.0
+        while abs(v) < 0.5:
+            v = float(rng.integers(-32, 33)) / 16.0  # multiples of 1/16 in [-2, 2]: exact in fp32 and JSON
+        b[str(e)] = v
+    return b
+
+
+def unselected_somewhere(base, l, T, E):
+    return [e for e in range(E) if sum(e not in base[l]["sets"][t] for t in range(T)) >= (T + 1) // 2]
+
+
+def design(runner, tokens, base, seed, E, rule):
+    moe, T = runner.moe, len(tokens)
+
+    def search(tag, make, check):
+        for a in range(MAX_PATCH_DRAWS):
+            rng = np.random.default_rng([seed, tag, a])
+            cand = json.loads(json.dumps(make(rng)))  # exactly what is written
+            if check(cand):
+                return cand
+        raise Retry(f"no robust draw for {tag}")
+
+    def run_ok(patch):
+        _, rec = runner.forward(tokens, patch)
+        return routing_ok(rec) and changed(rec, base)
+
+    def mk_mask(rng):
+        l = int(rng.choice(moe))
+        sel_somewhere = sorted(set(e for t in range(T) for e in base[l]["sets"][t]))
+        m = [int(rng.choice(sel_somewhere))]
+        if rng.random() < 0.5:
+            m.append(int(rng.choice([e for e in range(E) if e not in m])))
+        return {"layers": {str(l): {"mask": sorted(m)}}}
+
+    def mk_force(rng):
+        l = int(rng.choice(moe))
+        return {"layers": {str(l): {"force": [int(rng.choice(unselected_somewhere(base, l, T, E)))]}}}
+
+    def mk_bias(rng):
+        ls = sorted(rng.choice(moe, size=min(2, len(moe)), replace=False).tolist())
+        return {"layers": {str(l): {"bias": bias_obj(rng, E, count=int(rng.integers(2, 4)))} for l in ls}}
+
+    def mix_row(rng):
+        x = torch.from_numpy(rng.standard_normal(E) * 1.5)
+        row = torch.softmax(x, -1) if rule.scoring == "softmax" else torch.sigmoid(x)
+        return [f32(v) for v in row.tolist()]
+
+    def mk_mix(rng):
+        l = int(rng.choice(moe))
+        ps = sorted(rng.choice(T - 1, size=2, replace=False).tolist())
+        return {"layers": {str(l): {"mix": {str(p): mix_row(rng) for p in ps}}}}
+
+    def mk_combined(rng):
+        a, b = (int(x) for x in rng.choice(moe, size=2, replace=False)) if len(moe) > 1 else (moe[0], moe[0])
+        sel_a = sorted(set(e for t in range(T) for e in base[a]["sets"][t]))
+        m = int(rng.choice(sel_a))
+        bias = bias_obj(rng, E, experts=sorted(rng.choice([e for e in range(E) if e != m], size=2,
+                                                          replace=False).tolist()))
+        f = int(rng.choice([e for e in unselected_somewhere(base, b, T, E) if e != m or a != b]))
+        lay = {str(a): {"mask": [m], "bias": bias}}
+        lay.setdefault(str(b), {})["force"] = [f]
+        return {"layers": dict(sorted(lay.items(), key=lambda kv: int(kv[0])))}
+
+    runs = [{"name": "base", "patch": None}]
+    for i, (name, mk) in enumerate([("mask", mk_mask), ("force", mk_force), ("bias", mk_bias), ("mix", mk_mix),
+                                    ("combined", mk_combined)]):
+        runs.append({"name": name, "patch": search(i + 1, mk, run_ok)})
+
+    def grad_ok(g):
+        mix = None
+        if g["mix"]:
+            theta = torch.tensor(g["mix"]["logits"], dtype=torch.float64)
+            mix = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(theta, -1))
+        _, rec = runner.forward(tokens, g["patch"], None, mix)
+        return routing_ok(rec, ordering=False)
+
+    grads = [{"name": "g_all", "patch": None, "layers": list(moe), "target": None, "mix": None},
+             {"name": "g_span", "patch": None, "layers": [moe[-1]], "target": [T - 4, T], "mix": None}]
+    for g in grads:
+        if not grad_ok(g):
+            raise Retry(g["name"])
+    ml = moe[len(moe) // 2]
+    mp = T // 2
+
+    def mk_gmix(rng):
+        z = base[ml]["router_logits"][mp]
+        logits = (torch.log_softmax(z, -1) if rule.scoring == "softmax" else z) + \
+            torch.from_numpy(rng.standard_normal(E) * 0.1)
+        return {"name": "g_mix", "patch": None, "layers": [ml], "target": None,
+                "mix": {"layer": ml, "position": mp, "logits": [f32(v) for v in logits.tolist()]}}
+
+    def mk_gpatched(rng):
+        a, b = moe[0], moe[-1]
+        sel_a = sorted(set(e for t in range(T) for e in base[a]["sets"][t]))
+        m = int(rng.choice(sel_a))
+        lay = {str(a): {"mask": [m], "bias": bias_obj(rng, E, experts=sorted(
+                   rng.choice([e for e in range(E) if e != m], size=2, replace=False).tolist()))}}
+        if b != a:
+            lay[str(b)] = {"bias": bias_obj(rng, E, count=2)}
+        return {"name": "g_patched", "patch": {"layers": lay}, "layers": sorted({a, b}), "target": None, "mix": None}
+
+    grads.append(search(11, mk_gmix, grad_ok))
+    grads.append(search(12, mk_gpatched, grad_ok))
+    for g in grads:  # autograd vs finite differences (asserts), once per chosen request
+        try:
+            grad_eval(runner, tokens, g, E)
+        except AssertionError as e:
+            raise Retry(f"{g['name']}: {e}")
+    return runs, grads
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoint and fixture files
+
+
+def write_checkpoint(mdir, config_text, named, shards):
+    os.makedirs(mdir)
+    with open(os.path.join(mdir, "config.json"), "w") as f:
+        f.write(config_text)
+    items = [(n, sd, tuple(t.shape), st.tensor_bytes(t, sd)) for n, t, sd in named]
+    meta = {"format": "pt"}
+    if shards == 1:
+        st.write(os.path.join(mdir, "model.safetensors"), items, meta)
+        return
+    total = sum(len(i[3]) for i in items)
+    groups, cur, acc = [], [], 0
+    for i, item in enumerate(items):
+        cur.append(item)
+        acc += len(item[3])
+        left = len(items) - i - 1
+        if len(groups) < shards - 1 and acc >= total * (len(groups) + 1) / shards and left >= shards - 1 - len(groups):
+            groups.append(cur)
+            cur = []
+    groups.append(cur)
+    assert len(groups) == shards and all(groups)
+    weight_map = {}
+    for s, g in enumerate(groups):
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        st.write(os.path.join(mdir, fname), g, meta)
+        for item in g:
+            weight_map[item[0]] = fname
+    with open(os.path.join(mdir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+        f.write("\n")
+
+
+def read_checkpoint(mdir):
+    idx = os.path.join(mdir, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(idx))["weight_map"].values())) if os.path.exists(idx) else ["model.safetensors"]
+    out = {}
+    for fname in files:
+        for n, (dt, t) in st.read(os.path.join(mdir, fname)).items():
+            assert n not in out
+            out[n] = (dt, t)
+    return out
+
+
+def config_text(config, cfg_dict, case):
+    """config.json as transformers 5.2's save_pretrained writes it ("v5"), or the Hub's classic form ("hub")."""
+    if case.get("style") == "v5":
+        config.dtype = DTYPE_NAME[case["dtype"]]
+        text = config.to_json_string(use_diff=True)
+        d = json.loads(text)
+        d.pop("_experts_implementation", None)
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+    d = dict(cfg_dict, architectures=[config.architectures[0] if config.architectures else case["causal_lm"]],
+             torch_dtype=DTYPE_NAME[case["dtype"]], transformers_version="4.57.1")
+    return json.dumps(dict(sorted(d.items())), indent=2) + "\n"
+
+
+def build_case(case, idx):
+    arch = archs.ARCHS[case["arch"]]
+    cfg_dict = dict(arch.config(case), model_type=arch.model_type)
+    for draw in range(MAX_WEIGHT_DRAWS):
+        seed = 1000 * (idx + 1) + draw
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        config, model = build_model(arch, case, cfg_dict)
+        named = fill_weights(model, rng, case["dtype"])
+        rule = arch.rule(config, model)
+        E = config.num_local_experts if hasattr(config, "num_local_experts") else config.num_experts
+        moe = sorted(arch.moe_blocks(model))
+        runner = Runner(arch, model, rule, case["k"], E, moe)
+        tokens = [int(t) for t in rng.integers(0, config.vocab_size, size=case["T"])]
+        _, base = runner.forward(tokens)
+        if not routing_ok(base):
+            continue
+        try:
+            runs, grads = design(runner, tokens, base, seed, E, rule)
+        except Retry:
+            continue
+        return arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E
+    raise SystemExit(f"{case['name']}: no robust weight draw in {MAX_WEIGHT_DRAWS} tries")
+
+
+def make_case(case, idx, out_root):
+    arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E = build_case(case, idx)
+    case["causal_lm"] = arch.causal_lm
+    moe = runner.moe
+    cdir = os.path.join(out_root, case["name"])
+    if os.path.exists(cdir):
+        shutil.rmtree(cdir)
+    os.makedirs(cdir)
+    state = [(n, t) for n, t, _ in named]
+    sdtype = {n: sd for n, _, sd in named}
+    if case["layout"] == "per-expert":
+        state = archs.fused_to_hub(arch, state, E)
+    else:
+        state = sorted(state, key=lambda nt: archs.natural_key(nt[0]))
+    files = [(n, t, sdtype.get(n, case["dtype"] if not n.endswith("e_score_correction_bias") else "F32"))
+             for n, t in state]
+    mdir = os.path.join(cdir, "model")
+    write_checkpoint(mdir, config_text(config, cfg_dict, case), files, case["shards"])
+
+    ref, results = [], {}
+    for r in runs:
+        logits, rec = runner.forward(tokens, r["patch"])
+        results[r["name"]] = (logits, rec)
+        ref.append((f"{r['name']}.logits", "F32", logits))
+        for l in moe:
+            ref.append((f"{r['name']}.layer{l}.router_logits", "F32", rec[l]["router_logits"]))
+            ref.append((f"{r['name']}.layer{l}.experts", "I32", torch.tensor(rec[l]["experts"], dtype=torch.int32)))
+            ref.append((f"{r['name']}.layer{l}.weights", "F32", rec[l]["weights"]))
+    fd_err, gsum = 0.0, []
+    for g in grads:
+        out = grad_eval(runner, tokens, g, E)
+        fd_err = max(fd_err, out["fd_err"])
+        ref.append((f"{g['name']}.loss", "F32", torch.tensor([out["loss"]], dtype=torch.float64)))
+        for l in g["layers"]:
+            ref.append((f"{g['name']}.bias.{l}", "F32", out["bias"][l]))
+        if g["mix"]:
+            ref.append((f"{g['name']}.mix_grad", "F32", out["mix_grad"]))
+        for l in g["layers"]:
+            ref.append((f"{g['name']}.fd.bias.{l}", "F32", out["fd"][l]))
+        gsum.append(f"{g['name']} loss={out['loss']:.4f}")
+    st.write(os.path.join(cdir, "reference.safetensors"),
+             [(n, dt, tuple(t.shape), st.tensor_bytes(t.detach(), dt)) for n, dt, t in ref],
+             {"format": "pt", "generator": "tools/hf-reference/generate.py",
+              "transformers": f"{runtime.TRANSFORMERS_TAG} {runtime.TRANSFORMERS_COMMIT}"})
+    doc = {"arch": case["arch"], "dtype": case["dtype"], "layout": case["layout"], "sharded": case["shards"] > 1,
+           "reference": f"transformers {runtime.TRANSFORMERS_TAG} {arch.causal_lm}",
+           "tokens": tokens, "runs": runs, "grads": grads}
+    with open(os.path.join(cdir, "cases.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+    # Self-checks. 1: the files read back hold exactly the weights the reference ran with.
+    back = read_checkpoint(mdir)
+    assert set(back) == {n for n, _, _ in files}, "checkpoint names"
+    for n, t, sd in files:
+        assert back[n][0] == sd and torch.equal(back[n][1], t.to(torch.float64)), n
+    # 2: transformers' own float32 islands (RMSNorm, RoPE, router softmax), and the whole model in float32 (an fp32
+    # engine's precision), select the same experts with logits within 1e-5 / 1e-4.
+    max_islands, max32 = 0.0, 0.0
+    for r in runs:
+        logits, rec = results[r["name"]]
+        li, ri = runner.forward(tokens, r["patch"], islands=True)
+        max_islands = max(max_islands, (li - logits).abs().max().item())
+        model.float()
+        l32, r32 = runner.forward(tokens, r["patch"], islands=True)
+        model.double()
+        max32 = max(max32, (l32.double() - logits).abs().max().item())
+        for l in moe:
+            assert ri[l]["experts"] == rec[l]["experts"] and r32[l]["experts"] == rec[l]["experts"], (r["name"], l)
+    assert max_islands < 1e-5 and max32 < 1e-4, (max_islands, max32)
+
+    size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(cdir) for f in fs)
+    all_recs = [results[r["name"]][1] for r in runs]
+    min_gap = min(rec[l]["gap"] for rec in all_recs for l in rec)
+    print(f"{case['name']:34s} {case['layout']:10s} {case['dtype']:4s} shards={case['shards']} T={len(tokens)} "
+          f"k={case['k']} moe={moe} draw={draw} min_gap={min_gap:.4f} fd_rel={fd_err:.1e} "
+          f"islands={max_islands:.0e} f32={max32:.0e} size={size / 1024:.0f}KiB", flush=True)
+    print(" " * 36 + "grads: " + ", ".join(gsum), flush=True)
+    return size
+
+
+def main():
+    global transformers
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", nargs="*", help="case names (default: all)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "test", "fixtures", "parity"))
+    ap.add_argument("--runtime", default=os.path.join(ROOT, ".cache", "hf-reference"))
+    ap.add_argument("--transformers-git", default=os.environ.get(
+        "TRANSFORMERS_GIT", "/work/.mirror/TonyRHouston+huggingface-transformers/repo"),
+        help="a git directory holding transformers' tag " + runtime.TRANSFORMERS_TAG)
+    ap.add_argument("--hub-git", default=os.environ.get("HUB_GIT", "/work/.mirror/huggingface+huggingface_hub/repo"),
+                    help="a git directory holding huggingface_hub's tag " + runtime.HUB_TAG)
+    args = ap.parse_args()
+    shims.install(runtime.prepare(args.runtime, args.transformers_git, args.hub_git))
+    import transformers as tf
+    transformers = tf
+    assert transformers.__version__ == runtime.TRANSFORMERS_TAG[1:], transformers.__version__
+    transformers.utils.logging.set_verbosity_error()
+    torch.set_num_threads(1)  # bitwise-deterministic reductions
+    os.makedirs(args.out, exist_ok=True)
+    total = 0
+    chosen = [c for c in CASES if not args.only or c["name"] in args.only]
+    if args.only and len(chosen) != len(args.only):
+        raise SystemExit(f"unknown case in {args.only}; cases: {', '.join(c['name'] for c in CASES)}")
+    for i, c in enumerate(CASES):
+        if c in chosen:
+            total += make_case(dict(c), i, args.out)
+    print(f"{len(chosen)} cases, {total / 1024:.0f} KiB under {os.path.relpath(args.out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

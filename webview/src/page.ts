@@ -1,0 +1,64 @@
+// The routing panel's page: the markup every view fills (ids are also what the end-to-end tests read,
+// webview/README.md), and `$` to find an element of it.
+
+export const PAGE = `
+<header class="toolbar">
+  <div class="title"><strong id="run-label">Waiting for a run…</strong> <span id="run-status" class="muted" aria-live="polite"></span></div>
+  <label class="control">Colour by <select id="metric"></select></label>
+  <div class="control" role="group" aria-label="Zoom">
+    <button id="zoom-out" title="Zoom out (-)" aria-label="Zoom out">−</button>
+    <button id="zoom-in" title="Zoom in (+)" aria-label="Zoom in">+</button>
+    <button id="zoom-fit" title="Fit all tokens (0)">Fit</button>
+  </div>
+  <button id="compare" title="Compare with another run">Compare…</button>
+  <button id="stop-compare" hidden>Stop comparing</button>
+  <button id="export-st" title="Export the routing trace as .safetensors">Export .safetensors</button>
+  <button id="export-csv" title="Export the routing trace as CSV">Export CSV</button>
+</header>
+<div id="legend" class="legend" aria-live="polite"></div>
+<div id="unavailable" class="unavailable" hidden role="alert">
+  <h2>Run no longer available — re-run</h2>
+  <p id="unavailable-text"></p>
+  <button id="rerun-unavailable">Re-run</button>
+</div>
+<section id="grid-host" class="grid-host" aria-label="Token by layer routing grid"></section>
+<div id="announce" class="sr-only" aria-live="polite"></div>
+<div class="panels" id="panels">
+  <section class="panel" aria-labelledby="h-pinned">
+    <h2 id="h-pinned">Pinned cell</h2>
+    <div id="pinned" class="cell-details"></div>
+  </section>
+  <section class="panel" aria-labelledby="h-patch">
+    <h2 id="h-patch">Routing patch</h2>
+    <div class="edit-form" role="group" aria-label="Edit an expert at a layer">
+      <label>Layer <select id="edit-layer"></select></label>
+      <label>Expert <input id="edit-expert" type="number" min="0" step="1" value="0"></label>
+      <span id="edit-swatch" class="swatch"></span>
+      <button id="do-mask" title="Router logit becomes -inf: the expert is never selected">Mask</button>
+      <button id="do-force" title="Always select the expert">Force</button>
+      <label>Bias <input id="edit-bias" type="number" step="0.5" value="1"></label>
+      <button id="do-bias" title="Add the bias to the expert's router logit">Add bias</button>
+    </div>
+    <ul id="patch-list" class="patch-list"></ul>
+    <div id="patch-error" class="error" role="alert"></div>
+    <div class="actions">
+      <button id="rerun" class="primary">Re-run with patch</button>
+      <button id="clear-patch">Clear patch</button>
+    </div>
+  </section>
+  <section class="panel" id="compare-panel" aria-labelledby="h-compare" hidden>
+    <h2 id="h-compare">Difference</h2>
+    <div id="compare-summary"></div>
+  </section>
+  <section class="panel wide" aria-labelledby="h-load">
+    <h2 id="h-load">Expert load</h2>
+    <p class="muted small">Share of tokens routed to each expert (columns, expert 0 at the left) in each MoE layer (rows, first layer at the top); colour relative to the busiest cell (viridis: dark = few tokens, yellow = most). Click a cell to edit that expert.</p>
+    <div class="load">
+      <div id="heatmap-host" class="heatmap-host"></div>
+      <div id="stats-host" class="stats-host"></div>
+    </div>
+  </section>
+</div>
+<div id="tooltip" class="tooltip" role="tooltip" hidden></div>`;
+
+export const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
