@@ -31,7 +31,7 @@ before(async () => {
     const info = model.info();
     const tokenizer = loadTokenizer(modelDir);
     const session = model.createSession();
-    const embedder = new SelfEmbedder(session, (t) => tokenizer.encode(t), info.numLayers, 256);
+    const embedder = new SelfEmbedder(session, (t) => tokenizer.encode(t), info.numLayers);
     const items = readTasks(path.join(tmp, 'ref.jsonl'));
     const built = await buildReference({ session, runner: new TaskRunner(info, tokenizer), embedder, items, source: 'ref.jsonl' });
     assert.ok(built.entries.length >= 1, 'no item answered correctly');

@@ -202,16 +202,21 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
     const c3po = o.c3po!;
     const kind = C3PO_METHOD[o.method];
     const t0 = performance.now();
-    // The original routing ω (part of the method's cost). Multiple choice: the prefix stays cached, so the
-    // adapted ω (which changes only the last position) is scored by re-running that one position.
+    // One forward of the prompt gives the original routing ω and, with the model's own embeddings, the embedding for
+    // the neighbour search (part of the method's cost). Multiple choice: the prefix stays cached, so the adapted ω
+    // (which changes only the last position) is scored by re-running that one position.
     const mc = item.kind === 'mc';
-    if (mc) await runner.prefill(session, tokens);
-    const fwd = mc ? await runner.forwardLast(session, tokens) : await runner.forward(session, tokens);
+    const fwd = mc
+      ? await runner.forwardKeepingPrefix(session, tokens, c3po.embedLayer)
+      : await runner.forward(session, tokens, undefined, undefined, c3po.embedLayer);
     const outcome = await c3po.adapt(kind, {
       tokens,
       question: questionText(item),
+      prompt: item.prompt,
       omega: fwd.omega,
+      ...(fwd.embedding ? { forwardEmbedding: fwd.embedding } : {}),
       ...(kind === 'oracle' ? { label: oracleLabel(o, item, tokens) } : {}),
+      ...(kind === 'oracle' && item.kind === 'mc' ? { options: runner.optionTokens(item) } : {}),
     });
     let answer: string;
     let correct: boolean;

@@ -4,7 +4,7 @@ import type { HandlerTable, Loaded } from '../engine/worker';
 import { EngineError } from '../engine/protocol';
 import { C3po } from './c3po';
 import { compareRemix, compareReroute } from './compare';
-import { OnnxEmbedder, SelfEmbedder, type Embedder } from './embedder';
+import { forwardLayer, OnnxEmbedder, SelfEmbedder, type Embedder } from './embedder';
 import { describeEmbedder, sameEmbedder } from './identity';
 import type { AdaptMethods, AdaptPrompt } from './protocol';
 import { loadReference, ReferenceError } from './reference';
@@ -36,7 +36,7 @@ export const adaptHandlers: HandlerTable<AdaptMethods> = {
       ? await OnnxEmbedder.open(params.embedding.embedder, params.embedding.maxTokens)
       : recorded.kind === 'onnx'
         ? await OnnxEmbedder.open(recorded.dir, params.embedding.maxTokens)
-        : new SelfEmbedder(session, encode, recorded.layer, params.embedding.maxTokens);
+        : new SelfEmbedder(session, encode, recorded.layer);
     const c3po = new C3po({ model: l.model, info: l.info, reference, embedder, settings: params.c3po, encode });
     try {
       if (!sameEmbedder(recorded, embedder.identity)) {
@@ -52,6 +52,7 @@ export const adaptHandlers: HandlerTable<AdaptMethods> = {
         maxNewTokens: params.maxNewTokens,
         stopTokens: params.stopTokens ?? l.info.eosTokenIds,
         applyTo: params.c3po.applyTo,
+        embedLayer: forwardLayer(embedder),
       });
       const byId = new Map(reference.entries.map((e) => [e.id, e.question]));
       return {

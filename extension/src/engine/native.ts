@@ -35,6 +35,8 @@ export interface NativeModelInfo {
 export interface NativeForwardOptions {
   patch?: string;               // patch JSON (see README "Routing patches"); validated natively
   logits: LogitsMode;
+  /** Return the mean over this call's tokens of the hidden state entering this layer (numLayers = last output). */
+  embedLayer?: number;
   onLayer?: (span: RoutingSpan) => void;
 }
 
@@ -91,14 +93,47 @@ export interface NativeRerouteResult {
   delta: Record<string, Float32Array>; // final delta per adapted layer
 }
 
+export interface NativeHeadroomOptions {
+  label: number;                // the correct next token
+  options?: number[];           // competing tokens (the label among them); default the whole vocabulary
+  layers?: number[];            // searched one by one; default every MoE layer
+  joint?: boolean;              // also all together (default true)
+  candidates?: number;          // swaps run exactly per greedy move (0 = all)
+  moves?: number;               // greedy moves per layer (0 = top-k)
+  steps?: number;               // Adam steps on log ω after the greedy search
+  lrStart?: number;
+  lrEnd?: number;
+}
+
+export interface NativeHeadroomChange {
+  layer: number;                // -1: all searched layers together
+  flipped: boolean;             // the answer changed
+  margin: number;               // the label's logit minus the best other competing token's, after the change
+  answer: number;               // the answer after the change
+  swaps: { layer: number; out: number; in: number }[];
+  gradient: boolean;            // Adam on log ω ran after the greedy search
+  omega: Record<string, Float32Array>; // the changed rows; empty when nothing moved the margin
+  evaluations: number;
+}
+
+export interface NativeHeadroomResult {
+  margin: number;               // with the model's own routing
+  answer: number;
+  correct: boolean;
+  layers: NativeHeadroomChange[];
+  joint?: NativeHeadroomChange;
+}
+
 export interface NativeSession {
   /** Generation with continuous rerouting (arXiv:2510.14853); resets the session first. */
   generateRerouted(prompt: Int32Array, options: NativeGenerateOptions & { reroute: NativeRerouteOptions;
     onRound?: (round: NativeRerouteRound) => void }): Promise<NativeRerouteResult>;
   /** Mean over positions of the hidden state entering `layer` (numLayers = last layer's output); resets. */
   meanHidden(tokens: Int32Array, layer: number): Promise<Float32Array>;
+  /** Routing headroom of one prompt and its label (ANALYSIS ONLY); resets the session and leaves it empty. */
+  routingHeadroom(prompt: Int32Array, options: NativeHeadroomOptions): Promise<NativeHeadroomResult>;
   /** Appends tokens after the cached context; runs on a worker thread; callbacks arrive on the JS thread. */
-  forward(tokens: Int32Array, options: NativeForwardOptions): Promise<{ logits: Float32Array; rows: number }>;
+  forward(tokens: Int32Array, options: NativeForwardOptions): Promise<{ logits: Float32Array; rows: number; embedding?: Float32Array }>;
   generate(prompt: Int32Array, options: NativeGenerateOptions): Promise<{ tokens: Int32Array }>;
   grad(tokens: Int32Array, options: NativeGradOptions): Promise<NativeGradResult>;
   reset(): void;
