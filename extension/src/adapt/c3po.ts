@@ -137,6 +137,21 @@ export class C3po {
     this.cache.clear();
   }
 
+  /**
+   * Caches every reference item's prefix up front (as many as the memory cap holds), so that the first test items
+   * are not slower than the rest: a one-time cost, one prefill per reference item. Returns how many are cached.
+   */
+  async warm(shouldStop?: () => boolean): Promise<number> {
+    const cap = this.ctx.settings.prefixCacheMiB * 1024 * 1024;
+    for (let i = 0; i < this.ctx.reference.entries.length; i++) {
+      if (shouldStop?.()) break;
+      const tokens = this.tokensOf(i);
+      if (this.cache.usedBytes + this.cache.estimate(tokens.length) > cap) break;
+      await this.cache.get(i, tokens);
+    }
+    return this.cache.size;
+  }
+
   /** The layer a test prompt's forward should return the mean hidden state of (the model's own embeddings), if any. */
   get embedLayer(): number | undefined {
     return forwardLayer(this.ctx.embedder);

@@ -137,6 +137,7 @@ interface EvalCliOptions extends CommonOptions, EmbedderFlags {
   limit?: string;
   log?: string;
   expertLoad?: boolean;
+  warmPrefixes?: boolean;
   k?: string;
   steps?: string;
   lrStart?: string;
@@ -224,6 +225,13 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
         if (reference) out(`, reference ${reference.dir} (${reference.entries.length} items), critical layers ${c3po!.layers.join(',')}, duplicates dropped: ${c3po!.dedup}`);
         out('\n');
       }
+      let warmup: { prefixes: number; seconds: number } | undefined;
+      if (c3po && options.warmPrefixes) {
+        const t0 = performance.now();
+        const prefixes = await itemByItem(session, (shouldStop) => c3po!.warm(shouldStop));
+        warmup = { prefixes, seconds: (performance.now() - t0) / 1000 };
+        if (!options.json) out(`cached ${prefixes} reference prefixes in ${warmup.seconds.toFixed(1)} s (not counted in the time per item)\n`);
+      }
       const summary = await itemByItem(session, (shouldStop) =>
         runEval({
           model,
@@ -242,7 +250,11 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
           onProgress: (p) => progress(`[${p.done}/${p.total}] none ${pct(p.noneCorrect / p.done)}  ${method} ${pct(p.methodCorrect / p.done)}`, p.done, p.total),
         }),
       );
-      const extra = { ...(options.log ? { log: path.resolve(options.log) } : {}), ...(load ? { expert_load: load.toJSON() } : {}) };
+      const extra = {
+        ...(options.log ? { log: path.resolve(options.log) } : {}),
+        ...(load ? { expert_load: load.toJSON() } : {}),
+        ...(warmup ? { prefix_warmup: warmup } : {}),
+      };
       if (options.json) out(jsonText({ ...summary, ...extra }) + '\n');
       else out(formatSummary(summary, options.log) + (load ? formatExpertLoad(load.toJSON()) : ''));
       if (summary.cancelled) {
@@ -289,7 +301,12 @@ export function formatSummary(s: EvalSummary, log?: string): string {
     }
   }
   if (name === 'none') lines.push(`time per item: ${s.mean_ms.none.toFixed(1)} ms`);
-  else lines.push(`time per item: none ${s.mean_ms.none.toFixed(1)} ms, ${name} ${s.mean_ms.method.toFixed(1)} ms, overhead ${s.overhead.toFixed(2)}×`);
+  else {
+    lines.push(
+      `time per item: none ${s.mean_ms.none.toFixed(1)} ms, ${name} ${s.mean_ms.method.toFixed(1)} ms, overhead ${s.overhead.toFixed(2)}× ` +
+        `(CPU time: ${s.mean_cpu_ms.none.toFixed(1)} ms vs ${s.mean_cpu_ms.method.toFixed(1)} ms, ${s.cpu_overhead.toFixed(2)}×)`,
+    );
+  }
   if (log) lines.push(`log: ${log}`);
   return lines.join('\n') + '\n';
 }
@@ -313,6 +330,7 @@ export function registerAdaptCommands(program: Command): void {
     .option('--limit <n>', 'only the first n items')
     .option('--log <file>', 'per-item JSONL log (answers, correctness, ω or δ summary)')
     .option('--expert-load', 'also report the plain model\'s expert load per skill and layer (multiple-choice prompts)')
+    .option('--warm-prefixes', 'C3PO: cache every reference prompt before the first item (reported apart; the time per item is then the steady state)')
     .option('--embedder <dir>', 'ONNX text embedder folder; default: the one the reference set was built with')
     .option('--embedding-layer <l>', 'self-embedding layer; default: the one the reference set was built with')
     .option('--k <n>', `C3PO neighbours (default ${DEFAULT_C3PO.k})`)

@@ -200,10 +200,10 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
                 sel.data() + static_cast<size_t>(t) * k, wts.data() + static_cast<size_t>(t) * k, &m);
     mixed[t] = m;
   }
-  if (save) {
-    save->g.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->u.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->o.assign(static_cast<size_t>(T) * k * H, 0.f);
+  if (save) {  // every slot's row is written by moe_experts_forward: no zero-fill
+    save->g.resize(static_cast<size_t>(T) * k * I);
+    save->u.resize(static_cast<size_t>(T) * k * I);
+    save->o.resize(static_cast<size_t>(T) * k * H);
   }
   moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
                       save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
@@ -317,7 +317,7 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   if (save) {
     save->q = q;
     save->k = kk;
-    save->probs.assign(static_cast<size_t>(nh) * T * (pos0 + T), 0.f);
+    save->probs.resize(static_cast<size_t>(nh) * T * (pos0 + T));  // attention() writes every entry
     save->pos0 = pos0;
     save->cache = &cache;
   }
@@ -381,6 +381,7 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
   std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
   if (w.moe) {
     std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
+    std::vector<double> dp;
     // Router: a_e = <dy, o_e>; dp by the (re)normalisation; dz through the softmax (top-k sets fixed).
     for (int t = 0; t < T; ++t) {
       const float* dyt = dh + static_cast<size_t>(t) * H;
@@ -393,7 +394,7 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         for (int d = 0; d < H; ++d) dot += static_cast<double>(dyt[d]) * o[d];
         av[j] = dot;
       }
-      std::vector<double> dp(E, 0.0);
+      dp.assign(E, 0.0);
       const float* pt = &s.p[static_cast<size_t>(t) * E];
       const int32_t* st = &s.sel[static_cast<size_t>(t) * k];
       if (cfg_.norm_topk) {
