@@ -6,7 +6,7 @@
 import type { NativeHeadroomChange, NativeHeadroomResult, NativeSession } from '../engine/native';
 import type { HeadroomSettings } from './settings';
 import { CancelledError } from './reference';
-import type { TaskItem, TaskRunner } from './tasks';
+import { TaskError, type TaskItem, type TaskRunner } from './tasks';
 
 export const HEADROOM_NOTICE =
   'ANALYSIS ONLY: every routing change here is searched with the item\'s own label; the figures bound what routing could do, they are not a method.';
@@ -82,6 +82,7 @@ export interface HeadroomOptions {
  *  against the whole vocabulary (generative: headroom of the first answer token). */
 export function itemLabel(runner: TaskRunner, item: TaskItem, tokens: number[]): { label: number; options: number[]; expected: string } {
   if (item.kind === 'mc') return { label: runner.answerToken(item), options: runner.optionTokens(item), expected: item.answer };
+  if (item.answer.trim() === '') throw new TaskError(`${item.id}: no answer to search the routing with (headroom needs labelled items)`);
   const label = firstAnswerToken(runner, item.prompt, item.answer, tokens);
   return { label, options: [], expected: runner.tokenizer.tokenText(label) };
 }

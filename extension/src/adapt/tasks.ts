@@ -36,7 +36,11 @@ export class TaskError extends Error {
 export const GEN_MAX_NEW_TOKENS = 16;
 
 export function readTasks(file: string): TaskItem[] {
-  const text = readTextFile(file, FILE_KINDS.tasks, (message) => new TaskError(message));
+  return parseTasks(readTextFile(file, FILE_KINDS.tasks, (message) => new TaskError(message)), file);
+}
+
+/** Task items from the text of a task file (`file` names it in messages), e.g. an open editor's JSONL. */
+export function parseTasks(text: string, file: string): TaskItem[] {
   const items: TaskItem[] = [];
   const ids = new Set<string>();
   text.split('\n').forEach((line, i) => {
