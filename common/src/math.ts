@@ -87,3 +87,12 @@ export function topIndices(values: Vec, n: number): number[] {
     .sort((a, b) => values[b] - values[a] || a - b)
     .slice(0, n);
 }
+
+/** The router's scores from its raw logits: a softmax distribution, or a sigmoid per expert (DeepSeek-V3, GLM-4.5):
+ * the ω C3PO re-mixes and a mix row replaces. */
+export function routerScores(scoring: 'softmax' | 'sigmoid', logits: Vec): Float32Array {
+  if (scoring === 'softmax') return softmax(logits);
+  const out = new Float32Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = 1 / (1 + Math.exp(-logits[i]));
+  return out;
+}

@@ -278,6 +278,8 @@ Napi::Object InfoToJs(Napi::Env env, const ModelInfo& m) {
   o.Set("expertWidth", m.expert_width);
   o.Set("sharedExpertWidth", m.shared_expert_width);
   o.Set("normTopkProb", m.norm_topk_prob);
+  o.Set("routingRule", m.routing_rule);
+  o.Set("routerScoring", m.router_scoring);
   o.Set("maxPositionEmbeddings", m.max_position_embeddings);
   o.Set("moeLayers", ToIntList(env, m.moe_layers));
   o.Set("dtype", m.dtype);
@@ -287,6 +289,9 @@ Napi::Object InfoToJs(Napi::Env env, const ModelInfo& m) {
   o.Set("activeParameters", static_cast<double>(m.active_parameters));
   o.Set("weightBytes", static_cast<double>(m.weight_bytes));
   o.Set("eosTokenIds", ToIntList(env, m.eos_token_ids));
+  Napi::Array warnings = Napi::Array::New(env, m.warnings.size());
+  for (size_t i = 0; i < m.warnings.size(); ++i) warnings.Set(static_cast<uint32_t>(i), m.warnings[i]);
+  o.Set("warnings", warnings);
   o.Set("backend", m.backend);
   o.Set("threads", m.threads);
   return o;

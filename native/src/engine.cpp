@@ -10,6 +10,7 @@
 
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
+#include "cpu/router.h"
 #include "engine_impl.h"
 
 namespace routescope {
@@ -22,6 +23,9 @@ ModelImpl::ModelImpl(std::unique_ptr<Checkpoint> ck, const LoadOptions& opts) : 
   info_.threads = threads;
   info_.backend = "cpu";
   if (opts.backend == "cuda") {
+    const std::string gap = cuda::unsupported(ck_->config);
+    if (!gap.empty())
+      throw Error("NO_CUDA", "the CUDA backend does not run " + info_.model_type + " models yet (" + gap + "); use backend cpu");
     device_ = cuda::DeviceModel::upload(*ck_);  // throws NO_CUDA / OOM with the reason
     info_.backend = "cuda";
     info_.device = device_->device_name();
@@ -374,7 +378,7 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
     if (static_cast<int>(req.mix_logits.size()) != E) throw Error("BAD_ARGUMENT", "mix logits need one value per expert");
     for (float x : req.mix_logits)
       if (!std::isfinite(x)) throw Error("BAD_ARGUMENT", "mix logits must be finite float32 values");
-    patch.layers[req.mix_layer].mix[req.mix_position] = softmax_row(req.mix_logits);
+    patch.layers[req.mix_layer].mix[req.mix_position] = scores_row(cfg, req.mix_logits);  // softmax or sigmoid of θ
     lowest = std::min(lowest, req.mix_layer);
   }
   if (lowest == cfg.layers) lowest = cfg.layers - 1;  // loss only
@@ -422,14 +426,23 @@ void SessionImpl::trim_grad_workspace() {
   std::vector<KVCache>().swap(grad_cache_);
 }
 
-std::vector<float> softmax_row(const std::vector<float>& theta) {
+std::vector<float> scores_row(const ModelConfig& cfg, const std::vector<float>& theta) {
   std::vector<float> p(theta.size());
-  if (theta.empty()) return p;
-  const float mx = *std::max_element(theta.begin(), theta.end());
-  double sum = 0;
-  for (size_t e = 0; e < theta.size(); ++e) sum += (p[e] = std::exp(theta[e] - mx));
-  for (float& v : p) v = static_cast<float>(v / sum);
+  if (!theta.empty()) scores_from_logits(cfg.router.scoring, theta.data(), static_cast<int>(theta.size()), p.data());
   return p;
+}
+
+std::vector<float> logits_of_scores(const ModelConfig& cfg, const std::vector<float>& omega) {
+  std::vector<float> theta(omega.size());
+  for (size_t e = 0; e < omega.size(); ++e) {
+    if (cfg.router.scoring == Scoring::Sigmoid) {
+      const float w = std::min(1.f - 1e-7f, std::max(1e-30f, omega[e]));
+      theta[e] = std::log(w / (1.f - w));
+    } else {
+      theta[e] = std::log(std::max(1e-30f, omega[e]));
+    }
+  }
+  return theta;
 }
 
 }  // namespace routescope

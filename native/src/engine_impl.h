@@ -112,7 +112,10 @@ class ModelImpl : public Model {
 ModelImpl& engine_model(Model& model, const char* what);
 SessionImpl& engine_session(Session& session, const char* what);
 
-// softmax(theta) as a probability row (the mix rows of gradients and C3PO).
-std::vector<float> softmax_row(const std::vector<float>& theta);
+// The score row θ stands for under the model's router (softmax(θ), or sigmoid(θ) for sigmoid routers): the mix
+// rows of gradients and C3PO.
+std::vector<float> scores_row(const ModelConfig& cfg, const std::vector<float>& theta);
+// The θ whose scores_row is ω (log ω, or logit(ω) for sigmoid routers): C3PO's starting point.
+std::vector<float> logits_of_scores(const ModelConfig& cfg, const std::vector<float>& omega);
 
 }  // namespace routescope

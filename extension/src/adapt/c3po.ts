@@ -2,7 +2,7 @@
 // with the α search, mode finding (mean-shift in ω-space), and the oracle (NGD on the test item's own label —
 // ANALYSIS ONLY: it uses the answer it is evaluated on). Takes the addon objects as parameters, so the CLI
 // (in-process addon) and the extension (through its engine host) can both drive it.
-import type { NativeC3poPrefix, NativeModel, NativeModelInfo } from '../engine/native';
+import type { NativeC3poPrefix, NativeModel, NativeModelInfo, RouterScoring } from '../engine/native';
 import type { RoutingPatch } from '../../../common/src/patch';
 import { forwardLayer, itemEmbedding, type Embedder } from './embedder';
 import { alphaGrid, findNeighbours, interpolate, meanShift, searchAlpha, weightedMean, type Neighbourhood } from './math';
@@ -155,6 +155,11 @@ export class C3po {
   /** The layer a test prompt's forward should return the mean hidden state of (the model's own embeddings), if any. */
   get embedLayer(): number | undefined {
     return forwardLayer(this.ctx.embedder);
+  }
+
+  /** How the model's router scores its logits: ω is softmax probabilities or per-expert sigmoid scores. */
+  get scoring(): RouterScoring {
+    return this.ctx.info.routerScoring;
   }
 
   private tokensOf(index: number): number[] {

@@ -2,11 +2,11 @@
 // the extension's engine worker or in-process): for "Re-mix (C3PO)" the routing before/after per critical layer,
 // the neighbours and their weights, the selected experts and the answer with and without the re-mix; for
 // "Generate with rerouting" the text with and without rerouting, the rounds and the final δ per layer.
-import type { NativeRerouteRound, NativeSession } from '../engine/native';
+import type { NativeRerouteRound, NativeSession, RouterScoring } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch } from '../../../common/src/patch';
 import { C3po, c3poPatch, type C3poOutcome } from './c3po';
-import { softmax, topIndices } from '../../../common/src/math';
+import { routerScores, softmax, topIndices } from '../../../common/src/math';
 import { generateRerouted } from './reroute';
 import type { C3poMethod, RerouteSettings } from './settings';
 import type { Omega } from './tasks';
@@ -28,6 +28,7 @@ export interface RemixComparison {
 async function continuation(
   session: NativeSession,
   tokenizer: ModelTokenizer,
+  scoring: RouterScoring,
   prompt: number[],
   maxNewTokens: number,
   stopTokens: number[],
@@ -43,7 +44,7 @@ async function continuation(
     logits: 'last',
     onLayer: (r) => {
       if (last < r.start || last >= r.start + r.count) return;
-      omega.set(r.layer, softmax(r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts)));
+      omega.set(r.layer, routerScores(scoring, r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts)));
     },
   });
   session.reset();
@@ -79,7 +80,7 @@ export async function compareRemix(
     embedLayer?: number;
   },
 ): Promise<RemixComparison> {
-  const base = await continuation(session, tokenizer, o.prompt, o.maxNewTokens, o.stopTokens, undefined, o.embedLayer);
+  const base = await continuation(session, tokenizer, c3po.scoring, o.prompt, o.maxNewTokens, o.stopTokens, undefined, o.embedLayer);
   const text = tokenizer.decode(o.prompt);
   const outcome = await c3po.adapt(
     o.method,
@@ -87,7 +88,7 @@ export async function compareRemix(
     { finalLoss: true },
   );
   const patch = serializePatch(c3poPatch(outcome.omegaAfter, o.prompt.length - 1, o.applyTo));
-  const after = await continuation(session, tokenizer, o.prompt, o.maxNewTokens, o.stopTokens, patch);
+  const after = await continuation(session, tokenizer, c3po.scoring, o.prompt, o.maxNewTokens, o.stopTokens, patch);
   const selected: RemixComparison['selected'] = {};
   for (const l of outcome.layers) {
     selected[String(l)] = {

@@ -132,7 +132,7 @@ export function writeReference(dir: string, set: Omit<ReferenceSet, 'dir'>): voi
   set.embeddings.forEach((e, i) => embeddings.set(e, i * D));
   writeSafetensors(path.join(dir, 'routing.safetensors'), { routing: { shape: [N, Lm, E], data: routing } }, {
     moe_layers: JSON.stringify(set.manifest.moe_layers),
-    description: 'last prompt token: softmax of the raw router logits per MoE layer',
+    description: 'last prompt token: the router scores (softmax, or sigmoid for sigmoid routers) of the raw router logits per MoE layer',
   });
   writeSafetensors(path.join(dir, 'embeddings.safetensors'), { embeddings: { shape: [N, D], data: embeddings } }, {
     embedder: describeEmbedder(set.manifest.embedder),

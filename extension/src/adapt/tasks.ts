@@ -8,7 +8,7 @@ import type { NativeModelInfo, NativeSession } from '../engine/native';
 import type { RoutingSpan } from '../../../common/src/routing';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
-import { logSumExp, softmax } from '../../../common/src/math';
+import { logSumExp, routerScores } from '../../../common/src/math';
 
 export interface McItem {
   kind: 'mc';
@@ -92,7 +92,7 @@ export function questionText(item: TaskItem): string {
   return item.question ?? item.prompt;
 }
 
-/** Last-position routing: per MoE layer, the full softmax of the raw router logits (before top-k and patches). */
+/** Last-position routing: per MoE layer, the router scores of the raw router logits (softmax, or sigmoid for sigmoid routers; before top-k and patches). */
 export type Omega = Map<number, Float32Array>;
 
 export interface ForwardOutcome {
@@ -203,7 +203,7 @@ export class TaskRunner {
         onRouting?.(r);
         if (last < r.start || last >= r.start + r.count) return;
         const row = r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts);
-        omega.set(r.layer, softmax(row));
+        omega.set(r.layer, routerScores(this.info.routerScoring, row));
       },
     });
     return {

@@ -84,7 +84,9 @@ async function info(options: CommonOptions): Promise<void> {
     out(`${info.dir}\n${describeModel(info)}\n`);
     out(`hidden ${info.hiddenSize}, heads ${info.numHeads}/${info.numKvHeads} × ${info.headDim}, expert width ${info.expertWidth}`);
     out(`${info.sharedExpertWidth ? `, shared expert ${info.sharedExpertWidth}` : ''}, vocab ${info.vocabSize}, context ${info.maxPositionEmbeddings}\n`);
+    out(`routing: ${info.routingRule}\n`);
     out(`weights mapped: ${formatBytes(info.weightBytes)} in ${info.shards} file${info.shards === 1 ? '' : 's'}\n`);
+    for (const w of info.warnings) out(`warning: ${w}\n`);
   });
 }
 

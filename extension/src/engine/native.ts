@@ -4,6 +4,7 @@ import type { RoutingSpan } from '../../../common/src/routing';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
 export type LogitsMode = 'none' | 'last' | 'all';
+export type RouterScoring = 'softmax' | 'sigmoid';
 
 export interface NativeModelInfo {
   modelType: string;            // config.json model_type
@@ -19,6 +20,8 @@ export interface NativeModelInfo {
   expertWidth: number;
   sharedExpertWidth: number;
   normTopkProb: boolean;
+  routingRule: string;          // one line, e.g. "sigmoid + selection bias, group-limited top-8 of 256 (...), ×2.5"
+  routerScoring: RouterScoring; // how router logits become the scores the weights are taken from
   maxPositionEmbeddings: number;
   moeLayers: number[];
   dtype: string;                // F32 | F16 | BF16
@@ -28,6 +31,7 @@ export interface NativeModelInfo {
   activeParameters: number;
   weightBytes: number;
   eosTokenIds: number[];
+  warnings: string[];           // e.g. checkpoint tensors present but not used (DeepSeek-V3's MTP layer)
   backend: string;              // cpu | cuda
   threads: number;
 }

@@ -10,6 +10,7 @@
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
+#include "cpu/router.h"
 #include "engine_impl.h"
 #include "adapt/last_position.h"
 #include "routescope/adapt.h"
@@ -44,7 +45,9 @@ void cached_block(const std::vector<const C3poPrefix*>& rows, const LayerPatch* 
   for (int j = 0; j < K; ++j) {
     const C3poPrefix& px = *rows[j];
     bool mixed = false;
-    route_token(px.router.data(), E, k, lp, j, cfg.norm_topk, p.data(), sel.data(), w.data(), &mixed);
+    const std::vector<float>& bias = px.model->checkpoint().layers[px.first_layer].selection_bias;
+    route_token(cfg.router, px.router.data(), E, k, bias.empty() ? nullptr : bias.data(), lp, j, p.data(), sel.data(), w.data(),
+                &mixed);
     float* hj = h + static_cast<size_t>(j) * H;
     std::copy(px.h_base.begin(), px.h_base.end(), hj);
     for (int s = 0; s < k; ++s) {
@@ -146,7 +149,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     res.omega_before[l] = it->second;
     auto& th = theta[l];
     th.resize(E);
-    for (int e = 0; e < E; ++e) th[e] = std::log(std::max(1e-30f, it->second[e]));
+    th = logits_of_scores(cfg, it->second);  // scores_row(th) = ω
     std::vector<int> order(E);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return it->second[a] > it->second[b]; });
@@ -216,7 +219,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     for (int l : o.layers) grad[l].assign(E, 0.f);
     Patch stacked;
     for (int l : o.layers) {
-      const std::vector<float> omega = softmax_row(theta[l]);
+      const std::vector<float> omega = scores_row(cfg, theta[l]);
       for (int j = 0; j < K; ++j) stacked.layers[l].mix[j] = omega;
     }
     if (block_cached) cached_block(prefixes, &stacked.layers.at(first), cfg, hs.data(), need_grad ? &block_save : nullptr);
@@ -298,7 +301,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     const double lr = cosine_lr(step, o.steps, o.lr_start, o.lr_end);
     for (int l : o.layers) adam[l].step(theta[l], grad[l], lr, &res.core[l]);
   }
-  for (int l : o.layers) res.omega_after[l] = softmax_row(theta[l]);
+  for (int l : o.layers) res.omega_after[l] = scores_row(cfg, theta[l]);
   return res;
 }
 

@@ -10,6 +10,7 @@
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
+#include "cpu/router.h"
 #include "routescope/adapt.h"
 
 namespace routescope {
@@ -166,7 +167,9 @@ class Search {
       std::vector<float> prob(E), w(k);
       std::vector<int32_t> sel(k);
       bool mixed = false;
-      route_token(p->router.data(), E, k, &lp, 0, cfg_.norm_topk, prob.data(), sel.data(), w.data(), &mixed);
+      const std::vector<float>& bias = s_.m_.checkpoint().layers[l].selection_bias;
+      route_token(cfg_.router, p->router.data(), E, k, bias.empty() ? nullptr : bias.data(), &lp, 0, prob.data(), sel.data(), w.data(),
+                  &mixed);
       struct Candidate {
         double estimate;
         int out, in;
@@ -304,7 +307,7 @@ HeadroomResult routing_headroom(Session& session, const std::vector<int>& prompt
     for (int l : layers) {
       HeadroomChange c;
       c.layer = l;
-      search.layer(parts[l], softmax_row(std::vector<float>(parts[l]->router.begin(), parts[l]->router.end())), c, true);
+      search.layer(parts[l], scores_row(cfg, std::vector<float>(parts[l]->router.begin(), parts[l]->router.end())), c, true);
       finish(c);
       res.layers.push_back(std::move(c));
     }
@@ -326,7 +329,7 @@ HeadroomResult routing_headroom(Session& session, const std::vector<int>& prompt
         if (!lowest) lowest = p;
         HeadroomChange step;  // Adam runs once, on every row together, below
         const std::vector<float> row =
-            search.layer(p, softmax_row(std::vector<float>(p->router.begin(), p->router.end())), step, false);
+            search.layer(p, scores_row(cfg, std::vector<float>(p->router.begin(), p->router.end())), step, false);
         rows[l] = row;
         c.swaps.insert(c.swaps.end(), step.swaps.begin(), step.swaps.end());
         c.evaluations += step.evaluations;

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "adapt/optimizer.h"
+#include "cpu/router.h"
 #include "engine_impl.h"
 #include "routescope/adapt.h"
 
@@ -47,11 +48,13 @@ class Rerouter {
       auto lp_it = current_.layers.find(r.layer);
       const LayerPatch* lp = lp_it == current_.layers.end() ? nullptr : &lp_it->second;
       const int E = r.num_experts, k = r.top_k;
+      const std::vector<float>& selection = s_.m_.checkpoint().layers[r.layer].selection_bias;
+      const float* bias = selection.empty() ? nullptr : selection.data();
       std::vector<float> p(E), w(k);
       std::vector<int32_t> sel(k);
       for (int i = 0; i < r.count; ++i) {
         bool mixed = false;
-        route_token(r.router_logits + static_cast<size_t>(i) * E, E, k, lp, r.start + i, cfg_.norm_topk, p.data(), sel.data(),
+        route_token(cfg_.router, r.router_logits + static_cast<size_t>(i) * E, E, k, bias, lp, r.start + i, p.data(), sel.data(),
                     w.data(), &mixed);
         double v = 0;
         for (int j = 0; j < k; ++j) v -= std::log(std::max(1e-30f, p[sel[j]])) / k;
