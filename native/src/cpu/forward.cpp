@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "cpu/attention.h"
+#include "cpu/backward.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
@@ -165,10 +166,10 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
                 wts.data() + static_cast<size_t>(t) * k, &m);
     mixed[t] = m;
   }
-  if (save) {
-    save->g.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->u.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->o.assign(static_cast<size_t>(T) * k * H, 0.f);
+  if (save) {  // every slot's row is written by moe_experts_forward: no zero-fill
+    save->g.resize(static_cast<size_t>(T) * k * I);
+    save->u.resize(static_cast<size_t>(T) * k * I);
+    save->o.resize(static_cast<size_t>(T) * k * H);
   }
   moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
                       save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
@@ -249,7 +250,7 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
     save->q = q;
     save->k = kk;
     save->v = vv;
-    save->probs.assign(static_cast<size_t>(nh) * T * (pos0 + T), 0.f);
+    save->probs.resize(static_cast<size_t>(nh) * T * (pos0 + T));  // attention() writes every entry
     save->pos0 = pos0;
     save->cache = &cache;
   }
@@ -365,14 +366,12 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
 bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                            const std::map<int, float*>& mix_grads) {
   const LayerWeights& w = ck_.layers[l];
-  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
+  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k;
   const size_t TH = static_cast<size_t>(T) * H;
   std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
   if (w.moe) {
     std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
-    std::vector<std::vector<int>> rows(E);
-    for (int t = 0; t < T; ++t)
-      for (int j = 0; j < k; ++j) rows[s.sel[static_cast<size_t>(t) * k + j]].push_back(t * k + j);
+    std::vector<double> dp;
     // Router: a_e = <dy, o_e>; dLoss/dscores by the weight rule; dz through the scoring function (selection fixed).
     for (int t = 0; t < T; ++t) {
       const float* dyt = dh + static_cast<size_t>(t) * H;
@@ -385,7 +384,7 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         for (int d = 0; d < H; ++d) dot += static_cast<double>(dyt[d]) * o[d];
         av[j] = dot;
       }
-      std::vector<double> dp(E, 0.0);
+      dp.assign(E, 0.0);
       const float* pt = &s.p[static_cast<size_t>(t) * E];
       const int32_t* st = &s.sel[static_cast<size_t>(t) * k];
       weights_backward(cfg_.router, E, k, pt, st, av, dp.data());
@@ -402,29 +401,7 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
     }
     if (stop_at_router) return false;
     matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
-    // Experts.
-    std::vector<float> dye, ge, ue, dxe;
-    for (int e = 0; e < E; ++e) {
-      const auto& r = rows[e];
-      if (r.empty()) continue;
-      const int n = static_cast<int>(r.size());
-      dye.resize(static_cast<size_t>(n) * H);
-      ge.resize(static_cast<size_t>(n) * I);
-      ue.resize(static_cast<size_t>(n) * I);
-      dxe.assign(static_cast<size_t>(n) * H, 0.f);
-      for (int i = 0; i < n; ++i) {
-        const float wt = s.w[r[i]];
-        const float* dyt = dh + static_cast<size_t>(r[i] / k) * H;
-        for (int d = 0; d < H; ++d) dye[static_cast<size_t>(i) * H + d] = wt * dyt[d];
-        std::memcpy(&ge[static_cast<size_t>(i) * I], &s.g[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-        std::memcpy(&ue[static_cast<size_t>(i) * I], &s.u[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-      }
-      swiglu_backward(pool_, dye.data(), n, ge.data(), ue.data(), w.gate[e], w.up[e], w.down[e], dxe.data());
-      for (int i = 0; i < n; ++i) {
-        float* dxt = &dx[static_cast<size_t>(r[i] / k) * H];
-        for (int d = 0; d < H; ++d) dxt[d] += dxe[static_cast<size_t>(i) * H + d];
-      }
-    }
+    moe_experts_backward(pool_, dh, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up, w.down, dx.data());
     if (w.has_shared()) {
       std::vector<float> dso(TH);
       for (int t = 0; t < T; ++t) {
@@ -457,57 +434,15 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim, group = nh / nkv;
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
   const int qw = nh * hd, kw = nkv * hd, ow = nh * vd, vw = nkv * vd;
   const float scale = cfg_.softmax_scale;
   std::vector<float> dattn(static_cast<size_t>(T) * ow);
   matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
-  std::vector<float> dq(static_cast<size_t>(T) * qw, 0.f), dk(static_cast<size_t>(T) * kw, 0.f),
-      dv(static_cast<size_t>(T) * vw, 0.f);
+  std::vector<float> dq(static_cast<size_t>(T) * qw), dk(static_cast<size_t>(T) * kw), dv(static_cast<size_t>(T) * vw);
   // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
-  // Parallel over kv groups so dk/dv rows are written by one thread only.
-  const int pos0 = s.pos0, all = pos0 + T;
-  pool_.parallel_for(nkv, 1, [&](int64_t a, int64_t b, int) {
-    std::vector<float> dP(all);
-    for (int g = static_cast<int>(a); g < b; ++g) {
-      const float* Kc = s.cache->k[g].data();
-      const float* Vc = s.cache->v[g].data();
-      for (int hh = g * group; hh < (g + 1) * group; ++hh)
-        for (int i = 0; i < T; ++i) {
-          const int p = pos0 + i;
-          const float* P = &s.probs[(static_cast<size_t>(hh) * T + i) * all];
-          const float* doi = &dattn[static_cast<size_t>(i) * ow + hh * vd];
-          double rowdot = 0;
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) {
-              dP[j] = 0;
-              continue;
-            }
-            const float* vj = Vc + static_cast<size_t>(j) * vd;
-            float d = 0;
-            for (int c = 0; c < vd; ++c) d += doi[c] * vj[c];
-            dP[j] = d;
-            rowdot += static_cast<double>(d) * P[j];
-            if (j >= pos0) {
-              float* dvj = &dv[static_cast<size_t>(j - pos0) * vw + g * vd];
-              for (int c = 0; c < vd; ++c) dvj[c] += P[j] * doi[c];
-            }
-          }
-          const float* qi = &s.q[static_cast<size_t>(i) * qw + hh * hd];
-          float* dqi = &dq[static_cast<size_t>(i) * qw + hh * hd];
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) continue;
-            const float dS = P[j] * (dP[j] - static_cast<float>(rowdot)) * scale;
-            const float* kj = Kc + static_cast<size_t>(j) * hd;
-            for (int c = 0; c < hd; ++c) dqi[c] += dS * kj[c];
-            if (j >= pos0) {
-              float* dkj = &dk[static_cast<size_t>(j - pos0) * kw + g * hd];
-              for (int c = 0; c < hd; ++c) dkj[c] += dS * qi[c];
-            }
-          }
-        }
-    }
-  });
+  attention_backward(pool_, T, s.pos0, nh, nkv, hd, vd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
+                     dq.data(), dk.data(), dv.data());
   std::vector<float> dxa(TH, 0.f);
   if (cfg_.attention == AttentionKind::Latent) latent_qkv_backward(l, s, dq, dk, dv, dxa.data());
   else standard_qkv_backward(l, s, dq, dk, dv, dxa.data());
@@ -551,6 +486,36 @@ void Decoder::standard_qkv_backward(int l, const LayerSave& s, std::vector<float
   matmul_backward_input(pool_, dq.data(), T, w.q, dx, true);
   matmul_backward_input(pool_, dk.data(), T, w.k, dx, true);
   matmul_backward_input(pool_, dv.data(), T, w.v, dx, true);
+}
+
+void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden, E = cfg_.experts, I = cfg_.expert_width;
+  if (!w.moe) throw Error("BAD_ARGUMENT", "layer " + std::to_string(l) + " has no router");
+  std::vector<float> x(H);
+  rmsnorm_row(h_mid, w.mlp_norm.data(), H, cfg_.eps, x.data());
+  matmul(pool_, x.data(), 1, w.router, z);
+  std::vector<float> g(static_cast<size_t>(E) * I), u(static_cast<size_t>(E) * I);
+  std::vector<MatmulJob> jobs;
+  for (int e = 0; e < E; ++e) {
+    jobs.push_back({x.data(), 1, w.gate[e], &g[static_cast<size_t>(e) * I]});
+    jobs.push_back({x.data(), 1, w.up[e], &u[static_cast<size_t>(e) * I]});
+  }
+  matmul_batch(pool_, jobs);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+  jobs.clear();
+  for (int e = 0; e < E; ++e) jobs.push_back({&g[static_cast<size_t>(e) * I], 1, w.down[e], experts + static_cast<size_t>(e) * H});
+  matmul_batch(pool_, jobs);
+  std::fill(shared, shared + H, 0.f);
+  if (w.has_shared()) {  // as moe_forward: gated (qwen2_moe) or added as is (DeepSeek / GLM)
+    swiglu(x.data(), 1, w.shared_gate, w.shared_up, w.shared_down, shared, 1.f, nullptr, nullptr);
+    if (!w.shared_expert_gate.empty()) {
+      float gl = 0;
+      for (int d = 0; d < H; ++d) gl += x[d] * w.shared_expert_gate[d];
+      const float sgv = sigmoid(gl);
+      for (int d = 0; d < H; ++d) shared[d] *= sgv;
+    }
+  }
 }
 
 }  // namespace routescope

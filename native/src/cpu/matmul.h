@@ -12,6 +12,10 @@ namespace routescope {
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate = false);
 // dx[T,K] = dy[T,N] · W[N,K]  (dx += ... when accumulate): the input gradient of matmul.
 void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+// matmul and matmul_backward_input on the calling thread only, for callers that already run one task per thread
+// (an expert, an attention head each).
+void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate = false);
+void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate);
 // Several independent products in one dispatch (e.g. every selected expert's gate and up projections), split
 // into row blocks that threads take dynamically so small and large jobs balance.
 struct MatmulJob {
