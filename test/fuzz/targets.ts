@@ -57,7 +57,7 @@ export function referenceTarget(work: string): Target {
           const n = Math.hypot(...v);
           return v.map((x) => x / n);
         });
-        const manifest = makeManifest(info, modelDir, { kind: 'self', layer: 4 }, D, N, { file: 'ref.jsonl', items: N + 2, correct: N });
+        const manifest = makeManifest(info, modelDir, { kind: 'self', layer: 4, pooled: 'prompt' }, D, N, { file: 'ref.jsonl', items: N + 2, correct: N });
         fs.rmSync(refDir, { recursive: true, force: true });
         writeReference(refDir, { manifest, entries, routing: entries.map(() => [row(), row()]), embeddings });
         seeds.push(new Map(['manifest.json', 'index.jsonl', 'routing.safetensors', 'embeddings.safetensors'].map((f) => [f, fs.readFileSync(path.join(refDir, f))])));
