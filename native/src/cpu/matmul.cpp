@@ -125,6 +125,7 @@ constexpr int kGemmBackwardRows = 16;
 
 void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
+  if (W.dtype == DType::F8E4M3) return matmul_fp8_serial(x, T, W, y, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) return generic_rows(x, T, W, 0, N, y, accumulate);
   const int dt = dt_code(W.dtype);
@@ -136,6 +137,7 @@ void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulat
 
 void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   if (T <= 0) return;
+  if (W.dtype == DType::F8E4M3) return matmul_fp8_backward_input_serial(dy, T, W, dx, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) {
     std::vector<float> row(K);

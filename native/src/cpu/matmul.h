@@ -30,6 +30,9 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
 void matmul_fp8(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate);
 void matmul_fp8_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
 void fp8_to_f32(const uint8_t* src, float* dst, size_t n);  // unscaled E4M3 values
+// The same on the calling thread only (for callers already inside a pool job).
+void matmul_fp8_serial(const float* x, int T, const Mat& W, float* y, bool accumulate);
+void matmul_fp8_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate);
 // The routed experts of one MoE block with FP8 weights (moe_experts.cpp's layout): expert e's rows are
 // order[count[e]..count[e+1]) (original rows t*k+s) of tokens tokens[...]; outputs go to o in that expert-sorted
 // order, gate/up pre-activations to save_g/save_u at the original rows (when non-null).

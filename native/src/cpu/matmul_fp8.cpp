@@ -34,18 +34,21 @@ int tile_rows(const Mat& W) {
   return static_cast<int>(std::min<int64_t>(want * per_block, W.rows));
 }
 
+// Rows [r0 + a, r0 + b) of W as f32 into out's rows [a, b) (out is [r1 - r0, cols]).
+void dequantise_rows(const Mat& W, int r0, int64_t a, int64_t b, float* out) {
+  const int sc = W.scale_cols();
+  for (int64_t i = a; i < b; ++i) {
+    const int r = r0 + static_cast<int>(i);
+    const uint8_t* q = W.row(r);
+    const float* s = W.scale + static_cast<size_t>(r / W.block_rows) * sc;
+    float* o = out + static_cast<size_t>(i) * W.cols;
+    for (int c = 0; c < W.cols; ++c) o[c] = kE4M3.v[q[c]] * s[c / W.block_cols];
+  }
+}
+
 // Rows [r0, r1) of W as f32 into out ([r1 - r0, cols]).
 void dequantise(ThreadPool& pool, const Mat& W, int r0, int r1, float* out) {
-  const int sc = W.scale_cols();
-  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) {
-    for (int64_t i = a; i < b; ++i) {
-      const int r = r0 + static_cast<int>(i);
-      const uint8_t* q = W.row(r);
-      const float* s = W.scale + static_cast<size_t>(r / W.block_rows) * sc;
-      float* o = out + static_cast<size_t>(i) * W.cols;
-      for (int c = 0; c < W.cols; ++c) o[c] = kE4M3.v[q[c]] * s[c / W.block_cols];
-    }
-  });
+  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) { dequantise_rows(W, r0, a, b, out); });
 }
 
 }  // namespace
@@ -78,6 +81,36 @@ void matmul_fp8_backward_input(ThreadPool& pool, const float* dy, int T, const M
     dequantise(pool, W, r0, r1, tile.data());
     for (int t = 0; t < T; ++t) std::memcpy(&dyt[static_cast<size_t>(t) * n], dy + static_cast<size_t>(t) * N + r0, n * sizeof(float));
     matmul_backward_input(pool, dyt.data(), T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, dx, true);
+  }
+}
+
+// The serial kernels' FP8 path: called from a pool worker (one expert per thread), so tiles are widened on this thread.
+void matmul_fp8_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
+  const int N = W.rows, K = W.cols, R = tile_rows(W);
+  thread_local std::vector<float> tile, part;
+  tile.resize(static_cast<size_t>(R) * K), part.resize(static_cast<size_t>(T) * R);
+  for (int r0 = 0; r0 < N; r0 += R) {
+    const int r1 = std::min(N, r0 + R), n = r1 - r0;
+    dequantise_rows(W, r0, 0, n, tile.data());
+    matmul_serial(x, T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, part.data(), false);
+    for (int t = 0; t < T; ++t) {
+      float* yt = y + static_cast<size_t>(t) * N + r0;
+      const float* pt = &part[static_cast<size_t>(t) * n];
+      for (int i = 0; i < n; ++i) yt[i] = accumulate ? yt[i] + pt[i] : pt[i];
+    }
+  }
+}
+
+void matmul_fp8_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
+  const int N = W.rows, K = W.cols, R = tile_rows(W);
+  if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
+  thread_local std::vector<float> tile, dyt;
+  tile.resize(static_cast<size_t>(R) * K), dyt.resize(static_cast<size_t>(T) * R);
+  for (int r0 = 0; r0 < N; r0 += R) {
+    const int r1 = std::min(N, r0 + R), n = r1 - r0;
+    dequantise_rows(W, r0, 0, n, tile.data());
+    for (int t = 0; t < T; ++t) std::memcpy(&dyt[static_cast<size_t>(t) * n], dy + static_cast<size_t>(t) * N + r0, n * sizeof(float));
+    matmul_backward_input_serial(dyt.data(), T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, dx, true);
   }
 }
 
