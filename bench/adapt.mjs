@@ -253,10 +253,19 @@ async function main() {
     // The same weights with a tokenizer, so the task format (and the harness) can run on it.
     const dir = path.join(OUT, `olmoe-shaped-L${layers}-tok`);
     fs.mkdirSync(dir, { recursive: true });
+    // Copies of the small files and a hard link to the weights: the engine refuses files symlinked from outside a
+    // model folder.
     for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) {
-      const link = path.join(dir, f);
-      fs.rmSync(link, { force: true });
-      fs.symlinkSync(path.join(ck.dir, f), link);
+      const target = path.join(dir, f);
+      fs.rmSync(target, { force: true });
+      if (f.endsWith('.json')) fs.copyFileSync(path.join(ck.dir, f), target);
+      else {
+        try {
+          fs.linkSync(path.join(ck.dir, f), target);
+        } catch {
+          fs.copyFileSync(path.join(ck.dir, f), target); // another file system
+        }
+      }
     }
     fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(charTokenizer()));
     fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>' }));
