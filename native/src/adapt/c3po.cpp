@@ -70,6 +70,7 @@ std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>&
   std::lock_guard<std::mutex> lock(model.c3po_mutex());
   const ModelConfig& cfg = model.checkpoint().config;
   if (prompt.empty()) throw Error("BAD_TOKENS", "empty reference prompt");
+  require_score_router(cfg.router, "C3PO");
   if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
   auto p = std::make_shared<C3poPrefix>();
   p->session = std::make_shared<SessionImpl>(model, 0);
@@ -135,6 +136,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
   const Checkpoint& ck = model.checkpoint();
   const ModelConfig& cfg = ck.config;
   const int E = cfg.experts, L = cfg.layers, H = cfg.hidden, V = cfg.vocab;
+  require_score_router(cfg.router, "C3PO");
   if (o.layers.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one critical layer");
   if (neighbours.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one neighbour");
   if (o.steps < 0) throw Error("BAD_ARGUMENT", "C3PO needs steps >= 0");
