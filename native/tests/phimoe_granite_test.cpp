@@ -222,3 +222,43 @@ TEST("llama4: refused with what the engine lacks, naming the supported model typ
               err);
   }
 }
+
+TEST("phimoe / granitemoe: token-by-token decoding through the KV cache equals one full forward") {
+  for (const char* name : {"phimoe-perexpert-f32", "granitemoe-fused-f32"}) {
+    auto model = Model::load(rstest::fixture_model(name), LoadOptions{2, "cpu"});
+    const int V = model->info().vocab_size;
+    // 12 positions: below phimoe's original_max_position_embeddings (16), so every call uses the short factors.
+    const std::vector<int> tokens = {5, 17, 3, 88, 41, 9, 60, 2, 33, 71, 14, 50};
+    Patch patch = parse_patch(R"({"layers": {"1": {"mask": [2], "bias": {"4": 0.75}}}})", model->info());
+    auto full = model->create_session()->forward(tokens, patch, LogitsMode::All);
+    auto session = model->create_session();
+    session->forward(std::vector<int>(tokens.begin(), tokens.begin() + 4), patch, LogitsMode::None);
+    float worst = 0;
+    for (size_t i = 4; i < tokens.size(); ++i) {
+      auto step = session->forward({tokens[i]}, patch, LogitsMode::Last);
+      for (int v = 0; v < V; ++v) worst = std::max(worst, std::fabs(step.logits[v] - full.logits[i * V + v]));
+    }
+    CHECK_MSG(worst < 1e-4f, name << ": decode vs full forward differ by " << worst);
+  }
+}
+
+TEST("phimoe: Phi-3.5-MoE's config.json shape (LongRoPE over 64 pairs, sliding window, biases) reads as released") {
+  std::string factors;
+  for (int i = 0; i < 64; ++i) factors += (i ? "," : "") + std::to_string(1.0 + 0.03 * i);
+  const std::string text = std::string(R"({"architectures": ["PhiMoEForCausalLM"], "attention_bias": true,
+    "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 32000, "hidden_act": "silu", "hidden_dropout": 0.0,
+    "hidden_size": 4096, "initializer_range": 0.02, "input_jitter_noise": 0.01, "intermediate_size": 6400,
+    "lm_head_bias": true, "max_position_embeddings": 131072, "model_type": "phimoe", "num_attention_heads": 32,
+    "num_experts_per_tok": 2, "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 16,
+    "original_max_position_embeddings": 4096, "output_router_logits": false, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"long_mscale": 1.243163121016122, "original_max_position_embeddings": 4096, "short_mscale": 1.1,
+                     "type": "longrope", "long_factor": [)") + factors + R"(], "short_factor": [)" + factors + R"(]},
+    "rope_theta": 10000.0, "router_aux_loss_coef": 0.0, "router_jitter_noise": 0.01, "sliding_window": 131072,
+    "tie_word_embeddings": false, "torch_dtype": "bfloat16", "vocab_size": 32064})";
+  ModelInfo info;
+  ModelConfig c = parse_config(Json::parse(text), "config.json", info);
+  CHECK(c.head_dim == 128 && c.rope.dims == 128 && c.rope.long_factor.size() == 64 && c.rope.theta == 10000.0);
+  CHECK(c.sliding_window == 131072 && c.experts == 16 && c.top_k == 2 && c.expert_width == 6400);
+  CHECK(std::fabs(c.router.jitter_eps - 0.01f) < 1e-9 && c.eps == 1e-5f && c.lm_head_bias && c.o_bias);
+  CHECK(info.eos_token_ids == std::vector<int>{32000});
+}

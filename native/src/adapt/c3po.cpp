@@ -53,7 +53,10 @@ void cached_block(const std::vector<const C3poPrefix*>& rows, const LayerPatch* 
     for (int s = 0; s < k; ++s) {
       const float* o = px.experts.data() + static_cast<size_t>(sel[s]) * H;
       for (int d = 0; d < H; ++d) hj[d] += w[s] * o[d];
-      if (save) std::copy(o, o + H, save->o.begin() + (static_cast<size_t>(j) * k + s) * H);
+      // The saved expert output is the block's own, before GraniteMoE's residual multiplier (moe_parts folds it
+      // into the cached parts; mlp_backward applies it).
+      if (save)
+        for (int d = 0; d < H; ++d) save->o[(static_cast<size_t>(j) * k + s) * H + d] = o[d] / cfg.residual_multiplier;
     }
     if (save) {
       std::copy(p.begin(), p.end(), save->p.begin() + static_cast<size_t>(j) * E);

@@ -74,7 +74,8 @@ class Decoder {
 
   // What MoE layer l computes for one row h_mid (the residual after its attention) whatever the routing: the raw
   // router logits z [E], every routed expert's output [E, H] and the shared expert's gated contribution [H] (zero
-  // when the layer has none). The layer's output is then h_mid + shared + sum over the selected e of w_e experts[e].
+  // when the layer has none). The layer's output is then h_mid + shared + sum over the selected e of w_e experts[e]
+  // (GraniteMoE's residual multiplier folded into both).
   void moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared);
 
   void embed(const std::vector<int>& tokens, float* h) const;

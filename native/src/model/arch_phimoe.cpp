@@ -47,6 +47,7 @@ void read_granitemoe(const ConfigReader& c, ModelConfig& cfg) {
   cfg.eps = static_cast<float>(c.number("rms_norm_eps", 1e-6, 0.0, 1.0, true));
   cfg.embedding_multiplier = static_cast<float>(c.number("embedding_multiplier", 1.0, -1e6, 1e6));
   cfg.residual_multiplier = static_cast<float>(c.number("residual_multiplier", 1.0, -1e6, 1e6));
+  if (cfg.residual_multiplier == 0.f) c.fail("\"residual_multiplier\" = 0 would discard every attention and MLP output");
   cfg.logits_scaling = static_cast<float>(c.number("logits_scaling", 1.0, 0.0, 1e6, true));
   cfg.softmax_scale = static_cast<float>(c.number("attention_multiplier", 1.0, 0.0, 1e6, true));
 }
