@@ -68,10 +68,16 @@ void route_sparsemixer(const RouterRule& rule, const float* z_raw, int E, int k,
     w[i] = row[c] * rule.scale;
     out[c] = 1;
   }
-  // Highest weight first, ties by lower expert index; each slot's softmax row moves with its expert.
+  // Highest weight first, ties by lower expert index; each slot's softmax row moves with its expert (insertion
+  // sort: defined even for NaN weights from non-finite logits).
   std::vector<int> order(k);
   for (int i = 0; i < k; ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && sel[a] < sel[b]); });
+  for (int i = 1; i < k; ++i)
+    for (int j = i; j > 0; --j) {
+      const int a = order[j], b = order[j - 1];
+      if (!(w[a] > w[b] || (w[a] == w[b] && sel[a] < sel[b]))) break;
+      std::swap(order[j], order[j - 1]);
+    }
   std::vector<int32_t> sel0(sel, sel + k);
   std::vector<float> w0(w, w + k);
   for (int i = 0; i < k; ++i) {
