@@ -185,7 +185,8 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
   await step(t, 'the load heatmap has its axes, colour bar and unit; every layer\'s rates equal the CLI\'s, overall and per skill', async () => {
     // Give the panel the whole editor area.
     await palette('View: Single Column Editor Layout');
-    await page.locator('.tabs-container .tab.active', { hasText: 'Routing Statistics' }).click();
+    await page.locator('.tabs-container .tab', { hasText: 'Routing Statistics' }).first().click();
+    await frame().locator('body[data-state="done"]').waitFor({ timeout: STEP_MS });
     const heat = frame().locator('#load-heatmap');
     assert.equal(Number(await heat.getAttribute('data-rows')), cli.layers.length);
     assert.equal(Number(await heat.getAttribute('data-cols')), cli.experts);

@@ -3,12 +3,11 @@
 // co-activation per layer, layer-to-layer flow, paired sets ranked by activation-rate difference with the steering
 // re-run, exports. Speaks common/src/statsProtocol.ts; figures come from model.ts (statsQueries.ts, as the CLI).
 // Every chart has axes, units and labels, and a table with the same figures (data-value attributes hold the exact
-// numbers); everything is reachable with the keyboard.
+// numbers); everything is reachable with the keyboard. Over 400 lines on purpose: the page's markup and the five
+// views that fill it (load, one expert, co-activation, flow; pairs.ts draws the paired sets) share one view state.
 import { visibleToken, plural } from '../../../common/src/format';
 import { QUANTITY } from '../../../common/src/quantities';
-import { describeExperts, type PairSide, type SteerMode } from '../../../common/src/statsQueries';
 import {
-  ApplySteeringPatchCommand,
   InspectPromptCommand,
   OpenContextCommand,
   StatsContextNotification,
@@ -19,19 +18,19 @@ import {
   StatsRerunCommand,
   StatsResultNotification,
   StatsStartedNotification,
-  SteerCommand,
   SteeringNotification,
   reviveLoad,
   reviveStatsData,
   type StatsContext,
   type StatsRunStart,
-  type SteeringState,
 } from '../../../common/src/statsProtocol';
 import { readTheme, watchTheme } from '../theme';
 import { vscode } from '../vscodeApi';
 import { FlowPicture } from './flow';
 import { MatrixHeatmap } from './matrix';
 import { StatsModel } from './model';
+import { byId, count, h, num, option, pct } from './dom';
+import { drawPair as drawPairView, setSteering } from './pairs';
 
 interface ViewState {
   group: string;
@@ -50,43 +49,7 @@ const save = (): void => vscode.setState(state);
 
 let model: StatsModel | undefined;
 let start: StatsRunStart | undefined;
-let steering: SteeringState | undefined;
-let rankingShown = 20;
 let theme = readTheme();
-
-// ---- DOM helpers ---------------------------------------------------------------------------------------------------
-
-type Child = Node | string | undefined | false;
-function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string | number | boolean | undefined> = {}, ...children: Child[]): HTMLElementTagNameMap[K] {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === false) continue;
-    if (k === 'class') el.className = String(v);
-    else if (k === 'text') el.textContent = String(v);
-    // Through the CSSOM: the Content-Security-Policy refuses style attributes.
-    else if (k === 'style') for (const decl of String(v).split(';')) {
-      const [name, value] = decl.split(':');
-      if (name && value) el.style.setProperty(name.trim(), value.trim());
-    }
-    else el.setAttribute(k, v === true ? '' : String(v));
-  }
-  for (const c of children) if (c !== undefined && c !== false) el.append(c);
-  return el;
-}
-const byId = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
-const pct = (x: number, d = 1): string => `${(100 * x).toFixed(d)} %`;
-const points = (x: number, d = 1): string => `${x > 0 ? '+' : x < 0 ? '−' : ''}${Math.abs(100 * x).toFixed(d)}`;
-const count = (n: number): string => n.toLocaleString('en-US');
-const num = (td: HTMLTableCellElement, value: number): HTMLTableCellElement => {
-  td.dataset.value = String(value);
-  td.className = 'num';
-  return td;
-};
-function option(value: string, label: string, selected: boolean): HTMLOptionElement {
-  const o = h('option', { value, text: label });
-  o.selected = selected;
-  return o;
-}
 
 // ---- page --------------------------------------------------------------------------------------------------------
 
@@ -410,110 +373,6 @@ function drawFlowPaths(): void {
   );
 }
 
-// ---- paired sets ---------------------------------------------------------------------------------------------------
-
-function drawPair(): void {
-  if (!model) return;
-  const m = model;
-  const body = byId('pair-body');
-  if (m.groups.length < 2) {
-    body.replaceChildren(h('p', { class: 'muted', text: 'One set only. To compare two sets, run the statistics on two files (select both in the Explorer), or on a JSONL task set whose items have a "skill" field (each skill is a set).' }));
-    return;
-  }
-  if (!state.a || !m.groups.includes(state.a)) state.a = m.groups[0];
-  if (!state.b || !m.groups.includes(state.b) || state.b === state.a) state.b = m.groups.find((g) => g !== state.a)!;
-  const pick = (id: string, value: string): HTMLSelectElement => {
-    const s = h('select', { id }, ...m.groups.map((g) => option(g, g, g === value)));
-    s.addEventListener('change', () => {
-      if (id === 'pair-a') state.a = s.value;
-      else state.b = s.value;
-      rankingShown = 20;
-      save();
-      drawPair();
-    });
-    return s;
-  };
-  const controls = h('div', { class: 'controls' }, h('label', {}, 'A ', pick('pair-a', state.a)), h('label', {}, 'B ', pick('pair-b', state.b)));
-  if (state.a === state.b) {
-    body.replaceChildren(controls, h('p', { class: 'error', text: 'Choose two different sets.' }));
-    return;
-  }
-  const ranking = m.ranking(state.a, state.b);
-  const shown = ranking.slice(0, rankingShown);
-  const maxAbs = Math.max(1e-12, ...shown.map((d) => Math.abs(d.delta)));
-  const table = h('table', { id: 'ranking', 'data-a': state.a, 'data-b': state.b },
-    h('caption', { class: 'sr-only', text: `Experts ranked by |activation-rate difference| between ${state.a} and ${state.b}` }),
-    h('thead', {}, h('tr', {}, ...['Rank', 'Layer', 'Expert', `${state.a} (%)`, `${state.b} (%)`, `Δ = A − B (${QUANTITY.activationDifference.unit})`].map((t) => h('th', { scope: 'col', text: t })))),
-    h('tbody', {}, ...shown.map((d, i) => h('tr', { 'data-layer': d.layer, 'data-expert': d.expert },
-      h('td', { class: 'num', text: String(i + 1) }), h('td', { class: 'num', text: String(d.layer) }), h('td', { class: 'num', text: String(d.expert) }),
-      num(h('td', { text: pct(d.rateA, 2) }), d.rateA), num(h('td', { text: pct(d.rateB, 2) }), d.rateB),
-      num(h('td', {}, h('span', { class: `delta ${d.delta >= 0 ? 'pos' : 'neg'}`, style: `--w:${((50 * Math.abs(d.delta)) / maxAbs).toFixed(1)}%` }), points(d.delta, 2)), d.delta)))),
-  );
-  const more = h('button', { id: 'ranking-more', text: `Show ${Math.min(20, ranking.length - shown.length)} more`, hidden: shown.length >= ranking.length });
-  more.addEventListener('click', () => {
-    rankingShown += 20;
-    drawPair();
-  });
-  const n = h('input', { id: 'steer-n', type: 'number', min: 1, max: m.E * m.L, value: 2, 'aria-label': 'Experts to steer' });
-  const side = h('select', { id: 'steer-side', 'aria-label': 'Side' }, option('A', `${state.a} (A)`, true), option('B', `${state.b} (B)`, false));
-  const mode = h('select', { id: 'steer-mode', 'aria-label': 'Mask or force' }, option('mask', 'Mask', true), option('force', 'Force', false));
-  const go = h('button', { id: 'steer', class: 'primary', text: 'Make patch and re-run both sets', disabled: steering?.status === 'running' });
-  go.addEventListener('click', () => {
-    const count = Math.max(1, Math.floor(Number(n.value) || 1));
-    vscode.postMessage(SteerCommand.create({ a: state.a!, b: state.b!, side: side.value as PairSide, n: count, mode: mode.value as SteerMode }));
-  });
-  body.replaceChildren(
-    controls,
-    h('p', { class: 'muted small', text: `${QUANTITY.activationDifference.meaning} (SteerMoE, arXiv:2509.09660); experts ranked by |Δ|. Positive: more active in A.` }),
-    h('div', { class: 'scroll' }, table),
-    more,
-    h('h3', { text: 'Steer: a routing patch from the ranking' }),
-    h('div', { class: 'controls' }, mode, ' the top ', n, ' experts of ', side, go),
-    h('p', { class: 'muted small', text: m.data.labelled ? 'Both sets run without and with the patch; labelled items report accuracy (as routescope eval scores them).' : 'Both sets run without and with the patch; without labels, how the next-token distribution after each prompt moved.' }),
-    h('div', { id: 'steering' }),
-  );
-  drawSteering();
-}
-
-function drawSteering(): void {
-  const host = document.getElementById('steering');
-  if (!host || !steering) return;
-  const s = steering;
-  const parts: Child[] = [];
-  const sideName = s.side === 'A' ? s.a : s.b;
-  parts.push(h('p', { text: `${s.mode === 'mask' ? 'Mask' : 'Force'} the top ${s.experts.length} experts of ${sideName}: ${describeExperts(s.experts)}` }));
-  for (const k of s.skipped) parts.push(h('p', { class: 'muted small', text: `Left out L${k.layer} e${k.expert}: ${k.reason}` }));
-  if (s.status === 'running') parts.push(h('p', { role: 'status', text: `Running… ${s.done} of ${s.total} prompts.` }));
-  if (s.status === 'failed') parts.push(h('p', { class: 'error', text: s.error ?? 'failed' }));
-  if (s.outcome) {
-    const o = s.outcome;
-    if (s.status === 'cancelled') parts.push(h('p', { class: 'muted', text: `Cancelled after ${o.completed} of ${o.total} prompts: the figures are over those.` }));
-    const labelled = o.groups.some((g) => g.accuracy);
-    const head = labelled
-      ? ['Set', 'Items', 'Accuracy without patch', 'With patch', 'Change (points)', 'Wrong → right', 'Right → wrong']
-      : ['Set', 'Prompts', 'Mean total variation', 'Mean KL (nats)', 'Most likely token changed'];
-    parts.push(h('table', { id: 'steering-table' },
-      h('thead', {}, h('tr', {}, ...head.map((t) => h('th', { scope: 'col', text: t })))),
-      h('tbody', {}, ...o.groups.map((g) => g.accuracy
-        ? h('tr', { 'data-group': g.group }, h('th', { scope: 'row', text: g.group }), h('td', { class: 'num', text: String(g.labelled) }),
-          num(h('td', { text: pct(g.accuracy.before) }), g.accuracy.before), num(h('td', { text: pct(g.accuracy.after) }), g.accuracy.after),
-          num(h('td', { text: points(g.accuracy.after - g.accuracy.before) }), g.accuracy.after - g.accuracy.before),
-          num(h('td', { text: String(g.flips!.wrongToRight) }), g.flips!.wrongToRight), num(h('td', { text: String(g.flips!.rightToWrong) }), g.flips!.rightToWrong))
-        : h('tr', { 'data-group': g.group }, h('th', { scope: 'row', text: g.group }), h('td', { class: 'num', text: String(g.unlabelled) }),
-          num(h('td', { text: (g.nextToken?.meanTotalVariation ?? 0).toFixed(3) }), g.nextToken?.meanTotalVariation ?? 0),
-          num(h('td', { text: (g.nextToken?.meanKl ?? 0).toFixed(3) }), g.nextToken?.meanKl ?? 0),
-          num(h('td', { text: pct(g.nextToken?.top1Changed ?? 0) }), g.nextToken?.top1Changed ?? 0)))),
-    ));
-    const apply = h('button', { id: 'apply-patch', text: 'Use this patch for Inspect / Generate', title: 'Makes it the session\'s routing patch' });
-    apply.addEventListener('click', () => vscode.postMessage(ApplySteeringPatchCommand.create({})));
-    parts.push(h('details', {}, h('summary', { text: 'The routing patch (JSON)' }), h('pre', { text: JSON.stringify(s.patch, null, 2) })), apply);
-  }
-  host.dataset.status = s.status;
-  host.replaceChildren(...parts.filter((p): p is Node | string => p !== undefined && p !== false));
-  const go = document.getElementById('steer') as HTMLButtonElement | null;
-  if (go) go.disabled = s.status === 'running';
-}
-
 // ---- the whole page ------------------------------------------------------------------------------------------------
 
 function setRunning(running: boolean): void {
@@ -525,7 +384,7 @@ function setRunning(running: boolean): void {
 function showStart(s: StatsRunStart): void {
   start = s;
   model = undefined;
-  steering = undefined;
+  setSteering(undefined);
   byId('title').textContent = `Routing statistics — ${s.source}`;
   byId('meta').textContent = `${s.model} · ${plural(s.total, 'prompt')}${s.groups.length > 1 ? ` in ${s.groups.length} sets (${s.groups.join(', ')})` : ''}`;
   byId('status').textContent = `Running… 0 of ${s.total} prompts.`;
@@ -558,7 +417,7 @@ function showResult(data: ConstructorParameters<typeof StatsModel>[0]): void {
   drawExpert();
   drawCo();
   drawFlow();
-  drawPair();
+  if (model) drawPairView(model, state, save);
 }
 
 /** A message the page could not show: said in the status line (the rest of the page stays as it was). */
@@ -590,8 +449,7 @@ function onMessage(message: unknown): void {
     document.body.dataset.state = 'failed';
   } else if (StatsContextNotification.is(message)) showContext(message.params);
   else if (SteeringNotification.is(message)) {
-    steering = message.params;
-    drawSteering();
+    setSteering(message.params);
   }
 }
 
