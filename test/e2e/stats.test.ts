@@ -26,7 +26,7 @@ const THEMES = [
 
 interface CodeServerTools {
   ensureCodeServer(): { nodeBin: string; entry: string };
-  prepareProfile(dir: string, options: { extensionDir: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): { ud: string; workspace: string };
+  prepareProfile(dir: string, options: { extensionDir: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): { workspace: string };
   startCodeServer(options: { dir: string; port: number; install: unknown; stdio?: unknown }): Promise<{ url: string; stop(): void }>;
   freePort(): Promise<number>;
   CHROMIUM: string;
@@ -51,7 +51,6 @@ let context: BrowserContext | undefined;
 let page: Page;
 let server: { url: string; stop(): void } | undefined;
 let workspace: string;
-let userSettings: string;
 const shots: string[] = [];
 
 function stageExtension(dir: string): string {
@@ -117,7 +116,6 @@ before(async () => {
     workspaceFiles: { 'eval.jsonl': fs.readFileSync(path.join(ROOT, 'media', 'tasks', 'eval.jsonl'), 'utf8') },
   });
   workspace = profile.workspace;
-  userSettings = path.join(profile.ud, 'User', 'settings.json');
   const port = await tools.freePort();
   server = await tools.startCodeServer({ dir: RUN_DIR, port, install });
   const { chromium } = (await import('playwright-core')) as typeof import('playwright-core');
@@ -173,6 +171,7 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
     await page.locator('.quick-input-list .monaco-list-row', { hasText: 'eval.jsonl' }).first().waitFor();
     await input.press('Enter');
     await page.locator('.tabs-container .tab.active', { hasText: 'eval.jsonl' }).waitFor();
+    await page.locator('.monaco-editor .view-lines', { hasText: 'eval-add-001' }).first().waitFor({ state: 'visible' });
     await palette('Routescope: Routing Statistics over a Prompt Set…');
     await frame().locator('body[data-state="done"]').waitFor({ timeout: STEP_MS });
     const status = frame().locator('#status');
@@ -284,8 +283,13 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
 
   await step(t, 'screenshots in the dark, light and high-contrast themes', async () => {
     for (const [name, theme] of THEMES) {
-      const settings = JSON.parse(fs.readFileSync(userSettings, 'utf8')) as Record<string, unknown>;
-      fs.writeFileSync(userSettings, JSON.stringify({ ...settings, 'workbench.colorTheme': theme }, null, 2));
+      if (name !== 'dark') {
+        await palette('Preferences: Color Theme');
+        const input = page.locator('.quick-input-widget input.input');
+        await input.fill(theme);
+        await page.locator('.quick-input-list .monaco-list-row', { hasText: theme }).first().waitFor();
+        await input.press('Enter');
+      }
       const kind = name === 'dark' ? 'vscode-dark' : name === 'light' ? 'vscode-light' : 'vscode-high-contrast';
       await frame().locator(`body.${kind}`).waitFor({ timeout: UI_MS });
       await page.waitForTimeout(600);

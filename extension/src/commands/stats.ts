@@ -30,10 +30,13 @@ export function statsCommands(c: CommandContext, models: ModelCommands) {
     if (arg instanceof vscode.Uri) return [arg.fsPath];
     if (Array.isArray(arg) && arg.every((a) => typeof a === 'string')) return arg as string[];
     if (typeof arg === 'string') return [arg];
-    const doc = vscode.window.activeTextEditor?.document;
-    if (doc && doc.uri.scheme === 'file' && PROMPT_SET.test(doc.fileName)) {
-      if (doc.isDirty) await doc.save();
-      return [doc.fileName];
+    // The active editor's file; else the active tab's (the editor may not have reached the extension host yet).
+    const tab = vscode.window.tabGroups.activeTabGroup.activeTab?.input;
+    const uri = vscode.window.activeTextEditor?.document.uri ?? (tab instanceof vscode.TabInputText ? tab.uri : undefined);
+    if (uri && uri.scheme === 'file' && PROMPT_SET.test(uri.fsPath)) {
+      const doc = vscode.workspace.textDocuments.find((d) => d.uri.toString() === uri.toString());
+      if (doc?.isDirty) await doc.save();
+      return [uri.fsPath];
     }
     const uris = await vscode.window.showOpenDialog({
       canSelectFiles: true,

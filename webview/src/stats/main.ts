@@ -90,7 +90,7 @@ app.append(
       h('div', { id: 'context-view', class: 'context', hidden: true }),
     ),
     h('section', { id: 'co-section', class: 'card', 'aria-labelledby': 'co-h' },
-      h('h2', { id: 'co-h', text: `Co-activation: ${QUANTITY.coActivation.name}` }),
+      h('h2', { id: 'co-h', text: `Co-activation: share of tokens selecting both experts` }),
       h('div', { class: 'controls' }, h('label', {}, 'Layer ', h('select', { id: 'co-layer' }))),
       h('div', { id: 'co-host', class: 'chart' }),
       h('p', { class: 'muted small', text: `${QUANTITY.coActivation.meaning}; the colour scale leaves out the diagonal (struck through: an expert with itself is its activation rate, in the tooltip).` }),
@@ -202,7 +202,7 @@ function drawLoadTable(): void {
   byId('load-table-title').textContent = `Figures of layer ${m.layers[r]} (table)`;
   const groups = m.groups.length > 1 ? m.groups : [];
   const head = h('tr', {}, h('th', { scope: 'col', text: 'Expert' }), h('th', { scope: 'col', text: `${QUANTITY.activationRate.name}, all (%)` }),
-    ...groups.map((g) => h('th', { scope: 'col', text: `${g} (%)` })), h('th', { scope: 'col', text: 'top-1 (% of tokens)' }), h('th', { scope: 'col', text: 'mean weight when selected' }));
+    ...groups.map((g) => h('th', { scope: 'col', text: `${g} (%)` })), h('th', { scope: 'col', text: 'top-1 (% of tokens)' }), h('th', { scope: 'col', text: 'mean weight' }));
   const all = m.all;
   const rates = m.rates('all');
   const order = state.order === 'load' ? Array.from(m.orderByLoad(r)) : Array.from({ length: E }, (_, e) => e);
