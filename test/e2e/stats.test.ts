@@ -18,10 +18,11 @@ const RUN_DIR = path.join(ROOT, '.cache', 'e2e', 'stats');
 const DEMO_MODEL = path.resolve(process.env.ROUTESCOPE_E2E_MODEL || path.join(ROOT, 'media', 'demo-model'));
 const STEP_MS = 120_000;
 const UI_MS = 20_000;
+/** Name in the screenshots, the setting's value, the label Preferences: Color Theme lists. */
 const THEMES = [
-  ['dark', 'Default Dark Modern'],
-  ['light', 'Default Light Modern'],
-  ['high-contrast', 'Default High Contrast'],
+  ['dark', 'Default Dark Modern', 'Dark Modern'],
+  ['light', 'Default Light Modern', 'Light Modern'],
+  ['high-contrast', 'Default High Contrast', 'Dark High Contrast'],
 ] as const;
 
 interface CodeServerTools {
@@ -282,13 +283,16 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
   });
 
   await step(t, 'screenshots in the dark, light and high-contrast themes', async () => {
-    for (const [name, theme] of THEMES) {
+    for (const [name, , label] of THEMES) {
       if (name !== 'dark') {
-        await palette('Preferences: Color Theme');
+        // Click the rows: Enter would take the palette's best fuzzy match ("Browse Color Themes in Marketplace").
+        await page.keyboard.press('Escape');
+        await page.keyboard.press('F1');
         const input = page.locator('.quick-input-widget input.input');
-        await input.fill(theme);
-        await page.locator('.quick-input-list .monaco-list-row', { hasText: theme }).first().waitFor();
-        await input.press('Enter');
+        await input.fill('>Preferences: Color Theme');
+        await page.locator('.quick-input-list .monaco-list-row', { hasText: 'Preferences: Color Theme' }).first().click();
+        await input.fill(label);
+        await page.locator('.quick-input-list .monaco-list-row', { hasText: new RegExp(`^${label}`) }).first().click();
       }
       const kind = name === 'dark' ? 'vscode-dark' : name === 'light' ? 'vscode-light' : 'vscode-high-contrast';
       await frame().locator(`body.${kind}`).waitFor({ timeout: UI_MS });

@@ -283,7 +283,7 @@ function showContext(c: StatsContext): void {
   const close = h('button', { class: 'icon', 'aria-label': 'Close the context', text: '×' });
   close.addEventListener('click', () => (view.hidden = true));
   view.replaceChildren(
-    h('div', { class: 'context-head' }, h('strong', { text: `${c.id}` }), h('span', { class: 'muted', text: ` (${c.group}) · token ${c.position + 1} of ${c.tokens.length}, layer ${c.layer} expert ${c.expert}, weight ${c.weight.toFixed(3)}` }), close),
+    h('div', { class: 'context-head' }, h('strong', { text: `${c.id}` }), h('span', { class: 'muted', text: ` (${c.group}) · token ${c.position + 1} of ${c.tokens.length} “${visibleToken(c.tokens[c.position] ?? '')}”, layer ${c.layer} expert ${c.expert}, weight ${c.weight.toFixed(3)}` }), close),
     text,
     inspect,
   );
