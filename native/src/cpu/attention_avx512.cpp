@@ -18,29 +18,6 @@ inline int imin(int a, int b) { return a < b ? a : b; }
 inline int imax(int a, int b) { return a > b ? a : b; }
 inline long round16(long n) { return (n + 15) / 16 * 16; }
 
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
-      t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xDD);
-    }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
-  }
-}
-
 inline __mmask16 tail16(int n) { return n >= 16 ? (__mmask16)0xFFFF : (n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1)); }
 
 // kt[d][j] = K[kb + j][d] for j < nk (zero beyond), d < k_dim: 16x16 blocks transposed in registers.
@@ -51,7 +28,7 @@ void pack_keys(const float* K, int k_dim, int kb, int nk, float* kt) {
       const __mmask16 m = tail16(k_dim - db);
       for (int i = 0; i < 16; ++i)
         r[i] = jb + i < nk ? _mm512_maskz_loadu_ps(m, K + (long)(kb + jb + i) * k_dim + db) : _mm512_setzero_ps();
-      transpose16(r);
+      avx512math::transpose16(r);
       const int dw = imin(16, k_dim - db);
       for (int c = 0; c < dw; ++c) _mm512_storeu_ps(kt + (long)(db + c) * kKeys + jb, r[c]);
     }

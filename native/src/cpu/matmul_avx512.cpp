@@ -96,29 +96,6 @@ void dot_rows_dt(const float* x, int T, int K, const uint8_t* W, int n0, int n1,
   }
 }
 
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
-      t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xDD);
-    }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
-  }
-}
-
 // Packs W[n..n+nr, kc..kc+kb] as fp32 panel[kk][kNR] (zero padded past nr), 16x16 blocks transposed in registers.
 template <int DT>
 void pack_panel(const uint8_t* W, int K, int n, int nr, int kc, int kb, float* panel) {
@@ -137,7 +114,7 @@ void pack_panel(const uint8_t* W, int K, int n, int nr, int kc, int kb, float* p
         const uint8_t* row = W + (long)(n + j) * rb;
         r[i] = load16_masked<DT>(row, kc + kk, m);
       }
-      transpose16(r);
+      avx512math::transpose16(r);
       for (int c = 0; c < kw; ++c) _mm512_storeu_ps(panel + (long)(kk + c) * kNR + jb, r[c]);
     }
   }

@@ -1,4 +1,4 @@
-// Vector exp and SiLU for the AVX-512 translation units (internal linkage: each includer compiles its own copy with
+// Vector exp, SiLU and a 16 x 16 transpose for the AVX-512 translation units (internal linkage: each includer compiles its own copy with
 // its own target flags).
 #pragma once
 #include <immintrin.h>
@@ -30,6 +30,30 @@ static inline __m512 exp_ps(__m512 x) {
 static inline __m512 silu_mul_ps(__m512 g, __m512 u) {
   const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
   return _mm512_div_ps(_mm512_mul_ps(g, u), _mm512_add_ps(_mm512_set1_ps(1.f), e));
+}
+
+// The 16 x 16 float tile in r transposed in registers (rows become columns).
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+      t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
+  }
 }
 
 }  // namespace avx512math
