@@ -33,6 +33,8 @@ pre:focus, section:focus, table:focus { outline: 1px solid var(--vscode-focusBor
 .muted { color: var(--vscode-descriptionForeground); }
 .changed { color: var(--vscode-editorWarning-foreground); }
 .row { display: contents; }
+.axis > span { color: var(--vscode-descriptionForeground); font-size: .85em; }
+.scale { display: flex; justify-content: space-between; border-bottom: 1px solid var(--vscode-descriptionForeground); }
 ${Array.from({ length: 101 }, (_, i) => `.w${i} { width: ${i}%; }`).join('\n')}
 `;
 
@@ -78,14 +80,16 @@ function remixBody(v: Extract<AdaptView, { kind: 'remix' }>): string {
     parts.push(`<tr><th scope="row">${l}</th><td>${s.before.join(', ')}</td><td${changed ? ' class="changed"' : ''}>${s.after.join(', ')}${changed ? ' (changed)' : ''}</td></tr>`);
   }
   parts.push('</tbody></table>');
-  parts.push('<h2>ω per critical layer</h2><p class="muted">Bars: before (first) and after (second); core experts in bold.</p>');
+  parts.push('<h2>ω per critical layer</h2><p class="muted">ω = the router probability of each expert at the last prompt token. Bars: before (first) and after (second), on the scale shown above them; core experts in bold.</p>');
   for (const l of o.layers) {
     const before = o.omegaBefore[String(l)];
     const after = o.omegaAfter[String(l)];
     if (!before || !after) continue;
     const core = new Set(o.core[String(l)] ?? []);
     const max = Math.max(1e-12, ...before, ...after);
-    const rows: string[] = [];
+    const scale = `<span class="scale" aria-hidden="true"><span>0</span><span>${fmt(max / 2, 2)}</span><span>${fmt(max, 2)}</span></span>`;
+    const rows: string[] = [`<div class="row axis" role="presentation"><span>expert</span><span>ω before (probability)</span><span>ω after (probability)</span></div>`,
+      `<div class="row axis" role="presentation" aria-hidden="true"><span></span>${scale}${scale}</div>`];
     for (let e = 0; e < before.length; e++) {
       const label = `expert ${e}${core.has(e) ? ' (core)' : ''}: ω ${fmt(before[e])} → ${fmt(after[e])}`;
       rows.push(`<div class="row${core.has(e) ? ' core' : ''}" role="listitem" aria-label="${escapeHtml(label)}" title="${escapeHtml(label)}">` +
