@@ -1,4 +1,7 @@
-// Writes an OLMoE-shaped Hugging Face checkpoint with random BF16 weights, streamed to disk (no full copy in memory).
+// Writes a Hugging Face checkpoint with random BF16 weights, streamed to disk (no full copy in memory), shaped as
+// OLMoE-1B-7B, DeepSeek-V2-Lite or Moonlight-16B-A3B (their config.json with num_hidden_layers shrunk; head dims,
+// expert counts and routing fields exact). Small float32 tensors (DeepSeek-V3's e_score_correction_bias) as the
+// real checkpoints store them.
 //
 // Random values: every tensor draws from its own seeded mulberry32 stream (seed = hash(bench seed, tensor name)),
 // each 32-bit draw gives two 16-bit indices into a table of the bf16-rounded normal quantiles
@@ -6,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-export const GENERATOR_VERSION = 1;
+export const GENERATOR_VERSION = 2;
 
 /** The OLMoE-1B-7B shape with `layers` layers. */
 export function olmoeConfig(layers) {
@@ -42,8 +45,110 @@ export function olmoeConfig(layers) {
   };
 }
 
-/** [name, shape, init] in file order; init is {std} or {const}. */
+/** DeepSeek-V2-Lite's config.json (deepseek-ai/DeepSeek-V2-Lite) with `layers` layers (the first one dense). */
+export function deepseekV2LiteConfig(layers) {
+  return {
+    architectures: ['DeepseekV2ForCausalLM'],
+    attention_bias: false,
+    attention_dropout: 0.0,
+    aux_loss_alpha: 0.001,
+    bos_token_id: 100000,
+    eos_token_id: 100001,
+    first_k_dense_replace: 1,
+    hidden_act: 'silu',
+    hidden_size: 2048,
+    initializer_range: 0.02,
+    intermediate_size: 10944,
+    kv_lora_rank: 512,
+    max_position_embeddings: 163840,
+    model_type: 'deepseek_v2',
+    moe_intermediate_size: 1408,
+    moe_layer_freq: 1,
+    n_group: 1,
+    n_routed_experts: 64,
+    n_shared_experts: 2,
+    norm_topk_prob: false,
+    num_attention_heads: 16,
+    num_experts_per_tok: 6,
+    num_hidden_layers: layers,
+    num_key_value_heads: 16,
+    pretraining_tp: 1,
+    q_lora_rank: null,
+    qk_nope_head_dim: 128,
+    qk_rope_head_dim: 64,
+    rms_norm_eps: 1e-6,
+    rope_scaling: { beta_fast: 32, beta_slow: 1, factor: 40, mscale: 0.707, mscale_all_dim: 0.707, original_max_position_embeddings: 4096, type: 'yarn' },
+    rope_theta: 10000,
+    routed_scaling_factor: 1.0,
+    scoring_func: 'softmax',
+    seq_aux: true,
+    tie_word_embeddings: false,
+    topk_group: 1,
+    topk_method: 'greedy',
+    torch_dtype: 'bfloat16',
+    transformers_version: '4.33.1',
+    use_cache: true,
+    v_head_dim: 128,
+    vocab_size: 102400,
+  };
+}
+
+/** Moonlight-16B-A3B's config.json (moonshotai/Moonlight-16B-A3B, the DeepSeek-V3 architecture, as Kimi-K2) with
+ * `layers` layers. */
+export function moonlightConfig(layers) {
+  return {
+    architectures: ['DeepseekV3ForCausalLM'],
+    attention_bias: false,
+    attention_dropout: 0.0,
+    aux_loss_alpha: 0.001,
+    bos_token_id: 163584,
+    eos_token_id: 163586,
+    ep_size: 1,
+    first_k_dense_replace: 1,
+    hidden_act: 'silu',
+    hidden_size: 2048,
+    initializer_range: 0.02,
+    intermediate_size: 11264,
+    kv_lora_rank: 512,
+    max_position_embeddings: 8192,
+    model_type: 'deepseek_v3',
+    moe_intermediate_size: 1408,
+    moe_layer_freq: 1,
+    n_group: 1,
+    n_routed_experts: 64,
+    n_shared_experts: 2,
+    norm_topk_prob: true,
+    num_attention_heads: 16,
+    num_experts_per_tok: 6,
+    num_hidden_layers: layers,
+    num_key_value_heads: 16,
+    num_nextn_predict_layers: 0,
+    pretraining_tp: 1,
+    q_lora_rank: null,
+    qk_nope_head_dim: 128,
+    qk_rope_head_dim: 64,
+    rms_norm_eps: 1e-5,
+    rope_theta: 50000.0,
+    routed_scaling_factor: 2.446,
+    scoring_func: 'sigmoid',
+    seq_aux: true,
+    tie_word_embeddings: false,
+    topk_group: 1,
+    topk_method: 'noaux_tc',
+    torch_dtype: 'bfloat16',
+    transformers_version: '4.46.3',
+    use_cache: true,
+    v_head_dim: 128,
+    vocab_size: 163840,
+  };
+}
+
+/** --shape names of the checkpoint writer. */
+export const SHAPES = { olmoe: olmoeConfig, 'deepseek-v2-lite': deepseekV2LiteConfig, moonlight: moonlightConfig };
+
+/** [name, shape, init, dtype] in file order; init is {std} or {const}; dtype BF16 unless given. */
 export function tensorList(cfg) {
+  if (cfg.model_type === 'deepseek_v2' || cfg.model_type === 'deepseek_v3') return deepseekTensors(cfg);
   const H = cfg.hidden_size;
   const I = cfg.intermediate_size;
   const hd = H / cfg.num_attention_heads;
@@ -73,21 +178,71 @@ export function tensorList(cfg) {
   return list;
 }
 
+/** DeepSeek-V2 / V3 tensors in the Hub's per-expert layout: MLA, dense leading layers, routed + shared experts. */
+function deepseekTensors(cfg) {
+  const H = cfg.hidden_size;
+  const nh = cfg.num_attention_heads;
+  const qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
+  const proj = { std: cfg.initializer_range };
+  const ones = { const: 1 };
+  const list = [['model.embed_tokens.weight', [cfg.vocab_size, H], { std: 1 }]];
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const p = `model.layers.${l}.`;
+    const a = `${p}self_attn.`;
+    list.push([`${p}input_layernorm.weight`, [H], ones]);
+    if (cfg.q_lora_rank) {
+      list.push([`${a}q_a_proj.weight`, [cfg.q_lora_rank, H], proj]);
+      list.push([`${a}q_a_layernorm.weight`, [cfg.q_lora_rank], ones]);
+      list.push([`${a}q_b_proj.weight`, [nh * qk, cfg.q_lora_rank], proj]);
+    } else {
+      list.push([`${a}q_proj.weight`, [nh * qk, H], proj]);
+    }
+    list.push([`${a}kv_a_proj_with_mqa.weight`, [cfg.kv_lora_rank + cfg.qk_rope_head_dim, H], proj]);
+    list.push([`${a}kv_a_layernorm.weight`, [cfg.kv_lora_rank], ones]);
+    list.push([`${a}kv_b_proj.weight`, [nh * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank], proj]);
+    list.push([`${a}o_proj.weight`, [H, nh * cfg.v_head_dim], proj]);
+    list.push([`${p}post_attention_layernorm.weight`, [H], ones]);
+    const moe = l >= cfg.first_k_dense_replace && l % (cfg.moe_layer_freq ?? 1) === 0;
+    if (!moe) {
+      const D = cfg.intermediate_size;
+      list.push([`${p}mlp.gate_proj.weight`, [D, H], proj], [`${p}mlp.up_proj.weight`, [D, H], proj], [`${p}mlp.down_proj.weight`, [H, D], proj]);
+      continue;
+    }
+    const I = cfg.moe_intermediate_size;
+    list.push([`${p}mlp.gate.weight`, [cfg.n_routed_experts, H], proj]);
+    if (cfg.model_type === 'deepseek_v3') list.push([`${p}mlp.gate.e_score_correction_bias`, [cfg.n_routed_experts], { std: 0.02 }, 'F32']);
+    for (let e = 0; e < cfg.n_routed_experts; e++) {
+      list.push([`${p}mlp.experts.${e}.gate_proj.weight`, [I, H], proj]);
+      list.push([`${p}mlp.experts.${e}.up_proj.weight`, [I, H], proj]);
+      list.push([`${p}mlp.experts.${e}.down_proj.weight`, [H, I], proj]);
+    }
+    const S = I * cfg.n_shared_experts;
+    list.push([`${p}mlp.shared_experts.gate_proj.weight`, [S, H], proj]);
+    list.push([`${p}mlp.shared_experts.up_proj.weight`, [S, H], proj]);
+    list.push([`${p}mlp.shared_experts.down_proj.weight`, [H, S], proj]);
+  }
+  list.push(['model.norm.weight', [H], ones]);
+  list.push(['lm_head.weight', [cfg.vocab_size, H], proj]);
+  return list;
+}
+
+const numel = (shape) => shape.reduce((a, b) => a * b, 1);
+const dtypeBytes = (dtype) => (dtype === 'F32' ? 4 : 2);
+
 /**
- * bf16 bytes one decode step reads from the weights: per layer the attention projections, the norms, the router
- * and top-k experts; the final norm, the lm_head and one embedding row.
+ * Bytes one decode step reads from the weights: every tensor once, except the embedding (one row) and the routed
+ * experts (num_experts_per_tok of them per MoE layer).
  */
 export function activeDecodeBytes(cfg) {
-  const H = cfg.hidden_size;
-  const hd = H / cfg.num_attention_heads;
-  const kv = cfg.num_key_value_heads * hd;
-  const attn = H * H * 2 + kv * H * 2 + H + kv; // q, o, k, v, q_norm, k_norm
-  const norms = 2 * H;
-  const router = cfg.num_experts * H;
-  const experts = cfg.num_experts_per_tok * 3 * cfg.intermediate_size * H;
-  const perLayer = attn + norms + router + experts;
-  const params = cfg.num_hidden_layers * perLayer + H + cfg.vocab_size * H + H;
-  return params * 2;
+  const E = cfg.num_experts ?? cfg.n_routed_experts;
+  let bytes = 0;
+  for (const [name, shape, , dtype] of tensorList(cfg)) {
+    const b = numel(shape) * dtypeBytes(dtype);
+    if (name === 'model.embed_tokens.weight') bytes += b / cfg.vocab_size;
+    else if (/\.mlp\.experts\.\d+\./.test(name)) bytes += (b * cfg.num_experts_per_tok) / E;
+    else bytes += b;
+  }
+  return bytes;
 }
 
 // ---- random bf16 ---------------------------------------------------------------------------------------------
@@ -158,9 +313,9 @@ function fillNormal(out, table, state) {
 export function safetensorsHeader(tensors, metadata = { format: 'pt' }) {
   const header = { __metadata__: metadata };
   let offset = 0;
-  for (const [name, shape] of tensors) {
-    const bytes = shape.reduce((a, b) => a * b, 1) * 2;
-    header[name] = { dtype: 'BF16', shape, data_offsets: [offset, offset + bytes] };
+  for (const [name, shape, , dtype = 'BF16'] of tensors) {
+    const bytes = numel(shape) * dtypeBytes(dtype);
+    header[name] = { dtype, shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
   let json = Buffer.from(JSON.stringify(header), 'utf8');
@@ -183,11 +338,22 @@ export function writeSafetensors(file, tensors, seed, progress = () => {}) {
     let written = head.length;
     const buf = new Uint16Array(CHUNK);
     const bytes = Buffer.from(buf.buffer);
-    for (const [name, shape, init] of tensors) {
-      let left = shape.reduce((a, b) => a * b, 1);
+    for (const [name, shape, init, dtype = 'BF16'] of tensors) {
+      let left = numel(shape);
       let state = hashSeed(seed, name) | 0;
       const table = init.std !== undefined ? normalTable(init.std) : null;
       if (!table) buf.fill(toBf16(init.const));
+      if (dtype === 'F32') {  // small tensors: the bf16 samples widened to f32
+        const vals = new Uint16Array(left + (left & 1));
+        if (table) fillNormal(vals, table, state);
+        else vals.fill(toBf16(init.const));
+        const out = Buffer.alloc(left * 4);
+        for (let i = 0; i < left; i++) out.writeUInt32LE((vals[i] << 16) >>> 0, i * 4);
+        fs.writeSync(fd, out);
+        written += out.length;
+        progress(written, total);
+        continue;
+      }
       while (left > 0) {
         const n = Math.min(left, CHUNK);
         if (table) state = fillNormal(n === CHUNK ? buf : buf.subarray(0, n + (n & 1)), table, state);
@@ -205,11 +371,13 @@ export function writeSafetensors(file, tensors, seed, progress = () => {}) {
 }
 
 /**
- * Makes dir an OLMoE-shaped checkpoint with `layers` layers unless a complete one with the same config is there
- * (stamp file written last). Returns {dir, config, reused, seconds}.
+ * Makes dir a checkpoint of the given shape (SHAPES) with `layers` layers unless a complete one with the same config
+ * is there (stamp file written last). Returns {dir, config, reused, seconds}.
  */
-export function ensureCheckpoint(dir, layers, seed, log = () => {}) {
-  const config = olmoeConfig(layers);
+export function ensureCheckpoint(dir, layers, seed, log = () => {}, shape = 'olmoe') {
+  const make = SHAPES[shape];
+  if (!make) throw new Error(`unknown checkpoint shape ${JSON.stringify(shape)} (${Object.keys(SHAPES).join(', ')})`);
+  const config = make(layers);
   const tensors = tensorList(config);
   const { head, dataBytes } = safetensorsHeader(tensors);
   const expectedSize = head.length + dataBytes;

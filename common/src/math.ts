@@ -18,6 +18,24 @@ export function softmaxInto<T extends Float32Array | Float64Array>(out: T, logit
   return out;
 }
 
+/** The router's scores as shares of their sum: softmax probabilities, or sigmoid scores / their sum for sigmoid
+ * routers (whose per-expert scores are not a distribution); what router entropy and mean shares are taken over. */
+export function scoreSharesInto<T extends Float32Array | Float64Array>(out: T, logits: Vec, offset: number, scoring: 'softmax' | 'sigmoid'): T {
+  if (scoring === 'softmax') return softmaxInto(out, logits, offset);
+  const n = out.length;
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += out[i] = 1 / (1 + Math.exp(-logits[offset + i]));
+  for (let i = 0; i < n; i++) out[i] = sum > 0 ? out[i] / sum : 1 / n;
+  return out;
+}
+
+/** Shannon entropy (nats) of a distribution. */
+export function entropyOf(p: ArrayLike<number>): number {
+  let h = 0;
+  for (let i = 0; i < p.length; i++) if (p[i] > 0) h -= p[i] * Math.log(p[i]);
+  return Math.max(0, h);
+}
+
 /** softmax of a whole vector, as float32. */
 export function softmax(logits: Vec): Float32Array {
   return softmaxInto(new Float32Array(logits.length), logits);
@@ -86,4 +104,13 @@ export function topIndices(values: Vec, n: number): number[] {
   return Array.from({ length: values.length }, (_, i) => i)
     .sort((a, b) => values[b] - values[a] || a - b)
     .slice(0, n);
+}
+
+/** The router's scores from its raw logits: a softmax distribution, or a sigmoid per expert (DeepSeek-V3, GLM-4.5):
+ * the ω C3PO re-mixes and a mix row replaces. */
+export function routerScores(scoring: 'softmax' | 'sigmoid', logits: Vec): Float32Array {
+  if (scoring === 'softmax') return softmax(logits);
+  const out = new Float32Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = 1 / (1 + Math.exp(-logits[i]));
+  return out;
 }

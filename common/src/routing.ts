@@ -2,7 +2,7 @@
 // crosses from the engine process to the host and from the host to the webview as it is. A LayerRouting is one
 // layer of a run assembled from spans, the one copy each process keeps; it derives the layer's statistics
 // (LayerStats) incrementally, so a view refreshing while the engine streams does not recompute what it has seen.
-import { softmaxInto, softmaxEntropy } from './math';
+import { entropyOf, scoreSharesInto, softmaxInto, softmaxEntropy } from './math';
 
 export interface RoutingSpan {
   layer: number;
@@ -62,7 +62,7 @@ export interface ExpertStats {
   meanWeight: number;
   /** Fraction of tokens that have the expert among their top-k. */
   share: number;
-  /** Mean router probability softmax(router_logits)[e] over tokens. */
+  /** Mean router probability softmax(router_logits)[e] over tokens (sigmoid routers: the score share). */
   meanProb: number;
 }
 
@@ -117,6 +117,8 @@ export class LayerRouting {
     readonly numExperts: number,
     readonly topK: number,
     capacity = 0,
+    /** Entropy and mean shares are over softmax(logits), or sigmoid(logits) / their sum for sigmoid routers. */
+    readonly scoring: 'softmax' | 'sigmoid' = 'softmax',
   ) {
     this.routerLogits = new Float32Array(capacity * numExperts);
     this.experts = new Int32Array(capacity * topK);
@@ -241,10 +243,16 @@ export class LayerRouting {
     const p = this.scratch;
     const seen = new Uint8Array(E);
     for (let t = acc.until; t < this.filled; t++) {
-      const h = softmaxEntropy(this.routerLogits, t * E, E);
+      let h: number;
+      if (this.scoring === 'softmax') {
+        h = softmaxEntropy(this.routerLogits, t * E, E);
+        softmaxInto(p, this.routerLogits, t * E);
+      } else {
+        scoreSharesInto(p, this.routerLogits, t * E, this.scoring);
+        h = entropyOf(p);
+      }
       this.entropy[t] = h;
       acc.entropySum += h;
-      softmaxInto(p, this.routerLogits, t * E);
       for (let e = 0; e < E; e++) acc.probSum[e] += p[e];
       seen.fill(0);
       for (let s = 0; s < k; s++) {

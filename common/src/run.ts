@@ -13,6 +13,8 @@ export interface RunModel {
   topK: number;
   moeLayers: number[];
   vocabSize: number;
+  /** How the router turns logits into scores (softmax, or a sigmoid per expert: DeepSeek-V3, GLM-4.5). */
+  routerScoring?: 'softmax' | 'sigmoid';
 }
 
 /** One entry of a next-token distribution. */

@@ -1,6 +1,9 @@
 """Per-architecture facts the generator needs: a tiny config.json, transformers' class, where the routers and
 experts sit in the module tree, the router rule as transformers implements it, and the Hub's per-expert names."""
+import math
 import re
+
+import torch
 
 from route import RouterRule
 
@@ -44,9 +47,9 @@ class Arch:
                 out[l] = (mlp, mlp.gate.weight, mlp.experts)
         return out
 
-    def hub_name(self, name, layout):
-        """transformers (v5, fused) state-dict name -> list of (hub name, slicer) for the per-expert layout."""
-        return None
+    def fix_reference(self, config, model):
+        """Workarounds of transformers bugs applied to the reference model; returns what was done."""
+        return []
 
 
 class Mixtral(Arch):
@@ -106,7 +109,90 @@ class Qwen3Moe(Arch):
         return RouterRule(scoring="softmax", renorm=bool(config.norm_topk_prob))
 
 
-ARCHS = {a.model_type: a for a in (Mixtral(), Olmoe(), Qwen2Moe(), Qwen3Moe())}
+class DeepseekV2(Arch):
+    """Shapes follow DeepSeek-V2-Lite's config, shrunk: MLA (q_lora_rank null or set), YaRN with mscale,
+    a dense first layer, shared experts, greedy or group-limited routing, routed_scaling_factor."""
+    model_type, causal_lm = "deepseek_v2", "DeepseekV2ForCausalLM"
+
+    def config(self, case):
+        cfg = dict(COMMON, first_k_dense_replace=1, intermediate_size=48, kv_lora_rank=16, max_position_embeddings=64,
+                   moe_intermediate_size=WIDTH, moe_layer_freq=1, n_routed_experts=EXPERTS, n_shared_experts=2,
+                   norm_topk_prob=False, num_experts_per_tok=case["k"], num_key_value_heads=HEADS,
+                   q_lora_rank=case.get("q_lora_rank"), qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12,
+                   rms_norm_eps=1e-6, rope_theta=10000.0, routed_scaling_factor=1.25, scoring_func="softmax",
+                   topk_method=case.get("topk_method", "greedy"), n_group=case.get("n_group", 1),
+                   topk_group=case.get("topk_group", 1), attention_bias=False,
+                   rope_scaling={"beta_fast": 32, "beta_slow": 1, "factor": 4, "mscale": 0.707,
+                                 "mscale_all_dim": 0.707, "original_max_position_embeddings": 16, "type": "yarn"})
+        return cfg
+
+    def rule(self, config, model):
+        grouped = config.topk_method == "group_limited_greedy"
+        return RouterRule(scoring="softmax", renorm=False, scale=config.routed_scaling_factor,
+                          n_group=config.n_group if grouped else 1, topk_group=config.topk_group if grouped else 1,
+                          group_score="max")
+
+    def fix_reference(self, config, model):
+        """Two transformers 5.0-5.2 deviations from DeepSeek's own code, fixed in the reference (not copied):
+        group_limited_greedy reads self.num_experts, which DeepseekV2Moe never sets (AttributeError); and under
+        YaRN DeepseekV2Attention omits DeepSeek's score scale mscale(factor, mscale_all_dim)^2, which DeepSeek's
+        modeling code and transformers' own deepseek_v3 apply."""
+        notes = []
+        for layer in model.model.layers:
+            if hasattr(layer.mlp, "experts"):
+                layer.mlp.num_experts = config.n_routed_experts
+        notes.append("DeepseekV2Moe.num_experts = n_routed_experts (group_limited_greedy)")
+        rp = config.rope_parameters
+        if rp.get("rope_type", "default") == "yarn" and rp.get("mscale_all_dim"):
+            m = 0.1 * rp["mscale_all_dim"] * math.log(rp["factor"]) + 1.0
+            for layer in model.model.layers:
+                layer.self_attn.scaling = layer.self_attn.scaling * m * m
+            notes.append(f"attention scaling x mscale^2 = {m * m:.6f} (YaRN)")
+        return notes
+
+
+class DeepseekV3(Arch):
+    """Sigmoid router with e_score_correction_bias, group-limited top-k (sum of each group's top two),
+    norm_topk_prob, routed_scaling_factor; MLA with q_lora_rank, YaRN optional (Moonlight: none)."""
+    model_type, causal_lm = "deepseek_v3", "DeepseekV3ForCausalLM"
+
+    def config(self, case):
+        cfg = dict(COMMON, first_k_dense_replace=1, intermediate_size=48, kv_lora_rank=16, max_position_embeddings=64,
+                   moe_intermediate_size=WIDTH, moe_layer_freq=1, n_routed_experts=EXPERTS, n_shared_experts=1,
+                   norm_topk_prob=True, num_experts_per_tok=case["k"], num_key_value_heads=HEADS,
+                   q_lora_rank=case.get("q_lora_rank", 24), qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12,
+                   rms_norm_eps=1e-6, rope_theta=10000.0, routed_scaling_factor=2.5, scoring_func="sigmoid",
+                   topk_method="noaux_tc", n_group=case.get("n_group", 4), topk_group=case.get("topk_group", 2),
+                   attention_bias=False, rope_interleave=True, num_nextn_predict_layers=0)
+        if case.get("yarn"):
+            cfg["rope_scaling"] = {"beta_fast": 32, "beta_slow": 1, "factor": 4, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                   "original_max_position_embeddings": 16, "type": "yarn"}
+        return cfg
+
+    def rule(self, config, model):
+        corr = {}
+        for l, layer in enumerate(model.model.layers):
+            if hasattr(layer.mlp, "experts"):
+                corr[l] = layer.mlp.gate.e_score_correction_bias
+        return RouterRule(scoring="sigmoid", renorm=bool(config.norm_topk_prob), scale=config.routed_scaling_factor,
+                          n_group=config.n_group, topk_group=config.topk_group, group_score="top2sum",
+                          correction=corr)
+
+
+class Glm4Moe(DeepseekV3):
+    """The DeepSeek-V3 router with GLM attention: partial RoPE (rotate_half), optional per-head QK-norm, q/k/v
+    biases."""
+    model_type, causal_lm = "glm4_moe", "Glm4MoeForCausalLM"
+
+    def config(self, case):
+        return dict(COMMON, first_k_dense_replace=1, head_dim=16, intermediate_size=48, moe_intermediate_size=WIDTH,
+                    n_routed_experts=EXPERTS, n_shared_experts=1, norm_topk_prob=True, num_experts_per_tok=case["k"],
+                    num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, partial_rotary_factor=0.5,
+                    routed_scaling_factor=1.5, n_group=case.get("n_group", 1), topk_group=case.get("topk_group", 1),
+                    attention_bias=True, use_qk_norm=case.get("qk_norm", True))
+
+
+ARCHS = {a.model_type: a for a in (Mixtral(), Olmoe(), Qwen2Moe(), Qwen3Moe(), DeepseekV2(), DeepseekV3(), Glm4Moe())}
 
 
 def fused_to_hub(arch, state, num_experts):
@@ -133,6 +219,27 @@ def fused_to_hub(arch, state, num_experts):
         else:
             out.append((name, t))  # dense MLP and shared experts keep their names
     return sorted(out, key=lambda nt: natural_key(nt[0]))
+
+
+def hub_to_state(arch, tensors, E):
+    """{hub name: (dtype, tensor)} (per-expert, or v5 fused) -> transformers 5.2's state dict {name: tensor}."""
+    out, experts = {}, {}
+    for name, (_, t) in tensors.items():
+        parts = name.split(".")
+        if "experts" in parts and parts[parts.index("experts") + 1].isdigit():
+            i = parts.index("experts")
+            block = ".".join(parts[:i]).replace(arch.hub_block.rstrip("."), "mlp")
+            experts.setdefault(block, {})[(int(parts[i + 1]), ".".join(parts[i + 2:]))] = t
+            continue
+        out[name.replace("." + arch.hub_block, ".mlp.")] = t
+    g, u, d = (n for n in arch.per_expert)
+    for block, ex in experts.items():
+        gate = torch.stack([ex[(e, g.split(".", 2)[2])] for e in range(E)])
+        up = torch.stack([ex[(e, u.split(".", 2)[2])] for e in range(E)])
+        down = torch.stack([ex[(e, d.split(".", 2)[2])] for e in range(E)])
+        out[block + ".experts.gate_up_proj"] = torch.cat([gate, up], 1)
+        out[block + ".experts.down_proj"] = down
+    return out
 
 
 def natural_key(name):

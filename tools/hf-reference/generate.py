@@ -16,6 +16,7 @@ Deterministic: a re-run writes byte-identical files.
 """
 import argparse
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -57,6 +58,27 @@ CASES = [
          T=12, k=3),
     dict(name="qwen3_moe-fused-f32", arch="qwen3_moe", layout="fused", dtype="F32", shards=1, T=11, k=3, style="v5"),
     dict(name="qwen3_moe-fused-f16", arch="qwen3_moe", layout="fused", dtype="F16", shards=1, T=10, k=3, style="v5"),
+    # DeepSeek-V2(-Lite): MLA without / with q LoRA, YaRN + mscale, greedy and group-limited routing.
+    dict(name="deepseek_v2-perexpert-bf16", arch="deepseek_v2", layout="per-expert", dtype="BF16", shards=1, T=12,
+         k=3),
+    dict(name="deepseek_v2-fused-f32-grouped", arch="deepseek_v2", layout="fused", dtype="F32", shards=2, T=11, k=3,
+         q_lora_rank=24, topk_method="group_limited_greedy", n_group=4, topk_group=2, style="v5"),
+    # DeepSeek-V3 (Kimi-K2 / Moonlight shape: one group; V3 shape: groups + YaRN).
+    dict(name="deepseek_v3-perexpert-bf16-sharded", arch="deepseek_v3", layout="per-expert", dtype="BF16", shards=2,
+         T=12, k=3, yarn=True),
+    dict(name="deepseek_v3-fused-f16-onegroup", arch="deepseek_v3", layout="fused", dtype="F16", shards=1, T=11, k=3,
+         n_group=1, topk_group=1, q_lora_rank=None, style="v5"),
+    # GLM-4.5: partial RoPE, QK-norm, attention bias, the V3 router.
+    dict(name="glm4_moe-perexpert-f32", arch="glm4_moe", layout="per-expert", dtype="F32", shards=1, T=12, k=3,
+         n_group=2, topk_group=1),
+    dict(name="glm4_moe-fused-bf16-sharded", arch="glm4_moe", layout="fused", dtype="BF16", shards=2, T=10, k=3,
+         qk_norm=False, style="v5"),
+    # FP8 block-scaled projections and experts (F8_E4M3 + weight_scale_inv) as DeepSeek-V3 and Qwen3-FP8 ship
+    # them; blocks of 16 x 16 so that the tiny matrices hold several, partial ones included.
+    dict(name="deepseek_v3-perexpert-fp8-sharded", arch="deepseek_v3", layout="per-expert", dtype="BF16", shards=2,
+         T=11, k=3, fp8=[16, 16]),
+    dict(name="qwen3_moe-perexpert-fp8", arch="qwen3_moe", layout="per-expert", dtype="BF16", shards=1, T=10, k=3,
+         fp8=[16, 16]),
 ]
 
 DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -73,12 +95,20 @@ def f32(v):
 
 
 def build_model(arch, case, cfg_dict):
+    cfg_dict = copy.deepcopy(cfg_dict)  # transformers standardises nested rope dicts in place
     config = transformers.AutoConfig.for_model(cfg_dict["model_type"], **{k: v for k, v in cfg_dict.items()
                                                                        if k != "model_type"})
     config._attn_implementation = "eager"
     config._experts_implementation = "eager"
     model = getattr(transformers, arch.causal_lm)(config)
     return config, model.eval()
+
+
+def expert_count(config):
+    for key in ("n_routed_experts", "num_local_experts", "num_experts"):
+        if getattr(config, key, None):
+            return getattr(config, key)
+    raise ValueError("no expert count")
 
 
 def param_std(name, shape):
@@ -105,6 +135,51 @@ def stored_dtype(name, dtype):
     if name.endswith("e_score_correction_bias"):
         return "F32"
     return dtype
+
+
+def is_fp8_weight(name):
+    """The matrices FP8 checkpoints store in F8_E4M3: attention projections and every MLP / expert projection;
+    embeddings, the LM head, norms and the router stay BF16 (DeepSeek-V3, Qwen3-*-FP8)."""
+    if not name.endswith(".weight") or "norm" in name or name.endswith("mlp.gate.weight"):
+        return False
+    return ".self_attn." in name or ".mlp." in name
+
+
+def quantize_fp8(arch, named, E, block, model):
+    """Stores the FP8 matrices as E4M3 codes with one f32 scale per block (scale = max|w| / 448, DeepSeek's
+    recipe) and loads the dequantised values (code × scale, exact in float64) into the model. Returns the Hub
+    per-expert tensors [(name, tensor, stored dtype)], scales as <name>_scale_inv."""
+    br, bc = block
+    hub = archs.fused_to_hub(arch, [(n, t) for n, t, _ in named], E)
+    sdtype = {n: sd for n, _, sd in named}
+    files, values = [], {}
+    for name, t in hub:
+        if not (is_fp8_weight(name) and t.dim() == 2):
+            files.append((name, t, sdtype.get(name, "BF16" if not name.endswith("correction_bias") else "F32")))
+            values[name] = (None, t)
+            continue
+        rows, cols = t.shape
+        sr, sc = -(-rows // br), -(-cols // bc)
+        scale = torch.zeros(sr, sc, dtype=torch.float64)
+        deq = torch.zeros_like(t)
+        codes = torch.zeros_like(t)
+        for i in range(sr):
+            for j in range(sc):
+                blk = t[i * br:(i + 1) * br, j * bc:(j + 1) * bc]
+                s = float(np.float32(blk.abs().max().item() / 448.0)) or 1.0
+                q = st.f8_e4m3_round(blk / s)
+                scale[i, j] = s
+                codes[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = q
+                deq[i * br:(i + 1) * br, j * bc:(j + 1) * bc] = q * s
+        files.append((name, codes, "F8_E4M3"))
+        files.append((name + "_scale_inv", scale, "F32"))
+        values[name] = (None, deq)
+    state = archs.hub_to_state(arch, values, E)
+    with torch.no_grad():
+        own = model.state_dict()
+        for n, v in state.items():
+            own[n].copy_(v)
+    return files
 
 
 def fill_weights(model, rng, dtype):
@@ -257,13 +332,19 @@ def changed(rec, base):
     return any(rec[l]["sets"] != base[l]["sets"] for l in rec)
 
 
+def scores_of(rule, theta):
+    """The mix row a gradient's θ stands for: the router's own scoring function (softmax or sigmoid)."""
+    return torch.softmax(theta, -1) if rule.scoring == "softmax" else torch.sigmoid(theta)
+
+
 def grad_eval(runner, tokens, g, E):
     """Autograd through the model (selection fixed by the forward), plus central differences of the bias grads."""
     mix = None
     theta = None
+    rule = runner.tap.rule
     if g["mix"]:
         theta = torch.tensor(g["mix"]["logits"], dtype=torch.float64, requires_grad=True)
-        mix = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(theta, -1))
+        mix = (g["mix"]["layer"], g["mix"]["position"], scores_of(rule, theta))
     extra = {l: torch.zeros(E, dtype=torch.float64, requires_grad=True) for l in g["layers"]}
     logits, rec = runner.forward(tokens, g["patch"], extra, mix, grad=True)
     loss = loss_of(logits, tokens, g["target"])
@@ -275,7 +356,7 @@ def grad_eval(runner, tokens, g, E):
     def L(ex, th=None):
         m = None
         if g["mix"]:
-            m = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(th if th is not None else theta.detach(), -1))
+            m = (g["mix"]["layer"], g["mix"]["position"], scores_of(rule, th if th is not None else theta.detach()))
         lo, r = runner.forward(tokens, g["patch"], ex, m)
         assert all(r[l]["sets"] == rec[l]["sets"] for l in rec), "a finite-difference step changed the selection"
         return loss_of(lo, tokens, g["target"]).item()
@@ -384,7 +465,7 @@ def design(runner, tokens, base, seed, E, rule):
         mix = None
         if g["mix"]:
             theta = torch.tensor(g["mix"]["logits"], dtype=torch.float64)
-            mix = (g["mix"]["layer"], g["mix"]["position"], torch.softmax(theta, -1))
+            mix = (g["mix"]["layer"], g["mix"]["position"], scores_of(rule, theta))
         _, rec = runner.forward(tokens, g["patch"], None, mix)
         return routing_ok(rec, ordering=False)
 
@@ -479,6 +560,9 @@ def config_text(config, cfg_dict, case):
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
     d = dict(cfg_dict, architectures=[config.architectures[0] if config.architectures else case["causal_lm"]],
              torch_dtype=DTYPE_NAME[case["dtype"]], transformers_version="4.57.1")
+    if case.get("fp8"):
+        d["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                    "weight_block_size": list(case["fp8"])}
     return json.dumps(dict(sorted(d.items())), indent=2) + "\n"
 
 
@@ -491,8 +575,11 @@ def build_case(case, idx):
         torch.manual_seed(seed)
         config, model = build_model(arch, case, cfg_dict)
         named = fill_weights(model, rng, case["dtype"])
+        fixes = arch.fix_reference(config, model)
         rule = arch.rule(config, model)
-        E = config.num_local_experts if hasattr(config, "num_local_experts") else config.num_experts
+        E = expert_count(config)
+        if case.get("fp8"):
+            named = quantize_fp8(arch, named, E, case["fp8"], model)
         moe = sorted(arch.moe_blocks(model))
         runner = Runner(arch, model, rule, case["k"], E, moe)
         tokens = [int(t) for t in rng.integers(0, config.vocab_size, size=case["T"])]
@@ -503,26 +590,29 @@ def build_case(case, idx):
             runs, grads = design(runner, tokens, base, seed, E, rule)
         except Retry:
             continue
-        return arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E
+        return arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E, fixes
     raise SystemExit(f"{case['name']}: no robust weight draw in {MAX_WEIGHT_DRAWS} tries")
 
 
 def make_case(case, idx, out_root):
-    arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E = build_case(case, idx)
+    arch, cfg_dict, config, model, named, runner, tokens, runs, grads, draw, E, fixes = build_case(case, idx)
     case["causal_lm"] = arch.causal_lm
     moe = runner.moe
     cdir = os.path.join(out_root, case["name"])
     if os.path.exists(cdir):
         shutil.rmtree(cdir)
     os.makedirs(cdir)
-    state = [(n, t) for n, t, _ in named]
-    sdtype = {n: sd for n, _, sd in named}
-    if case["layout"] == "per-expert":
-        state = archs.fused_to_hub(arch, state, E)
+    if case.get("fp8"):  # already the Hub's per-expert tensors
+        files = sorted(named, key=lambda nt: archs.natural_key(nt[0]))
     else:
-        state = sorted(state, key=lambda nt: archs.natural_key(nt[0]))
-    files = [(n, t, sdtype.get(n, case["dtype"] if not n.endswith("e_score_correction_bias") else "F32"))
-             for n, t in state]
+        state = [(n, t) for n, t, _ in named]
+        sdtype = {n: sd for n, _, sd in named}
+        if case["layout"] == "per-expert":
+            state = archs.fused_to_hub(arch, state, E)
+        else:
+            state = sorted(state, key=lambda nt: archs.natural_key(nt[0]))
+        files = [(n, t, sdtype.get(n, case["dtype"] if not n.endswith("e_score_correction_bias") else "F32"))
+                 for n, t in state]
     mdir = os.path.join(cdir, "model")
     write_checkpoint(mdir, config_text(config, cfg_dict, case), files, case["shards"])
 
@@ -553,6 +643,7 @@ def make_case(case, idx, out_root):
               "transformers": f"{runtime.TRANSFORMERS_TAG} {runtime.TRANSFORMERS_COMMIT}"})
     doc = {"arch": case["arch"], "dtype": case["dtype"], "layout": case["layout"], "sharded": case["shards"] > 1,
            "reference": f"transformers {runtime.TRANSFORMERS_TAG} {arch.causal_lm}",
+           **({"reference_fixes": fixes} if fixes else {}),
            "tokens": tokens, "runs": runs, "grads": grads}
     with open(os.path.join(cdir, "cases.json"), "w") as f:
         json.dump(doc, f, indent=1)

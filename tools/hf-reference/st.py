@@ -85,8 +85,8 @@ def write(path, items, metadata):
             f.write(item[3])
 
 
-def read(path):
-    """-> {name: (dtype, float64 or int64 tensor)}; checks that the offsets tile the data."""
+def read(path, float_type=np.float64):
+    """-> {name: (dtype, float tensor (float64 unless float_type) or int64)}; checks that the offsets tile the data."""
     with open(path, "rb") as f:
         buf = f.read()
     (n,) = struct.unpack("<Q", buf[:8])
@@ -104,13 +104,13 @@ def read(path):
         raw = data[b:e]
         dt = v["dtype"]
         if dt == "BF16":
-            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).astype(float_type)
         elif dt == "F16":
-            a = np.frombuffer(raw, "<f2").astype(np.float64)
+            a = np.frombuffer(raw, "<f2").astype(float_type)
         elif dt == "F32":
-            a = np.frombuffer(raw, "<f4").astype(np.float64)
+            a = np.frombuffer(raw, "<f4").astype(float_type)
         elif dt == "F8_E4M3":
-            a = f8_e4m3_table()[np.frombuffer(raw, np.uint8)]
+            a = f8_e4m3_table()[np.frombuffer(raw, np.uint8)].astype(float_type)
         elif dt == "I32":
             a = np.frombuffer(raw, "<i4").astype(np.int64)
         elif dt == "U8":
@@ -118,5 +118,5 @@ def read(path):
         else:
             raise ValueError(f"{path}: {name}: dtype {dt}")
         assert a.size == int(np.prod(v["shape"])), name
-        out[name] = (dt, torch.from_numpy(a.copy()).reshape(v["shape"]))
+        out[name] = (dt, torch.from_numpy(a if a.base is None else a.copy()).reshape(v["shape"]))
     return out

@@ -2,7 +2,7 @@
 // streamed spans (the webview's one copy of the routing), plus the per-cell values the grid colours by — top-1
 // expert, top-1 weight, router entropy ÷ ln E (the colour position; views write it in nats) — derived once per span so drawing never touches the logits.
 // Pure (no DOM): unit-tested in test/unit/webview-grid.test.ts.
-import { softmaxInto } from '../../common/src/math';
+import { scoreSharesInto } from '../../common/src/math';
 import { LayerRouting, type LayerStats, type RoutingSpan } from '../../common/src/routing';
 import type { RoutedRun } from '../../common/src/runDiff';
 import type { RunInfo } from '../../common/src/run';
@@ -35,7 +35,7 @@ export class RunRouting implements RoutedRun {
     this.layers.forEach((layer, row) => this.rowOf.set(layer, row));
     this.capacity = Math.max(16, info.tokens.length);
     const make = <T>(f: (layer: number) => T): T[] => this.layers.map(f);
-    this.rows = make((layer) => new LayerRouting(layer, this.E, this.k, this.capacity));
+    this.rows = make((layer) => new LayerRouting(layer, this.E, this.k, this.capacity, info.model.routerScoring ?? 'softmax'));
     this.top1 = make(() => new Int32Array(this.capacity).fill(-1));
     this.top1Weight = make(() => new Float32Array(this.capacity));
     this.entropy = make(() => new Float32Array(this.capacity));
@@ -135,9 +135,9 @@ export class RunRouting implements RoutedRun {
     return this.rows[row].filled ? this.rows[row].stats() : undefined;
   }
 
-  /** Softmax probabilities of the raw router logits at (row, position): [E]. */
+  /** The router's score shares at (row, position): softmax probabilities, or sigmoid scores / their sum: [E]. */
   routerProbs(row: number, position: number): Float32Array {
-    return softmaxInto(new Float32Array(this.E), this.rows[row].routerLogits, position * this.E);
+    return scoreSharesInto(new Float32Array(this.E), this.rows[row].routerLogits, position * this.E, this.info.model.routerScoring ?? 'softmax');
   }
 
   /** Router entropy in nats at a cell (undefined when not filled yet). */

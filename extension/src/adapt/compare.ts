@@ -2,11 +2,11 @@
 // the extension's engine worker or in-process): for "Re-mix (C3PO)" the routing before/after per critical layer,
 // the neighbours and their weights, the selected experts and the answer with and without the re-mix; for
 // "Generate with rerouting" the text with and without rerouting, the rounds and the final δ per layer.
-import type { NativeRerouteRound, NativeSession } from '../engine/native';
+import type { NativeRerouteRound, NativeSession, RouterScoring } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch } from '../../../common/src/patch';
 import { C3po, c3poPatch, type C3poOutcome } from './c3po';
-import { softmax, topIndices } from '../../../common/src/math';
+import { routerScores, softmax, topIndices } from '../../../common/src/math';
 import { generateRerouted } from './reroute';
 import type { C3poMethod, RerouteSettings } from './settings';
 import type { Omega } from './tasks';
@@ -28,20 +28,23 @@ export interface RemixComparison {
 async function continuation(
   session: NativeSession,
   tokenizer: ModelTokenizer,
+  scoring: RouterScoring,
   prompt: number[],
   maxNewTokens: number,
   stopTokens: number[],
   patch?: string,
-): Promise<NextTokens & { omega: Omega }> {
+  embedLayer?: number,
+): Promise<NextTokens & { omega: Omega; embedding?: Float32Array }> {
   session.reset();
   const omega: Omega = new Map();
   const last = prompt.length - 1;
   const fwd = await session.forward(Int32Array.from(prompt), {
     ...(patch ? { patch } : {}),
+    ...(embedLayer !== undefined ? { embedLayer } : {}),
     logits: 'last',
     onLayer: (r) => {
       if (last < r.start || last >= r.start + r.count) return;
-      omega.set(r.layer, softmax(r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts)));
+      omega.set(r.layer, routerScores(scoring, r.routerLogits.subarray((last - r.start) * r.numExperts, (last - r.start + 1) * r.numExperts)));
     },
   });
   session.reset();
@@ -57,7 +60,7 @@ async function continuation(
   });
   session.reset();
   const tokens = [...gen.tokens];
-  return { text: tokenizer.decode(tokens), tokens, top, omega };
+  return { text: tokenizer.decode(tokens), tokens, top, omega, ...(fwd.embedding ? { embedding: fwd.embedding } : {}) };
 }
 
 /** Re-mixes one prompt with C3PO and compares the model with and without it. */
@@ -65,12 +68,27 @@ export async function compareRemix(
   c3po: C3po,
   session: NativeSession,
   tokenizer: ModelTokenizer,
-  o: { prompt: number[]; question: string; method: Exclude<C3poMethod, 'oracle'>; topK: number; maxNewTokens: number; stopTokens: number[]; applyTo: 'every-token' | 'prefill-only' },
+  o: {
+    prompt: number[];
+    question: string;
+    method: Exclude<C3poMethod, 'oracle'>;
+    topK: number;
+    maxNewTokens: number;
+    stopTokens: number[];
+    applyTo: 'every-token' | 'prefill-only';
+    /** The self-embedding layer (forwardLayer of the embedder): taken from the plain forward. */
+    embedLayer?: number;
+  },
 ): Promise<RemixComparison> {
-  const base = await continuation(session, tokenizer, o.prompt, o.maxNewTokens, o.stopTokens);
-  const outcome = await c3po.adapt(o.method, { tokens: o.prompt, question: o.question, omega: base.omega });
+  const base = await continuation(session, tokenizer, c3po.scoring, o.prompt, o.maxNewTokens, o.stopTokens, undefined, o.embedLayer);
+  const text = tokenizer.decode(o.prompt);
+  const outcome = await c3po.adapt(
+    o.method,
+    { tokens: o.prompt, question: o.question, prompt: text, omega: base.omega, ...(base.embedding ? { forwardEmbedding: base.embedding } : {}) },
+    { finalLoss: true },
+  );
   const patch = serializePatch(c3poPatch(outcome.omegaAfter, o.prompt.length - 1, o.applyTo));
-  const after = await continuation(session, tokenizer, o.prompt, o.maxNewTokens, o.stopTokens, patch);
+  const after = await continuation(session, tokenizer, c3po.scoring, o.prompt, o.maxNewTokens, o.stopTokens, patch);
   const selected: RemixComparison['selected'] = {};
   for (const l of outcome.layers) {
     selected[String(l)] = {

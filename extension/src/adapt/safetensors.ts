@@ -1,6 +1,7 @@
 // Minimal float32 safetensors reader/writer for reference sets (any safetensors tool can open the files).
 import * as fs from 'node:fs';
 import { FILE_KINDS, readRegularFile, type MakeError } from '../common/files';
+import { jsonErrorText } from '../../../common/src/jsonError';
 import { encodeSafetensors } from '../common/safetensors';
 
 export interface F32Tensor {
@@ -47,7 +48,7 @@ export function parseSafetensors(
   try {
     header = JSON.parse(bytes.subarray(8, base).toString('utf8'));
   } catch (error) {
-    return fail(`header is not valid JSON (${(error as Error).message})`);
+    return fail(`header is not valid JSON (${jsonErrorText(error)})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) return fail('header is not a JSON object');
   const dataLength = bytes.length - base;

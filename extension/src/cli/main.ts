@@ -3,6 +3,7 @@
 // cli/setup.ts. Flags and JSON keys are a scripting contract (README "CLI reference").
 import { Command, CommanderError } from 'commander';
 import { registerAdaptCommands } from './adapt';
+import { registerHeadroomCommand } from './headroom';
 import { registerBenchCommands } from './bench';
 import { registerGenerateCommand } from './generate';
 import { registerInspectCommands } from './inspect';
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerGenerateCommand(program);
   registerBenchCommands(program);
   registerAdaptCommands(program);
+  registerHeadroomCommand(program);
   registerStatsCommand(program);
   // Options after the subcommand belong to it; global flags are only --help and --version.
   for (const command of program.commands) {

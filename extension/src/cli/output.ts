@@ -97,6 +97,8 @@ export function modelInfoJson(info: NativeModelInfo): Record<string, unknown> {
     expert_width: info.expertWidth,
     shared_expert_width: info.sharedExpertWidth,
     norm_topk_prob: info.normTopkProb,
+    routing_rule: info.routingRule,
+    router_scoring: info.routerScoring,
     max_position_embeddings: info.maxPositionEmbeddings,
     moe_layers: info.moeLayers,
     dtype: info.dtype,
@@ -106,6 +108,7 @@ export function modelInfoJson(info: NativeModelInfo): Record<string, unknown> {
     active_parameters: info.activeParameters,
     weight_bytes: info.weightBytes,
     eos_token_ids: info.eosTokenIds,
+    warnings: info.warnings,
     backend: info.backend,
     threads: info.threads,
   };

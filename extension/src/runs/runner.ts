@@ -42,6 +42,7 @@ export function runModel(loaded: LoadResult): RunModel {
     topK: info.topK,
     moeLayers: [...info.moeLayers],
     vocabSize: info.vocabSize,
+    routerScoring: info.routerScoring,
   };
 }
 
@@ -70,7 +71,7 @@ function newRun(kind: RunKind, request: RunRequest, model: RunModel, prompt: str
     tokenText: [...tokenText],
     promptTokens: tokens.length,
     startedAt: Date.now(),
-    layers: new Map(model.moeLayers.map((layer) => [layer, new LayerRouting(layer, model.numExperts, model.topK, capacity)])),
+    layers: new Map(model.moeLayers.map((layer) => [layer, new LayerRouting(layer, model.numExperts, model.topK, capacity, model.routerScoring)])),
     ...(request.baseRunId !== undefined ? { baseRunId: request.baseRunId } : {}),
   };
 }

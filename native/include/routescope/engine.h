@@ -23,7 +23,7 @@ class Error : public std::runtime_error {
   std::string code_;  // e.g. "BAD_CHECKPOINT", "BAD_CONFIG", "UNKNOWN_ARCH", "BAD_TOKENS", "BAD_PATCH", "TOO_LONG"
 };
 
-enum class Arch { Mixtral, Olmoe, Qwen2Moe, Qwen3Moe };
+enum class Arch { Mixtral, Olmoe, Qwen2Moe, Qwen3Moe, DeepseekV2, DeepseekV3, Glm4Moe };
 const char* arch_name(Arch a);
 
 struct ModelInfo {
@@ -39,7 +39,9 @@ struct ModelInfo {
   int top_k = 0;
   int expert_width = 0;         // moe intermediate size
   int shared_expert_width = 0;  // qwen2_moe; 0 when none
-  bool norm_topk_prob = false;
+  bool norm_topk_prob = false;  // the router renormalises the selected weights
+  std::string routing_rule;     // one line, e.g. "sigmoid + selection bias, group-limited top-8 of 256 (...), ×2.5"
+  std::string router_scoring;   // "softmax" or "sigmoid": how router logits become the scores weights are taken from
   int max_position_embeddings = 0;
   std::vector<int> moe_layers;  // layers with a router (qwen2_moe may have dense layers)
   std::string dtype;            // dominant weight dtype: "F32", "F16", "BF16"
@@ -49,6 +51,7 @@ struct ModelInfo {
   uint64_t active_parameters = 0;  // per token
   uint64_t weight_bytes = 0;       // mapped from disk
   std::vector<int> eos_token_ids;  // from config.json / generation_config.json
+  std::vector<std::string> warnings;  // e.g. tensors present but not used (DeepSeek-V3's multi-token prediction layer)
   std::string backend = "cpu";
   std::string backend_note;      // why "auto" chose what it chose (e.g. no CUDA device), for a one-line notice
   std::string device;            // GPU name when backend == "cuda"
@@ -95,6 +98,9 @@ enum class LogitsMode { None, Last, All };
 struct ForwardResult {
   std::vector<float> logits;  // [rows, V]
   int rows = 0;
+  // When asked (mean_hidden_layer >= 0): the mean over this call's tokens of the hidden state entering that layer
+  // (num_layers = the last layer's output), e.g. a self-embedding taken from the prompt's own forward.
+  std::vector<float> mean_hidden;
 };
 
 struct SampleOptions {
@@ -125,7 +131,7 @@ class Session {
  public:
   virtual ~Session() = default;
   virtual ForwardResult forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
-                                const RoutingCallback& on_layer = nullptr) = 0;
+                                const RoutingCallback& on_layer = nullptr, int mean_hidden_layer = -1) = 0;
   // Prefill + decode; on_token is called for every generated token (return false to stop early).
   virtual std::vector<int> generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                                     const std::function<bool(int)>& on_token = nullptr,

@@ -6,39 +6,61 @@
 #include <limits>
 #include <numeric>
 
+#include "cpu/attention.h"
+#include "cpu/backward.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "cpu/ops.h"
+#include "cpu/router.h"
+#include "cpu/scratch.h"
 
 namespace routescope {
 
-void KVCache::ensure(int positions, int kv_heads, int head_dim) {
+void KVCache::ensure(int positions, int kv_heads, int k_dim, int v_dim) {
   if (positions <= capacity && static_cast<int>(k.size()) == kv_heads) return;
   int cap = std::max(positions, std::max(64, capacity * 2));
   k.resize(kv_heads);
   v.resize(kv_heads);
   for (int g = 0; g < kv_heads; ++g) {
-    k[g].resize(static_cast<size_t>(cap) * head_dim);
-    v[g].resize(static_cast<size_t>(cap) * head_dim);
+    k[g].resize(static_cast<size_t>(cap) * k_dim);
+    v[g].resize(static_cast<size_t>(cap) * v_dim);
   }
   capacity = cap;
 }
 
+// inv_freq as transformers computes it: θ^(−2i/d) over the rotated dims d, or YaRN's blend of interpolated and
+// extrapolated frequencies with a linear ramp between the correction dims.
 void Decoder::init_rope() {
-  const int hd = cfg_.head_dim;
-  inv_freq_.resize(hd / 2);
-  for (int i = 0; i < hd / 2; ++i) inv_freq_[i] = 1.0 / std::pow(cfg_.rope_theta, (2.0 * i) / hd);
+  const RopeConfig& r = cfg_.rope;
+  const int d = r.dims, half = d / 2;
+  inv_freq_.resize(half);
+  for (int i = 0; i < half; ++i) inv_freq_[i] = 1.0 / std::pow(r.theta, (2.0 * i) / d);
+  if (!r.yarn) return;
+  const double pi = 3.14159265358979323846;
+  auto correction_dim = [&](double rotations) {
+    return d * std::log(r.original_max_positions / (rotations * 2 * pi)) / (2 * std::log(r.theta));
+  };
+  double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+  if (r.truncate) low = std::floor(low), high = std::ceil(high);
+  low = std::max(low, 0.0), high = std::min(high, static_cast<double>(d - 1));
+  if (low == high) high += 0.001;
+  for (int i = 0; i < half; ++i) {
+    const double ramp = std::min(1.0, std::max(0.0, (i - low) / (high - low)));
+    const double extrapolation = 1.0 - ramp;
+    inv_freq_[i] = inv_freq_[i] / r.factor * (1.0 - extrapolation) + inv_freq_[i] * extrapolation;
+  }
 }
 
 void Decoder::rope_angles(int pos, std::vector<float>& cos_t, std::vector<float>& sin_t) const {
-  const int h = cfg_.head_dim / 2;
+  const int h = cfg_.rope.dims / 2;
+  const double af = cfg_.rope.attention_factor;
   cos_t.resize(h);
   sin_t.resize(h);
   for (int i = 0; i < h; ++i) {
     double a = pos * inv_freq_[i];
-    cos_t[i] = static_cast<float>(std::cos(a));
-    sin_t[i] = static_cast<float>(std::sin(a));
+    cos_t[i] = static_cast<float>(std::cos(a) * af);
+    sin_t[i] = static_cast<float>(std::sin(a) * af);
   }
 }
 
@@ -55,73 +77,16 @@ void Decoder::logits(const float* h, int rows, float* out) {
   matmul(pool_, x.data(), rows, ck_.lm_head, out);
 }
 
-void route_token(const float* z_raw, int E, int k, const LayerPatch* lp, int abs_pos, bool renorm, float* p,
-                 int32_t* sel, float* w, bool* mixed) {
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  *mixed = false;
-  const std::vector<float>* mix_row = lp ? lp->mix_row(abs_pos) : nullptr;
-  if (mix_row) {
-    std::copy(mix_row->begin(), mix_row->end(), p);
-    *mixed = true;
-  } else {
-    float mx = neg_inf;
-    for (int e = 0; e < E; ++e) {
-      p[e] = z_raw[e] + (lp && !lp->bias.empty() ? lp->bias[e] : 0.f);
-    }
-    if (lp)
-      for (int e : lp->mask) p[e] = neg_inf;
-    for (int e = 0; e < E; ++e) mx = std::max(mx, p[e]);
-    double sum = 0;
-    for (int e = 0; e < E; ++e) {
-      p[e] = p[e] == neg_inf ? 0.f : std::exp(p[e] - mx);
-      sum += p[e];
-    }
-    for (int e = 0; e < E; ++e) p[e] = static_cast<float>(p[e] / sum);
-  }
-  if (lp)
-    for (int e : lp->mask) p[e] = 0.f;
-  // Forced experts first, then the most probable of the rest (ties: lower index).
-  int n = 0;
-  bool taken_small[256] = {false};
-  std::vector<bool> taken_big;
-  auto taken = [&](int e) -> bool { return E <= 256 ? taken_small[e] : taken_big[e]; };
-  auto take = [&](int e) {
-    if (E <= 256) taken_small[e] = true;
-    else taken_big[e] = true;
-    sel[n++] = e;
-  };
-  if (E > 256) taken_big.assign(E, false);
-  if (lp) {
-    for (int e : lp->force) take(e);
-    for (int e : lp->mask) {
-      if (E <= 256) taken_small[e] = true;
-      else taken_big[e] = true;
-    }
-  }
-  while (n < k) {
-    int best = -1;
-    for (int e = 0; e < E; ++e)
-      if (!taken(e) && (best < 0 || p[e] > p[best])) best = e;
-    take(best);
-  }
-  double total = 0;
-  for (int i = 0; i < k; ++i) total += p[sel[i]];
-  for (int i = 0; i < k; ++i) w[i] = renorm && total > 0 ? static_cast<float>(p[sel[i]] / total) : p[sel[i]];
-  // Report highest weight first, ties by lower expert index.
-  for (int i = 1; i < k; ++i)
-    for (int j = i; j > 0 && (w[j] > w[j - 1] || (w[j] == w[j - 1] && sel[j] < sel[j - 1])); --j) {
-      std::swap(w[j], w[j - 1]);
-      std::swap(sel[j], sel[j - 1]);
-    }
-}
-
 // Causal attention as two matrix products per KV head and block of queries: scores = Q K^T over the keys the
 // block can see, then out = softmax(scores) V. Query heads sharing a KV head (GQA) are stacked as rows.
+// Keys are head_dim wide, values v_head_dim (they differ in MLA).
 void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
-  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, group = nh / nkv;
-  const int qw = nh * hd;
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim, group = nh / nkv;
+  const int qw = nh * hd, ow = nh * vd;
+  const float scale = cfg_.softmax_scale;
   const int window = cfg_.sliding_window;
+  if (!probs && attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window}, q, T, pos0, cache.k, cache.v, out))
+    return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
   std::vector<float> qb, scores, ob;
   for (int g = 0; g < nkv; ++g) {
@@ -151,14 +116,14 @@ void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, f
           for (int j = 0; j < keys; ++j) srow[j] = (j >= j0 && j <= p) ? srow[j] * inv : 0.f;
         }
       });
-      ob.resize(static_cast<size_t>(rows) * hd);
+      ob.resize(static_cast<size_t>(rows) * vd);
       matmul_backward_input(pool_, scores.data(), rows,
-                            Mat{reinterpret_cast<const uint8_t*>(cache.v[g].data()), DType::F32, keys, hd}, ob.data(), false);
+                            Mat{reinterpret_cast<const uint8_t*>(cache.v[g].data()), DType::F32, keys, vd}, ob.data(), false);
       for (int a = 0; a < group; ++a) {
         const int hh = g * group + a;
         for (int i = i0; i < i1; ++i) {
           const size_t r = static_cast<size_t>(a) * bi + (i - i0);
-          std::memcpy(out + static_cast<size_t>(i) * qw + hh * hd, &ob[r * hd], hd * sizeof(float));
+          std::memcpy(out + static_cast<size_t>(i) * ow + hh * vd, &ob[r * vd], vd * sizeof(float));
           if (probs) {  // [head, i, key] over all pos0 + T keys
             const int all = pos0 + T;
             float* prow = probs + (static_cast<size_t>(hh) * T + i) * all;
@@ -193,37 +158,40 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
   matmul(pool_, x, T, w.router, z.data());
   auto it = patch.layers.find(l);
   const LayerPatch* lp = it == patch.layers.end() ? nullptr : &it->second;
+  const float* selection_bias = w.selection_bias.empty() ? nullptr : w.selection_bias.data();
   for (int t = 0; t < T; ++t) {
     bool m = false;
-    route_token(z.data() + static_cast<size_t>(t) * E, E, k, lp, pos0 + t, cfg_.norm_topk, p.data() + static_cast<size_t>(t) * E,
-                sel.data() + static_cast<size_t>(t) * k, wts.data() + static_cast<size_t>(t) * k, &m);
+    route_token(cfg_.router, z.data() + static_cast<size_t>(t) * E, E, k, selection_bias, lp, pos0 + t,
+                p.data() + static_cast<size_t>(t) * E, sel.data() + static_cast<size_t>(t) * k,
+                wts.data() + static_cast<size_t>(t) * k, &m);
     mixed[t] = m;
   }
-  if (save) {
-    save->g.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->u.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->o.assign(static_cast<size_t>(T) * k * H, 0.f);
+  if (save) {  // every slot's row is written by moe_experts_forward: no zero-fill
+    save->g.resize(static_cast<size_t>(T) * k * I);
+    save->u.resize(static_cast<size_t>(T) * k * I);
+    save->o.resize(static_cast<size_t>(T) * k * H);
   }
   moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
                       save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
-  if (!w.shared_expert_gate.empty()) {
-    const int S = cfg_.shared_width;
+  if (w.has_shared()) {  // qwen2_moe: × sigmoid(shared_expert_gate · x); DeepSeek / GLM: added as is
     std::vector<float> so(static_cast<size_t>(T) * H);
     swiglu(x, T, w.shared_gate, w.shared_up, w.shared_down, so.data(), 1.f, save ? &save->sg : nullptr,
            save ? &save->su : nullptr);
     if (save) {
       save->so = so;
-      save->sgate.resize(T);
+      save->sgate.assign(T, 1.f);
     }
     for (int t = 0; t < T; ++t) {
-      const float* xt = x + static_cast<size_t>(t) * H;
-      float gl = 0;
-      for (int d = 0; d < H; ++d) gl += xt[d] * w.shared_expert_gate[d];
-      const float sgv = sigmoid(gl);
-      if (save) save->sgate[t] = sgv;
+      float sgv = 1.f;
+      if (!w.shared_expert_gate.empty()) {
+        const float* xt = x + static_cast<size_t>(t) * H;
+        float gl = 0;
+        for (int d = 0; d < H; ++d) gl += xt[d] * w.shared_expert_gate[d];
+        sgv = sigmoid(gl);
+        if (save) save->sgate[t] = sgv;
+      }
       for (int d = 0; d < H; ++d) y[static_cast<size_t>(t) * H + d] += sgv * so[static_cast<size_t>(t) * H + d];
     }
-    (void)S;
   }
   if (save) {
     save->p = p;
@@ -253,13 +221,63 @@ void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, co
 
 void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, LayerSave* save) {
   const LayerWeights& w = ck_.layers[l];
-  const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
-  const int qw = nh * hd, kvw = nkv * hd;
+  const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH), r_attn(T);
+  std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
+  std::vector<float> r_attn(T);
   for (int t = 0; t < T; ++t) r_attn[t] = rmsnorm_row(h + t * H, w.attn_norm.data(), H, cfg_.eps, x.data() + t * H);
-  std::vector<float> q(static_cast<size_t>(T) * qw), kk(static_cast<size_t>(T) * kvw), vv(static_cast<size_t>(T) * kvw);
-  matmul_batch(pool_, {{x.data(), T, w.q, q.data()}, {x.data(), T, w.k, kk.data()}, {x.data(), T, w.v, vv.data()}});
+  if (save) {
+    save->T = T;
+    save->h_in.assign(h, h + TH);
+    save->r_attn = r_attn;
+    save->x_attn = x;
+  }
+  // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied
+  std::vector<float>& q = layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * nh * hd);
+  std::vector<float>& kk = layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * nkv * hd);
+  std::vector<float>& vv = layer_buffer(LayerBuffer::Value, static_cast<size_t>(T) * nkv * vd);
+  if (cfg_.attention == AttentionKind::Latent) latent_qkv(l, x.data(), T, pos0, q, kk, vv, save);
+  else standard_qkv(l, x.data(), T, pos0, q, kk, vv, save);
+  const int kw = nkv * hd, vw = nkv * vd;
+  cache.ensure(pos0 + T, nkv, hd, vd);
+  for (int t = 0; t < T; ++t)
+    for (int g = 0; g < nkv; ++g) {
+      std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kw + g * hd], hd * sizeof(float));
+      std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * vd], &vv[static_cast<size_t>(t) * vw + g * vd], vd * sizeof(float));
+    }
+  std::vector<float>& attn = layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * nh * vd);
+  if (save) {
+    save->q = q;
+    save->k = kk;
+    save->v = vv;
+    save->probs.resize(static_cast<size_t>(nh) * T * (pos0 + T));  // attention() writes every entry
+    save->pos0 = pos0;
+    save->cache = &cache;
+  }
+  attention(T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
+  if (save) save->attn = attn;
+  matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
+}
+
+void Decoder::rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign) const {
+  std::vector<float> cs, sn;
+  const bool interleaved = cfg_.rope.layout == RopeLayout::Interleaved;
+  for (int t = 0; t < T; ++t) {
+    rope_angles(pos0 + t, cs, sn);
+    for (int hh = 0; hh < heads; ++hh)
+      rope_head(rows + static_cast<size_t>(t) * heads * stride + hh * stride + offset, cs.data(), sn.data(), cfg_.rope.dims,
+                interleaved, sign);
+  }
+}
+
+// q, k, v projections (+ bias, clip, QK-norm over the whole projection or per head), then RoPE on q and k.
+void Decoder::standard_qkv(int l, const float* x, int T, int pos0, std::vector<float>& q, std::vector<float>& kk,
+                           std::vector<float>& vv, LayerSave* save) {
+  const LayerWeights& w = ck_.layers[l];
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
+  const int qw = nh * hd, kvw = nkv * hd;
+  q.resize(static_cast<size_t>(T) * qw), kk.resize(static_cast<size_t>(T) * kvw), vv.resize(static_cast<size_t>(T) * kvw);
+  matmul_batch(pool_, {{x, T, w.q, q.data()}, {x, T, w.k, kk.data()}, {x, T, w.v, vv.data()}});
   if (cfg_.qkv_bias)
     for (int t = 0; t < T; ++t) {
       for (int i = 0; i < qw; ++i) q[t * qw + i] += w.q_bias[i];
@@ -271,15 +289,9 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
       for (auto& f : *a) f = std::min(c, std::max(-c, f));
   }
   if (save) {
-    save->T = T;
-    save->h_in.assign(h, h + TH);
-    save->r_attn = r_attn;
-    save->x_attn = x;
     save->q_pre = q;
     save->k_pre = kk;
-    save->v = vv;
   }
-  // QK-norm: over the whole projection (olmoe) or per head (qwen3_moe).
   if (cfg_.qk_norm == QKNorm::Whole) {
     if (save) save->r_q.resize(T), save->r_k.resize(T);
     for (int t = 0; t < T; ++t) {
@@ -300,29 +312,8 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
       }
     }
   }
-  std::vector<float> cs, sn;
-  for (int t = 0; t < T; ++t) {
-    rope_angles(pos0 + t, cs, sn);
-    for (int hh = 0; hh < nh; ++hh) rope_head(&q[t * qw + hh * hd], cs.data(), sn.data(), hd, 1.f);
-    for (int hh = 0; hh < nkv; ++hh) rope_head(&kk[t * kvw + hh * hd], cs.data(), sn.data(), hd, 1.f);
-  }
-  cache.ensure(pos0 + T, nkv, hd);
-  for (int t = 0; t < T; ++t)
-    for (int g = 0; g < nkv; ++g) {
-      std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kvw + g * hd], hd * sizeof(float));
-      std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * hd], &vv[static_cast<size_t>(t) * kvw + g * hd], hd * sizeof(float));
-    }
-  std::vector<float> attn(static_cast<size_t>(T) * qw);
-  if (save) {
-    save->q = q;
-    save->k = kk;
-    save->probs.assign(static_cast<size_t>(nh) * T * (pos0 + T), 0.f);
-    save->pos0 = pos0;
-    save->cache = &cache;
-  }
-  attention(T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
-  if (save) save->attn = attn;
-  matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
+  rope_rows(q.data(), T, pos0, nh, hd, 0, 1.f);
+  rope_rows(kk.data(), T, pos0, nkv, hd, 0, 1.f);
 }
 
 void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, const RoutingCallback& on_layer,
@@ -330,7 +321,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH);
+  std::vector<float>& x = layer_buffer(LayerBuffer::MlpInput, TH);
   if (save) save->T = T, save->pos0 = pos0;
   std::vector<float> r_mlp(T);
   for (int t = 0; t < T; ++t) r_mlp[t] = rmsnorm_row(h + t * H, w.mlp_norm.data(), H, cfg_.eps, x.data() + t * H);
@@ -339,7 +330,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
     save->r_mlp = r_mlp;
     save->x_mlp = x;
   }
-  std::vector<float> y(TH);
+  std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
   if (w.moe) {
     moe_forward(l, x.data(), T, pos0, patch, y.data(), on_layer, save);
   } else {
@@ -375,15 +366,13 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
 bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                            const std::map<int, float*>& mix_grads) {
   const LayerWeights& w = ck_.layers[l];
-  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
+  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k;
   const size_t TH = static_cast<size_t>(T) * H;
   std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
   if (w.moe) {
     std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
-    std::vector<std::vector<int>> rows(E);
-    for (int t = 0; t < T; ++t)
-      for (int j = 0; j < k; ++j) rows[s.sel[static_cast<size_t>(t) * k + j]].push_back(t * k + j);
-    // Router: a_e = <dy, o_e>; dp by the (re)normalisation; dz through the softmax (top-k sets fixed).
+    std::vector<double> dp;
+    // Router: a_e = <dy, o_e>; dLoss/dscores by the weight rule; dz through the scoring function (selection fixed).
     for (int t = 0; t < T; ++t) {
       const float* dyt = dh + static_cast<size_t>(t) * H;
       double a[256];
@@ -395,64 +384,25 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         for (int d = 0; d < H; ++d) dot += static_cast<double>(dyt[d]) * o[d];
         av[j] = dot;
       }
-      std::vector<double> dp(E, 0.0);
+      dp.assign(E, 0.0);
       const float* pt = &s.p[static_cast<size_t>(t) * E];
       const int32_t* st = &s.sel[static_cast<size_t>(t) * k];
-      if (cfg_.norm_topk) {
-        double sum = 0, wa = 0;
-        for (int j = 0; j < k; ++j) sum += pt[st[j]];
-        if (sum > 0) {
-          for (int j = 0; j < k; ++j) wa += pt[st[j]] / sum * av[j];
-          for (int j = 0; j < k; ++j) dp[st[j]] = (av[j] - wa) / sum;
-        }
-      } else {
-        for (int j = 0; j < k; ++j) dp[st[j]] = av[j];
-      }
+      weights_backward(cfg_.router, E, k, pt, st, av, dp.data());
       if (s.mixed[t]) {
+        // The mix row ω = scoring(θ) replaced the scores: dθ by the same Jacobian; the router logits get nothing.
         auto mg = mix_grads.find(s.pos0 + t);
-        if (mg != mix_grads.end()) {
-          float* mix_grad = mg->second;
-          // row = softmax(theta) with masked entries zeroed: dtheta = row * (dp - <dp, row>)
-          double dot = 0;
-          for (int e = 0; e < E; ++e) dot += dp[e] * pt[e];
-          for (int e = 0; e < E; ++e) mix_grad[e] = static_cast<float>(pt[e] * (dp[e] - dot));
-        }
-        continue;  // the router logits did not produce this row
+        if (mg != mix_grads.end()) scoring_backward(cfg_.router.scoring, E, pt, dp.data(), mg->second);
+        continue;
       }
-      double dot = 0;
-      for (int e = 0; e < E; ++e) dot += dp[e] * pt[e];
-      for (int e = 0; e < E; ++e) {
-        const float g = static_cast<float>(pt[e] * (dp[e] - dot));
-        dz[static_cast<size_t>(t) * E + e] = g;
-        if (bias_grad) bias_grad[e] += g;
-      }
+      float* dzt = &dz[static_cast<size_t>(t) * E];
+      scoring_backward(cfg_.router.scoring, E, pt, dp.data(), dzt);
+      if (bias_grad)
+        for (int e = 0; e < E; ++e) bias_grad[e] += dzt[e];
     }
     if (stop_at_router) return false;
     matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
-    // Experts.
-    std::vector<float> dye, ge, ue, dxe;
-    for (int e = 0; e < E; ++e) {
-      const auto& r = rows[e];
-      if (r.empty()) continue;
-      const int n = static_cast<int>(r.size());
-      dye.resize(static_cast<size_t>(n) * H);
-      ge.resize(static_cast<size_t>(n) * I);
-      ue.resize(static_cast<size_t>(n) * I);
-      dxe.assign(static_cast<size_t>(n) * H, 0.f);
-      for (int i = 0; i < n; ++i) {
-        const float wt = s.w[r[i]];
-        const float* dyt = dh + static_cast<size_t>(r[i] / k) * H;
-        for (int d = 0; d < H; ++d) dye[static_cast<size_t>(i) * H + d] = wt * dyt[d];
-        std::memcpy(&ge[static_cast<size_t>(i) * I], &s.g[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-        std::memcpy(&ue[static_cast<size_t>(i) * I], &s.u[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-      }
-      swiglu_backward(pool_, dye.data(), n, ge.data(), ue.data(), w.gate[e], w.up[e], w.down[e], dxe.data());
-      for (int i = 0; i < n; ++i) {
-        float* dxt = &dx[static_cast<size_t>(r[i] / k) * H];
-        for (int d = 0; d < H; ++d) dxt[d] += dxe[static_cast<size_t>(i) * H + d];
-      }
-    }
-    if (!w.shared_expert_gate.empty()) {
+    moe_experts_backward(pool_, dh, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up, w.down, dx.data());
+    if (w.has_shared()) {
       std::vector<float> dso(TH);
       for (int t = 0; t < T; ++t) {
         const float sgv = s.sgate[t];
@@ -462,6 +412,7 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
           dso[static_cast<size_t>(t) * H + d] = sgv * dyt[d];
           dot += static_cast<double>(dyt[d]) * s.so[static_cast<size_t>(t) * H + d];
         }
+        if (w.shared_expert_gate.empty()) continue;
         const float dgl = static_cast<float>(dot) * sgv * (1.f - sgv);
         for (int d = 0; d < H; ++d) dx[static_cast<size_t>(t) * H + d] += dgl * w.shared_expert_gate[d];
       }
@@ -483,64 +434,31 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, group = nh / nkv;
-  const int qw = nh * hd, kvw = nkv * hd;
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  std::vector<float> dattn(static_cast<size_t>(T) * qw);
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
+  const int qw = nh * hd, kw = nkv * hd, ow = nh * vd, vw = nkv * vd;
+  const float scale = cfg_.softmax_scale;
+  std::vector<float> dattn(static_cast<size_t>(T) * ow);
   matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
-  std::vector<float> dq(static_cast<size_t>(T) * qw, 0.f), dk(static_cast<size_t>(T) * kvw, 0.f),
-      dv(static_cast<size_t>(T) * kvw, 0.f);
+  std::vector<float> dq(static_cast<size_t>(T) * qw), dk(static_cast<size_t>(T) * kw), dv(static_cast<size_t>(T) * vw);
   // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
-  // Parallel over kv groups so dk/dv rows are written by one thread only.
-  const int pos0 = s.pos0, all = pos0 + T;
-  pool_.parallel_for(nkv, 1, [&](int64_t a, int64_t b, int) {
-    std::vector<float> dP(all);
-    for (int g = static_cast<int>(a); g < b; ++g) {
-      const float* Kc = s.cache->k[g].data();
-      const float* Vc = s.cache->v[g].data();
-      for (int hh = g * group; hh < (g + 1) * group; ++hh)
-        for (int i = 0; i < T; ++i) {
-          const int p = pos0 + i;
-          const float* P = &s.probs[(static_cast<size_t>(hh) * T + i) * all];
-          const float* doi = &dattn[static_cast<size_t>(i) * qw + hh * hd];
-          double rowdot = 0;
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) {
-              dP[j] = 0;
-              continue;
-            }
-            const float* vj = Vc + static_cast<size_t>(j) * hd;
-            float d = 0;
-            for (int c = 0; c < hd; ++c) d += doi[c] * vj[c];
-            dP[j] = d;
-            rowdot += static_cast<double>(d) * P[j];
-            if (j >= pos0) {
-              float* dvj = &dv[static_cast<size_t>(j - pos0) * kvw + g * hd];
-              for (int c = 0; c < hd; ++c) dvj[c] += P[j] * doi[c];
-            }
-          }
-          const float* qi = &s.q[static_cast<size_t>(i) * qw + hh * hd];
-          float* dqi = &dq[static_cast<size_t>(i) * qw + hh * hd];
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) continue;
-            const float dS = P[j] * (dP[j] - static_cast<float>(rowdot)) * scale;
-            const float* kj = Kc + static_cast<size_t>(j) * hd;
-            for (int c = 0; c < hd; ++c) dqi[c] += dS * kj[c];
-            if (j >= pos0) {
-              float* dkj = &dk[static_cast<size_t>(j - pos0) * kvw + g * hd];
-              for (int c = 0; c < hd; ++c) dkj[c] += dS * qi[c];
-            }
-          }
-        }
-    }
-  });
-  // Undo RoPE (rotate back), then the QK-norm.
-  std::vector<float> cs, sn;
-  for (int t = 0; t < T; ++t) {
-    rope_angles(pos0 + t, cs, sn);
-    for (int hh = 0; hh < nh; ++hh) rope_head(&dq[t * qw + hh * hd], cs.data(), sn.data(), hd, -1.f);
-    for (int hh = 0; hh < nkv; ++hh) rope_head(&dk[t * kvw + hh * hd], cs.data(), sn.data(), hd, -1.f);
-  }
+  attention_backward(pool_, T, s.pos0, nh, nkv, hd, vd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
+                     dq.data(), dk.data(), dv.data());
+  std::vector<float> dxa(TH, 0.f);
+  if (cfg_.attention == AttentionKind::Latent) latent_qkv_backward(l, s, dq, dk, dv, dxa.data());
+  else standard_qkv_backward(l, s, dq, dk, dv, dxa.data());
+  for (int t = 0; t < T; ++t)
+    rmsnorm_row_backward(&s.h_in[static_cast<size_t>(t) * H], s.r_attn[t], w.attn_norm.data(), &dxa[static_cast<size_t>(t) * H], H,
+                         dh + static_cast<size_t>(t) * H, true);
+}
+
+// Back through RoPE (rotate back), the QK-norm, the clip and the projections into dx (accumulated).
+void Decoder::standard_qkv_backward(int l, const LayerSave& s, std::vector<float>& dq, std::vector<float>& dk,
+                                    std::vector<float>& dv, float* dx) {
+  const LayerWeights& w = ck_.layers[l];
+  const int T = s.T, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
+  const int qw = nh * hd, kvw = nkv * hd;
+  rope_rows(dq.data(), T, s.pos0, nh, hd, 0, -1.f);
+  rope_rows(dk.data(), T, s.pos0, nkv, hd, 0, -1.f);
   if (cfg_.qk_norm == QKNorm::Whole) {
     for (int t = 0; t < T; ++t) {
       rmsnorm_row_backward(&s.q_pre[t * qw], s.r_q[t], w.q_norm.data(), &dq[t * qw], qw, &dq[t * qw], false);
@@ -565,13 +483,39 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
       if (std::fabs(s.v[i]) >= c) dv[i] = 0;
     }
   }
-  std::vector<float> dxa(TH, 0.f);
-  matmul_backward_input(pool_, dq.data(), T, w.q, dxa.data(), true);
-  matmul_backward_input(pool_, dk.data(), T, w.k, dxa.data(), true);
-  matmul_backward_input(pool_, dv.data(), T, w.v, dxa.data(), true);
-  for (int t = 0; t < T; ++t)
-    rmsnorm_row_backward(&s.h_in[static_cast<size_t>(t) * H], s.r_attn[t], w.attn_norm.data(), &dxa[static_cast<size_t>(t) * H], H,
-                         dh + static_cast<size_t>(t) * H, true);
+  matmul_backward_input(pool_, dq.data(), T, w.q, dx, true);
+  matmul_backward_input(pool_, dk.data(), T, w.k, dx, true);
+  matmul_backward_input(pool_, dv.data(), T, w.v, dx, true);
+}
+
+void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden, E = cfg_.experts, I = cfg_.expert_width;
+  if (!w.moe) throw Error("BAD_ARGUMENT", "layer " + std::to_string(l) + " has no router");
+  std::vector<float> x(H);
+  rmsnorm_row(h_mid, w.mlp_norm.data(), H, cfg_.eps, x.data());
+  matmul(pool_, x.data(), 1, w.router, z);
+  std::vector<float> g(static_cast<size_t>(E) * I), u(static_cast<size_t>(E) * I);
+  std::vector<MatmulJob> jobs;
+  for (int e = 0; e < E; ++e) {
+    jobs.push_back({x.data(), 1, w.gate[e], &g[static_cast<size_t>(e) * I]});
+    jobs.push_back({x.data(), 1, w.up[e], &u[static_cast<size_t>(e) * I]});
+  }
+  matmul_batch(pool_, jobs);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+  jobs.clear();
+  for (int e = 0; e < E; ++e) jobs.push_back({&g[static_cast<size_t>(e) * I], 1, w.down[e], experts + static_cast<size_t>(e) * H});
+  matmul_batch(pool_, jobs);
+  std::fill(shared, shared + H, 0.f);
+  if (w.has_shared()) {  // as moe_forward: gated (qwen2_moe) or added as is (DeepSeek / GLM)
+    swiglu(x.data(), 1, w.shared_gate, w.shared_up, w.shared_down, shared, 1.f, nullptr, nullptr);
+    if (!w.shared_expert_gate.empty()) {
+      float gl = 0;
+      for (int d = 0; d < H; ++d) gl += x[d] * w.shared_expert_gate[d];
+      const float sgv = sigmoid(gl);
+      for (int d = 0; d < H; ++d) shared[d] *= sgv;
+    }
+  }
 }
 
 }  // namespace routescope

@@ -14,7 +14,7 @@ namespace routescope {
 struct KVCache {
   std::vector<std::vector<float>> k, v;  // [kv_head][capacity * head_dim]
   int capacity = 0;
-  void ensure(int positions, int kv_heads, int head_dim);
+  void ensure(int positions, int kv_heads, int k_dim, int v_dim);
 };
 
 // Activations of one layer kept for the backward pass (only filled when requested).
@@ -25,6 +25,8 @@ struct LayerSave {
   std::vector<float> h_in, r_attn, x_attn;     // input, rmsnorm factor, normed input
   std::vector<float> q_pre, k_pre, r_q, r_k;   // projections before QK-norm (after bias/clip), norm factors
   std::vector<float> q, k, v;                  // after QK-norm and RoPE
+  // MLA: q_a output and kv_a's latent part before their RMSNorms, and the norm factors
+  std::vector<float> q_lat, r_q_lat, kv_lat, r_kv_lat;
   std::vector<float> probs;                    // attention probabilities [heads, T, pos0 + T]
   std::vector<float> attn;                     // attention output before o_proj [T, heads*head_dim]
   std::vector<float> h_mid, r_mlp, x_mlp;      // after attention residual; rmsnorm factor; normed
@@ -36,6 +38,14 @@ struct LayerSave {
   std::vector<float> g, u, o;                  // per (t, slot): gate and up pre-activations [T*k, I], expert out [T*k, H]
   // dense MLP or shared expert
   std::vector<float> dg, du, sg, su, so, sgate;
+  // Memory held (capacity), to decide whether to keep a save for the next pass.
+  size_t bytes() const {
+    size_t f = 0;
+    for (const auto* v : {&h_in, &r_attn, &x_attn, &q_pre, &k_pre, &r_q, &r_k, &q, &k, &v, &probs, &attn, &h_mid, &r_mlp,
+                          &x_mlp, &p, &w, &g, &u, &o, &dg, &du, &sg, &su, &so, &sgate})
+      f += v->capacity();
+    return f * sizeof(float) + sel.capacity() * sizeof(int32_t) + mixed.capacity();
+  }
 };
 
 class Decoder {
@@ -62,6 +72,11 @@ class Decoder {
                     const std::map<int, float*>& mix_grads);
   void attn_backward(int l, const LayerSave& s, float* dh);
 
+  // What MoE layer l computes for one row h_mid (the residual after its attention) whatever the routing: the raw
+  // router logits z [E], every routed expert's output [E, H] and the shared expert's gated contribution [H] (zero
+  // when the layer has none). The layer's output is then h_mid + shared + sum over the selected e of w_e experts[e].
+  void moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared);
+
   void embed(const std::vector<int>& tokens, float* h) const;
   // logits [rows, V] for the given rows of h (after the final norm).
   void logits(const float* h, int rows, float* out);
@@ -73,6 +88,18 @@ class Decoder {
  private:
   void init_rope();
   void rope_angles(int pos, std::vector<float>& cos_t, std::vector<float>& sin_t) const;
+  // RoPE (sign -1: its inverse) on rows [T, heads × stride], rotating `rope.dims` entries from `offset` per head.
+  void rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign) const;
+  // Attention inputs from the normed hidden state x [T, H]: q [T, nh·hd], k [T, nkv·hd], v [T, nkv·vd], RoPE
+  // applied; and their backward into dx (accumulated). Standard (GQA) and latent (MLA, attention_mla.cpp).
+  void standard_qkv(int l, const float* x, int T, int pos0, std::vector<float>& q, std::vector<float>& k,
+                    std::vector<float>& v, LayerSave* save);
+  void standard_qkv_backward(int l, const LayerSave& s, std::vector<float>& dq, std::vector<float>& dk,
+                             std::vector<float>& dv, float* dx);
+  void latent_qkv(int l, const float* x, int T, int pos0, std::vector<float>& q, std::vector<float>& k,
+                  std::vector<float>& v, LayerSave* save);
+  void latent_qkv_backward(int l, const LayerSave& s, std::vector<float>& dq, std::vector<float>& dk,
+                           std::vector<float>& dv, float* dx);
   void attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs);
   void moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
                    const RoutingCallback& on_layer, LayerSave* save);
@@ -84,9 +111,5 @@ class Decoder {
   ThreadPool& pool_;
   std::vector<double> inv_freq_;
 };
-
-// Routing decision for one token: p (size E, after patch) -> selected experts and weights, sorted by weight.
-void route_token(const float* z_raw, int E, int k, const LayerPatch* lp, int abs_pos, bool renorm, float* p,
-                 int32_t* sel, float* w, bool* mixed);
 
 }  // namespace routescope

@@ -249,9 +249,15 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
       tokens[p] = r / k;
     }
   }
+  float* o = cs.o.get<float>(static_cast<size_t>(R) * H);  // expert outputs in expert-sorted row order
+  const bool fp8 = gate[0].dtype == DType::F8E4M3 || up[0].dtype == DType::F8E4M3 || down[0].dtype == DType::F8E4M3;
+  if (fp8) {  // block-scaled FP8 weights: expert by expert through the tiled FP8 matmul (matmul_fp8.cpp)
+    moe_experts_fp8(pool, x, H, tokens, order, count, E, gate, up, down, o, save_g, save_u);
+    family = ExpertKernels::Generic;
+  }
   // Work units: each expert's rows in chunks of at most kUnitRows, largest first so the last ones are short.
   std::vector<Unit> units;
-  for (int e = 0; e < E; ++e) {
+  for (int e = 0; e < E && !fp8; ++e) {
     const int n = count[e + 1] - count[e];
     if (!n) continue;
     const int chunks = (n + kUnitRows - 1) / kUnitRows;
@@ -261,7 +267,6 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
     }
   }
   std::stable_sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) { return a.count > b.count; });
-  float* o = cs.o.get<float>(static_cast<size_t>(R) * H);  // expert outputs in expert-sorted row order
 
   std::atomic<size_t> next{0};
   pool.run_on_all([&](int) {

@@ -32,13 +32,16 @@ inline float silu_grad(float x) {
 }
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
-// Rotates pairs (i, i + d/2) of one head by the position's angles (rotate_half convention); sign -1 undoes it.
-inline void rope_head(float* v, const float* cos_t, const float* sin_t, int d, float sign) {
+// Rotates the first d entries of one head by the position's angles (d/2 of them); sign -1 undoes it.
+// rotate_half pairs (i, i + d/2); interleaved (DeepSeek) pairs (2i, 2i + 1).
+inline void rope_head(float* v, const float* cos_t, const float* sin_t, int d, bool interleaved, float sign) {
   const int h = d / 2;
   for (int i = 0; i < h; ++i) {
-    float a = v[i], b = v[i + h], c = cos_t[i], s = sign * sin_t[i];
-    v[i] = a * c - b * s;
-    v[i + h] = b * c + a * s;
+    float* x0 = interleaved ? v + 2 * i : v + i;
+    float* x1 = interleaved ? v + 2 * i + 1 : v + i + h;
+    const float a = *x0, b = *x1, c = cos_t[i], s = sign * sin_t[i];
+    *x0 = a * c - b * s;
+    *x1 = b * c + a * s;
   }
 }
 

@@ -12,6 +12,7 @@
 #include <map>
 
 #include "cpu/forward.h"
+#include "cpu/router.h"
 #include "cuda/backend.h"
 
 namespace routescope {
@@ -379,7 +380,7 @@ void DeviceModelImpl::upload() {
   lm_head = ck_.lm_head.data == ck_.embed.data ? embed : mat(ck_.lm_head);
   final_norm = vec(ck_.final_norm);
   std::vector<float> inv(cfg.head_dim / 2);
-  for (int i = 0; i < cfg.head_dim / 2; ++i) inv[i] = static_cast<float>(1.0 / std::pow(cfg.rope_theta, 2.0 * i / cfg.head_dim));
+  for (int i = 0; i < cfg.head_dim / 2; ++i) inv[i] = static_cast<float>(1.0 / std::pow(cfg.rope.theta, 2.0 * i / cfg.head_dim));
   inv_freq = vec(inv);
   layers.resize(cfg.layers);
   for (int li = 0; li < cfg.layers; ++li) {
@@ -550,8 +551,10 @@ void DeviceSessionImpl::forward(const std::vector<int>& tokens, int pos0, const 
       const LayerPatch* lp = it == patch.layers.end() ? nullptr : &it->second;
       for (int t = 0; t < T; ++t) {
         bool mixed = false;
-        route_token(&z_host[static_cast<size_t>(t) * E], E, k, lp, pos0 + t, cfg.norm_topk, p.data(), &sel[static_cast<size_t>(t) * k],
-                    &w_host[static_cast<size_t>(t) * k], &mixed);
+        route_token(cfg.router, &z_host[static_cast<size_t>(t) * E], E, k,
+                    m_.ck_.layers[l].selection_bias.empty() ? nullptr : m_.ck_.layers[l].selection_bias.data(), lp,
+                    pos0 + t, p.data(),
+                    &sel[static_cast<size_t>(t) * k], &w_host[static_cast<size_t>(t) * k], &mixed);
       }
       if (on_layer) {
         LayerRouting rec;

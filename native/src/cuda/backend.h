@@ -17,6 +17,17 @@ namespace cuda {
 
 // Empty when a device can be used; otherwise why not (no driver, no device, old driver, not compiled).
 std::string probe();
+// Empty when the CUDA path implements everything this model needs; otherwise the first feature it lacks.
+inline std::string unsupported(const ModelConfig& cfg) {
+  if (cfg.attention != AttentionKind::Standard) return "multi-head latent attention";
+  if (cfg.router.scoring != Scoring::Softmax || cfg.router.groups > 1 || cfg.router.scale != 1.f)
+    return "its router rule (" + describe_router(cfg.router, cfg.experts, cfg.top_k) + ")";
+  if (cfg.shared_width > 0 && !cfg.shared_gated) return "ungated shared experts";
+  if (cfg.rope.yarn || cfg.rope.dims != cfg.head_dim || cfg.rope.layout != RopeLayout::Half)
+    return "YaRN, partial or interleaved RoPE";
+  if (cfg.fp8_block_rows > 0) return "FP8 block-scaled weights";
+  return "";
+}
 bool compiled();
 
 class DeviceSession {

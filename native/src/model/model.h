@@ -1,53 +1,52 @@
 // A loaded checkpoint: config, mapped files and views of every weight the forward pass reads.
 #pragma once
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "model/config.h"
 #include "model/safetensors.h"
 #include "routescope/engine.h"
 
 namespace routescope {
 
-// A row-major [rows, cols] weight matrix in its stored dtype, possibly a slice of a fused tensor.
+// A row-major [rows, cols] weight matrix in its stored dtype, possibly a slice of a fused tensor. Block-scaled FP8
+// (F8E4M3) carries one f32 scale per [block_rows, block_cols] block: w = fp8 × scale (DeepSeek's weight_scale_inv).
 struct Mat {
   const uint8_t* data = nullptr;
   DType dtype = DType::F32;
   int rows = 0, cols = 0;
+  const float* scale = nullptr;  // [ceil(rows / block_rows), ceil(cols / block_cols)], FP8 only
+  int block_rows = 0, block_cols = 0;
   const uint8_t* row(int r) const { return data + static_cast<size_t>(r) * cols * dtype_size(dtype); }
-  Mat slice_rows(int begin, int count) const { return Mat{row(begin), dtype, count, cols}; }
-};
-
-enum class QKNorm { None, Whole, PerHead };
-
-struct ModelConfig {
-  Arch arch = Arch::Olmoe;
-  int hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0, layers = 0;
-  int experts = 0, top_k = 0, expert_width = 0, shared_width = 0, dense_width = 0;
-  float eps = 1e-5f;
-  double rope_theta = 10000.0;
-  bool norm_topk = false;
-  QKNorm qk_norm = QKNorm::None;
-  bool qkv_bias = false;
-  float clip_qkv = 0.0f;  // 0 = off
-  int sliding_window = 0; // 0 = off
-  bool tie_embeddings = false;
-  int max_positions = 0;
-  std::vector<bool> moe_layer;
+  int scale_cols() const { return block_cols ? (cols + block_cols - 1) / block_cols : 0; }
+  // Rows [begin, begin + count); for FP8, begin must fall on a block boundary.
+  Mat slice_rows(int begin, int count) const {
+    Mat m{row(begin), dtype, count, cols, scale, block_rows, block_cols};
+    if (scale) m.scale = scale + static_cast<size_t>(begin / block_rows) * scale_cols();
+    return m;
+  }
 };
 
 struct LayerWeights {
   std::vector<float> attn_norm, mlp_norm;  // small vectors kept in fp32
-  Mat q, k, v, o;
+  Mat q, k, v, o;                           // standard attention (MLA: q is q_proj when q_lora_rank is null)
   std::vector<float> q_bias, k_bias, v_bias;
   std::vector<float> q_norm, k_norm;
+  // Multi-head latent attention (DeepSeek): q = q_b(norm(q_a x)) or q_proj x; [c, k_rope] = kv_a x;
+  // [k_nope, v] per head = kv_b(norm(c)).
+  Mat q_a, q_b, kv_a, kv_b;
+  std::vector<float> q_a_norm, kv_a_norm;
   bool moe = false;
   Mat router;                               // [E, H]
+  std::vector<float> selection_bias;        // [E] e_score_correction_bias (DeepSeek-V3 / GLM-4.5), empty if none
   std::vector<Mat> gate, up, down;          // per expert: [I,H], [I,H], [H,I]
   Mat dense_gate, dense_up, dense_down;     // dense MLP layers
-  Mat shared_gate, shared_up, shared_down;  // qwen2_moe shared expert
-  std::vector<float> shared_expert_gate;    // [H]
+  Mat shared_gate, shared_up, shared_down;  // shared expert(s): qwen2_moe (gated), DeepSeek / GLM (n_shared × width)
+  std::vector<float> shared_expert_gate;    // [H] qwen2_moe's sigmoid gate of the shared expert; empty if ungated
+  bool has_shared() const { return shared_gate.data != nullptr; }
 };
 
 class Checkpoint {
@@ -64,6 +63,7 @@ class Checkpoint {
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::deque<std::vector<float>> scales_;  // FP8 block scales widened to f32 (small: one per 128 × 128 block)
   mutable std::atomic<int64_t> last_file_check_ns_{0};
 };
 

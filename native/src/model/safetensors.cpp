@@ -28,7 +28,7 @@ struct DTypeInfo {
 };
 const DTypeInfo kDTypes[] = {
     {"BOOL", 8, DType::Other},    {"U8", 8, DType::Other},      {"I8", 8, DType::Other},
-    {"F8_E5M2", 8, DType::Other}, {"F8_E4M3", 8, DType::Other}, {"F8_E8M0", 8, DType::Other},
+    {"F8_E5M2", 8, DType::Other}, {"F8_E4M3", 8, DType::F8E4M3}, {"F8_E8M0", 8, DType::Other},
     {"I16", 16, DType::Other},    {"U16", 16, DType::Other},    {"F16", 16, DType::F16},
     {"BF16", 16, DType::BF16},    {"I32", 32, DType::Other},    {"U32", 32, DType::Other},
     {"F32", 32, DType::F32},      {"F64", 64, DType::Other},    {"I64", 64, DType::Other},
@@ -42,10 +42,19 @@ const char* dtype_name(DType d) {
     case DType::F32: return "F32";
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
+    case DType::F8E4M3: return "F8_E4M3";
     default: return "other";
   }
 }
-size_t dtype_size(DType d) { return d == DType::F32 ? 4 : (d == DType::Other ? 0 : 2); }
+size_t dtype_size(DType d) {
+  switch (d) {
+    case DType::F32: return 4;
+    case DType::F16:
+    case DType::BF16: return 2;
+    case DType::F8E4M3: return 1;
+    default: return 0;
+  }
+}
 
 int64_t TensorView::numel() const {
   int64_t n = 1;

@@ -8,7 +8,8 @@
 
 namespace routescope {
 
-enum class DType { F32, F16, BF16, Other };
+// F8E4M3 is only read as block-scaled weights (its *_scale_inv tensor gives one f32 scale per block).
+enum class DType { F32, F16, BF16, F8E4M3, Other };
 const char* dtype_name(DType d);
 size_t dtype_size(DType d);
 

@@ -1,0 +1,36 @@
+// The router of one token: the model's routing rule (model/config.h RouterRule) with the routing patch applied,
+// and the backward of the mixing weights. Shared by the CPU decoder and the CUDA backend (which routes on the
+// host), so routing is identical everywhere. The rule, per token:
+//   z      = router logits + patch bias
+//   scores = softmax(z) over the unmasked experts, or sigmoid(z); a mix row at this position replaces them;
+//            masked experts score 0
+//   choice = scores (+ the layer's e_score_correction_bias); masked experts are never chosen
+//   groups = (n_group > 1) only the topk_group groups with the best group score (max, or sum of the two best
+//            choices of the group's unmasked experts) stay candidates
+//   chosen = forced experts, then the best candidates by choice (ties: lower index) until k
+//   weights = scores of the chosen, divided by their sum when the rule renormalises, × routed_scaling_factor
+// Reported highest weight first (ties: lower index).
+#pragma once
+#include <cstdint>
+
+#include "model/config.h"
+#include "routescope/engine.h"
+
+namespace routescope {
+
+// z_raw: [E] router logits; selection_bias: [E] or null; scores: [E] out (what the weights are taken from);
+// sel / w: [k] out; mixed: whether a mix row replaced the scores.
+void route_token(const RouterRule& rule, const float* z_raw, int E, int k, const float* selection_bias,
+                 const LayerPatch* lp, int abs_pos, float* scores, int32_t* sel, float* w, bool* mixed);
+
+// ds[E] = dLoss/dscores given a[j] = <dLoss/dy, output of selected expert j> (selection held fixed); zero outside
+// the selection.
+void weights_backward(const RouterRule& rule, int E, int k, const float* scores, const int32_t* sel, const double* a,
+                      double* ds);
+// Through the scoring function: dLoss/dz = J^T ds, with J the Jacobian of softmax or sigmoid at `scores`.
+// The same map gives dLoss/dθ for a mix row ω = scoring(θ).
+void scoring_backward(Scoring scoring, int E, const float* scores, const double* ds, float* dz);
+// ω = scoring(θ): the row a mix gradient or C3PO's θ stands for (softmax: a distribution; sigmoid: per expert).
+void scores_from_logits(Scoring scoring, const float* theta, int E, float* out);
+
+}  // namespace routescope

@@ -1,0 +1,261 @@
+// config.json -> ModelConfig: the fields every architecture shares, RoPE, and the dispatch to arch_*.cpp.
+#include "model/config.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+#include "model/arch.h"
+
+namespace routescope {
+
+const char* arch_name(Arch a) {
+  switch (a) {
+    case Arch::Mixtral: return "mixtral";
+    case Arch::Olmoe: return "olmoe";
+    case Arch::Qwen2Moe: return "qwen2_moe";
+    case Arch::Qwen3Moe: return "qwen3_moe";
+    case Arch::DeepseekV2: return "deepseek_v2";
+    case Arch::DeepseekV3: return "deepseek_v3";
+    case Arch::Glm4Moe: return "glm4_moe";
+  }
+  return "?";
+}
+
+namespace {
+
+std::string format_number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+}  // namespace
+
+std::string describe_router(const RouterRule& r, int experts, int top_k) {
+  std::string s = r.scoring == Scoring::Softmax ? "softmax" : "sigmoid";
+  if (r.selection_bias) s += " + selection bias";
+  s += ", ";
+  if (r.groups > 1) s += "group-limited ";
+  s += "top-" + std::to_string(top_k) + " of " + std::to_string(experts);
+  if (r.groups > 1)
+    s += " (" + std::to_string(r.groups) + " groups, " + std::to_string(r.groups_kept) + " kept, group score " +
+         (r.group_score == GroupScore::Max ? "max" : "sum of top-2") + ")";
+  s += r.renorm ? ", renormalised" : ", not renormalised";
+  if (r.scale != 1.f) s += ", ×" + format_number(r.scale);
+  return s;
+}
+
+const Json* ConfigReader::get(const std::string& key) const {
+  const Json* v = root_.find(key);
+  if (v && v->is_null()) return nullptr;
+  return v;
+}
+
+void ConfigReader::fail(const std::string& what) const { throw Error("BAD_CONFIG", path_ + ": " + what); }
+
+int ConfigReader::integer(const std::string& key, int lo, int hi) const {
+  const Json* v = get(key);
+  if (!v) fail("missing \"" + key + "\"");
+  int64_t x;
+  if (!v->as_int64(x)) fail("\"" + key + "\" must be an integer (got " + v->dump() + ")");
+  if (x < lo || x > hi)
+    fail("\"" + key + "\" = " + std::to_string(x) + " is out of range (" + std::to_string(lo) + ".." + std::to_string(hi) + ")");
+  return static_cast<int>(x);
+}
+
+int ConfigReader::integer(const std::string& key, int lo, int hi, int fallback) const {
+  return get(key) ? integer(key, lo, hi) : fallback;
+}
+
+int ConfigReader::integer_alias(const std::string& key, const std::string& alias, int lo, int hi) const {
+  const Json* a = get(key);
+  const Json* b = get(alias);
+  if (a && b && a->dump() != b->dump()) fail("\"" + key + "\" and \"" + alias + "\" disagree (" + a->dump() + " vs " + b->dump() + ")");
+  if (!a && !b) fail("missing \"" + key + "\" (or \"" + alias + "\")");
+  return integer(a ? key : alias, lo, hi);
+}
+
+double ConfigReader::number(const std::string& key, double fallback, double lo, double hi, bool lo_open) const {
+  const Json* v = get(key);
+  if (!v) return fallback;
+  if (!v->is_number()) fail("\"" + key + "\" must be a number (got " + v->dump() + ")");
+  const double x = v->as_number();
+  if (!std::isfinite(x) || x < lo || x > hi || (lo_open && x == lo))
+    fail("\"" + key + "\" = " + v->dump() + " is out of range (" + (lo_open ? "> " : ">= ") + format_number(lo) +
+         (std::isinf(hi) ? "" : " and <= " + format_number(hi)) + ", finite)");
+  return x;
+}
+
+bool ConfigReader::boolean(const std::string& key, bool fallback) const {
+  const Json* v = get(key);
+  if (!v) return fallback;
+  if (!v->is_bool()) fail("\"" + key + "\" must be true or false");
+  return v->as_bool();
+}
+
+std::string ConfigReader::string(const std::string& key, const std::string& fallback) const {
+  const Json* v = get(key);
+  if (!v) return fallback;
+  if (!v->is_string()) fail("\"" + key + "\" must be a string");
+  return v->as_string();
+}
+
+namespace {
+
+constexpr double kInf = INFINITY;
+
+// RoPE as transformers reads it: a nested rope_parameters (v5) or rope_scaling (v4) dict, whose own rope_theta
+// wins over the top-level one; partial_rotary_factor at either level (the top-level one wins).
+void read_rope(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) {
+  const Json* dict = nullptr;
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    const Json* rp = c.get(key);
+    if (!rp) continue;
+    if (!rp->is_object()) c.fail("\"" + std::string(key) + "\" must be an object");
+    if (!dict || rp->members().size() > dict->members().size()) dict = rp;  // rope_parameters may be {} beside rope_scaling
+  }
+  RopeConfig& r = cfg.rope;
+  r.theta = c.number("rope_theta", 10000.0, 0.0, kInf, true);
+  double partial = c.number("partial_rotary_factor", 1.0, 0.0, 1.0, true);
+  std::string type = "default";
+  if (dict) {
+    ConfigReader d(*dict, c.path() + ": " + (dict == c.get("rope_parameters") ? "rope_parameters" : "rope_scaling"));
+    r.theta = d.number("rope_theta", r.theta, 0.0, kInf, true);  // the nested one wins, as in transformers
+    if (!c.get("partial_rotary_factor")) partial = d.number("partial_rotary_factor", 1.0, 0.0, 1.0, true);
+    type = d.string("rope_type", d.string("type", "default"));
+    if (type == "yarn") {
+      r.yarn = true;
+      const double orig = d.number("original_max_position_embeddings", cfg.max_positions, 1.0, limits::kPositions);
+      r.original_max_positions = orig;
+      r.factor = d.number("factor", cfg.max_positions / orig, 1.0, 1e6);
+      r.beta_fast = d.number("beta_fast", 32.0, 0.0, 1e6, true);
+      r.beta_slow = d.number("beta_slow", 1.0, 0.0, 1e6, true);
+      r.truncate = d.boolean("truncate", true);
+      const double mscale = d.number("mscale", 0.0, 0.0, 1e3);
+      const double mscale_all = d.number("mscale_all_dim", 0.0, 0.0, 1e3);
+      r.mscale_all_dim = mscale_all;
+      auto get_mscale = [&](double m) { return r.factor <= 1 ? 1.0 : 0.1 * m * std::log(r.factor) + 1.0; };
+      if (d.get("attention_factor")) r.attention_factor = d.number("attention_factor", 1.0, 0.0, 1e3, true);
+      else if (mscale > 0 && mscale_all > 0) r.attention_factor = get_mscale(mscale) / get_mscale(mscale_all);
+      else r.attention_factor = get_mscale(1.0);
+    } else if (type != "default") {
+      c.fail("rope type \"" + type + "\" is not supported (default and yarn are)");
+    }
+  }
+  r.dims = static_cast<int>(rotary_head_dim * partial);
+  if (r.dims < 2 || r.dims % 2 != 0)
+    c.fail("RoPE rotates " + std::to_string(r.dims) + " dims per head (head dim " + std::to_string(rotary_head_dim) +
+           " × partial_rotary_factor " + format_number(partial) + "); it must be even and at least 2");
+}
+
+// quantization_config: FP8 (E4M3) weights with one scale per weight_block_size block, as DeepSeek-V3 and the
+// Qwen3 FP8 checkpoints ship; other methods are refused by name.
+void read_quantization(const ConfigReader& c, ModelConfig& cfg) {
+  const Json* q = c.get("quantization_config");
+  if (!q) return;
+  if (!q->is_object()) c.fail("\"quantization_config\" must be an object");
+  ConfigReader r(*q, c.path() + ": quantization_config");
+  const std::string method = r.string("quant_method", "");
+  if (method != "fp8")
+    r.fail("quant_method \"" + method + "\" is not supported (fp8 with weight_block_size is; dequantise others first)");
+  const std::string fmt = r.string("fmt", "e4m3");
+  if (fmt != "e4m3") r.fail("\"fmt\" \"" + fmt + "\" is not supported (e4m3 is)");
+  const Json* bs = r.get("weight_block_size");
+  if (!bs || !bs->is_array() || bs->items().size() != 2)
+    r.fail("\"weight_block_size\" must be [rows, cols] (per-tensor FP8 scales are not supported)");
+  int64_t br, bc;
+  if (!bs->items()[0].as_int64(br) || !bs->items()[1].as_int64(bc) || br < 1 || bc < 1 || br > 65536 || bc > 65536)
+    r.fail("\"weight_block_size\" must hold two integers in 1..65536");
+  cfg.fp8_block_rows = static_cast<int>(br);
+  cfg.fp8_block_cols = static_cast<int>(bc);
+}
+
+// eos_token_id: one id or a list.
+void read_eos(const ConfigReader& c, ModelInfo& info) {
+  const Json* eos = c.get("eos_token_id");
+  if (!eos) return;
+  std::vector<const Json*> ids;
+  if (eos->is_array())
+    for (const auto& x : eos->items()) ids.push_back(&x);
+  else
+    ids.push_back(eos);
+  for (const Json* x : ids) {
+    int64_t v;
+    if (x->as_int64(v) && v >= 0 && v <= INT_MAX) info.eos_token_ids.push_back(static_cast<int>(v));
+  }
+}
+
+}  // namespace
+
+ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& info) {
+  if (!root.is_object()) throw Error("BAD_CONFIG", path + ": not a JSON object");
+  ConfigReader c(root, path);
+  const Json* mt = c.get("model_type");
+  if (!mt || !mt->is_string()) c.fail("missing \"model_type\"");
+  const std::string& type = mt->as_string();
+  ModelConfig cfg;
+  const ArchFamily* family = find_arch(type);
+  if (!family) {
+    if (const char* why = unsupported_reason(type))
+      throw Error("UNKNOWN_ARCH", path + ": model_type \"" + type + "\" is not supported: " + why + " (supported: " +
+                                      supported_model_types() + ")");
+    throw Error("UNKNOWN_ARCH", path + ": unknown model_type \"" + type + "\" (supported: " + supported_model_types() + ")");
+  }
+  cfg.arch = family->arch;
+  info.model_type = type;
+
+  cfg.hidden = c.integer("hidden_size", 1, limits::kHidden);
+  cfg.heads = c.integer("num_attention_heads", 1, limits::kHeads);
+  cfg.kv_heads = c.integer("num_key_value_heads", 1, limits::kHeads, cfg.heads);
+  cfg.layers = c.integer("num_hidden_layers", 1, limits::kLayers);
+  cfg.vocab = c.integer("vocab_size", 1, limits::kVocab);
+  if (cfg.heads % cfg.kv_heads != 0)
+    c.fail("num_attention_heads (" + std::to_string(cfg.heads) + ") is not a multiple of num_key_value_heads (" +
+           std::to_string(cfg.kv_heads) + ")");
+  cfg.eps = static_cast<float>(c.number("rms_norm_eps", 1e-6, 0.0, 1.0, true));
+  cfg.max_positions = c.integer("max_position_embeddings", 1, limits::kPositions, 4096);
+  cfg.tie_embeddings = c.boolean("tie_word_embeddings", false);
+  cfg.dtype = c.string("dtype", c.string("torch_dtype", ""));
+  cfg.top_k = c.integer("num_experts_per_tok", 1, limits::kExperts);
+  cfg.moe_layer.assign(cfg.layers, true);
+
+  family->read_config(c, cfg);
+  read_quantization(c, cfg);
+
+  if (cfg.experts < 1 || cfg.top_k > cfg.experts)
+    c.fail("num_experts_per_tok (" + std::to_string(cfg.top_k) + ") must be between 1 and the number of experts (" +
+           std::to_string(cfg.experts) + ")");
+  if (cfg.attention == AttentionKind::Standard) {
+    if (cfg.head_dim == 0) {
+      if (cfg.hidden % cfg.heads != 0)
+        c.fail("hidden_size (" + std::to_string(cfg.hidden) + ") is not a multiple of num_attention_heads (" +
+               std::to_string(cfg.heads) + ") and there is no \"head_dim\"");
+      cfg.head_dim = cfg.hidden / cfg.heads;
+    }
+    cfg.v_head_dim = cfg.head_dim;
+  }
+  // Every projection width the engine forms must fit an int (64-bit products, then the bound).
+  const int64_t widths[] = {int64_t(cfg.heads) * cfg.head_dim, int64_t(cfg.heads) * cfg.v_head_dim,
+                            int64_t(cfg.kv_heads) * cfg.head_dim, int64_t(cfg.experts) * 2 * cfg.expert_width,
+                            int64_t(cfg.experts) * cfg.hidden};
+  for (int64_t w : widths)
+    if (w > (int64_t(1) << 24))
+      c.fail("the attention or expert projections would be " + std::to_string(w) + " wide, above the limit of 2^24 (" +
+             "num_attention_heads × head_dim, num_experts × 2 × expert width)");
+  if (cfg.softmax_scale == 0.f) cfg.softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg.head_dim)));
+  if (cfg.rope.dims == 0) read_rope(c, cfg, cfg.attention == AttentionKind::Latent ? cfg.mla.qk_rope_dim : cfg.head_dim);
+  for (int l = 0; l < cfg.layers; ++l)
+    if (!cfg.moe_layer[l] && cfg.dense_width <= 0)
+      c.fail("layer " + std::to_string(l) + " is a dense MLP but \"intermediate_size\" is missing");
+  read_eos(c, info);
+  info.routing_rule = describe_router(cfg.router, cfg.experts, cfg.top_k);
+  info.router_scoring = cfg.router.scoring == Scoring::Softmax ? "softmax" : "sigmoid";
+  return cfg;
+}
+
+void read_rope_config(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) { read_rope(c, cfg, rotary_head_dim); }
+
+}  // namespace routescope

@@ -1,0 +1,96 @@
+// DeepSeek-V2-Lite's and Moonlight's exact config.json (two layers: the dense first one and one MoE layer; head
+// dims, expert counts and routing fields as released) with random bf16 weights, written at test time by the bench's
+// checkpoint writer into .cache/ (about 2.2 and 2.6 GB, written once and reused while the writer's stamp matches).
+// The engine opens them, reports the routing rule, decodes token by token exactly as one full forward, and its
+// router-bias gradient matches central differences of the loss at full size.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as path from 'node:path';
+// @ts-expect-error the bench writer is plain ESM JavaScript
+import { ensureCheckpoint } from '../../bench/checkpoint.mjs';
+import { loadAddon } from '../../extension/src/engine/addon';
+import type { NativeModel } from '../../extension/src/engine/native';
+import { ROOT } from '../helpers/cli';
+
+const CACHE = path.join(process.env.ROUTESCOPE_CACHE ?? path.join(ROOT, '.cache'), 'realistic');
+
+interface Shape {
+  name: string;
+  rule: string;
+}
+const SHAPES: Shape[] = [
+  { name: 'deepseek-v2-lite', rule: 'softmax, top-6 of 64, not renormalised' },
+  { name: 'moonlight', rule: 'sigmoid + selection bias, top-6 of 64, renormalised, ×2.446' },
+];
+
+function open(shape: string): NativeModel {
+  const dir = path.join(CACHE, `${shape}-L2`);
+  ensureCheckpoint(dir, 2, 7, (line: string) => console.log(`    ${line}`), shape);
+  return loadAddon().loadModel(dir, { threads: 2 });
+}
+
+function loss(logits: Float32Array, tokens: Int32Array, V: number): number {
+  let total = 0;
+  for (let j = 1; j < tokens.length; j++) {
+    const row = logits.subarray((j - 1) * V, j * V);
+    let max = -Infinity;
+    for (const x of row) max = Math.max(max, x);
+    let sum = 0;
+    for (const x of row) sum += Math.exp(x - max);
+    total += -(row[tokens[j]] - max - Math.log(sum));
+  }
+  return total / (tokens.length - 1);
+}
+
+for (const shape of SHAPES) {
+  test(`${shape.name} (exact config, 2 layers, random weights): opens, decodes like a full forward, gradients match differences`, async () => {
+    const model = open(shape.name);
+    try {
+      const info = model.info();
+      assert.equal(info.routingRule, shape.rule);
+      assert.deepEqual([info.numExperts, info.topK, info.expertWidth, info.sharedExpertWidth, info.headDim], [64, 6, 1408, 2816, 192]);
+      assert.deepEqual(info.moeLayers, [1]);
+      assert.deepEqual(info.warnings, []);
+      const V = info.vocabSize;
+      const tokens = Int32Array.from([11, 4096, 77, 50000, 999, 31, 2048, 7]);
+      const full = await model.createSession().forward(tokens, { logits: 'all' });
+      assert.ok(full.logits.every(Number.isFinite), 'finite logits');
+      // Prefill in two pieces, then token by token: the KV cache (expanded MLA keys and values) reproduces the rows.
+      const session = model.createSession();
+      await session.forward(tokens.subarray(0, 3), { logits: 'none' });
+      let worst = 0;
+      for (let i = 3; i < tokens.length; i++) {
+        const step = await session.forward(tokens.subarray(i, i + 1), { logits: 'last' });
+        const want = full.logits.subarray(i * V, (i + 1) * V);
+        for (let v = 0; v < V; v++) worst = Math.max(worst, Math.abs(step.logits[v] - want[v]));
+      }
+      assert.ok(worst < 1e-3, `decode vs full forward: max |diff| ${worst}`);
+      // Router-bias gradient of the MoE layer vs central differences through bias patches, at the three experts with
+      // the largest gradient; a step that changes a selection (the one-sided quotients disagree) is skipped.
+      const g = await model.createSession().grad(tokens, { layers: [1] });
+      const grad = g.biasGrad['1'];
+      const order = [...grad.keys()].sort((a, b) => Math.abs(grad[b]) - Math.abs(grad[a]));
+      const h = 1e-2;
+      const at = async (e: number, d: number): Promise<number> => {
+        const patch = JSON.stringify({ layers: { '1': { bias: { [String(e)]: d } } } });
+        return loss((await model.createSession().forward(tokens, { logits: 'all', patch })).logits, tokens, V);
+      };
+      const base = loss(full.logits, tokens, V);
+      assert.ok(Math.abs(base - g.loss) < 1e-4 * Math.max(1, Math.abs(base)), `loss ${g.loss} vs ${base}`);
+      let compared = 0;
+      for (const e of order.slice(0, 3)) {
+        const up = await at(e, h);
+        const down = await at(e, -h);
+        const central = (up - down) / (2 * h);
+        const forward = (up - base) / h;
+        const backward = (base - down) / h;
+        if (Math.abs(forward - backward) > 0.2 * Math.abs(central) + 1e-6) continue;  // a selection changed: no FD there
+        assert.ok(Math.abs(central - grad[e]) <= 0.02 * Math.abs(grad[e]) + 1e-6, `expert ${e}: gradient ${grad[e]} vs differences ${central}`);
+        compared++;
+      }
+      assert.ok(compared > 0, 'every finite-difference step changed a selection');
+    } finally {
+      model.close();
+    }
+  });
+}
