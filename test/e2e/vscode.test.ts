@@ -375,8 +375,12 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const summary = await waitForNotification(/cells route to a different expert set/);
     assert.match(summary, /^Routescope: run #\d+ vs #\d+/);
     await gridState({ mode: 'compare' });
-    const label = await (await routingFrame()).locator('#run-label').innerText();
+    const frame = await routingFrame();
+    const label = await frame.locator('#run-label').innerText();
     assert.match(label, /82 \+ 82|94 - 16/, label);
+    // Both prompts read as text, A above B, each with its line break.
+    const texts = [await frame.locator('#run-text').innerText(), await frame.locator('#run-text-b').innerText()];
+    assert.ok(texts.some((x) => /How much is 82 \+ 82\?\s*\n\s*A:/.test(x)) && texts.some((x) => /Calculate 94 - 16\.\s*\n\s*A:/.test(x)), JSON.stringify(texts));
     await assertProgressClosed();
     await shot('compare-two-prompts');
   });

@@ -103,18 +103,20 @@ const heatmap = new LoadHeatmap($('heatmap-host'), $('stats-host'), theme, {
   onHover: (text, x, y) => cells.showText(text, x, y),
 });
 
-const text = new TextView({
-  onHover: (t, x, y) => cells.showText(t, x, y),
-  onSelect: (position) => {
-    if (!primary) return;
-    const cell = { band: 0, row: grid.selected?.band === 0 ? grid.selected.row : 0, position };
-    grid.selected = cell;
-    grid.reveal(cell);
-    cells.announce(cell);
-    grid.requestDraw();
-    saveState();
-  },
-});
+/** Selects a token's column in a run's band of the grid (band 0 = A, 1 = B), keeping the selected layer. */
+function selectPosition(band: number, position: number): void {
+  if (!primary) return;
+  const cell = { band, row: grid.selected?.band === band ? grid.selected.row : 0, position };
+  grid.selected = cell;
+  grid.reveal(cell);
+  cells.announce(cell);
+  grid.requestDraw();
+  saveState();
+}
+
+const text = new TextView({ onHover: (t, x, y) => cells.showText(t, x, y), onSelect: (position) => selectPosition(0, position) });
+// In compare mode the compared run's text (B) under A's, so two prompts can be read side by side.
+const textB = new TextView({ onHover: (t, x, y) => cells.showText(t, x, y), onSelect: (position) => selectPosition(1, position) }, 'run-text-b', 'text-summary-b', false);
 
 (window as unknown as { routescopeDebug: unknown }).routescopeDebug = { grid };
 
@@ -175,6 +177,9 @@ function rebuildBands(): void {
   $('compare-panel').hidden = !compare;
   heatmap.setRun(primary);
   text.setRun(primary);
+  textB.setRun(compare);
+  $('text-b').hidden = !compare;
+  $('text-a').hidden = !compare;
   legend();
   renderDifference();
   editor.setRun(primary);
@@ -225,6 +230,7 @@ function schedulePanels(): void {
     panelTimer = 0;
     heatmap.update();
     text.update();
+    textB.update();
     if (primary) renderStatus(primary, grid.canvas);
     if (grid.metric === 'entropy' || grid.metric === 'weight') legend();
     if (pinned) cells.renderPinned(pinned);
@@ -304,6 +310,7 @@ function handle(message: IpcMessage<unknown>): void {
     renderDifference();
     heatmap.update();
     if (run === primary) text.update();
+    else if (run === compare) textB.update();
   } else if (CompareClearedNotification.is(message)) {
     compare = undefined;
     rebuildBands();

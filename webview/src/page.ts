@@ -28,8 +28,11 @@ export const PAGE = `
   <button id="rerun-unavailable">Re-run</button>
 </div>
 <section id="text-panel" class="text-panel" aria-labelledby="h-text">
-  <h2 id="h-text">Text</h2> <span id="text-summary" class="muted small"></span>
+  <h2 id="h-text">Text</h2> <span id="text-a" class="muted small" hidden>A:</span> <span id="text-summary" class="muted small"></span>
   <div id="run-text" class="token-text" tabindex="0" aria-label="The run's text, one span per token"></div>
+  <div id="text-b" hidden><span class="muted small">B:</span> <span id="text-summary-b" class="muted small"></span>
+    <div id="run-text-b" class="token-text" tabindex="0" aria-label="The compared run's text (B), one span per token"></div>
+  </div>
 </section>
 <section id="grid-host" class="grid-host" aria-label="Token by layer routing grid"></section>
 <div id="announce" class="sr-only" aria-live="polite"></div>

@@ -13,12 +13,15 @@ export interface TextViewCallbacks {
 }
 
 export class TextView {
-  private readonly host = $('run-text');
-  private readonly summary = $('text-summary');
+  private readonly host: HTMLElement;
+  private readonly summary: HTMLElement;
   private run: RunRouting | undefined;
   private rendered = 0;
 
-  constructor(private readonly callbacks: TextViewCallbacks) {
+  /** `hostId` / `summaryId`: the page's elements for this run's text (run A: run-text; a compared run B: run-text-b). */
+  constructor(private readonly callbacks: TextViewCallbacks, hostId = 'run-text', summaryId = 'text-summary', private readonly hint = true) {
+    this.host = $(hostId);
+    this.summary = $(summaryId);
     this.host.addEventListener('mousemove', (e) => {
       const position = this.positionAt(e.target);
       this.callbacks.onHover(position === undefined ? undefined : this.describe(position), e.clientX, e.clientY);
@@ -88,7 +91,7 @@ export class TextView {
     this.host.dataset.generatedText = run.info.generatedText ?? tokenText.slice(promptTokens, this.rendered).join('');
     const parts = [`prompt: ${plural(Math.min(promptTokens, this.rendered), 'token')}`];
     if (run.info.kind === 'generate' || generated > 0) parts.push(`generated: ${plural(generated, 'token')}${run.info.finishedAt === undefined ? ' so far' : ''}`);
-    parts.push('hover a token for its top-1 expert in every layer; click it to select its column');
+    if (this.hint) parts.push('hover a token for its top-1 expert in every layer; click it to select its column');
     this.summary.textContent = parts.join(' · ');
   }
 }
