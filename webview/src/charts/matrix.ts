@@ -200,7 +200,7 @@ export class MatrixChart {
     const top = Math.ceil(fs * 1.5 + 4);
     const barTicks = niceTicks(spec.scale.kind === 'sequential' ? 0 : -spec.scale.max, spec.scale.max, 4);
     const digits = tickDigits(barTicks);
-    const barLabelW = Math.max(...barTicks.map((t) => measure.measureText(spec.format(Number(t.toFixed(digits)))).width), 20);
+    const barLabelW = Math.max(...[...barTicks.map((t) => Number(t.toFixed(digits))), spec.scale.max, -spec.scale.max].map((v) => measure.measureText(spec.format(v)).width), 20);
     const right = BAR_W + 10 + barLabelW + fs * 1.6;
     // Cells fill the width (up to 64 px); rows are tall enough for the colour bar's title to fit beside them.
     const cellW = Math.max(2, Math.min(64, Math.floor((width - left - right) / spec.cols)));
@@ -267,12 +267,17 @@ export class MatrixChart {
     ctx.strokeStyle = theme.muted;
     ctx.strokeRect(bx - 0.5, top - 0.5, BAR_W + 1, barH + 1);
     const lo = spec.scale.kind === 'sequential' ? 0 : -spec.scale.max;
-    for (const t of barTicks) {
-      const y = top + (1 - (t - lo) / (spec.scale.max - lo || 1)) * (barH - 1);
+    const barY = (v: number): number => top + (1 - (v - lo) / (spec.scale.max - lo || 1)) * (barH - 1);
+    const barLabel = (v: number, text: string): void => {
       ctx.fillStyle = theme.muted;
-      ctx.fillRect(bx + BAR_W, Math.round(y), 3, 1);
-      axisText(ctx, theme, spec.format(Number(t.toFixed(digits))), bx + BAR_W + 5, y, 'left', 'middle', true);
-    }
+      ctx.fillRect(bx + BAR_W, Math.round(barY(v)), 3, 1);
+      axisText(ctx, theme, text, bx + BAR_W + 5, barY(v), 'left', 'middle', true);
+    };
+    for (const t of barTicks) barLabel(t, spec.format(Number(t.toFixed(digits))));
+    // The ends of the bar are always labelled: the top colour is the largest value, which is rarely a round tick.
+    const clear = fs * 1.2;
+    if (barY(barTicks.at(-1) ?? lo) - barY(spec.scale.max) > clear) barLabel(spec.scale.max, spec.format(spec.scale.max));
+    if (barY(lo) - barY(barTicks[0] ?? spec.scale.max) > clear) barLabel(lo, spec.format(lo));
     verticalText(ctx, theme, spec.unit, bx + BAR_W + 10 + barLabelW + fs * 0.7, top + barH / 2);
 
   }
