@@ -410,8 +410,11 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
   await step(t, 'Generate with rerouting from a code lens: rounds, δ per layer after each round, both texts', async () => {
     await showPromptsEditor();
     await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Generate with rerouting' }).first().click();
-    const { text, html } = await adaptPanel('Generate with rerouting');
+    const { text, html, frame } = await adaptPanel('Generate with rerouting');
     assert.ok(html.includes('aria-label="Rerouting rounds"') && html.includes('aria-label="Delta per layer after each round"'));
+    // At half width the δ table scrolls inside the panel rather than running past its edge.
+    const fits = await frame.locator('table[aria-label="Delta per layer after each round"]').evaluate((t) => t.getBoundingClientRect().right <= document.documentElement.clientWidth);
+    assert.ok(fits, 'the δ table stays inside the panel');
     assert.match(text, /Without rerouting[\s\S]*With rerouting/);
     await shot('adapt-reroute');
   });

@@ -19,7 +19,8 @@ const fmt = (x: number, d = 3): string => (Number.isFinite(x) ? x.toFixed(d) : S
 const STYLE = `
 body { font-family: var(--vscode-font-family); font-size: var(--vscode-font-size); color: var(--vscode-foreground); background: var(--vscode-editor-background); padding: 0 12px 16px; }
 h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.4em; } h3 { font-size: 1em; margin: 1em 0 .3em; }
-table { border-collapse: collapse; margin: .4em 0; }
+/* A table wider than a half-width panel (δ over 64 experts) scrolls sideways instead of being cut off. */
+table { border-collapse: collapse; margin: .4em 0; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid var(--vscode-panel-border, var(--vscode-contrastBorder, transparent)); padding: 2px 6px; text-align: left; vertical-align: top; }
 th { color: var(--vscode-descriptionForeground); font-weight: 600; }
 .bars { display: grid; grid-template-columns: 4em 1fr 1fr; gap: 1px 8px; align-items: center; }
