@@ -377,10 +377,10 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await gridState({ mode: 'compare' });
     const frame = await routingFrame();
     const label = await frame.locator('#run-label').innerText();
-    assert.match(label, /82 \+ 82|94 - 16/, label);
+    assert.match(label, /82 \+ 82/, `A is the first prompt of the file: ${label}`);
     // Both prompts read as text, A above B, each with its line break.
-    const texts = [await frame.locator('#run-text').innerText(), await frame.locator('#run-text-b').innerText()];
-    assert.ok(texts.some((x) => /How much is 82 \+ 82\?\s*\n\s*A:/.test(x)) && texts.some((x) => /Calculate 94 - 16\.\s*\n\s*A:/.test(x)), JSON.stringify(texts));
+    assert.match(await frame.locator('#run-text').innerText(), /How much is 82 \+ 82\?\s*\n\s*A:/);
+    assert.match(await frame.locator('#run-text-b').innerText(), /Calculate 94 - 16\.\s*\n\s*A:/);
     await assertProgressClosed();
     await shot('compare-two-prompts');
   });

@@ -152,7 +152,8 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     if (!a) return;
     const b = await execute('inspect', second, { show: false, baseRunId: a.id });
     if (!b) return;
-    showComparison(b, a);
+    // A is the first prompt, B the second, in the panel as in the order they were given.
+    showComparison(a, b);
   };
 
   /** The run's prompt without and with the session's patch, compared (the patch is the one the host holds). */
