@@ -413,7 +413,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const { text, html, frame } = await adaptPanel('Generate with rerouting');
     assert.ok(html.includes('aria-label="Rerouting rounds"') && html.includes('aria-label="Delta per layer after each round"'));
     // At half width the δ table scrolls inside the panel rather than running past its edge.
-    const fits = await frame.locator('table[aria-label="Delta per layer after each round"]').evaluate((t) => t.getBoundingClientRect().right <= document.documentElement.clientWidth);
+    const fits = await frame.locator('table[aria-label="Delta per layer after each round"]').evaluate((t) => t.getBoundingClientRect().right <= t.ownerDocument.documentElement.clientWidth);
     assert.ok(fits, 'the δ table stays inside the panel');
     assert.match(text, /Without rerouting[\s\S]*With rerouting/);
     await shot('adapt-reroute');
