@@ -1,4 +1,4 @@
-// Where Routescope's result panels open (the routing panel, the adaptation panel): in the editor group of one that is
+// Where Routescope's result panels open (routing, statistics, adaptation, headroom): in the editor group of one that is
 // already open, as another tab, so the editor the user works in (with its code lenses) keeps its width and the
 // window is not split again; otherwise beside the active editor.
 import * as vscode from 'vscode';
