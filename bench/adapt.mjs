@@ -5,7 +5,7 @@
 // Runs after the throughput bench in `npm run bench`, or alone:
 //
 //   node bench/adapt.mjs [--layers 2] [--threads T] [--items 20] [--reference-items 60] [--gen-tokens 256]
-//                        [--grad-tokens 151] [--repeat 3] [--json]
+//                        [--grad-tokens 151] [--repeat 3] [--parts grad,c3po,reroute] [--json]
 //
 // Gradient pass: Session.grad (loss over every next token, bias gradients of every MoE layer) against
 //   Session.forward over the same tokens with the logits of every position (what the loss needs) and, for
@@ -54,6 +54,7 @@ const { values } = parseArgs({
     repeat: { type: 'string', default: '3' },
     'skip-demo': { type: 'boolean', default: false },
     'skip-olmoe': { type: 'boolean', default: false },
+    parts: { type: 'string', default: 'grad,c3po,reroute' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -64,6 +65,8 @@ const genTokens = Number(values['gen-tokens']);
 const gradTokens = Number(values['grad-tokens']);
 const repeat = Math.max(1, Number(values.repeat));
 const log = (text) => process.stderr.write(`${text}\n`);
+const parts = new Set(values.parts.split(',').map((p) => p.trim()));
+for (const p of parts) if (!['grad', 'c3po', 'reroute'].includes(p)) throw new Error(`--parts: unknown part ${p} (grad, c3po, reroute)`);
 
 function cli(args) {
   const r = spawnSync(process.execPath, [CLI, ...args, '--threads', String(threads), '--json'], { encoding: 'utf8', maxBuffer: 1 << 28 });
@@ -197,6 +200,7 @@ async function rerouteOverhead(modelDir, prompt) {
     let newTokens = 0;
     let reroutedTokens = 0;
     for (let r = 0; r < repeat; r++) {
+      session.reset(); // generate continues the session's context; generateRerouted starts a fresh one itself
       keep('plain_ms', await measure(async () => (newTokens = (await session.generate(Int32Array.from(prompt), base)).tokens.length)));
       session.reset();
       rounds = 0;
@@ -237,12 +241,16 @@ async function main() {
 
   if (!values['skip-demo']) {
     if (fs.existsSync(path.join(DEMO, 'config.json'))) {
-      log(`demo: router-gradient pass vs forward (${gradTokens} tokens)`);
-      results.grad.demo = await gradOverhead(DEMO);
-      results.c3po.demo = c3poOverhead('demo', DEMO, path.join(TASKS, 'reference.jsonl'), path.join(TASKS, 'eval.jsonl'));
-      const prompt = cli(['generate', '--model', DEMO, '--prompt', 'Q: What is 18 + 702?\nA:', '--max-new-tokens', '1']).prompt_tokens;
-      log('demo: rerouting vs plain generation');
-      results.reroute.demo = await rerouteOverhead(DEMO, prompt);
+      if (parts.has('grad')) {
+        log(`demo: router-gradient pass vs forward (${gradTokens} tokens)`);
+        results.grad.demo = await gradOverhead(DEMO);
+      }
+      if (parts.has('c3po')) results.c3po.demo = c3poOverhead('demo', DEMO, path.join(TASKS, 'reference.jsonl'), path.join(TASKS, 'eval.jsonl'));
+      if (parts.has('reroute')) {
+        const prompt = cli(['generate', '--model', DEMO, '--prompt', 'Q: What is 18 + 702?\nA:', '--max-new-tokens', '1']).prompt_tokens;
+        log('demo: rerouting vs plain generation');
+        results.reroute.demo = await rerouteOverhead(DEMO, prompt);
+      }
     } else {
       log(`demo model not found (${DEMO}): skipped`);
     }
@@ -253,20 +261,33 @@ async function main() {
     // The same weights with a tokenizer, so the task format (and the harness) can run on it.
     const dir = path.join(OUT, `olmoe-shaped-L${layers}-tok`);
     fs.mkdirSync(dir, { recursive: true });
+    // Copies of the small files and a hard link to the weights: the engine refuses files symlinked from outside a
+    // model folder.
     for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) {
-      const link = path.join(dir, f);
-      fs.rmSync(link, { force: true });
-      fs.symlinkSync(path.join(ck.dir, f), link);
+      const target = path.join(dir, f);
+      fs.rmSync(target, { force: true });
+      if (f.endsWith('.json')) fs.copyFileSync(path.join(ck.dir, f), target);
+      else {
+        try {
+          fs.linkSync(path.join(ck.dir, f), target);
+        } catch {
+          fs.copyFileSync(path.join(ck.dir, f), target); // another file system
+        }
+      }
     }
     fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(charTokenizer()));
     fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>' }));
     const name = `olmoe-shaped-L${layers}`;
-    log(`${name}: router-gradient pass vs forward (${gradTokens} tokens)`);
-    results.grad[name] = await gradOverhead(dir);
-    results.c3po[name] = c3poOverhead(name, dir, path.join(synthetic, 'reference.jsonl'), path.join(synthetic, 'eval.jsonl'));
-    log(`${name}: rerouting vs plain generation`);
-    const prompt = Array.from({ length: 32 }, (_, i) => 3 + ((i * 7) % 48));
-    results.reroute[name] = await rerouteOverhead(dir, prompt);
+    if (parts.has('grad')) {
+      log(`${name}: router-gradient pass vs forward (${gradTokens} tokens)`);
+      results.grad[name] = await gradOverhead(dir);
+    }
+    if (parts.has('c3po')) results.c3po[name] = c3poOverhead(name, dir, path.join(synthetic, 'reference.jsonl'), path.join(synthetic, 'eval.jsonl'));
+    if (parts.has('reroute')) {
+      log(`${name}: rerouting vs plain generation`);
+      const prompt = Array.from({ length: 32 }, (_, i) => 3 + ((i * 7) % 48));
+      results.reroute[name] = await rerouteOverhead(dir, prompt);
+    }
   }
   results.loadavg_after = os.loadavg();
   fs.writeFileSync(path.join(OUT, 'adapt-results.json'), JSON.stringify(results, null, 2) + '\n');
