@@ -1,4 +1,4 @@
-// Routing math, written once for every front end: softmax, entropy (always in nats; "÷ ln E" where a view
+// Routing math, written once for every front end: softmax, entropy (always in nats; a view that colours by it
 // normalises it), distances between two distributions and top-n selection.
 
 export type Vec = ArrayLike<number>;

@@ -33,7 +33,7 @@ export class IpcCommand<P> extends IpcMessageType<P> {}
 
 // ---- values ------------------------------------------------------------------------------------------------------
 
-/** What the grid colours by. 'entropy' is the router entropy ÷ ln E (0 = one expert, 1 = uniform). */
+/** What the grid colours by. 'entropy' is the router entropy in nats, on a colour scale from 0 to ln E (uniform). */
 export type Metric = 'expert' | 'entropy' | 'weight' | 'change';
 export const METRICS: readonly Metric[] = ['expert', 'entropy', 'weight', 'change'];
 /** The metrics a panel may open with (routescope.routingPanel.defaultMetric); 'change' needs a compared run. */
@@ -97,6 +97,8 @@ export const RerunUnavailableCommand = new IpcCommand<{ prompt: string; modelDir
 /** Ask the host to pick a run to compare with; `runId` undefined → let the user choose; -1 → stop comparing. */
 export const RequestCompareCommand = new IpcCommand<{ runId?: number }>('compare/request');
 export const ExportCommand = new IpcCommand<{ runId: number; format: ExportFormat }>('run/export');
+/** Cancel a run that is still running (the toolbar's Cancel). */
+export const CancelRunCommand = new IpcCommand<{ runId: number }>('run/cancel');
 
 export type HostMessage =
   | ReturnType<typeof RunInitNotification.create>
@@ -121,7 +123,7 @@ export function decodeLayerMessage(params: unknown): { runId: number; span: Rout
 export function decodeWebviewMessage(raw: unknown): IpcMessage<unknown> | undefined {
   if (typeof raw !== 'object' || raw === null) return undefined;
   const m = raw as IpcMessage<unknown>;
-  const known = [ReadyCommand, EditPatchCommand, RerunCommand, RerunUnavailableCommand, RequestCompareCommand, ExportCommand];
+  const known = [ReadyCommand, EditPatchCommand, RerunCommand, RerunUnavailableCommand, RequestCompareCommand, ExportCommand, CancelRunCommand];
   if (!known.some((t) => t.is(m))) return undefined;
   if (typeof m.params !== 'object' || m.params === null) return undefined;
   return m;

@@ -26,6 +26,8 @@ export interface LayerDiff {
   top1Changed: Uint8Array;
   changedCells: number;
   comparedCells: number;
+  /** Top-1 replacements at this layer (expert in A → expert in B), most frequent first. */
+  top1Swaps: { from: number; to: number; count: number }[];
 }
 
 export interface NextTokenChange {
@@ -73,12 +75,13 @@ export function diffRuns(a: RoutedRun, b: RoutedRun): RunDiff {
   for (const la of a.routing) {
     const change = new Float32Array(T).fill(NaN);
     const top1Changed = new Uint8Array(T);
-    const layer: LayerDiff = { layer: la.layer, change, top1Changed, changedCells: 0, comparedCells: 0 };
+    const layer: LayerDiff = { layer: la.layer, change, top1Changed, changedCells: 0, comparedCells: 0, top1Swaps: [] };
     diff.layers.push(layer);
     const lb = byLayer.get(la.layer);
     if (!lb) continue;
     const k = la.topK;
     const n = Math.min(la.filled, lb.filled);
+    const swaps = new Map<number, number>();
     for (let p = 0; p < n; p++) {
       let shared = 0;
       for (let i = 0; i < k; i++) {
@@ -96,8 +99,13 @@ export function diffRuns(a: RoutedRun, b: RoutedRun): RunDiff {
       if (la.experts[p * k] !== lb.experts[p * k]) {
         top1Changed[p] = 1;
         diff.changedTop1++;
+        const key = la.experts[p * k] * la.numExperts + lb.experts[p * k];
+        swaps.set(key, (swaps.get(key) ?? 0) + 1);
       }
     }
+    layer.top1Swaps = [...swaps.entries()]
+      .map(([key, count]) => ({ from: Math.floor(key / la.numExperts), to: key % la.numExperts, count }))
+      .sort((x, y) => y.count - x.count || x.from - y.from || x.to - y.to);
     diff.changedCells += layer.changedCells;
     diff.comparedCells += layer.comparedCells;
   }
@@ -160,8 +168,20 @@ export function describeRunDiff(d: RunDiff): string {
   return parts.join('; ');
 }
 
-/** The next-token part of a comparison in one line. */
+/** Probability moves smaller than this (0.05 percentage points) are not listed as changes. */
+export const NEXT_TOKEN_CHANGE_FLOOR = 5e-4;
+
+/** The listed next tokens whose probability moved by at least `floor`, largest move first. */
+export function changedNextTokens(n: NextTokenChange, floor = NEXT_TOKEN_CHANGE_FLOOR): NextTokenChange['rows'] {
+  return n.rows.filter((r) => Math.abs(r.delta) >= floor);
+}
+
+/** The next-token part of a comparison in one line; "unchanged" when no listed token moved by 0.05 points. */
 export function describeNextTokenChange(n: NextTokenChange): string {
   const kl = n.klAtoB !== undefined ? `, KL(A‖B) ${n.klAtoB.toFixed(3)} nats` : '';
-  return `next-token distribution: total variation ${n.exact ? '' : '≥ '}${n.totalVariation.toFixed(3)}${kl}${n.top1Changed ? ', most likely token changed' : ''}`;
+  const tv = `total variation ${n.exact ? '' : '≥ '}${n.totalVariation.toFixed(3)}`;
+  if (!n.top1Changed && n.totalVariation < NEXT_TOKEN_CHANGE_FLOOR && changedNextTokens(n).length === 0) {
+    return `next-token distribution: unchanged (${tv}${kl})`;
+  }
+  return `next-token distribution: ${tv}${kl}${n.top1Changed ? ', most likely token changed' : ''}`;
 }

@@ -37,6 +37,7 @@ export function activate(context: vscode.ExtensionContext): { session: Session }
       else void vscode.commands.executeCommand('routescope.inspectRouting', e.prompt);
     }),
     panels.onDidRequestExport((e) => void vscode.commands.executeCommand('routescope.exportTrace', { runId: e.run.id, format: e.format })),
+    panels.onDidRequestCancel((runId) => void vscode.commands.executeCommand('routescope.cancelRun', runId)),
   );
   const { disposables } = registerSidePanel(s);
   context.subscriptions.push(...disposables);

@@ -3,14 +3,15 @@
 // (dist/, build/Release, media/) staged as an installed extension. Screenshots of every panel go to test/out/e2e/.
 //   ROUTESCOPE_E2E_MODEL=DIR   stage DIR as the extension's demo model (default media/demo-model)
 // Over 400 lines on purpose: one test walks the product in one window, each step building on the last (the model
-// opened, the runs made, the patch set), so the steps and their page helpers stay together.
+// opened, the runs made, the patch set), so the steps stay together (page helpers: workbench.ts).
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { BrowserContext, FrameLocator, Page } from 'playwright-core';
-import { ROOT, runCli } from '../helpers/cli';
+import { ROOT, runCli, runCliJson } from '../helpers/cli';
+import { STEP_MS, UI_MS, Workbench } from './workbench';
 import { decodeTensor, readSafetensorsRaw } from '../helpers/safetensors';
 import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
 
@@ -18,12 +19,10 @@ const OUT = path.join(ROOT, 'test', 'out', 'e2e');
 // code-server's profile, workspace and the staged extension: outside test/out, whose *.test.js files are the suites.
 const RUN_DIR = path.join(ROOT, '.cache', 'e2e', 'vscode');
 const DEMO_MODEL = path.resolve(process.env.ROUTESCOPE_E2E_MODEL || path.join(ROOT, 'media', 'demo-model'));
-const STEP_MS = 90_000;
-const UI_MS = 20_000;
 
 interface CodeServerTools {
   ensureCodeServer(): { nodeBin: string; entry: string };
-  prepareProfile(dir: string, options: { extensionDir: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): { workspace: string };
+  prepareProfile(dir: string, options: { extensionDir: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): { workspace: string; ud: string };
   startCodeServer(options: { dir: string; port: number; install: unknown; stdio?: unknown }): Promise<{ url: string; stop(): void }>;
   freePort(): Promise<number>;
   CHROMIUM: string;
@@ -31,9 +30,10 @@ interface CodeServerTools {
 
 let context: BrowserContext | undefined;
 let page: Page;
+let wb: Workbench;
 let server: { url: string; stop(): void } | undefined;
 let workspace: string;
-const shots: string[] = [];
+let referenceDir: string;
 
 /** The extension as it is installed: the built tree, with the chosen model as media/demo-model. */
 function stageExtension(dir: string): string {
@@ -48,100 +48,31 @@ function stageExtension(dir: string): string {
   return ext;
 }
 
-async function shot(name: string): Promise<void> {
-  const file = path.join(OUT, `${String(shots.length + 1).padStart(2, '0')}-${name}.png`);
-  await page.screenshot({ path: file });
-  shots.push(file);
-}
+const shot = (name: string): Promise<void> => wb.shot(name);
+const runCommand = (title: string): Promise<void> => wb.runCommand(title);
+const view = (name: string) => wb.view(name);
+const treeRows = (name: string): Promise<string[]> => wb.treeRows(name);
+const waitForNotification = (pattern: RegExp, timeout?: number): Promise<string> => wb.waitForNotification(pattern, timeout);
+const clearNotifications = (): Promise<void> => wb.clearNotifications();
+const waitForRuns = (count: number): Promise<string[]> => wb.waitForRuns(count);
+const showPromptsEditor = (): Promise<void> => wb.showEditor('demo.prompts.md');
+/** The routing panel's page. */
+const routingFrame = (): Promise<FrameLocator> => wb.webview('#routing-grid');
 
-async function runCommand(title: string): Promise<void> {
-  for (let attempt = 0; attempt < 8; attempt++) {
-    await page.keyboard.press('Escape');
-    await page.keyboard.press('F1');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.waitFor({ state: 'visible', timeout: 10_000 });
-    await input.fill(`>Routescope: ${title}`);
-    const row = page.locator('.quick-input-list .monaco-list-row', { hasText: `Routescope: ${title}` }).first();
-    try {
-      await row.waitFor({ state: 'visible', timeout: 3_000 });
-      await input.press('Enter');
-      return;
-    } catch {
-      // The palette snapshots commands when opened: the extension may not have activated yet.
-      await page.keyboard.press('Escape');
-      await page.waitForTimeout(1_000);
-    }
-  }
-  throw new Error(`command "Routescope: ${title}" never appeared in the palette`);
-}
-
-function view(name: string) {
-  return page.locator(`.pane:has(.pane-header[aria-label^="${name}"])`);
-}
-
-async function treeRows(name: string): Promise<string[]> {
-  return view(name).locator('.monaco-list-row').allInnerTexts();
-}
-
-async function waitForNotification(pattern: RegExp, timeout = STEP_MS): Promise<string> {
-  const toast = page.locator('.notification-list-item-message', { hasText: pattern }).first();
-  await toast.waitFor({ state: 'visible', timeout });
-  return toast.innerText();
-}
-
-async function clearNotifications(): Promise<void> {
-  await runVsCodeCommand('Notifications: Clear All Notifications');
-}
-
-async function runVsCodeCommand(label: string): Promise<void> {
-  await page.keyboard.press('Escape');
-  await page.keyboard.press('F1');
-  const input = page.locator('.quick-input-widget input.input');
-  await input.waitFor({ state: 'visible' });
-  await input.fill(`>${label}`);
-  await page.locator('.quick-input-list .monaco-list-row', { hasText: label }).first().waitFor({ state: 'visible', timeout: 10_000 });
-  await input.press('Enter');
-}
-
-/** Waits until the Runs view lists `count` finished runs; returns the rows (newest first). */
-async function waitForRuns(count: number): Promise<string[]> {
-  const deadline = Date.now() + STEP_MS;
-  let rows: string[] = [];
-  while (Date.now() < deadline) {
-    rows = await treeRows('Runs');
-    if (rows.length >= count && !rows.some((r) => /running…/.test(r))) return rows;
-    await page.waitForTimeout(250);
-  }
-  throw new Error(`expected ${count} finished runs, the Runs view shows: ${JSON.stringify(rows)}`);
-}
-
-async function showPromptsEditor(): Promise<void> {
-  await page.locator('.tabs-container .tab', { hasText: 'demo.prompts.md' }).first().click();
-  await page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible' });
-}
-
-function panelFrame(): FrameLocator {
-  return page.frameLocator('iframe.webview').frameLocator('#active-frame');
+/** No progress notification outlives its run (a stale Cancel once stayed on screen). */
+async function assertProgressClosed(): Promise<void> {
+  const open = await wb.progressClosed();
+  assert.deepEqual(open, [], 'progress notifications still open after the run finished');
 }
 
 /** The text and HTML of the adaptation panel once it shows a finished result whose heading starts with `title`. */
-async function adaptPanel(title: string): Promise<{ text: string; html: string }> {
-  const deadline = Date.now() + STEP_MS;
-  while (Date.now() < deadline) {
-    const frames = page.frameLocator('iframe.webview');
-    const n = await page.locator('iframe.webview').count();
-    for (let i = 0; i < n; i++) {
-      try {
-        const body = frames.nth(i).frameLocator('#active-frame').locator('body');
-        const text = await body.innerText({ timeout: 2_000 });
-        if (text.startsWith(title) && !/Running…/.test(text)) return { text, html: await body.innerHTML({ timeout: 2_000 }) };
-      } catch {
-        // not loaded, or another panel
-      }
-    }
-    await page.waitForTimeout(250);
-  }
-  throw new Error(`the adaptation panel never showed "${title}"`);
+async function adaptPanel(title: string): Promise<{ text: string; html: string; frame: FrameLocator }> {
+  return wb.until(`the adaptation panel showing "${title}"`, async () => {
+    const frame = await wb.webview('main', 2_000);
+    const body = frame.locator('body');
+    const text = await body.innerText({ timeout: 2_000 });
+    return text.startsWith(title) && !/Running…/.test(text) ? { text, html: await body.innerHTML({ timeout: 2_000 }), frame } : undefined;
+  });
 }
 
 interface GridState {
@@ -153,28 +84,14 @@ interface GridState {
 
 /** The routing grid's data attributes (documented in webview/README.md), once the shown run has finished. */
 async function gridState(expect: { mode: 'single' | 'compare' }): Promise<GridState> {
-  const grid = panelFrame().locator('#routing-grid');
-  const deadline = Date.now() + STEP_MS;
-  let last: Record<string, string | null> = {};
-  while (Date.now() < deadline) {
-    try {
-      last = await grid.evaluate((el) => Object.fromEntries(['data-layers', 'data-tokens', 'data-streaming', 'data-mode', 'data-changed-cells'].map((a) => [a, el.getAttribute(a)])), undefined, { timeout: 5_000 });
-      // In compare mode the diff is counted after both runs have arrived.
-      const diffReady = expect.mode === 'single' || (last['data-changed-cells'] ?? '') !== '';
-      if (last['data-streaming'] === 'false' && last['data-mode'] === expect.mode && diffReady) {
-        return {
-          layers: Number(last['data-layers']),
-          tokens: Number(last['data-tokens']),
-          mode: String(last['data-mode']),
-          changedCells: Number(last['data-changed-cells'] || 0),
-        };
-      }
-    } catch {
-      // The panel is still loading.
-    }
-    await page.waitForTimeout(250);
-  }
-  throw new Error(`the routing grid never showed a finished ${expect.mode} run: ${JSON.stringify(last)}`);
+  return wb.until(`a finished ${expect.mode} run in the routing grid`, async () => {
+    const grid = (await routingFrame()).locator('#routing-grid');
+    const last = await grid.evaluate((el) => Object.fromEntries(['data-layers', 'data-tokens', 'data-streaming', 'data-mode', 'data-changed-cells'].map((a) => [a, el.getAttribute(a)])), undefined, { timeout: 5_000 });
+    // In compare mode the diff is counted after both runs have arrived.
+    const diffReady = expect.mode === 'single' || (last['data-changed-cells'] ?? '') !== '';
+    if (last['data-streaming'] !== 'false' || last['data-mode'] !== expect.mode || !diffReady) return undefined;
+    return { layers: Number(last['data-layers']), tokens: Number(last['data-tokens']), mode: String(last['data-mode']), changedCells: Number(last['data-changed-cells'] || 0) };
+  });
 }
 
 /** Two items of each skill from media/tasks/eval.jsonl, as the text of a task file. */
@@ -197,15 +114,14 @@ before(async () => {
   fs.rmSync(RUN_DIR, { recursive: true, force: true });
   const extension = stageExtension(RUN_DIR);
   // A C3PO reference set for the demo model, built by the CLI as a user would, for the Re-mix lens.
-  const ref = path.join(RUN_DIR, 'reference');
-  const built = runCli(['reference', 'build', '--model', DEMO_MODEL, '--data', path.join(ROOT, 'media', 'tasks', 'reference.jsonl'), '--limit', '140', '--out', ref, '--threads', '2', '--json']);
+  referenceDir = path.join(RUN_DIR, 'reference');
+  const built = runCli(['reference', 'build', '--model', DEMO_MODEL, '--data', path.join(ROOT, 'media', 'tasks', 'reference.jsonl'), '--limit', '140', '--out', referenceDir, '--threads', '2', '--json']);
   assert.equal(built.code, 0, built.stderr);
-  ({ workspace } = tools.prepareProfile(RUN_DIR, {
+  // No routescope.c3po.reference: the first Re-mix asks for the set, as it does for a new user.
+  let ud: string;
+  ({ workspace, ud } = tools.prepareProfile(RUN_DIR, {
     extensionDir: extension,
-    settings: {
-      'workbench.colorTheme': 'Default Dark Modern', 'editor.codeLens': true, 'git.enabled': false, 'git.openRepositoryInParentFolders': 'never',
-      'routescope.c3po.reference': ref,
-    },
+    settings: { 'workbench.colorTheme': 'Default Dark Modern', 'editor.codeLens': true, 'git.enabled': false, 'git.openRepositoryInParentFolders': 'never' },
     workspaceFiles: {
       'demo.prompts.md': fs.readFileSync(path.join(ROOT, 'media', 'demo.prompts.md'), 'utf8'),
       // Labelled items for the routing headroom: two of each skill of the demo model's evaluation split.
@@ -223,6 +139,7 @@ before(async () => {
   });
   context.setDefaultTimeout(UI_MS);
   page = context.pages()[0] ?? (await context.newPage());
+  wb = new Workbench(page, OUT, path.join(ud, 'User', 'settings.json'));
   // A shared, loaded machine can take longer than the default UI timeout to serve the workbench.
   await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`, { timeout: 60_000 });
   await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
@@ -232,13 +149,15 @@ before(async () => {
 after(async () => {
   await context?.close().catch(() => undefined);
   server?.stop();
-  if (shots.length) console.log(`# screenshots:\n${shots.map((s) => `#   ${path.relative(ROOT, s)}`).join('\n')}`);
+  if (wb?.shots.length) console.log(`# screenshots:\n${wb.shots.map((s) => `#   ${path.relative(ROOT, s)}`).join('\n')}`);
 });
 
 /** A sub-step; on failure a screenshot is kept and the later steps are skipped (they depend on this one). */
 let failed = false;
-async function step(t: { test: (name: string, fn: () => Promise<void>) => Promise<void> }, name: string, fn: () => Promise<void>): Promise<void> {
-  await t.test(name, async () => {
+// ROUTESCOPE_E2E_STEPS=REGEX runs only the steps whose names match (the others are reported skipped), for work on one.
+const only = process.env.ROUTESCOPE_E2E_STEPS ? new RegExp(process.env.ROUTESCOPE_E2E_STEPS) : undefined;
+async function step(t: { test: (name: string, options: { skip?: boolean }, fn: () => Promise<void>) => Promise<void> }, name: string, fn: () => Promise<void>): Promise<void> {
+  await t.test(name, { skip: only !== undefined && !only.test(name) }, async () => {
     if (failed) throw new Error('skipped: an earlier step failed');
     try {
       await fn();
@@ -257,16 +176,15 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
 
   let moeLayers = 0;
   await step(t, 'open the demo model from the palette; the Model view describes it', async () => {
-    await page.locator('.activitybar [aria-label^="Routescope"]').first().click();
+    // The view container appears once the extension host has read the extension (slow on a loaded machine).
+    await page.locator('.activitybar [aria-label^="Routescope"]').first().click({ timeout: STEP_MS });
     await view('Model').waitFor({ state: 'visible' });
     await shot('side-panel-empty');
     await runCommand('Open Demo Model');
-    const deadline = Date.now() + STEP_MS;
-    let rows: string[] = [];
-    while (Date.now() < deadline && !rows.some((r) => /^Engine process/.test(r) && /pid \d+/.test(r))) {
-      rows = await treeRows('Model');
-      await page.waitForTimeout(250);
-    }
+    const rows = await wb.until('the engine process in the Model view', async () => {
+      const r = await treeRows('Model');
+      return r.some((x) => /^Engine process/.test(x) && /pid \d+/.test(x)) ? r : undefined;
+    });
     const layersRow = rows.find((r) => r.startsWith('Layers'));
     assert.ok(layersRow, `Model view rows: ${JSON.stringify(rows)}`);
     assert.match(layersRow, new RegExp(`^Layers\\s*${config.num_hidden_layers}`));
@@ -303,6 +221,20 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const grid = await gridState({ mode: 'single' });
     assert.equal(grid.layers, moeLayers, 'one grid row per MoE layer');
     assert.equal(grid.tokens, expectedTokens, 'one grid column per token');
+    // The panel opens beside the prompt file: both are visible, and the code lenses with them.
+    assert.equal(await wb.editorGroups(), 2, 'the routing panel opens in a second editor group');
+    await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Inspect routing' }).first().waitFor({ state: 'visible' });
+    // The expert load: axes with layer and expert numbers, a colour bar with its unit, the value under the pointer.
+    const frame = await routingFrame();
+    const heatmap = frame.locator('#load-heatmap');
+    const axes = await Promise.all(['data-rows', 'data-cols', 'data-row-title', 'data-col-title', 'data-unit'].map((a) => heatmap.getAttribute(a)));
+    assert.deepEqual(axes, [String(moeLayers), '8', 'MoE layer', 'expert', 'activation rate (% of tokens)']);
+    await heatmap.scrollIntoViewIfNeeded();
+    const box = (await heatmap.boundingBox())!;
+    await heatmap.hover({ position: { x: box.width * 0.45, y: box.height * 0.5 } });
+    const tip = await frame.locator('#tooltip').innerText();
+    assert.match(tip, /^layer \d+ · expert \d+: activation rate \d+\.\d% \(\d+ of \d+ tokens\)/);
+    await assertProgressClosed();
     await shot('routing-panel-palette');
   });
 
@@ -313,6 +245,8 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await lens.click();
     const rows = await waitForRuns(2);
     assert.match(rows[0], /^Inspect: /);
+    assert.equal(await wb.editorGroups(), 2, 'the panel is reused in its group');
+    await assertProgressClosed();
     await shot('routing-panel-code-lens');
   });
 
@@ -329,7 +263,6 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const mask = page.getByRole('menuitem', { name: 'Mask Expert' });
     await mask.waitFor({ state: 'visible' });
     await mask.hover();
-    await page.waitForTimeout(300);
     await mask.click();
     await view('Layers').locator('.monaco-list-row', { hasText: /masked/ }).first().waitFor();
     await shot('layers-view-masked');
@@ -339,16 +272,25 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const changed = Number(/(\d+) of (\d+) cells/.exec(summary)![1]);
     assert.ok(changed > 0, summary);
     // The panel recounts as run B's layers arrive: wait for it to settle on the host's count.
-    let grid = await gridState({ mode: 'compare' });
-    for (let deadline = Date.now() + UI_MS; grid.changedCells !== changed && Date.now() < deadline; ) {
-      await page.waitForTimeout(250);
-      grid = await gridState({ mode: 'compare' });
-    }
+    const grid = await wb.until('the panel\'s count to settle', async () => {
+      const g = await gridState({ mode: 'compare' });
+      return g.changedCells === changed ? g : undefined;
+    }, UI_MS).catch(() => gridState({ mode: 'compare' }));
     assert.equal(grid.changedCells, changed, 'the panel\'s diff shows the changed cells the host counted');
     await waitForRuns(3);
     const rows = await treeRows('Runs');
     assert.match(rows[0], /patched/);
-    await shot('routing-panel-diff');
+    // What changed: per layer, and the next tokens that moved (or that none did) — never rows of 0.0 %.
+    const frame = await routingFrame();
+    const layerRows = await frame.locator('#diff-layers tbody tr').allInnerTexts();
+    assert.equal(layerRows.length, moeLayers, JSON.stringify(layerRows));
+    assert.ok(layerRows.some((r) => /e\d+ → e\d+ ×\d+/.test(r)), `a top-1 replacement is listed: ${JSON.stringify(layerRows)}`);
+    const moved = await frame.locator('#next-token-changes tbody tr').allInnerTexts();
+    if (moved.length === 0) assert.match(await frame.locator('#next-token-unchanged').innerText(), /^No next token moved by 0\.05 percentage points/);
+    for (const r of moved) assert.doesNotMatch(r.split('\t').at(-1)!, /^[+−]?0(\.0+)?$/, `a listed change moved: ${r}`);
+    await assertProgressClosed();
+    await frame.locator('#compare-panel').scrollIntoViewIfNeeded();
+    await wb.themedShots('routing-panel-diff', [frame]);
   });
 
   await step(t, 'export the routing trace and read it back', async () => {
@@ -386,8 +328,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await shot('patch-document');
     await runCommand('Clear Patch');
     await page.locator('.monaco-editor .view-lines', { hasText: '"layers": {}' }).first().waitFor({ state: 'visible' });
-    const deadline = Date.now() + UI_MS;
-    while (Date.now() < deadline && (await treeRows('Layers')).some((r) => /masked/.test(r))) await page.waitForTimeout(250);
+    await wb.until('no masked expert in the Layers view', async () => ((await treeRows('Layers')).some((r) => /masked/.test(r)) ? undefined : true), UI_MS).catch(() => undefined);
     assert.ok(!(await treeRows('Layers')).some((r) => /masked/.test(r)), 'no expert is masked after Clear Patch');
   });
 
@@ -399,26 +340,81 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const tokens = Number(/(\d+) tokens/.exec(rows[0])![1]);
     assert.ok(tokens > expectedTokens, `generated past the prompt: ${rows[0]}`);
     await gridState({ mode: 'single' });
-    await shot('routing-panel-generate');
+    // The generated text is shown as text: in a notification, and in the panel (the same text the CLI generates).
+    const note = await waitForNotification(/generated \d+ tokens?: “/);
+    assert.doesNotMatch(note, /\b1 tokens\b/);
+    const cli = runCliJson<{ text: string; tokens: number[] }>(['generate', '--model', DEMO_MODEL, '--prompt', firstPrompt.text, '--json']);
+    const frame = await routingFrame();
+    const text = frame.locator('#run-text');
+    assert.equal(await text.getAttribute('data-generated-text'), cli.text);
+    assert.equal(Number(await text.getAttribute('data-generated-tokens')), cli.tokens.length);
+    assert.equal((await text.locator('.tok.gen').allInnerTexts()).join(''), cli.text, 'the generated tokens read as the generated text');
+    assert.ok(note.includes(cli.text.trim().slice(0, 20)), note);
+    await assertProgressClosed();
+    await text.locator('.tok.gen').first().hover();
+    assert.match(await frame.locator('#tooltip').innerText(), /generated[\s\S]*top-1 expert \(weight\): L\d+ e\d+/);
+    await wb.themedShots('routing-panel-generate', [frame], async () => {
+      await text.locator('.tok.gen').first().hover();
+    });
+  });
+
+  await step(t, 'Compare Two Prompts takes two multi-line prompts picked from the prompt file', async () => {
+    await showPromptsEditor();
+    await clearNotifications();
+    await runCommand('Compare Two Prompts');
+    const input = page.locator('.quick-input-widget input.input');
+    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'Pick two prompts from the prompt files' }).first().click();
+    for (const title of ['Addition', 'Subtraction']) {
+      await input.fill(title);
+      // In a multi-select list a click on a row ticks it.
+      await page.locator('.quick-input-list .monaco-list-row', { hasText: new RegExp(`^${title}`) }).first().click();
+    }
+    await input.fill('');
+    await page.locator('.quick-input-widget', { hasText: '2 of 2 ticked' }).first().waitFor({ state: 'visible' });
+    await input.press('Enter');
+    const summary = await waitForNotification(/cells route to a different expert set/);
+    assert.match(summary, /^Routescope: run #\d+ vs #\d+/);
+    await gridState({ mode: 'compare' });
+    const frame = await routingFrame();
+    const label = await frame.locator('#run-label').innerText();
+    assert.match(label, /82 \+ 82/, `A is the first prompt of the file: ${label}`);
+    // Both prompts read as text, A above B, each with its line break.
+    assert.match(await frame.locator('#run-text').innerText(), /How much is 82 \+ 82\?\s*\n\s*A:/);
+    assert.match(await frame.locator('#run-text-b').innerText(), /Calculate 94 - 16\.\s*\n\s*A:/);
+    await assertProgressClosed();
+    await shot('compare-two-prompts');
   });
 
   await step(t, 'Re-mix (C3PO) from a code lens: ω before/after per critical layer, neighbours, routing and answer', async () => {
     await showPromptsEditor();
     await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Re-mix (C3PO)' }).first().click();
+    // No reference set configured: the user types the folder's path; what they type stays what they typed.
+    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'Type the folder' }).first().click();
+    const input = page.locator('.quick-input-widget input.input');
+    await input.waitFor({ state: 'visible' });
+    await input.fill(referenceDir);
+    await wb.until('the typed path to validate', async () => ((await page.locator('.quick-input-message', { hasText: 'not a reference set' }).count()) === 0 && (await input.inputValue()) === referenceDir ? true : undefined), UI_MS);
+    assert.equal(await input.inputValue(), referenceDir, 'the box holds what was typed');
+    await input.press('Enter');
     const { text, html } = await adaptPanel('Re-mix (C3PO): ngd');
+    assert.equal(await wb.editorGroups(), 2, 'the adaptation panel opens as a tab beside the routing panel, not in a third group');
     const critical = Math.min(5, config.num_hidden_layers); // the last 5 MoE layers, all of them when fewer
     for (let l = config.num_hidden_layers - critical; l < config.num_hidden_layers; l++) assert.ok(html.includes(`aria-label="ω at layer ${l}"`), `ω of layer ${l}`);
     assert.match(text, /Neighbour loss: \d+\.\d+ → \d+\.\d+/);
     assert.ok(html.includes('aria-label="Neighbours"') && html.includes('aria-label="Routing change"'));
     assert.match(text, /Before[\s\S]*After re-mix/);
+    assert.match(text, /ω before \(probability\)/, 'the ω bars have their scale');
     await shot('adapt-remix');
   });
 
   await step(t, 'Generate with rerouting from a code lens: rounds, δ per layer after each round, both texts', async () => {
     await showPromptsEditor();
     await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Generate with rerouting' }).first().click();
-    const { text, html } = await adaptPanel('Generate with rerouting');
+    const { text, html, frame } = await adaptPanel('Generate with rerouting');
     assert.ok(html.includes('aria-label="Rerouting rounds"') && html.includes('aria-label="Delta per layer after each round"'));
+    // At half width the δ table scrolls inside the panel rather than running past its edge.
+    const fits = await frame.locator('table[aria-label="Delta per layer after each round"]').evaluate((t) => t.getBoundingClientRect().right <= t.ownerDocument.documentElement.clientWidth);
+    assert.ok(fits, 'the δ table stays inside the panel');
     assert.match(text, /Without rerouting[\s\S]*With rerouting/);
     await shot('adapt-reroute');
   });
@@ -431,13 +427,13 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await input.press('Enter');
     await page.locator('.tabs-container .tab.active', { hasText: 'demo.tasks.jsonl' }).waitFor();
     await runCommand('Routing Headroom (Analysis Only)');
-    const { text, html } = await adaptPanel('Routing headroom — ANALYSIS ONLY');
+    const { text, html, frame } = await adaptPanel('Routing headroom — ANALYSIS ONLY');
+    assert.equal(await wb.editorGroups(), 2, 'the headroom panel opens as a tab among the result panels');
     assert.match(text, /ANALYSIS ONLY: every routing change here is searched with the item's own label/);
     assert.match(text, /14 of 14 items/);
     for (let l = 0; l < config.num_hidden_layers; l++) assert.match(html, new RegExp(`aria-label="Layer ${l}: fixes \\d+ of \\d+ wrong items`), `bars of layer ${l}`);
     assert.ok(html.includes('share of items (%)') && html.includes('aria-label="Wrong items fixed by a routing change"'));
     // The bars take keyboard focus (Tab moves through them inside the panel).
-    const frame = page.frameLocator('iframe.webview').last().frameLocator('#active-frame');
     await frame.locator('g.bars').first().focus();
     assert.equal(await frame.locator('g.bars:focus').count(), 1);
     await shot('headroom');
@@ -449,12 +445,11 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const pid = Number(/pid (\d+)/.exec(rows.find((r) => r.startsWith('Engine process'))!)![1]);
     process.kill(pid, 'SIGKILL');
     await waitForNotification(/engine process exited unexpectedly \(signal SIGKILL\)/);
-    await page.waitForTimeout(500);
     await shot('engine-killed');
     await clearNotifications();
     await showPromptsEditor();
     await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Inspect routing' }).first().click();
-    await waitForRuns(5);
+    await waitForRuns(7);
     const after = await treeRows('Model');
     const newPid = Number(/pid (\d+)/.exec(after.find((r) => r.startsWith('Engine process'))!)?.[1]);
     assert.ok(newPid && newPid !== pid, `engine restarted: ${JSON.stringify(after)}`);

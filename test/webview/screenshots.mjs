@@ -30,7 +30,7 @@ mkdirSync(work, { recursive: true });
 
 // Helpers written in TypeScript, bundled for this script.
 await esbuild.build({
-  entryPoints: { html: 'extension/src/views/routingHtml.ts', model: 'test/helpers/random-model.ts' },
+  entryPoints: { html: 'extension/src/views/routingHtml.ts', model: 'test/helpers/random-model.ts', tokenizer: 'extension/src/checkpoint/tokenizer.ts' },
   outdir: join(work, 'lib'),
   bundle: true, platform: 'node', format: 'esm', outExtension: { '.js': '.mjs' }, absWorkingDir: root, logLevel: 'warning',
 });
@@ -95,7 +95,37 @@ const patch = { layers: { [mid.layer]: { mask: [busiest], bias: { [(busiest + 1)
 const patched = toMessages(2, 'Inspect: 96 tokens (patched)', inspect(patch), patch, 'primary');
 const compareMessages = base.messages.map((m) => (m.method === 'run/init' ? { ...m, params: { ...m.params, role: 'compare' } } : m));
 
+// A generation on the demo model, with its text: the prompt, then the generated tokens streamed after run/init.
+function generateScenario() {
+  const demo = join(root, 'media', 'demo-model');
+  const prompt = 'Q: How much is 82 + 82?\nA:';
+  const cli = (args) => JSON.parse(execFileSync(process.execPath, [join(root, 'bin', 'routescope.js'), ...args, '--model', demo, '--json'], { encoding: 'utf8', maxBuffer: 1 << 28 }));
+  const started = Date.now();
+  const gen = cli(['generate', '--prompt', prompt, '--max-new-tokens', '12']);
+  const all = [...gen.prompt_tokens, ...gen.tokens];
+  // The routing of every fed position (the last generated token is never fed back): one inspect of them.
+  const routed = cli(['inspect', '--tokens', all.slice(0, -1).join(','), '--logits', 'none']);
+  const demoInfo = cli(['info']);
+  const text = (id) => tokenizer.tokenText(id);
+  const run = {
+    id: 3, kind: 'generate', label: `Generate: ${prompt.replace(/\n/g, ' ')}`, prompt,
+    model: { dir: demo, name: 'demo-model', modelType: demoInfo.model_type, numLayers: demoInfo.num_layers, numExperts: demoInfo.num_experts, topK: demoInfo.top_k, moeLayers: demoInfo.moe_layers, vocabSize: demoInfo.vocab_size },
+    patch: undefined, tokens: [...gen.prompt_tokens], tokenText: gen.prompt_tokens.map(text), promptTokens: gen.prompt_tokens.length, startedAt: started,
+  };
+  const messages = [{ method: 'run/init', params: { role: 'primary', run } }];
+  messages.push({ method: 'run/tokens', params: { runId: 3, from: gen.prompt_tokens.length, tokens: gen.tokens, tokenText: gen.tokens.map(text) } });
+  for (const layer of routed.layers) {
+    messages.push({ method: 'run/layer', params: { runId: 3, span: { layer: layer.layer, start: 0, count: layer.experts.length, numExperts: demoInfo.num_experts, topK: demoInfo.top_k, routerLogits: layer.router_logits.flat(), experts: layer.experts.flat(), weights: layer.weights.flat() } } });
+  }
+  messages.push({ method: 'run/finished', params: { runId: 3, finishedAt: Date.now(), generatedText: gen.text } });
+  return { messages, generatedText: gen.text };
+}
+const { loadTokenizer } = await import(pathToFileURL(join(work, 'lib', 'tokenizer.mjs')).href);
+const tokenizer = loadTokenizer(join(root, 'media', 'demo-model'));
+const generated = generateScenario();
+
 const scenarios = {
+  generate: generated.messages,
   single: [...base.messages, { method: 'patch/didChange', params: { patch } }],
   compare: [...patched.messages, ...compareMessages, { method: 'patch/didChange', params: { patch } }],
   unavailable: [{ method: 'run/unavailable', params: { label: 'Inspect: What is 47 + 38?', prompt: 'Q: What is 47 + 38?\nA:', reason: 'The run is no longer available: this panel showed a run from before the window reloaded, and runs are kept in memory only.' } }],
@@ -164,6 +194,24 @@ for (const theme of ['dark', 'light', 'high-contrast']) {
   const changed = await c.locator('#routing-grid').getAttribute('data-changed-cells');
   console.log(`compare/${theme}: data-changed-cells=${changed}`);
   await c.close();
+}
+for (const theme of ['dark', 'light', 'high-contrast']) {
+  const g = await open('generate', scenarios.generate, theme);
+  const shown = await g.locator('#run-text').getAttribute('data-generated-text');
+  if (shown !== generated.generatedText) errors.push(`generate/${theme}: the text view shows ${JSON.stringify(shown)}, the CLI generated ${JSON.stringify(generated.generatedText)}`);
+  await g.locator('#run-text .tok.gen').nth(1).hover();
+  await g.waitForTimeout(200);
+  await shot(g, `generate-${theme}.png`);
+  // The load heatmap with the value under the pointer.
+  const heat = g.locator('#load-heatmap');
+  await heat.scrollIntoViewIfNeeded();
+  const hb = await heat.boundingBox();
+  await g.mouse.move(hb.x + hb.width * 0.4, hb.y + hb.height * 0.5);
+  await g.waitForTimeout(200);
+  await g.screenshot({ path: join(out, `load-heatmap-${theme}.png`) });
+  shots.push(join(out, `load-heatmap-${theme}.png`));
+  console.log(`generate/${theme}: generated text ${JSON.stringify(shown)}`);
+  await g.close();
 }
 const u = await open('unavailable', scenarios.unavailable, 'dark');
 await shot(u, 'unavailable-dark.png');

@@ -1,9 +1,11 @@
 // Cell details: the hover tooltip and the pinned panel show the same content — the token, its top-k experts and
-// weights, and a bar chart of the router logits over ALL experts at that layer (top-k highlighted, masked / forced /
-// biased experts of the draft patch marked). In the pinned panel a bar is clickable: it picks the expert to edit.
+// weights, its router entropy (nats), and a bar chart of the router logits over ALL experts at that layer, with axes
+// (top-k highlighted, masked / forced experts of the patch marked). In the pinned panel a bar picks the expert to edit.
 import { expertHex } from './colors';
 import { visibleToken } from '../../common/src/format';
 import { fixed } from './format';
+import { barAt, drawBars, type BarGeometry } from './charts/bars';
+import { describeEntropy, QUANTITY } from '../../common/src/quantities';
 import type { RoutingPatch } from '../../common/src/patch';
 import type { RunRouting } from './runData';
 import type { Theme } from './theme';
@@ -69,61 +71,40 @@ export function renderCellDetails(container: HTMLElement, d: CellDetails, theme:
   }
   if (position >= run.filled[row]) return undefined;
   const entropy = run.routerEntropy(row, position) ?? 0;
-  const normalised = run.E > 1 ? entropy / Math.log(run.E) : 0;
-  container.appendChild(el('div', 'small muted', `router entropy ${fixed(entropy, 3)} nats (${fixed(normalised, 3)} of ln ${run.E}) · logits over all ${run.E} experts:`));
+  container.appendChild(el('div', 'small muted', `${QUANTITY.routerEntropy.name} ${describeEntropy(entropy, run.E, 3)}`));
   const canvas = el('canvas', 'logit-chart');
   canvas.setAttribute('role', 'img');
   const top = run.cell(row, position);
   canvas.setAttribute('aria-label', `Router logits at layer ${layer}, position ${position}: top experts ${top.map((c) => `${c.expert} (${fixed(c.weight, 2)})`).join(', ')}`);
   container.appendChild(canvas);
-  drawLogitChart(canvas, run, row, position, theme, patch, chartWidth);
+  const geometry = drawLogitChart(canvas, run, row, position, theme, patch, chartWidth);
+  container.appendChild(el('div', 'small muted', 'Coloured bars: the selected experts; a mark under a bar: masked (red) or forced (blue) by the patch.'));
+  canvas.dataset.left = String(geometry.left);
+  canvas.dataset.barWidth = String(geometry.barW);
   return canvas;
 }
 
-/** Bar per expert: height = router logit relative to the layer's minimum at this token. */
-export function drawLogitChart(canvas: HTMLCanvasElement, run: RunRouting, row: number, position: number, theme: Theme, patch: RoutingPatch | undefined, width: number): void {
+/** One bar per expert: its raw router logit at this token (selected experts in their colour; masked / forced
+ *  experts of the session's patch marked under the axis), with a value axis and expert numbers. */
+export function drawLogitChart(canvas: HTMLCanvasElement, run: RunRouting, row: number, position: number, theme: Theme, patch: RoutingPatch | undefined, width: number): BarGeometry {
   const E = run.E;
-  const height = 64;
-  const dpr = window.devicePixelRatio || 1;
-  canvas.width = Math.round(width * dpr);
-  canvas.height = Math.round(height * dpr);
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
-  const ctx = canvas.getContext('2d')!;
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, width, height);
   const logits = run.rows[row].routerLogits.subarray(position * E, (position + 1) * E);
-  let min = Infinity;
-  let max = -Infinity;
-  for (const v of logits) {
-    min = Math.min(min, v);
-    max = Math.max(max, v);
-  }
-  const span = max - min || 1;
   const selected = new Set(run.cell(row, position).map((c) => c.expert));
   const layerPatch = patch?.layers[String(run.layers[row])];
   const masked = new Set(layerPatch?.mask ?? []);
   const forced = new Set(layerPatch?.force ?? []);
-  const bw = width / E;
-  const chartH = height - 8;
-  for (let e = 0; e < E; e++) {
-    const h = Math.max(1, ((logits[e] - min) / span) * chartH);
-    ctx.fillStyle = selected.has(e) ? expertHex(e) : theme.muted;
-    ctx.globalAlpha = selected.has(e) ? 1 : 0.45;
-    ctx.fillRect(e * bw + (bw > 3 ? 0.5 : 0), chartH - h, Math.max(1, bw - (bw > 3 ? 1 : 0)), h);
-    ctx.globalAlpha = 1;
-    if (masked.has(e) || forced.has(e)) {
-      ctx.fillStyle = masked.has(e) ? theme.masked : theme.accent;
-      ctx.fillRect(e * bw, chartH + 2, Math.max(2, bw), 4);
-    }
-  }
-  if (theme.highContrast) {
-    ctx.strokeStyle = theme.border!;
-    ctx.strokeRect(0.5, 0.5, width - 1, chartH);
-  }
+  return drawBars(canvas, {
+    values: logits,
+    label: (e) => String(e),
+    xTitle: 'expert',
+    yTitle: QUANTITY.routerLogit.name,
+    fill: (e) => (selected.has(e) ? expertHex(e) : theme.muted),
+    emphasised: (e) => selected.has(e),
+    mark: (e) => (masked.has(e) ? theme.masked : forced.has(e) ? theme.accent : undefined),
+  }, theme, width, 120);
 }
 
-/** The expert under x in a logit chart of width `width`. */
-export function expertAtChartX(x: number, width: number, E: number): number {
-  return Math.max(0, Math.min(E - 1, Math.floor((x / width) * E)));
+/** The expert under x in a logit chart drawn by drawLogitChart (undefined between the axis and the first bar). */
+export function expertAtChartX(canvas: HTMLCanvasElement, x: number): number | undefined {
+  return barAt(x, { left: Number(canvas.dataset.left), barW: Number(canvas.dataset.barWidth), count: Number.MAX_SAFE_INTEGER });
 }

@@ -6,6 +6,7 @@ import type { RoutingPatch } from '../../common/src/patch';
 import type { PatchEdit } from '../../common/src/patchEdit';
 import { diffRuns, type RunDiff } from '../../common/src/runDiff';
 import {
+  CancelRunCommand,
   CompareClearedNotification,
   decodeLayerMessage,
   EditPatchCommand,
@@ -27,7 +28,7 @@ import {
   type PanelState,
 } from '../../common/src/panelProtocol';
 import { RoutingGrid, type Band, type CellRef } from './grid';
-import { LoadHeatmap } from './heatmap';
+import { LoadHeatmap, type ExpertOrder } from './heatmap';
 import { $, PAGE } from './page';
 import { RunRouting } from './runData';
 import { readTheme, watchTheme } from './theme';
@@ -36,6 +37,7 @@ import { renderCompare } from './views/compare';
 import { METRIC_LABELS, renderLegend } from './views/legend';
 import { PatchEditor } from './views/patchEditor';
 import { hideUnavailable, renderStatus, showUnavailable } from './views/status';
+import { TextView } from './views/text';
 import { vscode } from './vscodeApi';
 
 $('app').innerHTML = PAGE;
@@ -101,6 +103,21 @@ const heatmap = new LoadHeatmap($('heatmap-host'), $('stats-host'), theme, {
   onHover: (text, x, y) => cells.showText(text, x, y),
 });
 
+/** Selects a token's column in a run's band of the grid (band 0 = A, 1 = B), keeping the selected layer. */
+function selectPosition(band: number, position: number): void {
+  if (!primary) return;
+  const cell = { band, row: grid.selected?.band === band ? grid.selected.row : 0, position };
+  grid.selected = cell;
+  grid.reveal(cell);
+  cells.announce(cell);
+  grid.requestDraw();
+  saveState();
+}
+
+const text = new TextView({ onHover: (t, x, y) => cells.showText(t, x, y), onSelect: (position) => selectPosition(0, position) });
+// In compare mode the compared run's text (B) under A's, so two prompts can be read side by side.
+const textB = new TextView({ onHover: (t, x, y) => cells.showText(t, x, y), onSelect: (position) => selectPosition(1, position) }, 'run-text-b', 'text-summary-b', false);
+
 (window as unknown as { routescopeDebug: unknown }).routescopeDebug = { grid };
 
 let saveTimer = 0;
@@ -159,6 +176,10 @@ function rebuildBands(): void {
   $('stop-compare').hidden = !compare;
   $('compare-panel').hidden = !compare;
   heatmap.setRun(primary);
+  text.setRun(primary);
+  textB.setRun(compare);
+  $('text-b').hidden = !compare;
+  $('text-a').hidden = !compare;
   legend();
   renderDifference();
   editor.setRun(primary);
@@ -208,6 +229,8 @@ function schedulePanels(): void {
   panelTimer = window.setTimeout(() => {
     panelTimer = 0;
     heatmap.update();
+    text.update();
+    textB.update();
     if (primary) renderStatus(primary, grid.canvas);
     if (grid.metric === 'entropy' || grid.metric === 'weight') legend();
     if (pinned) cells.renderPinned(pinned);
@@ -286,6 +309,8 @@ function handle(message: IpcMessage<unknown>): void {
     computeDiff();
     renderDifference();
     heatmap.update();
+    if (run === primary) text.update();
+    else if (run === compare) textB.update();
   } else if (CompareClearedNotification.is(message)) {
     compare = undefined;
     rebuildBands();
@@ -316,10 +341,12 @@ window.addEventListener('message', (event: MessageEvent) => {
 // ---- controls --------------------------------------------------------------------------------------------------
 
 metricSelect.addEventListener('change', () => setMetric(metricSelect.value as Metric));
+$<HTMLSelectElement>('load-order').addEventListener('change', (e) => heatmap.setOrder((e.target as HTMLSelectElement).value as ExpertOrder));
 $('zoom-in').addEventListener('click', () => grid.zoomBy(1.5));
 $('zoom-out').addEventListener('click', () => grid.zoomBy(1 / 1.5));
 $('zoom-fit').addEventListener('click', () => grid.fit());
 $('compare').addEventListener('click', () => vscode.postMessage(RequestCompareCommand.create({})));
+$('cancel-run').addEventListener('click', () => primary && vscode.postMessage(CancelRunCommand.create({ runId: primary.id })));
 $('stop-compare').addEventListener('click', () => vscode.postMessage(RequestCompareCommand.create({ runId: -1 })));
 $('export-st').addEventListener('click', () => primary && vscode.postMessage(ExportCommand.create({ runId: primary.id, format: 'safetensors' })));
 $('export-csv').addEventListener('click', () => primary && vscode.postMessage(ExportCommand.create({ runId: primary.id, format: 'csv' })));

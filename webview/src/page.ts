@@ -4,16 +4,22 @@
 export const PAGE = `
 <header class="toolbar">
   <div class="title"><strong id="run-label">Waiting for a run…</strong> <span id="run-status" class="muted" aria-live="polite"></span></div>
-  <label class="control">Colour by <select id="metric"></select></label>
-  <div class="control" role="group" aria-label="Zoom">
-    <button id="zoom-out" title="Zoom out (-)" aria-label="Zoom out">−</button>
-    <button id="zoom-in" title="Zoom in (+)" aria-label="Zoom in">+</button>
-    <button id="zoom-fit" title="Fit all tokens (0)">Fit</button>
+  <div class="controls">
+    <label class="control">Colour by <select id="metric"></select></label>
+    <div class="control" role="group" aria-label="Zoom">
+      <button id="zoom-out" title="Zoom out (-)" aria-label="Zoom out">−</button>
+      <button id="zoom-in" title="Zoom in (+)" aria-label="Zoom in">+</button>
+      <button id="zoom-fit" title="Fit all tokens (0)">Fit</button>
+    </div>
+    <button id="cancel-run" hidden title="Stop the engine at the next layer boundary">Cancel run</button>
+    <button id="compare" title="Compare with another run">Compare…</button>
+    <button id="stop-compare" hidden>Stop comparing</button>
+    <div class="control" role="group" aria-label="Export the routing trace">
+      <span class="muted">Export</span>
+      <button id="export-st" title="Export the routing trace as .safetensors">.safetensors</button>
+      <button id="export-csv" title="Export the routing trace as CSV">CSV</button>
+    </div>
   </div>
-  <button id="compare" title="Compare with another run">Compare…</button>
-  <button id="stop-compare" hidden>Stop comparing</button>
-  <button id="export-st" title="Export the routing trace as .safetensors">Export .safetensors</button>
-  <button id="export-csv" title="Export the routing trace as CSV">Export CSV</button>
 </header>
 <div id="legend" class="legend" aria-live="polite"></div>
 <div id="unavailable" class="unavailable" hidden role="alert">
@@ -21,6 +27,13 @@ export const PAGE = `
   <p id="unavailable-text"></p>
   <button id="rerun-unavailable">Re-run</button>
 </div>
+<section id="text-panel" class="text-panel" aria-labelledby="h-text">
+  <h2 id="h-text">Text</h2> <span id="text-a" class="muted small" hidden>A:</span> <span id="text-summary" class="muted small"></span>
+  <div id="run-text" class="token-text" tabindex="0" aria-label="The run's text, one span per token"></div>
+  <div id="text-b" hidden><span class="muted small">B:</span> <span id="text-summary-b" class="muted small"></span>
+    <div id="run-text-b" class="token-text" tabindex="0" aria-label="The compared run's text (B), one span per token"></div>
+  </div>
+</section>
 <section id="grid-host" class="grid-host" aria-label="Token by layer routing grid"></section>
 <div id="announce" class="sr-only" aria-live="polite"></div>
 <div class="panels" id="panels">
@@ -52,7 +65,14 @@ export const PAGE = `
   </section>
   <section class="panel wide" aria-labelledby="h-load">
     <h2 id="h-load">Expert load</h2>
-    <p class="muted small">Share of tokens routed to each expert (columns, expert 0 at the left) in each MoE layer (rows, first layer at the top); colour relative to the busiest cell (viridis: dark = few tokens, yellow = most). Click a cell to edit that expert.</p>
+    <div class="section-controls">
+      <span class="muted small">Activation rate: the share of this run's tokens whose top-k includes the expert. Hover for values; click a cell (or arrows + Enter) to edit that expert.</span>
+      <label class="control">Experts <select id="load-order">
+        <option value="index">by number</option>
+        <option value="picked-layer">by load in the picked layer</option>
+        <option value="total">by load over all layers</option>
+      </select></label>
+    </div>
     <div class="load">
       <div id="heatmap-host" class="heatmap-host"></div>
       <div id="stats-host" class="stats-host"></div>

@@ -1,6 +1,6 @@
 // A run's routing as the routing panel keeps it: one LayerRouting per MoE layer (a grid row), written from the
 // streamed spans (the webview's one copy of the routing), plus the per-cell values the grid colours by — top-1
-// expert, top-1 weight, router entropy ÷ ln E — derived once per span so drawing never touches the logits.
+// expert, top-1 weight, router entropy ÷ ln E (the colour position; views write it in nats) — derived once per span so drawing never touches the logits.
 // Pure (no DOM): unit-tested in test/unit/webview-grid.test.ts.
 import { scoreSharesInto } from '../../common/src/math';
 import { LayerRouting, type LayerStats, type RoutingSpan } from '../../common/src/routing';

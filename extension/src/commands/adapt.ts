@@ -13,6 +13,8 @@ import { summariseHeadroom, type HeadroomItemRecord } from '../adapt/headroom';
 import { parseTasks } from '../adapt/tasks';
 import { FILE_KINDS, readTextFile } from '../common/files';
 import { report, type CommandContext } from './context';
+import { withRunProgress } from './progress';
+import { plural } from '../../../common/src/format';
 import type { ModelCommands } from './models';
 import { resolvePrompt, toInput } from './prompts';
 
@@ -22,20 +24,41 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
   const panel = new AdaptPanel();
   const headroomPanel = new HeadroomPanel();
 
-  /** The configured reference set, or one the user picks now (saved to routescope.c3po.reference). */
+  /** The configured reference set, or one the user picks now (saved to routescope.c3po.reference): a set found in
+   *  the workspace, a typed path, or the folder dialog. The typed path comes first: the dialog of a browser-served VS
+   *  Code fills its default path in after it opens, over what the user has started typing. */
   const referenceDir = async (): Promise<string | undefined> => {
     const configured = editorSettings().c3poReference;
     if (configured) return configured;
-    const choice = await vscode.window.showInformationMessage(
-      'Routescope: Re-mix (C3PO) needs a reference set: a folder built for this model with `routescope reference build --model MODEL --data TASKS.jsonl --out REF`. Set routescope.c3po.reference, or choose the folder now.',
-      'Choose Folder…',
-    );
-    if (choice !== 'Choose Folder…') return undefined;
-    const uris = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, canSelectMany: false, openLabel: 'Use Reference Set', title: 'A C3PO reference set (built with routescope reference build)' });
-    if (!uris?.length) return undefined;
-    const dir = uris[0].fsPath;
-    if (!fs.existsSync(path.join(dir, 'manifest.json'))) {
-      void vscode.window.showErrorMessage(`Routescope: ${dir} is not a reference set (no manifest.json); build one with \`routescope reference build\`.`);
+    const isReference = (dir: string): boolean => fs.existsSync(path.join(dir, 'manifest.json')) && fs.existsSync(path.join(dir, 'routing.safetensors'));
+    const found = (await vscode.workspace.findFiles('**/manifest.json', '**/node_modules/**', 50)).map((u) => path.dirname(u.fsPath)).filter(isReference);
+    const title = 'Routescope: Re-mix (C3PO) needs a reference set (routescope reference build --model MODEL --data TASKS.jsonl --out REF)';
+    type Choice = vscode.QuickPickItem & { dir?: string; action?: 'type' | 'browse' };
+    const choice = await vscode.window.showQuickPick<Choice>([
+      ...found.map((dir) => ({ label: `$(database) ${path.basename(dir)}`, description: vscode.workspace.asRelativePath(dir), dir })),
+      { label: '$(edit) Type the folder\'s path…', action: 'type' },
+      { label: '$(folder-opened) Browse…', action: 'browse' },
+    ], { title, placeHolder: 'The folder is saved to routescope.c3po.reference' });
+    if (!choice) return undefined;
+    let dir = choice.dir;
+    if (choice.action === 'type') {
+      const workspace = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+      dir = await vscode.window.showInputBox({
+        title,
+        prompt: 'The folder `routescope reference build --out` wrote (it holds manifest.json and routing.safetensors)',
+        value: workspace ? `${workspace}${path.sep}` : '',
+        ignoreFocusOut: true,
+        validateInput: (v) => (v.trim() === '' ? 'Enter a folder' : isReference(v.trim()) ? undefined : `${v.trim()} is not a reference set (no manifest.json and routing.safetensors)`),
+      });
+      dir = dir?.trim();
+    } else if (choice.action === 'browse') {
+      const defaultUri = vscode.workspace.workspaceFolders?.[0]?.uri;
+      const uris = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, canSelectMany: false, openLabel: 'Use Reference Set', title, ...(defaultUri ? { defaultUri } : {}) });
+      dir = uris?.[0]?.fsPath;
+    }
+    if (!dir) return undefined;
+    if (!isReference(dir)) {
+      void vscode.window.showErrorMessage(`Routescope: ${dir} is not a reference set (no manifest.json and routing.safetensors); build one with \`routescope reference build\`.`);
       return undefined;
     }
     await saveReferenceSetting(dir);
@@ -52,10 +75,8 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
       const { c3po, embedding } = adaptSettings();
       const { c3poMethod: method, maxNewTokens } = editorSettings();
       const input = toInput(session, text);
-      const result = await vscode.window.withProgress(
-        { location: vscode.ProgressLocation.Notification, title: `Routescope: re-mixing with C3PO (${method})`, cancellable: true },
-        (_progress, token) => session.host.request('remix', { ...input, referenceDir: dir, method, c3po, embedding, maxNewTokens }, { token }),
-      );
+      const result = await withRunProgress(`Routescope: re-mixing with C3PO (${method})`, ({ token }) =>
+        session.host.request('remix', { ...input, referenceDir: dir, method, c3po, embedding, maxNewTokens }, { token }));
       const o = result.comparison.outcome;
       out.appendLine(`re-mix (${method}) with ${dir}: layers ${o.layers.join(',')}, ${result.neighbours.length} neighbours${o.skipped ? `, skipped: ${o.skipped}` : ''}`);
       panel.show({ kind: 'remix', prompt: text, method, result });
@@ -74,14 +95,12 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
       const { reroute } = adaptSettings();
       const input = toInput(session, text);
       const rounds: NativeRerouteRound[] = [];
-      const result = await vscode.window.withProgress(
-        { location: vscode.ProgressLocation.Notification, title: 'Routescope: generating with rerouting', cancellable: true },
-        (progress, token) =>
+      const result = await withRunProgress('Routescope: generating with rerouting', (progress) =>
           session.host.request('reroute', { ...input, settings: reroute, maxNewTokens: editorSettings().maxNewTokens }, {
-            token,
+            token: progress.token,
             onEvent: (event) => {
               rounds.push(event.round);
-              progress.report({ message: `round ${rounds.length} at position ${event.round.position}` });
+              progress.report(`round ${rounds.length} at position ${event.round.position}`);
               panel.show({ kind: 'reroute-progress', prompt: text, rounds: [...rounds] });
             },
           }),
@@ -120,19 +139,16 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
       const { headroom } = adaptSettings();
       const records: HeadroomItemRecord[] = [];
       const name = path.basename(source.name);
-      const result = await vscode.window.withProgress(
-        { location: vscode.ProgressLocation.Notification, title: `Routescope: routing headroom of ${name} (analysis only: uses the labels)`, cancellable: true },
-        (progress, token) =>
-          session.host.request('headroom', { items, settings: headroom }, {
-            token,
-            onEvent: (event) => {
-              records.push(event.record);
-              progress.report({ increment: 100 / event.total, message: `${event.done} of ${event.total} items` });
-              const summary = summariseHeadroom(records, event.total, false, headroom);
-              headroomPanel.show({ kind: 'running', source: name, done: event.done, total: event.total, records: [...records], summary });
-            },
-          }),
-      );
+      const result = await withRunProgress(`Routescope: routing headroom of ${name} (analysis only: uses the labels)`, (progress) =>
+        session.host.request('headroom', { items, settings: headroom }, {
+          token: progress.token,
+          onEvent: (event) => {
+            records.push(event.record);
+            progress.report(`${event.done} of ${plural(event.total, 'item')}`, 100 / event.total);
+            const summary = summariseHeadroom(records, event.total, false, headroom);
+            headroomPanel.show({ kind: 'running', source: name, done: event.done, total: event.total, records: [...records], summary });
+          },
+        }));
       const s = result.summary;
       out.appendLine(`routing headroom of ${source.name} (analysis only): ${s.completed} of ${s.items} items, ${s.wrong} wrong, fixed by routing ${s.fixedItems.length}`);
       headroomPanel.show({ kind: 'done', source: name, records: result.records, summary: s });

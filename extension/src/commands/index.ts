@@ -33,6 +33,7 @@ export function registerCommands(c: CommandContext): vscode.Disposable[] {
     'routescope.compareWithPrevious': runs.compareWithPrevious,
     'routescope.compareTwoPrompts': runs.compareTwoPrompts,
     'routescope.showRun': runs.showRun,
+    'routescope.cancelRun': runs.cancelRun,
     'routescope.editPatch': patch.editPatch,
     'routescope.clearPatch': patch.clearPatch,
     'routescope.maskExpert': patch.maskExpert,

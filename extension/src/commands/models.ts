@@ -6,6 +6,7 @@ import * as vscode from 'vscode';
 import { FILE_KINDS, readTextFile } from '../common/files';
 import { EngineError } from '../engine/protocol';
 import { editorSettings } from '../editorConfig';
+import { withRunProgress } from './progress';
 import { report, type CommandContext } from './context';
 import { jsonErrorText } from '../../../common/src/jsonError';
 
@@ -57,9 +58,9 @@ export function modelCommands(c: CommandContext) {
     }
     const { threads, backend } = editorSettings();
     try {
-      const loaded = await vscode.window.withProgress(
-        { location: vscode.ProgressLocation.Notification, title: `Routescope: opening ${path.basename(dir)}`, cancellable: true },
-        async (_progress, token) => {
+      const loaded = await withRunProgress(
+        `Routescope: opening ${path.basename(dir)}`,
+        async ({ token }) => {
           // Loading is one native call; Cancel stops the engine process (which frees whatever it mapped).
           const sub = token.onCancellationRequested(() => void session.host.restart());
           try {

@@ -1,6 +1,6 @@
 // Run commands: Inspect Routing, Generate, Re-run with Patch, Compare with Previous Run, Compare Two Prompts, Show
-// Run. Engine work runs under a cancellable progress notification whose Cancel reaches the engine process; a
-// comparison's counts come from runs/compare.ts, the same rule the routing panel draws.
+// Run, Cancel Run. Engine work runs under withRunProgress (progress.ts): Cancel in its notification or in the routing
+// panel reaches the engine process; a comparison's counts come from runs/compare.ts, the rule the routing panel draws.
 import * as vscode from 'vscode';
 import type { RoutingPatch } from '../../../common/src/patch';
 import type { RoutingSpan } from '../../../common/src/routing';
@@ -11,13 +11,18 @@ import { inspectRun, generateRun } from '../runs/runner';
 import { editorSettings } from '../editorConfig';
 import { errorText, report, runFromArg, type CommandContext } from './context';
 import type { ModelCommands } from './models';
-import { askPrompt, resolvePrompt, toInput } from './prompts';
+import { resolvePrompt, toInput } from './prompts';
+import { pickTwoPrompts } from './promptPairs';
+import { withRunProgress } from './progress';
+import { oneLineText, plural } from '../../../common/src/format';
 
 export type RunKindRequested = 'inspect' | 'generate';
 
 export function runCommands(c: CommandContext, models: ModelCommands) {
   const { session } = c;
   const out = session.output;
+  /** Runs in progress: id → cancel. */
+  const running = new Map<number, () => void>();
 
   /** Runs `text` (with the session's patch unless `patch` says otherwise: null = none), streaming to the panel. */
   const execute = async (kind: RunKindRequested, text: string, options: { baseRunId?: number; show?: boolean; label?: string; patch?: RoutingPatch | null } = {}): Promise<Run | undefined> => {
@@ -25,13 +30,15 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     let run: Run | undefined;
     try {
       const input = toInput(session, text);
-      return await vscode.window.withProgress(
-        { location: vscode.ProgressLocation.Notification, title: kind === 'inspect' ? 'Routescope: inspecting routing' : 'Routescope: generating', cancellable: true },
-        async (progress, token) => {
+      const id = session.runs.nextId();
+      return await withRunProgress(
+        kind === 'inspect' ? 'Routescope: inspecting routing' : 'Routescope: generating',
+        async (progress) => {
+          const token = progress.token;
           const numLayers = session.model?.info.moeLayers.length ?? 0;
           const seen = new Set<number>();
           const request = {
-            id: session.runs.nextId(),
+            id,
             input,
             ...(patch ? { patch } : {}),
             ...(options.baseRunId !== undefined ? { baseRunId: options.baseRunId } : {}),
@@ -40,9 +47,9 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
             onUpdate: (r: Run, span?: RoutingSpan) => {
               if (span && !seen.has(span.layer)) {
                 seen.add(span.layer);
-                if (kind === 'inspect') progress.report({ message: `layer ${seen.size}/${numLayers}`, increment: 100 / Math.max(1, numLayers) });
+                if (kind === 'inspect') progress.report(`layer ${seen.size}/${numLayers}`, 100 / Math.max(1, numLayers));
               } else if (!span) {
-                progress.report({ message: `${r.tokens.length - r.promptTokens} tokens` });
+                progress.report(plural(r.tokens.length - r.promptTokens, 'token'));
               }
               session.runs.updated(r);
               c.display()?.update(r, span);
@@ -58,10 +65,11 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
             : await generateRun(session.host, { ...request, maxNewTokens: editorSettings().maxNewTokens }, onStart);
           session.runs.updated(done);
           c.display()?.update(done);
-          out.appendLine(`run #${done.id} (${kind}) finished: ${done.tokens.length} tokens in ${((done.finishedAt! - done.startedAt) / 1000).toFixed(2)} s${done.patch ? ', patched' : ''}`);
+          out.appendLine(`run #${done.id} (${kind}) finished: ${plural(done.tokens.length, 'token')} in ${((done.finishedAt! - done.startedAt) / 1000).toFixed(2)} s${done.patch ? ', patched' : ''}`);
           return done;
         },
-      );
+        (cancelRun) => running.set(id, cancelRun),
+      ).finally(() => running.delete(id));
     } catch (error) {
       if (run) {
         run.error = isCancelled(error) ? 'cancelled' : errorText(error);
@@ -78,7 +86,26 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     if (!(await models.ensureModel())) return undefined;
     const text = await resolvePrompt(session, arg, kind === 'inspect' ? 'Routescope: Inspect Routing' : 'Routescope: Generate');
     if (text === undefined) return undefined;
-    return execute(kind, text);
+    const run = await execute(kind, text);
+    if (run && kind === 'generate') announceGenerated(run);
+    return run;
+  };
+
+  /** The generated text as text: the output channel gets all of it, a notification the start (and a way to copy). */
+  const announceGenerated = (run: Run): void => {
+    const generated = run.generatedText ?? '';
+    const count = run.tokens.length - run.promptTokens;
+    out.appendLine(`run #${run.id} generated ${plural(count, 'token')}:\n${run.prompt}${generated}`);
+    const shown = oneLineText(generated, 160);
+    void vscode.window.showInformationMessage(`Routescope: generated ${plural(count, 'token')}: “${shown}”`, 'Copy Text', 'Show Output').then((choice) => {
+      if (choice === 'Copy Text') void vscode.env.clipboard.writeText(generated);
+      else if (choice === 'Show Output') out.show(true);
+    });
+  };
+
+  /** Cancels a run still in progress (from the routing panel's Cancel). */
+  const cancelRun = (id: unknown): void => {
+    if (typeof id === 'number') running.get(id)?.();
   };
 
   /** A finished run picked from a quick pick (newest first). */
@@ -115,17 +142,18 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     showComparison(run, base);
   };
 
-  const compareTwoPrompts = async (): Promise<void> => {
+  /** Two prompts (from prompt files, an editor holding two "## " sections, or typed), inspected and compared. */
+  const compareTwoPrompts = async (arg?: unknown): Promise<void> => {
     if (!(await models.ensureModel())) return;
-    const first = await askPrompt(session, 'Routescope: Compare Two Prompts (1/2)');
-    if (first === undefined) return;
-    const second = await askPrompt(session, 'Routescope: Compare Two Prompts (2/2)', first);
-    if (second === undefined) return;
+    const pair = await pickTwoPrompts(session, arg);
+    if (!pair) return;
+    const [first, second] = pair;
     const a = await execute('inspect', first, { show: false });
     if (!a) return;
     const b = await execute('inspect', second, { show: false, baseRunId: a.id });
     if (!b) return;
-    showComparison(b, a);
+    // A is the first prompt, B the second, in the panel as in the order they were given.
+    showComparison(a, b);
   };
 
   /** The run's prompt without and with the session's patch, compared (the patch is the one the host holds). */
@@ -164,6 +192,7 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     compareWithPrevious,
     compareTwoPrompts,
     showRun,
+    cancelRun,
   };
 }
 

@@ -6,6 +6,7 @@ import type { CancellationLike, EngineHost } from '../engine/host';
 import type { LoadResult } from '../engine/protocol';
 import { serializePatch, isEmptyPatch, type RoutingPatch } from '../../../common/src/patch';
 import { LayerRouting, type RoutingSpan } from '../../../common/src/routing';
+import { oneLineText } from '../../../common/src/format';
 import type { Run, RunKind, RunModel } from './run';
 
 export type PromptInput = { text: string } | { tokens: number[] };
@@ -45,11 +46,6 @@ export function runModel(loaded: LoadResult): RunModel {
   };
 }
 
-function oneLine(text: string, max = 40): string {
-  const flat = text.replace(/\s+/g, ' ').trim();
-  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
-}
-
 async function resolveTokens(host: EngineHost, input: PromptInput): Promise<{ prompt: string; tokens: number[]; tokenText: string[] }> {
   if ('text' in input) {
     const { tokens, tokenText } = await host.request('tokenize', { text: input.text });
@@ -67,7 +63,7 @@ function newRun(kind: RunKind, request: RunRequest, model: RunModel, prompt: str
   return {
     id: request.id,
     kind,
-    label: request.label ?? `${verb}${patch ? ' (patched)' : ''}: ${oneLine(prompt)}`,
+    label: request.label ?? `${verb}${patch ? ' (patched)' : ''}: ${oneLineText(prompt)}`,
     prompt,
     model,
     patch,

@@ -19,7 +19,8 @@ const fmt = (x: number, d = 3): string => (Number.isFinite(x) ? x.toFixed(d) : S
 const STYLE = `
 body { font-family: var(--vscode-font-family); font-size: var(--vscode-font-size); color: var(--vscode-foreground); background: var(--vscode-editor-background); padding: 0 12px 16px; }
 h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.4em; } h3 { font-size: 1em; margin: 1em 0 .3em; }
-table { border-collapse: collapse; margin: .4em 0; }
+/* A table wider than a half-width panel (δ over 64 experts) scrolls sideways instead of being cut off. */
+table { border-collapse: collapse; margin: .4em 0; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid var(--vscode-panel-border, var(--vscode-contrastBorder, transparent)); padding: 2px 6px; text-align: left; vertical-align: top; }
 th { color: var(--vscode-descriptionForeground); font-weight: 600; }
 .bars { display: grid; grid-template-columns: 4em 1fr 1fr; gap: 1px 8px; align-items: center; }
@@ -33,6 +34,8 @@ pre:focus, section:focus, table:focus { outline: 1px solid var(--vscode-focusBor
 .muted { color: var(--vscode-descriptionForeground); }
 .changed { color: var(--vscode-editorWarning-foreground); }
 .row { display: contents; }
+.axis > span { color: var(--vscode-descriptionForeground); font-size: .85em; }
+.scale { display: flex; justify-content: space-between; border-bottom: 1px solid var(--vscode-descriptionForeground); }
 ${Array.from({ length: 101 }, (_, i) => `.w${i} { width: ${i}%; }`).join('\n')}
 `;
 
@@ -78,14 +81,16 @@ function remixBody(v: Extract<AdaptView, { kind: 'remix' }>): string {
     parts.push(`<tr><th scope="row">${l}</th><td>${s.before.join(', ')}</td><td${changed ? ' class="changed"' : ''}>${s.after.join(', ')}${changed ? ' (changed)' : ''}</td></tr>`);
   }
   parts.push('</tbody></table>');
-  parts.push('<h2>ω per critical layer</h2><p class="muted">Bars: before (first) and after (second); core experts in bold.</p>');
+  parts.push('<h2>ω per critical layer</h2><p class="muted">ω = the router probability of each expert at the last prompt token. Bars: before (first) and after (second), on the scale shown above them; core experts in bold.</p>');
   for (const l of o.layers) {
     const before = o.omegaBefore[String(l)];
     const after = o.omegaAfter[String(l)];
     if (!before || !after) continue;
     const core = new Set(o.core[String(l)] ?? []);
     const max = Math.max(1e-12, ...before, ...after);
-    const rows: string[] = [];
+    const scale = `<span class="scale" aria-hidden="true"><span>0</span><span>${fmt(max / 2, 2)}</span><span>${fmt(max, 2)}</span></span>`;
+    const rows: string[] = [`<div class="row axis" role="presentation"><span>expert</span><span>ω before (probability)</span><span>ω after (probability)</span></div>`,
+      `<div class="row axis" role="presentation" aria-hidden="true"><span></span>${scale}${scale}</div>`];
     for (let e = 0; e < before.length; e++) {
       const label = `expert ${e}${core.has(e) ? ' (core)' : ''}: ω ${fmt(before[e])} → ${fmt(after[e])}`;
       rows.push(`<div class="row${core.has(e) ? ' core' : ''}" role="listitem" aria-label="${escapeHtml(label)}" title="${escapeHtml(label)}">` +

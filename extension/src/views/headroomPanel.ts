@@ -1,18 +1,20 @@
 // The routing-headroom panel: one WebviewPanel showing the last headroom analysis, updated as items finish (HTML
-// from views/headroomHtml.ts; no scripts, strict CSP with a nonce).
+// from views/headroomHtml.ts; no scripts, strict CSP with a nonce), in the group of the other result panels.
 import { randomBytes } from 'node:crypto';
 import * as vscode from 'vscode';
 import { headroomPanelHtml, type HeadroomView } from './headroomHtml';
+import { resultColumn, trackResultPanel } from './columns';
 
 export class HeadroomPanel {
   private panel: vscode.WebviewPanel | undefined;
 
   show(view: HeadroomView): void {
     if (!this.panel) {
-      this.panel = vscode.window.createWebviewPanel('routescope.headroom', 'Routescope: Routing Headroom (analysis only)', { viewColumn: vscode.ViewColumn.Beside, preserveFocus: true }, {
+      this.panel = vscode.window.createWebviewPanel('routescope.headroom', 'Routescope: Routing Headroom (analysis only)', { viewColumn: resultColumn(), preserveFocus: true }, {
         enableScripts: false,
         localResourceRoots: [],
       });
+      trackResultPanel(this.panel);
       this.panel.onDidDispose(() => (this.panel = undefined));
     } else if (view.kind === 'done') {
       this.panel.reveal(undefined, true);

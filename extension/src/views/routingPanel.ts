@@ -10,6 +10,7 @@ import type { RoutingPatch } from '../../../common/src/patch';
 import type { PatchEdit } from '../../../common/src/patchEdit';
 import type { RoutingSpan } from '../../../common/src/routing';
 import {
+  CancelRunCommand,
   CompareClearedNotification,
   decodeWebviewMessage,
   EditPatchCommand,
@@ -29,6 +30,7 @@ import type { Run } from '../runs/run';
 import { editorSettings } from '../editorConfig';
 import { routingPanelHtml } from './routingHtml';
 import { RunSender } from './runStream';
+import { resultColumn, trackResultPanel } from './columns';
 
 export interface RoutingPanelDeps {
   /** The run store: a run by id (undefined once dropped). */
@@ -168,6 +170,8 @@ export class RoutingPanel implements vscode.Disposable {
       if (typeof prompt === 'string') this.hub.fireRerun({ run: undefined, prompt, ...(modelDir ? { modelDir } : {}) });
     } else if (RequestCompareCommand.is(message)) {
       void this.pickCompare(message.params.runId);
+    } else if (CancelRunCommand.is(message)) {
+      if (typeof message.params.runId === 'number') this.hub.fireCancel(message.params.runId);
     } else if (ExportCommand.is(message)) {
       const run = this.runById(message.params.runId);
       if (run) this.hub.fireExport({ run, format: message.params.format === 'csv' ? 'csv' : 'safetensors' });
@@ -217,14 +221,18 @@ export class RoutingPanels implements vscode.Disposable {
   current: RoutingPanel | undefined;
   private readonly rerunEmitter = new vscode.EventEmitter<RerunEvent>();
   private readonly exportEmitter = new vscode.EventEmitter<ExportEvent>();
+  private readonly cancelEmitter = new vscode.EventEmitter<number>();
   readonly onDidRequestRerun = this.rerunEmitter.event;
   readonly onDidRequestExport = this.exportEmitter.event;
+  /** The panel's Cancel: the id of the run to cancel. */
+  readonly onDidRequestCancel = this.cancelEmitter.event;
   private readonly disposables: vscode.Disposable[] = [];
 
   constructor(private readonly context: vscode.ExtensionContext, readonly deps: RoutingPanelDeps) {
     this.disposables.push(
       this.rerunEmitter,
       this.exportEmitter,
+      this.cancelEmitter,
       vscode.window.registerWebviewPanelSerializer(RoutingPanel.viewType, {
         deserializeWebviewPanel: async (panel: vscode.WebviewPanel, state: unknown) => this.restore(panel, state as PanelState | undefined),
       }),
@@ -234,15 +242,17 @@ export class RoutingPanels implements vscode.Disposable {
 
   show(run: Run, options: ShowOptions = {}): RoutingPanel {
     if (!this.current) {
+      // Beside the prompt (its code lenses stay in view), keeping the keyboard in the editor.
       const panel = vscode.window.createWebviewPanel(
         RoutingPanel.viewType,
         `Routing: ${run.label}`,
-        { viewColumn: options.viewColumn ?? vscode.ViewColumn.Active, preserveFocus: options.preserveFocus ?? false },
+        { viewColumn: options.viewColumn ?? resultColumn(), preserveFocus: options.preserveFocus ?? true },
         { enableScripts: true, localResourceRoots: [vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview')] },
       );
+      trackResultPanel(panel);
       this.current = new RoutingPanel(panel, this.context, this);
     } else {
-      this.current.panel.reveal(options.viewColumn, options.preserveFocus ?? false);
+      this.current.panel.reveal(options.viewColumn, options.preserveFocus ?? true);
     }
     this.current.setRun(run, options.compare);
     return this.current;
@@ -254,6 +264,7 @@ export class RoutingPanels implements vscode.Disposable {
 
   private async restore(panel: vscode.WebviewPanel, state: PanelState | undefined): Promise<void> {
     this.current?.panel.dispose();
+    trackResultPanel(panel);
     const restored = new RoutingPanel(panel, this.context, this);
     this.current = restored;
     const run = state?.runId !== undefined ? this.deps.getRun(state.runId) : undefined;
@@ -267,6 +278,7 @@ export class RoutingPanels implements vscode.Disposable {
 
   /** @internal */ fireRerun(e: RerunEvent): void { this.rerunEmitter.fire(e); }
   /** @internal */ fireExport(e: ExportEvent): void { this.exportEmitter.fire(e); }
+  /** @internal */ fireCancel(runId: number): void { this.cancelEmitter.fire(runId); }
   /** @internal */ forget(panel: RoutingPanel): void {
     if (this.current === panel) this.current = undefined;
   }

@@ -28,6 +28,7 @@ import {
 import type { PairSide, SteerMode } from '../../../common/src/statsQueries';
 import type { PromptSet } from '../stats/promptSet';
 import { routingPanelHtml } from './routingHtml';
+import { resultColumn, trackResultPanel } from './columns';
 
 /** What the panel's buttons ask of the commands (commands/stats.ts). */
 export interface StatsPanelActions {
@@ -69,11 +70,13 @@ export class StatsPanel implements vscode.Disposable {
       return;
     }
     const webviewRoot = vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview');
-    // Beside the editor (the prompt file keeps its code lenses); the aggregate is re-sent when the page reloads.
-    const panel = vscode.window.createWebviewPanel(StatsPanel.viewType, title, { viewColumn: vscode.ViewColumn.Beside, preserveFocus: true }, {
+    // Beside the editor, among the other result panels (the prompt file keeps its code lenses); the aggregate is
+    // re-sent when the page reloads.
+    const panel = vscode.window.createWebviewPanel(StatsPanel.viewType, title, { viewColumn: resultColumn(), preserveFocus: true }, {
       enableScripts: true,
       localResourceRoots: [webviewRoot],
     });
+    trackResultPanel(panel);
     panel.iconPath = vscode.Uri.joinPath(this.context.extensionUri, 'media', 'routescope.svg');
     this.ready = false;
     panel.webview.html = routingPanelHtml({

@@ -9,6 +9,7 @@ import type { CellRef, RoutingGrid } from '../grid';
 import { $ } from '../page';
 import type { RunRouting } from '../runData';
 import type { Theme } from '../theme';
+import { Tooltip } from '../tooltip';
 
 const PIN_HINT = '<p class="muted">Click a cell (or select it with the arrow keys and press Enter) to pin its details here.</p>';
 
@@ -24,7 +25,7 @@ export interface CellViewsContext {
 }
 
 export class CellViews {
-  private readonly tooltip = $('tooltip');
+  private readonly tooltip = new Tooltip($('tooltip'));
   private readonly pinnedHost = $('pinned');
 
   constructor(private readonly c: CellViewsContext) {
@@ -54,29 +55,16 @@ export class CellViews {
   showTooltip(cell: CellRef | undefined, x: number, y: number): void {
     const d = cell && this.details(cell);
     if (!d) return this.hideTooltip();
-    renderCellDetails(this.tooltip, d, this.c.theme(), this.c.patch(), 260);
-    this.placeTooltip(x, y);
+    renderCellDetails(this.tooltip.element, d, this.c.theme(), this.c.patch(), 260);
+    this.tooltip.place(x, y);
   }
 
   showText(text: string | undefined, x: number, y: number): void {
-    if (!text) return this.hideTooltip();
-    this.tooltip.replaceChildren(document.createTextNode(text));
-    this.placeTooltip(x, y);
-  }
-
-  private placeTooltip(x: number, y: number): void {
-    const tooltip = this.tooltip;
-    tooltip.hidden = false;
-    const w = tooltip.offsetWidth;
-    const h = tooltip.offsetHeight;
-    const left = x + 16 + w > window.innerWidth ? Math.max(0, x - 16 - w) : x + 16;
-    const top = y + 16 + h > window.innerHeight ? Math.max(0, y - 16 - h) : y + 16;
-    tooltip.style.left = `${left}px`;
-    tooltip.style.top = `${top}px`;
+    this.tooltip.showText(text, x, y);
   }
 
   hideTooltip(): void {
-    this.tooltip.hidden = true;
+    this.tooltip.hide();
   }
 
   renderPinned(pinned: CellRef | undefined): void {
@@ -93,8 +81,8 @@ export class CellViews {
     if (chart) {
       chart.title = 'Click a bar to pick that expert for editing';
       chart.addEventListener('click', (e) => {
-        const rect = chart.getBoundingClientRect();
-        this.c.pick(layer, expertAtChartX(e.clientX - rect.left, rect.width, d.run.E), true);
+        const expert = expertAtChartX(chart, e.clientX - chart.getBoundingClientRect().left);
+        if (expert !== undefined && expert < d.run.E) this.c.pick(layer, expert, true);
       });
     }
     const quick = document.createElement('div');

@@ -1,5 +1,6 @@
 // The legend above the grid: what the colours mean for the metric shown, with each metric's unit.
 import type { Metric } from '../../../common/src/panelProtocol';
+import { QUANTITY, quantityLabel } from '../../../common/src/quantities';
 import { expertHex } from '../colors';
 import { fixed } from '../format';
 import type { RunRouting } from '../runData';
@@ -7,7 +8,7 @@ import type { Theme } from '../theme';
 
 export const METRIC_LABELS: Record<Metric, string> = {
   expert: 'Top-1 expert',
-  entropy: 'Router entropy ÷ ln E',
+  entropy: 'Router entropy (nats)',
   weight: 'Top-1 weight',
   change: 'Change vs compared run',
 };
@@ -52,12 +53,15 @@ export function renderLegend(legend: HTMLElement, o: { metric: Metric; primary: 
   } else {
     const ramp = document.createElement('span');
     ramp.className = 'ramp';
-    add(metric === 'entropy' ? `Router entropy ÷ ln ${primary?.E ?? 'E'} (0 = one expert, 1 = uniform): 0` : 'Top-1 weight: 0');
+    // Entropy is stored as a fraction of ln E (the colour position); it is written in nats.
+    const E = primary?.E ?? 2;
+    const scale = metric === 'entropy' ? Math.log(E) : 1;
+    add(metric === 'entropy' ? `${quantityLabel(QUANTITY.routerEntropy)}: 0 (one expert)` : `${quantityLabel(QUANTITY.top1Weight)}: 0`);
     legend.appendChild(ramp);
-    add('1');
+    add(metric === 'entropy' ? `${fixed(scale, 2)} = ln ${E} (uniform)` : '1');
     if (primary) {
       const range = observedRange(primary, metric === 'entropy' ? primary.entropy : primary.top1Weight);
-      if (range) add(`(this run: ${fixed(range[0], 3)} – ${fixed(range[1], 3)})`);
+      if (range) add(`(this run: ${fixed(range[0] * scale, 3)} – ${fixed(range[1] * scale, 3)})`);
     }
   }
   if (o.comparing && metric !== 'change') add(' · bottom band Δ: red = top-1 changed, orange = other top-k changed');

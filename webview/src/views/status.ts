@@ -11,7 +11,9 @@ export function renderStatus(primary: RunRouting, gridCanvas: HTMLCanvasElement)
   else if (info.finishedAt === undefined) parts.push(`running: ${primary.layersArrived} / ${primary.layers.length} layers`);
   else parts.push(`finished in ${((info.finishedAt - info.startedAt) / 1000).toFixed(2)} s`);
   $('run-status').textContent = parts.join(' · ');
+  $('run-label').parentElement!.title = `${info.label} · ${parts.join(' · ')}`;
   gridCanvas.dataset.streaming = String(info.finishedAt === undefined && !info.error);
+  $('cancel-run').hidden = info.finishedAt !== undefined || info.error !== undefined;
   $<HTMLButtonElement>('export-st').disabled = info.finishedAt === undefined;
   $<HTMLButtonElement>('export-csv').disabled = info.finishedAt === undefined;
 }
@@ -21,6 +23,7 @@ export function showUnavailable(label: string | undefined, prompt: string | unde
   $('grid-host').hidden = true;
   $('panels').hidden = true;
   $('legend').hidden = true;
+  $('text-panel').hidden = true;
   for (const c of document.querySelectorAll<HTMLElement>('.toolbar > :not(.title)')) c.hidden = true;
   $('unavailable').hidden = false;
   $('run-label').textContent = label ?? 'Routing';
@@ -35,5 +38,6 @@ export function hideUnavailable(): void {
   $('grid-host').hidden = false;
   $('panels').hidden = false;
   $('legend').hidden = false;
-  for (const c of document.querySelectorAll<HTMLElement>('.toolbar > :not(.title):not(#stop-compare)')) c.hidden = false;
+  $('text-panel').hidden = false;
+  for (const c of document.querySelectorAll<HTMLElement>('.toolbar > :not(.title)')) c.hidden = false;
 }

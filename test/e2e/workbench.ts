@@ -1,0 +1,186 @@
+// Page helpers for the end-to-end tests in code-server (not a test file): the command palette, tree views,
+// notifications, the webviews inside their two nested iframes, the Routescope panels' data attributes, colour themes
+// (switched through the user settings file, waited for on the page) and screenshots. Every wait is for a condition
+// on the page, never a fixed delay: the machine running these may be heavily loaded.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { FrameLocator, Locator, Page } from 'playwright-core';
+
+export const STEP_MS = 120_000;
+export const UI_MS = 20_000;
+
+export type ThemeName = 'dark' | 'light' | 'high-contrast';
+/** VS Code's built-in themes and the class each puts on the workbench and on a webview's body. */
+const THEMES: Record<ThemeName, { label: string; workbench: string; webview: string }> = {
+  dark: { label: 'Dark Modern', workbench: 'vs-dark', webview: 'vscode-dark' },
+  light: { label: 'Light Modern', workbench: 'vs', webview: 'vscode-light' },
+  'high-contrast': { label: 'Dark High Contrast', workbench: 'hc-black', webview: 'vscode-high-contrast' },
+};
+export const THEME_NAMES = Object.keys(THEMES) as ThemeName[];
+
+export class Workbench {
+  readonly shots: string[] = [];
+
+  constructor(
+    readonly page: Page,
+    private readonly outDir: string,
+    private readonly settingsFile: string,
+  ) {}
+
+  /** Polls `probe` until it returns a value (not undefined) or the time is up; then throws `what` with the last probe. */
+  async until<T>(what: string, probe: () => Promise<T | undefined>, timeout = STEP_MS): Promise<T> {
+    const deadline = Date.now() + timeout;
+    let last: unknown;
+    while (Date.now() < deadline) {
+      try {
+        const value = await probe();
+        if (value !== undefined) return value;
+      } catch (error) {
+        last = error;
+      }
+      await this.page.waitForTimeout(200);
+    }
+    throw new Error(`timed out waiting for ${what}${last ? ` (${(last as Error).message})` : ''}`);
+  }
+
+  async shot(name: string): Promise<void> {
+    const file = path.join(this.outDir, `${String(this.shots.length + 1).padStart(2, '0')}-${name}.png`);
+    await this.page.screenshot({ path: file });
+    this.shots.push(file);
+  }
+
+  async runCommand(title: string, prefix = 'Routescope: '): Promise<void> {
+    const page = this.page;
+    for (let attempt = 0; attempt < 8; attempt++) {
+      await page.keyboard.press('Escape');
+      await page.keyboard.press('F1');
+      const input = page.locator('.quick-input-widget input.input');
+      await input.waitFor({ state: 'visible', timeout: 10_000 });
+      await input.fill(`>${prefix}${title}`);
+      const row = page.locator('.quick-input-list .monaco-list-row', { hasText: `${prefix}${title}` }).first();
+      try {
+        await row.waitFor({ state: 'visible', timeout: 3_000 });
+        await input.press('Enter');
+        return;
+      } catch {
+        // The palette snapshots commands when opened: the extension may not have activated yet.
+        await page.keyboard.press('Escape');
+      }
+    }
+    throw new Error(`command "${prefix}${title}" never appeared in the palette`);
+  }
+
+  view(name: string): Locator {
+    return this.page.locator(`.pane:has(.pane-header[aria-label^="${name}"])`);
+  }
+
+  async treeRows(name: string): Promise<string[]> {
+    return this.view(name).locator('.monaco-list-row').allInnerTexts();
+  }
+
+  /** A notification's text: from its toast, or from the notification centre once the toast has timed out. */
+  async waitForNotification(pattern: RegExp, timeout = STEP_MS): Promise<string> {
+    const message = this.page.locator('.notification-list-item-message', { hasText: pattern }).first();
+    const started = Date.now();
+    let centre = false;
+    const text = await this.until(`a notification matching ${pattern}`, async () => {
+      if ((await message.count()) > 0 && (await message.isVisible())) return message.innerText();
+      if (!centre && Date.now() - started > 5_000) {
+        centre = true;
+        await this.runCommand('Notifications: Show Notifications', '');
+      }
+      return undefined;
+    }, timeout);
+    if (centre) await this.page.keyboard.press('Escape');
+    return text;
+  }
+
+  async clearNotifications(): Promise<void> {
+    await this.runCommand('Notifications: Clear All Notifications', '');
+  }
+
+  /** Progress notifications still on screen (their message text). */
+  async progressToasts(): Promise<string[]> {
+    return this.page.locator('.notification-toast:has(.monaco-progress-container.active)').allInnerTexts();
+  }
+
+  /** Waits until no progress notification is on screen (a finished run's must close); returns what stayed. */
+  async progressClosed(timeout = UI_MS): Promise<string[]> {
+    const deadline = Date.now() + timeout;
+    let open = await this.progressToasts();
+    while (open.length > 0 && Date.now() < deadline) {
+      await this.page.waitForTimeout(200);
+      open = await this.progressToasts();
+    }
+    return open;
+  }
+
+  /** Waits until the Runs view lists `count` finished runs; returns the rows (newest first). */
+  async waitForRuns(count: number): Promise<string[]> {
+    return this.until(`${count} finished runs in the Runs view`, async () => {
+      const rows = await this.treeRows('Runs');
+      return rows.length >= count && !rows.some((r) => /running…/.test(r)) ? rows : undefined;
+    });
+  }
+
+  async showEditor(name: string): Promise<void> {
+    await this.page.locator('.tabs-container .tab', { hasText: name }).first().click();
+    await this.page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible' });
+  }
+
+  /** The `#active-frame` of the webview whose document holds `selector` (a panel's own element). */
+  async webview(selector: string, timeout = STEP_MS): Promise<FrameLocator> {
+    return this.until(`a webview holding ${selector}`, async () => {
+      const n = await this.page.locator('iframe.webview').count();
+      for (let i = 0; i < n; i++) {
+        const frame = this.page.frameLocator('iframe.webview').nth(i).frameLocator('#active-frame');
+        if ((await frame.locator(selector).count()) > 0 && (await frame.locator(selector).first().isVisible())) return frame;
+      }
+      return undefined;
+    }, timeout);
+  }
+
+  /** Editor groups side by side in the window. */
+  async editorGroups(): Promise<number> {
+    return this.page.locator('.editor-group-container').count();
+  }
+
+  /** Switches the colour theme as a user does (Preferences: Color Theme) and waits for the workbench and `frames`. */
+  async setTheme(theme: ThemeName, frames: FrameLocator[] = []): Promise<void> {
+    const t = THEMES[theme];
+    if ((await this.page.locator(`.monaco-workbench.${t.workbench}`).count()) === 0) {
+      // Ctrl+K Ctrl+T opens the theme picker itself (the palette would also offer "Browse Color Themes in Marketplace").
+      await this.page.keyboard.press('Escape');
+      await this.page.keyboard.press('Control+K');
+      await this.page.keyboard.press('Control+T');
+      const input = this.page.locator('.quick-input-widget input.input');
+      await input.waitFor({ state: 'visible' });
+      await input.fill(t.label);
+      await this.page.locator('.quick-input-list .monaco-list-row', { hasText: t.label }).first().waitFor({ state: 'visible' });
+      await input.press('Enter');
+    }
+    await this.until(`the ${theme} theme on the workbench`, async () => ((await this.page.locator(`.monaco-workbench.${t.workbench}`).count()) > 0 ? true : undefined), UI_MS * 2);
+    for (const frame of frames) {
+      await this.until(`the ${theme} theme in a webview`, async () => ((await frame.locator(`body.${t.webview}`).count()) > 0 ? true : undefined), UI_MS * 2);
+      // One animation frame for the canvases, which redraw on the class change.
+      await frame.locator('body').evaluate('new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))');
+    }
+  }
+
+  /** A screenshot in each theme (dark, light, high contrast), ending in the dark theme the tests run in. */
+  async themedShots(name: string, frames: FrameLocator[] = [], prepare?: () => Promise<void>): Promise<void> {
+    for (const theme of ['light', 'high-contrast', 'dark'] as ThemeName[]) {
+      await this.setTheme(theme, frames);
+      await prepare?.();
+      await this.shot(`${name}-${theme}`);
+    }
+  }
+
+  /** Sets (or with `undefined` removes) one user setting. */
+  setSetting(key: string, value: unknown): void {
+    const settings = JSON.parse(fs.readFileSync(this.settingsFile, 'utf8')) as Record<string, unknown>;
+    if (value === undefined) delete settings[key];
+    else settings[key] = value;
+    fs.writeFileSync(this.settingsFile, `${JSON.stringify(settings, null, 2)}\n`);
+  }
+}
