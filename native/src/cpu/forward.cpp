@@ -10,6 +10,7 @@
 #include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "cpu/ops.h"
+#include "cpu/experts_general.h"
 #include "cpu/router.h"
 
 namespace routescope {
@@ -77,11 +78,13 @@ void Decoder::logits(const float* h, int rows, float* out) {
 // Causal attention as two matrix products per KV head and block of queries: scores = Q K^T over the keys the
 // block can see, then out = softmax(scores) V. Query heads sharing a KV head (GQA) are stacked as rows.
 // Keys are head_dim wide, values v_head_dim (they differ in MLA).
-void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
+// gpt-oss: a per-head sink logit joins each softmax's denominator (and takes no value), and the window is per layer.
+void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim, group = nh / nkv;
   const int qw = nh * hd, ow = nh * vd;
   const float scale = cfg_.softmax_scale;
-  const int window = cfg_.sliding_window;
+  const int window = cfg_.window(l);
+  const float* sinks = ck_.layers[l].sinks.empty() ? nullptr : ck_.layers[l].sinks.data();
   const int block = 64;
   std::vector<float> qb, scores, ob;
   for (int g = 0; g < nkv; ++g) {
@@ -102,7 +105,9 @@ void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, f
           float* srow = &scores[static_cast<size_t>(r) * keys];
           float mx = -std::numeric_limits<float>::infinity();
           for (int j = j0; j <= p; ++j) mx = std::max(mx, srow[j] * scale);
-          double sum = 0;
+          const float sink = sinks ? sinks[g * group + static_cast<int>(r / bi)] : 0.f;
+          if (sinks) mx = std::max(mx, sink);
+          double sum = sinks ? std::exp(static_cast<double>(sink) - mx) : 0.0;
           for (int j = j0; j <= p; ++j) {
             srow[j] = std::exp(srow[j] * scale - mx);
             sum += srow[j];
@@ -151,6 +156,9 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
   std::vector<int32_t> sel(static_cast<size_t>(T) * k);
   std::vector<uint8_t> mixed(T);
   matmul(pool_, x, T, w.router, z.data());
+  if (!w.router_bias.empty())  // part of the router logits (reported and patched as such)
+    for (int t = 0; t < T; ++t)
+      for (int e = 0; e < E; ++e) z[static_cast<size_t>(t) * E + e] += w.router_bias[e];
   auto it = patch.layers.find(l);
   const LayerPatch* lp = it == patch.layers.end() ? nullptr : &it->second;
   const float* selection_bias = w.selection_bias.empty() ? nullptr : w.selection_bias.data();
@@ -166,8 +174,12 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
     save->u.assign(static_cast<size_t>(T) * k * I, 0.f);
     save->o.assign(static_cast<size_t>(T) * k * H, 0.f);
   }
-  moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
-                      save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
+  if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias)  // gpt-oss experts: biases, clamped SwiGLU
+    experts_forward_general(pool_, cfg_.expert_mlp, x, T, k, sel.data(), wts.data(), w, y, save ? save->g.data() : nullptr,
+                            save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
+  else
+    moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
+                        save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
   if (w.has_shared()) {  // qwen2_moe: × sigmoid(shared_expert_gate · x); DeepSeek / GLM: added as is
     std::vector<float> so(static_cast<size_t>(T) * H);
     swiglu(x, T, w.shared_gate, w.shared_up, w.shared_down, so.data(), 1.f, save ? &save->sg : nullptr,
@@ -245,9 +257,12 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
     save->pos0 = pos0;
     save->cache = &cache;
   }
-  attention(T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
+  attention(l, T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
   if (save) save->attn = attn;
   matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
+  if (!w.o_bias.empty())
+    for (int t = 0; t < T; ++t)
+      for (int d = 0; d < H; ++d) h[static_cast<size_t>(t) * H + d] += w.o_bias[d];
 }
 
 void Decoder::rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign) const {
@@ -333,22 +348,6 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   ck_.check_files_unchanged(true);
 }
 
-namespace {
-// Backward of y = down(silu(g) * u) with g = gate x, u = up x, given dy [n, H]; dx (+)= result.
-void swiglu_backward(ThreadPool& pool, const float* dy, int n, const float* g, const float* u, const Mat& gate,
-                     const Mat& up, const Mat& down, float* dx) {
-  const int I = gate.rows;
-  std::vector<float> da(static_cast<size_t>(n) * I), dg(static_cast<size_t>(n) * I), du(static_cast<size_t>(n) * I);
-  matmul_backward_input(pool, dy, n, down, da.data(), false);
-  for (size_t i = 0; i < da.size(); ++i) {
-    du[i] = da[i] * silu(g[i]);
-    dg[i] = da[i] * u[i] * silu_grad(g[i]);
-  }
-  matmul_backward_input(pool, dg.data(), n, gate, dx, true);
-  matmul_backward_input(pool, du.data(), n, up, dx, true);
-}
-}  // namespace
-
 void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                              const std::map<int, float*>& mix_grads) {
   if (mlp_backward(l, s, dh, stop_at_router, bias_grad, mix_grads)) attn_backward(l, s, dh);
@@ -411,7 +410,8 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         std::memcpy(&ge[static_cast<size_t>(i) * I], &s.g[static_cast<size_t>(r[i]) * I], I * sizeof(float));
         std::memcpy(&ue[static_cast<size_t>(i) * I], &s.u[static_cast<size_t>(r[i]) * I], I * sizeof(float));
       }
-      swiglu_backward(pool_, dye.data(), n, ge.data(), ue.data(), w.gate[e], w.up[e], w.down[e], dxe.data());
+      expert_mlp_backward(pool_, cfg_.expert_mlp, dye.data(), n, ge.data(), ue.data(), w.gate[e], w.up[e], w.down[e],
+                          dxe.data());
       for (int i = 0; i < n; ++i) {
         float* dxt = &dx[static_cast<size_t>(r[i] / k) * H];
         for (int d = 0; d < H; ++d) dxt[d] += dxe[static_cast<size_t>(i) * H + d];
@@ -431,12 +431,12 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         const float dgl = static_cast<float>(dot) * sgv * (1.f - sgv);
         for (int d = 0; d < H; ++d) dx[static_cast<size_t>(t) * H + d] += dgl * w.shared_expert_gate[d];
       }
-      swiglu_backward(pool_, dso.data(), T, s.sg.data(), s.su.data(), w.shared_gate, w.shared_up, w.shared_down,
+      expert_mlp_backward(pool_, ExpertMlp{}, dso.data(), T, s.sg.data(), s.su.data(), w.shared_gate, w.shared_up, w.shared_down,
                       dx.data());
     }
   } else {
     if (stop_at_router) return false;
-    swiglu_backward(pool_, dh, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
+    expert_mlp_backward(pool_, ExpertMlp{}, dh, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
   }
   // Through the post-attention norm into the residual stream: dh_mid = dh + norm'(dx).
   for (int t = 0; t < T; ++t)

@@ -49,7 +49,7 @@ constexpr int kStreamRows = 4;
 
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
-  if (W.dtype == DType::F8E4M3) return matmul_fp8(pool, x, T, W, y, accumulate);
+  if (W.tiled()) return matmul_tiled(pool, x, T, W, y, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) {
     pool.parallel_for(N, 16, [&](int64_t a, int64_t b, int) { generic_rows(x, T, W, int(a), int(b), y, accumulate); });
@@ -85,7 +85,7 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
 
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
   if (jobs.empty()) return;
-  if (!has_avx512() || std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return j.W.dtype == DType::F8E4M3; })) {
+  if (!has_avx512() || std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return j.W.tiled(); })) {
     for (const auto& j : jobs) matmul(pool, j.x, j.T, j.W, j.y, j.accumulate);
     return;
   }
@@ -115,7 +115,7 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
 
 void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   if (T <= 0) return;
-  if (W.dtype == DType::F8E4M3) return matmul_fp8_backward_input(pool, dy, T, W, dx, accumulate);
+  if (W.tiled()) return matmul_tiled_backward_input(pool, dy, T, W, dx, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) {
     pool.parallel_for(T, 1, [&](int64_t a, int64_t b, int) {

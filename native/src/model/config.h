@@ -49,6 +49,14 @@ struct LatentAttention {           // MLA sizes (DeepSeek-V2/V3)
   int qk_nope_dim = 0, qk_rope_dim = 0, v_dim = 0;
 };
 
+// The experts' MLP: down(act(gate x + b_g, up x + b_u)) + b_d. SwiGLU: silu(g)·u. Clamped (gpt-oss):
+// (clamp(u, ±limit) + 1) · g'·σ(alpha·g') with g' = min(g, limit).
+struct ExpertMlp {
+  bool clamped = false;
+  float alpha = 1.702f, limit = 7.f;
+  bool bias = false;  // gate/up and down biases per expert
+};
+
 struct ModelConfig {
   Arch arch = Arch::Olmoe;
   int hidden = 0, heads = 0, kv_heads = 0, vocab = 0, layers = 0;
@@ -67,6 +75,12 @@ struct ModelConfig {
   bool qkv_bias = false;
   float clip_qkv = 0.0f;            // 0 = off
   int sliding_window = 0;           // 0 = off
+  std::vector<int> layer_window;    // per layer (gpt-oss layer_types); empty = sliding_window everywhere
+  bool attention_sinks = false;     // a learned logit per head joins every softmax denominator (gpt-oss)
+  bool o_bias = false;              // o_proj bias (gpt-oss)
+  bool router_bias = false;         // the router linear has a bias, part of router_logits (gpt-oss)
+  ExpertMlp expert_mlp;
+  int window(int layer) const { return layer_window.empty() ? sliding_window : layer_window[layer]; }
   bool tie_embeddings = false;
   int max_positions = 0;
   std::vector<bool> moe_layer;
