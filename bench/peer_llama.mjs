@@ -89,8 +89,16 @@ async function main() {
   // longer prompt is evaluated in batches of 512 as llama.cpp users run it.
   const ctx = await model.createContext({ contextSize, threads: { ideal: threads, min: threads }, sequences: 1 });
   const seq = ctx.getSequence();
+  // Which of the package's CPU backend variants ggml loaded for this CPU (libggml-cpu-<variant>.so).
+  let cpuBackend = null;
+  try {
+    cpuBackend = /libggml-cpu-([\w-]+)\.so/.exec(fs.readFileSync('/proc/self/maps', 'utf8'))?.[1] ?? null;
+  } catch {
+    // not Linux
+  }
   const base = {
     build: llamaPeerBuild(),
+    cpu_backend: cpuBackend,
     build_type: llama.buildType,
     system_info: llama.systemInfo,
     threads: ctx.currentThreads ?? threads,
@@ -114,25 +122,41 @@ async function main() {
     const tokens = randomTokens(promptTokens, vocab, Number(values.seed) + 7);
     const greedy = { generateNext: { token: true, options: { temperature: 0 } } };
     const items = tokens.map((t, i) => (i === tokens.length - 1 ? [t, greedy] : t));
+    // The same warm-up as `routescope bench`: one untimed prefill of the prompt and one single-token step, then an
+    // empty sequence.
+    await seq.controlledEvaluate(items);
+    await seq.clearHistory();
+    await seq.controlledEvaluate([[tokens[0], greedy]]);
+    await seq.clearHistory();
+    const cpuSeconds = (since) => {
+      const d = process.cpuUsage(since);
+      return (d.user + d.system) / 1e6;
+    };
     let t0 = performance.now();
+    let c0 = process.cpuUsage();
     const out = await seq.controlledEvaluate(items);
     const prefill = (performance.now() - t0) / 1000;
+    const prefillCpu = cpuSeconds(c0);
     let next = out[tokens.length - 1]?.next?.token;
     if (typeof next !== 'number') throw new Error('no token after the prefill');
     t0 = performance.now();
+    c0 = process.cpuUsage();
     for (let i = 0; i < decodeTokens; i++) {
       const r = await seq.controlledEvaluate([[next, greedy]]);
       next = r[0]?.next?.token;
       if (typeof next !== 'number') throw new Error(`no token at decode step ${i}`);
     }
     const decode = (performance.now() - t0) / 1000;
+    const decodeCpu = cpuSeconds(c0);
     process.stdout.write(
       JSON.stringify({
         ...base,
         prompt_tokens: promptTokens,
         decode_tokens: decodeTokens,
         prefill_tokens_per_s: promptTokens / prefill,
+        prefill_cpu_seconds: prefillCpu,
         decode_tokens_per_s: decodeTokens / decode,
+        decode_cpu_seconds: decodeCpu,
         peak_rss_bytes: process.resourceUsage().maxRSS * 1024,
       }) + '\n',
     );

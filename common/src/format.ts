@@ -30,3 +30,14 @@ export function formatBytes(n: number): string {
   if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
   return `${n} B`;
 }
+
+/** "1 token", "2 tokens", "0 prompts": a count with its noun in the right number. */
+export function plural(n: number, noun: string, pluralNoun = `${noun}s`): string {
+  return `${n.toLocaleString('en-US')} ${n === 1 ? noun : pluralNoun}`;
+}
+
+/** Text on one line (runs of whitespace become one space), cut to `max` characters with an ellipsis. */
+export function oneLineText(text: string, max = 40): string {
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
+}

@@ -4,6 +4,7 @@
 //   {"layers": {"<layer>": {"mask": [e...], "force": [e...], "bias": {"<e>": v} | [v x E], "mix": {"<pos>": [p x E]}}}}
 // Layers, experts and positions are 0-based decimal keys. A mix key "<pos>+" (at most one per layer) applies its row
 // to every position >= pos, generated ones included; an exact "<pos>" key wins over it at that position.
+import { jsonErrorText } from './jsonError';
 
 export interface LayerPatch {
   /** Experts whose router logit becomes -inf before the softmax (as if pruned). */
@@ -184,7 +185,7 @@ export function parsePatch(text: string, source = 'patch', model?: PatchModelSha
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new PatchError(`${source}: invalid JSON (${(error as Error).message})`);
+    throw new PatchError(`${source}: invalid JSON (${jsonErrorText(error)})`);
   }
   return validatePatch(value, source, model);
 }

@@ -72,12 +72,18 @@ export function readEditorSettings(get: (key: string) => unknown): EditorSetting
   return out as unknown as EditorSettings;
 }
 
-/** The adaptation hyperparameters (routescope.c3po.*, .reroute.*, .embedding.*); throws SettingsError on a bad range. */
+/** The adaptation hyperparameters (routescope.c3po.*, .reroute.*, .embedding.*, .headroom.*); throws SettingsError on a bad range. */
 export { readAdaptSettings };
 export type { AdaptSettings };
 
 /** Every setting key read here, for the check against package.json. */
 export function settingKeys(): string[] {
   const adapt = adaptSettingKeys();
-  return [...Object.values(EDITOR_KEYS), ...Object.values(adapt.c3po), ...Object.values(adapt.reroute), ...Object.values(adapt.embedding)];
+  return [
+    ...Object.values(EDITOR_KEYS),
+    ...Object.values(adapt.c3po),
+    ...Object.values(adapt.reroute),
+    ...Object.values(adapt.embedding),
+    ...Object.values(adapt.headroom),
+  ];
 }

@@ -197,7 +197,8 @@ SampleOptions ReadSampleOptions(Napi::Env env, const Napi::Object& options) {
 RerouteOptions ReadRerouteOptions(Napi::Env env, const Napi::Object& options) {
   if (!Has(options, "reroute") || !options.Get("reroute").IsObject())
     Throw(env, "BAD_ARGUMENT",
-          "option reroute must be an object {interval, steps, lr, optimizer, layerFraction, leastConfidentFirst}");
+          "option reroute must be an object {interval, steps, lr, optimizer, layerFraction, leastConfidentFirst, "
+          "resetAdamEachRound, sinceLastRound}");
   Napi::Object ro = options.Get("reroute").As<Napi::Object>();
   RerouteOptions opts;
   if (Has(ro, "layers")) opts.layers = ReadIntArray(env, ro.Get("layers"), "reroute.layers");
@@ -210,6 +211,8 @@ RerouteOptions ReadRerouteOptions(Napi::Env env, const Napi::Object& options) {
   opts.adam = optimizer == "adam";
   opts.layer_fraction = static_cast<float>(NumberOption(env, ro, "layerFraction", opts.layer_fraction));
   opts.least_confident_first = BoolOption(env, ro, "leastConfidentFirst", opts.least_confident_first);
+  opts.reset_adam_each_round = BoolOption(env, ro, "resetAdamEachRound", opts.reset_adam_each_round);
+  opts.since_last_round = BoolOption(env, ro, "sinceLastRound", opts.since_last_round);
   return opts;
 }
 
@@ -318,6 +321,7 @@ Napi::Object RoutingToJs(Napi::Env env, const LayerRouting& r) {
 Napi::Object RoundToJs(Napi::Env env, const RerouteRound& r) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("position", r.position);
+  o.Set("windowStart", r.window_start);
   o.Set("layers", ToIntList(env, r.layers));
   o.Set("losses", ToNumberList(env, r.losses));
   Napi::Object confidence = Napi::Object::New(env);
@@ -346,6 +350,41 @@ Napi::Object C3poResultToJs(Napi::Env env, const C3poResult& r) {
   o.Set("core", core);
   o.Set("losses", ToNumberList(env, r.losses));
   o.Set("firstGrad", LayerMapToJs(env, r.first_grad));
+  return o;
+}
+
+namespace {
+Napi::Object ChangeToJs(Napi::Env env, const HeadroomChange& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("layer", c.layer);
+  o.Set("flipped", c.flipped);
+  o.Set("margin", c.margin);
+  o.Set("answer", c.answer);
+  Napi::Array swaps = Napi::Array::New(env, c.swaps.size());
+  for (size_t i = 0; i < c.swaps.size(); ++i) {
+    Napi::Object s = Napi::Object::New(env);
+    s.Set("layer", c.swaps[i].layer);
+    s.Set("out", c.swaps[i].out);
+    s.Set("in", c.swaps[i].in);
+    swaps.Set(static_cast<uint32_t>(i), s);
+  }
+  o.Set("swaps", swaps);
+  o.Set("gradient", c.gradient);
+  o.Set("omega", LayerMapToJs(env, c.omega));
+  o.Set("evaluations", c.evaluations);
+  return o;
+}
+}  // namespace
+
+Napi::Object HeadroomResultToJs(Napi::Env env, const HeadroomResult& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("margin", r.margin);
+  o.Set("answer", r.answer);
+  o.Set("correct", r.correct);
+  Napi::Array layers = Napi::Array::New(env, r.layers.size());
+  for (size_t i = 0; i < r.layers.size(); ++i) layers.Set(static_cast<uint32_t>(i), ChangeToJs(env, r.layers[i]));
+  o.Set("layers", layers);
+  if (r.joint.evaluations > 0) o.Set("joint", ChangeToJs(env, r.joint));  // searched (every search runs at least one routing)
   return o;
 }
 

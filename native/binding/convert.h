@@ -78,5 +78,6 @@ Napi::Object RoutingToJs(Napi::Env env, const LayerRouting& r);
 Napi::Object RoundToJs(Napi::Env env, const RerouteRound& r);
 Napi::Object RerouteResultToJs(Napi::Env env, const RerouteResult& r);
 Napi::Object C3poResultToJs(Napi::Env env, const C3poResult& r);
+Napi::Object HeadroomResultToJs(Napi::Env env, const HeadroomResult& r);
 
 }  // namespace routescope::binding

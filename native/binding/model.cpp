@@ -77,10 +77,15 @@ Napi::Value ModelWrap::C3poPrefix(const Napi::CallbackInfo& info) {
     auto prompt = std::make_shared<std::vector<int>>(ReadIntArray(env, info[0], "prompt"));
     if (!info[1].IsNumber()) Throw(env, "BAD_ARGUMENT", "c3poPrefix(prompt, firstLayer): firstLayer must be an integer");
     const int first_layer = NonNegativeInt(env, info[1], "c3poPrefix(prompt, firstLayer): firstLayer");
+    Napi::Object options = OptionsObject(env, info, 2, false);
+    const bool cache_first_layer = BoolOption(env, options, "cacheFirstLayer", true);
     std::shared_ptr<Model> model = state_->model;
     auto result = std::make_shared<std::shared_ptr<routescope::C3poPrefix>>();
     return ModelTask::Start(
-        env, [model, prompt, first_layer, result] { *result = c3po_prefix(*model, *prompt, first_layer); },
+        env,
+        [model, prompt, first_layer, cache_first_layer, result] {
+          *result = c3po_prefix(*model, *prompt, first_layer, cache_first_layer);
+        },
         [model, prompt, first_layer, result](Napi::Env env) -> Napi::Value {
           PrefixState st;
           st.model = model;
@@ -109,6 +114,7 @@ Napi::Value ModelWrap::C3poNgd(const Napi::CallbackInfo& info) {
       if (!Has(n, "answer")) Throw(env, "BAD_ARGUMENT", what + ".answer (a token id) expected");
       nb.answer = IntOption(env, n, "answer", 0);
       nb.weight = static_cast<float>(NumberOption(env, n, "weight", 1.0));
+      if (Has(n, "options")) nb.options = ReadIntArray(env, n.Get("options"), "neighbours[].options");
       neighbours->push_back(std::move(nb));
     }
     Napi::Object options = OptionsObject(env, info, 2, true);
@@ -119,6 +125,7 @@ Napi::Value ModelWrap::C3poNgd(const Napi::CallbackInfo& info) {
     opts->steps = IntOption(env, options, "steps", opts->steps);
     opts->lr_start = static_cast<float>(NumberOption(env, options, "lrStart", opts->lr_start));
     opts->lr_end = static_cast<float>(NumberOption(env, options, "lrEnd", opts->lr_end));
+    opts->final_loss = BoolOption(env, options, "finalLoss", opts->final_loss);
     std::shared_ptr<Model> model = state_->model;
     auto result = std::make_shared<C3poResult>();
     return ModelTask::Start(

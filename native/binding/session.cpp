@@ -1,4 +1,4 @@
-// The JS Session: forward, generate, grad, generateRerouted and meanHidden as promises over engine calls on a
+// The JS Session: forward, generate, grad, generateRerouted, routingHeadroom and meanHidden as promises over engine calls on a
 // worker thread; reset, truncate, cancel and position synchronously.
 #include "wrap.h"
 
@@ -11,6 +11,7 @@ Napi::Function SessionWrap::Define(Napi::Env env) {
                       InstanceMethod<&SessionWrap::Grad>("grad"),
                       InstanceMethod<&SessionWrap::GenerateRerouted>("generateRerouted"),
                       InstanceMethod<&SessionWrap::MeanHidden>("meanHidden"),
+                      InstanceMethod<&SessionWrap::RoutingHeadroom>("routingHeadroom"),
                       InstanceMethod<&SessionWrap::Reset>("reset"),
                       InstanceMethod<&SessionWrap::Truncate>("truncate"),
                       InstanceMethod<&SessionWrap::Cancel>("cancel"),
@@ -79,15 +80,17 @@ Napi::Value SessionWrap::Forward(const Napi::CallbackInfo& info) {
     if (mode_name == "all") mode = LogitsMode::All;
     else if (mode_name == "none") mode = LogitsMode::None;
     else if (mode_name != "last") Throw(env, "BAD_ARGUMENT", "option logits must be 'last', 'all' or 'none'");
+    const int embed_layer = Has(options, "embedLayer") ? NonNegativeInt(env, options.Get("embedLayer"), "option embedLayer") : -1;
     auto result = std::make_shared<ForwardResult>();
     return {std::make_unique<Call>(env, state_, CallbackOption(env, options, "onLayer"), Napi::Function()),
-            [tokens = in.tokens, patch = in.patch, mode, result](Call& c) {
-              *result = c.session().forward(*tokens, *patch, mode, [&c](const LayerRouting& r) { c.EmitLayer(r); });
+            [tokens = in.tokens, patch = in.patch, mode, embed_layer, result](Call& c) {
+              *result = c.session().forward(*tokens, *patch, mode, [&c](const LayerRouting& r) { c.EmitLayer(r); }, embed_layer);
             },
             [result](Napi::Env env) -> Napi::Value {
               Napi::Object o = Napi::Object::New(env);
               o.Set("logits", ToFloat32Array(env, result->logits));
               o.Set("rows", result->rows);
+              if (!result->mean_hidden.empty()) o.Set("embedding", ToFloat32Array(env, result->mean_hidden));
               return o;
             },
             static_cast<int>(in.tokens->size())};
@@ -167,6 +170,28 @@ Napi::Value SessionWrap::GenerateRerouted(const Napi::CallbackInfo& info) {
                                           [&c](const RerouteRound& r) { c.EmitRound(r); });
             },
             [result](Napi::Env env) -> Napi::Value { return RerouteResultToJs(env, *result); }};
+  });
+}
+
+Napi::Value SessionWrap::RoutingHeadroom(const Napi::CallbackInfo& info) {
+  return Async(info, [&](Napi::Env env) -> Plan {
+    Inputs in = ReadInputs(env, info, "routingHeadroom", "prompt", true);
+    const Napi::Object& options = in.options;
+    auto opts = std::make_shared<HeadroomOptions>();
+    if (!Has(options, "label")) Throw(env, "BAD_ARGUMENT", "option label (the correct next token) expected");
+    opts->label = IntOption(env, options, "label", -1);
+    if (Has(options, "options")) opts->options = ReadIntArray(env, options.Get("options"), "options");
+    if (Has(options, "layers")) opts->layers = ReadIntArray(env, options.Get("layers"), "layers");
+    opts->joint = BoolOption(env, options, "joint", opts->joint);
+    opts->candidates = IntOption(env, options, "candidates", opts->candidates);
+    opts->moves = IntOption(env, options, "moves", opts->moves);
+    opts->steps = IntOption(env, options, "steps", opts->steps);
+    opts->lr_start = static_cast<float>(NumberOption(env, options, "lrStart", opts->lr_start));
+    opts->lr_end = static_cast<float>(NumberOption(env, options, "lrEnd", opts->lr_end));
+    auto result = std::make_shared<HeadroomResult>();
+    return {std::make_unique<Call>(env, state_, Napi::Function(), Napi::Function()),
+            [prompt = in.tokens, opts, result](Call& c) { *result = routing_headroom(c.session(), *prompt, *opts); },
+            [result](Napi::Env env) -> Napi::Value { return HeadroomResultToJs(env, *result); }};
   });
 }
 

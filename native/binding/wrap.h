@@ -58,6 +58,7 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
   Napi::Value Grad(const Napi::CallbackInfo& info);
   Napi::Value GenerateRerouted(const Napi::CallbackInfo& info);
   Napi::Value MeanHidden(const Napi::CallbackInfo& info);
+  Napi::Value RoutingHeadroom(const Napi::CallbackInfo& info);
   Napi::Value Reset(const Napi::CallbackInfo& info);
   Napi::Value Truncate(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);

@@ -163,13 +163,32 @@ void SessionImpl::check_tokens(const std::vector<int>& tokens, int already) cons
 }
 
 ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
-                                   const RoutingCallback& on_layer) {
+                                   const RoutingCallback& on_layer, int mean_hidden_layer) {
   CallScope scope(*this);
   if (tokens.empty()) throw Error("BAD_TOKENS", "no tokens to run");
   check_tokens(tokens, pos_);
   const ModelConfig& cfg = m_.checkpoint().config;
   const int T = static_cast<int>(tokens.size()), H = cfg.hidden, pos0 = pos_;
+  if (mean_hidden_layer > cfg.layers)
+    throw Error("BAD_ARGUMENT", "embedding layer " + std::to_string(mean_hidden_layer) + " is outside 0.." + std::to_string(cfg.layers));
+  // The mean over this call's rows of h, the hidden state entering layer `at`.
+  std::vector<float> mean;
+  auto take_mean = [&](int at, const float* h) {
+    if (at != mean_hidden_layer) return;
+    mean.assign(H, 0.f);
+    for (int t = 0; t < T; ++t)
+      for (int d = 0; d < H; ++d) mean[d] += h[static_cast<size_t>(t) * H + d] / T;
+  };
   if (on_device_) {
+    if (mean_hidden_layer >= 0) {
+      // The GPU keeps no hidden states: the embedding comes from a CPU pass over the same tokens.
+      if (pos0 != 0) throw Error("BAD_ARGUMENT", "on the CUDA backend an embedding needs a forward from position 0");
+      std::vector<float> h(static_cast<size_t>(T) * H);
+      dec_.embed(tokens, h.data());
+      std::vector<KVCache> scratch(cfg.layers);
+      for (int l = 0; l < mean_hidden_layer; ++l) dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, nullptr);
+      take_mean(mean_hidden_layer, h.data());
+    }
     if (!device_) device_ = m_.device()->session(max_context_);
     ForwardResult res;
     const int first = mode == LogitsMode::Last ? T - 1 : 0;
@@ -181,6 +200,7 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
       throw;
     }
     pos_ = pos0 + T;
+    res.mean_hidden = std::move(mean);
     return res;
   }
   std::vector<float> h(static_cast<size_t>(T) * H);
@@ -191,8 +211,10 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
         hidden_.resize(static_cast<size_t>(pos0) * H);
         hidden_.insert(hidden_.end(), h.begin(), h.end());
       }
+      take_mean(l, h.data());
       dec_.layer_forward(l, h.data(), T, pos0, cache_[l], patch, on_layer, nullptr);
     }
+    take_mean(cfg.layers, h.data());
   } catch (...) {
     pos_ = pos0;  // the cache rows written by the aborted call are not valid
     if (keep_layer_ >= 0) hidden_.resize(static_cast<size_t>(pos0) * H);
@@ -200,6 +222,7 @@ ForwardResult SessionImpl::forward(const std::vector<int>& tokens, const Patch& 
   }
   pos_ = pos0 + T;
   ForwardResult res;
+  res.mean_hidden = std::move(mean);
   if (mode == LogitsMode::None) return res;
   const int first = mode == LogitsMode::Last ? T - 1 : 0;
   res.rows = T - first;
@@ -234,17 +257,25 @@ double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h
   const int H = cfg.hidden, V = cfg.vocab, rows = te - ts;
   std::vector<float> logits(static_cast<size_t>(rows) * V);
   dec_.logits(h + static_cast<size_t>(ts - 1) * H, rows, logits.data());
+  // Cross-entropy per row; z becomes dLoss/dz = (softmax(z) - onehot) / rows in place (one exp per logit).
+  std::vector<double> row_loss(rows);
+  dec_.pool().parallel_for(rows, 1, [&](int64_t a, int64_t b, int) {
+    for (int64_t r = a; r < b; ++r) {
+      float* z = &logits[static_cast<size_t>(r) * V];
+      const float mx = *std::max_element(z, z + V);
+      const int target = tokens[ts + r];
+      const float zt = z[target];
+      double sum = 0;
+      for (int i = 0; i < V; ++i) sum += (z[i] = std::exp(z[i] - mx));
+      row_loss[r] = -(zt - mx - std::log(sum));
+      if (!dh) continue;
+      const float scale = static_cast<float>(1.0 / (sum * rows));
+      for (int i = 0; i < V; ++i) z[i] *= scale;
+      z[target] -= 1.f / rows;
+    }
+  });
   double loss = 0;
-  for (int r = 0; r < rows; ++r) {
-    float* z = &logits[static_cast<size_t>(r) * V];
-    const float mx = *std::max_element(z, z + V);
-    double sum = 0;
-    for (int i = 0; i < V; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
-    const int target = tokens[ts + r];
-    loss += -(z[target] - mx - std::log(sum));
-    if (dh)  // z becomes dLoss/dz in place
-      for (int i = 0; i < V; ++i) z[i] = static_cast<float>((std::exp(static_cast<double>(z[i]) - mx) / sum - (i == target)) / rows);
-  }
+  for (double x : row_loss) loss += x;
   if (dh) {
     std::vector<float> dnorm(static_cast<size_t>(rows) * H);
     matmul_backward_input(dec_.pool(), logits.data(), rows, ck.lm_head, dnorm.data(), false);
@@ -355,10 +386,10 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
   // Forward: plain below the lowest layer asked for, keeping activations from there up.
   std::vector<float> h(static_cast<size_t>(T) * H);
   dec_.embed(tokens, h.data());
-  std::vector<KVCache> scratch(cfg.layers);
-  std::vector<LayerSave> saves(cfg.layers);
+  prepare_grad_workspace();
+  std::vector<LayerSave>& saves = grad_saves_;
   for (int l = 0; l < cfg.layers; ++l)
-    dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
+    dec_.layer_forward(l, h.data(), T, 0, grad_cache_[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
   GradResult res;
   std::vector<float> dh(static_cast<size_t>(T) * H);
   res.loss = loss_and_grad(tokens, h.data(), ts, te, dh.data());
@@ -372,10 +403,27 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
       auto bg = res.bias_grad.find(l);
       dec_.layer_backward(l, saves[l], dh.data(), l == lowest, bg == res.bias_grad.end() ? nullptr : bg->second.data(),
                           l == req.mix_layer ? mix : none);
-      saves[l] = LayerSave();
     }
   }
+  trim_grad_workspace();
   return res;
+}
+
+void SessionImpl::prepare_grad_workspace() {
+  const int L = m_.checkpoint().config.layers;
+  grad_saves_.resize(L);
+  grad_cache_.resize(L);
+}
+
+void SessionImpl::trim_grad_workspace() {
+  const size_t keep = size_t(256) << 20;
+  size_t bytes = 0;
+  for (const auto& s : grad_saves_) bytes += s.bytes();
+  for (const auto& c : grad_cache_)
+    for (size_t g = 0; g < c.k.size(); ++g) bytes += (c.k[g].capacity() + c.v[g].capacity()) * sizeof(float);
+  if (bytes <= keep) return;
+  std::vector<LayerSave>().swap(grad_saves_);
+  std::vector<KVCache>().swap(grad_cache_);
 }
 
 std::vector<float> scores_row(const ModelConfig& cfg, const std::vector<float>& theta) {

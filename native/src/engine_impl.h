@@ -21,7 +21,7 @@ class SessionImpl : public Session {
  public:
   SessionImpl(ModelImpl& model, int max_context);
   ForwardResult forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
-                        const RoutingCallback& on_layer) override;
+                        const RoutingCallback& on_layer, int mean_hidden_layer = -1) override;
   std::vector<int> generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                             const std::function<bool(int)>& on_token, const RoutingCallback& on_layer) override;
   GradResult grad(const std::vector<int>& tokens, const Patch& patch, const GradRequest& req) override;
@@ -67,6 +67,13 @@ class SessionImpl : public Session {
   std::vector<KVCache> cache_;
   std::unique_ptr<cuda::DeviceSession> device_;  // GPU KV cache when the model runs on CUDA
   bool on_device_ = false;     // this session's cache lives on the GPU (rerouting and C3PO run on the CPU path)
+  // Activations of the last backward pass (grad, rerouting steps), kept so that the next pass reuses the memory
+  // instead of faulting in fresh pages; released by trim_grad_workspace() when they hold more than a cap.
+  std::vector<LayerSave> grad_saves_;
+  std::vector<KVCache> grad_cache_;
+  // Sizes the workspace for the model's layers; every entry may hold stale data from the previous pass.
+  void prepare_grad_workspace();
+  void trim_grad_workspace();
   int keep_layer_ = -1;        // when >= 0, forward() keeps the hidden input of this layer for every position
   std::vector<float> hidden_;  // [pos_, H]
 

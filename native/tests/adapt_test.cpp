@@ -4,6 +4,8 @@
 #include <random>
 #include <sstream>
 
+#include "cpu/router.h"
+#include "engine_impl.h"
 #include "routescope/adapt.h"
 #include "test.h"
 
@@ -59,7 +61,7 @@ TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefil
     RerouteOptions ro;
     ro.interval = 4;
     ro.steps = 5;
-    ro.lr = 0.05f;
+    ro.lr = 0.01f;  // small enough that every step lowers the loss of these random fixtures
     Patch none;
     auto session = model->create_session();
     int rounds_seen = 0;
@@ -108,6 +110,109 @@ TEST("reroute: confidence-based layer selection adapts the requested fraction") 
   // least confident first: the chosen layer has the largest C_l
   int chosen = rr.rounds[0].layers[0];
   for (const auto& kv : rr.rounds[0].confidence) CHECK(kv.second <= rr.rounds[0].confidence.at(chosen));
+}
+
+// C_l of every layer over a fresh forward of `tokens` with `patch`: -(1/k) sum of log p over the selected experts,
+// averaged over positions.
+std::map<int, double> fresh_confidence(Model& model, const std::vector<int>& tokens, const Patch& patch) {
+  std::map<int, double> out;
+  const Checkpoint& ck = engine_model(model, "fresh_confidence").checkpoint();
+  model.create_session()->forward(tokens, patch, LogitsMode::None, [&](const LayerRouting& r) {
+    auto it = patch.layers.find(r.layer);
+    const LayerPatch* lp = it == patch.layers.end() ? nullptr : &it->second;
+    std::vector<float> p(r.num_experts), w(r.top_k);
+    std::vector<int32_t> sel(r.top_k);
+    double sum = 0;
+    for (int i = 0; i < r.count; ++i) {
+      bool mixed;
+      const std::vector<float>& bias = ck.layers[r.layer].selection_bias;
+      route_token(ck.config.router, r.router_logits + size_t(i) * r.num_experts, r.num_experts, r.top_k, bias.empty() ? nullptr : bias.data(),
+                  lp, r.start + i, p.data(), sel.data(), w.data(), &mixed);
+      for (int j = 0; j < r.top_k; ++j) sum -= std::log(std::max(1e-30f, p[sel[j]])) / r.top_k;
+    }
+    out[r.layer] = sum / r.count;
+  });
+  return out;
+}
+
+TEST("reroute: a round's layer choice uses the confidence recorded while routing, equal to a fresh forward's") {
+  auto model = Model::load(fixture_model("qwen3_moe-fused-f32"), LoadOptions{2, "cpu"});
+  const ModelInfo& info = model->info();
+  auto prompt = random_tokens(10, info.vocab_size, 50);
+  SampleOptions so;
+  so.max_new_tokens = 9;
+  RerouteOptions ro;
+  ro.interval = 4;
+  Patch none;
+  auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
+  CHECK(rr.rounds.size() == 3);
+  std::vector<int> context = prompt;
+  context.insert(context.end(), rr.tokens.begin(), rr.tokens.end());
+  for (size_t r = 0; r < rr.rounds.size(); ++r) {
+    const RerouteRound& round = rr.rounds[r];
+    Patch before = r == 0 ? Patch() : delta_patch(rr.rounds[r - 1].delta, info);
+    auto want = fresh_confidence(*model, std::vector<int>(context.begin(), context.begin() + round.position), before);
+    CHECK(round.confidence.size() == info.moe_layers.size());
+    for (const auto& kv : round.confidence)
+      CHECK_MSG(std::fabs(kv.second - want[kv.first]) < 1e-4,
+                "round " << r << " layer " << kv.first << ": " << kv.second << " vs fresh " << want[kv.first]);
+    CHECK(round.layers.size() == (info.moe_layers.size() + 1) / 2);  // the default adapts half the layers
+  }
+}
+
+TEST("reroute: the loss since the last round runs the new tokens against the cache; its first loss is that window's") {
+  auto model = Model::load(fixture_model("olmoe-perexpert-bf16"), LoadOptions{2, "cpu"});
+  const ModelInfo& info = model->info();
+  auto prompt = random_tokens(12, info.vocab_size, 60);
+  SampleOptions so;
+  so.max_new_tokens = 7;
+  RerouteOptions exact, recent;
+  exact.interval = recent.interval = 5;
+  recent.since_last_round = true;
+  Patch none;
+  auto a = generate_rerouted(*model->create_session(), prompt, none, so, exact);
+  auto b = generate_rerouted(*model->create_session(), prompt, none, so, recent);
+  CHECK(a.rounds.size() == 2 && b.rounds.size() == 2);
+  // After prefill the window is the whole prompt: the same round.
+  CHECK(b.rounds[0].window_start == 0 && b.rounds[0].losses == a.rounds[0].losses);
+  // The second round's window starts where the first ended; before its first step every cached position was
+  // computed with the first round's delta, so its loss is grad()'s over the window's targets with that delta.
+  CHECK(b.rounds[1].window_start == 12 && b.rounds[1].position == 17);
+  std::vector<int> context = prompt;
+  context.insert(context.end(), b.tokens.begin(), b.tokens.begin() + 5);
+  GradRequest req;
+  req.target_start = 13;
+  req.target_end = 17;
+  auto g = model->create_session()->grad(context, delta_patch(b.rounds[0].delta, info), req);
+  CHECK_MSG(std::fabs(g.loss - b.rounds[1].losses[0]) < 1e-4, g.loss << " vs " << b.rounds[1].losses[0]);
+}
+
+TEST("reroute: Adam's moments carry across rounds unless reset each round") {
+  auto model = Model::load(fixture_model("mixtral-perexpert-f32"), LoadOptions{1, "cpu"});
+  const ModelInfo& info = model->info();
+  auto prompt = random_tokens(9, info.vocab_size, 70);
+  SampleOptions so;
+  so.max_new_tokens = 4;
+  Patch none;
+  // One step per round: a fresh Adam's first step moves every coordinate with a gradient by exactly lr.
+  auto largest_off_lr = [&](bool reset) {
+    RerouteOptions ro;
+    ro.interval = 3;
+    ro.steps = 1;
+    ro.layer_fraction = 1;
+    ro.reset_adam_each_round = reset;
+    auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
+    CHECK(rr.rounds.size() == 2);
+    double worst = 0;
+    for (const auto& kv : rr.rounds[1].delta)
+      for (size_t e = 0; e < kv.second.size(); ++e) {
+        const double step = std::fabs(kv.second[e] - rr.rounds[0].delta.at(kv.first)[e]);
+        if (step > ro.lr / 2) worst = std::max(worst, std::fabs(step - ro.lr));  // not a gradient below Adam's eps
+      }
+    return worst;
+  };
+  CHECK(largest_off_lr(true) < 1e-5);
+  CHECK(largest_off_lr(false) > 1e-3);
 }
 
 // The router's scores (softmax or sigmoid of the raw logits, as info.router_scoring says) at the last position.
@@ -197,12 +302,34 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
       float dd = max_diff(together.first_grad[l], want[l]);
       CHECK_MSG(dd <= 1e-4 * sc + 1e-7, name << ": stacked gradient at layer " << l << " differs by " << dd << " (scale " << sc << ")");
     }
+    // The first critical layer cached (attention output, router logits and every expert's output at the last
+    // token) gives the loss and gradient of running it, and so does a prefix cached one layer lower.
+    for (int below : {0, 1}) {
+      if (below && critical.front() == 0) continue;
+      std::vector<C3poNeighbour> plain;
+      for (int i = 0; i < 3; ++i)
+        plain.push_back({c3po_prefix(*model, random_tokens(6 + i, info.vocab_size, 20 + i), critical.front() - below, below == 1),
+                         7 + i, 1.f / (1 + i)});
+      auto run = c3po_ngd(*model, omega2, plain, o3);
+      CHECK_MSG(std::fabs(run.losses[0] - together.losses[0]) < 1e-5,
+                name << ": loss " << run.losses[0] << " uncached vs " << together.losses[0] << " cached");
+      for (int l : critical) {
+        float sc = 0;
+        for (float x : run.first_grad[l]) sc = std::max(sc, std::fabs(x));
+        float dd = max_diff(together.first_grad[l], run.first_grad[l]);
+        CHECK_MSG(dd <= 1e-4 * sc + 1e-7, name << ": cached gradient at layer " << l << " differs by " << dd << " (scale " << sc
+                                               << ", prefix " << below << " below)");
+      }
+    }
     C3poOptions o2;
     o2.layers = critical;
     o2.core_experts = 3;  // of 8: the other five must keep their relative weights
+    o2.final_loss = true;
     auto r = c3po_ngd(*model, omega2, nbs, o2);
-    CHECK(r.losses.size() == 11);
+    CHECK(r.losses.size() == 11);  // before each of 10 steps, and after the last
     CHECK_MSG(r.losses.back() < r.losses.front(), name << ": NGD did not lower the loss: " << r.losses.front() << " -> " << r.losses.back());
+    o2.final_loss = false;
+    CHECK(c3po_ngd(*model, omega2, nbs, o2).losses.size() == 10);
     for (int l : critical) {
       double sum = 0;
       for (float x : r.omega_after[l]) sum += x;
@@ -216,6 +343,111 @@ TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NG
         CHECK_MSG(std::fabs(q / ratio - 1) < 1e-4, "frozen expert " << e << " changed its relative weight");
       }
     }
+  }
+}
+
+TEST("c3po: the loss restricted to option tokens has the gradient of its finite differences") {
+  auto model = Model::load(fixture_model("olmoe-fused-f16"), LoadOptions{1, "cpu"});
+  const ModelInfo& info = model->info();
+  const std::vector<int> critical(info.moe_layers.end() - 2, info.moe_layers.end());
+  auto omega = last_scores(*model, random_tokens(7, info.vocab_size, 30), critical);
+  std::vector<C3poNeighbour> nbs;
+  for (int i = 0; i < 2; ++i)
+    nbs.push_back({c3po_prefix(*model, random_tokens(8, info.vocab_size, 31 + i), critical.front()), 3 + i, 1.f, {3, 4, 9, 12}});
+  nbs.push_back({c3po_prefix(*model, random_tokens(5, info.vocab_size, 40), critical.front()), 6, 0.5f});  // whole vocabulary
+  C3poOptions o;
+  o.layers = critical;
+  o.steps = 0;
+  auto at = [&](const std::map<int, std::vector<float>>& theta) {
+    std::map<int, std::vector<float>> w;
+    for (const auto& kv : theta) {
+      std::vector<float> t = kv.second;
+      float mx = *std::max_element(t.begin(), t.end());
+      double s = 0;
+      for (auto& x : t) s += (x = std::exp(x - mx));
+      for (auto& x : t) x = float(x / s);
+      w[kv.first] = t;
+    }
+    return c3po_ngd(*model, w, nbs, o);
+  };
+  std::map<int, std::vector<float>> theta;
+  for (int l : critical)
+    for (float p : omega[l]) theta[l].push_back(std::log(p));
+  auto base = at(theta);
+  const float eps = 1e-2f;
+  for (int l : critical)
+    for (int e = 0; e < info.num_experts; ++e) {
+      auto plus = theta, minus = theta;
+      plus[l][e] += eps;
+      minus[l][e] -= eps;
+      const double fd = (at(plus).losses[0] - at(minus).losses[0]) / (2 * eps);
+      CHECK_MSG(std::fabs(fd - base.first_grad[l][e]) < 2e-3 + 2e-2 * std::fabs(fd),
+                "layer " << l << " expert " << e << ": gradient " << base.first_grad[l][e] << " vs finite difference " << fd);
+    }
+  // An answer outside its options is refused.
+  auto bad = nbs;
+  bad[0].answer = 5;
+  CHECK(rstest::error_code_of([&] { c3po_ngd(*model, omega, bad, o); }) == "BAD_ARGUMENT");
+}
+
+}  // namespace
+
+namespace {
+
+// The label's margin over the best other option in `logits` (options empty: the whole vocabulary).
+double margin_of(const std::vector<float>& logits, int label, const std::vector<int>& options) {
+  double best = -INFINITY;
+  if (options.empty()) {
+    for (int v = 0; v < int(logits.size()); ++v)
+      if (v != label) best = std::max(best, double(logits[v]));
+  } else {
+    for (int t : options)
+      if (t != label) best = std::max(best, double(logits[t]));
+  }
+  return logits[label] - best;
+}
+
+TEST("headroom: margins are those of forwards with the changed rows; searches move them the way they aim") {
+  for (const char* name : {"olmoe-perexpert-bf16", "qwen2_moe-fused-f32", "mixtral-perexpert-f32", "deepseek_v2-fused-f32-grouped",
+                           "deepseek_v3-fused-f16-onegroup"}) {
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
+    const ModelInfo& info = model->info();
+    auto prompt = random_tokens(9, info.vocab_size, 80);
+    Patch none;
+    auto plain = model->create_session()->forward(prompt, none, LogitsMode::Last).logits;
+    int flips = 0;
+    for (int label : {3, 4, 9, 12}) {
+      for (bool restricted : {true, false}) {
+        HeadroomOptions o;
+        o.label = label;
+        if (restricted) o.options = {3, 4, 9, 12};
+        o.candidates = 4;
+        auto session = model->create_session();
+        auto r = routing_headroom(*session, prompt, o);
+        CHECK(session->position() == 0);
+        const double m0 = margin_of(plain, label, o.options);
+        CHECK_MSG(std::fabs(r.margin - m0) < 1e-3, name << ": plain margin " << r.margin << " vs " << m0);
+        CHECK(r.correct == (r.margin > 0));
+        CHECK(r.layers.size() == info.moe_layers.size());
+        std::vector<const HeadroomChange*> all;
+        for (const auto& c : r.layers) all.push_back(&c);
+        all.push_back(&r.joint);
+        for (const HeadroomChange* c : all) {
+          Patch p;
+          for (const auto& kv : c->omega) p.layers[kv.first].mix[int(prompt.size()) - 1] = kv.second;
+          auto logits = model->create_session()->forward(prompt, p, LogitsMode::Last).logits;
+          const double m = margin_of(logits, label, o.options);
+          CHECK_MSG(std::fabs(m - c->margin) < 1e-3, name << " layer " << c->layer << ": margin " << c->margin << " vs forward " << m);
+          CHECK_MSG(r.correct ? c->margin <= r.margin + 1e-6 : c->margin >= r.margin - 1e-6,
+                    name << " layer " << c->layer << ": the search moved the margin the wrong way");
+          CHECK(c->flipped == ((c->margin > 0) != r.correct));
+          CHECK(c->evaluations > 0);
+          flips += c->flipped;
+          for (const auto& sw : c->swaps) CHECK(sw.out != sw.in && sw.out >= 0 && sw.in < info.num_experts);
+        }
+      }
+    }
+    CHECK_MSG(flips > 0, name << ": no routing change flipped any of the answers");
   }
 }
 

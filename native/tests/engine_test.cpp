@@ -91,6 +91,35 @@ TEST("kernels: matmul and its input gradient match a float64 loop (all dtypes, r
         }
 }
 
+TEST("kernels: the input gradient of many rows (packed GEMM, threaded and serial) matches a float64 loop") {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool(2);
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int T : {16, 23, 151})
+      for (int N : {3, 300, 1100})  // 1100: more than one 1024-row chunk
+        for (int K : {7, 33, 160})   // 7, 33: fewer column panels than threads
+          for (bool accumulate : {false, true}) {
+            TestMat W = make_mat(N, K, dt, rng);
+            std::vector<float> dy(size_t(T) * N);
+            for (auto& v : dy) v = nd(rng);
+            std::vector<float> dx(size_t(T) * K, 0.5f), dxs(size_t(T) * K, 0.5f);
+            matmul_backward_input(pool, dy.data(), T, W.mat, dx.data(), accumulate);
+            matmul_backward_input_serial(dy.data(), T, W.mat, dxs.data(), accumulate);
+            double worst = 0, worst_s = 0;
+            for (int t = 0; t < T; ++t)
+              for (int k = 0; k < K; ++k) {
+                double s = accumulate ? 0.5 : 0;
+                for (int n = 0; n < N; ++n) s += double(dy[size_t(t) * N + n]) * W.values[size_t(n) * K + k];
+                worst = std::max(worst, std::fabs(s - dx[size_t(t) * K + k]) / (1 + std::fabs(s)));
+                worst_s = std::max(worst_s, std::fabs(s - dxs[size_t(t) * K + k]) / (1 + std::fabs(s)));
+              }
+            CHECK_MSG(worst < 1e-4 && worst_s < 1e-4, "backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K
+                                                                   << " accumulate=" << accumulate << " error " << worst
+                                                                   << " (serial " << worst_s << ")");
+          }
+}
+
 TEST("kv cache: prefill in pieces and token-by-token decode equal one full forward") {
   for (const char* name : {"olmoe-perexpert-bf16", "qwen2_moe-fused-f32", "qwen3_moe-fused-f16", "mixtral-perexpert-f32"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});

@@ -8,7 +8,7 @@
 
 using namespace routescope;
 
-TEST("kernels: block-scaled FP8 matmul and input gradient match float64 on the dequantised weights") {
+TEST("kernels: block-scaled FP8 matmul and input gradient (pooled and serial) match float64 on the dequantised weights") {
   ThreadPool pool(2);
   std::mt19937 rng(3);
   for (int shape = 0; shape < 3; ++shape) {
@@ -29,13 +29,20 @@ TEST("kernels: block-scaled FP8 matmul and input gradient match float64 on the d
     std::vector<double> w(size_t(N) * K);
     for (int n = 0; n < N; ++n)
       for (int k = 0; k < K; ++k) w[size_t(n) * K + k] = double(unscaled[size_t(n) * K + k]) * scale[size_t(n / br) * sc + k / bc];
-    for (int T : {1, 3, 9}) {
+    // The serial kernels run inside pool jobs (the routed experts' backward, one expert per thread).
+    for (int T : {1, 3, 9, 20})
+      for (bool serial : {false, true}) {
       std::normal_distribution<float> nd;
       std::vector<float> x(size_t(T) * K), y(size_t(T) * N, 1.f), dy(size_t(T) * N), dx(size_t(T) * K, 0.5f);
       for (auto& v : x) v = nd(rng);
       for (auto& v : dy) v = nd(rng);
-      matmul(pool, x.data(), T, W, y.data(), /*accumulate=*/true);
-      matmul_backward_input(pool, dy.data(), T, W, dx.data(), /*accumulate=*/true);
+      if (serial) {
+        matmul_serial(x.data(), T, W, y.data(), /*accumulate=*/true);
+        matmul_backward_input_serial(dy.data(), T, W, dx.data(), /*accumulate=*/true);
+      } else {
+        matmul(pool, x.data(), T, W, y.data(), /*accumulate=*/true);
+        matmul_backward_input(pool, dy.data(), T, W, dx.data(), /*accumulate=*/true);
+      }
       double worst = 0, worst_dx = 0;
       for (int t = 0; t < T; ++t) {
         for (int n = 0; n < N; ++n) {
@@ -49,7 +56,8 @@ TEST("kernels: block-scaled FP8 matmul and input gradient match float64 on the d
           worst_dx = std::max(worst_dx, std::fabs(s - dx[size_t(t) * K + k]) / (1 + std::fabs(s)));
         }
       }
-      CHECK_MSG(worst < 5e-5 && worst_dx < 5e-5, "N=" << N << " K=" << K << " T=" << T << ": " << worst << ", " << worst_dx);
-    }
+      CHECK_MSG(worst < 5e-5 && worst_dx < 5e-5,
+                "N=" << N << " K=" << K << " T=" << T << (serial ? " serial" : "") << ": " << worst << ", " << worst_dx);
+      }
   }
 }

@@ -1,10 +1,11 @@
-// The grouped expert kernels against a float64 loop: every kernel family the CPU has, every weight dtype, ragged
-// shapes, routings from one token to a few hundred.
+// The grouped expert kernels and the fused attention against float64 loops: every kernel family the CPU has, every
+// weight dtype, ragged shapes, routings from one token to a few hundred.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
 
+#include "cpu/attention.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/matmul_bf16.h"
@@ -181,4 +182,51 @@ TEST("kernels: bf16 pair split keeps 16 bits of every activation (|x - hi - lo| 
   CHECK((hi[P - 1] >> 16) == 0 && (lo[P - 1] >> 16) == 0);
   std::printf("     worst |x - hi - lo| / |x| = %.2e (2^-16 = %.2e)\n", worst, std::ldexp(1.0, -16));
   CHECK_MSG(worst <= std::ldexp(1.0, -16), "split error " << worst);
+}
+
+TEST("kernels: fused causal attention (online softmax per block of keys) matches a float64 loop") {
+  ThreadPool pool(2);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  struct Case {
+    int heads, kv_heads, k_dim, v_dim, T, pos0, window;
+  };
+  double worst_all = 0;
+  for (Case c : {Case{2, 2, 16, 16, 1, 0, 0}, Case{4, 2, 24, 40, 5, 37, 0}, Case{2, 1, 128, 128, 70, 0, 0},
+                 Case{4, 4, 64, 72, 130, 33, 0}, Case{2, 2, 32, 32, 90, 20, 50}, Case{3, 1, 20, 8, 1, 200, 0},
+                 Case{2, 2, 128, 128, 3, 4000, 0}}) {
+    AttentionShape s{c.heads, c.kv_heads, c.k_dim, c.v_dim, 1.f / std::sqrt(float(c.k_dim)), c.window};
+    const int P = c.pos0 + c.T;
+    std::vector<std::vector<float>> K(c.kv_heads, std::vector<float>(size_t(P) * c.k_dim)),
+        V(c.kv_heads, std::vector<float>(size_t(P) * c.v_dim));
+    for (auto& h : K) for (auto& x : h) x = nd(rng);
+    for (auto& h : V) for (auto& x : h) x = nd(rng);
+    std::vector<float> q(size_t(c.T) * c.heads * c.k_dim), out(size_t(c.T) * c.heads * c.v_dim, 9.f);
+    for (auto& x : q) x = 2.f * nd(rng);
+    if (!attention_fused(pool, s, q.data(), c.T, c.pos0, K, V, out.data())) SKIP("no fused attention kernel on this CPU");
+    double worst = 0;
+    const int group = c.heads / c.kv_heads;
+    for (int i = 0; i < c.T; ++i)
+      for (int h = 0; h < c.heads; ++h) {
+        const int p = c.pos0 + i, g = h / group, j0 = c.window > 0 ? std::max(0, p - c.window + 1) : 0;
+        std::vector<double> sc(p + 1);
+        double mx = -1e300, sum = 0;
+        for (int j = j0; j <= p; ++j) {
+          double d = 0;
+          for (int t = 0; t < c.k_dim; ++t) d += double(q[(size_t(i) * c.heads + h) * c.k_dim + t]) * K[g][size_t(j) * c.k_dim + t];
+          sc[j] = d * s.scale;
+          mx = std::max(mx, sc[j]);
+        }
+        for (int j = j0; j <= p; ++j) sum += std::exp(sc[j] - mx);
+        for (int t = 0; t < c.v_dim; ++t) {
+          double o = 0;
+          for (int j = j0; j <= p; ++j) o += std::exp(sc[j] - mx) / sum * V[g][size_t(j) * c.v_dim + t];
+          worst = std::max(worst, std::fabs(o - out[(size_t(i) * c.heads + h) * c.v_dim + t]) / (1 + std::fabs(o)));
+        }
+      }
+    CHECK_MSG(worst < 1e-5, "heads " << c.heads << "/" << c.kv_heads << " dims " << c.k_dim << "/" << c.v_dim << " T=" << c.T
+                                     << " pos0=" << c.pos0 << " window=" << c.window << ": error " << worst);
+    worst_all = std::max(worst_all, worst);
+  }
+  std::printf("     worst relative error vs float64: %.2e\n", worst_all);
 }

@@ -2,6 +2,7 @@
 // [--repeat R]` prints prefill/decode tokens per second (best of R) as JSON, with the process CPU seconds of each
 // phase (on a machine shared with other work, tokens per CPU-second move far less than tokens per wall-second);
 // `rs_bench --bandwidth [--threads T]` measures the memory read bandwidth that bounds decode;
+// `rs_bench --attention [--prompt-tokens N]` times the fused attention alone;
 // `rs_bench --experts --model DIR [--prompt-tokens N] [--kernels generic|avx512|avx512_bf16] [--repeat R]` times the
 // routed experts of the first MoE layer alone (random routing, N tokens), for A/B measurements of the kernel families.
 #include <sys/resource.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/attention.h"
+#include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "model/model.h"
 #include "routescope/engine.h"
@@ -115,10 +119,60 @@ static int experts_bench(const std::string& dir, int T, int threads, int repeat,
   return 0;
 }
 
+// One-row products streaming the LM head (decode's largest read), interleaved with the bandwidth probe: GB/s of each.
+static int stream_bench(const std::string& dir, int threads, int repeat) {
+  auto ck = routescope::Checkpoint::open(dir);
+  const routescope::Mat& W = ck->lm_head;
+  const size_t bytes = size_t(W.rows) * W.cols * routescope::dtype_size(W.dtype);
+  std::vector<float> x(W.cols, 0.01f), y(W.rows);
+  routescope::ThreadPool pool(threads);
+  routescope::matmul(pool, x.data(), 1, W, y.data());  // maps the weights in
+  double best = 0, probe = 0;
+  for (int r = 0; r < repeat; ++r) {
+    const auto t0 = Clock::now();
+    routescope::matmul(pool, x.data(), 1, W, y.data());
+    best = std::max(best, bytes / seconds_since(t0) / 1e9);
+    if (r % 4 == 0) probe = std::max(probe, read_bandwidth_gbps(threads));
+  }
+  std::printf("{\"lm_head_bytes\": %zu, \"threads\": %d, \"stream_gbps\": %.2f, \"probe_gbps\": %.2f, \"fraction\": %.3f}\n",
+              bytes, threads, best, probe, best / probe);
+  return 0;
+}
+
+// The fused causal attention alone (16 heads x 128, the bench model's shape) over an N-token prompt: GFLOP/s.
+static int attention_bench(int T, int threads, int repeat) {
+  const int heads = 16, dim = 128;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<std::vector<float>> K(heads, std::vector<float>(size_t(T) * dim)), V(heads, std::vector<float>(size_t(T) * dim));
+  for (auto& h : K) for (auto& x : h) x = nd(rng);
+  for (auto& h : V) for (auto& x : h) x = nd(rng);
+  std::vector<float> q(size_t(T) * heads * dim), out(q.size());
+  for (auto& x : q) x = nd(rng);
+  routescope::ThreadPool pool(threads);
+  routescope::AttentionShape shape{heads, heads, dim, dim, 1.f / std::sqrt(float(dim)), 0};
+  if (!routescope::attention_fused(pool, shape, q.data(), T, 0, K, V, out.data())) {
+    std::fprintf(stderr, "rs_bench: no fused attention kernel on this CPU\n");
+    return 1;
+  }
+  double wall = 1e30, cpu = 1e30;
+  for (int r = 0; r < repeat; ++r) {
+    const double c0 = cpu_seconds();
+    const auto t0 = Clock::now();
+    routescope::attention_fused(pool, shape, q.data(), T, 0, K, V, out.data());
+    wall = std::min(wall, seconds_since(t0));
+    cpu = std::min(cpu, cpu_seconds() - c0);
+  }
+  const double gflop = 2.0 * 2.0 * heads * dim * (double(T) * (T + 1) / 2) / 1e9;  // q·k and p·v over the causal pairs
+  std::printf("{\"attention_tokens\": %d, \"threads\": %d, \"seconds\": %.4f, \"cpu_seconds\": %.4f, \"gflops\": %.1f, "
+              "\"gflops_per_cpu_second\": %.1f}\n", T, threads, wall, cpu, gflop / wall, gflop / cpu);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string model;
   int prompt = 512, decode = 32, threads = 0, repeat = 1;
-  bool bandwidth = false, experts = false;
+  bool bandwidth = false, experts = false, stream = false, attention = false;
   std::string kernels;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -136,6 +190,8 @@ int main(int argc, char** argv) {
     else if (a == "--repeat") repeat = std::max(1, std::atoi(next()));
     else if (a == "--bandwidth") bandwidth = true;
     else if (a == "--experts") experts = true;
+    else if (a == "--stream") stream = true;
+    else if (a == "--attention") attention = true;
     else if (a == "--kernels") kernels = next();
     else {
       std::fprintf(stderr, "rs_bench: unknown argument %s\n", a.c_str());
@@ -143,6 +199,7 @@ int main(int argc, char** argv) {
     }
   }
   if (threads <= 0) threads = int(std::thread::hardware_concurrency());
+  if (attention) return attention_bench(prompt, threads, repeat);
   if (bandwidth) {
     std::printf("{\"read_bandwidth_gbps\": %.2f, \"threads\": %d}\n", read_bandwidth_gbps(threads), threads);
     return 0;
@@ -153,16 +210,18 @@ int main(int argc, char** argv) {
   }
   try {
     if (experts) return experts_bench(model, prompt, threads, repeat, kernels);
+    if (stream) return stream_bench(model, threads, repeat);
     auto m = routescope::Model::load(model, {threads, "cpu"});
     const auto& info = m->info();
     std::mt19937 rng(1);
     std::vector<int> tokens(prompt);
     for (auto& t : tokens) t = int(rng() % info.vocab_size);
     routescope::Patch none;
-    {  // warm-up: maps the weights in
+    {  // warm-up, as `routescope bench`: one prefill of the prompt (maps the weights, sizes the buffers), one step
       auto s = m->create_session();
-      s->forward({tokens.begin(), tokens.begin() + std::min(prompt, 16)}, none, routescope::LogitsMode::Last);
-      if (prompt > 16 || decode > 0) s->forward({1}, none, routescope::LogitsMode::Last);
+      s->forward(tokens, none, routescope::LogitsMode::Last);
+      s->reset();
+      s->forward({1}, none, routescope::LogitsMode::Last);
     }
     double prefill = 1e30, dec = 1e30, prefill_cpu = 1e30, dec_cpu = 1e30;
     for (int rep = 0; rep < repeat; ++rep) {

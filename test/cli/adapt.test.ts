@@ -1,5 +1,5 @@
-// `routescope reference build` and `routescope eval` end to end on a fixture model: every method, the per-item
-// log, refusal of a mismatched reference set, and Ctrl-C keeping the partial log.
+// `routescope reference build`, `routescope eval` and `routescope headroom` end to end on a fixture model: every
+// method, the per-item logs, refusal of a mismatched reference set, and Ctrl-C keeping the partial results.
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -31,7 +31,7 @@ test('reference build writes an inspectable set; --help lists the commands', () 
   for (const f of ['routing.safetensors', 'embeddings.safetensors', 'index.jsonl', 'manifest.json']) assert.ok(fs.existsSync(path.join(ref, f)), f);
   const manifest = JSON.parse(fs.readFileSync(path.join(ref, 'manifest.json'), 'utf8'));
   assert.equal(manifest.model.model_type, 'olmoe');
-  assert.deepEqual(manifest.embedder, { kind: 'self', layer: 3 });
+  assert.deepEqual(manifest.embedder, { kind: 'self', layer: 3, pooled: 'prompt' });
   const help = runCli(['eval', '--help']);
   assert.equal(help.code, 0);
   for (const flag of ['--method', '--reference', '--log', '--limit', '--json']) assert.ok(help.stdout.includes(flag), flag);
@@ -121,7 +121,7 @@ test('eval refuses a reference set built for another model, and c3po without a r
   assert.match(missing.stderr, /--method c3po needs --reference REF/);
   const badLayer = runCli(['eval', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--method', 'c3po', '--reference', ref, '--embedding-layer', '1']);
   assert.equal(badLayer.code, 1);
-  assert.match(badLayer.stderr, /built with the model's own hidden state \(layer 3\), but the model's own hidden state \(layer 1\)/);
+  assert.match(badLayer.stderr, /built with the model's own hidden state \(layer 3, pooled over the prompt\), but the model's own hidden state \(layer 1, pooled over the prompt\)/);
 });
 
 test('Ctrl-C during eval stops after the current item, prints the partial summary and keeps the partial log', async () => {
@@ -190,4 +190,71 @@ test('Ctrl-C during reference build stops it and writes no reference set', async
   assert.equal(code, 130, stderr);
   assert.match(stderr, /routescope: cancelled; no reference set written/);
   assert.ok(!fs.existsSync(path.join(out, 'manifest.json')));
+});
+
+test('headroom: ANALYSIS ONLY everywhere; per-layer shares add up from the log; the new eval flags are accepted', () => {
+  const log = path.join(tmp, 'headroom.jsonl');
+  const r = runCli(['headroom', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--log', log, '--candidates', '4', '--threads', '2', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const s = JSON.parse(r.stdout);
+  assert.equal(s.analysis_only, true);
+  assert.match(s.notice, /ANALYSIS ONLY/);
+  assert.equal(s.completed, EVAL_ITEMS);
+  assert.equal(s.right + s.wrong, EVAL_ITEMS);
+  assert.deepEqual(s.perLayer.map((f: { layer: number }) => f.layer), [0, 1, 2]);
+  assert.equal(s.settings.candidates, 4);
+  const records = fs.readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(records.length, EVAL_ITEMS);
+  for (const f of s.perLayer) {
+    assert.equal(f.fixed, records.filter((x) => !x.correct && x.layers.some((c: { layer: number; flipped: boolean }) => c.layer === f.layer && c.flipped)).length);
+    assert.equal(f.broken, records.filter((x) => x.correct && x.layers.some((c: { layer: number; flipped: boolean }) => c.layer === f.layer && c.flipped)).length);
+  }
+  for (const x of records) {
+    assert.equal(x.analysis_only, true);
+    assert.match(x.answer, /^[ABCD]$/);
+    assert.equal(x.correct, x.answer === x.expected);
+  }
+  assert.equal(s.fixedItems.length, records.filter((x) => !x.correct && (x.joint?.flipped || x.layers.some((c: { flipped: boolean }) => c.flipped))).length);
+  const human = runCli(['headroom', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--limit', '3', '--no-joint', '--threads', '2']);
+  assert.equal(human.code, 0, human.stderr);
+  for (const re of [/^ROUTING HEADROOM — ANALYSIS ONLY/m, /^layer   wrong items fixed/m, /^ +2   \d+\/\d+ \(/m, /accuracy with the best routing change found/]) assert.match(human.stdout, re);
+  assert.doesNotMatch(human.stdout, /every layer together/);
+  const badLayer = runCli(['headroom', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--layers', '7']);
+  assert.equal(badLayer.code, 2);
+  assert.match(badLayer.stderr, /--layers: layer 7 has no router/);
+  // eval: the C3PO and rerouting choices as flags.
+  const flags = runCli(['eval', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--method', 'c3po', '--reference', ref, '--limit', '2', '--dedup', 'none',
+    '--option-loss', '--lr-start', '0.5', '--lr-end', '0.01', '--json']);
+  assert.equal(flags.code, 0, flags.stderr);
+  const rr = runCli(['eval', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--method', 'reroute', '--limit', '2', '--reroute-window', 'since-last-round', '--reroute-reset-adam', '--json']);
+  assert.equal(rr.code, 0, rr.stderr);
+  const bad = runCli(['eval', '--model', model, '--data', path.join(tmp, 'eval.jsonl'), '--dedup', 'sometimes']);
+  assert.equal(bad.code, 2);
+});
+
+test('Ctrl-C during headroom keeps the finished items: partial summary, exit 130', async () => {
+  const data = path.join(tmp, 'long-headroom.jsonl');
+  writeJsonl(data, mcItems(4000, 3000));
+  const log = path.join(tmp, 'headroom-partial.jsonl');
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'routescope.js'), 'headroom', '--model', model, '--data', data, '--log', log, '--threads', '1', '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setInterval(() => {
+    if (fs.existsSync(log) && fs.statSync(log).size > 0) {
+      clearInterval(timer);
+      child.kill('SIGINT');
+    }
+  }, 20);
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  clearInterval(timer);
+  assert.equal(code, 130, stderr);
+  const summary = JSON.parse(stdout);
+  assert.equal(summary.cancelled, true);
+  assert.ok(summary.completed > 0 && summary.completed < 4000);
+  assert.equal(fs.readFileSync(log, 'utf8').trim().split('\n').length, summary.completed);
+  assert.match(stderr, /cancelled after \d+ of 4000 items/);
 });

@@ -177,6 +177,18 @@ async function gridState(expect: { mode: 'single' | 'compare' }): Promise<GridSt
   throw new Error(`the routing grid never showed a finished ${expect.mode} run: ${JSON.stringify(last)}`);
 }
 
+/** Two items of each skill from media/tasks/eval.jsonl, as the text of a task file. */
+function headroomItems(): string {
+  const lines = fs.readFileSync(path.join(ROOT, 'media', 'tasks', 'eval.jsonl'), 'utf8').trim().split('\n');
+  const bySkill = new Map<string, string[]>();
+  for (const line of lines) {
+    const skill = (JSON.parse(line) as { skill: string }).skill;
+    const list = bySkill.get(skill) ?? [];
+    if (list.length < 2) bySkill.set(skill, [...list, line]);
+  }
+  return [...bySkill.values()].flat().join('\n') + '\n';
+}
+
 before(async () => {
   assert.ok(fs.existsSync(path.join(DEMO_MODEL, 'config.json')), `the demo model is missing (${DEMO_MODEL}); the end-to-end tests open it`);
   fs.mkdirSync(OUT, { recursive: true });
@@ -194,7 +206,11 @@ before(async () => {
       'workbench.colorTheme': 'Default Dark Modern', 'editor.codeLens': true, 'git.enabled': false, 'git.openRepositoryInParentFolders': 'never',
       'routescope.c3po.reference': ref,
     },
-    workspaceFiles: { 'demo.prompts.md': fs.readFileSync(path.join(ROOT, 'media', 'demo.prompts.md'), 'utf8') },
+    workspaceFiles: {
+      'demo.prompts.md': fs.readFileSync(path.join(ROOT, 'media', 'demo.prompts.md'), 'utf8'),
+      // Labelled items for the routing headroom: two of each skill of the demo model's evaluation split.
+      'demo.tasks.jsonl': headroomItems(),
+    },
   }));
   const port = await tools.freePort();
   server = await tools.startCodeServer({ dir: RUN_DIR, port, install });
@@ -390,7 +406,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await showPromptsEditor();
     await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Re-mix (C3PO)' }).first().click();
     const { text, html } = await adaptPanel('Re-mix (C3PO): ngd');
-    const critical = Math.ceil(config.num_hidden_layers / 3);
+    const critical = Math.min(5, config.num_hidden_layers); // the last 5 MoE layers, all of them when fewer
     for (let l = config.num_hidden_layers - critical; l < config.num_hidden_layers; l++) assert.ok(html.includes(`aria-label="ω at layer ${l}"`), `ω of layer ${l}`);
     assert.match(text, /Neighbour loss: \d+\.\d+ → \d+\.\d+/);
     assert.ok(html.includes('aria-label="Neighbours"') && html.includes('aria-label="Routing change"'));
@@ -405,6 +421,26 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     assert.ok(html.includes('aria-label="Rerouting rounds"') && html.includes('aria-label="Delta per layer after each round"'));
     assert.match(text, /Without rerouting[\s\S]*With rerouting/);
     await shot('adapt-reroute');
+  });
+
+  await step(t, 'Routing Headroom (Analysis Only) on a task file: per-layer bars with axes, the items it fixes, marked analysis only', async () => {
+    await page.keyboard.press('Control+P');
+    const input = page.locator('.quick-input-widget input.input');
+    await input.fill('demo.tasks.jsonl');
+    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'demo.tasks.jsonl' }).first().waitFor();
+    await input.press('Enter');
+    await page.locator('.tabs-container .tab.active', { hasText: 'demo.tasks.jsonl' }).waitFor();
+    await runCommand('Routing Headroom (Analysis Only)');
+    const { text, html } = await adaptPanel('Routing headroom — ANALYSIS ONLY');
+    assert.match(text, /ANALYSIS ONLY: every routing change here is searched with the item's own label/);
+    assert.match(text, /14 of 14 items/);
+    for (let l = 0; l < config.num_hidden_layers; l++) assert.match(html, new RegExp(`aria-label="Layer ${l}: fixes \\d+ of \\d+ wrong items`), `bars of layer ${l}`);
+    assert.ok(html.includes('share of items (%)') && html.includes('aria-label="Wrong items fixed by a routing change"'));
+    // The bars take keyboard focus (Tab moves through them inside the panel).
+    const frame = page.frameLocator('iframe.webview').last().frameLocator('#active-frame');
+    await frame.locator('g.bars').first().focus();
+    assert.equal(await frame.locator('g.bars:focus').count(), 1);
+    await shot('headroom');
   });
 
   await step(t, 'kill the engine process: a clear message, and the next action restarts it', async () => {

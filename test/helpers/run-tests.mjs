@@ -1,6 +1,7 @@
 // `npm test`: the engine's C++ tests (build/rs_tests test/fixtures), then node --test over the bundled unit and CLI
-// tests in test/out (built by `node tools/build.mjs --tests`). Ends with node's summary lines.
-//   node test/helpers/run-tests.mjs [--native-only] [--no-e2e]
+// tests in test/out (built by `node tools/build.mjs --tests`), then a short seeded fuzz run of every fuzz target
+// (tools/fuzz.mjs --quick, about a minute), then the end-to-end tests. Ends with node's summary lines.
+//   node test/helpers/run-tests.mjs [--native-only] [--no-e2e] [--no-fuzz]
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join, dirname } from 'node:path';
@@ -44,6 +45,14 @@ const unit = files.filter((f) => !isE2e(f));
 const e2e = process.argv.includes('--no-e2e') ? [] : files.filter(isE2e);
 const node = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...unit], { stdio: 'inherit', cwd: root });
 if (node.status !== 0) failed = true;
+if (!process.argv.includes('--no-fuzz')) {
+  // Hostile inputs: every fuzz target for a few seconds from the committed corpus and every past crash.
+  const fuzz = spawnSync(process.execPath, [join(root, 'tools', 'fuzz.mjs'), '--quick'], { stdio: 'inherit', cwd: root });
+  if (fuzz.status !== 0) {
+    console.error('routescope: the short fuzz run failed (see above)');
+    failed = true;
+  }
+}
 if (e2e.length > 0) {
   const started = Date.now();
   console.log(`# end-to-end tests in VS Code (code-server + chromium): ${e2e.join(' ')}`);

@@ -167,8 +167,8 @@ test('c3poNgd: NGD lowers the kernel-weighted neighbour loss; ω stays a distrib
   for (let i = 0; i < 3; i++) {
     neighbours.push({ prefix: await model.c3poPrefix(Int32Array.from(tokens(6 + i, info.vocabSize, 20 + i)), critical[0]), answer: 7 + i, weight: 1 / (1 + i) });
   }
-  const r = await model.c3poNgd(omega, neighbours, { layers: critical, coreExperts: 3, steps: 10, lrStart: 1e-2, lrEnd: 1e-5 });
-  assert.equal(r.losses.length, 11);
+  const r = await model.c3poNgd(omega, neighbours, { layers: critical, coreExperts: 3, steps: 10, lrStart: 1e-2, lrEnd: 1e-5, finalLoss: true });
+  assert.equal(r.losses.length, 11); // before each step, and after the last (finalLoss)
   assert.ok(r.losses[10] < r.losses[0], `${r.losses[0]} -> ${r.losses[10]}`);
   for (const l of critical) {
     const after = r.omegaAfter[String(l)];
@@ -179,7 +179,7 @@ test('c3poNgd: NGD lowers the kernel-weighted neighbour loss; ω stays a distrib
     for (const q of ratios) assert.ok(Math.abs(q / ratios[0] - 1) < 1e-4);
   }
   // A prefix can be reused across calls (the eval caches them): the same call gives the same losses.
-  const again = await model.c3poNgd(omega, neighbours, { layers: critical, coreExperts: 3, steps: 10, lrStart: 1e-2, lrEnd: 1e-5 });
+  const again = await model.c3poNgd(omega, neighbours, { layers: critical, coreExperts: 3, steps: 10, lrStart: 1e-2, lrEnd: 1e-5, finalLoss: true });
   assert.deepEqual(again.losses, r.losses);
   for (const n of neighbours) n.prefix.release();
   model.close();

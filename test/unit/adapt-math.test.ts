@@ -10,7 +10,7 @@ const close = (a: number, b: number, tol = 1e-6): void => assert.ok(Math.abs(a -
 // Unit vectors at known angles from the query (1, 0): cos = 1, 0.99, 0.9, 0.8, 0.5, 0.
 const angle = (c: number): number[] => [c, Math.sqrt(1 - c * c)];
 const REFS = [angle(1), angle(0.99), angle(0.9), angle(0.8), angle(0.5), angle(0)].map((v) => v.map((x) => x * 3)); // unnormalised on purpose
-const BASE = { mode: 'knn' as const, k: 3, epsilon: 0.7, dedupThreshold: 0.95, sigma: 'median' as const };
+const BASE = { mode: 'knn' as const, k: 3, epsilon: 0.7, dedup: 'similarity' as const, dedupThreshold: 0.95, sigma: 'median' as const };
 
 test('kNN on cosine: near-duplicates (> 0.95) dropped, the k most similar kept, σ = median distance', () => {
   const h = findNeighbours([2, 0], REFS, BASE);
@@ -31,6 +31,17 @@ test('ε-ball keeps every item with similarity >= ε; a fixed σ is used as give
   const none = findNeighbours([1, 0], REFS, { ...BASE, dedupThreshold: 1, exclude: new Set([0, 1, 2]) });
   assert.deepEqual(none.neighbours.map((n) => n.index), [3, 4, 5]);
   assert.deepEqual(findNeighbours([1, 0], [angle(1)], BASE).neighbours, []);
+});
+
+test('exact-question dedup drops only items asking the same question (whitespace and case aside), whatever their similarity', () => {
+  const questions = ['Add 2 and 3.', 'add  2 and 3. ', 'Add 2 and 4.', 'Sort "cab".', 'Sort "bca".', 'Reverse "ab".'];
+  const h = findNeighbours([1, 0], REFS, { ...BASE, dedup: 'exact-question', question: ' ADD 2 AND 3.', questions });
+  assert.deepEqual(h.dropped, [0, 1]);
+  assert.deepEqual(h.neighbours.map((n) => n.index), [2, 3, 4]); // similarities 0.9, 0.8, 0.5: above the similarity cut is fine
+  const kept = findNeighbours([1, 0], REFS, { ...BASE, dedup: 'none' });
+  assert.deepEqual(kept.dropped, []);
+  assert.deepEqual(kept.neighbours.map((n) => n.index), [0, 1, 2]);
+  assert.throws(() => findNeighbours([1, 0], REFS, { ...BASE, dedup: 'exact-question' }), /needs the question texts/);
 });
 
 test('Gaussian kernel and median', () => {
@@ -94,11 +105,12 @@ test('mean-shift moves to the kernel-weighted mean of the nearest pathways and c
   assert.ok(many.trajectory[many.trajectory.length - 1] < 1e-4);
 });
 
-test('critical layers: last 5, or ceil(L/3) for shallow models, or the setting', () => {
+test('critical layers: the last 5, every MoE layer when a model has fewer (the official code), or the setting', () => {
   const sixteen = [...Array(16).keys()];
   assert.deepEqual(criticalLayers(sixteen, 0), [11, 12, 13, 14, 15]);
-  assert.deepEqual(criticalLayers([0, 1, 2, 3, 4, 5], 0), [4, 5]);
-  assert.deepEqual(criticalLayers([0, 1, 2], 0), [2]);
+  assert.deepEqual(criticalLayers([0, 1, 2, 3, 4, 5], 0), [1, 2, 3, 4, 5]);
+  assert.deepEqual(criticalLayers([0, 1, 2, 3], 0), [0, 1, 2, 3]); // the demo model: all four
+  assert.deepEqual(criticalLayers([0, 1, 2], 0), [0, 1, 2]);
   assert.deepEqual(criticalLayers(sixteen, 3), [13, 14, 15]);
   assert.deepEqual(criticalLayers([1, 3], 9), [1, 3]);
 });

@@ -47,8 +47,8 @@ test('rerouting panel: rounds, δ per layer after each round, both texts side by
       plain: { tokens: [1], text: 'plain <text>' },
       rerouted: { tokens: [2], text: 'rerouted & text' },
       rounds: [
-        { position: 5, layers: [3], losses: [2, 1.5], confidence: { '1': 0.2 }, delta: { '3': Float32Array.of(0.25, -0.125) } },
-        { position: 9, layers: [1, 3], losses: [1.4, 1.2], confidence: { '1': 0.2 }, delta: { '3': Float32Array.of(0.5, -0.25), '1': Float32Array.of(0, 0.125) } },
+        { position: 5, windowStart: 0, layers: [3], losses: [2, 1.5], confidence: { '1': 0.2 }, delta: { '3': Float32Array.of(0.25, -0.125) } },
+        { position: 9, windowStart: 0, layers: [1, 3], losses: [1.4, 1.2], confidence: { '1': 0.2 }, delta: { '3': Float32Array.of(0.5, -0.25), '1': Float32Array.of(0, 0.125) } },
       ],
       delta: { '3': [0.5, -0.25], '1': [0, 0.125] },
     },

@@ -4,13 +4,14 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, SettingsError, readAdaptSettings, settingKeys } from '../../extension/src/adapt/settings';
+import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_HEADROOM, DEFAULT_REROUTE, SettingsError, dedupRule, readAdaptSettings, settingKeys } from '../../extension/src/adapt/settings';
+import { rerouteOptions } from '../../extension/src/adapt/reroute';
 import { DEFAULT_MAX_NEW_TOKENS, EDITOR_DEFAULTS, EDITOR_KEYS, readEditorSettings, settingKeys as settingKeysRead } from '../../extension/src/settings';
 import { ROOT } from '../helpers/cli';
 
 const properties = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).contributes.configuration.properties as Record<string, { default: unknown; description?: string; markdownDescription?: string }>;
 
-test('package.json contributes every C3PO, rerouting and embedding setting with the spec default', () => {
+test('package.json contributes every C3PO, rerouting, embedding and headroom setting with its default', () => {
   const keys = settingKeys();
   const check = (defaults: object, names: Record<string, string>): void => {
     for (const [k, name] of Object.entries(names)) {
@@ -22,8 +23,24 @@ test('package.json contributes every C3PO, rerouting and embedding setting with 
   check(DEFAULT_C3PO, keys.c3po);
   check(DEFAULT_REROUTE, keys.reroute);
   check(DEFAULT_EMBEDDING, keys.embedding);
+  check(DEFAULT_HEADROOM, keys.headroom);
   assert.deepEqual([DEFAULT_C3PO.k, DEFAULT_C3PO.steps, DEFAULT_C3PO.coreExperts, DEFAULT_C3PO.dedupThreshold], [3, 10, 20, 0.95]);
+  // The step on θ = log ω that matches the paper's step on ω (README "Test-time adaptation"), not 1e-2 → 1e-5.
+  assert.deepEqual([DEFAULT_C3PO.lrStart, DEFAULT_C3PO.lrEnd, DEFAULT_C3PO.optionLoss], [1, 1e-3, false]);
   assert.deepEqual([DEFAULT_REROUTE.interval, DEFAULT_REROUTE.steps, DEFAULT_REROUTE.lr, DEFAULT_REROUTE.optimizer], [128, 5, 0.05, 'adam']);
+  assert.deepEqual([DEFAULT_REROUTE.layerFraction, DEFAULT_REROUTE.resetAdamEachRound, DEFAULT_REROUTE.window], [0.5, false, 'context']);
+});
+
+test('dedup auto: the similarity cut for a text embedder, exact questions for the model\'s own embeddings; rerouting options reach the engine', () => {
+  assert.equal(dedupRule(DEFAULT_C3PO, 'self'), 'exact-question');
+  assert.equal(dedupRule(DEFAULT_C3PO, 'onnx'), 'similarity');
+  assert.equal(dedupRule({ ...DEFAULT_C3PO, dedup: 'none' }, 'onnx'), 'none');
+  const o = rerouteOptions({ ...DEFAULT_REROUTE, layers: [], window: 'since-last-round', resetAdamEachRound: true });
+  assert.equal(o.sinceLastRound, true);
+  assert.equal(o.resetAdamEachRound, true);
+  assert.equal(rerouteOptions({ ...DEFAULT_REROUTE, layers: [] }).sinceLastRound, false);
+  assert.throws(() => readAdaptSettings((key) => (key === 'routescope.c3po.dedup' ? 'sometimes' : undefined)), /routescope\.c3po\.dedup/);
+  assert.throws(() => readAdaptSettings((key) => (key === 'routescope.headroom.candidates' ? -1 : undefined)), /routescope\.headroom\.candidates/);
 });
 
 test('readAdaptSettings: configured values override, mistyped ones fall back, out-of-range ones are named', () => {

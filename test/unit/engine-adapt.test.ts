@@ -1,4 +1,4 @@
-// The adaptation requests of the engine protocol (remix, reroute) over a real forked engine process, on the tiny
+// The adaptation requests of the engine protocol (remix, reroute, headroom) over a real forked engine process, on the tiny
 // parity fixture with a character tokenizer and a reference set built in a temp dir like `routescope reference build`.
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
@@ -6,13 +6,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { EngineHost } from '../../extension/src/engine/host';
 import type { CoreMethods } from '../../extension/src/engine/protocol';
-import type { AdaptMethods, RoundEvent } from '../../extension/src/adapt/protocol';
+import type { AdaptMethods, HeadroomEvent, RoundEvent } from '../../extension/src/adapt/protocol';
 import { loadAddon } from '../../extension/src/engine/addon';
 import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
 import { SelfEmbedder } from '../../extension/src/adapt/embedder';
 import { buildReference, saveReference } from '../../extension/src/adapt/reference';
-import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE } from '../../extension/src/adapt/settings';
-import { TaskRunner, readTasks } from '../../extension/src/adapt/tasks';
+import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_HEADROOM, DEFAULT_REROUTE } from '../../extension/src/adapt/settings';
+import { TaskRunner, parseTasks, readTasks, type TaskItem } from '../../extension/src/adapt/tasks';
 import { ROOT, tempDir } from '../helpers/cli';
 import { mcItems, mcModel, writeJsonl } from '../helpers/adapt';
 
@@ -21,6 +21,11 @@ let tmp = '';
 let modelDir = '';
 let refDir = '';
 let host: EngineHost<CoreMethods & AdaptMethods>;
+
+/** Task items as the editor parses them from an open file's text. */
+function readTasksText(rows: object[]): TaskItem[] {
+  return parseTasks(rows.map((r) => JSON.stringify(r)).join('\n'), 'items.jsonl');
+}
 
 before(async () => {
   tmp = tempDir();
@@ -31,7 +36,7 @@ before(async () => {
     const info = model.info();
     const tokenizer = loadTokenizer(modelDir);
     const session = model.createSession();
-    const embedder = new SelfEmbedder(session, (t) => tokenizer.encode(t), info.numLayers, 256);
+    const embedder = new SelfEmbedder(session, (t) => tokenizer.encode(t), info.numLayers);
     const items = readTasks(path.join(tmp, 'ref.jsonl'));
     const built = await buildReference({ session, runner: new TaskRunner(info, tokenizer), embedder, items, source: 'ref.jsonl' });
     assert.ok(built.entries.length >= 1, 'no item answered correctly');
@@ -74,4 +79,32 @@ test('reroute: plain vs rerouted generation, each round streamed as an event', a
   assert.ok(r.comparison.plain.tokens.length >= 1 && r.comparison.rerouted.tokens.length >= 1);
   assert.ok(Object.keys(r.comparison.delta).length >= 1);
   assert.ok(r.promptTokens > 0);
+});
+
+test('headroom: each item streamed; a cancel keeps the items that finished; a layer without a router is refused', async () => {
+  const items = readTasksText(mcItems(40, 300));
+  const events: HeadroomEvent[] = [];
+  const done = await host.request('headroom', { items: items.slice(0, 4), settings: { ...DEFAULT_HEADROOM, layers: [], candidates: 4 } }, { onEvent: (e) => events.push(e) });
+  assert.equal(done.summary.analysis_only, true);
+  assert.equal(done.summary.completed, 4);
+  assert.deepEqual(events.map((e) => e.done), [1, 2, 3, 4]);
+  assert.deepEqual(done.records.map((r) => r.id), items.slice(0, 4).map((i) => i.id));
+  // Cancel after the first item: the request resolves with what finished.
+  let cancel: (() => void) | undefined;
+  const listeners: (() => void)[] = [];
+  const token = { isCancellationRequested: false, onCancellationRequested: (f: () => void) => (listeners.push(f), { dispose() {} }) };
+  cancel = () => {
+    token.isCancellationRequested = true;
+    for (const f of listeners) f();
+  };
+  const partial = await host.request('headroom', { items, settings: { ...DEFAULT_HEADROOM, layers: [] } }, {
+    token,
+    onEvent: (e) => {
+      if (e.done === 1) cancel?.();
+    },
+  });
+  assert.equal(partial.summary.cancelled, true);
+  assert.ok(partial.summary.completed >= 1 && partial.summary.completed < items.length, `completed ${partial.summary.completed}`);
+  assert.equal(partial.records.length, partial.summary.completed);
+  await assert.rejects(host.request('headroom', { items: items.slice(0, 1), settings: { ...DEFAULT_HEADROOM, layers: [9] } }), (e: Error & { code?: string }) => e.code === 'BAD_SETTING' && /layer 9 has no router/.test(e.message));
 });

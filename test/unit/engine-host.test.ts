@@ -225,3 +225,30 @@ test('a killed engine process fails the running call clearly; the next call rest
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('an engine process that dies with a last word (weights truncated: SIGBUS in the mapping) shows it, and restarts', async () => {
+  // A stand-in engine process: ready, then on the first request the line the engine's SIGBUS handler prints, exit 1.
+  const dir = tempDir();
+  const worker = path.join(dir, 'worker.js');
+  fs.writeFileSync(
+    worker,
+    `process.send({ type: 'ready', version: 'test', cudaCompiled: false, pid: process.pid });
+     process.on('message', () => process.stderr.write('routescope: /m/model.safetensors: the model file changed while it was in use (truncated while mapped)\\n', () => process.exit(1)));`,
+  );
+  const lines: string[] = [];
+  const host = new EngineHost({ workerPath: worker, log: (l) => lines.push(l) });
+  try {
+    await assert.rejects(host.request('info', {}), (e: EngineError) => {
+      assert.equal(e.code, 'ENGINE_DIED');
+      assert.match(e.message, /exited unexpectedly \(exit code 1: \/m\/model\.safetensors: the model file changed while it was in use \(truncated while mapped\)\); it restarts on the next action/);
+      return true;
+    });
+    const firstPid = lines.map((l) => /engine process (\d+) started/.exec(l)?.[1]).find(Boolean);
+    await assert.rejects(host.request('info', {}), (e: EngineError) => e.code === 'ENGINE_DIED');
+    const pids = new Set(lines.map((l) => /engine process (\d+) started/.exec(l)?.[1]).filter(Boolean));
+    assert.ok(firstPid && pids.size === 2, `a second engine process was started: ${lines.join(' | ')}`);
+  } finally {
+    host.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

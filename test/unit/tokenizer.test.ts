@@ -50,3 +50,10 @@ test('decoding no tokens is the empty text (generation that stops at EOS first),
   assert.equal(loadTokenizer(dir).decode([]), '');
   fs.rmSync(dir, { recursive: true });
 });
+
+test('a JSON error is one line even when the text around it has line breaks (found by fuzzing)', () => {
+  const dir = tempDir();
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), '{\n  "version": "1.0",,\n  "model": {}\n}\n');
+  assert.throws(() => loadTokenizer(dir), (e: Error) => /tokenizer\.json: invalid JSON/.test(e.message) && !e.message.includes('\n'));
+  fs.rmSync(dir, { recursive: true });
+});

@@ -4,11 +4,11 @@
 // (in-process addon) and the extension (through its engine host) can both drive it.
 import type { NativeC3poPrefix, NativeModel, NativeModelInfo, RouterScoring } from '../engine/native';
 import type { RoutingPatch } from '../../../common/src/patch';
-import type { Embedder } from './embedder';
+import { forwardLayer, itemEmbedding, type Embedder } from './embedder';
 import { alphaGrid, findNeighbours, interpolate, meanShift, searchAlpha, weightedMean, type Neighbourhood } from './math';
 import { topIndices } from '../../../common/src/math';
 import type { ReferenceSet } from './reference';
-import { criticalLayers, type C3poMethod, type C3poSettings } from './settings';
+import { criticalLayers, dedupRule, type C3poMethod, type C3poSettings } from './settings';
 import type { Omega } from './tasks';
 
 /** Keeps neighbour prefixes (KV cache of a reference prompt) across test items, least recently used out first. */
@@ -25,10 +25,11 @@ export class PrefixCache {
     private readonly capBytes: number,
   ) {}
 
-  /** Engine memory of one cached prefix: K/V of every layer (capacity >= 64 positions) plus the hidden state. */
+  /** Engine memory of one cached prefix: K/V of every layer (capacity >= 64 positions) plus the first critical
+   *  layer's cached parts (every expert's output, the residual, the router logits). */
   estimate(tokens: number): number {
     const i = this.info;
-    return Math.max(64, tokens) * i.numLayers * i.numKvHeads * i.headDim * 2 * 4 + i.hiddenSize * 4 + 4096;
+    return Math.max(64, tokens) * i.numLayers * i.numKvHeads * i.headDim * 2 * 4 + (i.numExperts + 1) * i.hiddenSize * 4 + i.numExperts * 4 + 4096;
   }
 
   async get(index: number, tokens: readonly number[]): Promise<NativeC3poPrefix> {
@@ -74,10 +75,21 @@ export class PrefixCache {
 
 export interface C3poTest {
   tokens: number[];        // the test prompt
-  question: string;        // the text embedded for the neighbour search
+  question: string;        // what a text embedder embeds for the neighbour search
+  prompt: string;          // what the model's own embedding pools over
   omega: Omega;            // its original last-position routing (every MoE layer)
+  /** The self-embedding from the prompt's own forward (embedLayer = forwardLayer(embedder)); without it, and with the
+   *  model's own embeddings, the prompt runs once more. */
+  forwardEmbedding?: Float32Array;
   /** Oracle only: the token the test item should be answered with. */
   label?: number;
+  /** Oracle on a multiple-choice item with optionLoss: the option tokens. */
+  options?: number[];
+}
+
+export interface C3poRunOptions {
+  /** NGD: evaluate the surrogate loss after the last step too (one more forward; the panel shows before/after). */
+  finalLoss?: boolean;
 }
 
 export interface C3poOutcome {
@@ -90,7 +102,8 @@ export interface C3poOutcome {
   core: Record<string, number[]>;
   neighbours: { id: string; similarity: number; weight: number }[];
   sigma: number;
-  /** Kernel-weighted neighbour loss at the original ω and at the adapted ω (NGD: before each step and after). */
+  /** Kernel-weighted neighbour loss at the original ω and at the adapted ω (NGD: before each step, and after the
+   *  last with finalLoss). */
   losses: number[];
   alpha?: number;
   /** Why nothing was changed (e.g. no neighbour left after de-duplication). */
@@ -124,6 +137,26 @@ export class C3po {
     this.cache.clear();
   }
 
+  /**
+   * Caches every reference item's prefix up front (as many as the memory cap holds), so that the first test items
+   * are not slower than the rest: a one-time cost, one prefill per reference item. Returns how many are cached.
+   */
+  async warm(shouldStop?: () => boolean): Promise<number> {
+    const cap = this.ctx.settings.prefixCacheMiB * 1024 * 1024;
+    for (let i = 0; i < this.ctx.reference.entries.length; i++) {
+      if (shouldStop?.()) break;
+      const tokens = this.tokensOf(i);
+      if (this.cache.usedBytes + this.cache.estimate(tokens.length) > cap) break;
+      await this.cache.get(i, tokens);
+    }
+    return this.cache.size;
+  }
+
+  /** The layer a test prompt's forward should return the mean hidden state of (the model's own embeddings), if any. */
+  get embedLayer(): number | undefined {
+    return forwardLayer(this.ctx.embedder);
+  }
+
   /** How the model's router scores its logits: ω is softmax probabilities or per-expert sigmoid scores. */
   get scoring(): RouterScoring {
     return this.ctx.info.routerScoring;
@@ -138,20 +171,28 @@ export class C3po {
     return t;
   }
 
-  neighbourhood(embedding: Float32Array): Neighbourhood {
+  /** The dedup rule in effect for this reference set's embedder (routescope.c3po.dedup). */
+  get dedup(): ReturnType<typeof dedupRule> {
+    return dedupRule(this.ctx.settings, this.ctx.reference.manifest.embedder.kind);
+  }
+
+  neighbourhood(embedding: Float32Array, question: string): Neighbourhood {
     const s = this.ctx.settings;
     return findNeighbours(embedding, this.ctx.reference.embeddings, {
       mode: s.neighbourMode,
       k: s.k,
       epsilon: s.epsilon,
+      dedup: this.dedup,
       dedupThreshold: s.dedupThreshold,
+      question,
+      questions: this.ctx.reference.entries.map((e) => e.question),
       sigma: s.kernelSigma > 0 ? s.kernelSigma : 'median',
     });
   }
 
-  private ngdOptions(steps: number) {
+  private ngdOptions(steps: number, finalLoss = false) {
     const s = this.ctx.settings;
-    return { layers: this.layers, coreExperts: Math.min(s.coreExperts, this.ctx.info.numExperts), steps, lrStart: s.lrStart, lrEnd: s.lrEnd };
+    return { layers: this.layers, coreExperts: Math.min(s.coreExperts, this.ctx.info.numExperts), steps, lrStart: s.lrStart, lrEnd: s.lrEnd, finalLoss };
   }
 
   private omegaRecord(omega: Omega): Record<string, Float32Array> {
@@ -164,7 +205,7 @@ export class C3po {
     return out;
   }
 
-  async adapt(method: C3poMethod, test: C3poTest): Promise<C3poOutcome> {
+  async adapt(method: C3poMethod, test: C3poTest, run: C3poRunOptions = {}): Promise<C3poOutcome> {
     const { model, reference, settings } = this.ctx;
     const omegaBefore = this.omegaRecord(test.omega);
     const base: C3poOutcome = {
@@ -183,22 +224,27 @@ export class C3po {
       if (test.label === undefined) throw new Error('the oracle needs the test item\'s label');
       const prefix = await model.c3poPrefix(Int32Array.from(test.tokens), this.layers[0]);
       try {
-        const r = await model.c3poNgd(omegaBefore, [{ prefix, answer: test.label, weight: 1 }], this.ngdOptions(settings.steps));
+        const options = settings.optionLoss && test.options ? { options: test.options } : {};
+        const r = await model.c3poNgd(omegaBefore, [{ prefix, answer: test.label, weight: 1, ...options }], this.ngdOptions(settings.steps, run.finalLoss));
         return { ...base, omegaAfter: r.omegaAfter, core: coreLists(r.core), losses: r.losses };
       } finally {
         prefix.release();
       }
     }
 
-    const embedding = await this.ctx.embedder.embed(test.question);
-    const hood = this.neighbourhood(embedding);
+    const embedding = await itemEmbedding(this.ctx.embedder, test, test.forwardEmbedding);
+    const hood = this.neighbourhood(embedding, test.question);
     if (hood.neighbours.length === 0) return { ...base, skipped: 'no reference neighbour (after de-duplication)' };
     const neighbours = await Promise.all(
-      hood.neighbours.map(async (n) => ({
-        prefix: await this.cache.get(n.index, this.tokensOf(n.index)),
-        answer: reference.entries[n.index].answer_token,
-        weight: n.weight,
-      })),
+      hood.neighbours.map(async (n) => {
+        const entry = reference.entries[n.index];
+        return {
+          prefix: await this.cache.get(n.index, this.tokensOf(n.index)),
+          answer: entry.answer_token,
+          weight: n.weight,
+          ...(settings.optionLoss && entry.option_tokens ? { options: entry.option_tokens } : {}),
+        };
+      }),
     );
     const described = hood.neighbours.map((n) => ({ id: reference.entries[n.index].id, similarity: n.similarity, weight: n.weight }));
     const withHood = { ...base, neighbours: described, sigma: hood.sigma };
@@ -206,7 +252,7 @@ export class C3po {
       (await model.c3poNgd(omega, neighbours, this.ngdOptions(0))).losses[0];
 
     if (method === 'ngd') {
-      const r = await model.c3poNgd(omegaBefore, neighbours, this.ngdOptions(settings.steps));
+      const r = await model.c3poNgd(omegaBefore, neighbours, this.ngdOptions(settings.steps, run.finalLoss));
       // Zero steps leave ω as it was (softmax(log ω) would only round it).
       return { ...withHood, omegaAfter: settings.steps > 0 ? r.omegaAfter : omegaBefore, core: coreLists(r.core), losses: r.losses };
     }

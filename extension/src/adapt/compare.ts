@@ -33,12 +33,14 @@ async function continuation(
   maxNewTokens: number,
   stopTokens: number[],
   patch?: string,
-): Promise<NextTokens & { omega: Omega }> {
+  embedLayer?: number,
+): Promise<NextTokens & { omega: Omega; embedding?: Float32Array }> {
   session.reset();
   const omega: Omega = new Map();
   const last = prompt.length - 1;
   const fwd = await session.forward(Int32Array.from(prompt), {
     ...(patch ? { patch } : {}),
+    ...(embedLayer !== undefined ? { embedLayer } : {}),
     logits: 'last',
     onLayer: (r) => {
       if (last < r.start || last >= r.start + r.count) return;
@@ -58,7 +60,7 @@ async function continuation(
   });
   session.reset();
   const tokens = [...gen.tokens];
-  return { text: tokenizer.decode(tokens), tokens, top, omega };
+  return { text: tokenizer.decode(tokens), tokens, top, omega, ...(fwd.embedding ? { embedding: fwd.embedding } : {}) };
 }
 
 /** Re-mixes one prompt with C3PO and compares the model with and without it. */
@@ -66,10 +68,25 @@ export async function compareRemix(
   c3po: C3po,
   session: NativeSession,
   tokenizer: ModelTokenizer,
-  o: { prompt: number[]; question: string; method: Exclude<C3poMethod, 'oracle'>; topK: number; maxNewTokens: number; stopTokens: number[]; applyTo: 'every-token' | 'prefill-only' },
+  o: {
+    prompt: number[];
+    question: string;
+    method: Exclude<C3poMethod, 'oracle'>;
+    topK: number;
+    maxNewTokens: number;
+    stopTokens: number[];
+    applyTo: 'every-token' | 'prefill-only';
+    /** The self-embedding layer (forwardLayer of the embedder): taken from the plain forward. */
+    embedLayer?: number;
+  },
 ): Promise<RemixComparison> {
-  const base = await continuation(session, tokenizer, c3po.scoring, o.prompt, o.maxNewTokens, o.stopTokens);
-  const outcome = await c3po.adapt(o.method, { tokens: o.prompt, question: o.question, omega: base.omega });
+  const base = await continuation(session, tokenizer, c3po.scoring, o.prompt, o.maxNewTokens, o.stopTokens, undefined, o.embedLayer);
+  const text = tokenizer.decode(o.prompt);
+  const outcome = await c3po.adapt(
+    o.method,
+    { tokens: o.prompt, question: o.question, prompt: text, omega: base.omega, ...(base.embedding ? { forwardEmbedding: base.embedding } : {}) },
+    { finalLoss: true },
+  );
   const patch = serializePatch(c3poPatch(outcome.omegaAfter, o.prompt.length - 1, o.applyTo));
   const after = await continuation(session, tokenizer, c3po.scoring, o.prompt, o.maxNewTokens, o.stopTokens, patch);
   const selected: RemixComparison['selected'] = {};

@@ -12,6 +12,7 @@ import { FILE_KINDS, openRegularFile, readTextFile } from '../common/files';
 
 export interface Embedder {
   readonly identity: EmbedderIdentity;
+  /** Embeds an item's text: its question (a text embedder) or its whole prompt (the model's own hidden state). */
   embed(text: string): Promise<Float32Array>;
   dispose(): Promise<void>;
 }
@@ -20,24 +21,40 @@ export class EmbedderError extends Error {
   readonly code = 'BAD_EMBEDDER';
 }
 
-/** The MoE's own mean-pooled hidden state entering `layer` (numLayers = the last layer's output). */
+/**
+ * The MoE's own hidden state entering `layer` (numLayers = the last layer's output), mean-pooled over an item's whole
+ * prompt. Callers that run the prompt anyway take it from that forward (`forwardLayer`, TaskRunner.forward's
+ * embedLayer) instead of calling embed(prompt), which runs the prompt once more.
+ */
 export class SelfEmbedder implements Embedder {
   readonly identity: EmbedderIdentity;
   constructor(
     private readonly session: NativeSession,
     private readonly encode: (text: string) => number[],
     readonly layer: number,
-    private readonly maxTokens: number,
   ) {
-    this.identity = { kind: 'self', layer };
+    this.identity = { kind: 'self', layer, pooled: 'prompt' };
   }
-  async embed(text: string): Promise<Float32Array> {
-    let tokens = this.encode(text);
+  async embed(prompt: string): Promise<Float32Array> {
+    const tokens = this.encode(prompt);
     if (tokens.length === 0) throw new EmbedderError(`cannot embed an empty text`);
-    if (this.maxTokens > 0 && tokens.length > this.maxTokens) tokens = tokens.slice(0, this.maxTokens);
     return l2normalize(await this.session.meanHidden(Int32Array.from(tokens), this.layer));
   }
   async dispose(): Promise<void> {}
+}
+
+/** The layer whose mean hidden state a prompt's forward should return for this embedder (self-embedding), if any. */
+export function forwardLayer(embedder: Embedder): number | undefined {
+  return embedder.identity.kind === 'self' ? embedder.identity.layer : undefined;
+}
+
+/**
+ * An item's embedding: a text embedder's of its question; the model's own, pooled over the prompt, taken from the
+ * prompt's forward when the caller ran it with forwardLayer() (`fromForward`), else by running the prompt.
+ */
+export async function itemEmbedding(embedder: Embedder, item: { question: string; prompt: string }, fromForward?: Float32Array): Promise<Float32Array> {
+  if (embedder.identity.kind !== 'self') return embedder.embed(item.question);
+  return fromForward ? l2normalize(fromForward) : embedder.embed(item.prompt);
 }
 
 type OrtModule = typeof Ort;

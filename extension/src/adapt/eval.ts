@@ -30,6 +30,8 @@ export interface Answer {
   answer: string;     // MC: the chosen letter; generative: the generated text
   correct: boolean;
   ms: number;
+  /** CPU time of the process over the same span (every thread): steadier than wall time on a busy machine. */
+  cpu_ms: number;
 }
 
 export interface ItemRecord {
@@ -68,6 +70,8 @@ export interface EvalSummary {
   flips: { wrong_to_right: number; right_to_wrong: number };
   mean_ms: { none: number; method: number };
   overhead: number;
+  mean_cpu_ms: { none: number; method: number };
+  cpu_overhead: number;
 }
 
 export interface EvalOptions {
@@ -86,10 +90,20 @@ export interface EvalOptions {
   onRouting?: (item: TaskItem, routing: RoutingSpan, lastPosition: number) => void;
 }
 
-async function timed<T>(run: () => Promise<T>): Promise<[T, number]> {
+/** Wall and process CPU time since it was made. */
+function stopwatch(): () => { ms: number; cpu_ms: number } {
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  return () => {
+    const c = process.cpuUsage(c0);
+    return { ms: performance.now() - t0, cpu_ms: (c.user + c.system) / 1000 };
+  };
+}
+
+async function timed<T>(run: () => Promise<T>): Promise<[T, { ms: number; cpu_ms: number }]> {
+  const elapsed = stopwatch();
   const value = await run();
-  return [value, performance.now() - t0];
+  return [value, elapsed()];
 }
 
 export async function runEval(o: EvalOptions): Promise<EvalSummary> {
@@ -138,6 +152,8 @@ export function summarise(method: EvalMethod, total: number, records: ItemRecord
   }
   const meanNone = frac(records.reduce((a, r) => a + r.none.ms, 0), n);
   const meanMethod = frac(records.reduce((a, r) => a + r.method.ms, 0), n);
+  const cpuNone = frac(records.reduce((a, r) => a + r.none.cpu_ms, 0), n);
+  const cpuMethod = frac(records.reduce((a, r) => a + r.method.cpu_ms, 0), n);
   return {
     method,
     analysis_only: method === 'c3po-oracle',
@@ -152,6 +168,8 @@ export function summarise(method: EvalMethod, total: number, records: ItemRecord
     },
     mean_ms: { none: meanNone, method: meanMethod },
     overhead: meanNone > 0 ? meanMethod / meanNone : 0,
+    mean_cpu_ms: { none: cpuNone, method: cpuMethod },
+    cpu_overhead: cpuNone > 0 ? cpuMethod / cpuNone : 0,
   };
 }
 
@@ -164,19 +182,19 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
   let none: Answer;
   if (item.kind === 'mc') {
     const onRouting = o.onRouting && ((r: RoutingSpan) => o.onRouting!(item, r, last));
-    const [fwd, ms] = await timed(() => runner.forward(session, tokens, undefined, onRouting));
+    const [fwd, time] = await timed(() => runner.forward(session, tokens, undefined, onRouting));
     const s = runner.scoreMc(item, fwd.logits);
-    none = { answer: s.choice, correct: s.correct, ms };
+    none = { answer: s.choice, correct: s.correct, ...time };
   } else {
-    const [g, ms] = await timed(() => runner.generate(session, item, tokens));
-    none = { answer: g.text, correct: g.correct, ms };
+    const [g, time] = await timed(() => runner.generate(session, item, tokens));
+    none = { answer: g.text, correct: g.correct, ...time };
   }
 
   let method: ItemRecord['method'];
   if (o.method === 'none') {
     method = { ...none };
   } else if (o.method === 'reroute') {
-    const t0 = performance.now();
+    const elapsed = stopwatch();
     let answer: string;
     let correct: boolean;
     let delta: DeltaSummary;
@@ -197,21 +215,26 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
       const g = runner.finishGeneration(item, [...r.tokens]);
       [answer, correct, delta] = [g.text, g.correct, deltaSummary(r)];
     }
-    method = { answer, correct, ms: performance.now() - t0, delta };
+    method = { answer, correct, ...elapsed(), delta };
   } else {
     const c3po = o.c3po!;
     const kind = C3PO_METHOD[o.method];
-    const t0 = performance.now();
-    // The original routing ω (part of the method's cost). Multiple choice: the prefix stays cached, so the
-    // adapted ω (which changes only the last position) is scored by re-running that one position.
+    const elapsed = stopwatch();
+    // One forward of the prompt gives the original routing ω and, with the model's own embeddings, the embedding for
+    // the neighbour search (part of the method's cost). Multiple choice: the prefix stays cached, so the adapted ω
+    // (which changes only the last position) is scored by re-running that one position.
     const mc = item.kind === 'mc';
-    if (mc) await runner.prefill(session, tokens);
-    const fwd = mc ? await runner.forwardLast(session, tokens) : await runner.forward(session, tokens);
+    const fwd = mc
+      ? await runner.forwardKeepingPrefix(session, tokens, c3po.embedLayer)
+      : await runner.forward(session, tokens, undefined, undefined, c3po.embedLayer);
     const outcome = await c3po.adapt(kind, {
       tokens,
       question: questionText(item),
+      prompt: item.prompt,
       omega: fwd.omega,
+      ...(fwd.embedding ? { forwardEmbedding: fwd.embedding } : {}),
       ...(kind === 'oracle' ? { label: oracleLabel(o, item, tokens) } : {}),
+      ...(kind === 'oracle' && item.kind === 'mc' ? { options: runner.optionTokens(item) } : {}),
     });
     let answer: string;
     let correct: boolean;
@@ -227,7 +250,7 @@ async function evalItem(o: EvalOptions, item: TaskItem): Promise<ItemRecord> {
     method = {
       answer,
       correct,
-      ms: performance.now() - t0,
+      ...elapsed(),
       omega: omegaSummary(outcome),
       neighbours: outcome.neighbours,
       surrogate_loss: [outcome.losses[0], outcome.losses[outcome.losses.length - 1]],

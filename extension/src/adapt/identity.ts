@@ -14,7 +14,8 @@ export interface ModelIdentity {
 }
 
 export type EmbedderIdentity =
-  | { kind: 'self'; layer: number }
+  /** The model's own hidden state entering `layer`, mean-pooled over the prompt in the prompt's own forward. */
+  | { kind: 'self'; layer: number; pooled: 'prompt' }
   | { kind: 'onnx'; dir: string; model_sha256: string; tokenizer_sha256: string };
 
 export function sha256File(file: string, kind?: FileKind): string {
@@ -85,7 +86,7 @@ export function identityMismatch(expected: ModelIdentity, actual: ModelIdentity)
 }
 
 export function describeEmbedder(id: EmbedderIdentity): string {
-  return id.kind === 'self' ? `the model's own hidden state (layer ${id.layer})` : `ONNX embedder ${id.dir}`;
+  return id.kind === 'self' ? `the model's own hidden state (layer ${id.layer}, pooled over the prompt)` : `ONNX embedder ${id.dir}`;
 }
 
 export function sameEmbedder(a: EmbedderIdentity, b: EmbedderIdentity): boolean {

@@ -45,8 +45,15 @@ export interface NeighbourOptions {
   mode: 'knn' | 'epsilon';
   k: number;
   epsilon: number;
-  /** Items more similar than this to the query are near-duplicates of it and dropped (spec: 0.95). */
+  /**
+   * Which items are dropped as duplicates of the query: those more similar than dedupThreshold ('similarity', the
+   * paper's 0.95 cut, meant for text embedders), those whose question text equals `question` ('exact-question':
+   * questions[index], trimmed, whitespace collapsed, case folded), or none.
+   */
+  dedup: 'similarity' | 'exact-question' | 'none';
   dedupThreshold: number;
+  question?: string;
+  questions?: readonly string[];
   /** 'median' = the median of the neighbours' distances, or a fixed positive bandwidth. */
   sigma: 'median' | number;
   /** Items never to use (e.g. the query itself when it is in the reference set). */
@@ -68,7 +75,7 @@ export interface Neighbourhood {
 
 /**
  * Neighbours of a query among reference embeddings, by cosine similarity on L2-normalised vectors (both sides are
- * normalised here), near-duplicates (similarity > dedupThreshold) dropped, weighted by a Gaussian kernel of the
+ * normalised here), duplicates of the query dropped (NeighbourOptions.dedup), weighted by a Gaussian kernel of the
  * Euclidean distance. σ = median of the neighbours' distances by default; when that is 0 (all at distance 0) every
  * weight is 1.
  */
@@ -76,10 +83,14 @@ export function findNeighbours(query: Vec, references: readonly Vec[], o: Neighb
   const q = l2normalize(query);
   const scored: { index: number; similarity: number }[] = [];
   const dropped: number[] = [];
+  const sameText = (a: string, b: string): boolean => normaliseQuestion(a) === normaliseQuestion(b);
+  if (o.dedup === 'exact-question' && (o.question === undefined || !o.questions)) throw new Error('exact-question dedup needs the question texts');
   references.forEach((ref, index) => {
     if (o.exclude?.has(index)) return;
     const similarity = dot(q, l2normalize(ref));
-    if (similarity > o.dedupThreshold) dropped.push(index);
+    const duplicate =
+      o.dedup === 'similarity' ? similarity > o.dedupThreshold : o.dedup === 'exact-question' ? sameText(o.question!, o.questions![index]) : false;
+    if (duplicate) dropped.push(index);
     else scored.push({ index, similarity });
   });
   scored.sort((a, b) => b.similarity - a.similarity || a.index - b.index);
@@ -89,6 +100,11 @@ export function findNeighbours(query: Vec, references: readonly Vec[], o: Neighb
   const sigma = o.sigma === 'median' ? median(withDistance.map((n) => n.distance)) : o.sigma;
   const neighbours = withDistance.map((n) => ({ ...n, weight: gaussianKernel(n.distance, sigma) }));
   return { neighbours, sigma: Number.isFinite(sigma) ? sigma : 0, dropped };
+}
+
+/** A question as compared for exact duplicates: trimmed, runs of whitespace as one space, case folded. */
+export function normaliseQuestion(text: string): string {
+  return text.trim().replace(/\s+/g, ' ').toLowerCase();
 }
 
 /** exp(-d² / (2σ²)); σ <= 0 (degenerate bandwidth) gives 1 for every distance. */

@@ -7,13 +7,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { NativeModelInfo, NativeSession } from '../engine/native';
-import type { Embedder } from './embedder';
+import { forwardLayer, itemEmbedding, type Embedder } from './embedder';
 import { FILE_KINDS, readTextFile } from '../common/files';
 import { describeEmbedder, identityMismatch, modelIdentity, sameEmbedder, type EmbedderIdentity, type ModelIdentity } from './identity';
 import { readSafetensors, writeSafetensors } from './safetensors';
 import { questionText, type TaskItem, type TaskRunner } from './tasks';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
-export const REFERENCE_FORMAT = 'routescope-reference/1';
+export const REFERENCE_FORMAT = 'routescope-reference/2';
+/** Sets of the first format: self-embeddings of the question alone (now pooled over the prompt), no option tokens. */
+const EARLIER_FORMATS = ['routescope-reference/1'];
 
 export interface ReferenceEntry {
   id: string;
@@ -22,6 +25,8 @@ export interface ReferenceEntry {
   prompt: string;
   answer: string;
   answer_token: number;
+  /** Multiple choice: the option letters' tokens in letter order (the option loss); absent for generative items. */
+  option_tokens?: number[];
 }
 
 export interface ReferenceManifest {
@@ -85,7 +90,7 @@ export async function buildReference(o: BuildOptions): Promise<Omit<ReferenceSet
   for (const item of o.items) {
     if (o.shouldStop?.()) throw new CancelledError();
     const tokens = o.runner.encode(item.prompt);
-    const fwd = await o.runner.forward(o.session, tokens);
+    const fwd = await o.runner.forward(o.session, tokens, undefined, undefined, forwardLayer(o.embedder));
     let correct: boolean;
     let answerToken: number;
     if (item.kind === 'mc') {
@@ -98,9 +103,17 @@ export async function buildReference(o: BuildOptions): Promise<Omit<ReferenceSet
       if (answerToken < 0) correct = false;
     }
     if (correct) {
-      entries.push({ id: item.id, skill: item.skill, question: questionText(item), prompt: item.prompt, answer: item.answer, answer_token: answerToken });
+      entries.push({
+        id: item.id,
+        skill: item.skill,
+        question: questionText(item),
+        prompt: item.prompt,
+        answer: item.answer,
+        answer_token: answerToken,
+        ...(item.kind === 'mc' ? { option_tokens: o.runner.optionTokens(item) } : {}),
+      });
       routing.push(info.moeLayers.map((l) => fwd.omega.get(l)!));
-      embeddings.push(await o.embedder.embed(questionText(item)));
+      embeddings.push(await itemEmbedding(o.embedder, { question: questionText(item), prompt: item.prompt }, fwd.embedding));
     }
     done++;
     o.onProgress?.({ done, total: o.items.length, kept: entries.length, item, correct });
@@ -154,7 +167,7 @@ export function checkReferenceOutput(dir: string, flag: string): void {
   } catch {
     format = undefined;
   }
-  if (format !== REFERENCE_FORMAT) {
+  if (format !== REFERENCE_FORMAT && !EARLIER_FORMATS.includes(format as string)) {
     throw new ReferenceError(`${flag}: holds a manifest.json that is not a Routescope reference set (${REFERENCE_FORMAT}); choose an empty or new folder`);
   }
   const other = names.find((n) => !REFERENCE_FILES.includes(n));
@@ -280,9 +293,12 @@ export function parseManifest(file: string, text: string): ReferenceManifest {
   try {
     m = JSON.parse(text);
   } catch (error) {
-    return fail(`invalid JSON (${(error as Error).message})`);
+    return fail(`invalid JSON (${jsonErrorText(error)})`);
   }
   if (!isObject(m)) return fail('not a JSON object');
+  if (EARLIER_FORMATS.includes(m.format as string)) {
+    fail(`format ${m.format} was written by an earlier version (self-embeddings of the question alone, no option tokens); rebuild the set with routescope reference build`);
+  }
   if (m.format !== REFERENCE_FORMAT) fail(`format ${describe(m.format)}, expected ${REFERENCE_FORMAT}`);
   const int = (v: unknown, what: string, min: number, max = Number.MAX_SAFE_INTEGER): number => {
     if (!Number.isSafeInteger(v) || (v as number) < min || (v as number) > max) fail(`${what} must be an integer in ${min}..${max === Number.MAX_SAFE_INTEGER ? '' : max} (found ${describe(v)})`);
@@ -304,7 +320,10 @@ export function parseManifest(file: string, text: string): ReferenceManifest {
   });
   const embedder = m.embedder;
   if (!isObject(embedder)) return fail('"embedder" must be an object');
-  if (embedder.kind === 'self') int(embedder.layer, 'embedder.layer', 0);
+  if (embedder.kind === 'self') {
+    int(embedder.layer, 'embedder.layer', 0);
+    if (embedder.pooled !== 'prompt') fail(`embedder.pooled ${describe(embedder.pooled)}, expected "prompt"`);
+  }
   else if (embedder.kind === 'onnx') {
     str(embedder.dir, 'embedder.dir');
     str(embedder.model_sha256, 'embedder.model_sha256');
@@ -328,7 +347,7 @@ export function parseIndex(file: string, text: string, vocabSize: number): Refer
     try {
       v = JSON.parse(line);
     } catch (error) {
-      throw new ReferenceError(`${where}: invalid JSON (${(error as Error).message})`);
+      throw new ReferenceError(`${where}: invalid JSON (${jsonErrorText(error)})`);
     }
     if (!isObject(v)) throw new ReferenceError(`${where}: expected a JSON object, got ${describe(v)}`);
     for (const key of ['id', 'skill', 'question', 'prompt', 'answer']) {
@@ -339,7 +358,24 @@ export function parseIndex(file: string, text: string, vocabSize: number): Refer
     if (!Number.isSafeInteger(token) || (token as number) < 0 || (token as number) >= vocabSize) {
       throw new ReferenceError(`${where}: answer_token ${describe(token)} is outside the vocabulary (0..${vocabSize - 1})`);
     }
-    entries.push({ id: v.id as string, skill: v.skill as string, question: v.question as string, prompt: v.prompt as string, answer: v.answer as string, answer_token: token as number });
+    let options: number[] | undefined;
+    if (v.option_tokens !== undefined) {
+      const list = v.option_tokens;
+      if (!Array.isArray(list) || list.length < 2 || !list.every((t) => Number.isSafeInteger(t) && t >= 0 && t < vocabSize)) {
+        throw new ReferenceError(`${where}: option_tokens must be a list of at least two token ids (0..${vocabSize - 1})`);
+      }
+      if (!list.includes(token)) throw new ReferenceError(`${where}: answer_token ${token} is not one of option_tokens`);
+      options = list as number[];
+    }
+    entries.push({
+      id: v.id as string,
+      skill: v.skill as string,
+      question: v.question as string,
+      prompt: v.prompt as string,
+      answer: v.answer as string,
+      answer_token: token as number,
+      ...(options ? { option_tokens: options } : {}),
+    });
   });
   return entries;
 }

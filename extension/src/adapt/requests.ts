@@ -4,11 +4,13 @@ import type { HandlerTable, Loaded } from '../engine/worker';
 import { EngineError } from '../engine/protocol';
 import { C3po } from './c3po';
 import { compareRemix, compareReroute } from './compare';
-import { OnnxEmbedder, SelfEmbedder, type Embedder } from './embedder';
+import { forwardLayer, OnnxEmbedder, SelfEmbedder, type Embedder } from './embedder';
 import { describeEmbedder, sameEmbedder } from './identity';
 import type { AdaptMethods, AdaptPrompt } from './protocol';
 import { loadReference, ReferenceError } from './reference';
-import { checkC3poSettings, checkRerouteSettings } from './settings';
+import { checkC3poSettings, checkHeadroomSettings, checkRerouteSettings } from './settings';
+import { runHeadroom, type HeadroomItemRecord } from './headroom';
+import { TaskRunner } from './tasks';
 
 /** The prompt's token ids, checked against the vocabulary. */
 function promptTokens(l: Loaded, encode: (text: string) => number[], p: AdaptPrompt): number[] {
@@ -36,7 +38,7 @@ export const adaptHandlers: HandlerTable<AdaptMethods> = {
       ? await OnnxEmbedder.open(params.embedding.embedder, params.embedding.maxTokens)
       : recorded.kind === 'onnx'
         ? await OnnxEmbedder.open(recorded.dir, params.embedding.maxTokens)
-        : new SelfEmbedder(session, encode, recorded.layer, params.embedding.maxTokens);
+        : new SelfEmbedder(session, encode, recorded.layer);
     const c3po = new C3po({ model: l.model, info: l.info, reference, embedder, settings: params.c3po, encode });
     try {
       if (!sameEmbedder(recorded, embedder.identity)) {
@@ -52,6 +54,7 @@ export const adaptHandlers: HandlerTable<AdaptMethods> = {
         maxNewTokens: params.maxNewTokens,
         stopTokens: params.stopTokens ?? l.info.eosTokenIds,
         applyTo: params.c3po.applyTo,
+        embedLayer: forwardLayer(embedder),
       });
       const byId = new Map(reference.entries.map((e) => [e.id, e.question]));
       return {
@@ -80,5 +83,27 @@ export const adaptHandlers: HandlerTable<AdaptMethods> = {
       onRound: (round) => emit({ kind: 'round', round }),
     });
     return { comparison, promptTokens: tokens.length };
+  },
+  async headroom(params, { emit, track, isCancelled, model, tokenizer: requireTokenizer }) {
+    const l = model();
+    const tokenizer = requireTokenizer();
+    checkHeadroomSettings(params.settings);
+    const bad = params.settings.layers.find((layer) => !l.info.moeLayers.includes(layer));
+    if (bad !== undefined) throw new EngineError('BAD_SETTING', `routescope.headroom.layers: layer ${bad} has no router (MoE layers: ${l.info.moeLayers.join(', ')})`);
+    const session = l.model.createSession();
+    track(session);
+    const records: HeadroomItemRecord[] = [];
+    const summary = await runHeadroom({
+      session,
+      runner: new TaskRunner(l.info, tokenizer),
+      items: params.items,
+      settings: params.settings,
+      shouldStop: isCancelled,
+      onRecord: (record) => {
+        records.push(record);
+        emit({ kind: 'item', record, done: records.length, total: params.items.length });
+      },
+    });
+    return { summary, records };
   },
 };

@@ -16,6 +16,8 @@ export function rerouteOptions(s: RerouteSettings): NativeRerouteOptions {
     optimizer: s.optimizer,
     layerFraction: s.layerFraction,
     leastConfidentFirst: s.leastConfidentFirst,
+    resetAdamEachRound: s.resetAdamEachRound,
+    sinceLastRound: s.window === 'since-last-round',
   };
 }
 

@@ -1,6 +1,8 @@
 // Minimal float32 safetensors reader/writer for reference sets (any safetensors tool can open the files).
 import * as fs from 'node:fs';
 import { FILE_KINDS, readRegularFile, type MakeError } from '../common/files';
+import { jsonErrorText } from '../../../common/src/jsonError';
+import { encodeSafetensors } from '../common/safetensors';
 
 export interface F32Tensor {
   shape: number[];
@@ -8,28 +10,8 @@ export interface F32Tensor {
 }
 
 export function writeSafetensors(file: string, tensors: Record<string, F32Tensor>, metadata: Record<string, string> = {}): void {
-  const header: Record<string, unknown> = {};
-  if (Object.keys(metadata).length) header.__metadata__ = metadata;
-  let offset = 0;
-  const names = Object.keys(tensors).sort();
-  for (const name of names) {
-    const t = tensors[name];
-    const count = t.shape.reduce((a, b) => a * b, 1);
-    if (count !== t.data.length) throw new Error(`${file}: tensor ${name} has ${t.data.length} values for shape [${t.shape}]`);
-    header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
-    offset += t.data.byteLength;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const head = Buffer.from(json, 'utf8');
-  const prefix = Buffer.alloc(8);
-  prefix.writeBigUInt64LE(BigInt(head.length));
-  const parts: Buffer[] = [prefix, head];
-  for (const name of names) {
-    const d = tensors[name].data;
-    parts.push(Buffer.from(d.buffer, d.byteOffset, d.byteLength));
-  }
-  fs.writeFileSync(file, Buffer.concat(parts));
+  const named = Object.keys(tensors).sort().map((name) => ({ name, dtype: 'F32' as const, shape: tensors[name].shape, data: tensors[name].data }));
+  fs.writeFileSync(file, encodeSafetensors(named, metadata));
 }
 
 export class SafetensorsError extends Error {
@@ -66,7 +48,7 @@ export function parseSafetensors(
   try {
     header = JSON.parse(bytes.subarray(8, base).toString('utf8'));
   } catch (error) {
-    return fail(`header is not valid JSON (${(error as Error).message})`);
+    return fail(`header is not valid JSON (${jsonErrorText(error)})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) return fail('header is not a JSON object');
   const dataLength = bytes.length - base;

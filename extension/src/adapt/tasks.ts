@@ -9,6 +9,7 @@ import type { RoutingSpan } from '../../../common/src/routing';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
 import { logSumExp, routerScores } from '../../../common/src/math';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export interface McItem {
   kind: 'mc';
@@ -36,7 +37,11 @@ export class TaskError extends Error {
 export const GEN_MAX_NEW_TOKENS = 16;
 
 export function readTasks(file: string): TaskItem[] {
-  const text = readTextFile(file, FILE_KINDS.tasks, (message) => new TaskError(message));
+  return parseTasks(readTextFile(file, FILE_KINDS.tasks, (message) => new TaskError(message)), file);
+}
+
+/** Task items from the text of a task file (`file` names it in messages), e.g. an open editor's JSONL. */
+export function parseTasks(text: string, file: string): TaskItem[] {
   const items: TaskItem[] = [];
   const ids = new Set<string>();
   text.split('\n').forEach((line, i) => {
@@ -46,7 +51,7 @@ export function readTasks(file: string): TaskItem[] {
     try {
       v = JSON.parse(line);
     } catch (error) {
-      throw new TaskError(`${where}: invalid JSON (${(error as Error).message})`);
+      throw new TaskError(`${where}: invalid JSON (${jsonErrorText(error)})`);
     }
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new TaskError(`${where}: expected a JSON object (an item), got ${v === null ? 'null' : Array.isArray(v) ? 'a list' : typeof v}`);
     const str = (key: string): string => {
@@ -94,6 +99,8 @@ export type Omega = Map<number, Float32Array>;
 export interface ForwardOutcome {
   logits: Float32Array;   // last position, [V]
   omega: Omega;
+  /** With embedLayer: the mean over the call's tokens of the hidden state entering that layer (not normalised). */
+  embedding?: Float32Array;
 }
 
 export interface McOutcome {
@@ -144,12 +151,27 @@ export class TaskRunner {
     return this.letterToken(item.answer);
   }
 
-  /** A fresh forward of the prompt; `onRouting` sees every layer's routing of every position. */
+  /** The option letters' tokens, in letter order (what scoreMc compares). */
+  optionTokens(item: McItem): number[] {
+    return Object.keys(item.options).sort().map((letter) => this.letterToken(letter));
+  }
+
+  /** A fresh forward of the prompt; `onRouting` sees every layer's routing of every position; with embedLayer the
+   *  outcome carries the mean hidden state entering that layer over the prompt (the self-embedding). */
   async forward(session: NativeSession, tokens: number[], patch?: RoutingPatch,
-    onRouting?: (routing: RoutingSpan) => void): Promise<ForwardOutcome> {
+    onRouting?: (routing: RoutingSpan) => void, embedLayer?: number): Promise<ForwardOutcome> {
     session.reset();
-    const out = await this.run(session, tokens, tokens.length - 1, patch, onRouting);
+    const out = await this.run(session, tokens, tokens.length - 1, patch, onRouting, embedLayer);
     session.reset();
+    return out;
+  }
+
+  /** forward(), after which the session keeps the prompt but its last token, ready for forwardLast: one pass gives
+   *  the plain answer, ω (and the self-embedding), and the prefix a patched last position re-runs against. */
+  async forwardKeepingPrefix(session: NativeSession, tokens: number[], embedLayer?: number): Promise<ForwardOutcome> {
+    session.reset();
+    const out = await this.run(session, tokens, tokens.length - 1, undefined, undefined, embedLayer);
+    session.truncate(tokens.length - 1);
     return out;
   }
 
@@ -172,10 +194,11 @@ export class TaskRunner {
   }
 
   private async run(session: NativeSession, tokens: number[], last: number, patch?: RoutingPatch,
-    onRouting?: (routing: RoutingSpan) => void): Promise<ForwardOutcome> {
+    onRouting?: (routing: RoutingSpan) => void, embedLayer?: number): Promise<ForwardOutcome> {
     const omega: Omega = new Map();
     const result = await session.forward(Int32Array.from(tokens), {
       ...(patch ? { patch: serializePatch(patch) } : {}),
+      ...(embedLayer !== undefined ? { embedLayer } : {}),
       logits: 'last',
       onLayer: (r) => {
         onRouting?.(r);
@@ -184,7 +207,11 @@ export class TaskRunner {
         omega.set(r.layer, routerScores(this.info.routerScoring, row));
       },
     });
-    return { logits: result.logits.subarray(result.logits.length - this.info.vocabSize), omega };
+    return {
+      logits: result.logits.subarray(result.logits.length - this.info.vocabSize),
+      omega,
+      ...(result.embedding ? { embedding: result.embedding } : {}),
+    };
   }
 
   scoreMc(item: McItem, logits: Float32Array): McOutcome {

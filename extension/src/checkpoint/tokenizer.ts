@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { FILE_KINDS, readTextFile, type FileKind } from '../common/files';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export class TokenizerError extends Error {
   readonly code = 'NO_TOKENIZER';
@@ -23,7 +24,7 @@ function readJson(file: string, kind: FileKind): object {
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('not a JSON object');
     return value;
   } catch (error) {
-    throw new TokenizerError(`${file}: invalid JSON (${(error as Error).message})`);
+    throw new TokenizerError(`${file}: invalid JSON (${jsonErrorText(error)})`);
   }
 }
 

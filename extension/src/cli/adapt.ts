@@ -1,5 +1,6 @@
 // CLI commands of the test-time adaptation methods: `reference build` (C3PO reference sets) and `eval` (the
-// evaluation harness). Ctrl-C stops them between items and keeps what is done (cli/setup.ts itemByItem).
+// evaluation harness); their item helpers serve `headroom` (cli/headroom.ts) too. Ctrl-C stops them between items
+// and keeps what is done (cli/setup.ts itemByItem).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
@@ -11,7 +12,15 @@ import { OnnxEmbedder, SelfEmbedder, type Embedder } from '../adapt/embedder';
 import { C3PO_METHOD, EVAL_METHODS, describeMethod, runEval, type EvalMethod, type EvalSummary } from '../adapt/eval';
 import { sameEmbedder, describeEmbedder } from '../adapt/identity';
 import { buildReference, checkReferenceOutput, loadReference, saveReference, type ReferenceSet } from '../adapt/reference';
-import { DEFAULT_C3PO, DEFAULT_EMBEDDING, DEFAULT_REROUTE, checkC3poSettings, checkRerouteSettings, type C3poSettings, type RerouteSettings } from '../adapt/settings';
+import {
+  DEFAULT_C3PO,
+  DEFAULT_EMBEDDING,
+  DEFAULT_REROUTE,
+  checkC3poSettings,
+  checkRerouteSettings,
+  type C3poSettings,
+  type RerouteSettings,
+} from '../adapt/settings';
 import { TaskRunner, readTasks, type TaskItem } from '../adapt/tasks';
 import { CliError, UsageError, parseInteger, parseIntegerList, parseNumber } from './args';
 import { ExpertLoad, formatExpertLoad } from './expertLoad';
@@ -29,11 +38,11 @@ async function openEmbedder(flags: EmbedderFlags, info: NativeModelInfo, session
   }
   if (flags.embedder !== undefined) return OnnxEmbedder.open(flags.embedder, DEFAULT_EMBEDDING.maxTokens);
   const layer = flags.embeddingLayer !== undefined ? parseInteger('--embedding-layer', flags.embeddingLayer, 0, info.numLayers) : info.numLayers;
-  return new SelfEmbedder(session, encode, layer, DEFAULT_EMBEDDING.maxTokens);
+  return new SelfEmbedder(session, encode, layer);
 }
 
 /** A progress line: rewritten in place on a terminal, every 50 items (and the last) otherwise. */
-function progress(text: string, done: number, total: number): void {
+export function progress(text: string, done: number, total: number): void {
   if (process.stderr.isTTY) process.stderr.write(`\r\x1b[2K${text}${done === total ? '\n' : ''}`);
   else if (done % 50 === 0 || done === total) process.stderr.write(`${text}\n`);
 }
@@ -43,13 +52,13 @@ function pct(x: number): string {
 }
 
 /** The items of --data (the first --limit of them), read before the model opens. */
-function readItems(options: { data: string; limit?: string }): TaskItem[] {
+export function readItems(options: { data: string; limit?: string }): TaskItem[] {
   const limit = options.limit !== undefined ? parseInteger('--limit', options.limit, 1) : undefined;
   const items = readTasks(options.data);
   return limit !== undefined ? items.slice(0, limit) : items;
 }
 
-interface ItemSetup extends OpenModel {
+export interface ItemSetup extends OpenModel {
   tokenizer: ModelTokenizer;
   /** The session the items run on (Ctrl-C cancels the item in flight on it). */
   session: NativeSession;
@@ -57,7 +66,7 @@ interface ItemSetup extends OpenModel {
 }
 
 /** Opens the model with its tokenizer and a session to run items on; closes the model afterwards. */
-function withItemRunner<T>(options: CommonOptions, body: (setup: ItemSetup) => Promise<T>): Promise<T> {
+export function withItemRunner<T>(options: CommonOptions, body: (setup: ItemSetup) => Promise<T>): Promise<T> {
   return withModel(options, (opened) => {
     const tokenizer = loadTokenizer(opened.dir);
     return body({ ...opened, tokenizer, session: opened.model.createSession(), runner: new TaskRunner(opened.info, tokenizer) });
@@ -128,15 +137,23 @@ interface EvalCliOptions extends CommonOptions, EmbedderFlags {
   limit?: string;
   log?: string;
   expertLoad?: boolean;
+  warmPrefixes?: boolean;
   k?: string;
   steps?: string;
+  lrStart?: string;
+  lrEnd?: string;
   criticalLayers?: string;
   coreExperts?: string;
+  dedup?: C3poSettings['dedup'];
+  dedupThreshold?: string;
+  optionLoss?: boolean;
   rerouteSteps?: string;
   rerouteLr?: string;
   rerouteInterval?: string;
   rerouteFraction?: string;
   rerouteLayers?: string;
+  rerouteResetAdam?: boolean;
+  rerouteWindow?: RerouteSettings['window'];
 }
 
 function c3poSettingsFrom(o: EvalCliOptions): C3poSettings {
@@ -145,6 +162,11 @@ function c3poSettingsFrom(o: EvalCliOptions): C3poSettings {
   if (o.steps !== undefined) s.steps = parseInteger('--steps', o.steps, 0);
   if (o.criticalLayers !== undefined) s.criticalLayers = parseInteger('--critical-layers', o.criticalLayers, 0);
   if (o.coreExperts !== undefined) s.coreExperts = parseInteger('--core-experts', o.coreExperts, 1);
+  if (o.lrStart !== undefined) s.lrStart = parseNumber('--lr-start', o.lrStart, Number.MIN_VALUE, 1e6);
+  if (o.lrEnd !== undefined) s.lrEnd = parseNumber('--lr-end', o.lrEnd, Number.MIN_VALUE, 1e6);
+  if (o.dedup !== undefined) s.dedup = o.dedup;
+  if (o.dedupThreshold !== undefined) s.dedupThreshold = parseNumber('--dedup-threshold', o.dedupThreshold, -1, 1);
+  if (o.optionLoss) s.optionLoss = true;
   checkC3poSettings(s);
   return s;
 }
@@ -156,6 +178,8 @@ function rerouteSettingsFrom(o: EvalCliOptions): RerouteSettings {
   if (o.rerouteInterval !== undefined) s.interval = parseInteger('--reroute-interval', o.rerouteInterval, 1);
   if (o.rerouteFraction !== undefined) s.layerFraction = parseNumber('--reroute-fraction', o.rerouteFraction, Number.MIN_VALUE, 1);
   if (o.rerouteLayers !== undefined) s.layers = parseIntegerList('--reroute-layers', o.rerouteLayers);
+  if (o.rerouteResetAdam) s.resetAdamEachRound = true;
+  if (o.rerouteWindow !== undefined) s.window = o.rerouteWindow;
   checkRerouteSettings(s);
   return s;
 }
@@ -184,7 +208,7 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
           embedder =
             recorded.kind === 'onnx'
               ? await OnnxEmbedder.open(recorded.dir, DEFAULT_EMBEDDING.maxTokens)
-              : new SelfEmbedder(model.createSession(), (t) => tokenizer.encode(t), recorded.layer, DEFAULT_EMBEDDING.maxTokens);
+              : new SelfEmbedder(model.createSession(), (t) => tokenizer.encode(t), recorded.layer);
         } else {
           embedder = await openEmbedder(options, info, model.createSession(), (t) => tokenizer.encode(t));
         }
@@ -195,18 +219,18 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
         }
         c3po = new C3po({ model, info, reference, embedder, settings: c3poSettings, encode: (t) => tokenizer.encode(t) });
       }
-      if (options.log !== undefined) {
-        try {
-          fs.mkdirSync(path.dirname(path.resolve(options.log)), { recursive: true });
-          logFd = fs.openSync(options.log, 'w');
-        } catch (error) {
-          throw new CliError(`--log ${options.log}: cannot write (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
-        }
-      }
+      logFd = openLog(options.log);
       if (!options.json) {
         out(`${describeMethod(method)} on ${items.length} items of ${options.data}`);
-        if (reference) out(`, reference ${reference.dir} (${reference.entries.length} items), critical layers ${c3po!.layers.join(',')}`);
+        if (reference) out(`, reference ${reference.dir} (${reference.entries.length} items), critical layers ${c3po!.layers.join(',')}, duplicates dropped: ${c3po!.dedup}`);
         out('\n');
+      }
+      let warmup: { prefixes: number; seconds: number } | undefined;
+      if (c3po && options.warmPrefixes) {
+        const t0 = performance.now();
+        const prefixes = await itemByItem(session, (shouldStop) => c3po!.warm(shouldStop));
+        warmup = { prefixes, seconds: (performance.now() - t0) / 1000 };
+        if (!options.json) out(`cached ${prefixes} reference prefixes in ${warmup.seconds.toFixed(1)} s (not counted in the time per item)\n`);
       }
       const summary = await itemByItem(session, (shouldStop) =>
         runEval({
@@ -226,7 +250,11 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
           onProgress: (p) => progress(`[${p.done}/${p.total}] none ${pct(p.noneCorrect / p.done)}  ${method} ${pct(p.methodCorrect / p.done)}`, p.done, p.total),
         }),
       );
-      const extra = { ...(options.log ? { log: path.resolve(options.log) } : {}), ...(load ? { expert_load: load.toJSON() } : {}) };
+      const extra = {
+        ...(options.log ? { log: path.resolve(options.log) } : {}),
+        ...(load ? { expert_load: load.toJSON() } : {}),
+        ...(warmup ? { prefix_warmup: warmup } : {}),
+      };
       if (options.json) out(jsonText({ ...summary, ...extra }) + '\n');
       else out(formatSummary(summary, options.log) + (load ? formatExpertLoad(load.toJSON()) : ''));
       if (summary.cancelled) {
@@ -238,6 +266,17 @@ async function evaluate(options: EvalCliOptions): Promise<void> {
       await embedder?.dispose();
     }
   });
+}
+
+/** Opens --log for writing (one JSON line per item as it finishes). */
+export function openLog(file: string | undefined): number | undefined {
+  if (file === undefined) return undefined;
+  try {
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    return fs.openSync(file, 'w');
+  } catch (error) {
+    throw new CliError(`--log ${file}: cannot write (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+  }
 }
 
 export function formatSummary(s: EvalSummary, log?: string): string {
@@ -262,7 +301,12 @@ export function formatSummary(s: EvalSummary, log?: string): string {
     }
   }
   if (name === 'none') lines.push(`time per item: ${s.mean_ms.none.toFixed(1)} ms`);
-  else lines.push(`time per item: none ${s.mean_ms.none.toFixed(1)} ms, ${name} ${s.mean_ms.method.toFixed(1)} ms, overhead ${s.overhead.toFixed(2)}×`);
+  else {
+    lines.push(
+      `time per item: none ${s.mean_ms.none.toFixed(1)} ms, ${name} ${s.mean_ms.method.toFixed(1)} ms, overhead ${s.overhead.toFixed(2)}× ` +
+        `(CPU time: ${s.mean_cpu_ms.none.toFixed(1)} ms vs ${s.mean_cpu_ms.method.toFixed(1)} ms, ${s.cpu_overhead.toFixed(2)}×)`,
+    );
+  }
   if (log) lines.push(`log: ${log}`);
   return lines.join('\n') + '\n';
 }
@@ -286,16 +330,25 @@ export function registerAdaptCommands(program: Command): void {
     .option('--limit <n>', 'only the first n items')
     .option('--log <file>', 'per-item JSONL log (answers, correctness, ω or δ summary)')
     .option('--expert-load', 'also report the plain model\'s expert load per skill and layer (multiple-choice prompts)')
+    .option('--warm-prefixes', 'C3PO: cache every reference prompt before the first item (reported apart; the time per item is then the steady state)')
     .option('--embedder <dir>', 'ONNX text embedder folder; default: the one the reference set was built with')
     .option('--embedding-layer <l>', 'self-embedding layer; default: the one the reference set was built with')
     .option('--k <n>', `C3PO neighbours (default ${DEFAULT_C3PO.k})`)
     .option('--steps <n>', `C3PO NGD steps (default ${DEFAULT_C3PO.steps})`)
-    .option('--critical-layers <n>', 'C3PO critical layers: the last n MoE layers (default 5, or ceil(L/3) below 15 layers)')
+    .option('--lr-start <x>', `C3PO NGD: Adam on log ω, cosine schedule start (default ${DEFAULT_C3PO.lrStart})`)
+    .option('--lr-end <x>', `C3PO NGD: cosine schedule end (default ${DEFAULT_C3PO.lrEnd})`)
+    .option('--critical-layers <n>', 'C3PO critical layers: the last n MoE layers (default 5, every MoE layer when there are fewer)')
     .option('--core-experts <n>', `C3PO core experts per layer (default ${DEFAULT_C3PO.coreExperts})`)
+    .addOption(new Option('--dedup <rule>', 'C3PO duplicates of the test item dropped from the reference set (default auto: the similarity cut for a text embedder, exact questions for the model\'s own embeddings)').choices(['auto', 'similarity', 'exact-question', 'none']))
+    .option('--dedup-threshold <x>', `C3PO similarity cut for --dedup similarity (default ${DEFAULT_C3PO.dedupThreshold})`)
+    .option('--option-loss', 'C3PO: the surrogate loss of multiple-choice neighbours over their option letters only (default: the whole vocabulary)')
     .option('--reroute-steps <n>', `rerouting optimiser steps per round (default ${DEFAULT_REROUTE.steps})`)
     .option('--reroute-lr <x>', `rerouting learning rate (default ${DEFAULT_REROUTE.lr})`)
     .option('--reroute-interval <m>', `rerouting round every m generated tokens (default ${DEFAULT_REROUTE.interval})`)
-    .option('--reroute-fraction <r>', 'rerouting: adapt this fraction of layers, least confident first (default 1)')
+    .option('--reroute-fraction <r>', `rerouting: adapt this fraction of layers each round, least confident first (default ${DEFAULT_REROUTE.layerFraction})`)
     .option('--reroute-layers <list>', 'rerouting candidate layers (default: every MoE layer)')
+    .option('--reroute-reset-adam', 'rerouting: reset Adam\'s moments every round (default: one optimiser per layer for the request)')
+    .addOption(new Option('--reroute-window <w>', 'rerouting: a round\'s loss over the whole context or the tokens since the last round (default context)').choices(['context', 'since-last-round']))
     .action(action(evaluate));
+
 }

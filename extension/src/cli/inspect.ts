@@ -11,6 +11,7 @@ import { FILE_KINDS, readTextFile } from '../common/files';
 import { describeModel, f32Row, f32Rows, formatF32, formatNumber, intRow, requireFinite, writeJsonObject } from './output';
 import { visibleToken } from '../../../common/src/format';
 import { formatRoutingTable, formatWeight, truncate } from './table';
+import { jsonErrorText } from '../../../common/src/jsonError';
 import {
   action, checkLayers, commonOptions, engineCall, labelFor, out, parseTokenInput, readPatch, resolveTokens, terminalWidth,
   tokenOptions, tryTokenizer, withModel, type CommonOptions, type TokenOptions,
@@ -120,7 +121,7 @@ function readMix(file: string, info: NativeModelInfo, tokenCount: number): MixRe
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new CliError(`${file}: invalid JSON (${(error as Error).message})`);
+    throw new CliError(`${file}: invalid JSON (${jsonErrorText(error)})`);
   }
   const mix = value as Partial<MixRequest> | null;
   if (

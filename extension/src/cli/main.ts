@@ -1,11 +1,13 @@
 // The `routescope` CLI over the native engine: inspect and grad (cli/inspect.ts), generate (cli/generate.ts), bench
-// and info (cli/bench.ts), reference build and eval (cli/adapt.ts); what they share is in cli/setup.ts. Flags and
-// JSON keys are a scripting contract (README "CLI reference").
+// and info (cli/bench.ts), reference build and eval (cli/adapt.ts), stats (cli/stats.ts); what they share is in
+// cli/setup.ts. Flags and JSON keys are a scripting contract (README "CLI reference").
 import { Command, CommanderError } from 'commander';
 import { registerAdaptCommands } from './adapt';
+import { registerHeadroomCommand } from './headroom';
 import { registerBenchCommands } from './bench';
 import { registerGenerateCommand } from './generate';
 import { registerInspectCommands } from './inspect';
+import { registerStatsCommand } from './stats';
 import { fail, installInterrupt, oneLineErrors } from './setup';
 
 const VERSION = '0.1.0';
@@ -21,6 +23,8 @@ export function buildProgram(): Command {
   registerGenerateCommand(program);
   registerBenchCommands(program);
   registerAdaptCommands(program);
+  registerHeadroomCommand(program);
+  registerStatsCommand(program);
   // Options after the subcommand belong to it; global flags are only --help and --version.
   for (const command of program.commands) {
     oneLineErrors(command);

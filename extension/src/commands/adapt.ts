@@ -1,5 +1,6 @@
-// The test-time adaptation commands (also the prompt lenses "Re-mix (C3PO)" and "Generate with rerouting"): both
-// run in the engine process (adapt/requests.ts), cancellable, and open the adaptation panel.
+// The test-time adaptation commands (also the prompt lenses "Re-mix (C3PO)" and "Generate with rerouting") and the
+// routing-headroom analysis of a task file (analysis only): all run in the engine process (adapt/requests.ts),
+// cancellable, and open their panel.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
@@ -7,6 +8,10 @@ import type { NativeRerouteRound } from '../engine/native';
 import { addPromptLenses } from '../prompts/codeLens';
 import { adaptSettings, editorSettings, saveReferenceSetting } from '../editorConfig';
 import { AdaptPanel } from '../views/adaptPanel';
+import { HeadroomPanel } from '../views/headroomPanel';
+import { summariseHeadroom, type HeadroomItemRecord } from '../adapt/headroom';
+import { parseTasks } from '../adapt/tasks';
+import { FILE_KINDS, readTextFile } from '../common/files';
 import { report, type CommandContext } from './context';
 import type { ModelCommands } from './models';
 import { resolvePrompt, toInput } from './prompts';
@@ -15,6 +20,7 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
   const { session } = c;
   const out = session.output;
   const panel = new AdaptPanel();
+  const headroomPanel = new HeadroomPanel();
 
   /** The configured reference set, or one the user picks now (saved to routescope.c3po.reference). */
   const referenceDir = async (): Promise<string | undefined> => {
@@ -89,12 +95,62 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
     }
   };
 
+  /** The labelled items to analyse: the file the command names (Explorer), else the active editor's JSONL, else one
+   *  the user picks. */
+  const taskSource = async (arg?: unknown): Promise<{ name: string; text: string } | undefined> => {
+    if (arg instanceof vscode.Uri) return { name: arg.fsPath, text: readTextFile(arg.fsPath, FILE_KINDS.tasks) };
+    const doc = vscode.window.activeTextEditor?.document;
+    if (doc && /\.jsonl$/i.test(doc.fileName)) return { name: doc.fileName, text: doc.getText() };
+    const uris = await vscode.window.showOpenDialog({
+      canSelectFiles: true,
+      canSelectMany: false,
+      filters: { 'Labelled items (JSONL)': ['jsonl'] },
+      openLabel: 'Analyse',
+      title: 'Routing headroom: a task file with answers (the format of media/tasks/*.jsonl)',
+    });
+    return uris?.length ? { name: uris[0].fsPath, text: readTextFile(uris[0].fsPath, FILE_KINDS.tasks) } : undefined;
+  };
+
+  const routingHeadroom = async (arg?: unknown): Promise<unknown> => {
+    if (!(await models.ensureModel())) return undefined;
+    try {
+      const source = await taskSource(arg);
+      if (!source) return undefined;
+      const items = parseTasks(source.text, source.name);
+      const { headroom } = adaptSettings();
+      const records: HeadroomItemRecord[] = [];
+      const name = path.basename(source.name);
+      const result = await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: `Routescope: routing headroom of ${name} (analysis only: uses the labels)`, cancellable: true },
+        (progress, token) =>
+          session.host.request('headroom', { items, settings: headroom }, {
+            token,
+            onEvent: (event) => {
+              records.push(event.record);
+              progress.report({ increment: 100 / event.total, message: `${event.done} of ${event.total} items` });
+              const summary = summariseHeadroom(records, event.total, false, headroom);
+              headroomPanel.show({ kind: 'running', source: name, done: event.done, total: event.total, records: [...records], summary });
+            },
+          }),
+      );
+      const s = result.summary;
+      out.appendLine(`routing headroom of ${source.name} (analysis only): ${s.completed} of ${s.items} items, ${s.wrong} wrong, fixed by routing ${s.fixedItems.length}`);
+      headroomPanel.show({ kind: 'done', source: name, records: result.records, summary: s });
+      if (s.cancelled) void vscode.window.showInformationMessage(`Routescope: routing headroom cancelled; the panel shows the ${s.completed} items that finished.`);
+      return s;
+    } catch (error) {
+      report(c, 'Routing Headroom', error);
+      return undefined;
+    }
+  };
+
   const disposables: vscode.Disposable[] = [
     panel,
+    headroomPanel,
     addPromptLenses((prompt) => [
       { title: '$(sparkle) Re-mix (C3PO)', command: 'routescope.remixC3po', arguments: [prompt], tooltip: 'Re-mix the routing of this prompt with C3PO and compare before/after' },
       { title: '$(sync) Generate with rerouting', command: 'routescope.generateRerouted', arguments: [prompt], tooltip: 'Generate with and without continuous rerouting, side by side' },
     ]),
   ];
-  return { remixC3po, generateRerouted, disposables };
+  return { remixC3po, generateRerouted, routingHeadroom, disposables };
 }

@@ -40,6 +40,7 @@ export function registerCommands(c: CommandContext): vscode.Disposable[] {
     'routescope.exportTrace': exportTrace,
     'routescope.remixC3po': adapt.remixC3po,
     'routescope.generateRerouted': adapt.generateRerouted,
+    'routescope.routingHeadroom': adapt.routingHeadroom,
   };
   return [...adapt.disposables, ...Object.entries(table).map(([id, handler]) => vscode.commands.registerCommand(id, handler))];
 }

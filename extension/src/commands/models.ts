@@ -7,6 +7,7 @@ import { FILE_KINDS, readTextFile } from '../common/files';
 import { EngineError } from '../engine/protocol';
 import { editorSettings } from '../editorConfig';
 import { report, type CommandContext } from './context';
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 const RECENT_KEY = 'routescope.recentModels';
 const RECENT_LIMIT = 8;
@@ -26,7 +27,7 @@ export function checkModelFolder(dir: string): string | undefined {
     const value = JSON.parse(text) as { model_type?: unknown } | null;
     if (typeof value?.model_type !== 'string') return `${config}: no "model_type"`;
   } catch (error) {
-    return `${config}: invalid JSON (${(error as Error).message})`;
+    return `${config}: invalid JSON (${jsonErrorText(error)})`;
   }
   return undefined;
 }

@@ -20,6 +20,7 @@ export const FILE_KINDS = {
   patch: { name: 'a routing patch', maxBytes: 64 * MiB },
   mix: { name: 'a --mix file', maxBytes: 1 * MiB },
   tasks: { name: 'a task file', maxBytes: 256 * MiB },
+  promptSet: { name: 'a prompt set file', maxBytes: 256 * MiB },
   referenceManifest: { name: 'a reference manifest.json', maxBytes: 1 * MiB },
   referenceIndex: { name: 'a reference index.jsonl', maxBytes: 256 * MiB },
   referenceTensors: { name: 'a reference safetensors file', maxBytes: 2048 * MiB },

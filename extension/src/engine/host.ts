@@ -153,7 +153,8 @@ export class EngineHost<M extends MethodTable = CoreMethods> {
       child.on('error', (error) => {
         if (!started) reject(new EngineError('NO_ENGINE', `cannot start the engine process: ${error.message}`));
       });
-      child.on('exit', (code, signal) => {
+      // 'close', not 'exit': stderr is read to its end first, so the engine's last line makes it into the message.
+      child.on('close', (code, signal) => {
         const expected = this.stopping.has(child);
         const message = expected
           ? 'the engine process was stopped'
@@ -290,7 +291,7 @@ export class EngineHost<M extends MethodTable = CoreMethods> {
     this.stopping.add(child);
     if (this.model) this.needsReload = true;
     await new Promise<void>((resolve) => {
-      child.once('exit', () => resolve());
+      child.once('close', () => resolve()); // after onExit has run
       child.kill('SIGTERM');
     });
   }

@@ -39,6 +39,8 @@ export interface NativeModelInfo {
 export interface NativeForwardOptions {
   patch?: string;               // patch JSON (see README "Routing patches"); validated natively
   logits: LogitsMode;
+  /** Return the mean over this call's tokens of the hidden state entering this layer (numLayers = last output). */
+  embedLayer?: number;
   onLayer?: (span: RoutingSpan) => void;
 }
 
@@ -74,10 +76,15 @@ export interface NativeRerouteOptions {
   optimizer: 'adam' | 'sgd';
   layerFraction: number;        // adapt this fraction of the candidates, ranked by routing confidence
   leastConfidentFirst: boolean;
+  /** Reset Adam's moments at every round (default: one optimiser per layer for the whole request). */
+  resetAdamEachRound?: boolean;
+  /** A round's loss over the tokens since the previous round only, older keys/values from the cache. */
+  sinceLastRound?: boolean;
 }
 
 export interface NativeRerouteRound {
   position: number;             // context length when the round ran
+  windowStart: number;          // first position of the round's loss window
   layers: number[];             // adapted in this round
   losses: number[];             // self-supervised loss before each step
   confidence: Record<string, number>; // C_l per candidate layer
@@ -90,14 +97,47 @@ export interface NativeRerouteResult {
   delta: Record<string, Float32Array>; // final delta per adapted layer
 }
 
+export interface NativeHeadroomOptions {
+  label: number;                // the correct next token
+  options?: number[];           // competing tokens (the label among them); default the whole vocabulary
+  layers?: number[];            // searched one by one; default every MoE layer
+  joint?: boolean;              // also all together (default true)
+  candidates?: number;          // swaps run exactly per greedy move (0 = all)
+  moves?: number;               // greedy moves per layer (0 = top-k)
+  steps?: number;               // Adam steps on log ω after the greedy search
+  lrStart?: number;
+  lrEnd?: number;
+}
+
+export interface NativeHeadroomChange {
+  layer: number;                // -1: all searched layers together
+  flipped: boolean;             // the answer changed
+  margin: number;               // the label's logit minus the best other competing token's, after the change
+  answer: number;               // the answer after the change
+  swaps: { layer: number; out: number; in: number }[];
+  gradient: boolean;            // Adam on log ω ran after the greedy search
+  omega: Record<string, Float32Array>; // the changed rows; empty when nothing moved the margin
+  evaluations: number;
+}
+
+export interface NativeHeadroomResult {
+  margin: number;               // with the model's own routing
+  answer: number;
+  correct: boolean;
+  layers: NativeHeadroomChange[];
+  joint?: NativeHeadroomChange;
+}
+
 export interface NativeSession {
   /** Generation with continuous rerouting (arXiv:2510.14853); resets the session first. */
   generateRerouted(prompt: Int32Array, options: NativeGenerateOptions & { reroute: NativeRerouteOptions;
     onRound?: (round: NativeRerouteRound) => void }): Promise<NativeRerouteResult>;
   /** Mean over positions of the hidden state entering `layer` (numLayers = last layer's output); resets. */
   meanHidden(tokens: Int32Array, layer: number): Promise<Float32Array>;
+  /** Routing headroom of one prompt and its label (ANALYSIS ONLY); resets the session and leaves it empty. */
+  routingHeadroom(prompt: Int32Array, options: NativeHeadroomOptions): Promise<NativeHeadroomResult>;
   /** Appends tokens after the cached context; runs on a worker thread; callbacks arrive on the JS thread. */
-  forward(tokens: Int32Array, options: NativeForwardOptions): Promise<{ logits: Float32Array; rows: number }>;
+  forward(tokens: Int32Array, options: NativeForwardOptions): Promise<{ logits: Float32Array; rows: number; embedding?: Float32Array }>;
   generate(prompt: Int32Array, options: NativeGenerateOptions): Promise<{ tokens: Int32Array }>;
   grad(tokens: Int32Array, options: NativeGradOptions): Promise<NativeGradResult>;
   reset(): void;
@@ -120,24 +160,36 @@ export interface NativeC3poOptions {
   steps: number;
   lrStart: number;
   lrEnd: number;
+  /** Evaluate the loss once more after the last step (one forward; off: losses holds the loss before each step). */
+  finalLoss?: boolean;
+}
+
+export interface NativeC3poNeighbour {
+  prefix: NativeC3poPrefix;
+  answer: number;
+  weight: number;
+  /** Multiple choice: the option tokens; the loss is then the cross-entropy over these tokens only. */
+  options?: number[];
 }
 
 export interface NativeC3poResult {
   omegaBefore: Record<string, Float32Array>;
   omegaAfter: Record<string, Float32Array>;
   core: Record<string, Int32Array>;
-  losses: number[];             // surrogate loss before each step and after the last
+  losses: number[];             // surrogate loss before each step, then after the last when finalLoss
   firstGrad: Record<string, Float32Array>;
 }
 
 export interface NativeModel {
   info(): NativeModelInfo;
-  /** Runs the prompt except its last token through every layer and the last token up to firstLayer. */
-  c3poPrefix(prompt: Int32Array, firstLayer: number): Promise<NativeC3poPrefix>;
+  /** Runs the prompt except its last token through every layer and the last token up to firstLayer; unless
+   *  cacheFirstLayer is false, also keeps that MoE layer's attention output, router logits and every expert's output
+   *  at the last token, so NGD steps need not run it. */
+  c3poPrefix(prompt: Int32Array, firstLayer: number, options?: { cacheFirstLayer?: boolean }): Promise<NativeC3poPrefix>;
   /** NGD on the last-position mix logits of the critical layers against weighted neighbours. steps = 0 only
    *  evaluates the surrogate loss (and its gradient) at omegaInit. */
   c3poNgd(omegaInit: Record<string, Float32Array>,
-          neighbours: { prefix: NativeC3poPrefix; answer: number; weight: number }[],
+          neighbours: NativeC3poNeighbour[],
           options: NativeC3poOptions): Promise<NativeC3poResult>;
   createSession(maxContext?: number): NativeSession;
   /** Unmaps the weights; the model and its sessions are unusable afterwards. */

@@ -32,6 +32,8 @@ export interface RequestContext<Event> {
   emit(event: Event): void;
   /** The session the request runs on: a cancel from the host cancels it. */
   track(session: NativeSession): void;
+  /** Whether the host cancelled the request (for handlers that work item by item between engine calls). */
+  isCancelled(): boolean;
   /** The open model (NO_MODEL when none). */
   model(): Loaded;
   /** The open model's tokenizer (NO_TOKENIZER when it has none). */
@@ -207,6 +209,7 @@ export function serveEngine<M extends MethodTable>(extra: HandlerTable<M>): void
           active!.session = session;
           if (active!.cancelled) session.cancel();
         },
+        isCancelled: () => active?.id === id && active.cancelled,
         model: requireModel,
         tokenizer: requireTokenizer,
         log,

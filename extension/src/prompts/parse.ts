@@ -3,6 +3,7 @@
 //           one prompt on its own (a section holding fenced blocks gives one prompt per block, not its body).
 //   .jsonl: each line that is an object with a string "prompt" (preferred) or "question" field.
 // Lines and characters are 0-based; `line` is where a code lens goes (the heading, fence or JSON line).
+import { jsonErrorText } from '../../../common/src/jsonError';
 
 export interface PromptRange {
   startLine: number;
@@ -157,7 +158,7 @@ export function parseJsonlPrompts(text: string): ParsedPrompts {
     try {
       value = JSON.parse(line);
     } catch (error) {
-      problems.push({ line: i, message: `invalid JSON (${(error as Error).message})` });
+      problems.push({ line: i, message: `invalid JSON (${jsonErrorText(error)})` });
       return;
     }
     if (typeof value !== 'object' || value === null || Array.isArray(value)) {

@@ -2,6 +2,7 @@
 // I32 and weights [L,T,k] F32 (L = MoE layers ascending, as listed in the metadata) plus __metadata__ (tokens,
 // model, patch, … as JSON strings); and CSV, one row per (layer, position), with the router entropy in nats.
 import { sortedLayers, type Run } from './run';
+import { encodeSafetensors } from '../common/safetensors';
 
 function routedTokens(run: Run): number {
   let T = Number.POSITIVE_INFINITY;
@@ -38,24 +39,11 @@ export function traceSafetensors(run: Run): Buffer {
     experts.set(l.experts.subarray(0, T * k), i * T * k);
     weights.set(l.weights.subarray(0, T * k), i * T * k);
   });
-  const tensors: [string, string, number[], Uint8Array][] = [
-    ['router_logits', 'F32', [L, T, E], new Uint8Array(logits.buffer)],
-    ['experts', 'I32', [L, T, k], new Uint8Array(experts.buffer)],
-    ['weights', 'F32', [L, T, k], new Uint8Array(weights.buffer)],
-  ];
-  const header: Record<string, unknown> = { __metadata__: traceMetadata(run, T) };
-  let offset = 0;
-  for (const [name, dtype, shape, bytes] of tensors) {
-    header[name] = { dtype, shape, data_offsets: [offset, offset + bytes.byteLength] };
-    offset += bytes.byteLength;
-  }
-  let json = JSON.stringify(header);
-  // The data starts 8-byte aligned, as the format recommends.
-  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
-  const headerBytes = Buffer.from(json, 'utf8');
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(headerBytes.length));
-  return Buffer.concat([length, headerBytes, ...tensors.map(([, , , bytes]) => bytes)]);
+  return encodeSafetensors([
+    { name: 'router_logits', dtype: 'F32', shape: [L, T, E], data: logits },
+    { name: 'experts', dtype: 'I32', shape: [L, T, k], data: experts },
+    { name: 'weights', dtype: 'F32', shape: [L, T, k], data: weights },
+  ], traceMetadata(run, T));
 }
 
 function csvField(value: string): string {

@@ -98,6 +98,9 @@ enum class LogitsMode { None, Last, All };
 struct ForwardResult {
   std::vector<float> logits;  // [rows, V]
   int rows = 0;
+  // When asked (mean_hidden_layer >= 0): the mean over this call's tokens of the hidden state entering that layer
+  // (num_layers = the last layer's output), e.g. a self-embedding taken from the prompt's own forward.
+  std::vector<float> mean_hidden;
 };
 
 struct SampleOptions {
@@ -128,7 +131,7 @@ class Session {
  public:
   virtual ~Session() = default;
   virtual ForwardResult forward(const std::vector<int>& tokens, const Patch& patch, LogitsMode mode,
-                                const RoutingCallback& on_layer = nullptr) = 0;
+                                const RoutingCallback& on_layer = nullptr, int mean_hidden_layer = -1) = 0;
   // Prefill + decode; on_token is called for every generated token (return false to stop early).
   virtual std::vector<int> generate(const std::vector<int>& prompt, const Patch& patch, const SampleOptions& opts,
                                     const std::function<bool(int)>& on_token = nullptr,

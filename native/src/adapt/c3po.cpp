@@ -1,34 +1,78 @@
 // C3PO (arXiv:2504.07964), the NGD variant: re-mix a test prompt's last-position routing in critical layers so that
 // the kernel-weighted loss of reference neighbours, run with that routing, goes down. Each neighbour's prompt is
-// cached once (c3po_prefix); an NGD step replays only its last position from the first critical layer up.
+// cached once (c3po_prefix), with the first critical MoE layer's routing-independent parts (attention output, router
+// logits, every expert's output); an NGD step replays only the neighbours' last positions above that layer, stacked.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
 #include "adapt/optimizer.h"
+#include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
+#include "cpu/router.h"
 #include "engine_impl.h"
+#include "adapt/last_position.h"
 #include "routescope/adapt.h"
 
 namespace routescope {
 
-struct C3poPrefix {
-  std::unique_ptr<SessionImpl> session;  // KV cache: every layer for positions < last, layers < first for last
-  std::vector<float> h;                  // hidden state of the last token at the input of first_layer
-  int first_layer = 0;
-  int last = 0;                          // position of the last prompt token
-  const ModelImpl* model = nullptr;      // the model whose caches these are
-};
+void cache_block(C3poPrefix& p, const float* h_mid) {
+  SessionImpl& s = *p.session;
+  const ModelConfig& cfg = s.m_.checkpoint().config;
+  p.h_base.resize(cfg.hidden);
+  p.experts.resize(static_cast<size_t>(cfg.experts) * cfg.hidden);
+  p.router.resize(cfg.experts);
+  s.dec_.moe_parts(p.first_layer, h_mid, p.router.data(), p.experts.data(), p.h_base.data());
+  for (int d = 0; d < cfg.hidden; ++d) p.h_base[d] += h_mid[d];
+  p.cached = true;
+}
 
-std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>& prompt, int first_layer) {
+void cached_block(const std::vector<const C3poPrefix*>& rows, const LayerPatch* lp, const ModelConfig& cfg, float* h,
+                  LayerSave* save) {
+  const int K = static_cast<int>(rows.size()), E = cfg.experts, k = cfg.top_k, H = cfg.hidden;
+  if (save) {
+    save->T = K;
+    save->pos0 = 0;
+    save->p.resize(static_cast<size_t>(K) * E);
+    save->sel.resize(static_cast<size_t>(K) * k);
+    save->w.resize(static_cast<size_t>(K) * k);
+    save->mixed.resize(K);
+    save->o.resize(static_cast<size_t>(K) * k * H);
+  }
+  std::vector<float> p(E), w(k);
+  std::vector<int32_t> sel(k);
+  for (int j = 0; j < K; ++j) {
+    const C3poPrefix& px = *rows[j];
+    bool mixed = false;
+    const std::vector<float>& bias = px.model->checkpoint().layers[px.first_layer].selection_bias;
+    route_token(cfg.router, px.router.data(), E, k, bias.empty() ? nullptr : bias.data(), lp, j, p.data(), sel.data(), w.data(),
+                &mixed);
+    float* hj = h + static_cast<size_t>(j) * H;
+    std::copy(px.h_base.begin(), px.h_base.end(), hj);
+    for (int s = 0; s < k; ++s) {
+      const float* o = px.experts.data() + static_cast<size_t>(sel[s]) * H;
+      for (int d = 0; d < H; ++d) hj[d] += w[s] * o[d];
+      if (save) std::copy(o, o + H, save->o.begin() + (static_cast<size_t>(j) * k + s) * H);
+    }
+    if (save) {
+      std::copy(p.begin(), p.end(), save->p.begin() + static_cast<size_t>(j) * E);
+      std::copy(sel.begin(), sel.end(), save->sel.begin() + static_cast<size_t>(j) * k);
+      std::copy(w.begin(), w.end(), save->w.begin() + static_cast<size_t>(j) * k);
+      save->mixed[j] = mixed;
+    }
+  }
+}
+
+std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>& prompt, int first_layer,
+                                        bool cache_first_layer) {
   ModelImpl& model = engine_model(model_in, "c3po_prefix");
   std::lock_guard<std::mutex> lock(model.c3po_mutex());
   const ModelConfig& cfg = model.checkpoint().config;
   if (prompt.empty()) throw Error("BAD_TOKENS", "empty reference prompt");
   if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
   auto p = std::make_shared<C3poPrefix>();
-  p->session = std::make_unique<SessionImpl>(model, 0);
+  p->session = std::make_shared<SessionImpl>(model, 0);
   p->session->check_tokens(prompt, 0);  // the last token skips forward(), which checks the others
   p->session->on_device_ = false;  // NGD steps run the CPU decoder against this cache
   p->first_layer = first_layer;
@@ -42,8 +86,47 @@ std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>&
   p->h.resize(cfg.hidden);
   s.dec_.embed(last, p->h.data());
   for (int l = 0; l < first_layer; ++l) s.dec_.layer_forward(l, p->h.data(), 1, p->last, s.cache_[l], none, nullptr, nullptr);
+  if (cache_first_layer && cfg.moe_layer[first_layer]) {
+    // Nothing of this layer depends on the routing at the last position but its mixing: keep the parts.
+    s.dec_.attn_forward(first_layer, p->h.data(), 1, p->last, s.cache_[first_layer], nullptr);
+    cache_block(*p, p->h.data());
+    p->h.clear();
+  }
   return p;
 }
+
+namespace {
+
+// Cross-entropy of `answer` under the softmax over the listed vocabulary rows only, for one normed row x; adds
+// weight * dLoss/dx to dx. Returns the loss.
+double restricted_loss(const Mat& head, const float* x, int H, const std::vector<int>& options, int answer, double weight,
+                       float* dx) {
+  const int n = static_cast<int>(options.size());
+  std::vector<float> rows(static_cast<size_t>(n) * H);
+  std::vector<double> z(n);
+  for (int i = 0; i < n; ++i) {
+    float* r = &rows[static_cast<size_t>(i) * H];
+    convert_to_f32(head.row(options[i]), head.dtype, r, H);
+    double dot = 0;
+    for (int d = 0; d < H; ++d) dot += static_cast<double>(x[d]) * r[d];
+    z[i] = dot;
+  }
+  const double mx = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (double v : z) sum += std::exp(v - mx);
+  double loss = 0;
+  for (int i = 0; i < n; ++i) {
+    const double pi = std::exp(z[i] - mx) / sum;
+    if (options[i] == answer) loss = -(z[i] - mx - std::log(sum));
+    if (!dx) continue;
+    const float g = static_cast<float>(weight * (pi - (options[i] == answer)));
+    const float* r = &rows[static_cast<size_t>(i) * H];
+    for (int d = 0; d < H; ++d) dx[d] += g * r[d];
+  }
+  return loss;
+}
+
+}  // namespace
 
 C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& omega_init,
                     const std::vector<C3poNeighbour>& neighbours, const C3poOptions& o) {
@@ -51,7 +134,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
   std::lock_guard<std::mutex> lock(model.c3po_mutex());
   const Checkpoint& ck = model.checkpoint();
   const ModelConfig& cfg = ck.config;
-  const int E = cfg.experts, L = cfg.layers, H = cfg.hidden;
+  const int E = cfg.experts, L = cfg.layers, H = cfg.hidden, V = cfg.vocab;
   if (o.layers.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one critical layer");
   if (neighbours.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one neighbour");
   if (o.steps < 0) throw Error("BAD_ARGUMENT", "C3PO needs steps >= 0");
@@ -74,99 +157,147 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     std::sort(order.begin(), order.end());
     res.core[l] = order;
   }
+  const C3poPrefix& p0 = *neighbours.front().prefix;
   double wsum = 0;
+  bool any_full = false;
   for (const auto& n : neighbours) {
     if (!n.prefix || n.prefix->model != &model) throw Error("BAD_ARGUMENT", "neighbour prefix belongs to another model");
     if (n.prefix->first_layer > first) throw Error("BAD_ARGUMENT", "neighbour prefix was cached above the first critical layer");
-    if (n.answer < 0 || n.answer >= cfg.vocab) throw Error("BAD_TOKENS", "neighbour answer token outside the vocabulary");
+    if (n.prefix->first_layer != p0.first_layer || n.prefix->cached != p0.cached)
+      throw Error("BAD_ARGUMENT", "neighbour prefixes of one call must be cached at the same layer, the same way");
+    if (n.answer < 0 || n.answer >= V) throw Error("BAD_TOKENS", "neighbour answer token outside the vocabulary");
+    for (int t : n.options)
+      if (t < 0 || t >= V) throw Error("BAD_TOKENS", "neighbour option token outside the vocabulary");
+    if (!n.options.empty() && std::find(n.options.begin(), n.options.end(), n.answer) == n.options.end())
+      throw Error("BAD_ARGUMENT", "a neighbour's answer token must be one of its option tokens");
+    any_full |= n.options.empty();
     wsum += std::max(0.f, n.weight);
   }
   if (!(wsum > 0)) throw Error("BAD_ARGUMENT", "neighbour weights must not all be zero");
-  std::map<int, Adam> adam;
-  // Per step, the K neighbours' last positions go up together: in each layer from the first critical one, attention
-  // per neighbour (its own KV cache), then the MLP / MoE block once for the K stacked rows; the final norm and LM
-  // head once for all rows, forward and backward. The largest matrices touched (the LM head, the experts omega
-  // selects) are read the same number of times whatever K is.
+
+  // The K neighbours' last positions go up together: attention per neighbour (its own KV cache), then the MLP / MoE
+  // block once for the K stacked rows, so the experts omega selects are read once for all; the final norm and LM head
+  // once for all rows, forward and backward. In stacked patches, row j is "position" j.
   const int K = static_cast<int>(neighbours.size());
-  std::vector<float> hs(static_cast<size_t>(K) * H), xs(static_cast<size_t>(K) * H), rnorm(K),
-      logits(static_cast<size_t>(K) * cfg.vocab), dnorm(static_cast<size_t>(K) * H);
+  std::vector<const C3poPrefix*> prefixes;
+  for (const auto& n : neighbours) prefixes.push_back(n.prefix.get());
+  Decoder& dec = p0.session->dec_;
+  const int c = p0.first_layer;
+  const bool block_cached = p0.cached && c == first;  // the first critical layer is a weighted sum of cached parts
+  const int start = block_cached ? first + 1 : first;
+  // What does not depend on omega, once: each row's state at the input of `start` when the prefix is cached lower.
+  std::vector<float> h0(static_cast<size_t>(K) * H);
+  if (!block_cached) {
+    Patch none;
+    for (int j = 0; j < K; ++j) {
+      const C3poPrefix& px = *prefixes[j];
+      float* h = h0.data() + static_cast<size_t>(j) * H;
+      int l = c;
+      if (px.cached) {
+        cached_block({&px}, nullptr, cfg, h, nullptr);  // routed as the model routes: below the critical layers
+        ++l;
+      } else {
+        std::copy(px.h.begin(), px.h.end(), h);
+      }
+      for (; l < first; ++l) px.session->dec_.layer_forward(l, h, 1, px.last, px.session->cache_[l], none, nullptr, nullptr);
+    }
+  }
+  std::vector<float> hs(static_cast<size_t>(K) * H), xs(static_cast<size_t>(K) * H), rnorm(K), dnorm(static_cast<size_t>(K) * H),
+      dh(static_cast<size_t>(K) * H), gl(static_cast<size_t>(K) * E);
+  std::vector<int> full;  // rows scored over the whole vocabulary
+  for (int j = 0; j < K; ++j)
+    if (neighbours[j].options.empty()) full.push_back(j);
+  std::vector<float> xf(static_cast<size_t>(full.size()) * H), logits(static_cast<size_t>(full.size()) * V), dxf(xf.size());
   std::vector<std::vector<LayerSave>> saves(K, std::vector<LayerSave>(L));  // attention halves, per neighbour
   std::vector<LayerSave> mlp_saves(L);                                        // MLP halves, neighbours stacked
-  Decoder& dec = neighbours.front().prefix->session->dec_;
-  for (int step = 0; step <= o.steps; ++step) {
-    double loss = 0;
+  LayerSave block_save;
+  std::map<int, Adam> adam;
+  const int evaluations = std::max(o.steps, 1) + (o.final_loss ? 1 : 0);
+  for (int step = 0; step < evaluations; ++step) {
+    const bool need_grad = step < std::max(o.steps, 1);
     std::map<int, std::vector<float>> grad;
     for (int l : o.layers) grad[l].assign(E, 0.f);
-    const bool need_grad = !(step == o.steps && step > 0);  // the final evaluation needs no gradient
-    std::map<int, std::vector<float>> omega;
-    for (int l : o.layers) omega[l] = scores_row(cfg, theta[l]);
-    // Layers below the first critical one (a prefix cached lower down) run per neighbour, with its own positions.
-    for (int j = 0; j < K; ++j) {
-      C3poPrefix& p = *neighbours[j].prefix;
-      SessionImpl& s = *p.session;
-      Patch patch;
-      for (int l : o.layers) patch.layers[l].mix[p.last] = omega[l];
-      float* h = hs.data() + static_cast<size_t>(j) * H;
-      std::copy(p.h.begin(), p.h.end(), h);
-      for (int l = p.first_layer; l < first; ++l) s.dec_.layer_forward(l, h, 1, p.last, s.cache_[l], patch, nullptr, nullptr);
-    }
-    // From the first critical layer up: attention per neighbour (its own KV cache), then the MLP / MoE block once
-    // for the K stacked rows. Every row takes its routing from the same omega, so the selected experts are read
-    // once for all neighbours instead of once each. In the stacked patch, row j is "position" j.
     Patch stacked;
-    for (int l : o.layers)
-      for (int j = 0; j < K; ++j) stacked.layers[l].mix[j] = omega[l];
-    for (int l = first; l < L; ++l) {
+    for (int l : o.layers) {
+      const std::vector<float> omega = scores_row(cfg, theta[l]);
+      for (int j = 0; j < K; ++j) stacked.layers[l].mix[j] = omega;
+    }
+    if (block_cached) cached_block(prefixes, &stacked.layers.at(first), cfg, hs.data(), need_grad ? &block_save : nullptr);
+    else hs = h0;
+    for (int l = start; l < L; ++l) {
       for (int j = 0; j < K; ++j) {
-        C3poPrefix& p = *neighbours[j].prefix;
-        p.session->dec_.attn_forward(l, hs.data() + static_cast<size_t>(j) * H, 1, p.last, p.session->cache_[l],
-                                     need_grad ? &saves[j][l] : nullptr);
+        const C3poPrefix& px = *prefixes[j];
+        px.session->dec_.attn_forward(l, hs.data() + static_cast<size_t>(j) * H, 1, px.last, px.session->cache_[l],
+                                      need_grad ? &saves[j][l] : nullptr);
       }
       dec.mlp_forward(l, hs.data(), K, 0, stacked, nullptr, need_grad ? &mlp_saves[l] : nullptr);
     }
-    // Cross-entropy of each neighbour's answer token at its last position, through the final norm and LM head.
+    // The neighbours' answers at their last positions, through the final norm and the LM head (or its option rows).
+    double loss = 0;
     for (int j = 0; j < K; ++j)
       rnorm[j] = rmsnorm_row(hs.data() + static_cast<size_t>(j) * H, ck.final_norm.data(), H, cfg.eps,
                              xs.data() + static_cast<size_t>(j) * H);
-    matmul(dec.pool(), xs.data(), K, ck.lm_head, logits.data());
+    std::fill(dnorm.begin(), dnorm.end(), 0.f);
     for (int j = 0; j < K; ++j) {
-      float* z = logits.data() + static_cast<size_t>(j) * cfg.vocab;
-      const int answer = neighbours[j].answer;
-      const float mx = *std::max_element(z, z + cfg.vocab);
-      double sum = 0;
-      for (int i = 0; i < cfg.vocab; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
+      if (neighbours[j].options.empty()) continue;
       const double w = std::max(0.f, neighbours[j].weight) / wsum;
-      loss += w * -(z[answer] - mx - std::log(sum));
-      if (!need_grad) continue;
-      for (int i = 0; i < cfg.vocab; ++i)
-        z[i] = static_cast<float>(w * (std::exp(static_cast<double>(z[i]) - mx) / sum - (i == answer)));
+      loss += w * restricted_loss(ck.lm_head, xs.data() + static_cast<size_t>(j) * H, H, neighbours[j].options,
+                                  neighbours[j].answer, w, need_grad ? dnorm.data() + static_cast<size_t>(j) * H : nullptr);
     }
-    if (need_grad) {
-      matmul_backward_input(dec.pool(), logits.data(), K, ck.lm_head, dnorm.data(), false);
-      std::vector<float> dh(static_cast<size_t>(K) * H);
-      for (int j = 0; j < K; ++j)
-        rmsnorm_row_backward(hs.data() + static_cast<size_t>(j) * H, rnorm[j], ck.final_norm.data(),
-                             dnorm.data() + static_cast<size_t>(j) * H, H, dh.data() + static_cast<size_t>(j) * H, false);
-      std::vector<float> gl(static_cast<size_t>(K) * E);
-      for (int l = L - 1; l >= first; --l) {
-        std::map<int, float*> mg;
-        const bool critical = grad.count(l) > 0;
-        if (critical) {
-          std::fill(gl.begin(), gl.end(), 0.f);
-          for (int j = 0; j < K; ++j) mg[j] = gl.data() + static_cast<size_t>(j) * E;
-        }
-        const bool below = dec.mlp_backward(l, mlp_saves[l], dh.data(), l == first, nullptr, mg);
-        if (critical)
-          for (int j = 0; j < K; ++j)
-            for (int e = 0; e < E; ++e) grad[l][e] += gl[static_cast<size_t>(j) * E + e];
-        if (!below) break;
-        for (int j = 0; j < K; ++j)
-          neighbours[j].prefix->session->dec_.attn_backward(l, saves[j][l], dh.data() + static_cast<size_t>(j) * H);
+    if (any_full) {
+      const int F = static_cast<int>(full.size());
+      for (int i = 0; i < F; ++i)
+        std::copy(xs.begin() + static_cast<size_t>(full[i]) * H, xs.begin() + static_cast<size_t>(full[i] + 1) * H,
+                  xf.begin() + static_cast<size_t>(i) * H);
+      matmul(dec.pool(), xf.data(), F, ck.lm_head, logits.data());
+      for (int i = 0; i < F; ++i) {
+        const C3poNeighbour& n = neighbours[full[i]];
+        float* z = logits.data() + static_cast<size_t>(i) * V;
+        const float mx = *std::max_element(z, z + V), za = z[n.answer];
+        double sum = 0;
+        for (int v = 0; v < V; ++v) sum += (z[v] = std::exp(z[v] - mx));
+        const double w = std::max(0.f, n.weight) / wsum;
+        loss += w * -(za - mx - std::log(sum));
+        if (!need_grad) continue;
+        const float scale = static_cast<float>(w / sum);
+        for (int v = 0; v < V; ++v) z[v] *= scale;
+        z[n.answer] -= static_cast<float>(w);
+      }
+      if (need_grad) {
+        matmul_backward_input(dec.pool(), logits.data(), F, ck.lm_head, dxf.data(), false);
+        for (int i = 0; i < F; ++i)
+          for (int d = 0; d < H; ++d) dnorm[static_cast<size_t>(full[i]) * H + d] += dxf[static_cast<size_t>(i) * H + d];
       }
     }
     res.losses.push_back(loss);
+    if (!need_grad) break;
+    for (int j = 0; j < K; ++j)
+      rmsnorm_row_backward(hs.data() + static_cast<size_t>(j) * H, rnorm[j], ck.final_norm.data(),
+                           dnorm.data() + static_cast<size_t>(j) * H, H, dh.data() + static_cast<size_t>(j) * H, false);
+    // dLoss/dtheta of every critical layer, summed over the neighbours.
+    auto take = [&](int l, const LayerSave& s, bool stop) {
+      std::map<int, float*> mg;
+      const bool critical = grad.count(l) > 0;
+      if (critical) {
+        std::fill(gl.begin(), gl.end(), 0.f);
+        for (int j = 0; j < K; ++j) mg[j] = gl.data() + static_cast<size_t>(j) * E;
+      }
+      const bool below = dec.mlp_backward(l, s, dh.data(), stop, nullptr, mg);
+      if (critical)
+        for (int j = 0; j < K; ++j)
+          for (int e = 0; e < E; ++e) grad[l][e] += gl[static_cast<size_t>(j) * E + e];
+      return below;
+    };
+    bool below = true;
+    for (int l = L - 1; l >= start && below; --l) {
+      below = take(l, mlp_saves[l], l == first);
+      if (!below) break;
+      for (int j = 0; j < K; ++j)
+        prefixes[j]->session->dec_.attn_backward(l, saves[j][l], dh.data() + static_cast<size_t>(j) * H);
+    }
+    if (block_cached) take(first, block_save, true);
     if (step == 0) res.first_grad = grad;
-    if (step == o.steps) break;
+    if (step >= o.steps) break;  // steps = 0: the evaluation only
     const double lr = cosine_lr(step, o.steps, o.lr_start, o.lr_end);
     for (int l : o.layers) adam[l].step(theta[l], grad[l], lr, &res.core[l]);
   }

@@ -1,11 +1,12 @@
 // Continuous rerouting (arXiv:2510.14853): during generation, a router-logit offset delta per adapted layer is
 // optimised on the self-supervised next-token loss of the context, after prefill and then every `interval` tokens.
-// A round replays the context from the hidden states kept at the lowest candidate layer, so it costs the layers
-// above it only.
+// A round runs only the layers at and above the lowest layer it adapts, from hidden states kept at the lowest
+// candidate layer, and chooses its layers from routing confidences recorded while the context was routed.
 #include <algorithm>
 #include <cmath>
 
 #include "adapt/optimizer.h"
+#include "cpu/router.h"
 #include "engine_impl.h"
 #include "routescope/adapt.h"
 
@@ -24,77 +25,124 @@ Patch with_delta(const Patch& base, const std::map<int, std::vector<float>>& del
   return p;
 }
 
-// One round over the current context: optimise delta of the selected layers on the next-token loss, then rebuild
-// the KV cache with the final delta. Returns the last position's logits.
-std::vector<float> reroute_round(SessionImpl& s, const std::vector<int>& context, const Patch& base,
-                                 const RerouteOptions& o, const std::vector<int>& candidates,
-                                 std::map<int, std::vector<float>>& delta, RerouteRound& round) {
-  const ModelConfig& cfg = s.m_.checkpoint().config;
-  const int T = static_cast<int>(context.size()), H = cfg.hidden, E = cfg.experts, k = cfg.top_k, L = cfg.layers;
-  const int store = s.keep_layer_;
-  round.position = T;
-  std::vector<int> selected;
-  std::map<int, Adam> adam;
-  int base_layer = store;
-  std::vector<float> h_base(s.hidden_.begin(), s.hidden_.begin() + static_cast<size_t>(T) * H);
-  for (int step = 0; step < o.steps; ++step) {
-    s.check_cancelled();
-    const Patch patch = with_delta(base, delta, E);
-    const int lowest = selected.empty() ? store : *std::min_element(selected.begin(), selected.end());
-    std::vector<float> h = h_base;
-    std::vector<KVCache> scratch(L);
-    std::vector<LayerSave> saves(L);
-    for (int l = base_layer; l < L; ++l)
-      s.dec_.layer_forward(l, h.data(), T, 0, scratch[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
-    if (selected.empty()) {
-      // Routing confidence C_l = -(1/k) sum over selected experts of log p, averaged over positions.
-      std::vector<std::pair<double, int>> ranked;
-      for (int l : candidates) {
-        const LayerSave& sv = saves[l];
-        double c = 0;
-        for (int t = 0; t < T; ++t)
-          for (int j = 0; j < k; ++j)
-            c -= std::log(std::max(1e-30f, sv.p[static_cast<size_t>(t) * E + sv.sel[static_cast<size_t>(t) * k + j]])) / k;
-        c /= T;
-        round.confidence[l] = static_cast<float>(c);
-        ranked.push_back({o.least_confident_first ? -c : c, l});
-      }
-      std::sort(ranked.begin(), ranked.end());
-      const int n = std::max(1, static_cast<int>(std::lround(o.layer_fraction * candidates.size())));
-      for (int i = 0; i < n && i < static_cast<int>(ranked.size()); ++i) selected.push_back(ranked[i].second);
-      std::sort(selected.begin(), selected.end());
-      round.layers = selected;
-      for (int l : selected)
-        if (!delta.count(l)) delta[l].assign(E, 0.f);
-    }
-    std::vector<float> dh(static_cast<size_t>(T) * H);
-    round.losses.push_back(s.loss_and_grad(context, h.data(), 1, T, dh.data()));
-    const int low = selected.front();
-    std::map<int, std::vector<float>> grads;
-    std::map<int, float*> none;
-    for (int l : selected) grads[l].assign(E, 0.f);
-    for (int l = L - 1; l >= low; --l) {
-      auto g = grads.find(l);
-      s.dec_.layer_backward(l, saves[l], dh.data(), l == low, g == grads.end() ? nullptr : g->second.data(), none);
-    }
-    if (step == 0 && low > base_layer) {  // later steps start at the lowest adapted layer
-      h_base = saves[low].h_in;
-      base_layer = low;
-    }
-    for (int l : selected) {
-      if (o.adam) adam[l].step(delta[l], grads[l], o.lr);
-      else
-        for (int e = 0; e < E; ++e) delta[l][e] -= o.lr * grads[l][e];
-    }
+// One request: delta, the optimiser state, and every candidate layer's routing confidence per position, kept up to
+// date by the forwards that route (prefill, decoding, the rebuild after each round) so that a round knows which
+// layers to adapt before it runs any of them.
+class Rerouter {
+ public:
+  Rerouter(SessionImpl& s, const Patch& base, const RerouteOptions& o, const std::vector<int>& candidates)
+      : s_(s), cfg_(s.m_.checkpoint().config), base_(base), o_(o), candidates_(candidates), current_(base) {
+    for (int l : candidates) confidence_[l];
   }
-  // Rebuild the KV cache of every layer from the stored hidden states with the final delta.
-  const Patch patch = with_delta(base, delta, E);
-  std::vector<float> h(s.hidden_.begin(), s.hidden_.begin() + static_cast<size_t>(T) * H);
-  for (int l = store; l < L; ++l) s.dec_.layer_forward(l, h.data(), T, 0, s.cache_[l], patch, nullptr, nullptr);
-  std::vector<float> logits(cfg.vocab);
-  s.dec_.logits(h.data() + static_cast<size_t>(T - 1) * H, 1, logits.data());
-  return logits;
-}
+
+  const Patch& patch() const { return current_; }
+  const std::map<int, std::vector<float>>& delta() const { return delta_; }
+
+  // Records C_t = -(1/k) sum over the selected experts of log p for every position a forward routes.
+  RoutingCallback confidence_callback() {
+    return [this](const LayerRouting& r) {
+      auto it = confidence_.find(r.layer);
+      if (it == confidence_.end()) return;
+      std::vector<float>& c = it->second;
+      if (static_cast<int>(c.size()) < r.start + r.count) c.resize(r.start + r.count);
+      auto lp_it = current_.layers.find(r.layer);
+      const LayerPatch* lp = lp_it == current_.layers.end() ? nullptr : &lp_it->second;
+      const int E = r.num_experts, k = r.top_k;
+      const std::vector<float>& selection = s_.m_.checkpoint().layers[r.layer].selection_bias;
+      const float* bias = selection.empty() ? nullptr : selection.data();
+      std::vector<float> p(E), w(k);
+      std::vector<int32_t> sel(k);
+      for (int i = 0; i < r.count; ++i) {
+        bool mixed = false;
+        route_token(cfg_.router, r.router_logits + static_cast<size_t>(i) * E, E, k, bias, lp, r.start + i, p.data(), sel.data(),
+                    w.data(), &mixed);
+        double v = 0;
+        for (int j = 0; j < k; ++j) v -= std::log(std::max(1e-30f, p[sel[j]])) / k;
+        c[r.start + i] = static_cast<float>(v);
+      }
+    };
+  }
+
+  // Optimises delta of the selected layers on the next-token loss of the window, then rebuilds the KV cache of the
+  // layers at and above the lowest adapted one over the window with the final delta. Returns the last position's
+  // logits.
+  std::vector<float> round(const std::vector<int>& context, RerouteRound& round) {
+    const int T = static_cast<int>(context.size()), H = cfg_.hidden, E = cfg_.experts, L = cfg_.layers;
+    const int pos0 = o_.since_last_round ? std::min(last_round_end_, T - 2) : 0, Tw = T - pos0;
+    round.position = T;
+    round.window_start = pos0;
+    // Layer selection by routing confidence over the context (with delta before the round).
+    std::vector<std::pair<double, int>> ranked;
+    for (int l : candidates_) {
+      const std::vector<float>& c = confidence_[l];
+      double mean = 0;
+      for (int t = 0; t < T; ++t) mean += c[t];
+      mean /= T;
+      round.confidence[l] = static_cast<float>(mean);
+      ranked.push_back({o_.least_confident_first ? -mean : mean, l});
+    }
+    std::sort(ranked.begin(), ranked.end());
+    const int n = std::max(1, static_cast<int>(std::lround(o_.layer_fraction * candidates_.size())));
+    std::vector<int> selected;
+    for (int i = 0; i < n && i < static_cast<int>(ranked.size()); ++i) selected.push_back(ranked[i].second);
+    std::sort(selected.begin(), selected.end());
+    round.layers = selected;
+    for (int l : selected)
+      if (!delta_.count(l)) delta_[l].assign(E, 0.f);
+    if (o_.reset_adam_each_round) adam_.clear();
+    const int low = selected.front();
+    // The window's hidden states entering the lowest adapted layer: the layers below it do not change in this round.
+    const int store = s_.keep_layer_;
+    std::vector<float> h_low(s_.hidden_.begin() + static_cast<size_t>(pos0) * H, s_.hidden_.begin() + static_cast<size_t>(T) * H);
+    for (int l = store; l < low; ++l) s_.dec_.layer_forward(l, h_low.data(), Tw, pos0, s_.cache_[l], current_, nullptr, nullptr);
+    const std::vector<int> window(context.begin() + pos0, context.end());
+    // Steps: the window's rows from the lowest adapted layer up, writing their keys and values into the session's
+    // cache (the rebuild below overwrites them; older positions stay as cached).
+    s_.prepare_grad_workspace();
+    std::vector<LayerSave>& saves = s_.grad_saves_;
+    std::vector<float> h, dh(static_cast<size_t>(Tw) * H);
+    std::map<int, std::vector<float>> grads;
+    const std::map<int, float*> none;
+    for (int step = 0; step < o_.steps; ++step) {
+      s_.check_cancelled();
+      h = h_low;
+      for (int l = low; l < L; ++l) s_.dec_.layer_forward(l, h.data(), Tw, pos0, s_.cache_[l], current_, nullptr, &saves[l]);
+      round.losses.push_back(s_.loss_and_grad(window, h.data(), 1, Tw, dh.data()));
+      for (int l : selected) grads[l].assign(E, 0.f);
+      for (int l = L - 1; l >= low; --l) {
+        auto g = grads.find(l);
+        s_.dec_.layer_backward(l, saves[l], dh.data(), l == low, g == grads.end() ? nullptr : g->second.data(), none);
+      }
+      for (int l : selected) {
+        if (o_.adam) adam_[l].step(delta_[l], grads[l], o_.lr);
+        else
+          for (int e = 0; e < E; ++e) delta_[l][e] -= o_.lr * grads[l][e];
+      }
+      current_ = with_delta(base_, delta_, E);
+    }
+    s_.trim_grad_workspace();
+    // Rebuild with the final delta (and the routing confidence of the rebuilt positions).
+    h = h_low;
+    const RoutingCallback record = confidence_callback();
+    for (int l = low; l < L; ++l) s_.dec_.layer_forward(l, h.data(), Tw, pos0, s_.cache_[l], current_, record, nullptr);
+    last_round_end_ = T;
+    std::vector<float> logits(cfg_.vocab);
+    s_.dec_.logits(h.data() + static_cast<size_t>(Tw - 1) * H, 1, logits.data());
+    return logits;
+  }
+
+ private:
+  SessionImpl& s_;
+  const ModelConfig& cfg_;
+  const Patch& base_;
+  const RerouteOptions& o_;
+  const std::vector<int> candidates_;
+  Patch current_;                                // base + delta
+  std::map<int, std::vector<float>> delta_;
+  std::map<int, Adam> adam_;
+  std::map<int, std::vector<float>> confidence_;  // per candidate layer, per position
+  int last_round_end_ = 0;
+};
 
 }  // namespace
 
@@ -119,14 +167,16 @@ RerouteResult generate_rerouted(Session& session, const std::vector<int>& prompt
   s.keep_layer_ = *std::min_element(candidates.begin(), candidates.end());
   RerouteResult res;
   std::vector<int> context = prompt;
+  Rerouter rr(s, patch, o, candidates);
   try {
-    std::vector<float> logits = s.forward(prompt, patch, LogitsMode::Last, nullptr).logits;
+    const RoutingCallback record = rr.confidence_callback();
+    std::vector<float> logits = s.forward(prompt, rr.patch(), LogitsMode::Last, record).logits;
     int since = 0;
     auto maybe_round = [&] {
       if (o.steps == 0 || context.size() < 2) return;
       RerouteRound round;
-      logits = reroute_round(s, context, patch, o, candidates, res.delta, round);
-      round.delta = res.delta;
+      logits = rr.round(context, round);
+      round.delta = rr.delta();
       res.rounds.push_back(round);
       if (on_round) on_round(round);
       since = 0;
@@ -134,7 +184,7 @@ RerouteResult generate_rerouted(Session& session, const std::vector<int>& prompt
     maybe_round();
     res.tokens = s.decode(logits, opts, on_token, [&](int token) {
       context.push_back(token);
-      logits = s.forward({token}, with_delta(patch, res.delta, cfg.experts), LogitsMode::Last, nullptr).logits;
+      logits = s.forward({token}, rr.patch(), LogitsMode::Last, record).logits;
       if (++since >= o.interval) maybe_round();
       return logits;
     });
@@ -142,6 +192,7 @@ RerouteResult generate_rerouted(Session& session, const std::vector<int>& prompt
     s.keep_layer_ = -1;
     throw;
   }
+  res.delta = rr.delta();
   s.keep_layer_ = -1;
   return res;
 }

@@ -6,12 +6,15 @@
 #include <limits>
 #include <numeric>
 
+#include "cpu/attention.h"
+#include "cpu/backward.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "cpu/ops.h"
 #include "cpu/experts_general.h"
 #include "cpu/router.h"
+#include "cpu/scratch.h"
 
 namespace routescope {
 
@@ -85,6 +88,8 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
   const float scale = cfg_.softmax_scale;
   const int window = cfg_.window(l);
   const float* sinks = ck_.layers[l].sinks.empty() ? nullptr : ck_.layers[l].sinks.data();
+  if (!probs && attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window, sinks}, q, T, pos0, cache.k, cache.v, out))
+    return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
   std::vector<float> qb, scores, ob;
   for (int g = 0; g < nkv; ++g) {
@@ -169,10 +174,10 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
                 wts.data() + static_cast<size_t>(t) * k, &m);
     mixed[t] = m;
   }
-  if (save) {
-    save->g.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->u.assign(static_cast<size_t>(T) * k * I, 0.f);
-    save->o.assign(static_cast<size_t>(T) * k * H, 0.f);
+  if (save) {  // every slot's row is written by moe_experts_forward: no zero-fill
+    save->g.resize(static_cast<size_t>(T) * k * I);
+    save->u.resize(static_cast<size_t>(T) * k * I);
+    save->o.resize(static_cast<size_t>(T) * k * H);
   }
   if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias)  // gpt-oss experts: biases, clamped SwiGLU
     experts_forward_general(pool_, cfg_.expert_mlp, x, T, k, sel.data(), wts.data(), w, y, save ? save->g.data() : nullptr,
@@ -230,7 +235,8 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH), r_attn(T);
+  std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
+  std::vector<float> r_attn(T);
   for (int t = 0; t < T; ++t) r_attn[t] = rmsnorm_row(h + t * H, w.attn_norm.data(), H, cfg_.eps, x.data() + t * H);
   if (save) {
     save->T = T;
@@ -238,7 +244,10 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
     save->r_attn = r_attn;
     save->x_attn = x;
   }
-  std::vector<float> q, kk, vv;  // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied
+  // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied
+  std::vector<float>& q = layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * nh * hd);
+  std::vector<float>& kk = layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * nkv * hd);
+  std::vector<float>& vv = layer_buffer(LayerBuffer::Value, static_cast<size_t>(T) * nkv * vd);
   if (cfg_.attention == AttentionKind::Latent) latent_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   else standard_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   const int kw = nkv * hd, vw = nkv * vd;
@@ -248,12 +257,12 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
       std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kw + g * hd], hd * sizeof(float));
       std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * vd], &vv[static_cast<size_t>(t) * vw + g * vd], vd * sizeof(float));
     }
-  std::vector<float> attn(static_cast<size_t>(T) * nh * vd);
+  std::vector<float>& attn = layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * nh * vd);
   if (save) {
     save->q = q;
     save->k = kk;
     save->v = vv;
-    save->probs.assign(static_cast<size_t>(nh) * T * (pos0 + T), 0.f);
+    save->probs.resize(static_cast<size_t>(nh) * T * (pos0 + T));  // attention() writes every entry
     save->pos0 = pos0;
     save->cache = &cache;
   }
@@ -327,7 +336,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> x(TH);
+  std::vector<float>& x = layer_buffer(LayerBuffer::MlpInput, TH);
   if (save) save->T = T, save->pos0 = pos0;
   std::vector<float> r_mlp(T);
   for (int t = 0; t < T; ++t) r_mlp[t] = rmsnorm_row(h + t * H, w.mlp_norm.data(), H, cfg_.eps, x.data() + t * H);
@@ -336,7 +345,7 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
     save->r_mlp = r_mlp;
     save->x_mlp = x;
   }
-  std::vector<float> y(TH);
+  std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
   if (w.moe) {
     moe_forward(l, x.data(), T, pos0, patch, y.data(), on_layer, save);
   } else {
@@ -356,14 +365,12 @@ void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_
 bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                            const std::map<int, float*>& mix_grads) {
   const LayerWeights& w = ck_.layers[l];
-  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
+  const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k;
   const size_t TH = static_cast<size_t>(T) * H;
   std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
   if (w.moe) {
     std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
-    std::vector<std::vector<int>> rows(E);
-    for (int t = 0; t < T; ++t)
-      for (int j = 0; j < k; ++j) rows[s.sel[static_cast<size_t>(t) * k + j]].push_back(t * k + j);
+    std::vector<double> dp;
     // Router: a_e = <dy, o_e>; dLoss/dscores by the weight rule; dz through the scoring function (selection fixed).
     for (int t = 0; t < T; ++t) {
       const float* dyt = dh + static_cast<size_t>(t) * H;
@@ -376,7 +383,7 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         for (int d = 0; d < H; ++d) dot += static_cast<double>(dyt[d]) * o[d];
         av[j] = dot;
       }
-      std::vector<double> dp(E, 0.0);
+      dp.assign(E, 0.0);
       const float* pt = &s.p[static_cast<size_t>(t) * E];
       const int32_t* st = &s.sel[static_cast<size_t>(t) * k];
       weights_backward(cfg_.router, E, k, pt, st, av, dp.data());
@@ -393,30 +400,8 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
     }
     if (stop_at_router) return false;
     matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
-    // Experts.
-    std::vector<float> dye, ge, ue, dxe;
-    for (int e = 0; e < E; ++e) {
-      const auto& r = rows[e];
-      if (r.empty()) continue;
-      const int n = static_cast<int>(r.size());
-      dye.resize(static_cast<size_t>(n) * H);
-      ge.resize(static_cast<size_t>(n) * I);
-      ue.resize(static_cast<size_t>(n) * I);
-      dxe.assign(static_cast<size_t>(n) * H, 0.f);
-      for (int i = 0; i < n; ++i) {
-        const float wt = s.w[r[i]];
-        const float* dyt = dh + static_cast<size_t>(r[i] / k) * H;
-        for (int d = 0; d < H; ++d) dye[static_cast<size_t>(i) * H + d] = wt * dyt[d];
-        std::memcpy(&ge[static_cast<size_t>(i) * I], &s.g[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-        std::memcpy(&ue[static_cast<size_t>(i) * I], &s.u[static_cast<size_t>(r[i]) * I], I * sizeof(float));
-      }
-      expert_mlp_backward(pool_, cfg_.expert_mlp, dye.data(), n, ge.data(), ue.data(), w.gate[e], w.up[e], w.down[e],
-                          dxe.data());
-      for (int i = 0; i < n; ++i) {
-        float* dxt = &dx[static_cast<size_t>(r[i] / k) * H];
-        for (int d = 0; d < H; ++d) dxt[d] += dxe[static_cast<size_t>(i) * H + d];
-      }
-    }
+    moe_experts_backward(pool_, cfg_.expert_mlp, dh, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up,
+                         w.down, dx.data());
     if (w.has_shared()) {
       std::vector<float> dso(TH);
       for (int t = 0; t < T; ++t) {
@@ -449,57 +434,15 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim, group = nh / nkv;
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
   const int qw = nh * hd, kw = nkv * hd, ow = nh * vd, vw = nkv * vd;
   const float scale = cfg_.softmax_scale;
   std::vector<float> dattn(static_cast<size_t>(T) * ow);
   matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
-  std::vector<float> dq(static_cast<size_t>(T) * qw, 0.f), dk(static_cast<size_t>(T) * kw, 0.f),
-      dv(static_cast<size_t>(T) * vw, 0.f);
+  std::vector<float> dq(static_cast<size_t>(T) * qw), dk(static_cast<size_t>(T) * kw), dv(static_cast<size_t>(T) * vw);
   // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
-  // Parallel over kv groups so dk/dv rows are written by one thread only.
-  const int pos0 = s.pos0, all = pos0 + T;
-  pool_.parallel_for(nkv, 1, [&](int64_t a, int64_t b, int) {
-    std::vector<float> dP(all);
-    for (int g = static_cast<int>(a); g < b; ++g) {
-      const float* Kc = s.cache->k[g].data();
-      const float* Vc = s.cache->v[g].data();
-      for (int hh = g * group; hh < (g + 1) * group; ++hh)
-        for (int i = 0; i < T; ++i) {
-          const int p = pos0 + i;
-          const float* P = &s.probs[(static_cast<size_t>(hh) * T + i) * all];
-          const float* doi = &dattn[static_cast<size_t>(i) * ow + hh * vd];
-          double rowdot = 0;
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) {
-              dP[j] = 0;
-              continue;
-            }
-            const float* vj = Vc + static_cast<size_t>(j) * vd;
-            float d = 0;
-            for (int c = 0; c < vd; ++c) d += doi[c] * vj[c];
-            dP[j] = d;
-            rowdot += static_cast<double>(d) * P[j];
-            if (j >= pos0) {
-              float* dvj = &dv[static_cast<size_t>(j - pos0) * vw + g * vd];
-              for (int c = 0; c < vd; ++c) dvj[c] += P[j] * doi[c];
-            }
-          }
-          const float* qi = &s.q[static_cast<size_t>(i) * qw + hh * hd];
-          float* dqi = &dq[static_cast<size_t>(i) * qw + hh * hd];
-          for (int j = 0; j <= p; ++j) {
-            if (P[j] == 0.f) continue;
-            const float dS = P[j] * (dP[j] - static_cast<float>(rowdot)) * scale;
-            const float* kj = Kc + static_cast<size_t>(j) * hd;
-            for (int c = 0; c < hd; ++c) dqi[c] += dS * kj[c];
-            if (j >= pos0) {
-              float* dkj = &dk[static_cast<size_t>(j - pos0) * kw + g * hd];
-              for (int c = 0; c < hd; ++c) dkj[c] += dS * qi[c];
-            }
-          }
-        }
-    }
-  });
+  attention_backward(pool_, T, s.pos0, nh, nkv, hd, vd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
+                     dq.data(), dk.data(), dv.data());
   std::vector<float> dxa(TH, 0.f);
   if (cfg_.attention == AttentionKind::Latent) latent_qkv_backward(l, s, dq, dk, dv, dxa.data());
   else standard_qkv_backward(l, s, dq, dk, dv, dxa.data());
@@ -543,6 +486,45 @@ void Decoder::standard_qkv_backward(int l, const LayerSave& s, std::vector<float
   matmul_backward_input(pool_, dq.data(), T, w.q, dx, true);
   matmul_backward_input(pool_, dk.data(), T, w.k, dx, true);
   matmul_backward_input(pool_, dv.data(), T, w.v, dx, true);
+}
+
+void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden, E = cfg_.experts, I = cfg_.expert_width;
+  if (!w.moe) throw Error("BAD_ARGUMENT", "layer " + std::to_string(l) + " has no router");
+  std::vector<float> x(H);
+  rmsnorm_row(h_mid, w.mlp_norm.data(), H, cfg_.eps, x.data());
+  matmul(pool_, x.data(), 1, w.router, z);
+  for (size_t e = 0; e < w.router_bias.size(); ++e) z[e] += w.router_bias[e];
+  if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias) {  // gpt-oss: every expert as one selected slot of weight 1
+    std::vector<int32_t> all(E);
+    std::iota(all.begin(), all.end(), 0);
+    std::vector<float> ones(E, 1.f), sum(H);
+    experts_forward_general(pool_, cfg_.expert_mlp, x.data(), 1, E, all.data(), ones.data(), w, sum.data(), nullptr,
+                            nullptr, experts);
+  } else {
+    std::vector<float> g(static_cast<size_t>(E) * I), u(static_cast<size_t>(E) * I);
+    std::vector<MatmulJob> jobs;
+    for (int e = 0; e < E; ++e) {
+      jobs.push_back({x.data(), 1, w.gate[e], &g[static_cast<size_t>(e) * I]});
+      jobs.push_back({x.data(), 1, w.up[e], &u[static_cast<size_t>(e) * I]});
+    }
+    matmul_batch(pool_, jobs);
+    for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+    jobs.clear();
+    for (int e = 0; e < E; ++e) jobs.push_back({&g[static_cast<size_t>(e) * I], 1, w.down[e], experts + static_cast<size_t>(e) * H});
+    matmul_batch(pool_, jobs);
+  }
+  std::fill(shared, shared + H, 0.f);
+  if (w.has_shared()) {  // as moe_forward: gated (qwen2_moe) or added as is (DeepSeek / GLM)
+    swiglu(x.data(), 1, w.shared_gate, w.shared_up, w.shared_down, shared, 1.f, nullptr, nullptr);
+    if (!w.shared_expert_gate.empty()) {
+      float gl = 0;
+      for (int d = 0; d < H; ++d) gl += x[d] * w.shared_expert_gate[d];
+      const float sgv = sigmoid(gl);
+      for (int d = 0; d < H; ++d) shared[d] *= sgv;
+    }
+  }
 }
 
 }  // namespace routescope

@@ -38,6 +38,14 @@ struct LayerSave {
   std::vector<float> g, u, o;                  // per (t, slot): gate and up pre-activations [T*k, I], expert out [T*k, H]
   // dense MLP or shared expert
   std::vector<float> dg, du, sg, su, so, sgate;
+  // Memory held (capacity), to decide whether to keep a save for the next pass.
+  size_t bytes() const {
+    size_t f = 0;
+    for (const auto* v : {&h_in, &r_attn, &x_attn, &q_pre, &k_pre, &r_q, &r_k, &q, &k, &v, &probs, &attn, &h_mid, &r_mlp,
+                          &x_mlp, &p, &w, &g, &u, &o, &dg, &du, &sg, &su, &so, &sgate})
+      f += v->capacity();
+    return f * sizeof(float) + sel.capacity() * sizeof(int32_t) + mixed.capacity();
+  }
 };
 
 class Decoder {
@@ -63,6 +71,11 @@ class Decoder {
   bool mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                     const std::map<int, float*>& mix_grads);
   void attn_backward(int l, const LayerSave& s, float* dh);
+
+  // What MoE layer l computes for one row h_mid (the residual after its attention) whatever the routing: the raw
+  // router logits z [E], every routed expert's output [E, H] and the shared expert's gated contribution [H] (zero
+  // when the layer has none). The layer's output is then h_mid + shared + sum over the selected e of w_e experts[e].
+  void moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared);
 
   void embed(const std::vector<int>& tokens, float* h) const;
   // logits [rows, V] for the given rows of h (after the final norm).

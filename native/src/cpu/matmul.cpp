@@ -13,8 +13,13 @@ namespace routescope {
 namespace {
 bool has_avx512() {
   // ROUTESCOPE_GENERIC_KERNELS=1 forces the portable path (used by the tests to cover both).
+#if defined(__clang__) && __clang_major__ < 15
+  const bool f16c = true;  // clang 14 (the fuzz build) cannot query f16c; every AVX-512 CPU has it
+#else
+  const bool f16c = __builtin_cpu_supports("f16c");
+#endif
   static const bool yes = !std::getenv("ROUTESCOPE_GENERIC_KERNELS") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
+                          __builtin_cpu_supports("avx512vl") && f16c;
   return yes;
 }
 int dt_code(DType d) { return d == DType::F32 ? 0 : (d == DType::F16 ? 1 : 2); }
@@ -113,6 +118,46 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
   });
 }
 
+namespace {
+// From this many rows of dy on, the input gradient runs as a packed GEMM (backward_gemm).
+constexpr int kGemmBackwardRows = 16;
+}  // namespace
+
+void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
+  if (T <= 0 || W.rows <= 0) return;
+  if (W.tiled()) return matmul_tiled_serial(x, T, W, y, accumulate);
+  const int N = W.rows, K = W.cols;
+  if (!has_avx512()) return generic_rows(x, T, W, 0, N, y, accumulate);
+  const int dt = dt_code(W.dtype);
+  if (T <= 4) return avx512::dot_rows(x, T, K, W.data, dt, 0, N, y, N, accumulate);
+  thread_local std::vector<float> panel;
+  panel.resize(256 * 32);
+  avx512::gemm_panel(x, T, K, W.data, dt, 0, N, y, N, accumulate, panel.data());
+}
+
+void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
+  if (T <= 0) return;
+  if (W.tiled()) return matmul_tiled_backward_input_serial(dy, T, W, dx, accumulate);
+  const int N = W.rows, K = W.cols;
+  if (!has_avx512()) {
+    std::vector<float> row(K);
+    for (int t = 0; t < T; ++t) {
+      float* out = dx + static_cast<size_t>(t) * K;
+      if (!accumulate) std::fill(out, out + K, 0.f);
+      for (int n = 0; n < N; ++n) {
+        const float g = dy[static_cast<size_t>(t) * N + n];
+        if (g == 0.f) continue;
+        convert_to_f32(W.row(n), W.dtype, row.data(), K);
+        for (int k = 0; k < K; ++k) out[k] += g * row[k];
+      }
+    }
+    return;
+  }
+  thread_local std::vector<float> panel;
+  panel.resize(256 * 32);
+  avx512::backward_gemm(dy, T, N, W.data, dt_code(W.dtype), K, 0, N, 0, K, dx, accumulate, panel.data());
+}
+
 void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   if (T <= 0) return;
   if (W.tiled()) return matmul_tiled_backward_input(pool, dy, T, W, dx, accumulate);
@@ -134,6 +179,38 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     return;
   }
   const int dt = dt_code(W.dtype);
+  if (T >= kGemmBackwardRows) {
+    // Many rows (gradient passes over a sequence): a packed GEMM that reads W once. Threads own column panels of dx
+    // and walk W in chunks of rows, so each chunk of dy stays in cache across their panels; with fewer panels than
+    // threads (narrow dx), they own blocks of rows instead.
+    const int panels = (K + 31) / 32, threads = pool.size();
+    const int64_t flops = int64_t(T) * N * K;
+    if (flops < (int64_t(1) << 21) || threads == 1) {
+      thread_local std::vector<float> panel;
+      panel.resize(256 * 32);
+      avx512::backward_gemm(dy, T, N, W.data, dt, K, 0, N, 0, K, dx, accumulate, panel.data());
+      return;
+    }
+    pool.run_on_all([&](int thread) {
+      thread_local std::vector<float> panel;
+      panel.resize(256 * 32);
+      if (panels >= threads) {
+        const int p0 = static_cast<int>(int64_t(panels) * thread / threads), p1 = static_cast<int>(int64_t(panels) * (thread + 1) / threads);
+        if (p0 == p1) return;
+        const int k0 = p0 * 32, k1 = std::min(K, p1 * 32), chunk = 1024;
+        for (int n = 0; n < N; n += chunk)
+          avx512::backward_gemm(dy, T, N, W.data, dt, K, n, std::min(N, n + chunk), k0, k1, dx, accumulate || n > 0, panel.data());
+      } else {
+        const int blocks = (T + 7) / 8;
+        const int b0 = static_cast<int>(int64_t(blocks) * thread / threads), b1 = static_cast<int>(int64_t(blocks) * (thread + 1) / threads);
+        const int t0 = b0 * 8, t1 = std::min(T, b1 * 8);
+        if (t0 >= t1) return;
+        avx512::backward_gemm(dy + static_cast<size_t>(t0) * N, t1 - t0, N, W.data, dt, K, 0, N, 0, K,
+                              dx + static_cast<size_t>(t0) * K, accumulate, panel.data());
+      }
+    });
+    return;
+  }
   // Column tiles (below) re-read W once per 8 rows of dy: right for many rows against a W that stays in cache (the
   // attention's probabilities times V), wrong for a few rows against a large W (the LM head's backward), which
   // streams W row by row instead.

@@ -12,6 +12,10 @@ namespace routescope {
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate = false);
 // dx[T,K] = dy[T,N] · W[N,K]  (dx += ... when accumulate): the input gradient of matmul.
 void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+// matmul and matmul_backward_input on the calling thread only, for callers that already run one task per thread
+// (an expert, an attention head each).
+void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate = false);
+void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate);
 // Several independent products in one dispatch (e.g. every selected expert's gate and up projections), split
 // into row blocks that threads take dynamically so small and large jobs balance.
 struct MatmulJob {
@@ -27,6 +31,9 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
 void matmul_tiled(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate);
 void matmul_tiled_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
 void fp8_to_f32(const uint8_t* src, float* dst, size_t n);  // unscaled E4M3 values
+// The same on the calling thread only (for callers already inside a pool job).
+void matmul_tiled_serial(const float* x, int T, const Mat& W, float* y, bool accumulate);
+void matmul_tiled_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate);
 // The routed experts of one MoE block with tiled weights (moe_experts.cpp's layout): expert e's rows are
 // order[count[e]..count[e+1]) (original rows t*k+s) of tokens tokens[...]; outputs go to o in that expert-sorted
 // order, gate/up pre-activations to save_g/save_u at the original rows (when non-null).

@@ -330,6 +330,56 @@ void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int 
   else backward_rows_dt<2>(dy, T, N, W, K, k0, k1, dx, accumulate);
 }
 
+namespace {
+// Packs W[n..n+nb, k..k+kw] as fp32 panel[nn][kNR] (zero padded past kw): rows of W already run along k, so no
+// transpose, only widening.
+template <int DT>
+void pack_rows(const uint8_t* W, int K, int n, int nb, int k, int kw, float* panel) {
+  const long rb = (long)K * elem_bytes(DT);
+  const __mmask16 m0 = kw >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << kw) - 1);
+  const __mmask16 m1 = kw >= 32 ? (__mmask16)0xFFFF : (kw <= 16 ? (__mmask16)0 : (__mmask16)((1u << (kw - 16)) - 1));
+  for (int i = 0; i < nb; ++i) {
+    const uint8_t* row = W + (long)(n + i) * rb;
+    _mm512_storeu_ps(panel + (long)i * kNR, load16_masked<DT>(row, k, m0));
+    _mm512_storeu_ps(panel + (long)i * kNR + 16, m1 ? load16_masked<DT>(row, k + 16, m1) : _mm512_setzero_ps());
+  }
+}
+
+template <int DT>
+void backward_gemm_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, int k0, int k1,
+                      float* dx, int accumulate, float* panel) {
+  for (int k = k0; k < k1; k += kNR) {
+    const int kw = imin(kNR, k1 - k);
+    for (int n = n0; n < n1; n += kKC) {
+      const int nb = imin(kKC, n1 - n);
+      pack_rows<DT>(W, K, n, nb, k, kw, panel);
+      const int add = accumulate || n > n0;
+      int t = 0;
+      for (; t + kMR <= T; t += kMR) micro<kMR>(dy + (long)t * N + n, N, panel, nb, dx + (long)t * K + k, K, kw, add);
+      const float* ds = dy + (long)t * N + n;
+      float* xs = dx + (long)t * K + k;
+      switch (T - t) {
+        case 0: break;
+        case 1: micro<1>(ds, N, panel, nb, xs, K, kw, add); break;
+        case 2: micro<2>(ds, N, panel, nb, xs, K, kw, add); break;
+        case 3: micro<3>(ds, N, panel, nb, xs, K, kw, add); break;
+        case 4: micro<4>(ds, N, panel, nb, xs, K, kw, add); break;
+        case 5: micro<5>(ds, N, panel, nb, xs, K, kw, add); break;
+        case 6: micro<6>(ds, N, panel, nb, xs, K, kw, add); break;
+        default: micro<7>(ds, N, panel, nb, xs, K, kw, add); break;
+      }
+    }
+  }
+}
+}  // namespace
+
+void backward_gemm(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, int k0, int k1,
+                   float* dx, int accumulate, float* panel) {
+  if (dt == 0) backward_gemm_dt<0>(dy, T, N, W, K, n0, n1, k0, k1, dx, accumulate, panel);
+  else if (dt == 1) backward_gemm_dt<1>(dy, T, N, W, K, n0, n1, k0, k1, dx, accumulate, panel);
+  else backward_gemm_dt<2>(dy, T, N, W, K, n0, n1, k0, k1, dx, accumulate, panel);
+}
+
 void convert(const uint8_t* src, int dt, float* dst, long n) {
   long i = 0;
   for (; i + 16 <= n; i += 16) {

@@ -12,6 +12,11 @@ void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int 
                    int accumulate);
 // partial[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :], W read row by row (for few rows T: decode-time backward).
 void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial);
+// dx[t, k0:k1] (+)= sum_{n in [n0, n1)} dy[t, n] W[n, k0:k1] as a packed GEMM: W read once per call, in panels
+// of KC rows x 32 columns widened to fp32 (many rows T: the gradient passes). dx rows have stride K; the first
+// KC block of each column panel overwrites unless accumulate.
+void backward_gemm(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, int k0, int k1,
+                   float* dx, int accumulate, float* panel /* KC*32 floats */);
 void convert(const uint8_t* src, int dt, float* dst, long n);
 // out[i][c] = silu(g[i][c]) * u[i][c] for an [m][n] tile (row strides ldg, ldo).
 void silu_mul(const float* g, const float* u, int m, int n, long ldg, float* out, long ldo);

@@ -39,44 +39,47 @@ int tile_rows(const Mat& W) {
   return static_cast<int>(std::min<int64_t>(want * per_block, W.rows));
 }
 
+// Rows [r0 + a, r0 + b) of W as f32 into out's rows [a, b) (out is [r1 - r0, cols]).
+void widen_rows(const Mat& W, int r0, int64_t a, int64_t b, float* out) {
+  const int K = W.cols;
+  for (int64_t i = a; i < b; ++i) {
+    const int r = r0 + static_cast<int>(i);
+    float* o = out + static_cast<size_t>(i) * K;
+    if (W.enc == Encoding::Mxfp4) {
+      const size_t srow = static_cast<size_t>(r) * W.rstep + W.roff;
+      const uint8_t* q = W.data + srow * (K / 2);
+      const uint8_t* e = W.mx_scales + srow * (K / 32);
+      for (int blk = 0; blk < K / 32; ++blk) {
+        const float s = std::ldexp(1.f, int(e[blk]) - 127);
+        for (int j = 0; j < 16; ++j) {
+          const uint8_t byte = q[blk * 16 + j];
+          o[blk * 32 + 2 * j] = kFp4[byte & 0xF] * s;
+          o[blk * 32 + 2 * j + 1] = kFp4[byte >> 4] * s;
+        }
+      }
+    } else if (W.enc == Encoding::Transposed) {  // element (r, c) at storage [c, r·rstep + roff]
+      const size_t esize = dtype_size(W.dtype), col = static_cast<size_t>(r) * W.rstep + W.roff;
+      for (int c = 0; c < K; ++c) {
+        const uint8_t* p = W.data + (static_cast<size_t>(c) * W.ld + col) * esize;
+        if (W.dtype == DType::F32) {
+          std::memcpy(&o[c], p, 4);
+        } else {
+          uint16_t v;
+          std::memcpy(&v, p, 2);
+          o[c] = W.dtype == DType::BF16 ? bf16_to_f32(v) : f16_to_f32(v);
+        }
+      }
+    } else {  // block-scaled FP8
+      const uint8_t* q = W.row(r);
+      const float* s = W.scale + static_cast<size_t>(r / W.block_rows) * W.scale_cols();
+      for (int c = 0; c < K; ++c) o[c] = kE4M3.v[q[c]] * s[c / W.block_cols];
+    }
+  }
+}
+
 // Rows [r0, r1) of W as f32 into out ([r1 - r0, cols]).
 void widen_rows(ThreadPool& pool, const Mat& W, int r0, int r1, float* out) {
-  const int K = W.cols;
-  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) {
-    for (int64_t i = a; i < b; ++i) {
-      const int r = r0 + static_cast<int>(i);
-      float* o = out + static_cast<size_t>(i) * K;
-      if (W.enc == Encoding::Mxfp4) {
-        const size_t srow = static_cast<size_t>(r) * W.rstep + W.roff;
-        const uint8_t* q = W.data + srow * (K / 2);
-        const uint8_t* e = W.mx_scales + srow * (K / 32);
-        for (int blk = 0; blk < K / 32; ++blk) {
-          const float s = std::ldexp(1.f, int(e[blk]) - 127);
-          for (int j = 0; j < 16; ++j) {
-            const uint8_t byte = q[blk * 16 + j];
-            o[blk * 32 + 2 * j] = kFp4[byte & 0xF] * s;
-            o[blk * 32 + 2 * j + 1] = kFp4[byte >> 4] * s;
-          }
-        }
-      } else if (W.enc == Encoding::Transposed) {  // element (r, c) at storage [c, r·rstep + roff]
-        const size_t esize = dtype_size(W.dtype), col = static_cast<size_t>(r) * W.rstep + W.roff;
-        for (int c = 0; c < K; ++c) {
-          const uint8_t* p = W.data + (static_cast<size_t>(c) * W.ld + col) * esize;
-          if (W.dtype == DType::F32) {
-            std::memcpy(&o[c], p, 4);
-          } else {
-            uint16_t v;
-            std::memcpy(&v, p, 2);
-            o[c] = W.dtype == DType::BF16 ? bf16_to_f32(v) : f16_to_f32(v);
-          }
-        }
-      } else {  // block-scaled FP8
-        const uint8_t* q = W.row(r);
-        const float* s = W.scale + static_cast<size_t>(r / W.block_rows) * W.scale_cols();
-        for (int c = 0; c < K; ++c) o[c] = kE4M3.v[q[c]] * s[c / W.block_cols];
-      }
-    }
-  });
+  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) { widen_rows(W, r0, a, b, out); });
 }
 
 }  // namespace
@@ -109,6 +112,36 @@ void matmul_tiled_backward_input(ThreadPool& pool, const float* dy, int T, const
     widen_rows(pool, W, r0, r1, tile.data());
     for (int t = 0; t < T; ++t) std::memcpy(&dyt[static_cast<size_t>(t) * n], dy + static_cast<size_t>(t) * N + r0, n * sizeof(float));
     matmul_backward_input(pool, dyt.data(), T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, dx, true);
+  }
+}
+
+// The serial kernels' tiled path: called from a pool worker (one expert per thread), so tiles are widened on this thread.
+void matmul_tiled_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
+  const int N = W.rows, K = W.cols, R = tile_rows(W);
+  thread_local std::vector<float> tile, part;
+  tile.resize(static_cast<size_t>(R) * K), part.resize(static_cast<size_t>(T) * R);
+  for (int r0 = 0; r0 < N; r0 += R) {
+    const int r1 = std::min(N, r0 + R), n = r1 - r0;
+    widen_rows(W, r0, 0, n, tile.data());
+    matmul_serial(x, T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, part.data(), false);
+    for (int t = 0; t < T; ++t) {
+      float* yt = y + static_cast<size_t>(t) * N + r0;
+      const float* pt = &part[static_cast<size_t>(t) * n];
+      for (int i = 0; i < n; ++i) yt[i] = accumulate ? yt[i] + pt[i] : pt[i];
+    }
+  }
+}
+
+void matmul_tiled_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
+  const int N = W.rows, K = W.cols, R = tile_rows(W);
+  if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
+  thread_local std::vector<float> tile, dyt;
+  tile.resize(static_cast<size_t>(R) * K), dyt.resize(static_cast<size_t>(T) * R);
+  for (int r0 = 0; r0 < N; r0 += R) {
+    const int r1 = std::min(N, r0 + R), n = r1 - r0;
+    widen_rows(W, r0, 0, n, tile.data());
+    for (int t = 0; t < T; ++t) std::memcpy(&dyt[static_cast<size_t>(t) * n], dy + static_cast<size_t>(t) * N + r0, n * sizeof(float));
+    matmul_backward_input_serial(dyt.data(), T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, dx, true);
   }
 }
 

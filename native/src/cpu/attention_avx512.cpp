@@ -1,0 +1,173 @@
+// Compiled with AVX-512 flags and called only when the CPU has them; raw loops, no standard-library templates
+// (see matmul_avx512.cpp).
+#include "cpu/attention_avx512.h"
+
+#include <immintrin.h>
+
+#include "cpu/vecmath_avx512.h"
+
+namespace routescope {
+namespace avx512 {
+
+namespace {
+constexpr int kKeys = 32;  // keys per block: two vectors of scores per query row
+constexpr int kRows = 4;   // query rows sharing each key vector and each value row
+constexpr int kVChunk = 64;  // value columns accumulated in registers at once (4 vectors x 4 rows)
+
+inline int imin(int a, int b) { return a < b ? a : b; }
+inline int imax(int a, int b) { return a > b ? a : b; }
+inline long round16(long n) { return (n + 15) / 16 * 16; }
+
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+      t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
+  }
+}
+
+inline __mmask16 tail16(int n) { return n >= 16 ? (__mmask16)0xFFFF : (n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1)); }
+
+// kt[d][j] = K[kb + j][d] for j < nk (zero beyond), d < k_dim: 16x16 blocks transposed in registers.
+void pack_keys(const float* K, int k_dim, int kb, int nk, float* kt) {
+  __m512 r[16];
+  for (int jb = 0; jb < kKeys; jb += 16)
+    for (int db = 0; db < k_dim; db += 16) {
+      const __mmask16 m = tail16(k_dim - db);
+      for (int i = 0; i < 16; ++i)
+        r[i] = jb + i < nk ? _mm512_maskz_loadu_ps(m, K + (long)(kb + jb + i) * k_dim + db) : _mm512_setzero_ps();
+      transpose16(r);
+      const int dw = imin(16, k_dim - db);
+      for (int c = 0; c < dw; ++c) _mm512_storeu_ps(kt + (long)(db + c) * kKeys + jb, r[c]);
+    }
+}
+
+// Bits lo..hi (inclusive, 0 <= lo <= hi < 32) set.
+inline unsigned bits(int lo, int hi) {
+  const unsigned long long upto = hi >= 31 ? 0xFFFFFFFFull : ((1ull << (hi + 1)) - 1);
+  return (unsigned)(upto & ~((1ull << lo) - 1));
+}
+}  // namespace
+
+long attention_scratch_floats(int rows, int k_dim, int v_dim) {
+  return (long)k_dim * kKeys + (long)rows * round16(v_dim) + 2L * rows + (long)kRows * kKeys + 64;
+}
+
+void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
+                    float scale, int window, const float* sink, float* out, long ldo, float* scratch) {
+  const long vdp = round16(v_dim);
+  float* kt = scratch;                          // [k_dim][32]
+  float* o = kt + (long)k_dim * kKeys;          // [rows][vdp], unnormalised outputs
+  float* mx = o + (long)rows * vdp;             // running max of the scaled scores, per row
+  float* sum = mx + rows;                       // running softmax denominator, per row
+  float* pr = sum + rows;                       // [kRows][32] probabilities of the current block
+  const float neg_inf = -__builtin_inff();
+  for (int r = 0; r < rows; ++r) {
+    mx[r] = sink ? *sink : neg_inf;  // the sink starts the running softmax: exp(sink - max) = 1, no value
+    sum[r] = sink ? 1.f : 0.f;
+    for (long c = 0; c < vdp; c += 16) _mm512_storeu_ps(o + r * vdp + c, _mm512_setzero_ps());
+  }
+  const int last = p0 + rows - 1;  // the last key any row sees
+  const int first = window > 0 ? imax(0, p0 - window + 1) : 0;
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int kb = first; kb <= last; kb += kKeys) {
+    const int nk = imin(kKeys, last + 1 - kb);
+    pack_keys(K, k_dim, kb, nk, kt);
+    for (int r0 = 0; r0 < rows; r0 += kRows) {
+      const int mr = imin(kRows, rows - r0);
+      // Which keys of this block each row sees.
+      unsigned vis[kRows] = {0, 0, 0, 0};
+      bool any = false;
+      for (int i = 0; i < mr; ++i) {
+        const int p = p0 + r0 + i;
+        const int lo = imax(window > 0 ? p - window + 1 : 0, kb) - kb, hi = imin(p, kb + nk - 1) - kb;
+        if (hi >= lo) vis[i] = bits(lo, hi), any = true;
+      }
+      if (!any) continue;
+      // Scores of mr rows x 32 keys.
+      __m512 s0[kRows], s1[kRows];
+      for (int i = 0; i < kRows; ++i) s0[i] = s1[i] = _mm512_setzero_ps();
+      for (int d = 0; d < k_dim; ++d) {
+        const __m512 k0 = _mm512_loadu_ps(kt + (long)d * kKeys), k1 = _mm512_loadu_ps(kt + (long)d * kKeys + 16);
+        for (int i = 0; i < mr; ++i) {
+          const __m512 b = _mm512_set1_ps(q[(r0 + i) * ldq + d]);
+          s0[i] = _mm512_fmadd_ps(b, k0, s0[i]);
+          s1[i] = _mm512_fmadd_ps(b, k1, s1[i]);
+        }
+      }
+      // Online softmax: new running max, rescale what is accumulated, probabilities of this block.
+      float corr[kRows];
+      for (int i = 0; i < mr; ++i) {
+        corr[i] = 1.f;
+        const int r = r0 + i;
+        if (!vis[i]) {
+          _mm512_storeu_ps(pr + i * kKeys, _mm512_setzero_ps());
+          _mm512_storeu_ps(pr + i * kKeys + 16, _mm512_setzero_ps());
+          continue;
+        }
+        const __mmask16 m0 = (__mmask16)(vis[i] & 0xFFFF), m1 = (__mmask16)(vis[i] >> 16);
+        const __m512 a = _mm512_mask_mul_ps(_mm512_set1_ps(neg_inf), m0, s0[i], vscale);
+        const __m512 b = _mm512_mask_mul_ps(_mm512_set1_ps(neg_inf), m1, s1[i], vscale);
+        const float bmax = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
+        const float m_new = mx[r] > bmax ? mx[r] : bmax;
+        const __m512 mv = _mm512_set1_ps(m_new);
+        const __m512 ea = _mm512_maskz_mov_ps(m0, avx512math::exp_ps(_mm512_sub_ps(a, mv)));
+        const __m512 eb = _mm512_maskz_mov_ps(m1, avx512math::exp_ps(_mm512_sub_ps(b, mv)));
+        _mm512_storeu_ps(pr + i * kKeys, ea);
+        _mm512_storeu_ps(pr + i * kKeys + 16, eb);
+        if (mx[r] != neg_inf && mx[r] != m_new) {
+          const __m512 c = avx512math::exp_ps(_mm512_set1_ps(mx[r] - m_new));
+          corr[i] = _mm512_cvtss_f32(c);
+        }
+        sum[r] = sum[r] * corr[i] + _mm512_reduce_add_ps(_mm512_add_ps(ea, eb));
+        mx[r] = m_new;
+      }
+      // o[rows] = o * corr + p · V[kb .. kb + nk), value columns in chunks held in registers.
+      for (int c0 = 0; c0 < v_dim; c0 += kVChunk) {
+        const int cw = imin(kVChunk, v_dim - c0);
+        const __mmask16 cm[4] = {tail16(cw), tail16(cw - 16), tail16(cw - 32), tail16(cw - 48)};
+        __m512 acc[kRows][4];
+        for (int i = 0; i < mr; ++i) {
+          const __m512 ci = _mm512_set1_ps(corr[i]);
+          for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_mul_ps(ci, _mm512_maskz_loadu_ps(cm[u], o + (r0 + i) * vdp + c0 + 16 * u));
+        }
+        for (int j = 0; j < nk; ++j) {
+          const float* vr = V + (long)(kb + j) * v_dim + c0;
+          __m512 vv[4];
+          for (int u = 0; u < 4; ++u) vv[u] = _mm512_maskz_loadu_ps(cm[u], vr + 16 * u);
+          for (int i = 0; i < mr; ++i) {
+            const __m512 b = _mm512_set1_ps(pr[i * kKeys + j]);
+            for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_fmadd_ps(b, vv[u], acc[i][u]);
+          }
+        }
+        for (int i = 0; i < mr; ++i)
+          for (int u = 0; u < 4; ++u) _mm512_mask_storeu_ps(o + (r0 + i) * vdp + c0 + 16 * u, cm[u], acc[i][u]);
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    const __m512 inv = _mm512_set1_ps(1.f / sum[r]);
+    for (int c = 0; c < v_dim; c += 16) {
+      const __mmask16 m = tail16(v_dim - c);
+      _mm512_mask_storeu_ps(out + r * ldo + c, m, _mm512_mul_ps(inv, _mm512_maskz_loadu_ps(m, o + r * vdp + c)));
+    }
+  }
+}
+
+}  // namespace avx512
+}  // namespace routescope
