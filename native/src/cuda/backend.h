@@ -26,6 +26,7 @@ inline std::string unsupported(const ModelConfig& cfg) {
   if (cfg.rope.yarn || cfg.rope.dims != cfg.head_dim || cfg.rope.layout != RopeLayout::Half)
     return "YaRN, partial or interleaved RoPE";
   if (cfg.fp8_block_rows > 0) return "FP8 block-scaled weights";
+  if (cfg.arch == Arch::GptOss) return "gpt-oss (attention sinks, biases, clamped experts, MXFP4)";
   return "";
 }
 bool compiled();

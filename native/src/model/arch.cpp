@@ -6,7 +6,8 @@
 namespace routescope {
 
 namespace {
-const ArchFamily* const kFamilies[] = {&kMixtral, &kOlmoe, &kQwen2Moe, &kQwen3Moe, &kDeepseekV2, &kDeepseekV3, &kGlm4Moe};
+const ArchFamily* const kFamilies[] = {&kMixtral, &kOlmoe, &kQwen2Moe, &kQwen3Moe, &kDeepseekV2, &kDeepseekV3, &kGlm4Moe,
+                                           &kGptOss};
 
 struct Refusal {
   const char* model_type;

@@ -87,6 +87,7 @@ struct ModelConfig {
   std::string dtype;                // torch_dtype / dtype as declared ("" when absent)
   int extra_layers = 0;             // layers past num_hidden_layers the checkpoint may carry (DeepSeek-V3's MTP)
   int fp8_block_rows = 0, fp8_block_cols = 0;  // quantization_config.weight_block_size (FP8 block scales)
+  bool mxfp4 = false;               // quantization_config.quant_method "mxfp4" (gpt-oss experts)
 };
 
 // config.json fields with one-line errors naming the field: integers within stated bounds, finite numbers.
