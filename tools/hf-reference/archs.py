@@ -3,6 +3,8 @@ experts sit in the module tree, the router rule as transformers implements it, a
 import math
 import re
 
+import numpy as np
+
 import torch
 
 from route import RouterRule
@@ -213,6 +215,29 @@ class GptOss(Arch):
     def moe_blocks(self, model):
         return {l: (layer.mlp, layer.mlp.router.weight, layer.mlp.experts) for l, layer in enumerate(model.model.layers)}
 
+    def load_streaming(self, model, lazy):
+        """Loads a full-size checkpoint into the float32 model tensor by tensor (MXFP4 experts dequantised one expert
+        at a time straight into the [E, in, out] parameter): peak memory is the model plus one tensor."""
+        own = model.state_dict()
+        seen = set()
+        with torch.no_grad():
+            for name in lazy.where:
+                if name.endswith("_scales"):
+                    continue
+                if name.endswith("_blocks"):
+                    base = name[:-len("_blocks")]
+                    blocks, scales = lazy.raw(name), lazy.raw(base + "_scales")
+                    for e in range(blocks.shape[0]):
+                        b = torch.from_numpy(np.array(blocks[e:e + 1]))
+                        s = torch.from_numpy(np.array(scales[e:e + 1]))
+                        own[base][e].copy_(mxfp4_dequantise(b, s, dtype=torch.float32)[0].t())
+                    seen.add(base)
+                else:
+                    own[name].copy_(lazy.tensor(name))
+                    seen.add(name)
+        missing = [n for n in own if n not in seen and not n.endswith("inv_freq")]
+        assert not missing, missing[:5]
+
     def to_state(self, tensors, E):
         """Checkpoint tensors -> the state dict; MXFP4 *_blocks + *_scales dequantised as transformers' mxfp4.py does."""
         out = {}
@@ -221,7 +246,8 @@ class GptOss(Arch):
                 continue
             if name.endswith("_blocks"):
                 base = name[:-len("_blocks")]
-                out[base] = mxfp4_dequantise(t, tensors[base + "_scales"][1]).transpose(1, 2).contiguous()
+                out[base] = mxfp4_dequantise(t, tensors[base + "_scales"][1], dtype=tensors[base + "_bias"][1].dtype
+                                             ).transpose(1, 2).contiguous()
             else:
                 out[name] = t
         return out
@@ -230,13 +256,17 @@ class GptOss(Arch):
 FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 
 
-def mxfp4_dequantise(blocks, scales):
-    """[..., G, 16] bytes (low nibble first) and [..., G] E8M0 exponents -> [..., G * 32] float64."""
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float64)
-    b = blocks.to(torch.int64)
-    vals = torch.stack([lut[b & 0xF], lut[b >> 4]], -1).reshape(*b.shape[:-1], 32)
-    vals = vals * torch.pow(2.0, (scales.to(torch.float64) - 127))[..., None]
-    return vals.reshape(*b.shape[:-2], b.shape[-2] * 32)
+def mxfp4_dequantise(blocks, scales, dtype=torch.float64):
+    """[E, ..., G, 16] bytes (low nibble first) and [E, ..., G] E8M0 exponents -> [E, ..., G * 32], one expert at a
+    time (a full-size layer would not fit in memory as int64 indices)."""
+    lut = torch.tensor(FP4_VALUES, dtype=dtype)
+    out = torch.empty(*blocks.shape[:-2], blocks.shape[-2] * 32, dtype=dtype)
+    for e in range(blocks.shape[0]):
+        b = blocks[e].to(torch.int64)
+        vals = torch.stack([lut[b & 0xF], lut[b >> 4]], -1).reshape(*b.shape[:-1], 32)
+        vals = vals * torch.pow(2.0, scales[e].to(torch.float64) - 127).to(dtype)[..., None]
+        out[e] = vals.reshape(*b.shape[:-2], b.shape[-2] * 32)
+    return out
 
 
 def mxfp4_quantise(w):
