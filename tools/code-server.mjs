@@ -9,6 +9,7 @@ import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as net from 'node:net';
 import * as http from 'node:http';
+import { ensureAptPackages } from './apt.mjs';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const CACHE = resolve(process.env.ROUTESCOPE_CACHE || join(ROOT, '.cache'));
@@ -42,40 +43,9 @@ function run(command, args, options = {}) {
   }
 }
 
-function aptMissing() {
-  const missing = [];
-  for (const name of APT_PACKAGES) {
-    const q = spawnSync('dpkg-query', ['-W', '-f=${Status}', name], { encoding: 'utf8' });
-    if (q.status !== 0 || !q.stdout.includes('install ok installed')) missing.push(name);
-  }
-  return missing;
-}
-
-/** What `apt-get install` would do, from its simulation: the packages it adds and the installed ones it upgrades. */
-function aptPlan(packages) {
-  const sim = spawnSync('apt-get', ['-s', 'install', '--no-install-recommends', ...packages], { encoding: 'utf8' });
-  const installs = [];
-  const upgrades = [];
-  for (const line of (sim.stdout ?? '').split('\n')) {
-    const m = /^Inst (\S+) (\[[^\]]+\] )?/.exec(line);
-    if (m) (m[2] ? upgrades : installs).push(m[1]);
-  }
-  return { installs, upgrades };
-}
-
-export function ensureAptPackages() {
-  const missing = aptMissing();
-  if (missing.length === 0) return;
-  if (process.getuid?.() !== 0) {
-    throw new Error(`missing Debian packages: ${missing.join(' ')} (install them: sudo apt-get install -y --no-install-recommends ${missing.join(' ')})`);
-  }
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  log(`installing ${missing.join(' ')} with apt-get (the browser that npm start and the end-to-end tests drive); refreshing the package lists first`);
-  run('apt-get', ['update', '-qq'], { env });
-  const plan = aptPlan(missing);
-  log(`apt-get adds ${plan.installs.length} packages (${missing.join(' ')} and its libraries)` +
-      (plan.upgrades.length ? `; chromium's dependencies require upgrading ${plan.upgrades.join(' ')}` : '; nothing installed is upgraded'));
-  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', '--no-upgrade', ...missing], { env });
+/** chromium, when missing: the browser npm start and the end-to-end tests drive. */
+export function ensureBrowser() {
+  ensureAptPackages(APT_PACKAGES, 'the browser that npm start and the end-to-end tests drive');
 }
 
 /** The include folder of HEADER_PACKAGES, downloaded (not installed) and unpacked under the cache. */
@@ -115,7 +85,7 @@ export function ensureNode24() {
 
 /** Installs code-server (idempotent); returns how to run it. */
 export function ensureCodeServer() {
-  ensureAptPackages();
+  ensureBrowser();
   const { nodeDir, nodeBin } = ensureNode24();
   const prefix = join(CACHE, `code-server-${CODE_SERVER_VERSION}`);
   const entry = join(prefix, 'node_modules', 'code-server', 'out', 'node', 'entry.js');

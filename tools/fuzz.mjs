@@ -8,6 +8,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as os from 'node:os';
+import { ensureAptPackages } from './apt.mjs';
 import { fileURLToPath } from 'node:url';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -47,11 +49,25 @@ function have(command) {
   return spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
 }
 
-function buildNative() {
-  if (!have('clang++')) {
-    throw new Error('clang++ not found: the native fuzz targets need clang with libFuzzer ' +
-      '(Debian: apt-get install --no-install-recommends clang libclang-rt-14-dev; .ci/run installs them)');
+/** clang with libFuzzer and the sanitizer runtimes (clang, libclang-rt-<major>-dev), installed when missing. */
+function ensureFuzzToolchain() {
+  const why = 'npm test builds the native fuzz targets with clang, libFuzzer, ASan and UBSan';
+  if (!have('clang++')) ensureAptPackages(['clang'], why);
+  const probe = fs.mkdtempSync(path.join(os.tmpdir(), 'routescope-fuzz-probe-'));
+  try {
+    fs.writeFileSync(path.join(probe, 'f.cpp'), 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }\n');
+    const link = () => spawnSync('clang++', ['-fsanitize=fuzzer,address,undefined', 'f.cpp', '-o', 'f'], { cwd: probe, stdio: 'ignore' }).status === 0;
+    if (link()) return;
+    const major = spawnSync('clang++', ['-dumpversion'], { encoding: 'utf8' }).stdout.trim().split('.')[0];
+    ensureAptPackages([`libclang-rt-${major}-dev`], `${why}: libFuzzer and the sanitizer runtimes`);
+    if (!link()) throw new Error('clang++ cannot link a libFuzzer target with ASan and UBSan (-fsanitize=fuzzer,address,undefined)');
+  } finally {
+    fs.rmSync(probe, { recursive: true, force: true });
   }
+}
+
+function buildNative() {
+  ensureFuzzToolchain();
   const started = Date.now();
   if (!fs.existsSync(path.join(buildDir, 'build.ninja')) && !fs.existsSync(path.join(buildDir, 'Makefile'))) {
     const generator = have('ninja') ? ['-G', 'Ninja'] : [];
@@ -63,7 +79,7 @@ function buildNative() {
   const build = spawnSync('cmake', ['--build', buildDir, '-j', jobs, '--target', ...NATIVE.map((t) => `${t}_fuzz`)], { encoding: 'utf8' });
   if (build.status !== 0) {
     const lines = `${build.stdout}${build.stderr}`.split('\n').filter((l) => /error|FAILED/.test(l)).slice(0, 20).join('\n');
-    throw new Error(`building the fuzz targets failed (the linker needs libclang-rt-14-dev for -fsanitize=fuzzer):\n${lines}`);
+    throw new Error(`building the fuzz targets failed:\n${lines}`);
   }
   return (Date.now() - started) / 1000;
 }
