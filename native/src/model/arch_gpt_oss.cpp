@@ -54,6 +54,8 @@ void read_gpt_oss(const ConfigReader& c, ModelConfig& cfg) {
     }
   // RoPE: GptOssConfig's defaults (theta 150000, YaRN ×32 from 4096, truncate false) when config.json has none.
   if (!c.get("rope_parameters") && !c.get("rope_scaling")) {
+    if (cfg.head_dim < 2 || cfg.head_dim % 2 != 0)
+      c.fail("RoPE rotates the whole head, so \"head_dim\" (" + std::to_string(cfg.head_dim) + ") must be even and at least 2");
     RopeConfig& r = cfg.rope;
     r.theta = c.number("rope_theta", 150000.0, 0.0, 1e12, true);
     r.dims = cfg.head_dim;
