@@ -18,10 +18,14 @@ export function softmaxInto<T extends Float32Array | Float64Array>(out: T, logit
   return out;
 }
 
+/** How a router turns logits into the scores its weights come from (the engine's ModelInfo.router_scoring). */
+export type RouterScoring = 'softmax' | 'sigmoid' | 'sparsemixer';
+
 /** The router's scores as shares of their sum: softmax probabilities, or sigmoid scores / their sum for sigmoid
- * routers (whose per-expert scores are not a distribution); what router entropy and mean shares are taken over. */
-export function scoreSharesInto<T extends Float32Array | Float64Array>(out: T, logits: Vec, offset: number, scoring: 'softmax' | 'sigmoid'): T {
-  if (scoring === 'softmax') return softmaxInto(out, logits, offset);
+ * routers (whose per-expert scores are not a distribution); what router entropy and mean shares are taken over.
+ * Sparsemixer (PhiMoE): softmax(z), the distribution each of its slots cuts a softmax from. */
+export function scoreSharesInto<T extends Float32Array | Float64Array>(out: T, logits: Vec, offset: number, scoring: RouterScoring): T {
+  if (scoring !== 'sigmoid') return softmaxInto(out, logits, offset);
   const n = out.length;
   let sum = 0;
   for (let i = 0; i < n; i++) sum += out[i] = 1 / (1 + Math.exp(-logits[offset + i]));
@@ -108,8 +112,8 @@ export function topIndices(values: Vec, n: number): number[] {
 
 /** The router's scores from its raw logits: a softmax distribution, or a sigmoid per expert (DeepSeek-V3, GLM-4.5):
  * the ω C3PO re-mixes and a mix row replaces. */
-export function routerScores(scoring: 'softmax' | 'sigmoid', logits: Vec): Float32Array {
-  if (scoring === 'softmax') return softmax(logits);
+export function routerScores(scoring: RouterScoring, logits: Vec): Float32Array {
+  if (scoring !== 'sigmoid') return softmax(logits);
   const out = new Float32Array(logits.length);
   for (let i = 0; i < logits.length; i++) out[i] = 1 / (1 + Math.exp(-logits[i]));
   return out;

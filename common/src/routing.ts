@@ -2,7 +2,7 @@
 // crosses from the engine process to the host and from the host to the webview as it is. A LayerRouting is one
 // layer of a run assembled from spans, the one copy each process keeps; it derives the layer's statistics
 // (LayerStats) incrementally, so a view refreshing while the engine streams does not recompute what it has seen.
-import { entropyOf, scoreSharesInto, softmaxInto, softmaxEntropy } from './math';
+import { entropyOf, scoreSharesInto, softmaxInto, softmaxEntropy, type RouterScoring } from './math';
 
 export interface RoutingSpan {
   layer: number;
@@ -118,7 +118,7 @@ export class LayerRouting {
     readonly topK: number,
     capacity = 0,
     /** Entropy and mean shares are over softmax(logits), or sigmoid(logits) / their sum for sigmoid routers. */
-    readonly scoring: 'softmax' | 'sigmoid' = 'softmax',
+    readonly scoring: RouterScoring = 'softmax',
   ) {
     this.routerLogits = new Float32Array(capacity * numExperts);
     this.experts = new Int32Array(capacity * topK);
@@ -244,7 +244,7 @@ export class LayerRouting {
     const seen = new Uint8Array(E);
     for (let t = acc.until; t < this.filled; t++) {
       let h: number;
-      if (this.scoring === 'softmax') {
+      if (this.scoring !== 'sigmoid') {
         h = softmaxEntropy(this.routerLogits, t * E, E);
         softmaxInto(p, this.routerLogits, t * E);
       } else {

@@ -1,6 +1,7 @@
 // A run as every side knows it: one prompt through the engine with one routing patch. The host's run
 // (extension/src/runs/run.ts) adds its routing; the routing panel receives this metadata and then the spans.
 import type { RoutingPatch } from './patch';
+import type { RouterScoring } from './math';
 
 export type RunKind = 'inspect' | 'generate' | 'c3po' | 'reroute';
 
@@ -14,7 +15,7 @@ export interface RunModel {
   moeLayers: number[];
   vocabSize: number;
   /** How the router turns logits into scores (softmax, or a sigmoid per expert: DeepSeek-V3, GLM-4.5). */
-  routerScoring?: 'softmax' | 'sigmoid';
+  routerScoring?: RouterScoring;
 }
 
 /** One entry of a next-token distribution. */

@@ -59,7 +59,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int l = 0; l < info.num_layers; ++l)
     if (((data[3] >> l) & 1) == 0) info.moe_layers.push_back(l);
   const uint8_t flavour = data[4];
-  const RouterRule rule = rule_from(data[5], info.num_experts, info.top_k);
+  RouterRule rule = rule_from(data[5], info.num_experts, info.top_k);
+  if (flavour & 0x80) {  // PhiMoE's sparsemixer (its patches have no mix: the parser refuses them for this router)
+    rule = RouterRule{};
+    rule.scoring = Scoring::SparseMixer;
+    rule.jitter_eps = 0.05f * ((flavour >> 3) & 15);
+    info.router_scoring = "sparsemixer";
+  }
   const std::string text(reinterpret_cast<const char*>(data + 6), size - 6);
   Patch patch;
   try {
@@ -68,7 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   const int E = info.num_experts, k = info.top_k;
-  std::vector<float> z(E), p(E), w(k), bias(E);
+  std::vector<float> z(E), p(router_score_width(rule.scoring, E, k)), w(k), bias(E);
   std::vector<int32_t> sel(k);
   uint32_t state = static_cast<uint32_t>(size) * 2654435761u;
   for (const auto& [layer, lp] : patch.layers) {

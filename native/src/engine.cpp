@@ -281,13 +281,13 @@ double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h
     matmul_backward_input(dec_.pool(), logits.data(), rows, ck.lm_head, dnorm.data(), false);
     const int T = static_cast<int>(tokens.size());
     std::fill(dh, dh + static_cast<size_t>(T) * H, 0.f);
+    std::vector<float> xn(H);
     for (int r = 0; r < rows; ++r) {
       const size_t t = static_cast<size_t>(ts - 1 + r);
       const float* x = h + t * H;
-      double ss = 0;
-      for (int d = 0; d < H; ++d) ss += static_cast<double>(x[d]) * x[d];
-      const float rr = static_cast<float>(1.0 / std::sqrt(ss / H + cfg.eps));
-      rmsnorm_row_backward(x, rr, ck.final_norm.data(), &dnorm[static_cast<size_t>(r) * H], H, dh + t * H, false);
+      const float rr = norm_row(x, ck.final_norm.data(), bias_or_null(ck.final_norm_bias), H, cfg.eps, xn.data());
+      norm_row_backward(x, rr, ck.final_norm.data(), bias_or_null(ck.final_norm_bias), &dnorm[static_cast<size_t>(r) * H],
+                        H, dh + t * H, false);
     }
   }
   return loss / rows;
@@ -374,6 +374,7 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
   Patch patch = patch_in;
   if (req.mix_layer >= 0) {
     if (!is_moe(req.mix_layer)) throw Error("BAD_ARGUMENT", "mix layer " + std::to_string(req.mix_layer) + " has no router");
+    require_score_router(cfg.router, "a mix gradient");
     if (req.mix_position < 0 || req.mix_position >= T) throw Error("BAD_ARGUMENT", "mix position outside the sequence");
     if (static_cast<int>(req.mix_logits.size()) != E) throw Error("BAD_ARGUMENT", "mix logits need one value per expert");
     for (float x : req.mix_logits)

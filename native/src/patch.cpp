@@ -201,7 +201,11 @@ struct Validator {
     if (E - static_cast<int>(lp.mask.size()) < k)
       fail(at + ": mask", std::to_string(lp.mask.size()) + " of " + std::to_string(E) + " experts masked, leaving fewer than top_k=" + std::to_string(k));
     if (const Json* v = value.find("bias")) lp.bias = bias(*v, at);
-    if (const Json* v = value.find("mix")) mix(*v, at, lp);
+    if (const Json* v = value.find("mix")) {
+      if (info.router_scoring == "sparsemixer")  // engine-side only: the TypeScript validator does not know the router
+        fail(at + ": mix", "is not defined for the sparsemixer router (phimoe): it has no score row to replace");
+      mix(*v, at, lp);
+    }
     return lp;
   }
 };

@@ -173,6 +173,9 @@ test('info shows the routing rule in one line', () => {
   assert.equal(rule(DEEPSEEK_V2), 'softmax, top-3 of 8, not renormalised, ×1.25');
   assert.equal(rule(OLMOE_F16), 'softmax, top-2 of 8, not renormalised');
   assert.equal(rule(path.join(PARITY_DIR, 'mixtral-perexpert-f32', 'model')), 'softmax, top-2 of 8, renormalised');
+  assert.equal(rule(path.join(PARITY_DIR, 'phimoe-perexpert-f32', 'model')),
+    'sparsemixer top-2 of 8 (each slot: best remaining logit, softmax over the logits within 2×0.2 relative of it), not renormalised');
+  assert.equal(rule(path.join(PARITY_DIR, 'granitemoe-fused-f32', 'model')), 'softmax, top-2 of 8, renormalised');
   assert.equal(rule(path.join(PARITY_DIR, 'gpt_oss-mxfp4-sharded', 'model')), 'softmax, top-4 of 8, renormalised');
   const human = runCli(['info', '--model', DEEPSEEK_V2]);
   assert.match(human.stdout, /^routing: softmax, top-3 of 8, not renormalised, ×1\.25$/m);

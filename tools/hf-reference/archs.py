@@ -4,7 +4,6 @@ import math
 import re
 
 import numpy as np
-
 import torch
 
 from route import RouterRule
@@ -33,6 +32,7 @@ class Arch:
     # Hub (per-expert) names of one expert's projections, relative to the MoE block, and the block's Hub prefix.
     per_expert = ("experts.{e}.gate_proj.weight", "experts.{e}.up_proj.weight", "experts.{e}.down_proj.weight")
     hub_block = "mlp."
+    hub_renames = {}  # v5 name under the block -> the Hub's (phimoe: router.weight -> gate.weight)
 
     def config(self, case):
         raise NotImplementedError
@@ -52,6 +52,11 @@ class Arch:
     def fix_reference(self, config, model):
         """Workarounds of transformers bugs applied to the reference model; returns what was done."""
         return []
+
+    def hook_routing(self, tap, l, block, experts):
+        """Calls tap.at_experts(l, (hidden, indices, weights)) where transformers hands the routing to the experts;
+        a non-None return replaces those arguments. Default: a forward pre-hook on the experts module."""
+        experts.register_forward_pre_hook(lambda mod, args, l=l: tap.at_experts(l, args))
 
 
 class Mixtral(Arch):
@@ -194,6 +199,81 @@ class Glm4Moe(DeepseekV3):
                     attention_bias=True, use_qk_norm=case.get("qk_norm", True))
 
 
+class Phimoe(Arch):
+    """Phi-3.5-MoE shrunk: LayerNorm with bias, q/k/v/o biases, LM head bias, LongRoPE (short or long factors by the
+    call's length), the sparsemixer router (router_jitter_noise raised from 0.01 so that slots share their softmax
+    with neighbours and the router gradient is not zero)."""
+    model_type, causal_lm = "phimoe", "PhimoeForCausalLM"
+    per_expert = ("experts.{e}.w1.weight", "experts.{e}.w3.weight", "experts.{e}.w2.weight")
+    hub_block = "block_sparse_moe."
+    hub_renames = {"router.weight": "gate.weight"}
+
+    def config(self, case):
+        half = (HIDDEN // HEADS) // 2
+        rng = [1.0 + 0.37 * i for i in range(half)]
+        return dict(COMMON, intermediate_size=WIDTH, num_key_value_heads=2, num_local_experts=EXPERTS,
+                    num_experts_per_tok=2, rms_norm_eps=1e-5, router_jitter_noise=case.get("jitter", 0.2),
+                    input_jitter_noise=0.0, attention_bias=True, lm_head_bias=True, sliding_window=None,
+                    router_aux_loss_coef=0.0, output_router_logits=False, rope_theta=10000.0,
+                    original_max_position_embeddings=case["orig_max"],
+                    rope_scaling={"type": "longrope", "original_max_position_embeddings": case["orig_max"],
+                                  "short_factor": [round(1.0 + 0.05 * i, 4) for i in range(half)],
+                                  "long_factor": [round(x, 4) for x in rng],
+                                  "short_mscale": 1.1, "long_mscale": 1.243})
+
+    def rule(self, config, model):
+        return RouterRule(scoring="sparsemixer", jitter_eps=config.router_jitter_noise)
+
+    def moe_blocks(self, model):
+        return {l: (layer.mlp, layer.mlp.router.weight, layer.mlp.experts) for l, layer in enumerate(model.model.layers)}
+
+
+class GraniteMoe(Arch):
+    """GraniteMoE shrunk: top-k of the logits then softmax over the k, the four multipliers, fused experts
+    (input_linear / output_linear, the only layout transformers and the Hub use)."""
+    model_type, causal_lm = "granitemoe", "GraniteMoeForCausalLM"
+
+    def config(self, case):
+        return dict(COMMON, intermediate_size=WIDTH, num_key_value_heads=2, num_local_experts=EXPERTS,
+                    num_experts_per_tok=case["k"], rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=False,
+                    embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.6,
+                    logits_scaling=0.5, router_aux_loss_coef=0.0, output_router_logits=False)
+
+    def rule(self, config, model):
+        return RouterRule(scoring="softmax", renorm=True)
+
+    def moe_blocks(self, model):
+        return {l: (layer.block_sparse_moe, layer.block_sparse_moe.router.layer.weight, layer.block_sparse_moe.router)
+                for l, layer in enumerate(model.model.layers)}
+
+    def hook_routing(self, tap, l, block, router):
+        """GraniteMoeTopKGating sorts the (token, slot) pairs by expert before the experts run: the routing is taken
+        (and, for mask / force / mix, replaced) at its top-k, and the sorted outputs rebuilt exactly as its forward
+        builds them; on plain runs the rebuilt outputs are asserted equal to transformers' own."""
+        orig = router.forward
+
+        def forward(hidden_states):
+            want = orig(hidden_states) if not tap.override else None
+            logits = router.layer(hidden_states).float()
+            top_k_logits, top_k_indices = logits.topk(router.top_k, dim=1)
+            top_k_gates = torch.softmax(top_k_logits, dim=1).type_as(hidden_states)
+            rep = tap.at_experts(l, (hidden_states, top_k_indices, top_k_gates))
+            if rep is not None:
+                _, top_k_indices, top_k_gates = rep
+            zeros = torch.zeros([top_k_gates.size(0), router.num_experts], dtype=top_k_gates.dtype)
+            expert_size = zeros.scatter(1, top_k_indices, 1).long().sum(0).tolist()
+            _, index_sorted_experts = top_k_indices.flatten().sort(0)
+            batch_index = index_sorted_experts.div(router.top_k, rounding_mode="trunc")
+            batch_gates = top_k_gates.flatten()[index_sorted_experts]
+            got = (index_sorted_experts, batch_index, batch_gates, expert_size, logits)
+            if want is not None:
+                assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1]) and want[3] == got[3]
+                assert (want[2] - got[2]).abs().max().item() == 0.0
+            return got
+
+        router.forward = forward
+
+
 class GptOss(Arch):
     """Router with a bias (top-k of the logits, softmax over the k), experts [E, H, 2I] with gate/up interleaved,
     biases and the clamped SwiGLU; attention sinks, q/k/v/o biases, sliding and full layers, YaRN (truncate off)."""
@@ -289,7 +369,7 @@ def mxfp4_quantise(w):
 
 
 ARCHS = {a.model_type: a for a in (Mixtral(), Olmoe(), Qwen2Moe(), Qwen3Moe(), DeepseekV2(), DeepseekV3(), Glm4Moe(),
-                                   GptOss())}
+                                   Phimoe(), GraniteMoe(), GptOss())}
 
 
 def fused_to_hub(arch, state, num_experts):
@@ -311,6 +391,8 @@ def fused_to_hub(arch, state, num_experts):
         elif rest == "experts.down_proj":
             for e in range(num_experts):
                 out.append((block + arch.per_expert[2].format(e=e), t[e].contiguous()))
+        elif rest in arch.hub_renames:
+            out.append((block + arch.hub_renames[rest], t))
         elif rest.startswith("gate."):
             out.append((block + rest, t))
         else:

@@ -79,11 +79,25 @@ CASES = [
          T=11, k=3, fp8=[16, 16]),
     dict(name="qwen3_moe-perexpert-fp8", arch="qwen3_moe", layout="per-expert", dtype="BF16", shards=1, T=10, k=3,
          fp8=[16, 16]),
+    # PhiMoE: sparsemixer, LayerNorm, attention and LM head biases, LongRoPE with the short factors (T <=
+    # original_max_position_embeddings) and the long ones (T > it). `seed` keeps a case's draws whatever its index.
+    dict(name="phimoe-perexpert-f32", arch="phimoe", layout="per-expert", dtype="F32", shards=1, T=12, k=2,
+         orig_max=16, jitter=0.2, seed=101),
+    dict(name="phimoe-fused-bf16-sharded", arch="phimoe", layout="fused", dtype="BF16", shards=2, T=11, k=2,
+         orig_max=8, jitter=0.1, style="v5", seed=102),
+    # GraniteMoE: top-k then softmax, embedding / attention / residual multipliers and logits_scaling.
+    dict(name="granitemoe-fused-f32", arch="granitemoe", layout="fused", dtype="F32", shards=1, T=12, k=2,
+         style="v5", seed=103),
+    dict(name="granitemoe-fused-bf16-sharded", arch="granitemoe", layout="fused", dtype="BF16", shards=2, T=11, k=3,
+         seed=104),
     # gpt-oss: the transposed, interleaved experts transformers saves (F32, v5 config) and the Hub's BF16 form; the
     # released MXFP4 experts (*_blocks + *_scales, everything else BF16) with quantization_config mxfp4.
-    dict(name="gpt_oss-fused-f32", arch="gpt_oss", layout="fused", dtype="F32", shards=1, T=12, k=3, style="v5"),
-    dict(name="gpt_oss-fused-bf16-sharded", arch="gpt_oss", layout="fused", dtype="BF16", shards=2, T=11, k=2),
-    dict(name="gpt_oss-mxfp4-sharded", arch="gpt_oss", layout="fused", dtype="BF16", shards=2, T=12, k=4, mxfp4=True),
+    dict(name="gpt_oss-fused-f32", arch="gpt_oss", layout="fused", dtype="F32", shards=1, T=12, k=3, style="v5",
+         seed=21),
+    dict(name="gpt_oss-fused-bf16-sharded", arch="gpt_oss", layout="fused", dtype="BF16", shards=2, T=11, k=2,
+         seed=22),
+    dict(name="gpt_oss-mxfp4-sharded", arch="gpt_oss", layout="fused", dtype="BF16", shards=2, T=12, k=4, mxfp4=True,
+         seed=23),
 ]
 
 DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -116,18 +130,21 @@ def expert_count(config):
     raise ValueError("no expert count")
 
 
-def param_std(name, shape):
+def param_std(name, shape, model_type=None):
     """(mean, std) of the random value of a parameter, by its role."""
-    if name.endswith("self_attn.sinks"):
-        return 0.0, 1.0
-    if name.endswith("mlp.router.weight") or name.endswith("mlp.router.bias"):
-        return 0.0, 0.3
-    if name.endswith("experts.gate_up_proj"):  # gpt-oss: pre-activations beyond the SwiGLU clamp (±7) occur
-        return 0.0, 0.8
-    if name.endswith("_proj_bias"):
-        return 0.0, 0.5
+    if model_type == "gpt_oss":
+        if name.endswith("self_attn.sinks"):
+            return 0.0, 1.0
+        if name.endswith("mlp.router.weight") or name.endswith("mlp.router.bias"):
+            return 0.0, 0.3
+        if name.endswith("experts.gate_up_proj"):  # pre-activations beyond the SwiGLU clamp (±7) occur
+            return 0.0, 0.8
+        if name.endswith("_proj_bias"):
+            return 0.0, 0.5
     if name.endswith("e_score_correction_bias"):
         return 0.0, 0.02
+    if "norm" in name and name.endswith(".bias"):  # LayerNorm biases (phimoe)
+        return 0.0, 0.1
     if "norm" in name and len(shape) == 1:
         return 1.0, 0.1
     if name == "model.embed_tokens.weight":
@@ -223,7 +240,7 @@ def fill_weights(model, rng, dtype):
         for name, t in state.items():
             if name.endswith("inv_freq"):  # non-persistent buffers never reach a checkpoint
                 continue
-            mean, std = param_std(name, t.shape)
+            mean, std = param_std(name, t.shape, model.config.model_type)
             sd = stored_dtype(name, dtype)
             v = torch.from_numpy(rng.standard_normal(tuple(t.shape))) * std + mean
             v = v.to(st.TORCH_DTYPE[sd]).to(torch.float64)
@@ -248,8 +265,8 @@ class Tap:
         self.blocks = arch.moe_blocks(model)
         self.rule, self.k, self.E = rule, k, E
         self.routers = [(l, w) for l, (_, w, _) in self.blocks.items()]
-        for l, (_, _, experts) in self.blocks.items():
-            experts.register_forward_pre_hook(lambda mod, args, l=l: self.at_experts(l, args))
+        for l, (block, _, experts) in self.blocks.items():
+            arch.hook_routing(self, l, block, experts)
         self.set()
 
     def set(self, patch=None, extra=None, mix=None, override=False):
@@ -490,8 +507,11 @@ def design(runner, tokens, base, seed, E, rule):
         return {"layers": dict(sorted(lay.items(), key=lambda kv: int(kv[0])))}
 
     runs = [{"name": "base", "patch": None}]
+    mixable = rule.scoring != "sparsemixer"  # a sparsemixer router has no score row for a mix to replace
     for i, (name, mk) in enumerate([("mask", mk_mask), ("force", mk_force), ("bias", mk_bias), ("mix", mk_mix),
                                     ("combined", mk_combined)]):
+        if name == "mix" and not mixable:
+            continue
         runs.append({"name": name, "patch": search(i + 1, mk, run_ok)})
 
     def grad_ok(g):
@@ -527,7 +547,8 @@ def design(runner, tokens, base, seed, E, rule):
             lay[str(b)] = {"bias": bias_obj(rng, E, count=2)}
         return {"name": "g_patched", "patch": {"layers": lay}, "layers": sorted({a, b}), "target": None, "mix": None}
 
-    grads.append(search(11, mk_gmix, grad_ok))
+    if mixable:
+        grads.append(search(11, mk_gmix, grad_ok))
     grads.append(search(12, mk_gpatched, grad_ok))
     for g in grads:  # autograd vs finite differences (asserts), once per chosen request
         try:
@@ -606,7 +627,7 @@ def build_case(case, idx):
     arch = archs.ARCHS[case["arch"]]
     cfg_dict = dict(arch.config(case), model_type=arch.model_type)
     for draw in range(MAX_WEIGHT_DRAWS):
-        seed = 1000 * (idx + 1) + draw
+        seed = 1000 * case.get("seed", idx + 1) + draw
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         config, model = build_model(arch, case, cfg_dict)

@@ -15,6 +15,12 @@ Rule (per token):
   chosen  = forced experts, then the best remaining choices in the kept groups (ties: lower index) up to k
   weights = scores of the chosen, divided by their sum when the rule renormalises, times routed_scaling_factor
   order   = weights descending, ties by lower expert index
+
+Sparsemixer (phimoe, transformers' inference path), per token:
+  z       = raw router logits + patch bias; masked experts are never candidates
+  slot i  = forced[i] if given, else the best remaining candidate by z (ties: lower index); the candidates e with
+            (z_c - z_e) / max(|z_e|, z_c) <= 2 * jitter_eps share a softmax of z; its value at the chosen expert is
+            the slot's weight; the chosen expert leaves the candidates. A mix row has no meaning (refused).
 """
 from dataclasses import dataclass, field
 
@@ -32,6 +38,7 @@ class RouterRule:
     topk_group: int = 1
     group_score: str = "max"        # max | top2sum
     correction: dict = field(default_factory=dict)  # layer -> e_score_correction_bias (float64 tensor [E])
+    jitter_eps: float = 0.0         # sparsemixer: router_jitter_noise
 
 
 def route(rule, layer, z, k, patch_layer=None, positions=None, mix_override=None):
@@ -53,6 +60,9 @@ def route(rule, layer, z, k, patch_layer=None, positions=None, mix_override=None
         else:
             mix[int(key)] = torch.tensor(row, dtype=torch.float64)
     mix.update(mix_override or {})
+    if rule.scoring == "sparsemixer":
+        assert not mix, "mix is not defined for the sparsemixer router"
+        return sparsemixer(rule, z, k, mask, force)
     corr = rule.correction.get(layer)
     idx_out, w_out, margins = [], [], []
     for t in range(T):
@@ -108,4 +118,51 @@ def route(rule, layer, z, k, patch_layer=None, positions=None, mix_override=None
         order_margin = min((ws[i] - ws[i + 1] for i in range(k - 1)), default=float("inf"))
         min_choice = min(c[e] for e in chosen[len(force):]) if need > 0 else float("inf")
         margins.append(dict(select=sel_margin, group=group_margin, order=order_margin, min_choice=min_choice))
+    return torch.tensor(idx_out, dtype=torch.long), torch.stack(w_out), margins
+
+
+def sparsemixer(rule, z, k, mask, force):
+    """transformers' sparsemixer(training=False) generalised to k slots, masks and forced experts (module doc)."""
+    T, E = z.shape
+    idx_out, w_out, margins = [], [], []
+    gap = 2 * rule.jitter_eps
+    for t in range(T):
+        zt = z[t]
+        zl = zt.detach().tolist()
+        out = set(mask)
+        chosen, ws = [], []
+        sel_margin, thr_margin = float("inf"), float("inf")
+        for i in range(k):
+            cand = sorted((e for e in range(E) if e not in out), key=lambda e: (-zl[e], e))
+            if i < len(force):
+                c = force[i]
+            else:
+                c = cand[0]
+                if len(cand) > 1:
+                    sel_margin = min(sel_margin, zl[cand[0]] - zl[cand[1]])
+            keep = []
+            for e in range(E):
+                if e in out and e != c:
+                    continue
+                factor = max(abs(zl[e]), zl[c])
+                ratio = (zl[c] - zl[e]) / factor if factor != 0 else 0.0
+                if e != c:
+                    thr_margin = min(thr_margin, abs(ratio - gap))
+                if ratio <= gap:
+                    keep.append(e)
+            p = torch.softmax(zt[torch.tensor(keep)], dim=-1)
+            ws.append(p[keep.index(c)] * rule.scale)
+            chosen.append(c)
+            out.add(c)
+        w = torch.stack(ws)
+        wl = w.detach().tolist()
+        order = sorted(range(k), key=lambda i: (-wl[i], chosen[i]))
+        idx_out.append([chosen[i] for i in order])
+        w_out.append(w[torch.tensor(order)])
+        ws_sorted = sorted(wl, reverse=True)
+        # exact ties (both 1.0: a slot alone within its gap) are ordered by index on both sides
+        order_margin = min((ws_sorted[i] - ws_sorted[i + 1] for i in range(k - 1)
+                            if ws_sorted[i] != ws_sorted[i + 1]), default=float("inf"))
+        margins.append(dict(select=min(sel_margin, thr_margin), group=float("inf"), order=order_margin,
+                            min_choice=float("inf")))
     return torch.tensor(idx_out, dtype=torch.long), torch.stack(w_out), margins

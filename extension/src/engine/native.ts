@@ -4,7 +4,7 @@ import type { RoutingSpan } from '../../../common/src/routing';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
 export type LogitsMode = 'none' | 'last' | 'all';
-export type RouterScoring = 'softmax' | 'sigmoid';
+export type RouterScoring = 'softmax' | 'sigmoid' | 'sparsemixer';
 
 export interface NativeModelInfo {
   modelType: string;            // config.json model_type

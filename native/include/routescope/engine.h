@@ -23,7 +23,7 @@ class Error : public std::runtime_error {
   std::string code_;  // e.g. "BAD_CHECKPOINT", "BAD_CONFIG", "UNKNOWN_ARCH", "BAD_TOKENS", "BAD_PATCH", "TOO_LONG"
 };
 
-enum class Arch { Mixtral, Olmoe, Qwen2Moe, Qwen3Moe, DeepseekV2, DeepseekV3, Glm4Moe, GptOss };
+enum class Arch { Mixtral, Olmoe, Qwen2Moe, Qwen3Moe, DeepseekV2, DeepseekV3, Glm4Moe, Phimoe, GraniteMoe, GptOss };
 const char* arch_name(Arch a);
 
 struct ModelInfo {
@@ -41,7 +41,7 @@ struct ModelInfo {
   int shared_expert_width = 0;  // qwen2_moe; 0 when none
   bool norm_topk_prob = false;  // the router renormalises the selected weights
   std::string routing_rule;     // one line, e.g. "sigmoid + selection bias, group-limited top-8 of 256 (...), ×2.5"
-  std::string router_scoring;   // "softmax" or "sigmoid": how router logits become the scores weights are taken from
+  std::string router_scoring;   // "softmax", "sigmoid" or "sparsemixer": how router logits become the scores weights are taken from
   int max_position_embeddings = 0;
   std::vector<int> moe_layers;  // layers with a router (qwen2_moe may have dense layers)
   std::string dtype;            // dominant weight dtype: "F32", "F16", "BF16"

@@ -53,7 +53,10 @@ void cached_block(const std::vector<const C3poPrefix*>& rows, const LayerPatch* 
     for (int s = 0; s < k; ++s) {
       const float* o = px.experts.data() + static_cast<size_t>(sel[s]) * H;
       for (int d = 0; d < H; ++d) hj[d] += w[s] * o[d];
-      if (save) std::copy(o, o + H, save->o.begin() + (static_cast<size_t>(j) * k + s) * H);
+      // The saved expert output is the block's own, before GraniteMoE's residual multiplier (moe_parts folds it
+      // into the cached parts; mlp_backward applies it).
+      if (save)
+        for (int d = 0; d < H; ++d) save->o[(static_cast<size_t>(j) * k + s) * H + d] = o[d] / cfg.residual_multiplier;
     }
     if (save) {
       std::copy(p.begin(), p.end(), save->p.begin() + static_cast<size_t>(j) * E);
@@ -70,6 +73,7 @@ std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>&
   std::lock_guard<std::mutex> lock(model.c3po_mutex());
   const ModelConfig& cfg = model.checkpoint().config;
   if (prompt.empty()) throw Error("BAD_TOKENS", "empty reference prompt");
+  require_score_router(cfg.router, "C3PO");
   if (first_layer < 0 || first_layer >= cfg.layers) throw Error("BAD_ARGUMENT", "first critical layer out of range");
   auto p = std::make_shared<C3poPrefix>();
   p->session = std::make_shared<SessionImpl>(model, 0);
@@ -135,6 +139,7 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
   const Checkpoint& ck = model.checkpoint();
   const ModelConfig& cfg = ck.config;
   const int E = cfg.experts, L = cfg.layers, H = cfg.hidden, V = cfg.vocab;
+  require_score_router(cfg.router, "C3PO");
   if (o.layers.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one critical layer");
   if (neighbours.empty()) throw Error("BAD_ARGUMENT", "C3PO needs at least one neighbour");
   if (o.steps < 0) throw Error("BAD_ARGUMENT", "C3PO needs steps >= 0");

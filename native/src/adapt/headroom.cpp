@@ -254,6 +254,7 @@ HeadroomResult routing_headroom(Session& session, const std::vector<int>& prompt
   SessionImpl::CallScope scope(s);
   const ModelConfig& cfg = s.m_.checkpoint().config;
   const int E = cfg.experts, L = cfg.layers;
+  require_score_router(cfg.router, "routing headroom");
   if (prompt.empty()) throw Error("BAD_TOKENS", "no prompt tokens");
   s.check_tokens(prompt, 0);
   if (o.label < 0 || o.label >= cfg.vocab) throw Error("BAD_TOKENS", "the label token is outside the vocabulary");

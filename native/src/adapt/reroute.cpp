@@ -153,6 +153,7 @@ RerouteResult generate_rerouted(Session& session, const std::vector<int>& prompt
   SessionImpl& s = engine_session(session, "generate_rerouted");
   SessionImpl::CallScope scope(s);
   const ModelConfig& cfg = s.m_.checkpoint().config;
+  require_score_router(cfg.router, "continuous rerouting");
   std::vector<int> candidates = o.layers;
   if (candidates.empty())
     for (int l = 0; l < cfg.layers; ++l)

@@ -37,6 +37,13 @@ void Decoder::init_rope() {
   const int d = r.dims, half = d / 2;
   inv_freq_.resize(half);
   for (int i = 0; i < half; ++i) inv_freq_[i] = 1.0 / std::pow(r.theta, (2.0 * i) / d);
+  if (r.longrope) {  // LongRoPE: the short and the long frequency sets, chosen per forward call (rope_rows)
+    inv_freq_long_.resize(half);
+    for (int i = 0; i < half; ++i) {
+      inv_freq_long_[i] = inv_freq_[i] / r.long_factor[i];
+      inv_freq_[i] /= r.short_factor[i];
+    }
+  }
   if (!r.yarn) return;
   const double pi = 3.14159265358979323846;
   auto correction_dim = [&](double rotations) {
@@ -53,13 +60,17 @@ void Decoder::init_rope() {
   }
 }
 
-void Decoder::rope_angles(int pos, std::vector<float>& cos_t, std::vector<float>& sin_t) const {
+void Decoder::rope_angles(int pos, int call_end, std::vector<float>& cos_t, std::vector<float>& sin_t) const {
   const int h = cfg_.rope.dims / 2;
-  const double af = cfg_.rope.attention_factor;
+  const RopeConfig& r = cfg_.rope;
+  // LongRoPE: transformers picks the long set when the call's sequence (last position + 1) passes the original length.
+  const bool long_set = r.longrope && call_end > r.original_max_positions;
+  const double af = r.longrope ? (long_set ? r.long_mscale : r.short_mscale) : r.attention_factor;
+  const std::vector<double>& inv_freq = long_set ? inv_freq_long_ : inv_freq_;
   cos_t.resize(h);
   sin_t.resize(h);
   for (int i = 0; i < h; ++i) {
-    double a = pos * inv_freq_[i];
+    double a = pos * inv_freq[i];
     cos_t[i] = static_cast<float>(std::cos(a) * af);
     sin_t[i] = static_cast<float>(std::sin(a) * af);
   }
@@ -69,13 +80,20 @@ void Decoder::embed(const std::vector<int>& tokens, float* h) const {
   ck_.check_files_unchanged();  // every call that starts from tokens: a truncated file is an error, not SIGBUS
   const int H = cfg_.hidden;
   for (size_t t = 0; t < tokens.size(); ++t) convert_to_f32(ck_.embed.row(tokens[t]), ck_.embed.dtype, h + t * H, H);
+  if (cfg_.embedding_multiplier != 1.f)  // GraniteMoE
+    for (size_t i = 0; i < tokens.size() * H; ++i) h[i] *= cfg_.embedding_multiplier;
 }
 
 void Decoder::logits(const float* h, int rows, float* out) {
   const int H = cfg_.hidden;
   std::vector<float> x(static_cast<size_t>(rows) * H);
-  for (int t = 0; t < rows; ++t) rmsnorm_row(h + static_cast<size_t>(t) * H, ck_.final_norm.data(), H, cfg_.eps, x.data() + static_cast<size_t>(t) * H);
+  for (int t = 0; t < rows; ++t)
+    norm_row(h + static_cast<size_t>(t) * H, ck_.final_norm.data(), bias_or_null(ck_.final_norm_bias), H, cfg_.eps,
+             x.data() + static_cast<size_t>(t) * H);
   matmul(pool_, x.data(), rows, ck_.lm_head, out);
+  if (!ck_.lm_head_bias.empty())
+    for (int t = 0; t < rows; ++t)
+      for (int v = 0; v < cfg_.vocab; ++v) out[static_cast<size_t>(t) * cfg_.vocab + v] += ck_.lm_head_bias[v];
 }
 
 // Causal attention as two matrix products per KV head and block of queries: scores = Q K^T over the keys the
@@ -157,7 +175,8 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
                           const RoutingCallback& on_layer, LayerSave* save) {
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k, I = cfg_.expert_width;
-  std::vector<float> z(static_cast<size_t>(T) * E), p(static_cast<size_t>(T) * E), wts(static_cast<size_t>(T) * k);
+  const int P = router_score_width(cfg_.router.scoring, E, k);  // the scores route_token writes per token
+  std::vector<float> z(static_cast<size_t>(T) * E), p(static_cast<size_t>(T) * P), wts(static_cast<size_t>(T) * k);
   std::vector<int32_t> sel(static_cast<size_t>(T) * k);
   std::vector<uint8_t> mixed(T);
   matmul(pool_, x, T, w.router, z.data());
@@ -170,7 +189,7 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
   for (int t = 0; t < T; ++t) {
     bool m = false;
     route_token(cfg_.router, z.data() + static_cast<size_t>(t) * E, E, k, selection_bias, lp, pos0 + t,
-                p.data() + static_cast<size_t>(t) * E, sel.data() + static_cast<size_t>(t) * k,
+                p.data() + static_cast<size_t>(t) * P, sel.data() + static_cast<size_t>(t) * k,
                 wts.data() + static_cast<size_t>(t) * k, &m);
     mixed[t] = m;
   }
@@ -237,7 +256,8 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   const size_t TH = static_cast<size_t>(T) * H;
   std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
   std::vector<float> r_attn(T);
-  for (int t = 0; t < T; ++t) r_attn[t] = rmsnorm_row(h + t * H, w.attn_norm.data(), H, cfg_.eps, x.data() + t * H);
+  for (int t = 0; t < T; ++t)
+    r_attn[t] = norm_row(h + t * H, w.attn_norm.data(), bias_or_null(w.attn_norm_bias), H, cfg_.eps, x.data() + t * H);
   if (save) {
     save->T = T;
     save->h_in.assign(h, h + TH);
@@ -268,17 +288,24 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   }
   attention(l, T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
   if (save) save->attn = attn;
-  matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
-  if (!w.o_bias.empty())
-    for (int t = 0; t < T; ++t)
-      for (int d = 0; d < H; ++d) h[static_cast<size_t>(t) * H + d] += w.o_bias[d];
+  if (w.o_bias.empty() && cfg_.residual_multiplier == 1.f) {
+    matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
+    return;
+  }
+  // o_proj bias (phimoe) and GraniteMoE's residual multiplier: h += m · (o(attn) + b)
+  std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
+  matmul(pool_, attn.data(), T, w.o, y.data());
+  const float m = cfg_.residual_multiplier;
+  for (int t = 0; t < T; ++t)
+    for (int d = 0; d < H; ++d)
+      h[static_cast<size_t>(t) * H + d] += m * (y[static_cast<size_t>(t) * H + d] + (w.o_bias.empty() ? 0.f : w.o_bias[d]));
 }
 
 void Decoder::rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign) const {
   std::vector<float> cs, sn;
   const bool interleaved = cfg_.rope.layout == RopeLayout::Interleaved;
   for (int t = 0; t < T; ++t) {
-    rope_angles(pos0 + t, cs, sn);
+    rope_angles(pos0 + t, pos0 + T, cs, sn);
     for (int hh = 0; hh < heads; ++hh)
       rope_head(rows + static_cast<size_t>(t) * heads * stride + hh * stride + offset, cs.data(), sn.data(), cfg_.rope.dims,
                 interleaved, sign);
@@ -339,7 +366,8 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   std::vector<float>& x = layer_buffer(LayerBuffer::MlpInput, TH);
   if (save) save->T = T, save->pos0 = pos0;
   std::vector<float> r_mlp(T);
-  for (int t = 0; t < T; ++t) r_mlp[t] = rmsnorm_row(h + t * H, w.mlp_norm.data(), H, cfg_.eps, x.data() + t * H);
+  for (int t = 0; t < T; ++t)
+    r_mlp[t] = norm_row(h + t * H, w.mlp_norm.data(), bias_or_null(w.mlp_norm_bias), H, cfg_.eps, x.data() + t * H);
   if (save) {
     save->h_mid.assign(h, h + TH);
     save->r_mlp = r_mlp;
@@ -352,7 +380,8 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
     swiglu(x.data(), T, w.dense_gate, w.dense_up, w.dense_down, y.data(), 1.f, save ? &save->dg : nullptr,
            save ? &save->du : nullptr);
   }
-  for (size_t i = 0; i < TH; ++i) h[i] += y[i];
+  const float m = cfg_.residual_multiplier;  // GraniteMoE; 1 elsewhere
+  for (size_t i = 0; i < TH; ++i) h[i] += m * y[i];
   if (cancel_flag && cancel_flag->load()) throw Error("CANCELLED", "cancelled");
   ck_.check_files_unchanged(true);
 }
@@ -368,12 +397,19 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
   const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k;
   const size_t TH = static_cast<size_t>(T) * H;
   std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
+  std::vector<float> dy_scaled;    // dLoss/d(block output) when a residual multiplier scales it (GraniteMoE)
+  const float* dy = dh;
+  if (cfg_.residual_multiplier != 1.f) {
+    dy_scaled.assign(dh, dh + TH);
+    for (float& v : dy_scaled) v *= cfg_.residual_multiplier;
+    dy = dy_scaled.data();
+  }
   if (w.moe) {
     std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
     std::vector<double> dp;
     // Router: a_e = <dy, o_e>; dLoss/dscores by the weight rule; dz through the scoring function (selection fixed).
     for (int t = 0; t < T; ++t) {
-      const float* dyt = dh + static_cast<size_t>(t) * H;
+      const float* dyt = dy + static_cast<size_t>(t) * H;
       double a[256];
       std::vector<double> abig;
       double* av = k <= 256 ? a : (abig.resize(k), abig.data());
@@ -382,6 +418,14 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         double dot = 0;
         for (int d = 0; d < H; ++d) dot += static_cast<double>(dyt[d]) * o[d];
         av[j] = dot;
+      }
+      float* dzt = &dz[static_cast<size_t>(t) * E];
+      if (cfg_.router.scoring == Scoring::SparseMixer) {  // each slot's softmax over its own candidates
+        sparsemixer_backward(E, k, &s.p[static_cast<size_t>(t) * k * E], &s.w[static_cast<size_t>(t) * k],
+                             &s.sel[static_cast<size_t>(t) * k], av, dzt);
+        if (bias_grad)
+          for (int e = 0; e < E; ++e) bias_grad[e] += dzt[e];
+        continue;
       }
       dp.assign(E, 0.0);
       const float* pt = &s.p[static_cast<size_t>(t) * E];
@@ -393,20 +437,19 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         if (mg != mix_grads.end()) scoring_backward(cfg_.router.scoring, E, pt, dp.data(), mg->second);
         continue;
       }
-      float* dzt = &dz[static_cast<size_t>(t) * E];
       scoring_backward(cfg_.router.scoring, E, pt, dp.data(), dzt);
       if (bias_grad)
         for (int e = 0; e < E; ++e) bias_grad[e] += dzt[e];
     }
     if (stop_at_router) return false;
     matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
-    moe_experts_backward(pool_, cfg_.expert_mlp, dh, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up,
+    moe_experts_backward(pool_, cfg_.expert_mlp, dy, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up,
                          w.down, dx.data());
     if (w.has_shared()) {
       std::vector<float> dso(TH);
       for (int t = 0; t < T; ++t) {
         const float sgv = s.sgate[t];
-        const float* dyt = dh + static_cast<size_t>(t) * H;
+        const float* dyt = dy + static_cast<size_t>(t) * H;
         double dot = 0;
         for (int d = 0; d < H; ++d) {
           dso[static_cast<size_t>(t) * H + d] = sgv * dyt[d];
@@ -421,12 +464,12 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
     }
   } else {
     if (stop_at_router) return false;
-    expert_mlp_backward(pool_, ExpertMlp{}, dh, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
+    expert_mlp_backward(pool_, ExpertMlp{}, dy, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
   }
   // Through the post-attention norm into the residual stream: dh_mid = dh + norm'(dx).
   for (int t = 0; t < T; ++t)
-    rmsnorm_row_backward(&s.h_mid[static_cast<size_t>(t) * H], s.r_mlp[t], w.mlp_norm.data(), &dx[static_cast<size_t>(t) * H], H,
-                         dh + static_cast<size_t>(t) * H, true);
+    norm_row_backward(&s.h_mid[static_cast<size_t>(t) * H], s.r_mlp[t], w.mlp_norm.data(), bias_or_null(w.mlp_norm_bias),
+                      &dx[static_cast<size_t>(t) * H], H, dh + static_cast<size_t>(t) * H, true);
   return true;
 }
 
@@ -438,7 +481,13 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   const int qw = nh * hd, kw = nkv * hd, ow = nh * vd, vw = nkv * vd;
   const float scale = cfg_.softmax_scale;
   std::vector<float> dattn(static_cast<size_t>(T) * ow);
-  matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
+  if (cfg_.residual_multiplier != 1.f) {  // GraniteMoE: h += m · o(attn)
+    std::vector<float> dy(dh, dh + TH);
+    for (float& v : dy) v *= cfg_.residual_multiplier;
+    matmul_backward_input(pool_, dy.data(), T, w.o, dattn.data(), false);
+  } else {
+    matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
+  }
   std::vector<float> dq(static_cast<size_t>(T) * qw), dk(static_cast<size_t>(T) * kw), dv(static_cast<size_t>(T) * vw);
   // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
   attention_backward(pool_, T, s.pos0, nh, nkv, hd, vd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
@@ -447,8 +496,8 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   if (cfg_.attention == AttentionKind::Latent) latent_qkv_backward(l, s, dq, dk, dv, dxa.data());
   else standard_qkv_backward(l, s, dq, dk, dv, dxa.data());
   for (int t = 0; t < T; ++t)
-    rmsnorm_row_backward(&s.h_in[static_cast<size_t>(t) * H], s.r_attn[t], w.attn_norm.data(), &dxa[static_cast<size_t>(t) * H], H,
-                         dh + static_cast<size_t>(t) * H, true);
+    norm_row_backward(&s.h_in[static_cast<size_t>(t) * H], s.r_attn[t], w.attn_norm.data(), bias_or_null(w.attn_norm_bias),
+                      &dxa[static_cast<size_t>(t) * H], H, dh + static_cast<size_t>(t) * H, true);
 }
 
 // Back through RoPE (rotate back), the QK-norm, the clip and the projections into dx (accumulated).
@@ -493,7 +542,7 @@ void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, flo
   const int H = cfg_.hidden, E = cfg_.experts, I = cfg_.expert_width;
   if (!w.moe) throw Error("BAD_ARGUMENT", "layer " + std::to_string(l) + " has no router");
   std::vector<float> x(H);
-  rmsnorm_row(h_mid, w.mlp_norm.data(), H, cfg_.eps, x.data());
+  norm_row(h_mid, w.mlp_norm.data(), bias_or_null(w.mlp_norm_bias), H, cfg_.eps, x.data());
   matmul(pool_, x.data(), 1, w.router, z);
   for (size_t e = 0; e < w.router_bias.size(); ++e) z[e] += w.router_bias[e];
   if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias) {  // gpt-oss: every expert as one selected slot of weight 1
@@ -524,6 +573,10 @@ void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, flo
       const float sgv = sigmoid(gl);
       for (int d = 0; d < H; ++d) shared[d] *= sgv;
     }
+  }
+  if (cfg_.residual_multiplier != 1.f) {  // GraniteMoE: the block's output enters the residual scaled
+    for (size_t i = 0; i < static_cast<size_t>(E) * H; ++i) experts[i] *= cfg_.residual_multiplier;
+    for (int d = 0; d < H; ++d) shared[d] *= cfg_.residual_multiplier;
   }
 }
 

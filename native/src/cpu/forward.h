@@ -31,7 +31,7 @@ struct LayerSave {
   std::vector<float> attn;                     // attention output before o_proj [T, heads*head_dim]
   std::vector<float> h_mid, r_mlp, x_mlp;      // after attention residual; rmsnorm factor; normed
   // MoE
-  std::vector<float> p;                        // routing probabilities used (after patch / mix) [T, E]
+  std::vector<float> p;                        // routing scores used (after patch / mix) [T, E]; sparsemixer [T, k, E]
   std::vector<int32_t> sel;                    // [T, k]
   std::vector<float> w;                        // [T, k]
   std::vector<uint8_t> mixed;                  // [T] 1 where a mix row replaced the softmax
@@ -74,7 +74,8 @@ class Decoder {
 
   // What MoE layer l computes for one row h_mid (the residual after its attention) whatever the routing: the raw
   // router logits z [E], every routed expert's output [E, H] and the shared expert's gated contribution [H] (zero
-  // when the layer has none). The layer's output is then h_mid + shared + sum over the selected e of w_e experts[e].
+  // when the layer has none). The layer's output is then h_mid + shared + sum over the selected e of w_e experts[e]
+  // (GraniteMoE's residual multiplier folded into both).
   void moe_parts(int l, const float* h_mid, float* z, float* experts, float* shared);
 
   void embed(const std::vector<int>& tokens, float* h) const;
@@ -87,7 +88,8 @@ class Decoder {
 
  private:
   void init_rope();
-  void rope_angles(int pos, std::vector<float>& cos_t, std::vector<float>& sin_t) const;
+  // Angles at `pos` in a forward call whose last position is call_end - 1 (LongRoPE picks its set per call).
+  void rope_angles(int pos, int call_end, std::vector<float>& cos_t, std::vector<float>& sin_t) const;
   // RoPE (sign -1: its inverse) on rows [T, heads × stride], rotating `rope.dims` entries from `offset` per head.
   void rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign) const;
   // Attention inputs from the normed hidden state x [T, H]: q [T, nh·hd], k [T, nkv·hd], v [T, nkv·vd], RoPE
@@ -110,6 +112,7 @@ class Decoder {
   const ModelConfig& cfg_;
   ThreadPool& pool_;
   std::vector<double> inv_freq_;
+  std::vector<double> inv_freq_long_;  // LongRoPE's long set (inv_freq_ then holds the short one)
 };
 
 }  // namespace routescope

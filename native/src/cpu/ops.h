@@ -2,6 +2,7 @@
 #pragma once
 #include <cmath>
 #include <cstddef>
+#include <vector>
 
 namespace routescope {
 
@@ -24,6 +25,43 @@ inline void rmsnorm_row_backward(const float* x, float r, const float* w, const 
     dx[i] = accumulate ? dx[i] + g : g;
   }
 }
+
+// The decoder's norm: RMSNorm when `bias` is null, else LayerNorm (mean removed, then × w + bias; PhiMoE).
+// Returns 1/sqrt(mean square or variance + eps), kept for the backward.
+inline float norm_row(const float* x, const float* w, const float* bias, int n, float eps, float* y) {
+  if (!bias) return rmsnorm_row(x, w, n, eps, y);
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += x[i];
+  const double mean = sum / n;
+  double ss = 0;
+  for (int i = 0; i < n; ++i) ss += (x[i] - mean) * (x[i] - mean);
+  const float r = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+  const float m = static_cast<float>(mean);
+  for (int i = 0; i < n; ++i) y[i] = (x[i] - m) * r * w[i] + bias[i];
+  return r;
+}
+// dx (+)= d/dx of norm_row given dy (LayerNorm: r (g - mean(g) - x̂ mean(g x̂)) with g = dy w, x̂ = (x - mean) r).
+inline void norm_row_backward(const float* x, float r, const float* w, const float* bias, const float* dy, int n,
+                              float* dx, bool accumulate) {
+  if (!bias) return rmsnorm_row_backward(x, r, w, dy, n, dx, accumulate);
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += x[i];
+  const double mean = sum / n;
+  double gs = 0, gx = 0;
+  for (int i = 0; i < n; ++i) {
+    const double g = static_cast<double>(dy[i]) * w[i];
+    gs += g;
+    gx += g * (x[i] - mean) * r;
+  }
+  gs /= n, gx /= n;
+  for (int i = 0; i < n; ++i) {
+    const double xh = (x[i] - mean) * r;
+    const float v = static_cast<float>(r * (static_cast<double>(dy[i]) * w[i] - gs - xh * gx));
+    dx[i] = accumulate ? dx[i] + v : v;
+  }
+}
+// The bias pointer norm_row takes: null (RMSNorm) for an empty vector.
+inline const float* bias_or_null(const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); }
 
 inline float silu(float x) { return x / (1.f + std::exp(-x)); }
 inline float silu_grad(float x) {

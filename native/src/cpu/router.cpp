@@ -26,8 +26,94 @@ void scores_from_logits(Scoring scoring, const float* theta, int E, float* out) 
   for (int e = 0; e < E; ++e) out[e] = static_cast<float>(out[e] / sum);
 }
 
+namespace {
+
+// PhiMoE's sparsemixer at inference (router.h): slot by slot, the best remaining logit and a softmax over the
+// remaining logits within 2·jitter_eps of it (relative, as transformers' mask: (z_c − z_e) / max(|z_e|, z_c)).
+void route_sparsemixer(const RouterRule& rule, const float* z_raw, int E, int k, const LayerPatch* lp, int abs_pos,
+                       float* s, int32_t* sel, float* w) {
+  if (lp && lp->mix_row(abs_pos))
+    throw Error("BAD_PATCH", "patch: mix is not defined for the sparsemixer router (phimoe): it has no score row to replace");
+  thread_local std::vector<double> z;
+  thread_local std::vector<uint8_t> out;  // masked or already chosen
+  thread_local std::vector<float> slot_scores;
+  z.resize(E);
+  out.assign(E, 0);
+  slot_scores.assign(static_cast<size_t>(k) * E, 0.f);
+  const bool bias = lp && !lp->bias.empty();
+  for (int e = 0; e < E; ++e) z[e] = static_cast<double>(z_raw[e]) + (bias ? lp->bias[e] : 0.f);
+  if (lp)
+    for (int e : lp->mask) out[e] = 1;
+  const double gap = 2.0 * rule.jitter_eps;
+  for (int i = 0; i < k; ++i) {
+    int c = -1;
+    if (lp && i < static_cast<int>(lp->force.size())) {
+      c = lp->force[i];
+    } else {
+      for (int e = 0; e < E; ++e)
+        if (!out[e] && (c < 0 || z[e] > z[c])) c = e;
+    }
+    const double zc = z[c];
+    double sum = 0;
+    float* row = &slot_scores[static_cast<size_t>(i) * E];
+    for (int e = 0; e < E; ++e) {
+      if (out[e] && e != c) continue;
+      const double factor = std::max(std::fabs(z[e]), zc);
+      if ((zc - z[e]) / factor > gap) continue;  // NaN (0/0) keeps the expert, as transformers' mask does
+      row[e] = static_cast<float>(std::exp(z[e] - zc));
+      sum += row[e];
+    }
+    for (int e = 0; e < E; ++e) row[e] = static_cast<float>(row[e] / sum);
+    sel[i] = c;
+    w[i] = row[c] * rule.scale;
+    out[c] = 1;
+  }
+  // Highest weight first, ties by lower expert index; each slot's softmax row moves with its expert (insertion
+  // sort: defined even for NaN weights from non-finite logits).
+  std::vector<int> order(k);
+  for (int i = 0; i < k; ++i) order[i] = i;
+  for (int i = 1; i < k; ++i)
+    for (int j = i; j > 0; --j) {
+      const int a = order[j], b = order[j - 1];
+      if (!(w[a] > w[b] || (w[a] == w[b] && sel[a] < sel[b]))) break;
+      std::swap(order[j], order[j - 1]);
+    }
+  std::vector<int32_t> sel0(sel, sel + k);
+  std::vector<float> w0(w, w + k);
+  for (int i = 0; i < k; ++i) {
+    sel[i] = sel0[order[i]];
+    w[i] = w0[order[i]];
+    std::copy(&slot_scores[static_cast<size_t>(order[i]) * E], &slot_scores[static_cast<size_t>(order[i] + 1) * E],
+              s + static_cast<size_t>(i) * E);
+  }
+}
+
+}  // namespace
+
+void sparsemixer_backward(int E, int k, const float* scores, const float* w, const int32_t* sel, const double* a, float* dz) {
+  std::vector<double> acc(E, 0.0);
+  for (int j = 0; j < k; ++j) {
+    const double g = a[j] * w[j];
+    const float* p = scores + static_cast<size_t>(j) * E;
+    for (int e = 0; e < E; ++e) acc[e] -= g * p[e];
+    acc[sel[j]] += g;
+  }
+  for (int e = 0; e < E; ++e) dz[e] = static_cast<float>(acc[e]);
+}
+
+void require_score_router(const RouterRule& rule, const char* method) {
+  if (rule.scoring == Scoring::SparseMixer)
+    throw Error("UNSUPPORTED", std::string(method) + " is not available for the sparsemixer router (phimoe): its weights " +
+                                   "come from one softmax per slot over the logits near the chosen one, not from a " +
+                                   "score row over all experts that " + method + " could re-mix");
+}
+
 void route_token(const RouterRule& rule, const float* z_raw, int E, int k, const float* selection_bias,
                  const LayerPatch* lp, int abs_pos, float* s, int32_t* sel, float* w, bool* mixed) {
+  if (rule.scoring == Scoring::SparseMixer) {
+    *mixed = false;
+    return route_sparsemixer(rule, z_raw, E, k, lp, abs_pos, s, sel, w);
+  }
   thread_local std::vector<float> z, choice;
   thread_local std::vector<uint8_t> blocked;  // masked, already chosen, or outside the kept groups
   z.resize(E), choice.resize(E);

@@ -26,6 +26,10 @@ inline std::string unsupported(const ModelConfig& cfg) {
   if (cfg.rope.yarn || cfg.rope.dims != cfg.head_dim || cfg.rope.layout != RopeLayout::Half)
     return "YaRN, partial or interleaved RoPE";
   if (cfg.fp8_block_rows > 0) return "FP8 block-scaled weights";
+  if (cfg.layer_norm || cfg.o_bias || cfg.lm_head_bias) return "LayerNorm, o_proj or LM head biases";
+  if (cfg.rope.longrope) return "LongRoPE";
+  if (cfg.embedding_multiplier != 1.f || cfg.residual_multiplier != 1.f || cfg.logits_scaling != 1.f)
+    return "embedding, residual or logits multipliers";
   if (cfg.arch == Arch::GptOss) return "gpt-oss (attention sinks, biases, clamped experts, MXFP4)";
   return "";
 }

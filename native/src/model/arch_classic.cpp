@@ -31,6 +31,7 @@ void read_mixtral(const ConfigReader& c, ModelConfig& cfg) {
   cfg.experts = c.integer_alias("num_local_experts", "num_experts", 1, limits::kExperts);
   cfg.expert_width = c.integer("intermediate_size", 1, limits::kWidth);
   cfg.head_dim = c.integer("head_dim", 2, limits::kHeadDim, 0);
+  cfg.rope.theta = 1000000.0;  // MixtralConfig.default_theta
   cfg.router.renorm = true;
   cfg.sliding_window = c.integer("sliding_window", 0, limits::kPositions, 0);
 }

@@ -128,7 +128,6 @@ void load_gpt_oss(WeightReader& r, const ModelConfig& cfg, int l, LayerWeights& 
   w.attn_norm = r.vec(p + "input_layernorm.weight", H);
   w.mlp_norm = r.vec(p + "post_attention_layernorm.weight", H);
   r.standard_attention(cfg, p, w);
-  w.o_bias = r.vec(p + "self_attn.o_proj.bias", H);
   w.sinks = r.vec(p + "self_attn.sinks", cfg.heads);
   w.moe = true;
   w.router = r.mat(p + "mlp.router.weight", E, H);

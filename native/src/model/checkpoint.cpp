@@ -173,8 +173,13 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
   if (ck->embed.dtype == DType::F8E4M3)
     throw Error("BAD_CHECKPOINT", dir + ": \"model.embed_tokens.weight\" is F8_E4M3; FP8 is read for projections only");
   ck->final_norm = r.vec("model.norm.weight", H);
+  if (cfg.layer_norm) ck->final_norm_bias = r.vec("model.norm.bias", H);
   if (r.has("lm_head.weight") || !cfg.tie_embeddings) ck->lm_head = r.mat("lm_head.weight", cfg.vocab, H);
   else ck->lm_head = ck->embed;
+  if (cfg.lm_head_bias) ck->lm_head_bias = r.vec("lm_head.bias", cfg.vocab);
+  if (cfg.logits_scaling != 1.f)  // GraniteMoE's logits ÷ logits_scaling, folded into the (linear) final norm's output
+    for (auto* v : {&ck->final_norm, &ck->final_norm_bias, &ck->lm_head_bias})
+      for (float& x : *v) x /= cfg.logits_scaling;
   r.active = static_cast<uint64_t>(cfg.vocab) * H;  // lm head (the embedding lookup is not a matmul)
   ck->layers.resize(cfg.layers);
   for (int l = 0; l < cfg.layers; ++l) family.load_layer(r, cfg, l, ck->layers[l]);

@@ -20,6 +20,8 @@ const char* arch_name(Arch a) {
     case Arch::DeepseekV2: return "deepseek_v2";
     case Arch::DeepseekV3: return "deepseek_v3";
     case Arch::Glm4Moe: return "glm4_moe";
+    case Arch::Phimoe: return "phimoe";
+    case Arch::GraniteMoe: return "granitemoe";
     case Arch::GptOss: return "gpt_oss";
   }
   return "?";
@@ -35,8 +37,21 @@ std::string format_number(double v) {
 
 }  // namespace
 
+const char* scoring_name(Scoring s) {
+  switch (s) {
+    case Scoring::Softmax: return "softmax";
+    case Scoring::Sigmoid: return "sigmoid";
+    case Scoring::SparseMixer: return "sparsemixer";
+  }
+  return "?";
+}
+
 std::string describe_router(const RouterRule& r, int experts, int top_k) {
-  std::string s = r.scoring == Scoring::Softmax ? "softmax" : "sigmoid";
+  if (r.scoring == Scoring::SparseMixer)
+    return "sparsemixer top-" + std::to_string(top_k) + " of " + std::to_string(experts) +
+           " (each slot: best remaining logit, softmax over the logits within 2×" + format_number(r.jitter_eps) +
+           " relative of it), not renormalised";
+  std::string s = scoring_name(r.scoring);
   if (r.selection_bias) s += " + selection bias";
   s += ", ";
   if (r.groups > 1) s += "group-limited ";
@@ -108,6 +123,28 @@ namespace {
 
 constexpr double kInf = INFINITY;
 
+// LongRoPE as PhiMoE uses it: short/long per-frequency factors and the cos/sin factors short_mscale/long_mscale
+// (which replace the attention_factor transformers' generic LongRoPE derives).
+void read_longrope(const ConfigReader& d, ModelConfig& cfg) {
+  RopeConfig& r = cfg.rope;
+  r.longrope = true;
+  r.original_max_positions = d.integer("original_max_position_embeddings", 1, limits::kPositions);
+  for (const char* key : {"short_factor", "long_factor"}) {
+    const Json* f = d.get(key);
+    if (!f || !f->is_array()) d.fail(std::string("\"") + key + "\" must be a list of numbers (LongRoPE)");
+    std::vector<double>& out = std::string(key) == "short_factor" ? r.short_factor : r.long_factor;
+    for (const Json& x : f->items()) {
+      if (!x.is_number() || !std::isfinite(x.as_number()) || !(x.as_number() > 0))
+        d.fail(std::string("\"") + key + "\" holds " + x.dump() + "; LongRoPE factors must be positive numbers");
+      out.push_back(x.as_number());
+    }
+  }
+  for (const char* key : {"short_mscale", "long_mscale"})
+    if (!d.get(key)) d.fail(std::string("missing \"") + key + "\" (PhiMoE's LongRoPE needs short_mscale and long_mscale)");
+  r.short_mscale = d.number("short_mscale", 1.0, 0.0, 1e3, true);
+  r.long_mscale = d.number("long_mscale", 1.0, 0.0, 1e3, true);
+}
+
 // RoPE as transformers reads it: a nested rope_parameters (v5) or rope_scaling (v4) dict, whose own rope_theta
 // wins over the top-level one; partial_rotary_factor at either level (the top-level one wins).
 void read_rope(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) {
@@ -119,7 +156,7 @@ void read_rope(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) {
     if (!dict || rp->members().size() > dict->members().size()) dict = rp;  // rope_parameters may be {} beside rope_scaling
   }
   RopeConfig& r = cfg.rope;
-  r.theta = c.number("rope_theta", 10000.0, 0.0, kInf, true);
+  r.theta = c.number("rope_theta", r.theta, 0.0, kInf, true);  // a family may set its default first
   double partial = c.number("partial_rotary_factor", 1.0, 0.0, 1.0, true);
   std::string type = "default";
   if (dict) {
@@ -142,14 +179,22 @@ void read_rope(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) {
       if (d.get("attention_factor")) r.attention_factor = d.number("attention_factor", 1.0, 0.0, 1e3, true);
       else if (mscale > 0 && mscale_all > 0) r.attention_factor = get_mscale(mscale) / get_mscale(mscale_all);
       else r.attention_factor = get_mscale(1.0);
+    } else if (type == "longrope" && cfg.arch == Arch::Phimoe) {
+      read_longrope(d, cfg);
     } else if (type != "default") {
-      c.fail("rope type \"" + type + "\" is not supported (default and yarn are)");
+      c.fail("rope type \"" + type + "\" is not supported (default and yarn are" +
+             (cfg.arch == Arch::Phimoe ? ", and longrope for phimoe)" : ")"));
     }
   }
   r.dims = static_cast<int>(rotary_head_dim * partial);
   if (r.dims < 2 || r.dims % 2 != 0)
     c.fail("RoPE rotates " + std::to_string(r.dims) + " dims per head (head dim " + std::to_string(rotary_head_dim) +
            " × partial_rotary_factor " + format_number(partial) + "); it must be even and at least 2");
+  if (r.longrope)
+    for (const auto* f : {&r.short_factor, &r.long_factor})
+      if (static_cast<int>(f->size()) != r.dims / 2)
+        c.fail(std::string("rope_parameters: \"") + (f == &r.short_factor ? "short_factor" : "long_factor") + "\" has " +
+               std::to_string(f->size()) + " values; LongRoPE needs one per rotated pair (" + std::to_string(r.dims / 2) + ")");
 }
 
 // quantization_config: FP8 (E4M3) weights with one scale per weight_block_size block, as DeepSeek-V3 and the
@@ -258,7 +303,7 @@ ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& i
       c.fail("layer " + std::to_string(l) + " is a dense MLP but \"intermediate_size\" is missing");
   read_eos(c, info);
   info.routing_rule = describe_router(cfg.router, cfg.experts, cfg.top_k);
-  info.router_scoring = cfg.router.scoring == Scoring::Softmax ? "softmax" : "sigmoid";
+  info.router_scoring = scoring_name(cfg.router.scoring);
   return cfg;
 }
 

@@ -14,7 +14,9 @@ namespace routescope {
 // cpu/router.h). scores = softmax(z) or sigmoid(z); choice = scores (+ e_score_correction_bias); optional group
 // limit (keep `groups_kept` of `groups` groups by their score); top-k of choice; weights = scores of the chosen,
 // renormalised when `renorm`, times `scale`.
-enum class Scoring { Softmax, Sigmoid };
+// SparseMixer (PhiMoE, inference path): slot by slot, the best remaining expert by logit; its weight is the softmax,
+// at that expert, over the remaining experts whose logit lies within 2·jitter_eps (relative) of the chosen one's.
+enum class Scoring { Softmax, Sigmoid, SparseMixer };
 enum class GroupScore { Max, TopTwoSum };
 struct RouterRule {
   Scoring scoring = Scoring::Softmax;
@@ -24,7 +26,9 @@ struct RouterRule {
   int groups_kept = 1;         // topk_group
   GroupScore group_score = GroupScore::Max;
   bool selection_bias = false; // per-layer e_score_correction_bias added to the scores for selection only
+  float jitter_eps = 0.f;      // SparseMixer: router_jitter_noise (the relative logit gap that still shares a slot)
 };
+const char* scoring_name(Scoring s);
 // One line for people, e.g. "sigmoid, group-limited top-8 of 256 (8 groups, 4 kept), renormalised, ×2.5".
 std::string describe_router(const RouterRule& r, int experts, int top_k);
 
@@ -33,7 +37,7 @@ enum class AttentionKind { Standard, Latent };  // Latent: DeepSeek's multi-head
 enum class RopeLayout { Half, Interleaved };    // rotate_half pairs (i, i + d/2) or adjacent pairs (2i, 2i + 1)
 
 struct RopeConfig {
-  double theta = 10000.0;
+  double theta = 10000.0;           // transformers' default_theta of the family when config.json has none
   int dims = 0;                     // rotated dims per head (< head dim with partial rotary)
   RopeLayout layout = RopeLayout::Half;
   bool yarn = false;                // YaRN: inv_freq blended between interpolation and extrapolation
@@ -41,6 +45,11 @@ struct RopeConfig {
   bool truncate = true;
   double attention_factor = 1.0;    // multiplies cos and sin (YaRN mscale ratio)
   double mscale_all_dim = 0.0;      // YaRN's mscale_all_dim as given (DeepSeek scales attention scores by it)
+  // LongRoPE (PhiMoE): per-frequency divisors and a cos/sin factor, "long" ones for a forward call whose last
+  // position is past original_max_positions, "short" ones otherwise (decided per call, as transformers does).
+  bool longrope = false;
+  std::vector<double> short_factor, long_factor;
+  double short_mscale = 1.0, long_mscale = 1.0;
 };
 
 struct LatentAttention {           // MLA sizes (DeepSeek-V2/V3)
@@ -77,7 +86,6 @@ struct ModelConfig {
   int sliding_window = 0;           // 0 = off
   std::vector<int> layer_window;    // per layer (gpt-oss layer_types); empty = sliding_window everywhere
   bool attention_sinks = false;     // a learned logit per head joins every softmax denominator (gpt-oss)
-  bool o_bias = false;              // o_proj bias (gpt-oss)
   bool router_bias = false;         // the router linear has a bias, part of router_logits (gpt-oss)
   ExpertMlp expert_mlp;
   int window(int layer) const { return layer_window.empty() ? sliding_window : layer_window[layer]; }
@@ -87,6 +95,12 @@ struct ModelConfig {
   std::string dtype;                // torch_dtype / dtype as declared ("" when absent)
   int extra_layers = 0;             // layers past num_hidden_layers the checkpoint may carry (DeepSeek-V3's MTP)
   int fp8_block_rows = 0, fp8_block_cols = 0;  // quantization_config.weight_block_size (FP8 block scales)
+  bool layer_norm = false;          // LayerNorm (mean removed, weight and bias) instead of RMSNorm (phimoe)
+  bool o_bias = false;              // o_proj bias (phimoe's attention_bias; gpt-oss always)
+  bool lm_head_bias = false;        // phimoe's lm_head_bias
+  // GraniteMoE's multipliers: embeddings × embedding_multiplier, each block's output × residual_multiplier before
+  // the residual add, logits ÷ logits_scaling (its attention_multiplier is softmax_scale).
+  float embedding_multiplier = 1.f, residual_multiplier = 1.f, logits_scaling = 1.f;
   bool mxfp4 = false;               // quantization_config.quant_method "mxfp4" (gpt-oss experts)
 };
 

@@ -44,6 +44,7 @@ struct Mat {
 
 struct LayerWeights {
   std::vector<float> attn_norm, mlp_norm;  // small vectors kept in fp32
+  std::vector<float> attn_norm_bias, mlp_norm_bias;  // LayerNorm biases (phimoe); empty for RMSNorm
   Mat q, k, v, o;                           // standard attention (MLA: q is q_proj when q_lora_rank is null)
   std::vector<float> q_bias, k_bias, v_bias, o_bias;
   std::vector<float> q_norm, k_norm;
@@ -71,6 +72,8 @@ class Checkpoint {
   ModelInfo info;
   Mat embed, lm_head;
   std::vector<float> final_norm;
+  std::vector<float> final_norm_bias;  // LayerNorm bias (phimoe); empty for RMSNorm
+  std::vector<float> lm_head_bias;     // empty when the LM head has none
   std::vector<LayerWeights> layers;
   // Throws Error("MODEL_CHANGED") when a weight file was truncated or rewritten since it was loaded; with
   // `rate_limited` (between layers) it looks at most every 50 ms.

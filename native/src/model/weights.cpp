@@ -84,6 +84,7 @@ void WeightReader::standard_attention(const ModelConfig& cfg, const std::string&
     w.k_bias = vec(p + "self_attn.k_proj.bias", nkv * hd);
     w.v_bias = vec(p + "self_attn.v_proj.bias", nkv * hd);
   }
+  if (cfg.o_bias) w.o_bias = vec(p + "self_attn.o_proj.bias", H);
   if (cfg.qk_norm == QKNorm::Whole) {
     w.q_norm = vec(p + "self_attn.q_norm.weight", nh * hd);
     w.k_norm = vec(p + "self_attn.k_norm.weight", nkv * hd);
@@ -101,27 +102,32 @@ void WeightReader::dense_mlp(const std::string& p, int D, int H, LayerWeights& w
 }
 
 void WeightReader::experts(const std::string& block, const ExpertNames& names, int E, int I, int H, LayerWeights& w) {
-  if (has(block + "experts.gate_up_proj")) {
-    any_fused = true;
-    if (const TensorView* t = find(block + "experts.gate_up_proj"); t->dtype == DType::F8E4M3)
-      throw Error("BAD_CHECKPOINT", t->file + ": fused F8_E4M3 experts (\"" + block + "experts.gate_up_proj\") are not " +
-                                        "supported; FP8 checkpoints as released (per-expert tensors) are");
-    const TensorView& gu = require(block + "experts.gate_up_proj", {E, 2 * I, H});
-    const TensorView& dn = require(block + "experts.down_proj", {E, H, I});
-    Mat gu_all{gu.data, gu.dtype, E * 2 * I, H}, dn_all{dn.data, dn.dtype, E * H, I};
-    for (int e = 0; e < E; ++e) {
-      w.gate.push_back(gu_all.slice_rows(e * 2 * I, I));
-      w.up.push_back(gu_all.slice_rows(e * 2 * I + I, I));
-      w.down.push_back(dn_all.slice_rows(e * H, H));
-    }
-    return;
-  }
+  if (has(block + "experts.gate_up_proj")) return fused_experts(block + "experts.gate_up_proj", block + "experts.down_proj", E, I, H, w);
   any_per_expert = true;
   for (int e = 0; e < E; ++e) {
     const std::string ep = block + "experts." + std::to_string(e) + ".";
     w.gate.push_back(mat(ep + names.gate, I, H));
     w.up.push_back(mat(ep + names.up, I, H));
     w.down.push_back(mat(ep + names.down, H, I));
+  }
+}
+
+}  // namespace routescope
+
+namespace routescope {
+
+void WeightReader::fused_experts(const std::string& gate_up, const std::string& down, int E, int I, int H, LayerWeights& w) {
+  any_fused = true;
+  if (const TensorView* t = find(gate_up); t && t->dtype == DType::F8E4M3)
+    throw Error("BAD_CHECKPOINT", t->file + ": fused F8_E4M3 experts (\"" + gate_up + "\") are not " +
+                                      "supported; FP8 checkpoints as released (per-expert tensors) are");
+  const TensorView& gu = require(gate_up, {E, 2 * I, H});
+  const TensorView& dn = require(down, {E, H, I});
+  Mat gu_all{gu.data, gu.dtype, E * 2 * I, H}, dn_all{dn.data, dn.dtype, E * H, I};
+  for (int e = 0; e < E; ++e) {
+    w.gate.push_back(gu_all.slice_rows(e * 2 * I, I));
+    w.up.push_back(gu_all.slice_rows(e * 2 * I + I, I));
+    w.down.push_back(dn_all.slice_rows(e * H, H));
   }
 }
 

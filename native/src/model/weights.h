@@ -38,6 +38,8 @@ class WeightReader {
     const char* down;
   };
   void experts(const std::string& block, const ExpertNames& names, int E, int I, int H, LayerWeights& w);
+  // Fused experts under any names: gate_up [E, 2I, H] (gate rows, then up rows) and down [E, H, I].
+  void fused_experts(const std::string& gate_up, const std::string& down, int E, int I, int H, LayerWeights& w);
 
   const std::set<std::string>& used() const { return used_; }
   const std::map<DType, uint64_t>& params_by_dtype() const { return dtype_params_; }
