@@ -38,13 +38,24 @@ const TARGET_LLAMA_Q8_DECODE_RATIO = 1.0;
 const TARGET_BOUND_FRACTION = 0.8;
 const CHECKPOINT_SEED = 20240901;
 const CHECK_PROMPT_LENGTHS = [16, 61, 200];
+// The engine's routed-expert kernel families (ROUTESCOPE_EXPERT_KERNELS, native/src/cpu/moe_experts.h).
+const EXPERT_KERNELS = ['auto', 'generic', 'avx512', 'avx512_bf16', 'avx512_bf16_rounded'];
+
+/** The environment of a timed engine run: the expert kernels pinned unless auto. */
+function engineEnv(opts) {
+  const env = { ...process.env };
+  if (opts.expertKernels === 'auto') delete env.ROUTESCOPE_EXPERT_KERNELS;
+  else env.ROUTESCOPE_EXPERT_KERNELS = opts.expertKernels;
+  return env;
+}
 
 class BenchError extends Error {}
 
 function usage() {
   return `usage: npm run bench -- [--layers N] [--prompt-tokens N] [--long-prompt-tokens N] [--decode-tokens M]
                         [--repeat R] [--threads T] [--peers LIST] [--llama-types LIST] [--check-tokens K] [--seed S]
-                        [--python PATH] [--engine auto|cli|rs_bench] [--skip-peer] [--skip-adapt] [--json]
+                        [--python PATH] [--engine auto|cli|rs_bench] [--expert-kernels K] [--skip-peer] [--skip-adapt]
+                        [--json]
   --layers              layers in the random checkpoint (default 2)
   --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite, moonlight or gpt-oss-20b (their config.json,
                         layers shrunk); the peers and the adaptation overhead run on olmoe only
@@ -60,6 +71,9 @@ function usage() {
   --peers               comma-separated peers: llama (llama.cpp through node-llama-cpp, installed into bench/peers/),
                         torch (PyTorch eager, bench/peer_torch.py); default llama; none = engine figures only
   --llama-types         GGUF types of the llama.cpp peer (default bf16,q8_0)
+  --expert-kernels      the engine's routed-expert kernels for the timed runs: auto (default; fp32 activations),
+                        avx512_bf16_rounded (activations rounded to bf16, llama.cpp's BF16 precision), avx512_bf16,
+                        avx512 or generic; sets ROUTESCOPE_EXPERT_KERNELS for those runs and names it in the table
   --check-tokens        length of the PyTorch cross-check prompt (default 16, 0 = skip)
   --seed                seed of the random prompt tokens (default 0)
   --python              interpreter with torch (default $ROUTESCOPE_PYTHON or /usr/bin/python3)
@@ -90,6 +104,7 @@ function parseOptions(argv) {
       engine: { type: 'string', default: 'auto' },
       peers: { type: 'string', default: 'llama' },
       'llama-types': { type: 'string', default: 'bf16,q8_0' },
+      'expert-kernels': { type: 'string', default: process.env.ROUTESCOPE_EXPERT_KERNELS ?? 'auto' },
       'skip-peer': { type: 'boolean', default: false },
       'skip-adapt': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
@@ -110,6 +125,7 @@ function parseOptions(argv) {
   if (values['skip-peer'] || peers.includes('none')) peers = [];
   if (!Object.keys(SHAPES).includes(values.shape)) throw new BenchError(`--shape must be one of ${Object.keys(SHAPES).join(', ')}, got ${JSON.stringify(values.shape)}`);
   if (values.shape !== 'olmoe') peers = [];  // the GGUF converter and the PyTorch peer implement OLMoE only
+  if (!EXPERT_KERNELS.includes(values['expert-kernels'])) throw new BenchError(`--expert-kernels must be one of ${EXPERT_KERNELS.join(', ')}, got ${JSON.stringify(values['expert-kernels'])}`);
   let alsoShapes = list('also-shapes', values['also-shapes'], [...Object.keys(SHAPES), 'none']);
   if (alsoShapes.includes('none') || values.shape !== 'olmoe') alsoShapes = [];
   if (!['auto', 'cli', 'rs_bench'].includes(values.engine)) throw new BenchError(`--engine must be auto, cli or rs_bench, got ${JSON.stringify(values.engine)}`);
@@ -129,6 +145,7 @@ function parseOptions(argv) {
     engine: values.engine,
     peers,
     llamaTypes: list('llama-types', values['llama-types'], ['bf16', 'q8_0']),
+    expertKernels: values['expert-kernels'],
     skipAdapt: values['skip-adapt'] || values.shape !== 'olmoe',
     json: values.json,
   };
@@ -225,7 +242,7 @@ function engineViaCli(dir, opts, promptTokens, decodeTokens) {
     CLI, 'bench', '--model', dir,
     '--prompt-tokens', String(promptTokens), '--decode-tokens', String(decodeTokens),
     '--threads', String(opts.threads), '--json',
-  ]);
+  ], { env: engineEnv(opts) });
   if (!r.ok) return { error: `routescope bench failed: ${describeFailure(r)}` };
   const j = lastJson(r.stdout);
   if (!j || typeof j.prefill_tokens_per_s !== 'number') {
@@ -249,7 +266,7 @@ function engineViaRsBench(dir, opts, promptTokens, decodeTokens) {
   const r = run(RS_BENCH, [
     '--model', dir, '--prompt-tokens', String(promptTokens), '--decode-tokens', String(Math.max(decodeTokens, 1)),
     '--threads', String(opts.threads),
-  ]);
+  ], { env: engineEnv(opts) });
   const j = r.ok ? lastJson(r.stdout) : null;
   if (!j || typeof j.prefill_tokens_per_s !== 'number') return { error: `rs_bench failed: ${describeFailure(r)}` };
   return {
@@ -417,7 +434,7 @@ function table(res) {
   lines.push(`prefill ${res.prompt_tokens}${long ? ` and ${long}` : ''} tokens, batch-1 decode ${res.decode_tokens} tokens; ${res.repeat} interleaved round${res.repeat > 1 ? 's, best of each' : ''}; ${res.threads} threads`);
   lines.push(`CPU: ${res.machine.cpu_model} (family ${res.machine.cpu_family ?? '?'}, ${res.machine.logical_cpus} logical CPUs${res.machine.cpu_flags.length ? `; ${res.machine.cpu_flags.join(' ')}` : ''}); load average before ${res.machine.loadavg_before.map((x) => x.toFixed(2)).join(' ')}, after ${res.machine.loadavg_after.map((x) => x.toFixed(2)).join(' ')}`);
   lines.push('');
-  const w = [28, 14, 15, 13, 10];
+  const w = [Math.max(28, ...res.engines.map((e) => e.label.length + 2)), 14, 15, 13, 10];
   lines.push(padEnd('', w[0]) + pad(`prefill ${res.prompt_tokens}`, w[1]) + pad(long ? `prefill ${long}` : '', w[2]) + pad('decode', w[3]) + pad('peak RSS', w[4]));
   lines.push(padEnd('', w[0]) + pad('tok/s', w[1]) + pad(long ? 'tok/s' : '', w[2]) + pad('tok/s', w[3]));
   for (const e of res.engines) {
@@ -547,7 +564,12 @@ async function main() {
   if (noCli !== null) notes.push(opts.engine === 'rs_bench' ? 'engine figures come from build/rs_bench (--engine rs_bench)' : `the CLI is not available (${noCli}): engine figures come from build/rs_bench`);
 
   // 3. the llama.cpp peer: install, GGUFs, same-model check
-  const engines = [{ id: 'routescope', label: 'Routescope', runs: [] }];
+  const engines = [{
+    id: 'routescope',
+    label: opts.expertKernels === 'auto' ? 'Routescope' : `Routescope (experts ${opts.expertKernels})`,
+    expert_kernels: opts.expertKernels,
+    runs: [],
+  }];
   let llamaCheck = null;
   let llamaBuild = null;
   const ggufs = {};

@@ -39,6 +39,17 @@ const builds = [
     outdir: 'dist/webview',
     entryNames: '[name]',
   },
+  // The statistics panel's webview app (webview/src/stats), loaded by extension/src/views/statsPanel.ts.
+  {
+    ...common,
+    platform: 'browser',
+    format: 'iife',
+    target: 'es2022',
+    external: [],
+    entryPoints: { stats: 'webview/src/stats/main.ts', 'stats-style': 'webview/src/stats/stats.css' },
+    outdir: 'dist/webview',
+    entryNames: '[name]',
+  },
 ];
 
 function testEntries(dir) {

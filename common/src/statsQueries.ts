@@ -160,3 +160,23 @@ export function steeringPatch(ranking: ExpertDifference[], side: PairSide, n: nu
 export function describeExperts(experts: { layer: number; expert: number }[]): string {
   return experts.map((d) => `L${d.layer} e${d.expert}`).join(', ');
 }
+
+/** What a steering patch did to one set (stats/steer.ts measures it; the CLI and the statistics panel show it). */
+export interface GroupSteering {
+  group: string;
+  prompts: number;
+  /** Labelled items: accuracy without and with the patch, and the items that flipped. */
+  labelled: number;
+  accuracy?: { before: number; after: number };
+  flips?: { wrongToRight: number; rightToWrong: number };
+  /** Unlabelled prompts: how the next-token distribution after the prompt moved. */
+  unlabelled: number;
+  nextToken?: { meanTotalVariation: number; meanKl: number; top1Changed: number };
+}
+
+export interface SteeringOutcome {
+  groups: GroupSteering[];
+  completed: number;
+  total: number;
+  cancelled: boolean;
+}

@@ -5,11 +5,12 @@ import * as vscode from 'vscode';
 import { EngineHost } from './engine/host';
 import type { CoreMethods, LoadResult } from './engine/protocol';
 import type { AdaptMethods } from './adapt/protocol';
+import type { StatsMethods } from './stats/protocol';
 import { isEmptyPatch, validatePatch, type PatchModelShape, type RoutingPatch } from '../../common/src/patch';
 import { applyPatchEdit, type PatchEdit } from '../../common/src/patchEdit';
 import { RunStore } from './runs/store';
 
-export type SessionMethods = CoreMethods & AdaptMethods;
+export type SessionMethods = CoreMethods & AdaptMethods & StatsMethods;
 
 export class Session implements vscode.Disposable {
   readonly host: EngineHost<SessionMethods>;

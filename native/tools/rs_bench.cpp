@@ -3,7 +3,7 @@
 // phase (on a machine shared with other work, tokens per CPU-second move far less than tokens per wall-second);
 // `rs_bench --bandwidth [--threads T]` measures the memory read bandwidth that bounds decode;
 // `rs_bench --attention [--prompt-tokens N]` times the fused attention alone;
-// `rs_bench --experts --model DIR [--prompt-tokens N] [--kernels generic|avx512|avx512_bf16] [--repeat R]` times the
+// `rs_bench --experts --model DIR [--prompt-tokens N] [--kernels generic|avx512|avx512_bf16|avx512_bf16_rounded] [--repeat R]` times the
 // routed experts of the first MoE layer alone (random routing, N tokens), for A/B measurements of the kernel families.
 #include <sys/resource.h>
 
@@ -79,8 +79,9 @@ static int experts_bench(const std::string& dir, int T, int threads, int repeat,
   if (kernels == "generic") family = routescope::ExpertKernels::Generic;
   else if (kernels == "avx512") family = routescope::ExpertKernels::Avx512;
   else if (kernels == "avx512_bf16") family = routescope::ExpertKernels::Avx512Bf16;
+  else if (kernels == "avx512_bf16_rounded") family = routescope::ExpertKernels::Avx512Bf16Rounded;
   else if (!kernels.empty() && kernels != "auto") {
-    std::fprintf(stderr, "rs_bench: --kernels must be auto, generic, avx512 or avx512_bf16\n");
+    std::fprintf(stderr, "rs_bench: --kernels must be auto, generic, avx512, avx512_bf16 or avx512_bf16_rounded\n");
     return 2;
   }
   if (!routescope::expert_kernels_available(family)) {

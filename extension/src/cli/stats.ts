@@ -119,6 +119,7 @@ interface JsonExtras {
 export function statsJson(result: RoutingStatsResult, set: PromptSet, text: (id: number) => string, top: number, x: JsonExtras): Record<string, unknown> {
   const { layers, numExperts: E } = result.shape;
   const rows = (a: ArrayLike<number>, per: number): number[][] => layers.map((_, r) => Array.from({ length: per }, (_, e) => a[r * per + e]));
+  const square = (a: ArrayLike<number>): number[][] => Array.from({ length: E }, (_, i) => Array.from({ length: E }, (_, j) => a[i * E + j]));
   const totals = totalCounts(result).activations;
   const experts = layers.flatMap((layer, r) => Array.from({ length: E }, (_, e) => ({
     layer, expert: e, activations: totals[r * E + e],
@@ -131,8 +132,8 @@ export function statsJson(result: RoutingStatsResult, set: PromptSet, text: (id:
     groups: result.groups.map((g) => ({ name: g.name, prompts: g.prompts, tokens: g.tokens, activation_rate: rows(activationRates(g), E), mean_router_entropy: Array.from(meanEntropy(g)) })),
     activation_rate: rows(activationRates(totalCounts(result)), E),
     expert_tokens: experts,
-    co_activation: layers.map((_, r) => rows(coActivationShare(result, r), E)),
-    flow: layers.slice(0, -1).map((layer, r) => ({ from_layer: layer, to_layer: layers[r + 1], tokens: rows(flowCounts(result, r), E) })),
+    co_activation: layers.map((_, r) => square(coActivationShare(result, r))),
+    flow: layers.slice(0, -1).map((layer, r) => ({ from_layer: layer, to_layer: layers[r + 1], tokens: square(flowCounts(result, r)) })),
     ...(x.pair && x.ranking ? { pair: { a: x.pair[0], b: x.pair[1], ranking: x.ranking.slice(0, Math.max(top, 20)).map((d) => ({ layer: d.layer, expert: d.expert, rate_a: d.rateA, rate_b: d.rateB, difference: d.delta })) } } : {}),
     ...(x.steering ? { steering: {
       mode: x.steering.mode, side: x.steering.side, experts: x.steering.plan.experts.map((d) => ({ layer: d.layer, expert: d.expert, difference: d.delta })),

@@ -1,5 +1,5 @@
 // The palette commands (category "Routescope") and the side panel's item commands, registered from one flat
-// table: command id → handler, each handler made by its group (models, runs, patch, export, adapt).
+// table: command id → handler, each handler made by its group (models, runs, patch, export, adapt, stats).
 import * as vscode from 'vscode';
 import { adaptCommands } from './adapt';
 import type { CommandContext } from './context';
@@ -7,6 +7,7 @@ import { exportCommands } from './export';
 import { modelCommands } from './models';
 import { patchCommands } from './patch';
 import { runCommands } from './runs';
+import { statsCommands } from './stats';
 
 export type { CommandContext, RoutingDisplay } from './context';
 export { checkModelFolder, demoAvailable, demoModelDir } from './models';
@@ -19,6 +20,7 @@ export function registerCommands(c: CommandContext): vscode.Disposable[] {
   const patch = patchCommands(c);
   const { exportTrace } = exportCommands(c, runs);
   const adapt = adaptCommands(c, models);
+  const stats = statsCommands(c, models);
   const table: Record<string, Handler> = {
     'routescope.openModel': models.openModel,
     'routescope.openDemoModel': models.openDemoModel,
@@ -41,6 +43,7 @@ export function registerCommands(c: CommandContext): vscode.Disposable[] {
     'routescope.remixC3po': adapt.remixC3po,
     'routescope.generateRerouted': adapt.generateRerouted,
     'routescope.routingHeadroom': adapt.routingHeadroom,
+    'routescope.routingStatistics': stats.routingStatistics,
   };
-  return [...adapt.disposables, ...Object.entries(table).map(([id, handler]) => vscode.commands.registerCommand(id, handler))];
+  return [...adapt.disposables, ...stats.disposables, ...Object.entries(table).map(([id, handler]) => vscode.commands.registerCommand(id, handler))];
 }

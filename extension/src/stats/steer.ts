@@ -8,31 +8,15 @@ import type { NativeModelInfo, NativeSession } from '../engine/native';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { argmax, klDivergence, softmax, totalVariation } from '../../../common/src/math';
 import { serializePatch, type RoutingPatch } from '../../../common/src/patch';
+import type { GroupSteering, SteeringOutcome } from '../../../common/src/statsQueries';
 import { TaskRunner, type TaskItem } from '../adapt/tasks';
+
+export type { GroupSteering, SteeringOutcome };
 
 export interface SteerPrompt {
   text: string;
   group: number;
   task?: TaskItem;
-}
-
-export interface GroupSteering {
-  group: string;
-  prompts: number;
-  /** Labelled items: accuracy without and with the patch, and the items that flipped. */
-  labelled: number;
-  accuracy?: { before: number; after: number };
-  flips?: { wrongToRight: number; rightToWrong: number };
-  /** Unlabelled prompts: how the next-token distribution after the prompt moved. */
-  unlabelled: number;
-  nextToken?: { meanTotalVariation: number; meanKl: number; top1Changed: number };
-}
-
-export interface SteeringOutcome {
-  groups: GroupSteering[];
-  completed: number;
-  total: number;
-  cancelled: boolean;
 }
 
 export interface SteerOptions {

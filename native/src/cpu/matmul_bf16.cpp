@@ -78,7 +78,8 @@ void pack_pairs(const uint8_t* W, int K, int n0, int nr, int p0, int np, uint32_
 
 // y[MR][32] (+)= x pairs [MR][np] · panel [np][32]. The hi and lo halves of x accumulate into separate sums
 // (added at the end), so the two products of a pair do not wait on each other.
-template <int MR>
+// LO = false: x is one rounded bf16 part (xl unused), half the products.
+template <int MR, bool LO>
 void micro(const uint32_t* xh, const uint32_t* xl, long ldx, const uint32_t* panel, int np, float* y, long ldy, int nr,
            int add) {
   __m512 h0[MR], h1[MR], l0[MR], l1[MR];
@@ -88,18 +89,20 @@ void micro(const uint32_t* xh, const uint32_t* xl, long ldx, const uint32_t* pan
     const __m512bh w1 = (__m512bh)_mm512_loadu_si512(panel + p * kNR + 16);
     for (int i = 0; i < MR; ++i) {
       const __m512bh h = (__m512bh)_mm512_set1_epi32((int)xh[i * ldx + p]);
-      const __m512bh l = (__m512bh)_mm512_set1_epi32((int)xl[i * ldx + p]);
       h0[i] = _mm512_dpbf16_ps(h0[i], h, w0);
       h1[i] = _mm512_dpbf16_ps(h1[i], h, w1);
-      l0[i] = _mm512_dpbf16_ps(l0[i], l, w0);
-      l1[i] = _mm512_dpbf16_ps(l1[i], l, w1);
+      if (LO) {
+        const __m512bh l = (__m512bh)_mm512_set1_epi32((int)xl[i * ldx + p]);
+        l0[i] = _mm512_dpbf16_ps(l0[i], l, w0);
+        l1[i] = _mm512_dpbf16_ps(l1[i], l, w1);
+      }
     }
   }
   const __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : (nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1));
   for (int i = 0; i < MR; ++i) {
     float* yr = y + i * ldy;
-    __m512 a0 = _mm512_add_ps(h0[i], l0[i]), a1 = _mm512_add_ps(h1[i], l1[i]);
+    __m512 a0 = LO ? _mm512_add_ps(h0[i], l0[i]) : h0[i], a1 = LO ? _mm512_add_ps(h1[i], l1[i]) : h1[i];
     if (add) {
       a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(m0, yr));
       a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(m1, yr + 16));
@@ -116,13 +119,13 @@ void split_rows(const float* x, long ldx, const int32_t* rows, int m, int K, uin
   for (int i = 0; i < m; ++i) {
     const float* xr = x + (rows ? (long)rows[i] : (long)i) * ldx;
     uint32_t* oh = out_hi + (long)i * P;
-    uint32_t* ol = out_lo + (long)i * P;
+    uint32_t* ol = out_lo ? out_lo + (long)i * P : nullptr;
     int k = 0;
     for (; k + 32 <= K; k += 32) {
       __m512i h, l;
       split32(_mm512_loadu_ps(xr + k), _mm512_loadu_ps(xr + k + 16), &h, &l);
       _mm512_storeu_si512(oh + k / 2, h);
-      _mm512_storeu_si512(ol + k / 2, l);
+      if (ol) _mm512_storeu_si512(ol + k / 2, l);
     }
     if (k < K) {
       const int rest = K - k;  // 1..31 elements, zero padded to whole pairs
@@ -133,15 +136,19 @@ void split_rows(const float* x, long ldx, const int32_t* rows, int m, int K, uin
       const int pairs = (rest + 1) / 2;
       const __mmask16 mp = (__mmask16)((1u << pairs) - 1);
       _mm512_mask_storeu_epi32(oh + k / 2, mp, h);
-      _mm512_mask_storeu_epi32(ol + k / 2, mp, l);
+      if (ol) _mm512_mask_storeu_epi32(ol + k / 2, mp, l);
     }
   }
 }
 
-void gemm_rows(const uint32_t* x_hi, const uint32_t* x_lo, int m, int K, const uint8_t* W, int n0, int nr, float* y,
-               long ldy, int accumulate, uint32_t* panel) {
+namespace {
+// Pairs (LO): 6 rows x 4 accumulators; one rounded part: 12 rows x 2 accumulators.
+template <bool LO>
+void gemm_rows_t(const uint32_t* x_hi, const uint32_t* x_lo, int m, int K, const uint8_t* W, int n0, int nr, float* y,
+                 long ldy, int accumulate, uint32_t* panel) {
+  constexpr int MR = LO ? kMR : 2 * kMR;
   const int P = (K + 1) / 2;
-  const int calls = m / kMR + (m % kMR ? 1 : 0);
+  const int calls = m / MR + (m % MR ? 1 : 0);
   BlockPrefetch ahead;
   for (int n = 0; n < nr; n += kNR) {
     const int w = imin(kNR, nr - n);
@@ -155,24 +162,38 @@ void gemm_rows(const uint32_t* x_hi, const uint32_t* x_lo, int m, int K, const u
       const int per_call = (ahead.total + calls - 1) / calls;
       const int add = accumulate || p0 > 0;
       int i = 0;
-      for (; i + kMR <= m; i += kMR) {
+      for (; i + MR <= m; i += MR) {
         ahead.issue(per_call);
-        micro<kMR>(x_hi + (long)i * P + p0, x_lo + (long)i * P + p0, P, panel, np, y + i * ldy + n, ldy, w, add);
+        micro<MR, LO>(x_hi + (long)i * P + p0, LO ? x_lo + (long)i * P + p0 : nullptr, P, panel, np, y + i * ldy + n, ldy,
+                      w, add);
       }
       ahead.issue(ahead.total);
       const uint32_t* xh = x_hi + (long)i * P + p0;
-      const uint32_t* xl = x_lo + (long)i * P + p0;
+      const uint32_t* xl = LO ? x_lo + (long)i * P + p0 : nullptr;
       float* ys = y + i * ldy + n;
       switch (m - i) {
         case 0: break;
-        case 1: micro<1>(xh, xl, P, panel, np, ys, ldy, w, add); break;
-        case 2: micro<2>(xh, xl, P, panel, np, ys, ldy, w, add); break;
-        case 3: micro<3>(xh, xl, P, panel, np, ys, ldy, w, add); break;
-        case 4: micro<4>(xh, xl, P, panel, np, ys, ldy, w, add); break;
-        default: micro<5>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 1: micro<1, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 2: micro<2, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 3: micro<3, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 4: micro<4, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 5: micro<5, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 6: micro<6, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 7: micro<7, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 8: micro<8, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 9: micro<9, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        case 10: micro<10, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
+        default: micro<11, LO>(xh, xl, P, panel, np, ys, ldy, w, add); break;
       }
     }
   }
+}
+}  // namespace
+
+void gemm_rows(const uint32_t* x_hi, const uint32_t* x_lo, int m, int K, const uint8_t* W, int n0, int nr, float* y,
+               long ldy, int accumulate, uint32_t* panel) {
+  if (x_lo) gemm_rows_t<true>(x_hi, x_lo, m, K, W, n0, nr, y, ldy, accumulate, panel);
+  else gemm_rows_t<false>(x_hi, nullptr, m, K, W, n0, nr, y, ldy, accumulate, panel);
 }
 
 void silu_mul_split(const float* g, const float* u, int m, int nr, long ldt, uint32_t* act_hi, uint32_t* act_lo,
@@ -181,7 +202,7 @@ void silu_mul_split(const float* g, const float* u, int m, int nr, long ldt, uin
     const float* gi = g + i * ldt;
     const float* ui = u + i * ldt;
     uint32_t* oh = act_hi + i * ldp + n0 / 2;
-    uint32_t* ol = act_lo + i * ldp + n0 / 2;
+    uint32_t* ol = act_lo ? act_lo + i * ldp + n0 / 2 : nullptr;
     for (int c = 0; c < nr; c += 32) {
       const int rest = imin(32, nr - c);
       const __mmask16 ma = (__mmask16)(rest >= 16 ? 0xFFFF : (1u << rest) - 1);
@@ -193,7 +214,7 @@ void silu_mul_split(const float* g, const float* u, int m, int nr, long ldt, uin
       const int pairs = (rest + 1) / 2;
       const __mmask16 mp = (__mmask16)(pairs >= 16 ? 0xFFFF : (1u << pairs) - 1);
       _mm512_mask_storeu_epi32(oh + c / 2, mp, h);
-      _mm512_mask_storeu_epi32(ol + c / 2, mp, l);
+      if (ol) _mm512_mask_storeu_epi32(ol + c / 2, mp, l);
     }
   }
 }

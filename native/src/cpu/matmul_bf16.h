@@ -3,7 +3,9 @@
 //
 // Activations are split exactly enough into two bf16 parts, x = hi + lo with hi = bf16(x), lo = bf16(x - hi)
 // (|x - hi - lo| <= 2^-16 |x|), and y = W·hi + W·lo is accumulated in fp32: two exact bf16 products per weight,
-// so the result keeps fp32-level accuracy (tested against float64) while the weights are read as stored.
+// so the result keeps fp32-level accuracy (tested against float64) while the weights are read as stored. A null lo
+// (out_lo, x_lo, act_lo) means one part only: activations rounded to bf16 (8 significant bits, llama.cpp's BF16
+// precision), half the products.
 // Pairs: operands are (k, k+1) pairs packed in one uint32 (low half = even k), the unit vdpbf16ps consumes.
 #pragma once
 #include <cstdint>

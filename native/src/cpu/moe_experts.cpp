@@ -94,6 +94,7 @@ ExpertKernels env_kernels() {
     if (s == "generic") return ExpertKernels::Generic;
     if (s == "avx512") return cpu_has_avx512() ? ExpertKernels::Avx512 : ExpertKernels::Generic;
     if (s == "avx512_bf16") return cpu_has_avx512_bf16() ? ExpertKernels::Avx512Bf16 : ExpertKernels::Auto;
+    if (s == "avx512_bf16_rounded") return cpu_has_avx512_bf16() ? ExpertKernels::Avx512Bf16Rounded : ExpertKernels::Auto;
     return ExpertKernels::Auto;
   }();
   return pinned;
@@ -164,8 +165,9 @@ void unit_avx512(const float* x, const int32_t* tok, int m, const Mat& gate, con
 
 // AVX512_BF16: activations split into bf16 hi + lo pairs, vdpbf16ps against packed BF16 weight pairs; gate and up
 // panels side by side so the activation of a 32-column slice is formed while its tiles are in cache.
+// rounded: one bf16 part per activation (no lo), half the products.
 void unit_bf16(const float* x, const int32_t* tok, int m, const Mat& gate, const Mat& up, const Mat& down, float* o,
-               float* save_g, float* save_u, const int32_t* rows, WorkerScratch& ws) {
+               float* save_g, float* save_u, const int32_t* rows, WorkerScratch& ws, bool rounded) {
   if (m <= kDotRows) {  // memory-bound: stream the weights once, no packing
     unit_avx512(x, tok, m, gate, up, down, o, save_g, save_u, rows, ws);
     return;
@@ -173,13 +175,13 @@ void unit_bf16(const float* x, const int32_t* tok, int m, const Mat& gate, const
   const int H = gate.cols, I = gate.rows;
   const int PH = (H + 1) / 2, PI = (I + 1) / 2;
   uint32_t* xh = ws.xh.get<uint32_t>(static_cast<size_t>(m) * PH);
-  uint32_t* xl = ws.xl.get<uint32_t>(static_cast<size_t>(m) * PH);
+  uint32_t* xl = rounded ? nullptr : ws.xl.get<uint32_t>(static_cast<size_t>(m) * PH);
   bf16dp::split_rows(x, H, tok, m, H, xh, xl);
   constexpr int NR = bf16dp::kNR;
   float* gt = ws.g.get<float>(static_cast<size_t>(m) * NR);
   float* ut = ws.u.get<float>(static_cast<size_t>(m) * NR);
   uint32_t* ah = ws.ah.get<uint32_t>(static_cast<size_t>(m) * PI);
-  uint32_t* al = ws.al.get<uint32_t>(static_cast<size_t>(m) * PI);
+  uint32_t* al = rounded ? nullptr : ws.al.get<uint32_t>(static_cast<size_t>(m) * PI);
   uint32_t* panel = ws.panel.get<uint32_t>(static_cast<size_t>(bf16dp::kKCP) * NR);
   for (int n = 0; n < I; n += NR) {
     const int nr = std::min(NR, I - n);
@@ -202,15 +204,18 @@ bool expert_kernels_available(ExpertKernels kernels) {
     case ExpertKernels::Auto:
     case ExpertKernels::Generic: return true;
     case ExpertKernels::Avx512: return cpu_has_avx512();
-    case ExpertKernels::Avx512Bf16: return cpu_has_avx512_bf16();
+    case ExpertKernels::Avx512Bf16:
+    case ExpertKernels::Avx512Bf16Rounded: return cpu_has_avx512_bf16();
   }
   return false;
 }
 
 const char* expert_kernels_name(ExpertKernels kernels, DType weights) {
   ExpertKernels f = resolve(kernels);
-  if (f == ExpertKernels::Avx512Bf16 && weights != DType::BF16) f = ExpertKernels::Avx512;
+  if ((f == ExpertKernels::Avx512Bf16 || f == ExpertKernels::Avx512Bf16Rounded) && weights != DType::BF16)
+    f = ExpertKernels::Avx512;
   switch (f) {
+    case ExpertKernels::Avx512Bf16Rounded: return "avx512_bf16_rounded";
     case ExpertKernels::Avx512Bf16: return "avx512_bf16";
     case ExpertKernels::Avx512: return "avx512";
     default: return "generic";
@@ -226,7 +231,7 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
   const int R = T * k;
   ExpertKernels family = resolve(kernels);
   // The pair kernels need BF16 weights throughout; anything else runs the fp32 family.
-  if (family == ExpertKernels::Avx512Bf16 &&
+  if ((family == ExpertKernels::Avx512Bf16 || family == ExpertKernels::Avx512Bf16Rounded) &&
       !(gate[0].dtype == DType::BF16 && up[0].dtype == DType::BF16 && down[0].dtype == DType::BF16))
     family = ExpertKernels::Avx512;
 
@@ -278,7 +283,8 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
       const int32_t* tok = tokens + un.begin;
       const int32_t* rows = order + un.begin;
       switch (family) {
-        case ExpertKernels::Avx512Bf16: unit_bf16(x, tok, un.count, gate[e], up[e], down[e], ou, save_g, save_u, rows, ws); break;
+        case ExpertKernels::Avx512Bf16: unit_bf16(x, tok, un.count, gate[e], up[e], down[e], ou, save_g, save_u, rows, ws, false); break;
+        case ExpertKernels::Avx512Bf16Rounded: unit_bf16(x, tok, un.count, gate[e], up[e], down[e], ou, save_g, save_u, rows, ws, true); break;
         case ExpertKernels::Avx512: unit_avx512(x, tok, un.count, gate[e], up[e], down[e], ou, save_g, save_u, rows, ws); break;
         default: unit_generic(x, tok, un.count, gate[e], up[e], down[e], ou, save_g, save_u, rows, ws); break;
       }

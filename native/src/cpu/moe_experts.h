@@ -12,9 +12,11 @@ namespace routescope {
 // Kernel families of the expert GEMMs: generic (portable C++, the reference path), avx512 (fp32 FMA, weights widened
 // while packing; what Auto picks on AVX-512 CPUs) and avx512_bf16 (vdpbf16ps on BF16 weights, each fp32 activation
 // split into two bf16 parts: ~17 significant bits instead of 24, and on CPUs where vdpbf16ps issues at the FMA rate,
-// as on Zen 4/5, no faster than fp32 FMA, so it is opt-in). ROUTESCOPE_EXPERT_KERNELS=generic|avx512|avx512_bf16
-// pins Auto (for A/B measurements); ROUTESCOPE_GENERIC_KERNELS=1 forces generic everywhere.
-enum class ExpertKernels { Auto, Generic, Avx512, Avx512Bf16 };
+// as on Zen 4/5, no faster than fp32 FMA, so it is opt-in) and avx512_bf16_rounded (vdpbf16ps with each activation
+// rounded to one bf16, 8 significant bits: llama.cpp's BF16 precision at twice the fp32 rate; opt-in, never Auto,
+// for the speed comparison at equal precision). ROUTESCOPE_EXPERT_KERNELS=generic|avx512|avx512_bf16|
+// avx512_bf16_rounded pins Auto (for A/B measurements); ROUTESCOPE_GENERIC_KERNELS=1 forces generic everywhere.
+enum class ExpertKernels { Auto, Generic, Avx512, Avx512Bf16, Avx512Bf16Rounded };
 
 // y[t] = sum over slots s of w[t,s] * down_e(silu(gate_e x_t) * up_e x_t) with e = sel[t,s], for T tokens with k
 // slots each (x, y: [T, H]; y is overwritten). gate/up: [I, H] per expert, down: [H, I]. When non-null, save_g and
@@ -26,7 +28,8 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
                          float* y, float* save_g = nullptr, float* save_u = nullptr, float* save_o = nullptr,
                          ExpertKernels kernels = ExpertKernels::Auto);
 
-// The family Auto resolves to for these weights on this CPU ("avx512_bf16", "avx512" or "generic").
+// The family Auto resolves to for these weights on this CPU ("avx512_bf16_rounded", "avx512_bf16", "avx512" or
+// "generic").
 const char* expert_kernels_name(ExpertKernels kernels, DType weights);
 // Whether this CPU (and build) can run the family.
 bool expert_kernels_available(ExpertKernels kernels);
