@@ -1,6 +1,6 @@
 // Writes a Hugging Face checkpoint with random BF16 weights, streamed to disk (no full copy in memory), shaped as
-// OLMoE-1B-7B, DeepSeek-V2-Lite or Moonlight-16B-A3B (their config.json with num_hidden_layers shrunk; head dims,
-// expert counts and routing fields exact). Small float32 tensors (DeepSeek-V3's e_score_correction_bias) as the
+// OLMoE-1B-7B, DeepSeek-V2-Lite, Moonlight-16B-A3B or gpt-oss-20b (their config.json with num_hidden_layers shrunk;
+// head dims, expert counts and routing fields exact; gpt-oss's experts in MXFP4 as released). Small float32 tensors (DeepSeek-V3's e_score_correction_bias) as the
 // real checkpoints store them.
 //
 // Random values: every tensor draws from its own seeded mulberry32 stream (seed = hash(bench seed, tensor name)),
@@ -143,12 +143,60 @@ export function moonlightConfig(layers) {
   };
 }
 
+/** gpt-oss-20b's config.json (openai/gpt-oss-20b: MXFP4 experts, everything else BF16) with `layers` layers
+ * (layer_types alternate sliding and full attention, as there). */
+export function gptOss20bConfig(layers) {
+  return {
+    architectures: ['GptOssForCausalLM'],
+    attention_bias: true,
+    attention_dropout: 0.0,
+    eos_token_id: 200002,
+    experts_per_token: 4,
+    head_dim: 64,
+    hidden_act: 'silu',
+    hidden_size: 2880,
+    initial_context_length: 4096,
+    initializer_range: 0.02,
+    intermediate_size: 2880,
+    layer_types: Array.from({ length: layers }, (_, l) => (l % 2 === 0 ? 'sliding_attention' : 'full_attention')),
+    max_position_embeddings: 131072,
+    model_type: 'gpt_oss',
+    num_attention_heads: 64,
+    num_experts_per_tok: 4,
+    num_hidden_layers: layers,
+    num_key_value_heads: 8,
+    num_local_experts: 32,
+    output_router_logits: false,
+    pad_token_id: 199999,
+    quantization_config: {
+      modules_to_not_convert: ['model.layers.*.self_attn', 'model.layers.*.mlp.router', 'model.embed_tokens', 'lm_head'],
+      quant_method: 'mxfp4',
+    },
+    rms_norm_eps: 1e-5,
+    rope_scaling: { beta_fast: 32.0, beta_slow: 1.0, factor: 32.0, original_max_position_embeddings: 4096, rope_type: 'yarn', truncate: false },
+    rope_theta: 150000,
+    router_aux_loss_coef: 0.9,
+    sliding_window: 128,
+    swiglu_limit: 7.0,
+    tie_word_embeddings: false,
+    transformers_version: '4.55.0.dev0',
+    use_cache: true,
+    vocab_size: 201088,
+  };
+}
+
 /** --shape names of the checkpoint writer. */
-export const SHAPES = { olmoe: olmoeConfig, 'deepseek-v2-lite': deepseekV2LiteConfig, moonlight: moonlightConfig };
+export const SHAPES = {
+  olmoe: olmoeConfig,
+  'deepseek-v2-lite': deepseekV2LiteConfig,
+  moonlight: moonlightConfig,
+  'gpt-oss-20b': gptOss20bConfig,
+};
 
 /** [name, shape, init, dtype] in file order; init is {std} or {const}; dtype BF16 unless given. */
 export function tensorList(cfg) {
   if (cfg.model_type === 'deepseek_v2' || cfg.model_type === 'deepseek_v3') return deepseekTensors(cfg);
+  if (cfg.model_type === 'gpt_oss') return gptOssTensors(cfg);
   const H = cfg.hidden_size;
   const I = cfg.intermediate_size;
   const hd = H / cfg.num_attention_heads;
@@ -226,20 +274,57 @@ function deepseekTensors(cfg) {
   return list;
 }
 
+/** gpt-oss tensors as the released checkpoints name them: attention with biases and sinks, a router with a bias, and
+ * MXFP4 experts (U8 *_blocks of random FP4 codes, *_scales 2^-7 so that weights have a std of about 0.024) with BF16
+ * biases. */
+function gptOssTensors(cfg) {
+  const H = cfg.hidden_size;
+  const I = cfg.intermediate_size;
+  const E = cfg.num_local_experts;
+  const hd = cfg.head_dim;
+  const q = cfg.num_attention_heads * hd;
+  const kv = cfg.num_key_value_heads * hd;
+  const proj = { std: cfg.initializer_range };
+  const ones = { const: 1 };
+  const list = [['model.embed_tokens.weight', [cfg.vocab_size, H], { std: 1 }]];
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    const p = `model.layers.${l}.`;
+    const a = `${p}self_attn.`;
+    list.push([`${p}input_layernorm.weight`, [H], ones]);
+    list.push([`${a}q_proj.weight`, [q, H], proj], [`${a}q_proj.bias`, [q], proj]);
+    list.push([`${a}k_proj.weight`, [kv, H], proj], [`${a}k_proj.bias`, [kv], proj]);
+    list.push([`${a}v_proj.weight`, [kv, H], proj], [`${a}v_proj.bias`, [kv], proj]);
+    list.push([`${a}o_proj.weight`, [H, q], proj], [`${a}o_proj.bias`, [H], proj]);
+    list.push([`${a}sinks`, [cfg.num_attention_heads], { std: 1 }]);
+    list.push([`${p}post_attention_layernorm.weight`, [H], ones]);
+    list.push([`${p}mlp.router.weight`, [E, H], proj], [`${p}mlp.router.bias`, [E], proj]);
+    const x = `${p}mlp.experts.`;
+    list.push([`${x}gate_up_proj_blocks`, [E, 2 * I, H / 32, 16], { bytes: 'random' }, 'U8']);
+    list.push([`${x}gate_up_proj_scales`, [E, 2 * I, H / 32], { bytes: 120 }, 'U8']);
+    list.push([`${x}gate_up_proj_bias`, [E, 2 * I], proj]);
+    list.push([`${x}down_proj_blocks`, [E, H, I / 32, 16], { bytes: 'random' }, 'U8']);
+    list.push([`${x}down_proj_scales`, [E, H, I / 32], { bytes: 120 }, 'U8']);
+    list.push([`${x}down_proj_bias`, [E, H], proj]);
+  }
+  list.push(['model.norm.weight', [H], ones]);
+  list.push(['lm_head.weight', [cfg.vocab_size, H], proj]);
+  return list;
+}
+
 const numel = (shape) => shape.reduce((a, b) => a * b, 1);
-const dtypeBytes = (dtype) => (dtype === 'F32' ? 4 : 2);
+const dtypeBytes = (dtype) => (dtype === 'F32' ? 4 : dtype === 'U8' ? 1 : 2);
 
 /**
  * Bytes one decode step reads from the weights: every tensor once, except the embedding (one row) and the routed
  * experts (num_experts_per_tok of them per MoE layer).
  */
 export function activeDecodeBytes(cfg) {
-  const E = cfg.num_experts ?? cfg.n_routed_experts;
+  const E = cfg.num_experts ?? cfg.n_routed_experts ?? cfg.num_local_experts;
   let bytes = 0;
   for (const [name, shape, , dtype] of tensorList(cfg)) {
     const b = numel(shape) * dtypeBytes(dtype);
     if (name === 'model.embed_tokens.weight') bytes += b / cfg.vocab_size;
-    else if (/\.mlp\.experts\.\d+\./.test(name)) bytes += (b * cfg.num_experts_per_tok) / E;
+    else if (/\.mlp\.experts\.(\d+\.|(gate_up|down)_proj)/.test(name)) bytes += (b * cfg.num_experts_per_tok) / E;
     else bytes += b;
   }
   return bytes;
@@ -283,6 +368,13 @@ function normalTable(std) {
     tables.set(std, t);
   }
   return t;
+}
+
+let uniform = null;
+/** The identity table: fillNormal through it gives uniform random 16-bit words. */
+function uniformTable() {
+  if (!uniform) uniform = Uint16Array.from({ length: 65536 }, (_, i) => i);
+  return uniform;
 }
 
 /** FNV-1a over the text, mixed with the seed. */
@@ -341,6 +433,19 @@ export function writeSafetensors(file, tensors, seed, progress = () => {}) {
     for (const [name, shape, init, dtype = 'BF16'] of tensors) {
       let left = numel(shape);
       let state = hashSeed(seed, name) | 0;
+      if (dtype === 'U8') {  // raw bytes: random (MXFP4 codes) or one value (E8M0 scales)
+        const out = Buffer.alloc(left);
+        if (init.bytes === 'random') {
+          const words = new Uint16Array(out.buffer, out.byteOffset, left >> 1);
+          fillNormal(words, uniformTable(), state);
+        } else {
+          out.fill(init.bytes);
+        }
+        fs.writeSync(fd, out);
+        written += out.length;
+        progress(written, total);
+        continue;
+      }
       const table = init.std !== undefined ? normalTable(init.std) : null;
       if (!table) buf.fill(toBf16(init.const));
       if (dtype === 'F32') {  // small tensors: the bf16 samples widened to f32

@@ -57,8 +57,10 @@ function usage() {
                         [--python PATH] [--engine auto|cli|rs_bench] [--expert-kernels K] [--skip-peer] [--skip-adapt]
                         [--json]
   --layers              layers in the random checkpoint (default 2)
-  --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite or moonlight (their config.json, layers
-                        shrunk); the peers and the adaptation overhead run on olmoe only
+  --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite, moonlight or gpt-oss-20b (their config.json,
+                        layers shrunk); the peers and the adaptation overhead run on olmoe only
+  --also-shapes         after the olmoe comparison, the engine alone on these shapes (same layers, prompt and decode
+                        lengths) against their bandwidth bound (default deepseek-v2-lite,gpt-oss-20b; none = skip)
   --prompt-tokens       prefill length of the main comparison (default 512); decode follows this prefill
   --long-prompt-tokens  a second, long prefill timed on its own (default 4096, at most max_position_embeddings;
                         0 = skip)
@@ -90,6 +92,7 @@ function parseOptions(argv) {
     options: {
       layers: { type: 'string', default: '2' },
       shape: { type: 'string', default: 'olmoe' },
+      'also-shapes': { type: 'string', default: 'deepseek-v2-lite,gpt-oss-20b' },
       'prompt-tokens': { type: 'string', default: '512' },
       'long-prompt-tokens': { type: 'string', default: '4096' },
       'decode-tokens': { type: 'string', default: '32' },
@@ -123,11 +126,14 @@ function parseOptions(argv) {
   if (!Object.keys(SHAPES).includes(values.shape)) throw new BenchError(`--shape must be one of ${Object.keys(SHAPES).join(', ')}, got ${JSON.stringify(values.shape)}`);
   if (values.shape !== 'olmoe') peers = [];  // the GGUF converter and the PyTorch peer implement OLMoE only
   if (!EXPERT_KERNELS.includes(values['expert-kernels'])) throw new BenchError(`--expert-kernels must be one of ${EXPERT_KERNELS.join(', ')}, got ${JSON.stringify(values['expert-kernels'])}`);
+  let alsoShapes = list('also-shapes', values['also-shapes'], [...Object.keys(SHAPES), 'none']);
+  if (alsoShapes.includes('none') || values.shape !== 'olmoe') alsoShapes = [];
   if (!['auto', 'cli', 'rs_bench'].includes(values.engine)) throw new BenchError(`--engine must be auto, cli or rs_bench, got ${JSON.stringify(values.engine)}`);
   return {
     help: values.help,
     layers: int('layers', values.layers, 1),
     shape: values.shape,
+    alsoShapes,
     promptTokens: int('prompt-tokens', values['prompt-tokens'], 1),
     longPromptTokens: int('long-prompt-tokens', values['long-prompt-tokens'], 0),
     decodeTokens: int('decode-tokens', values['decode-tokens'], 1),
@@ -423,7 +429,7 @@ function table(res) {
   const c = res.config;
   const long = res.long_prompt_tokens;
   lines.push(
-    `Routescope bench: ${res.shape}-shaped (hidden ${c.hidden_size}, ${c.num_experts ?? c.n_routed_experts} experts top-${c.num_experts_per_tok}, expert width ${c.moe_intermediate_size ?? c.intermediate_size}, vocab ${c.vocab_size}), ${c.num_hidden_layers} layers, random bf16 weights (${gb(res.checkpoint.file_bytes)})`,
+    `Routescope bench: ${res.shape}-shaped (hidden ${c.hidden_size}, ${c.num_experts ?? c.n_routed_experts ?? c.num_local_experts} experts top-${c.num_experts_per_tok}, expert width ${c.moe_intermediate_size ?? c.intermediate_size}, vocab ${c.vocab_size}), ${c.num_hidden_layers} layers, random bf16 weights (${gb(res.checkpoint.file_bytes)})`,
   );
   lines.push(`prefill ${res.prompt_tokens}${long ? ` and ${long}` : ''} tokens, batch-1 decode ${res.decode_tokens} tokens; ${res.repeat} interleaved round${res.repeat > 1 ? 's, best of each' : ''}; ${res.threads} threads`);
   lines.push(`CPU: ${res.machine.cpu_model} (family ${res.machine.cpu_family ?? '?'}, ${res.machine.logical_cpus} logical CPUs${res.machine.cpu_flags.length ? `; ${res.machine.cpu_flags.join(' ')}` : ''}); load average before ${res.machine.loadavg_before.map((x) => x.toFixed(2)).join(' ')}, after ${res.machine.loadavg_after.map((x) => x.toFixed(2)).join(' ')}`);
@@ -468,6 +474,22 @@ function table(res) {
     if (bf) lines.push(`  llama.cpp BF16 decode: ${fmt((100 * bf.decode_tokens_per_s) / b.bound_tokens_per_s, 0)}% of the same bound${q8 ? `; Q8_0 reads ≈ ${fmt((b.active_bytes_per_token * 34) / 64 / 1e9, 3)} GB/token` : ''}`);
   } else if (b?.error) {
     lines.push(`bandwidth: not measured (${b.error})`);
+  }
+  if (res.other_shapes?.length) {
+    lines.push('');
+    lines.push(`Routescope on other shapes (${res.config.num_hidden_layers} layers, random weights; prefill ${res.other_shapes[0].prompt_tokens}, decode ${res.decode_tokens}; bound = read bandwidth / bytes read per decoded token):`);
+    const ow = [20, 10, 12, 10, 24, 10];
+    lines.push(padEnd('shape', ow[0]) + pad('weights', ow[1]) + pad('prefill tok/s', ow[2] + 2) + pad('decode', ow[3]) + pad('bound tok/s (GB/token)', ow[4]) + pad('of bound', ow[5]));
+    for (const o of res.other_shapes) {
+      if (o.error) {
+        lines.push(`${padEnd(o.shape, ow[0])}  FAILED: ${o.error}`);
+        continue;
+      }
+      lines.push(
+        padEnd(o.shape, ow[0]) + pad(gb(o.file_bytes), ow[1]) + pad(fmt(o.prefill_tokens_per_s), ow[2] + 2) + pad(fmt(o.decode_tokens_per_s, 2), ow[3]) +
+          pad(`${fmt(o.bound_tokens_per_s)} (${fmt(o.active_bytes_per_token / 1e9, 3)})`, ow[4]) + pad(typeof o.fraction_of_bound === 'number' ? `${fmt(100 * o.fraction_of_bound, 0)}%` : '—', ow[5]),
+      );
+    }
   }
   const lc = res.llama_check;
   if (lc && !lc.error && !lc.skipped) {
@@ -711,6 +733,35 @@ async function main() {
     bandwidth.target_fraction = TARGET_BOUND_FRACTION;
     bandwidth.fraction_met = bandwidth.fraction_of_bound >= TARGET_BOUND_FRACTION;
   }
+  // 7b. the engine alone on the other shapes, against their own bandwidth bound
+  const otherShapes = [];
+  for (const shape of opts.alsoShapes) {
+    const odir = path.join(OUT, `${shape}-shaped-L${opts.layers}`);
+    const ock = ensureCheckpoint(odir, opts.layers, CHECKPOINT_SEED, log, shape);
+    log(ock.reused ? `reusing ${path.relative(ROOT, odir)}` : `wrote ${path.relative(ROOT, odir)} in ${ock.seconds.toFixed(1)} s`);
+    const entry = { shape, dir: path.relative(ROOT, odir), file_bytes: ock.fileBytes, model_type: ock.config.model_type, runs: [] };
+    const promptTokens = Math.min(opts.promptTokens, ock.config.max_position_embeddings - opts.decodeTokens);
+    for (let round = 0; round < opts.repeat; round++) {
+      log(`${shape}: round ${round + 1}/${opts.repeat}, prefill ${promptTokens} + decode ${opts.decodeTokens} ...`);
+      const r = engineVia === 'cli' ? engineViaCli(odir, opts, promptTokens, opts.decodeTokens) : engineViaRsBench(odir, opts, promptTokens, opts.decodeTokens);
+      if (r.error) {
+        entry.error = r.error;
+        realError = realError ?? `${shape}: ${r.error}`;
+        break;
+      }
+      entry.runs.push(r);
+      log(`  prefill ${fmt(r.prefill_tokens_per_s)} tok/s, decode ${fmt(r.decode_tokens_per_s)} tok/s`);
+    }
+    entry.prompt_tokens = promptTokens;
+    entry.prefill_tokens_per_s = best(entry.runs.map((r) => r.prefill_tokens_per_s));
+    entry.decode_tokens_per_s = best(entry.runs.map((r) => r.decode_tokens_per_s));
+    entry.active_bytes_per_token = activeDecodeBytes(ock.config);
+    if (!bw.error) {
+      entry.bound_tokens_per_s = (bw.read_bandwidth_gbps * 1e9) / entry.active_bytes_per_token;
+      entry.fraction_of_bound = typeof entry.decode_tokens_per_s === 'number' ? entry.decode_tokens_per_s / entry.bound_tokens_per_s : null;
+    }
+    otherShapes.push(entry);
+  }
   const loadAfter = os.loadavg();
   if (Math.max(...loadBefore, ...loadAfter) > opts.threads + 0.5) {
     notes.push(`the machine was busy with other work (load average up to ${Math.max(...loadBefore, ...loadAfter).toFixed(2)} on ${os.availableParallelism()} CPUs): absolute figures are noisy, compare the ratios`);
@@ -739,6 +790,7 @@ async function main() {
     engines,
     ratios,
     bandwidth,
+    other_shapes: otherShapes,
     llama_build: llamaBuild,
     llama_check: llamaCheck,
     torch_check: torchCheck,

@@ -52,7 +52,8 @@ TEST("reroute: zero steps reproduces plain generation exactly") {
 
 TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefill with the final delta") {
   for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "qwen2_moe-fused-f32", "deepseek_v2-perexpert-bf16",
-                           "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-perexpert-f32", "granitemoe-fused-f32"}) {
+                           "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-perexpert-f32", "granitemoe-fused-f32",
+                           "gpt_oss-fused-f32"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     auto prompt = random_tokens(12, info.vocab_size, 2);
@@ -239,7 +240,8 @@ std::map<int, std::vector<float>> last_scores(Model& model, const std::vector<in
 
 TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NGD lowers the surrogate loss") {
   for (const char* name : {"olmoe-fused-f16", "qwen3_moe-fused-f32", "mixtral-perexpert-f32", "deepseek_v2-fused-f32-grouped",
-                           "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-fused-bf16-sharded", "granitemoe-fused-bf16-sharded"}) {
+                           "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-fused-bf16-sharded", "granitemoe-fused-bf16-sharded",
+                           "gpt_oss-mxfp4-sharded"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     const bool sigmoid = info.router_scoring == "sigmoid";
@@ -409,7 +411,8 @@ double margin_of(const std::vector<float>& logits, int label, const std::vector<
 
 TEST("headroom: margins are those of forwards with the changed rows; searches move them the way they aim") {
   for (const char* name : {"olmoe-perexpert-bf16", "qwen2_moe-fused-f32", "mixtral-perexpert-f32", "deepseek_v2-fused-f32-grouped",
-                           "deepseek_v3-fused-f16-onegroup", "granitemoe-fused-f32"}) {
+                           "deepseek_v3-fused-f16-onegroup", "granitemoe-fused-f32",
+                           "gpt_oss-fused-bf16-sharded"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     auto prompt = random_tokens(9, info.vocab_size, 80);

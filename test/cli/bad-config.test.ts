@@ -176,6 +176,64 @@ test('info shows the routing rule in one line', () => {
   assert.equal(rule(path.join(PARITY_DIR, 'phimoe-perexpert-f32', 'model')),
     'sparsemixer top-2 of 8 (each slot: best remaining logit, softmax over the logits within 2×0.2 relative of it), not renormalised');
   assert.equal(rule(path.join(PARITY_DIR, 'granitemoe-fused-f32', 'model')), 'softmax, top-2 of 8, renormalised');
+  assert.equal(rule(path.join(PARITY_DIR, 'gpt_oss-mxfp4-sharded', 'model')), 'softmax, top-4 of 8, renormalised');
   const human = runCli(['info', '--model', DEEPSEEK_V2]);
   assert.match(human.stdout, /^routing: softmax, top-3 of 8, not renormalised, ×1\.25$/m);
+});
+
+test('gpt-oss MXFP4 experts: missing scales, misshapen blocks, the NaN scale, no quantization_config: refused naming the tensor or field', () => {
+  const MXFP4 = path.join(PARITY_DIR, 'gpt_oss-mxfp4-sharded', 'model');
+  const shard = 'model-00001-of-00002.safetensors';
+  const scales = 'model.layers.1.mlp.experts.down_proj_scales';
+  const blocks = 'model.layers.1.mlp.experts.down_proj_blocks';
+  expectRejected(
+    MXFP4,
+    (dir) => {
+      editSafetensors(dir, (st) => {
+        const [b, e] = st.header[scales].data_offsets;
+        delete st.header[scales];
+        for (const entry of Object.values(st.header))
+          if (entry.data_offsets[0] >= e) entry.data_offsets = [entry.data_offsets[0] - (e - b), entry.data_offsets[1] - (e - b)];
+        st.data = Buffer.concat([st.data.subarray(0, b), st.data.subarray(e)]);
+      }, shard);
+      const index = path.join(dir, 'model.safetensors.index.json');
+      const idx = JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map: Record<string, string> };
+      delete idx.weight_map[scales];
+      fs.writeFileSync(index, JSON.stringify(idx, null, 2));
+    },
+    { names: blocks, problem: /is MXFP4 but its scales ".*down_proj_scales" are missing/ },
+  );
+  // Same bytes, other shape: [E, 2I, H/32, 16] read as [E, I, 2·H/32, 16].
+  expectRejected(MXFP4, (dir) => editSafetensors(dir, (st) => {
+    const [E, rows, groups, b] = st.header[blocks].shape;
+    st.header[blocks].shape = [E, rows / 2, groups * 2, b];
+  }, shard), { names: blocks, problem: /has shape \[8, 16, 2, 16\] but config\.json implies \[8, 32, 1, 16\]/ });
+  expectRejected(MXFP4, (dir) => editSafetensors(dir, (st) => st.data.fill(0xff, st.header[scales].data_offsets[0], st.header[scales].data_offsets[0] + 1), shard), {
+    names: scales,
+    problem: /holds the E8M0 NaN scale 0xFF/,
+  });
+  expectRejected(MXFP4, (dir) => editConfig(dir, (c) => delete c.quantization_config), {
+    names: /_blocks/,
+    problem: /is MXFP4 but config\.json has no quantization_config with quant_method "mxfp4"/,
+  });
+  expectRejected(OLMOE_F16, (dir) => editConfig(dir, (c) => (c.quantization_config = { quant_method: 'mxfp4' })), {
+    names: 'config.json',
+    problem: /quant_method "mxfp4" is read for gpt_oss experts only/,
+  });
+});
+
+test('gpt-oss layer_types and sliding_window that contradict each other: refused naming the field', () => {
+  const GPT_OSS = path.join(PARITY_DIR, 'gpt_oss-fused-f32', 'model');
+  expectRejected(GPT_OSS, (dir) => editConfig(dir, (c) => (c.layer_types = ['sliding_attention', 'full_attention'])), {
+    names: 'config.json',
+    problem: /"layer_types" must list one of .* per layer \(3\)/,
+  });
+  expectRejected(GPT_OSS, (dir) => editConfig(dir, (c) => (c.layer_types = ['sliding_attention', 'chunked_attention', 'full_attention'])), {
+    names: 'config.json',
+    problem: /"layer_types"\[1\] is "chunked_attention"/,
+  });
+  expectRejected(GPT_OSS, (dir) => editConfig(dir, (c) => (c.sliding_window = null)), {
+    names: 'config.json',
+    problem: /layer 0 is sliding_attention but "sliding_window" is missing/,
+  });
 });

@@ -1,8 +1,9 @@
-// DeepSeek-V2-Lite's and Moonlight's exact config.json (two layers: the dense first one and one MoE layer; head
-// dims, expert counts and routing fields as released) with random bf16 weights, written at test time by the bench's
-// checkpoint writer into .cache/ (about 2.2 and 2.6 GB, written once and reused while the writer's stamp matches).
-// The engine opens them, reports the routing rule, decodes token by token exactly as one full forward, and its
-// router-bias gradient matches central differences of the loss at full size.
+// DeepSeek-V2-Lite's, Moonlight's and gpt-oss-20b's exact config.json (two layers: DeepSeek's dense first one and
+// one MoE layer; gpt-oss a sliding and a full layer; head dims, expert counts and routing fields as released) with
+// random weights (bf16; gpt-oss's experts MXFP4 as released), written at test time by the bench's checkpoint writer
+// into .cache/ (about 2.2, 2.6 and 3.1 GB, written once and reused while the writer's stamp matches). The engine
+// opens them, reports the routing rule, decodes token by token exactly as one full forward (gpt-oss: past its
+// 128-token sliding window), and its router-bias gradient matches central differences of the loss at full size.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
@@ -17,11 +18,24 @@ const CACHE = path.join(process.env.ROUTESCOPE_CACHE ?? path.join(ROOT, '.cache'
 interface Shape {
   name: string;
   rule: string;
+  /** experts, top-k, expert width, shared width, head dim */
+  dims: number[];
+  moeLayers: number[];
+  /** prompt length and where its prefill stops before token-by-token decoding */
+  tokens: number;
+  split: number;
 }
 const SHAPES: Shape[] = [
-  { name: 'deepseek-v2-lite', rule: 'softmax, top-6 of 64, not renormalised' },
-  { name: 'moonlight', rule: 'sigmoid + selection bias, top-6 of 64, renormalised, ×2.446' },
+  { name: 'deepseek-v2-lite', rule: 'softmax, top-6 of 64, not renormalised', dims: [64, 6, 1408, 2816, 192], moeLayers: [1], tokens: 8, split: 3 },
+  { name: 'moonlight', rule: 'sigmoid + selection bias, top-6 of 64, renormalised, ×2.446', dims: [64, 6, 1408, 2816, 192], moeLayers: [1], tokens: 8, split: 3 },
+  { name: 'gpt-oss-20b', rule: 'softmax, top-4 of 32, renormalised', dims: [32, 4, 2880, 0, 64], moeLayers: [0, 1], tokens: 136, split: 130 },
 ];
+
+/** The check prompt: fixed tokens, then a deterministic walk over the vocabulary. */
+function prompt(n: number): Int32Array {
+  const head = [11, 4096, 77, 50000, 999, 31, 2048, 7];
+  return Int32Array.from({ length: n }, (_, i) => (i < head.length ? head[i] : (i * 7919 + 13) % 100000));
+}
 
 function open(shape: string): NativeModel {
   const dir = path.join(CACHE, `${shape}-L2`);
@@ -48,18 +62,18 @@ for (const shape of SHAPES) {
     try {
       const info = model.info();
       assert.equal(info.routingRule, shape.rule);
-      assert.deepEqual([info.numExperts, info.topK, info.expertWidth, info.sharedExpertWidth, info.headDim], [64, 6, 1408, 2816, 192]);
-      assert.deepEqual(info.moeLayers, [1]);
+      assert.deepEqual([info.numExperts, info.topK, info.expertWidth, info.sharedExpertWidth, info.headDim], shape.dims);
+      assert.deepEqual(info.moeLayers, shape.moeLayers);
       assert.deepEqual(info.warnings, []);
       const V = info.vocabSize;
-      const tokens = Int32Array.from([11, 4096, 77, 50000, 999, 31, 2048, 7]);
+      const tokens = prompt(shape.tokens);
       const full = await model.createSession().forward(tokens, { logits: 'all' });
       assert.ok(full.logits.every(Number.isFinite), 'finite logits');
       // Prefill in two pieces, then token by token: the KV cache (expanded MLA keys and values) reproduces the rows.
       const session = model.createSession();
-      await session.forward(tokens.subarray(0, 3), { logits: 'none' });
+      await session.forward(tokens.subarray(0, shape.split), { logits: 'none' });
       let worst = 0;
-      for (let i = 3; i < tokens.length; i++) {
+      for (let i = shape.split; i < tokens.length; i++) {
         const step = await session.forward(tokens.subarray(i, i + 1), { logits: 'last' });
         const want = full.logits.subarray(i * V, (i + 1) * V);
         for (let v = 0; v < V; v++) worst = Math.max(worst, Math.abs(step.logits[v] - want[v]));

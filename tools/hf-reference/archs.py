@@ -3,6 +3,7 @@ experts sit in the module tree, the router rule as transformers implements it, a
 import math
 import re
 
+import numpy as np
 import torch
 
 from route import RouterRule
@@ -273,8 +274,102 @@ class GraniteMoe(Arch):
         router.forward = forward
 
 
+class GptOss(Arch):
+    """Router with a bias (top-k of the logits, softmax over the k), experts [E, H, 2I] with gate/up interleaved,
+    biases and the clamped SwiGLU; attention sinks, q/k/v/o biases, sliding and full layers, YaRN (truncate off)."""
+    model_type, causal_lm = "gpt_oss", "GptOssForCausalLM"
+    WIDTH = 32  # MXFP4 blocks of 32 along every input width (hidden and intermediate)
+
+    def config(self, case):
+        return dict(COMMON, head_dim=16, intermediate_size=self.WIDTH, num_local_experts=EXPERTS,
+                    num_experts_per_tok=case["k"], num_key_value_heads=2, rms_norm_eps=1e-5, sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention", "sliding_attention"][:LAYERS],
+                    rope_theta=150000.0, swiglu_limit=7.0, attention_bias=True, router_aux_loss_coef=0.9,
+                    output_router_logits=False,
+                    rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                  "truncate": False, "original_max_position_embeddings": 16})
+
+    def rule(self, config, model):
+        return RouterRule(scoring="softmax", renorm=True)
+
+    def moe_blocks(self, model):
+        return {l: (layer.mlp, layer.mlp.router.weight, layer.mlp.experts) for l, layer in enumerate(model.model.layers)}
+
+    def load_streaming(self, model, lazy):
+        """Loads a full-size checkpoint into the float32 model tensor by tensor (MXFP4 experts dequantised one expert
+        at a time straight into the [E, in, out] parameter): peak memory is the model plus one tensor."""
+        own = model.state_dict()
+        seen = set()
+        with torch.no_grad():
+            for name in lazy.where:
+                if name.endswith("_scales"):
+                    continue
+                if name.endswith("_blocks"):
+                    base = name[:-len("_blocks")]
+                    blocks, scales = lazy.raw(name), lazy.raw(base + "_scales")
+                    for e in range(blocks.shape[0]):
+                        b = torch.from_numpy(np.array(blocks[e:e + 1]))
+                        s = torch.from_numpy(np.array(scales[e:e + 1]))
+                        own[base][e].copy_(mxfp4_dequantise(b, s, dtype=torch.float32)[0].t())
+                    seen.add(base)
+                else:
+                    own[name].copy_(lazy.tensor(name))
+                    seen.add(name)
+        missing = [n for n in own if n not in seen and not n.endswith("inv_freq")]
+        assert not missing, missing[:5]
+
+    def to_state(self, tensors, E):
+        """Checkpoint tensors -> the state dict; MXFP4 *_blocks + *_scales dequantised as transformers' mxfp4.py does."""
+        out = {}
+        for name, (_, t) in tensors.items():
+            if name.endswith("_scales"):
+                continue
+            if name.endswith("_blocks"):
+                base = name[:-len("_blocks")]
+                out[base] = mxfp4_dequantise(t, tensors[base + "_scales"][1], dtype=tensors[base + "_bias"][1].dtype
+                                             ).transpose(1, 2).contiguous()
+            else:
+                out[name] = t
+        return out
+
+
+FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def mxfp4_dequantise(blocks, scales, dtype=torch.float64):
+    """[E, ..., G, 16] bytes (low nibble first) and [E, ..., G] E8M0 exponents -> [E, ..., G * 32], one expert at a
+    time (a full-size layer would not fit in memory as int64 indices)."""
+    lut = torch.tensor(FP4_VALUES, dtype=dtype)
+    out = torch.empty(*blocks.shape[:-2], blocks.shape[-2] * 32, dtype=dtype)
+    for e in range(blocks.shape[0]):
+        b = blocks[e].to(torch.int64)
+        vals = torch.stack([lut[b & 0xF], lut[b >> 4]], -1).reshape(*b.shape[:-1], 32)
+        vals = vals * torch.pow(2.0, scales[e].to(torch.float64) - 127).to(dtype)[..., None]
+        out[e] = vals.reshape(*b.shape[:-2], b.shape[-2] * 32)
+    return out
+
+
+def mxfp4_quantise(w):
+    """w [..., rows, cols] float64 (cols % 32 == 0) -> (blocks uint8-valued int64 [..., rows, cols/32, 16], scales
+    [..., rows, cols/32], the dequantised values): per block of 32 the power of two that brings its largest |value|
+    to at most 6, each value rounded to the nearest FP4 (E2M1) value (ties to the lower magnitude)."""
+    *lead, cols = w.shape
+    g = w.reshape(*lead, cols // 32, 32)
+    amax = g.abs().amax(-1)
+    e = torch.ceil(torch.log2(torch.clamp(amax, min=1e-30) / 6.0))
+    e = torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
+    x = g / torch.pow(2.0, e)[..., None]
+    mags = torch.tensor(FP4_VALUES[:8], dtype=torch.float64)
+    idx = (x.abs()[..., None] - mags).abs().argmin(-1)  # first (lower) magnitude on ties
+    code = idx + 8 * ((x < 0) & (idx > 0)).to(torch.int64)
+    deq = torch.tensor(FP4_VALUES, dtype=torch.float64)[code] * torch.pow(2.0, e)[..., None]
+    pairs = code.reshape(*lead, cols // 32, 16, 2)
+    blocks = pairs[..., 0] | (pairs[..., 1] << 4)
+    return blocks, (e + 127).to(torch.int64), deq.reshape(*lead, cols)
+
+
 ARCHS = {a.model_type: a for a in (Mixtral(), Olmoe(), Qwen2Moe(), Qwen3Moe(), DeepseekV2(), DeepseekV3(), Glm4Moe(),
-                                   Phimoe(), GraniteMoe())}
+                                   Phimoe(), GraniteMoe(), GptOss())}
 
 
 def fused_to_hub(arch, state, num_experts):
@@ -307,6 +402,8 @@ def fused_to_hub(arch, state, num_experts):
 
 def hub_to_state(arch, tensors, E):
     """{hub name: (dtype, tensor)} (per-expert, or v5 fused) -> transformers 5.2's state dict {name: tensor}."""
+    if hasattr(arch, "to_state"):
+        return arch.to_state(tensors, E)
     out, experts = {}, {}
     for name, (_, t) in tensors.items():
         parts = name.split(".")

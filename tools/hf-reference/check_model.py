@@ -6,6 +6,12 @@ For checkpoints too large to commit, e.g. the DeepSeek-V2-Lite / Moonlight shape
     node -e "import('./bench/checkpoint.mjs').then(m => m.ensureCheckpoint('.cache/realistic/moonlight-L2', 2, 7, console.log, 'moonlight'))"
     /usr/bin/python3 tools/hf-reference/check_model.py .cache/realistic/moonlight-L2 [--tokens 11,4096,77,...]
 
+gpt-oss-20b's shape (MXFP4 experts) is loaded tensor by tensor, its experts dequantised one at a time (≈ 15 GB for
+one layer: transformers holds the model in float32):
+
+    node -e "import('./bench/checkpoint.mjs').then(m => m.ensureCheckpoint('.cache/realistic/gpt-oss-20b-L1', 1, 7, console.log, 'gpt-oss-20b'))"
+    /usr/bin/python3 tools/hf-reference/check_model.py .cache/realistic/gpt-oss-20b-L1
+
 Loads the Hub per-expert tensors into transformers 5.2's XxxForCausalLM (float32, eager, with the reference fixes
 of generate.py), runs the tokens, and prints the largest |Δ| of logits, raw router logits and weights against
 `routescope inspect --json` on the same folder, and whether every layer selected the same experts.
@@ -49,16 +55,20 @@ def main():
     arch = archs.ARCHS[cfg_dict["model_type"]]
     config, model = generate.build_model(arch, {}, cfg_dict)
     E = generate.expert_count(config)
-    tensors = {}
     idx = os.path.join(args.model, "model.safetensors.index.json")
     files = sorted(set(json.load(open(idx))["weight_map"].values())) if os.path.exists(idx) else ["model.safetensors"]
-    for f in files:
-        tensors.update(st.read(os.path.join(args.model, f), float_type=np.float32))
-    state = archs.hub_to_state(arch, tensors, E)
     model.float()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith("inv_freq")]
-    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    if hasattr(arch, "load_streaming"):  # full-size gpt-oss: tensor by tensor, MXFP4 dequantised expert by expert
+        arch.load_streaming(model, st.Lazy([os.path.join(args.model, f) for f in files]))
+    else:
+        tensors = {}
+        for f in files:
+            tensors.update(st.read(os.path.join(args.model, f), float_type=np.float32))
+        state = archs.hub_to_state(arch, tensors, E)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.endswith("inv_freq")]
+        assert not missing and not unexpected, (missing[:5], unexpected[:5])
+        del tensors, state
     fixes = arch.fix_reference(config, model)
     rule = arch.rule(config, model)
     k = config.num_experts_per_tok

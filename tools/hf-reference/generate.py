@@ -90,6 +90,14 @@ CASES = [
          style="v5", seed=103),
     dict(name="granitemoe-fused-bf16-sharded", arch="granitemoe", layout="fused", dtype="BF16", shards=2, T=11, k=3,
          seed=104),
+    # gpt-oss: the transposed, interleaved experts transformers saves (F32, v5 config) and the Hub's BF16 form; the
+    # released MXFP4 experts (*_blocks + *_scales, everything else BF16) with quantization_config mxfp4.
+    dict(name="gpt_oss-fused-f32", arch="gpt_oss", layout="fused", dtype="F32", shards=1, T=12, k=3, style="v5",
+         seed=21),
+    dict(name="gpt_oss-fused-bf16-sharded", arch="gpt_oss", layout="fused", dtype="BF16", shards=2, T=11, k=2,
+         seed=22),
+    dict(name="gpt_oss-mxfp4-sharded", arch="gpt_oss", layout="fused", dtype="BF16", shards=2, T=12, k=4, mxfp4=True,
+         seed=23),
 ]
 
 DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -122,8 +130,17 @@ def expert_count(config):
     raise ValueError("no expert count")
 
 
-def param_std(name, shape):
+def param_std(name, shape, model_type=None):
     """(mean, std) of the random value of a parameter, by its role."""
+    if model_type == "gpt_oss":
+        if name.endswith("self_attn.sinks"):
+            return 0.0, 1.0
+        if name.endswith("mlp.router.weight") or name.endswith("mlp.router.bias"):
+            return 0.0, 0.3
+        if name.endswith("experts.gate_up_proj"):  # pre-activations beyond the SwiGLU clamp (±7) occur
+            return 0.0, 0.8
+        if name.endswith("_proj_bias"):
+            return 0.0, 0.5
     if name.endswith("e_score_correction_bias"):
         return 0.0, 0.02
     if "norm" in name and name.endswith(".bias"):  # LayerNorm biases (phimoe)
@@ -195,6 +212,26 @@ def quantize_fp8(arch, named, E, block, model):
     return files
 
 
+def quantize_mxfp4(named, model):
+    """gpt-oss experts as released: gate_up_proj / down_proj ([E, in, out] in the model) stored as MXFP4
+    <name>_blocks + <name>_scales over the output rows ([E, out, in/32, 16], [E, out, in/32]); the dequantised
+    values are loaded into the model. Returns [(name, tensor, stored dtype)]."""
+    files, own = [], model.state_dict()
+    with torch.no_grad():
+        for name, t, sd in named:
+            if not (name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj")):
+                files.append((name, t, sd))
+                continue
+            blocks, scales, deq = archs.mxfp4_quantise(t.transpose(1, 2))
+            # read back as transformers' integrations/mxfp4.py does (its function indexes with int32, which torch
+            # 1.13 refuses): exactly the values the reference runs with
+            assert torch.equal(archs.mxfp4_dequantise(blocks, scales), deq), name
+            files.append((name + "_blocks", blocks, "U8"))
+            files.append((name + "_scales", scales, "U8"))
+            own[name].copy_(deq.transpose(1, 2))
+    return files
+
+
 def fill_weights(model, rng, dtype):
     """Random weights rounded to their stored dtype; returns [(name, float64 tensor, stored dtype)] in state order."""
     named = []
@@ -203,7 +240,7 @@ def fill_weights(model, rng, dtype):
         for name, t in state.items():
             if name.endswith("inv_freq"):  # non-persistent buffers never reach a checkpoint
                 continue
-            mean, std = param_std(name, t.shape)
+            mean, std = param_std(name, t.shape, model.config.model_type)
             sd = stored_dtype(name, dtype)
             v = torch.from_numpy(rng.standard_normal(tuple(t.shape))) * std + mean
             v = v.to(st.TORCH_DTYPE[sd]).to(torch.float64)
@@ -580,6 +617,9 @@ def config_text(config, cfg_dict, case):
     if case.get("fp8"):
         d["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                                     "weight_block_size": list(case["fp8"])}
+    if case.get("mxfp4"):  # as gpt-oss-20b's config.json
+        d["quantization_config"] = {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                               "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"}
     return json.dumps(dict(sorted(d.items())), indent=2) + "\n"
 
 
@@ -597,6 +637,8 @@ def build_case(case, idx):
         E = expert_count(config)
         if case.get("fp8"):
             named = quantize_fp8(arch, named, E, case["fp8"], model)
+        if case.get("mxfp4"):
+            named = quantize_mxfp4(named, model)
         moe = sorted(arch.moe_blocks(model))
         runner = Runner(arch, model, rule, case["k"], E, moe)
         tokens = [int(t) for t in rng.integers(0, config.vocab_size, size=case["T"])]
@@ -619,7 +661,7 @@ def make_case(case, idx, out_root):
     if os.path.exists(cdir):
         shutil.rmtree(cdir)
     os.makedirs(cdir)
-    if case.get("fp8"):  # already the Hub's per-expert tensors
+    if case.get("fp8") or case.get("mxfp4"):  # already the Hub's tensors
         files = sorted(named, key=lambda nt: archs.natural_key(nt[0]))
     else:
         state = [(n, t) for n, t, _ in named]
@@ -658,7 +700,7 @@ def make_case(case, idx, out_root):
              [(n, dt, tuple(t.shape), st.tensor_bytes(t.detach(), dt)) for n, dt, t in ref],
              {"format": "pt", "generator": "tools/hf-reference/generate.py",
               "transformers": f"{runtime.TRANSFORMERS_TAG} {runtime.TRANSFORMERS_COMMIT}"})
-    doc = {"arch": case["arch"], "dtype": case["dtype"], "layout": case["layout"], "sharded": case["shards"] > 1,
+    doc = {"arch": case["arch"], "dtype": "MXFP4+BF16" if case.get("mxfp4") else case["dtype"], "layout": case["layout"], "sharded": case["shards"] > 1,
            "reference": f"transformers {runtime.TRANSFORMERS_TAG} {arch.causal_lm}",
            **({"reference_fixes": fixes} if fixes else {}),
            "tokens": tokens, "runs": runs, "grads": grads}
@@ -670,7 +712,7 @@ def make_case(case, idx, out_root):
     back = read_checkpoint(mdir)
     assert set(back) == {n for n, _, _ in files}, "checkpoint names"
     for n, t, sd in files:
-        assert back[n][0] == sd and torch.equal(back[n][1], t.to(torch.float64)), n
+        assert back[n][0] == sd and torch.equal(back[n][1].to(torch.float64), t.to(torch.float64)), n
     # 2: transformers' own float32 islands (RMSNorm, RoPE, router softmax), and the whole model in float32 (an fp32
     # engine's precision), select the same experts with logits within 1e-5 / 1e-4.
     max_islands, max32 = 0.0, 0.0

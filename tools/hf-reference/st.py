@@ -86,7 +86,8 @@ def write(path, items, metadata):
 
 
 def read(path, float_type=np.float64):
-    """-> {name: (dtype, float tensor (float64 unless float_type) or int64)}; checks that the offsets tile the data."""
+    """-> {name: (dtype, float tensor (float64 unless float_type), int64 (I32) or uint8 (U8))}; checks that the
+    offsets tile the data."""
     with open(path, "rb") as f:
         buf = f.read()
     (n,) = struct.unpack("<Q", buf[:8])
@@ -113,10 +114,44 @@ def read(path, float_type=np.float64):
             a = f8_e4m3_table()[np.frombuffer(raw, np.uint8)].astype(float_type)
         elif dt == "I32":
             a = np.frombuffer(raw, "<i4").astype(np.int64)
-        elif dt == "U8":
-            a = np.frombuffer(raw, np.uint8).astype(np.int64)
+        elif dt == "U8":  # raw bytes (MXFP4 blocks and scales) stay uint8
+            a = np.frombuffer(raw, np.uint8).copy()
         else:
             raise ValueError(f"{path}: {name}: dtype {dt}")
         assert a.size == int(np.prod(v["shape"])), name
         out[name] = (dt, torch.from_numpy(a if a.base is None else a.copy()).reshape(v["shape"]))
     return out
+
+
+class Lazy:
+    """The tensors of several safetensors files, memory-mapped and converted one at a time (full-size checkpoints)."""
+
+    def __init__(self, paths):
+        self.where = {}
+        for path in paths:
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n).decode("utf-8"))
+            header.pop("__metadata__", None)
+            mm = np.memmap(path, dtype=np.uint8, mode="r")
+            for name, v in header.items():
+                b, e = v["data_offsets"]
+                self.where[name] = (v["dtype"], v["shape"], mm[8 + n + b:8 + n + e])
+
+    def raw(self, name):
+        """uint8 array of a U8 tensor, shaped."""
+        dt, shape, raw = self.where[name]
+        assert dt == "U8", name
+        return raw.reshape(shape)
+
+    def tensor(self, name, float_type=np.float32):
+        dt, shape, raw = self.where[name]
+        if dt == "BF16":
+            a = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).astype(float_type)
+        elif dt == "F16":
+            a = raw.view("<f2").astype(float_type)
+        elif dt == "F32":
+            a = raw.view("<f4").astype(float_type)
+        else:
+            raise ValueError(f"{name}: dtype {dt}")
+        return torch.from_numpy(a).reshape(shape)

@@ -13,6 +13,7 @@ struct AttentionShape {
   int k_dim = 0, v_dim = 0;     // per-head widths of queries/keys and of values
   float scale = 1.f;            // multiplies q·k before the softmax
   int window = 0;               // > 0: position p sees keys (p - window, p]
+  const float* sinks = nullptr; // [heads] or null: a logit per head that joins every softmax's denominator (gpt-oss)
 };
 
 // out[i, h*v_dim ..] = sum_j softmax_j(scale · q[i, h] · k_j) v_j over the keys position pos0 + i may see, for

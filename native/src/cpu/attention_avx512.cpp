@@ -46,7 +46,7 @@ long attention_scratch_floats(int rows, int k_dim, int v_dim) {
 }
 
 void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
-                    float scale, int window, float* out, long ldo, float* scratch) {
+                    float scale, int window, const float* sink, float* out, long ldo, float* scratch) {
   const long vdp = round16(v_dim);
   float* kt = scratch;                          // [k_dim][32]
   float* o = kt + (long)k_dim * kKeys;          // [rows][vdp], unnormalised outputs
@@ -55,8 +55,8 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
   float* pr = sum + rows;                       // [kRows][32] probabilities of the current block
   const float neg_inf = -__builtin_inff();
   for (int r = 0; r < rows; ++r) {
-    mx[r] = neg_inf;
-    sum[r] = 0.f;
+    mx[r] = sink ? *sink : neg_inf;  // the sink starts the running softmax: exp(sink - max) = 1, no value
+    sum[r] = sink ? 1.f : 0.f;
     for (long c = 0; c < vdp; c += 16) _mm512_storeu_ps(o + r * vdp + c, _mm512_setzero_ps());
   }
   const int last = p0 + rows - 1;  // the last key any row sees

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "cpu/experts_general.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 
@@ -69,7 +70,7 @@ void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int 
   });
 }
 
-void moe_experts_backward(ThreadPool& pool, const float* dy, int T, int k, const int32_t* sel, const float* w,
+void moe_experts_backward(ThreadPool& pool, const ExpertMlp& mlp, const float* dy, int T, int k, const int32_t* sel, const float* w,
                           const float* g, const float* u, const std::vector<Mat>& gate, const std::vector<Mat>& up,
                           const std::vector<Mat>& down, float* dx) {
   const int E = static_cast<int>(gate.size());
@@ -117,9 +118,10 @@ void moe_experts_backward(ThreadPool& pool, const float* dy, int T, int k, const
       float* da = scratch(s_da, static_cast<size_t>(n) * I);
       matmul_backward_input_serial(dye, n, down[e], da, false);
       for (size_t i = 0; i < static_cast<size_t>(n) * I; ++i) {
-        const float gi = ge[i];
-        ue[i] = da[i] * ue[i] * silu_grad(gi);  // d gate pre-activation
-        ge[i] = da[i] * silu(gi);              // d up pre-activation
+        float ag, au;
+        expert_act(mlp, ge[i], ue[i], &ag, &au);
+        ue[i] = da[i] * ag;  // d gate pre-activation
+        ge[i] = da[i] * au;  // d up pre-activation
       }
       float* dxe = scratch(s_dx, static_cast<size_t>(n) * H);
       matmul_backward_input_serial(ue, n, gate[e], dxe, false);

@@ -21,9 +21,9 @@ void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int 
                         float* dk, float* dv);
 
 // The routed experts' input gradient: dx[t] += sum over slots s of w[t,s] * (d expert_e(x_t) / d x_t)^T dy[t] with
-// e = sel[t,s], for SwiGLU experts y = down(silu(gate x) * up x) whose pre-activations were saved as g, u
-// [T*k, I] (row t*k+s). Experts run in parallel, each on one thread; dx is [T, H].
-void moe_experts_backward(ThreadPool& pool, const float* dy, int T, int k, const int32_t* sel, const float* w,
+// e = sel[t,s], for experts y = down(act(gate x, up x)) (act per `mlp`: SwiGLU or gpt-oss's clamped one) whose
+// pre-activations were saved as g, u [T*k, I] (row t*k+s). Experts run in parallel, each on one thread; dx is [T, H].
+void moe_experts_backward(ThreadPool& pool, const ExpertMlp& mlp, const float* dy, int T, int k, const int32_t* sel, const float* w,
                           const float* g, const float* u, const std::vector<Mat>& gate, const std::vector<Mat>& up,
                           const std::vector<Mat>& down, float* dx);
 

@@ -12,6 +12,7 @@
 #include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "cpu/ops.h"
+#include "cpu/experts_general.h"
 #include "cpu/router.h"
 #include "cpu/scratch.h"
 
@@ -98,12 +99,14 @@ void Decoder::logits(const float* h, int rows, float* out) {
 // Causal attention as two matrix products per KV head and block of queries: scores = Q K^T over the keys the
 // block can see, then out = softmax(scores) V. Query heads sharing a KV head (GQA) are stacked as rows.
 // Keys are head_dim wide, values v_head_dim (they differ in MLA).
-void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
+// gpt-oss: a per-head sink logit joins each softmax's denominator (and takes no value), and the window is per layer.
+void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim, group = nh / nkv;
   const int qw = nh * hd, ow = nh * vd;
   const float scale = cfg_.softmax_scale;
-  const int window = cfg_.sliding_window;
-  if (!probs && attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window}, q, T, pos0, cache.k, cache.v, out))
+  const int window = cfg_.window(l);
+  const float* sinks = ck_.layers[l].sinks.empty() ? nullptr : ck_.layers[l].sinks.data();
+  if (!probs && attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window, sinks}, q, T, pos0, cache.k, cache.v, out))
     return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
   std::vector<float> qb, scores, ob;
@@ -125,7 +128,9 @@ void Decoder::attention(int T, int pos0, const float* q, const KVCache& cache, f
           float* srow = &scores[static_cast<size_t>(r) * keys];
           float mx = -std::numeric_limits<float>::infinity();
           for (int j = j0; j <= p; ++j) mx = std::max(mx, srow[j] * scale);
-          double sum = 0;
+          const float sink = sinks ? sinks[g * group + static_cast<int>(r / bi)] : 0.f;
+          if (sinks) mx = std::max(mx, sink);
+          double sum = sinks ? std::exp(static_cast<double>(sink) - mx) : 0.0;
           for (int j = j0; j <= p; ++j) {
             srow[j] = std::exp(srow[j] * scale - mx);
             sum += srow[j];
@@ -175,6 +180,9 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
   std::vector<int32_t> sel(static_cast<size_t>(T) * k);
   std::vector<uint8_t> mixed(T);
   matmul(pool_, x, T, w.router, z.data());
+  if (!w.router_bias.empty())  // part of the router logits (reported and patched as such)
+    for (int t = 0; t < T; ++t)
+      for (int e = 0; e < E; ++e) z[static_cast<size_t>(t) * E + e] += w.router_bias[e];
   auto it = patch.layers.find(l);
   const LayerPatch* lp = it == patch.layers.end() ? nullptr : &it->second;
   const float* selection_bias = w.selection_bias.empty() ? nullptr : w.selection_bias.data();
@@ -190,8 +198,12 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
     save->u.resize(static_cast<size_t>(T) * k * I);
     save->o.resize(static_cast<size_t>(T) * k * H);
   }
-  moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
-                      save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
+  if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias)  // gpt-oss experts: biases, clamped SwiGLU
+    experts_forward_general(pool_, cfg_.expert_mlp, x, T, k, sel.data(), wts.data(), w, y, save ? save->g.data() : nullptr,
+                            save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
+  else
+    moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
+                        save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
   if (w.has_shared()) {  // qwen2_moe: × sigmoid(shared_expert_gate · x); DeepSeek / GLM: added as is
     std::vector<float> so(static_cast<size_t>(T) * H);
     swiglu(x, T, w.shared_gate, w.shared_up, w.shared_down, so.data(), 1.f, save ? &save->sg : nullptr,
@@ -274,7 +286,7 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
     save->pos0 = pos0;
     save->cache = &cache;
   }
-  attention(T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
+  attention(l, T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
   if (save) save->attn = attn;
   if (w.o_bias.empty() && cfg_.residual_multiplier == 1.f) {
     matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
@@ -374,22 +386,6 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   ck_.check_files_unchanged(true);
 }
 
-namespace {
-// Backward of y = down(silu(g) * u) with g = gate x, u = up x, given dy [n, H]; dx (+)= result.
-void swiglu_backward(ThreadPool& pool, const float* dy, int n, const float* g, const float* u, const Mat& gate,
-                     const Mat& up, const Mat& down, float* dx) {
-  const int I = gate.rows;
-  std::vector<float> da(static_cast<size_t>(n) * I), dg(static_cast<size_t>(n) * I), du(static_cast<size_t>(n) * I);
-  matmul_backward_input(pool, dy, n, down, da.data(), false);
-  for (size_t i = 0; i < da.size(); ++i) {
-    du[i] = da[i] * silu(g[i]);
-    dg[i] = da[i] * u[i] * silu_grad(g[i]);
-  }
-  matmul_backward_input(pool, dg.data(), n, gate, dx, true);
-  matmul_backward_input(pool, du.data(), n, up, dx, true);
-}
-}  // namespace
-
 void Decoder::layer_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                              const std::map<int, float*>& mix_grads) {
   if (mlp_backward(l, s, dh, stop_at_router, bias_grad, mix_grads)) attn_backward(l, s, dh);
@@ -447,7 +443,8 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
     }
     if (stop_at_router) return false;
     matmul_backward_input(pool_, dz.data(), T, w.router, dx.data(), true);
-    moe_experts_backward(pool_, dy, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up, w.down, dx.data());
+    moe_experts_backward(pool_, cfg_.expert_mlp, dy, T, k, s.sel.data(), s.w.data(), s.g.data(), s.u.data(), w.gate, w.up,
+                         w.down, dx.data());
     if (w.has_shared()) {
       std::vector<float> dso(TH);
       for (int t = 0; t < T; ++t) {
@@ -462,12 +459,12 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
         const float dgl = static_cast<float>(dot) * sgv * (1.f - sgv);
         for (int d = 0; d < H; ++d) dx[static_cast<size_t>(t) * H + d] += dgl * w.shared_expert_gate[d];
       }
-      swiglu_backward(pool_, dso.data(), T, s.sg.data(), s.su.data(), w.shared_gate, w.shared_up, w.shared_down,
+      expert_mlp_backward(pool_, ExpertMlp{}, dso.data(), T, s.sg.data(), s.su.data(), w.shared_gate, w.shared_up, w.shared_down,
                       dx.data());
     }
   } else {
     if (stop_at_router) return false;
-    swiglu_backward(pool_, dy, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
+    expert_mlp_backward(pool_, ExpertMlp{}, dy, T, s.dg.data(), s.du.data(), w.dense_gate, w.dense_up, w.dense_down, dx.data());
   }
   // Through the post-attention norm into the residual stream: dh_mid = dh + norm'(dx).
   for (int t = 0; t < T; ++t)
@@ -547,17 +544,26 @@ void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, flo
   std::vector<float> x(H);
   norm_row(h_mid, w.mlp_norm.data(), bias_or_null(w.mlp_norm_bias), H, cfg_.eps, x.data());
   matmul(pool_, x.data(), 1, w.router, z);
-  std::vector<float> g(static_cast<size_t>(E) * I), u(static_cast<size_t>(E) * I);
-  std::vector<MatmulJob> jobs;
-  for (int e = 0; e < E; ++e) {
-    jobs.push_back({x.data(), 1, w.gate[e], &g[static_cast<size_t>(e) * I]});
-    jobs.push_back({x.data(), 1, w.up[e], &u[static_cast<size_t>(e) * I]});
+  for (size_t e = 0; e < w.router_bias.size(); ++e) z[e] += w.router_bias[e];
+  if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias) {  // gpt-oss: every expert as one selected slot of weight 1
+    std::vector<int32_t> all(E);
+    std::iota(all.begin(), all.end(), 0);
+    std::vector<float> ones(E, 1.f), sum(H);
+    experts_forward_general(pool_, cfg_.expert_mlp, x.data(), 1, E, all.data(), ones.data(), w, sum.data(), nullptr,
+                            nullptr, experts);
+  } else {
+    std::vector<float> g(static_cast<size_t>(E) * I), u(static_cast<size_t>(E) * I);
+    std::vector<MatmulJob> jobs;
+    for (int e = 0; e < E; ++e) {
+      jobs.push_back({x.data(), 1, w.gate[e], &g[static_cast<size_t>(e) * I]});
+      jobs.push_back({x.data(), 1, w.up[e], &u[static_cast<size_t>(e) * I]});
+    }
+    matmul_batch(pool_, jobs);
+    for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
+    jobs.clear();
+    for (int e = 0; e < E; ++e) jobs.push_back({&g[static_cast<size_t>(e) * I], 1, w.down[e], experts + static_cast<size_t>(e) * H});
+    matmul_batch(pool_, jobs);
   }
-  matmul_batch(pool_, jobs);
-  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
-  jobs.clear();
-  for (int e = 0; e < E; ++e) jobs.push_back({&g[static_cast<size_t>(e) * I], 1, w.down[e], experts + static_cast<size_t>(e) * H});
-  matmul_batch(pool_, jobs);
   std::fill(shared, shared + H, 0.f);
   if (w.has_shared()) {  // as moe_forward: gated (qwen2_moe) or added as is (DeepSeek / GLM)
     swiglu(x.data(), 1, w.shared_gate, w.shared_up, w.shared_down, shared, 1.f, nullptr, nullptr);

@@ -102,7 +102,7 @@ class Decoder {
                   std::vector<float>& v, LayerSave* save);
   void latent_qkv_backward(int l, const LayerSave& s, std::vector<float>& dq, std::vector<float>& dk,
                            std::vector<float>& dv, float* dx);
-  void attention(int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs);
+  void attention(int l, int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs);
   void moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
                    const RoutingCallback& on_layer, LayerSave* save);
   void swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float scale_rows_unused,

@@ -54,7 +54,7 @@ constexpr int kStreamRows = 4;
 
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
-  if (W.dtype == DType::F8E4M3) return matmul_fp8(pool, x, T, W, y, accumulate);
+  if (W.tiled()) return matmul_tiled(pool, x, T, W, y, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) {
     pool.parallel_for(N, 16, [&](int64_t a, int64_t b, int) { generic_rows(x, T, W, int(a), int(b), y, accumulate); });
@@ -90,7 +90,7 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
 
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
   if (jobs.empty()) return;
-  if (!has_avx512() || std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return j.W.dtype == DType::F8E4M3; })) {
+  if (!has_avx512() || std::any_of(jobs.begin(), jobs.end(), [](const MatmulJob& j) { return j.W.tiled(); })) {
     for (const auto& j : jobs) matmul(pool, j.x, j.T, j.W, j.y, j.accumulate);
     return;
   }
@@ -125,7 +125,7 @@ constexpr int kGemmBackwardRows = 16;
 
 void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
-  if (W.dtype == DType::F8E4M3) return matmul_fp8_serial(x, T, W, y, accumulate);
+  if (W.tiled()) return matmul_tiled_serial(x, T, W, y, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) return generic_rows(x, T, W, 0, N, y, accumulate);
   const int dt = dt_code(W.dtype);
@@ -137,7 +137,7 @@ void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulat
 
 void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   if (T <= 0) return;
-  if (W.dtype == DType::F8E4M3) return matmul_fp8_backward_input_serial(dy, T, W, dx, accumulate);
+  if (W.tiled()) return matmul_tiled_backward_input_serial(dy, T, W, dx, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) {
     std::vector<float> row(K);
@@ -160,7 +160,7 @@ void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* d
 
 void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   if (T <= 0) return;
-  if (W.dtype == DType::F8E4M3) return matmul_fp8_backward_input(pool, dy, T, W, dx, accumulate);
+  if (W.tiled()) return matmul_tiled_backward_input(pool, dy, T, W, dx, accumulate);
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) {
     pool.parallel_for(T, 1, [&](int64_t a, int64_t b, int) {

@@ -26,17 +26,18 @@ struct MatmulJob {
   bool accumulate = false;
 };
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
-// Block-scaled FP8 weights (matmul_fp8.cpp): tiles widened with their scales, then the f32 kernels above.
-void matmul_fp8(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate);
-void matmul_fp8_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+// Tiled weights (Mat::tiled(): block-scaled FP8, MXFP4, transposed storage; matmul_tiled.cpp): tiles of rows widened
+// to f32, then the f32 kernels above. matmul / matmul_backward_input / matmul_batch dispatch here by themselves.
+void matmul_tiled(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate);
+void matmul_tiled_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate);
 void fp8_to_f32(const uint8_t* src, float* dst, size_t n);  // unscaled E4M3 values
 // The same on the calling thread only (for callers already inside a pool job).
-void matmul_fp8_serial(const float* x, int T, const Mat& W, float* y, bool accumulate);
-void matmul_fp8_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate);
-// The routed experts of one MoE block with FP8 weights (moe_experts.cpp's layout): expert e's rows are
+void matmul_tiled_serial(const float* x, int T, const Mat& W, float* y, bool accumulate);
+void matmul_tiled_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+// The routed experts of one MoE block with tiled weights (moe_experts.cpp's layout): expert e's rows are
 // order[count[e]..count[e+1]) (original rows t*k+s) of tokens tokens[...]; outputs go to o in that expert-sorted
 // order, gate/up pre-activations to save_g/save_u at the original rows (when non-null).
-void moe_experts_fp8(ThreadPool& pool, const float* x, int H, const int32_t* tokens, const int32_t* order,
+void moe_experts_tiled(ThreadPool& pool, const float* x, int H, const int32_t* tokens, const int32_t* order,
                      const int* count, int E, const std::vector<Mat>& gate, const std::vector<Mat>& up,
                      const std::vector<Mat>& down, float* o, float* save_g, float* save_u);
 // Name of the kernel family in use ("avx512" or "generic").

@@ -255,14 +255,14 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
     }
   }
   float* o = cs.o.get<float>(static_cast<size_t>(R) * H);  // expert outputs in expert-sorted row order
-  const bool fp8 = gate[0].dtype == DType::F8E4M3 || up[0].dtype == DType::F8E4M3 || down[0].dtype == DType::F8E4M3;
-  if (fp8) {  // block-scaled FP8 weights: expert by expert through the tiled FP8 matmul (matmul_fp8.cpp)
-    moe_experts_fp8(pool, x, H, tokens, order, count, E, gate, up, down, o, save_g, save_u);
+  const bool tiled = gate[0].tiled() || up[0].tiled() || down[0].tiled();
+  if (tiled) {  // FP8 / MXFP4 / transposed weights: expert by expert through the tiled matmul (matmul_tiled.cpp)
+    moe_experts_tiled(pool, x, H, tokens, order, count, E, gate, up, down, o, save_g, save_u);
     family = ExpertKernels::Generic;
   }
   // Work units: each expert's rows in chunks of at most kUnitRows, largest first so the last ones are short.
   std::vector<Unit> units;
-  for (int e = 0; e < E && !fp8; ++e) {
+  for (int e = 0; e < E && !tiled; ++e) {
     const int n = count[e + 1] - count[e];
     if (!n) continue;
     const int chunks = (n + kUnitRows - 1) / kUnitRows;

@@ -30,6 +30,7 @@ inline std::string unsupported(const ModelConfig& cfg) {
   if (cfg.rope.longrope) return "LongRoPE";
   if (cfg.embedding_multiplier != 1.f || cfg.residual_multiplier != 1.f || cfg.logits_scaling != 1.f)
     return "embedding, residual or logits multipliers";
+  if (cfg.arch == Arch::GptOss) return "gpt-oss (attention sinks, biases, clamped experts, MXFP4)";
   return "";
 }
 bool compiled();

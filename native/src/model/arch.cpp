@@ -7,7 +7,7 @@ namespace routescope {
 
 namespace {
 const ArchFamily* const kFamilies[] = {&kMixtral, &kOlmoe, &kQwen2Moe, &kQwen3Moe, &kDeepseekV2, &kDeepseekV3, &kGlm4Moe,
-                                       &kPhimoe, &kGraniteMoe};
+                                       &kPhimoe, &kGraniteMoe, &kGptOss};
 
 struct Refusal {
   const char* model_type;

@@ -25,8 +25,9 @@ const ArchFamily* find_arch(const std::string& model_type);
 const char* unsupported_reason(const std::string& model_type);
 std::string supported_model_types();
 
-// Families (arch_classic.cpp, arch_deepseek.cpp, arch_phimoe.cpp).
+// Families (arch_classic.cpp, arch_deepseek.cpp, arch_phimoe.cpp, arch_gpt_oss.cpp).
 extern const ArchFamily kMixtral, kOlmoe, kQwen2Moe, kQwen3Moe, kDeepseekV2, kDeepseekV3, kGlm4Moe;
 extern const ArchFamily kPhimoe, kGraniteMoe;  // arch_phimoe.cpp
+extern const ArchFamily kGptOss;               // arch_gpt_oss.cpp
 
 }  // namespace routescope

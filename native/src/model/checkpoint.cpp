@@ -190,7 +190,9 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
   const uint64_t active = r.active;
   uint64_t params = 0, best = 0;
   DType dominant = DType::F32;
-  for (const auto& name : r.used()) params += static_cast<uint64_t>(all.at(name)->numel());
+  for (const auto& name : r.used())
+    if (all.at(name)->dtype != DType::Other) params += static_cast<uint64_t>(all.at(name)->numel());
+  params += r.mxfp4_values;
   for (const auto& kv : dtype_params)
     if (kv.second > best) best = kv.second, dominant = kv.first;
 
@@ -208,7 +210,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
   info.max_position_embeddings = cfg.max_positions;
   for (int l = 0; l < cfg.layers; ++l)
     if (cfg.moe_layer[l]) info.moe_layers.push_back(l);
-  info.dtype = dtype_name(dominant);
+  info.dtype = r.mxfp4_values > best ? "MXFP4" : dtype_name(dominant);
   info.expert_layout = any_fused && any_per_expert ? "mixed" : (any_fused ? "fused" : "per-expert");
   info.parameters = params;
   info.active_parameters = active;

@@ -22,6 +22,7 @@ const char* arch_name(Arch a) {
     case Arch::Glm4Moe: return "glm4_moe";
     case Arch::Phimoe: return "phimoe";
     case Arch::GraniteMoe: return "granitemoe";
+    case Arch::GptOss: return "gpt_oss";
   }
   return "?";
 }
@@ -204,8 +205,13 @@ void read_quantization(const ConfigReader& c, ModelConfig& cfg) {
   if (!q->is_object()) c.fail("\"quantization_config\" must be an object");
   ConfigReader r(*q, c.path() + ": quantization_config");
   const std::string method = r.string("quant_method", "");
+  if (method == "mxfp4") {  // gpt-oss: experts as *_blocks + *_scales (arch_gpt_oss.cpp); the rest unquantised
+    if (cfg.arch != Arch::GptOss) r.fail("quant_method \"mxfp4\" is read for gpt_oss experts only");
+    cfg.mxfp4 = true;
+    return;
+  }
   if (method != "fp8")
-    r.fail("quant_method \"" + method + "\" is not supported (fp8 with weight_block_size is; dequantise others first)");
+    r.fail("quant_method \"" + method + "\" is not supported (fp8 with weight_block_size, and mxfp4 for gpt_oss, are; dequantise others first)");
   const std::string fmt = r.string("fmt", "e4m3");
   if (fmt != "e4m3") r.fail("\"fmt\" \"" + fmt + "\" is not supported (e4m3 is)");
   const Json* bs = r.get("weight_block_size");

@@ -58,6 +58,14 @@ struct LatentAttention {           // MLA sizes (DeepSeek-V2/V3)
   int qk_nope_dim = 0, qk_rope_dim = 0, v_dim = 0;
 };
 
+// The experts' MLP: down(act(gate x + b_g, up x + b_u)) + b_d. SwiGLU: silu(g)·u. Clamped (gpt-oss):
+// (clamp(u, ±limit) + 1) · g'·σ(alpha·g') with g' = min(g, limit).
+struct ExpertMlp {
+  bool clamped = false;
+  float alpha = 1.702f, limit = 7.f;
+  bool bias = false;  // gate/up and down biases per expert
+};
+
 struct ModelConfig {
   Arch arch = Arch::Olmoe;
   int hidden = 0, heads = 0, kv_heads = 0, vocab = 0, layers = 0;
@@ -76,6 +84,11 @@ struct ModelConfig {
   bool qkv_bias = false;
   float clip_qkv = 0.0f;            // 0 = off
   int sliding_window = 0;           // 0 = off
+  std::vector<int> layer_window;    // per layer (gpt-oss layer_types); empty = sliding_window everywhere
+  bool attention_sinks = false;     // a learned logit per head joins every softmax denominator (gpt-oss)
+  bool router_bias = false;         // the router linear has a bias, part of router_logits (gpt-oss)
+  ExpertMlp expert_mlp;
+  int window(int layer) const { return layer_window.empty() ? sliding_window : layer_window[layer]; }
   bool tie_embeddings = false;
   int max_positions = 0;
   std::vector<bool> moe_layer;
@@ -83,11 +96,12 @@ struct ModelConfig {
   int extra_layers = 0;             // layers past num_hidden_layers the checkpoint may carry (DeepSeek-V3's MTP)
   int fp8_block_rows = 0, fp8_block_cols = 0;  // quantization_config.weight_block_size (FP8 block scales)
   bool layer_norm = false;          // LayerNorm (mean removed, weight and bias) instead of RMSNorm (phimoe)
-  bool o_bias = false;              // o_proj bias (phimoe's attention_bias)
+  bool o_bias = false;              // o_proj bias (phimoe's attention_bias; gpt-oss always)
   bool lm_head_bias = false;        // phimoe's lm_head_bias
   // GraniteMoE's multipliers: embeddings × embedding_multiplier, each block's output × residual_multiplier before
   // the residual add, logits ÷ logits_scaling (its attention_multiplier is softmax_scale).
   float embedding_multiplier = 1.f, residual_multiplier = 1.f, logits_scaling = 1.f;
+  bool mxfp4 = false;               // quantization_config.quant_method "mxfp4" (gpt-oss experts)
 };
 
 // config.json fields with one-line errors naming the field: integers within stated bounds, finite numbers.

@@ -12,14 +12,26 @@
 
 namespace routescope {
 
-// A row-major [rows, cols] weight matrix in its stored dtype, possibly a slice of a fused tensor. Block-scaled FP8
+// How a weight matrix is laid out in its file. Plain: row-major [rows, cols] (FP8: + block scales). Transposed:
+// stored [cols, ld] with this matrix's row r at storage column r·rstep + roff (gpt-oss's [in, out] experts, gate
+// and up interleaved). Mxfp4: storage rows of cols/32 blocks of 16 bytes (two FP4 values per byte, low nibble first)
+// with one E8M0 scale per block, this matrix's row r at storage row r·rstep + roff.
+enum class Encoding : uint8_t { Plain, Transposed, Mxfp4 };
+
+// A [rows, cols] weight matrix in its stored dtype, possibly a slice of a fused tensor. Block-scaled FP8
 // (F8E4M3) carries one f32 scale per [block_rows, block_cols] block: w = fp8 × scale (DeepSeek's weight_scale_inv).
+// Matrices that are not plain row-major F32/F16/BF16 are multiplied tile by tile (cpu/matmul_tiled.cpp).
 struct Mat {
   const uint8_t* data = nullptr;
   DType dtype = DType::F32;
   int rows = 0, cols = 0;
   const float* scale = nullptr;  // [ceil(rows / block_rows), ceil(cols / block_cols)], FP8 only
   int block_rows = 0, block_cols = 0;
+  Encoding enc = Encoding::Plain;
+  int64_t ld = 0;                 // Transposed: storage row length (elements)
+  int rstep = 1, roff = 0;        // Transposed / Mxfp4: this matrix's row r is storage column / row r·rstep + roff
+  const uint8_t* mx_scales = nullptr;  // Mxfp4: [storage rows, cols / 32] E8M0 exponents (bias 127)
+  bool tiled() const { return dtype == DType::F8E4M3 || enc != Encoding::Plain; }
   const uint8_t* row(int r) const { return data + static_cast<size_t>(r) * cols * dtype_size(dtype); }
   int scale_cols() const { return block_cols ? (cols + block_cols - 1) / block_cols : 0; }
   // Rows [begin, begin + count); for FP8, begin must fall on a block boundary.
@@ -36,6 +48,7 @@ struct LayerWeights {
   Mat q, k, v, o;                           // standard attention (MLA: q is q_proj when q_lora_rank is null)
   std::vector<float> q_bias, k_bias, v_bias, o_bias;
   std::vector<float> q_norm, k_norm;
+  std::vector<float> sinks;                 // [heads] attention sink logits (gpt-oss)
   // Multi-head latent attention (DeepSeek): q = q_b(norm(q_a x)) or q_proj x; [c, k_rope] = kv_a x;
   // [k_nope, v] per head = kv_b(norm(c)).
   Mat q_a, q_b, kv_a, kv_b;
@@ -43,6 +56,8 @@ struct LayerWeights {
   bool moe = false;
   Mat router;                               // [E, H]
   std::vector<float> selection_bias;        // [E] e_score_correction_bias (DeepSeek-V3 / GLM-4.5), empty if none
+  std::vector<float> router_bias;           // [E] router linear bias (gpt-oss), empty if none
+  std::vector<float> gate_bias, up_bias, down_bias;  // [E, I], [E, I], [E, H] expert biases (gpt-oss), empty if none
   std::vector<Mat> gate, up, down;          // per expert: [I,H], [I,H], [H,I]
   Mat dense_gate, dense_up, dense_down;     // dense MLP layers
   Mat shared_gate, shared_up, shared_down;  // shared expert(s): qwen2_moe (gated), DeepSeek / GLM (n_shared × width)

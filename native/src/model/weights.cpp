@@ -60,6 +60,18 @@ Mat WeightReader::mat(const std::string& name, int rows, int cols) {
 
 std::vector<float> WeightReader::vec(const std::string& name, int n) { return to_f32(require(name, {n})); }
 
+const TensorView& WeightReader::bytes(const std::string& name, const std::vector<int64_t>& shape) {
+  const TensorView* t = find(name);
+  if (!t) throw Error("BAD_CHECKPOINT", dir_ + ": tensor \"" + name + "\" not found in the checkpoint");
+  if (t->dtype_text != "U8")
+    throw Error("BAD_CHECKPOINT", t->file + ": tensor \"" + name + "\" has dtype " + t->dtype_text + "; expected U8");
+  if (t->shape != shape)
+    throw Error("BAD_CONFIG", t->file + ": tensor \"" + name + "\" has shape " + shape_text(t->shape) +
+                                  " but config.json implies " + shape_text(shape));
+  used_.insert(name);
+  return *t;
+}
+
 void WeightReader::standard_attention(const ModelConfig& cfg, const std::string& p, LayerWeights& w) {
   const int H = cfg.hidden, nh = cfg.heads, nkv = cfg.kv_heads, hd = cfg.head_dim;
   w.q = mat(p + "self_attn.q_proj.weight", nh * hd, H);

@@ -24,6 +24,8 @@ class WeightReader {
   // <name>_scale_inv block scales.
   Mat mat(const std::string& name, int rows, int cols);
   std::vector<float> vec(const std::string& name, int n);
+  // A tensor of raw bytes (dtype U8: MXFP4 blocks and scales), which must exist with this shape.
+  const TensorView& bytes(const std::string& name, const std::vector<int64_t>& shape);
 
   // Norms and projections shared by most families.
   void standard_attention(const ModelConfig& cfg, const std::string& prefix, LayerWeights& w);
@@ -43,6 +45,7 @@ class WeightReader {
   const std::map<DType, uint64_t>& params_by_dtype() const { return dtype_params_; }
   bool any_fused = false, any_per_expert = false;
   uint64_t active = 0;  // parameters one token multiplies with (added to by the loaders)
+  uint64_t mxfp4_values = 0;  // weights stored as MXFP4 (two per byte of *_blocks)
 
  private:
   const std::map<std::string, const TensorView*>& all_;

@@ -1,10 +1,12 @@
-// Block-scaled FP8 (E4M3) weights: a tile of rows is widened to f32 with its block scales, multiplied by the f32
-// kernels, and dropped; no dequantised copy larger than one tile (about 4 MiB) ever exists.
+// Weights that are not plain row-major F32/F16/BF16 — block-scaled FP8 (E4M3), MXFP4 blocks, transposed storage
+// (gpt-oss experts) — are multiplied a tile of rows at a time: the tile is widened to f32 (with its scales), run
+// through the f32 kernels, and dropped; no dequantised or transposed copy larger than one tile (about 4 MiB) exists.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "cpu/convert.h"
 #include "cpu/matmul.h"
 
 namespace routescope {
@@ -27,28 +29,57 @@ struct E4M3Table {
 };
 const E4M3Table kE4M3;
 
+// The 16 FP4 (E2M1) values, low nibble first within a byte (transformers' integrations/mxfp4.py).
+const float kFp4[16] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
+
 // Rows per tile: whole scale blocks, about 4 MiB of f32.
 int tile_rows(const Mat& W) {
-  const int per_block = W.block_rows;
+  const int per_block = W.dtype == DType::F8E4M3 ? W.block_rows : 8;
   const int64_t want = std::max<int64_t>(1, (int64_t(4) << 20) / (int64_t(4) * W.cols) / per_block);
   return static_cast<int>(std::min<int64_t>(want * per_block, W.rows));
 }
 
 // Rows [r0 + a, r0 + b) of W as f32 into out's rows [a, b) (out is [r1 - r0, cols]).
-void dequantise_rows(const Mat& W, int r0, int64_t a, int64_t b, float* out) {
-  const int sc = W.scale_cols();
+void widen_rows(const Mat& W, int r0, int64_t a, int64_t b, float* out) {
+  const int K = W.cols;
   for (int64_t i = a; i < b; ++i) {
     const int r = r0 + static_cast<int>(i);
-    const uint8_t* q = W.row(r);
-    const float* s = W.scale + static_cast<size_t>(r / W.block_rows) * sc;
-    float* o = out + static_cast<size_t>(i) * W.cols;
-    for (int c = 0; c < W.cols; ++c) o[c] = kE4M3.v[q[c]] * s[c / W.block_cols];
+    float* o = out + static_cast<size_t>(i) * K;
+    if (W.enc == Encoding::Mxfp4) {
+      const size_t srow = static_cast<size_t>(r) * W.rstep + W.roff;
+      const uint8_t* q = W.data + srow * (K / 2);
+      const uint8_t* e = W.mx_scales + srow * (K / 32);
+      for (int blk = 0; blk < K / 32; ++blk) {
+        const float s = std::ldexp(1.f, int(e[blk]) - 127);
+        for (int j = 0; j < 16; ++j) {
+          const uint8_t byte = q[blk * 16 + j];
+          o[blk * 32 + 2 * j] = kFp4[byte & 0xF] * s;
+          o[blk * 32 + 2 * j + 1] = kFp4[byte >> 4] * s;
+        }
+      }
+    } else if (W.enc == Encoding::Transposed) {  // element (r, c) at storage [c, r·rstep + roff]
+      const size_t esize = dtype_size(W.dtype), col = static_cast<size_t>(r) * W.rstep + W.roff;
+      for (int c = 0; c < K; ++c) {
+        const uint8_t* p = W.data + (static_cast<size_t>(c) * W.ld + col) * esize;
+        if (W.dtype == DType::F32) {
+          std::memcpy(&o[c], p, 4);
+        } else {
+          uint16_t v;
+          std::memcpy(&v, p, 2);
+          o[c] = W.dtype == DType::BF16 ? bf16_to_f32(v) : f16_to_f32(v);
+        }
+      }
+    } else {  // block-scaled FP8
+      const uint8_t* q = W.row(r);
+      const float* s = W.scale + static_cast<size_t>(r / W.block_rows) * W.scale_cols();
+      for (int c = 0; c < K; ++c) o[c] = kE4M3.v[q[c]] * s[c / W.block_cols];
+    }
   }
 }
 
 // Rows [r0, r1) of W as f32 into out ([r1 - r0, cols]).
-void dequantise(ThreadPool& pool, const Mat& W, int r0, int r1, float* out) {
-  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) { dequantise_rows(W, r0, a, b, out); });
+void widen_rows(ThreadPool& pool, const Mat& W, int r0, int r1, float* out) {
+  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) { widen_rows(W, r0, a, b, out); });
 }
 
 }  // namespace
@@ -57,12 +88,12 @@ void fp8_to_f32(const uint8_t* src, float* dst, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = kE4M3.v[src[i]];
 }
 
-void matmul_fp8(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
+void matmul_tiled(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   const int N = W.rows, K = W.cols, R = tile_rows(W);
   std::vector<float> tile(static_cast<size_t>(R) * K), part(static_cast<size_t>(T) * R);
   for (int r0 = 0; r0 < N; r0 += R) {
     const int r1 = std::min(N, r0 + R), n = r1 - r0;
-    dequantise(pool, W, r0, r1, tile.data());
+    widen_rows(pool, W, r0, r1, tile.data());
     matmul(pool, x, T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, part.data());
     for (int t = 0; t < T; ++t) {
       float* yt = y + static_cast<size_t>(t) * N + r0;
@@ -72,26 +103,26 @@ void matmul_fp8(ThreadPool& pool, const float* x, int T, const Mat& W, float* y,
   }
 }
 
-void matmul_fp8_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
+void matmul_tiled_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   const int N = W.rows, K = W.cols, R = tile_rows(W);
   if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
   std::vector<float> tile(static_cast<size_t>(R) * K), dyt(static_cast<size_t>(T) * R);
   for (int r0 = 0; r0 < N; r0 += R) {
     const int r1 = std::min(N, r0 + R), n = r1 - r0;
-    dequantise(pool, W, r0, r1, tile.data());
+    widen_rows(pool, W, r0, r1, tile.data());
     for (int t = 0; t < T; ++t) std::memcpy(&dyt[static_cast<size_t>(t) * n], dy + static_cast<size_t>(t) * N + r0, n * sizeof(float));
     matmul_backward_input(pool, dyt.data(), T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, dx, true);
   }
 }
 
-// The serial kernels' FP8 path: called from a pool worker (one expert per thread), so tiles are widened on this thread.
-void matmul_fp8_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
+// The serial kernels' tiled path: called from a pool worker (one expert per thread), so tiles are widened on this thread.
+void matmul_tiled_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
   const int N = W.rows, K = W.cols, R = tile_rows(W);
   thread_local std::vector<float> tile, part;
   tile.resize(static_cast<size_t>(R) * K), part.resize(static_cast<size_t>(T) * R);
   for (int r0 = 0; r0 < N; r0 += R) {
     const int r1 = std::min(N, r0 + R), n = r1 - r0;
-    dequantise_rows(W, r0, 0, n, tile.data());
+    widen_rows(W, r0, 0, n, tile.data());
     matmul_serial(x, T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, part.data(), false);
     for (int t = 0; t < T; ++t) {
       float* yt = y + static_cast<size_t>(t) * N + r0;
@@ -101,20 +132,20 @@ void matmul_fp8_serial(const float* x, int T, const Mat& W, float* y, bool accum
   }
 }
 
-void matmul_fp8_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
+void matmul_tiled_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   const int N = W.rows, K = W.cols, R = tile_rows(W);
   if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
   thread_local std::vector<float> tile, dyt;
   tile.resize(static_cast<size_t>(R) * K), dyt.resize(static_cast<size_t>(T) * R);
   for (int r0 = 0; r0 < N; r0 += R) {
     const int r1 = std::min(N, r0 + R), n = r1 - r0;
-    dequantise_rows(W, r0, 0, n, tile.data());
+    widen_rows(W, r0, 0, n, tile.data());
     for (int t = 0; t < T; ++t) std::memcpy(&dyt[static_cast<size_t>(t) * n], dy + static_cast<size_t>(t) * N + r0, n * sizeof(float));
     matmul_backward_input_serial(dyt.data(), T, Mat{reinterpret_cast<const uint8_t*>(tile.data()), DType::F32, n, K}, dx, true);
   }
 }
 
-void moe_experts_fp8(ThreadPool& pool, const float* x, int H, const int32_t* tokens, const int32_t* order,
+void moe_experts_tiled(ThreadPool& pool, const float* x, int H, const int32_t* tokens, const int32_t* order,
                      const int* count, int E, const std::vector<Mat>& gate, const std::vector<Mat>& up,
                      const std::vector<Mat>& down, float* o, float* save_g, float* save_u) {
   std::vector<float> xe, g, u;

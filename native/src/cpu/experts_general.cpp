@@ -1,0 +1,74 @@
+#include "cpu/experts_general.h"
+
+#include <cstring>
+#include <vector>
+
+#include "cpu/matmul.h"
+
+namespace routescope {
+
+void experts_forward_general(ThreadPool& pool, const ExpertMlp& mlp, const float* x, int T, int k, const int32_t* sel,
+                             const float* w, const LayerWeights& lw, float* y, float* save_g, float* save_u,
+                             float* save_o) {
+  const int E = static_cast<int>(lw.gate.size()), H = lw.gate[0].cols, I = lw.gate[0].rows;
+  std::vector<std::vector<int>> rows(E);  // rows t*k+s per expert, ascending
+  for (int r = 0; r < T * k; ++r) rows[sel[r]].push_back(r);
+  std::vector<float> out(static_cast<size_t>(T) * k * H);
+  std::vector<float> xe, g, u, a;
+  for (int e = 0; e < E; ++e) {
+    const int n = static_cast<int>(rows[e].size());
+    if (!n) continue;
+    xe.resize(static_cast<size_t>(n) * H), g.resize(static_cast<size_t>(n) * I), u.resize(static_cast<size_t>(n) * I);
+    a.resize(static_cast<size_t>(n) * I);
+    for (int i = 0; i < n; ++i) std::memcpy(&xe[static_cast<size_t>(i) * H], x + static_cast<size_t>(rows[e][i] / k) * H, H * sizeof(float));
+    matmul(pool, xe.data(), n, lw.gate[e], g.data());
+    matmul(pool, xe.data(), n, lw.up[e], u.data());
+    if (mlp.bias)
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < I; ++j) {
+          g[static_cast<size_t>(i) * I + j] += lw.gate_bias[static_cast<size_t>(e) * I + j];
+          u[static_cast<size_t>(i) * I + j] += lw.up_bias[static_cast<size_t>(e) * I + j];
+        }
+    for (size_t j = 0; j < a.size(); ++j) a[j] = expert_act(mlp, g[j], u[j]);
+    std::vector<float> o(static_cast<size_t>(n) * H);
+    matmul(pool, a.data(), n, lw.down[e], o.data());
+    for (int i = 0; i < n; ++i) {
+      const size_t r = static_cast<size_t>(rows[e][i]);
+      float* dst = &out[r * H];
+      for (int d = 0; d < H; ++d) dst[d] = o[static_cast<size_t>(i) * H + d] + (mlp.bias ? lw.down_bias[static_cast<size_t>(e) * H + d] : 0.f);
+      if (save_g) std::memcpy(save_g + r * I, &g[static_cast<size_t>(i) * I], I * sizeof(float));
+      if (save_u) std::memcpy(save_u + r * I, &u[static_cast<size_t>(i) * I], I * sizeof(float));
+    }
+  }
+  if (save_o) std::memcpy(save_o, out.data(), out.size() * sizeof(float));
+  // Each token sums its experts in ascending expert order (independent of the router's slot order).
+  for (int t = 0; t < T; ++t) {
+    float* yt = y + static_cast<size_t>(t) * H;
+    std::fill(yt, yt + H, 0.f);
+    std::vector<int> slots(k);
+    for (int s = 0; s < k; ++s) slots[s] = s;
+    std::sort(slots.begin(), slots.end(), [&](int p, int q) { return sel[t * k + p] < sel[t * k + q]; });
+    for (int s : slots) {
+      const float ws = w[t * k + s];
+      const float* os = &out[(static_cast<size_t>(t) * k + s) * H];
+      for (int d = 0; d < H; ++d) yt[d] += ws * os[d];
+    }
+  }
+}
+
+void expert_mlp_backward(ThreadPool& pool, const ExpertMlp& mlp, const float* dy, int n, const float* g, const float* u,
+                         const Mat& gate, const Mat& up, const Mat& down, float* dx) {
+  const int I = gate.rows;
+  std::vector<float> da(static_cast<size_t>(n) * I), dg(static_cast<size_t>(n) * I), du(static_cast<size_t>(n) * I);
+  matmul_backward_input(pool, dy, n, down, da.data(), false);
+  for (size_t i = 0; i < da.size(); ++i) {
+    float ag, au;
+    expert_act(mlp, g[i], u[i], &ag, &au);
+    dg[i] = da[i] * ag;
+    du[i] = da[i] * au;
+  }
+  matmul_backward_input(pool, dg.data(), n, gate, dx, true);
+  matmul_backward_input(pool, du.data(), n, up, dx, true);
+}
+
+}  // namespace routescope
