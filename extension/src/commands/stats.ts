@@ -14,6 +14,7 @@ import type { StatsPrompt } from '../stats/protocol';
 import { StatsPanel } from '../views/statsPanel';
 import { report, type CommandContext } from './context';
 import type { ModelCommands } from './models';
+import { withRunProgress } from './progress';
 
 const PROMPT_SET = /\.(jsonl|md|txt)$/i;
 
@@ -59,20 +60,17 @@ export function statsCommands(c: CommandContext, models: ModelCommands) {
     const model = `${info.modelType} · ${info.moeLayers.length} MoE layers × ${info.numExperts} experts, top-${info.topK}`;
     panel.begin({ source, model, total: set.prompts.length, groups: set.groups, layers: info.moeLayers, numExperts: info.numExperts }, set);
     try {
-      const outcome = await vscode.window.withProgress(
-        { location: vscode.ProgressLocation.Notification, title: `Routescope: routing statistics of ${source}`, cancellable: true },
-        async (progress, token) => {
-          let reported = 0;
-          return session.host.request('collectStats', { prompts: toRequest(set), groups: set.groups }, {
-            token,
-            onEvent: (event) => {
-              progress.report({ increment: (100 * (event.done - reported)) / event.total, message: `${event.done} of ${event.total} prompts` });
-              reported = event.done;
-              panel.report(event);
-            },
-          });
-        },
-      );
+      const outcome = await withRunProgress(`Routescope: routing statistics of ${source}`, async (progress) => {
+        let reported = 0;
+        return session.host.request('collectStats', { prompts: toRequest(set), groups: set.groups }, {
+          token: progress.token,
+          onEvent: (event) => {
+            progress.report(`${event.done} of ${event.total} prompts`, (100 * (event.done - reported)) / event.total);
+            reported = event.done;
+            panel.report(event);
+          },
+        });
+      });
       const data: StatsPanelData = {
         source, model, groupBy,
         result: outcome.result,
@@ -140,12 +138,12 @@ export function statsCommands(c: CommandContext, models: ModelCommands) {
         };
         panel.setSteering(state);
         const running = state;
-        const outcome = await vscode.window.withProgress(
-          { location: vscode.ProgressLocation.Notification, title: `Routescope: ${request.mode === 'mask' ? 'masking' : 'forcing'} ${describeExperts(plan.experts)} and re-running ${request.a} and ${request.b}`, cancellable: true },
-          (progress, token) => session.host.request('steerStats', { prompts: toRequest(set, (g) => g === ia || g === ib), groups: set.groups, run: [ia, ib], patch: plan.patch }, {
-            token,
+        const outcome = await withRunProgress(
+          `Routescope: ${request.mode === 'mask' ? 'masking' : 'forcing'} ${describeExperts(plan.experts)} and re-running ${request.a} and ${request.b}`,
+          (progress) => session.host.request('steerStats', { prompts: toRequest(set, (g) => g === ia || g === ib), groups: set.groups, run: [ia, ib], patch: plan.patch }, {
+            token: progress.token,
             onEvent: (event) => {
-              progress.report({ increment: 100 / event.total, message: `${event.done} of ${event.total} prompts` });
+              progress.report(`${event.done} of ${event.total} prompts`, 100 / event.total);
               panel.setSteering({ ...running, done: event.done, total: event.total });
             },
           }),
