@@ -333,6 +333,143 @@ class GptOss(Arch):
         return out
 
 
+class Llama4(Arch):
+    """Llama 4 text (Llama4ForCausalLM): sigmoid of the top-k router logits scaling each chosen expert's INPUT, a
+    shared expert, experts [E, H, 2I] / [E, I, H] (transposed, gate then up), dense layers (intermediate_size_mlp),
+    NoPE layers with temperature tuning (floor_scale small enough to act within the prompt), weightless L2 QK-norm
+    and chunked attention on the RoPE layers (chunk shorter than the prompt), llama3 RoPE scaling (one frequency in
+    each band: kept, smoothed, divided). Four layers: RoPE/MoE, RoPE/dense, NoPE/MoE, RoPE/MoE."""
+    model_type, causal_lm = "llama4_text", "Llama4ForCausalLM"
+    text_model_type = "llama4_text"
+
+    def config(self, case):
+        return dict(COMMON, num_hidden_layers=4, head_dim=8, intermediate_size=WIDTH, intermediate_size_mlp=48,
+                    num_key_value_heads=2, num_local_experts=EXPERTS, num_experts_per_tok=case["k"], rms_norm_eps=1e-5,
+                    moe_layers=[0, 2, 3], no_rope_layers=[1, 1, 0, 1], attention_chunk_size=case["chunk"],
+                    use_qk_norm=True, attn_temperature_tuning=True, floor_scale=4, attn_scale=0.5,
+                    router_aux_loss_coef=0.0, router_jitter_noise=0.0, output_router_logits=False, pad_token_id=None,
+                    rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                     "original_max_position_embeddings": 16})
+
+    def rule(self, config, model):
+        return RouterRule(scoring="sigmoid", renorm=False)
+
+    def moe_blocks(self, model):
+        return {l: (layer.feed_forward, layer.feed_forward.router.weight, layer.feed_forward)
+                for l, layer in enumerate(model.model.layers) if layer.is_moe_layer}
+
+    def hook_routing(self, tap, l, block, _):
+        """Llama4TextMoe hands its experts the inputs already scaled (every expert, zero where not chosen), never
+        (indices, weights): its forward is rebuilt around the top-k, where the routing is taken (and for mask / force
+        / mix replaced), exactly as transformers builds it; on plain runs the output is asserted equal to its own (to 1e-12)."""
+        orig, router_forward = block.forward, block.router.forward
+
+        def router(hidden_states):
+            # The tap adds its float64 bias to the logits; in a float32 run that promotes them, and Llama4TextMoe does
+            # not cast the scores back before scaling its input: cast them to the input's dtype (a no-op in float64).
+            scores, logits = router_forward(hidden_states)
+            return scores.to(hidden_states.dtype), logits
+
+        block.router.forward = router
+
+        def forward(hidden_states):
+            want = orig(hidden_states) if not tap.override else None
+            hs = hidden_states.reshape(-1, block.hidden_dim)
+            _, router_logits = block.router(hs)  # its F.linear: the tap records the logits (and adds its biases)
+            top_value, top_index = torch.topk(router_logits, block.top_k, dim=1)
+            top_weight = torch.sigmoid(top_value.float()).to(router_logits.dtype)
+            rep = tap.at_experts(l, (hs, top_index, top_weight))
+            if rep is not None:
+                _, top_index, top_weight = rep
+            scores = torch.zeros(router_logits.shape, dtype=hs.dtype).scatter(1, top_index, top_weight.to(hs.dtype))
+            routed_in = hs.repeat(scores.shape[1], 1) * scores.transpose(0, 1).reshape(-1, 1)
+            routed_out = block.experts(routed_in)
+            out = block.shared_expert(hs)
+            out = out + routed_out.reshape(scores.shape[1], -1, routed_out.shape[-1]).sum(dim=0)
+            if want is not None:  # equal up to float64 summation order
+                assert (want[0] - out).abs().max().item() <= 1e-12 * max(1.0, want[0].abs().max().item())
+                assert torch.equal(want[1], router_logits)
+            return out, router_logits
+
+        block.forward = forward
+
+    PREFIX = ""
+
+    def text_dict(self, cfg_dict):
+        """The config dict transformers builds Llama4ForCausalLM from (check_model.py)."""
+        return cfg_dict
+
+    def load_streaming(self, model, lazy):
+        """Loads a full-size checkpoint into the float32 model tensor by tensor, the stacked experts one expert at a
+        time (peak memory: the model plus one expert); tensors outside the text model (the vision tower) are skipped."""
+        own = model.state_dict()
+        seen = set()
+        with torch.no_grad():
+            for name, (dt, shape, raw) in lazy.where.items():
+                if not name.startswith(self.PREFIX):
+                    continue
+                key = name[len(self.PREFIX):]
+                if len(shape) == 3:
+                    per = raw.reshape(shape[0], -1)
+                    for e in range(shape[0]):
+                        lazy.where["_one"] = (dt, shape[1:], per[e])
+                        own[key][e].copy_(lazy.tensor("_one"))
+                    del lazy.where["_one"]
+                else:
+                    own[key].copy_(lazy.tensor(name))
+                seen.add(key)
+        missing = [n for n in own if n not in seen and not n.endswith("inv_freq")]
+        assert not missing, missing[:5]
+
+
+class Llama4Nested(Llama4):
+    """model_type llama4 (Llama4ForConditionalGeneration's checkpoint): the text config under text_config, the text
+    weights under language_model.*, a vision tower and projector beside them (random tensors the engine must leave
+    alone). The reference is Llama4ForCausalLM on text_config, the language_model that Llama4ForConditionalGeneration
+    runs for text without pixel_values. Defaults exercised: interleave_moe_layer_step 2 (MoE layers 1, 3) and
+    no_rope_layer_interval 4 (layer 3 NoPE), layer_types derived."""
+    model_type = "llama4"
+
+    def config(self, case):
+        cfg = super().config(case)
+        for key in ("moe_layers", "no_rope_layers"):
+            del cfg[key]
+        cfg["interleave_moe_layer_step"] = 2
+        return cfg
+
+    PREFIX = "language_model."
+
+    def text_dict(self, cfg_dict):
+        return dict(cfg_dict["text_config"], model_type="llama4_text")
+
+    VISION = [("multi_modal_projector.linear_1.weight", (32, 24)),
+              ("vision_model.patch_embedding.linear.weight", (24, 48)),
+              ("vision_model.layernorm_pre.weight", (24,))]
+
+    def wrap_checkpoint(self, files, rng):
+        """Text tensors under language_model.*, then the vision side (BF16 like the release)."""
+        out = [("language_model." + n, t, sd) for n, t, sd in files]
+        for name, shape in self.VISION:
+            v = torch.from_numpy(rng.standard_normal(shape) * 0.02).to(torch.bfloat16).to(torch.float64)
+            out.append((name, v, "BF16"))
+        return sorted(out, key=lambda nt: natural_key(nt[0]))
+
+    def wrap_config(self, text_cfg, dtype_name):
+        """config.json as Llama-4-Scout ships it: the wrapper's fields, text_config, a (tiny) vision_config."""
+        text = dict(text_cfg, model_type="llama4_text")
+        vision = {"attention_dropout": 0.0, "hidden_act": "gelu", "hidden_size": 24, "image_size": 16,
+                  "intermediate_size": 48, "model_type": "llama4_vision_model", "multi_modal_projector_bias": False,
+                  "norm_eps": 1e-5, "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 1,
+                  "patch_size": 4, "pixel_shuffle_ratio": 0.5, "projector_dropout": 0.0, "projector_input_dim": 24,
+                  "projector_output_dim": 32, "rope_theta": 10000, "vision_feature_layer": -1,
+                  "vision_feature_select_strategy": "default", "vision_output_dim": 24}
+        return {"architectures": ["Llama4ForConditionalGeneration"], "boi_token_index": 90, "eoi_token_index": 91,
+                "image_token_index": 92, "model_type": "llama4", "text_config": dict(sorted(text.items())),
+                "tie_word_embeddings": False, "torch_dtype": dtype_name, "transformers_version": "4.51.0",
+                "vision_config": vision}
+
+
 FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 
 
@@ -369,7 +506,7 @@ def mxfp4_quantise(w):
 
 
 ARCHS = {a.model_type: a for a in (Mixtral(), Olmoe(), Qwen2Moe(), Qwen3Moe(), DeepseekV2(), DeepseekV3(), Glm4Moe(),
-                                   Phimoe(), GraniteMoe(), GptOss())}
+                                   Phimoe(), GraniteMoe(), GptOss(), Llama4(), Llama4Nested())}
 
 
 def fused_to_hub(arch, state, num_experts):

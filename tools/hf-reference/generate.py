@@ -98,6 +98,13 @@ CASES = [
          seed=22),
     dict(name="gpt_oss-mxfp4-sharded", arch="gpt_oss", layout="fused", dtype="BF16", shards=2, T=12, k=4, mxfp4=True,
          seed=23),
+    # Llama 4: llama4_text (v5 config, F32) and the vision-language llama4 checkpoint (text_config nested, weights
+    # under language_model.*, a vision tower beside them; Hub config with rope_scaling; BF16 sharded); prompts longer
+    # than the attention chunk.
+    dict(name="llama4_text-fused-f32", arch="llama4_text", layout="fused", dtype="F32", shards=1, T=20, k=1, chunk=8,
+         style="v5", seed=31),
+    dict(name="llama4-fused-bf16-sharded", arch="llama4", layout="fused", dtype="BF16", shards=2, T=19, k=2, chunk=8,
+         seed=32),
 ]
 
 DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -606,6 +613,9 @@ def read_checkpoint(mdir):
 
 def config_text(config, cfg_dict, case):
     """config.json as transformers 5.2's save_pretrained writes it ("v5"), or the Hub's classic form ("hub")."""
+    arch = archs.ARCHS[case["arch"]]
+    if hasattr(arch, "wrap_config"):
+        return nested_config_text(arch, config, cfg_dict, case)
     if case.get("style") == "v5":
         config.dtype = DTYPE_NAME[case["dtype"]]
         text = config.to_json_string(use_diff=True)
@@ -623,9 +633,26 @@ def config_text(config, cfg_dict, case):
     return json.dumps(dict(sorted(d.items())), indent=2) + "\n"
 
 
+def nested_config_text(arch, config, cfg_dict, case):
+    """llama4: the wrapper's config.json with the text config nested (the Hub's rope_theta + rope_scaling form), read
+    back by transformers' own Llama4Config and asserted to describe the text model the reference ran."""
+    text = copy.deepcopy(cfg_dict)
+    rp = text.pop("rope_parameters")
+    text["rope_theta"] = rp.pop("rope_theta")
+    text["rope_scaling"] = rp
+    d = arch.wrap_config(text, DTYPE_NAME[case["dtype"]])
+    back = transformers.AutoConfig.for_model("llama4", **copy.deepcopy({k: v for k, v in d.items() if k != "model_type"}))
+    tc = back.text_config
+    for key in ("rope_parameters", "moe_layers", "no_rope_layers", "layer_types", "attention_chunk_size", "head_dim",
+                "intermediate_size", "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok", "use_qk_norm",
+                "attn_temperature_tuning", "floor_scale", "attn_scale", "rms_norm_eps", "tie_word_embeddings"):
+        assert getattr(tc, key) == getattr(config, key), (key, getattr(tc, key), getattr(config, key))
+    return json.dumps(d, indent=2) + "\n"
+
+
 def build_case(case, idx):
     arch = archs.ARCHS[case["arch"]]
-    cfg_dict = dict(arch.config(case), model_type=arch.model_type)
+    cfg_dict = dict(arch.config(case), model_type=getattr(arch, "text_model_type", arch.model_type))
     for draw in range(MAX_WEIGHT_DRAWS):
         seed = 1000 * case.get("seed", idx + 1) + draw
         rng = np.random.default_rng(seed)
@@ -672,6 +699,8 @@ def make_case(case, idx, out_root):
             state = sorted(state, key=lambda nt: archs.natural_key(nt[0]))
         files = [(n, t, sdtype.get(n, case["dtype"] if not n.endswith("e_score_correction_bias") else "F32"))
                  for n, t in state]
+    if hasattr(arch, "wrap_checkpoint"):  # llama4: the text model inside the vision-language checkpoint
+        files = arch.wrap_checkpoint(files, np.random.default_rng([case.get("seed", idx + 1), 7]))
     mdir = os.path.join(cdir, "model")
     write_checkpoint(mdir, config_text(config, cfg_dict, case), files, case["shards"])
 
