@@ -53,7 +53,7 @@ TEST("reroute: zero steps reproduces plain generation exactly") {
 TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefill with the final delta") {
   for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "qwen2_moe-fused-f32", "deepseek_v2-perexpert-bf16",
                            "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-perexpert-f32", "granitemoe-fused-f32",
-                           "gpt_oss-fused-f32"}) {
+                           "gpt_oss-fused-f32", "llama4_text-fused-f32"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     auto prompt = random_tokens(12, info.vocab_size, 2);
@@ -241,7 +241,7 @@ std::map<int, std::vector<float>> last_scores(Model& model, const std::vector<in
 TEST("c3po: the last-position gradient equals the full-sequence mix gradient; NGD lowers the surrogate loss") {
   for (const char* name : {"olmoe-fused-f16", "qwen3_moe-fused-f32", "mixtral-perexpert-f32", "deepseek_v2-fused-f32-grouped",
                            "deepseek_v3-perexpert-bf16-sharded", "glm4_moe-fused-bf16-sharded", "granitemoe-fused-bf16-sharded",
-                           "gpt_oss-mxfp4-sharded"}) {
+                           "gpt_oss-mxfp4-sharded", "llama4-fused-bf16-sharded"}) {
     auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
     const ModelInfo& info = model->info();
     const bool sigmoid = info.router_scoring == "sigmoid";

@@ -214,15 +214,6 @@ TEST("phimoe: mix patches, mix gradients, C3PO, rerouting and headroom are refus
   CHECK_MSG(err.find("routing headroom is not available for the sparsemixer router (phimoe)") == 0, err);
 }
 
-TEST("llama4: refused with what the engine lacks, naming the supported model types") {
-  for (const char* type : {"llama4", "llama4_text"}) {
-    const std::string err = config_error(with(kGranite, {{"model_type", std::string("\"") + type + "\""}}));
-    CHECK_MSG(err.find(std::string("model_type \"") + type + "\" is not supported: Llama 4 is not implemented yet: its "
-                       "router scales each expert's input") != std::string::npos && err.find("phimoe, granitemoe, gpt_oss)") != std::string::npos,
-              err);
-  }
-}
-
 TEST("phimoe / granitemoe: token-by-token decoding through the KV cache equals one full forward") {
   for (const char* name : {"phimoe-perexpert-f32", "granitemoe-fused-f32"}) {
     auto model = Model::load(rstest::fixture_model(name), LoadOptions{2, "cpu"});

@@ -177,6 +177,10 @@ test('info shows the routing rule in one line', () => {
     'sparsemixer top-2 of 8 (each slot: best remaining logit, softmax over the logits within 2×0.2 relative of it), not renormalised');
   assert.equal(rule(path.join(PARITY_DIR, 'granitemoe-fused-f32', 'model')), 'softmax, top-2 of 8, renormalised');
   assert.equal(rule(path.join(PARITY_DIR, 'gpt_oss-mxfp4-sharded', 'model')), 'softmax, top-4 of 8, renormalised');
+  assert.equal(rule(path.join(PARITY_DIR, 'llama4_text-fused-f32', 'model')),
+    "sigmoid, top-1 of 8 by logit, not renormalised, the weight scales the expert's input");
+  assert.equal(rule(path.join(PARITY_DIR, 'llama4-fused-bf16-sharded', 'model')),
+    "sigmoid, top-2 of 8 by logit, not renormalised, the weight scales the expert's input");
   const human = runCli(['info', '--model', DEEPSEEK_V2]);
   assert.match(human.stdout, /^routing: softmax, top-3 of 8, not renormalised, ×1\.25$/m);
 });
@@ -236,4 +240,49 @@ test('gpt-oss layer_types and sliding_window that contradict each other: refused
     names: 'config.json',
     problem: /layer 0 is sliding_attention but "sliding_window" is missing/,
   });
+});
+
+test('llama4 configs that contradict themselves: refused in one line naming the field', () => {
+  const TEXT = path.join(PARITY_DIR, 'llama4_text-fused-f32', 'model');
+  const NESTED = path.join(PARITY_DIR, 'llama4-fused-bf16-sharded', 'model');
+  expectRejected(TEXT, (dir) => editConfig(dir, (c) => (c.num_experts_per_tok = 9)), {
+    names: 'config.json',
+    problem: /num_experts_per_tok \(9\) must be between 1 and the number of experts \(8\)/,
+  });
+  expectRejected(TEXT, (dir) => editConfig(dir, (c) => (c.no_rope_layers = [1, 0, 1])), {
+    names: 'config.json',
+    problem: /"no_rope_layers" has 3 entries; it needs one per layer \(4, num_hidden_layers\)/,
+  });
+  expectRejected(TEXT, (dir) => editConfig(dir, (c) => (c.attention_chunk_size = 0)), {
+    names: 'config.json',
+    problem: /"attention_chunk_size" = 0 must be positive/,
+  });
+  expectRejected(TEXT, (dir) => editConfig(dir, (c) => (c.layer_types = ['chunked_attention', 'sliding_attention', 'full_attention', 'chunked_attention'])), {
+    names: 'config.json',
+    problem: /"layer_types"\[1\] is "sliding_attention" \(llama4 layers are chunked_attention or full_attention\)/,
+  });
+  expectRejected(TEXT, (dir) => editConfig(dir, (c) => (c.moe_layers = [0, 4])), {
+    names: 'config.json',
+    problem: /"moe_layers" holds 4, not a layer number below num_hidden_layers \(4\)/,
+  });
+  // The vision-language checkpoint: the nested text config's fields, named with their place.
+  expectRejected(NESTED, (dir) => editConfig(dir, (c) => ((c.text_config as Record<string, unknown>).num_experts_per_tok = 9)), {
+    names: 'config.json',
+    problem: /text_config: num_experts_per_tok \(9\) must be between 1 and the number of experts \(8\)/,
+  });
+  expectRejected(NESTED, (dir) => editConfig(dir, (c) => ((c.text_config as Record<string, unknown>).attention_chunk_size = -4)), {
+    names: 'config.json',
+    problem: /text_config: "attention_chunk_size" = -4 must be positive/,
+  });
+  expectRejected(NESTED, (dir) => editConfig(dir, (c) => delete c.text_config), {
+    names: 'config.json',
+    problem: /"text_config" must be an object holding the text model's config \(model_type llama4\)/,
+  });
+});
+
+test('llama4 vision-language checkpoint: opens with the vision tower named in a warning', () => {
+  const NESTED = path.join(PARITY_DIR, 'llama4-fused-bf16-sharded', 'model');
+  const info = runCliJson<{ model_type: string; warnings: string[] }>(['info', '--model', NESTED, '--json']);
+  assert.equal(info.model_type, 'llama4');
+  assert.ok(info.warnings.some((w) => /^3 tensors not used: the vision tower and its projector/.test(w)), info.warnings.join('\n'));
 });

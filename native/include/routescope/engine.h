@@ -23,7 +23,7 @@ class Error : public std::runtime_error {
   std::string code_;  // e.g. "BAD_CHECKPOINT", "BAD_CONFIG", "UNKNOWN_ARCH", "BAD_TOKENS", "BAD_PATCH", "TOO_LONG"
 };
 
-enum class Arch { Mixtral, Olmoe, Qwen2Moe, Qwen3Moe, DeepseekV2, DeepseekV3, Glm4Moe, Phimoe, GraniteMoe, GptOss };
+enum class Arch { Mixtral, Olmoe, Qwen2Moe, Qwen3Moe, DeepseekV2, DeepseekV3, Glm4Moe, Phimoe, GraniteMoe, GptOss, Llama4 };
 const char* arch_name(Arch a);
 
 struct ModelInfo {

@@ -90,7 +90,8 @@ std::shared_ptr<C3poPrefix> c3po_prefix(Model& model_in, const std::vector<int>&
   p->h.resize(cfg.hidden);
   s.dec_.embed(last, p->h.data());
   for (int l = 0; l < first_layer; ++l) s.dec_.layer_forward(l, p->h.data(), 1, p->last, s.cache_[l], none, nullptr, nullptr);
-  if (cache_first_layer && cfg.moe_layer[first_layer]) {
+  // Llama 4's block is not a weighted sum of expert outputs (the weight scales each expert's input): it runs whole.
+  if (cache_first_layer && cfg.moe_layer[first_layer] && !cfg.expert_mlp.input_scaled) {
     // Nothing of this layer depends on the routing at the last position but its mixing: keep the parts.
     s.dec_.attn_forward(first_layer, p->h.data(), 1, p->last, s.cache_[first_layer], nullptr);
     cache_block(*p, p->h.data());

@@ -34,7 +34,7 @@ bool attention_fused(ThreadPool& pool, const AttentionShape& s, const float* q, 
       const Unit& un = units[u];
       const int g = un.head / group;
       avx512::attention_rows(q + un.i0 * ldq + static_cast<long>(un.head) * s.k_dim, ldq, un.rows, pos0 + un.i0,
-                             k[g].data(), v[g].data(), s.k_dim, s.v_dim, s.scale, s.window, s.sinks ? s.sinks + un.head : nullptr,
+                             k[g].data(), v[g].data(), s.k_dim, s.v_dim, s.scale, s.window, s.chunk, s.sinks ? s.sinks + un.head : nullptr,
                              out + un.i0 * ldo + static_cast<long>(un.head) * s.v_dim, ldo, scratch.data());
     }
   });

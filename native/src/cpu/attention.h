@@ -4,6 +4,8 @@
 #pragma once
 #include <vector>
 
+#include "cpu/attention_keys.h"
+
 #include "util/threadpool.h"
 
 namespace routescope {
@@ -14,6 +16,7 @@ struct AttentionShape {
   float scale = 1.f;            // multiplies q·k before the softmax
   int window = 0;               // > 0: position p sees keys (p - window, p]
   const float* sinks = nullptr; // [heads] or null: a logit per head that joins every softmax's denominator (gpt-oss)
+  int chunk = 0;                // > 0: position p sees keys of its own chunk, [p - p % chunk, p] (Llama 4)
 };
 
 // out[i, h*v_dim ..] = sum_j softmax_j(scale · q[i, h] · k_j) v_j over the keys position pos0 + i may see, for

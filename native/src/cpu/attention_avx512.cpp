@@ -1,6 +1,7 @@
 // Compiled with AVX-512 flags and called only when the CPU has them; raw loops, no standard-library templates
 // (see matmul_avx512.cpp).
 #include "cpu/attention_avx512.h"
+#include "cpu/attention_keys.h"
 
 #include <immintrin.h>
 
@@ -46,7 +47,7 @@ long attention_scratch_floats(int rows, int k_dim, int v_dim) {
 }
 
 void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
-                    float scale, int window, const float* sink, float* out, long ldo, float* scratch) {
+                    float scale, int window, int chunk, const float* sink, float* out, long ldo, float* scratch) {
   const long vdp = round16(v_dim);
   float* kt = scratch;                          // [k_dim][32]
   float* o = kt + (long)k_dim * kKeys;          // [rows][vdp], unnormalised outputs
@@ -60,7 +61,7 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
     for (long c = 0; c < vdp; c += 16) _mm512_storeu_ps(o + r * vdp + c, _mm512_setzero_ps());
   }
   const int last = p0 + rows - 1;  // the last key any row sees
-  const int first = window > 0 ? imax(0, p0 - window + 1) : 0;
+  const int first = first_visible_key(p0, window, chunk);  // nondecreasing in p: row 0's is the lowest
   const __m512 vscale = _mm512_set1_ps(scale);
   for (int kb = first; kb <= last; kb += kKeys) {
     const int nk = imin(kKeys, last + 1 - kb);
@@ -72,7 +73,7 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
       bool any = false;
       for (int i = 0; i < mr; ++i) {
         const int p = p0 + r0 + i;
-        const int lo = imax(window > 0 ? p - window + 1 : 0, kb) - kb, hi = imin(p, kb + nk - 1) - kb;
+        const int lo = imax(first_visible_key(p, window, chunk), kb) - kb, hi = imin(p, kb + nk - 1) - kb;
         if (hi >= lo) vis[i] = bits(lo, hi), any = true;
       }
       if (!any) continue;

@@ -10,10 +10,10 @@ long attention_scratch_floats(int rows, int k_dim, int v_dim);
 
 // One query head, query rows i = 0..rows-1 at absolute positions p0 + i (stride ldq), keys/values of its kv head
 // (K: [*, k_dim], V: [*, v_dim], row-major): out row i (stride ldo) = softmax over the keys j in
-// [max(0, p - window + 1) if window > 0 else 0, p] of scale · q_i·k_j, times V. A non-null sink is one more logit
+// [first_visible_key(p, window, chunk), p] (attention_keys.h) of scale · q_i·k_j, times V. A non-null sink is one more logit
 // in every row's softmax that takes no value.
 void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
-                    float scale, int window, const float* sink, float* out, long ldo, float* scratch);
+                    float scale, int window, int chunk, const float* sink, float* out, long ldo, float* scratch);
 
 }  // namespace avx512
 }  // namespace routescope

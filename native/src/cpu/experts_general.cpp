@@ -29,6 +29,14 @@ void experts_forward_general(ThreadPool& pool, const ExpertMlp& mlp, const float
           g[static_cast<size_t>(i) * I + j] += lw.gate_bias[static_cast<size_t>(e) * I + j];
           u[static_cast<size_t>(i) * I + j] += lw.up_bias[static_cast<size_t>(e) * I + j];
         }
+    std::vector<float> g0, u0;  // input_scaled: the unscaled pre-activations, for d(output)/dw
+    if (mlp.input_scaled) {
+      if (save_o) g0 = g, u0 = u;
+      for (int i = 0; i < n; ++i) {  // gate(w x) = w gate(x): no biases here
+        const float ws = w[rows[e][i]];
+        for (int j = 0; j < I; ++j) g[static_cast<size_t>(i) * I + j] *= ws, u[static_cast<size_t>(i) * I + j] *= ws;
+      }
+    }
     for (size_t j = 0; j < a.size(); ++j) a[j] = expert_act(mlp, g[j], u[j]);
     std::vector<float> o(static_cast<size_t>(n) * H);
     matmul(pool, a.data(), n, lw.down[e], o.data());
@@ -39,8 +47,20 @@ void experts_forward_general(ThreadPool& pool, const ExpertMlp& mlp, const float
       if (save_g) std::memcpy(save_g + r * I, &g[static_cast<size_t>(i) * I], I * sizeof(float));
       if (save_u) std::memcpy(save_u + r * I, &u[static_cast<size_t>(i) * I], I * sizeof(float));
     }
+    if (save_o && mlp.input_scaled) {
+      // The weight's backward needs d(output)/dw = down(act_g · gate x + act_u · up x), not the output: saved as o
+      // so that dLoss/dw = <dLoss/dy, o> holds for both placements of the weight.
+      for (size_t j = 0; j < a.size(); ++j) {
+        float ag, au;
+        expert_act(mlp, g[j], u[j], &ag, &au);
+        a[j] = ag * g0[j] + au * u0[j];
+      }
+      matmul(pool, a.data(), n, lw.down[e], o.data());
+      for (int i = 0; i < n; ++i)
+        std::memcpy(save_o + static_cast<size_t>(rows[e][i]) * H, &o[static_cast<size_t>(i) * H], H * sizeof(float));
+    }
   }
-  if (save_o) std::memcpy(save_o, out.data(), out.size() * sizeof(float));
+  if (save_o && !mlp.input_scaled) std::memcpy(save_o, out.data(), out.size() * sizeof(float));
   // Each token sums its experts in ascending expert order (independent of the router's slot order).
   for (int t = 0; t < T; ++t) {
     float* yt = y + static_cast<size_t>(t) * H;
@@ -49,7 +69,7 @@ void experts_forward_general(ThreadPool& pool, const ExpertMlp& mlp, const float
     for (int s = 0; s < k; ++s) slots[s] = s;
     std::sort(slots.begin(), slots.end(), [&](int p, int q) { return sel[t * k + p] < sel[t * k + q]; });
     for (int s : slots) {
-      const float ws = w[t * k + s];
+      const float ws = mlp.input_scaled ? 1.f : w[t * k + s];  // input_scaled: already inside the expert
       const float* os = &out[(static_cast<size_t>(t) * k + s) * H];
       for (int d = 0; d < H; ++d) yt[d] += ws * os[d];
     }

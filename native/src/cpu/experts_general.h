@@ -10,6 +10,8 @@ namespace routescope {
 
 // y[t] = Σ_s w[t,s] · (down_e(act(gate_e x_t + b_g, up_e x_t + b_u)) + b_d) with e = sel[t,s]; saves (when non-null)
 // the gate/up pre-activations after their biases [T*k, I] and expert outputs [T*k, H] at row t*k+s.
+// mlp.input_scaled (Llama 4): y[t] = Σ_s down_e(act(w·gate_e x_t, w·up_e x_t)); the saved pre-activations are the
+// scaled ones and save_o holds d(slot output)/dw instead of the output (what the router's backward needs).
 void experts_forward_general(ThreadPool& pool, const ExpertMlp& mlp, const float* x, int T, int k, const int32_t* sel,
                              const float* w, const LayerWeights& lw, float* y, float* save_g, float* save_u,
                              float* save_o);

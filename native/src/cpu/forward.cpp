@@ -44,8 +44,21 @@ void Decoder::init_rope() {
       inv_freq_[i] /= r.short_factor[i];
     }
   }
-  if (!r.yarn) return;
   const double pi = 3.14159265358979323846;
+  if (r.llama3) {  // transformers' _compute_llama3_parameters
+    const double low_wavelen = r.original_max_positions / r.low_freq_factor;
+    const double high_wavelen = r.original_max_positions / r.high_freq_factor;
+    for (int i = 0; i < half; ++i) {
+      const double f = inv_freq_[i], wavelen = 2 * pi / f;
+      double g = wavelen > low_wavelen ? f / r.factor : f;
+      if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen) && r.high_freq_factor != r.low_freq_factor) {
+        const double smooth = (r.original_max_positions / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+        g = (1 - smooth) * g / r.factor + smooth * g;
+      }
+      inv_freq_[i] = g;
+    }
+  }
+  if (!r.yarn) return;
   auto correction_dim = [&](double rotations) {
     return d * std::log(r.original_max_positions / (rotations * 2 * pi)) / (2 * std::log(r.theta));
   };
@@ -100,13 +113,15 @@ void Decoder::logits(const float* h, int rows, float* out) {
 // block can see, then out = softmax(scores) V. Query heads sharing a KV head (GQA) are stacked as rows.
 // Keys are head_dim wide, values v_head_dim (they differ in MLA).
 // gpt-oss: a per-head sink logit joins each softmax's denominator (and takes no value), and the window is per layer.
+// Llama 4: chunked layers see only their own chunk's keys (first_visible_key).
 void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs) {
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim, group = nh / nkv;
   const int qw = nh * hd, ow = nh * vd;
   const float scale = cfg_.softmax_scale;
-  const int window = cfg_.window(l);
+  const int window = cfg_.window(l), chunk = cfg_.chunk(l);
   const float* sinks = ck_.layers[l].sinks.empty() ? nullptr : ck_.layers[l].sinks.data();
-  if (!probs && attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window, sinks}, q, T, pos0, cache.k, cache.v, out))
+  if (!probs &&
+      attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window, sinks, chunk}, q, T, pos0, cache.k, cache.v, out))
     return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
   std::vector<float> qb, scores, ob;
@@ -124,7 +139,7 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
       pool_.parallel_for(rows, 8, [&](int64_t a0, int64_t a1, int) {
         for (int64_t r = a0; r < a1; ++r) {
           const int i = i0 + static_cast<int>(r % bi), p = pos0 + i;
-          const int j0 = window > 0 ? std::max(0, p - window + 1) : 0;
+          const int j0 = first_visible_key(p, window, chunk);
           float* srow = &scores[static_cast<size_t>(r) * keys];
           float mx = -std::numeric_limits<float>::infinity();
           for (int j = j0; j <= p; ++j) mx = std::max(mx, srow[j] * scale);
@@ -198,7 +213,7 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
     save->u.resize(static_cast<size_t>(T) * k * I);
     save->o.resize(static_cast<size_t>(T) * k * H);
   }
-  if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias)  // gpt-oss experts: biases, clamped SwiGLU
+  if (cfg_.expert_mlp.clamped || cfg_.expert_mlp.bias || cfg_.expert_mlp.input_scaled)  // gpt-oss, Llama 4
     experts_forward_general(pool_, cfg_.expert_mlp, x, T, k, sel.data(), wts.data(), w, y, save ? save->g.data() : nullptr,
                             save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
   else
@@ -334,14 +349,15 @@ void Decoder::standard_qkv(int l, const float* x, int T, int pos0, std::vector<f
     save->q_pre = q;
     save->k_pre = kk;
   }
-  if (cfg_.qk_norm == QKNorm::Whole) {
+  const QKNorm qk_norm = layer_qk_norm(l);
+  if (qk_norm == QKNorm::Whole) {
     if (save) save->r_q.resize(T), save->r_k.resize(T);
     for (int t = 0; t < T; ++t) {
       float rq = rmsnorm_row(&q[t * qw], w.q_norm.data(), qw, cfg_.eps, &q[t * qw]);
       float rk = rmsnorm_row(&kk[t * kvw], w.k_norm.data(), kvw, cfg_.eps, &kk[t * kvw]);
       if (save) save->r_q[t] = rq, save->r_k[t] = rk;
     }
-  } else if (cfg_.qk_norm == QKNorm::PerHead) {
+  } else if (qk_norm == QKNorm::PerHead) {
     if (save) save->r_q.resize(static_cast<size_t>(T) * nh), save->r_k.resize(static_cast<size_t>(T) * nkv);
     for (int t = 0; t < T; ++t) {
       for (int hh = 0; hh < nh; ++hh) {
@@ -354,8 +370,27 @@ void Decoder::standard_qkv(int l, const float* x, int T, int pos0, std::vector<f
       }
     }
   }
-  rope_rows(q.data(), T, pos0, nh, hd, 0, 1.f);
-  rope_rows(kk.data(), T, pos0, nkv, hd, 0, 1.f);
+  // Llama 4: RoPE after its L2 norm here (transformers norms after RoPE: the same, a rotation keeps each head's
+  // norm); its NoPE layers take no RoPE and scale queries by the temperature tuning.
+  if (cfg_.rope_on(l)) {
+    rope_rows(q.data(), T, pos0, nh, hd, 0, 1.f);
+    rope_rows(kk.data(), T, pos0, nkv, hd, 0, 1.f);
+  } else if (cfg_.temperature.on) {
+    scale_query_rows(q.data(), T, pos0, qw);
+  }
+}
+
+QKNorm Decoder::layer_qk_norm(int l) const {
+  // Weights loaded on the layers that have the norm (Llama 4: unit weights on its RoPE layers only).
+  if (cfg_.qk_norm == QKNorm::None || ck_.layers[l].q_norm.empty()) return QKNorm::None;
+  return cfg_.qk_norm == QKNorm::PerHeadL2 ? QKNorm::PerHead : cfg_.qk_norm;
+}
+
+void Decoder::scale_query_rows(float* q, int T, int pos0, int width) const {
+  for (int t = 0; t < T; ++t) {
+    const float f = cfg_.temperature.factor(pos0 + t);
+    for (int i = 0; i < width; ++i) q[static_cast<size_t>(t) * width + i] *= f;
+  }
 }
 
 void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, const RoutingCallback& on_layer,
@@ -506,14 +541,19 @@ void Decoder::standard_qkv_backward(int l, const LayerSave& s, std::vector<float
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
   const int qw = nh * hd, kvw = nkv * hd;
-  rope_rows(dq.data(), T, s.pos0, nh, hd, 0, -1.f);
-  rope_rows(dk.data(), T, s.pos0, nkv, hd, 0, -1.f);
-  if (cfg_.qk_norm == QKNorm::Whole) {
+  if (cfg_.rope_on(l)) {
+    rope_rows(dq.data(), T, s.pos0, nh, hd, 0, -1.f);
+    rope_rows(dk.data(), T, s.pos0, nkv, hd, 0, -1.f);
+  } else if (cfg_.temperature.on) {
+    scale_query_rows(dq.data(), T, s.pos0, qw);
+  }
+  const QKNorm qk_norm = layer_qk_norm(l);
+  if (qk_norm == QKNorm::Whole) {
     for (int t = 0; t < T; ++t) {
       rmsnorm_row_backward(&s.q_pre[t * qw], s.r_q[t], w.q_norm.data(), &dq[t * qw], qw, &dq[t * qw], false);
       rmsnorm_row_backward(&s.k_pre[t * kvw], s.r_k[t], w.k_norm.data(), &dk[t * kvw], kvw, &dk[t * kvw], false);
     }
-  } else if (cfg_.qk_norm == QKNorm::PerHead) {
+  } else if (qk_norm == QKNorm::PerHead) {
     for (int t = 0; t < T; ++t) {
       for (int hh = 0; hh < nh; ++hh)
         rmsnorm_row_backward(&s.q_pre[t * qw + hh * hd], s.r_q[t * nh + hh], w.q_norm.data(), &dq[t * qw + hh * hd], hd,
@@ -541,6 +581,10 @@ void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, flo
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden, E = cfg_.experts, I = cfg_.expert_width;
   if (!w.moe) throw Error("BAD_ARGUMENT", "layer " + std::to_string(l) + " has no router");
+  // Llama 4's weight scales the expert's input: its block is no weighted sum of routing-independent outputs.
+  if (cfg_.expert_mlp.input_scaled)
+    throw Error("UNSUPPORTED", "the MoE block of layer " + std::to_string(l) + " is not a weighted sum of expert outputs " +
+                                   "(llama4: the routing weight scales each expert's input)");
   std::vector<float> x(H);
   norm_row(h_mid, w.mlp_norm.data(), bias_or_null(w.mlp_norm_bias), H, cfg_.eps, x.data());
   matmul(pool_, x.data(), 1, w.router, z);

@@ -103,6 +103,11 @@ class Decoder {
   void latent_qkv_backward(int l, const LayerSave& s, std::vector<float>& dq, std::vector<float>& dk,
                            std::vector<float>& dv, float* dx);
   void attention(int l, int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs);
+  // The QK-norm layer l applies (None where its weights are absent; Llama 4's L2 norm as PerHead with unit weights).
+  QKNorm layer_qk_norm(int l) const;
+  // Llama 4's attention temperature tuning: query rows [T, width] at positions pos0.. times its factor (also the
+  // backward, being linear).
+  void scale_query_rows(float* q, int T, int pos0, int width) const;
   void moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
                    const RoutingCallback& on_layer, LayerSave* save);
   void swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float scale_rows_unused,

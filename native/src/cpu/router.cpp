@@ -132,7 +132,8 @@ void route_token(const RouterRule& rule, const float* z_raw, int E, int k, const
   }
   if (lp)
     for (int e : lp->mask) s[e] = 0.f, blocked[e] = 1;
-  for (int e = 0; e < E; ++e) choice[e] = blocked[e] ? kNegInf : s[e] + (selection_bias ? selection_bias[e] : 0.f);
+  const float* by = rule.select_by_logit && !*mixed ? z.data() : s;  // Llama 4 ranks logits (a mix row: its scores)
+  for (int e = 0; e < E; ++e) choice[e] = blocked[e] ? kNegInf : by[e] + (selection_bias ? selection_bias[e] : 0.f);
   int n = 0;
   auto take = [&](int e) {
     blocked[e] = 1;

@@ -4,7 +4,8 @@
 //   z      = router logits + patch bias
 //   scores = softmax(z) over the unmasked experts, or sigmoid(z); a mix row at this position replaces them;
 //            masked experts score 0
-//   choice = scores (+ the layer's e_score_correction_bias); masked experts are never chosen
+//   choice = scores (+ the layer's e_score_correction_bias), or z itself when the rule selects by logit (Llama 4;
+//            a mix row's scores otherwise); masked experts are never chosen
 //   groups = (n_group > 1) only the topk_group groups with the best group score (max, or sum of the two best
 //            choices of the group's unmasked experts) stay candidates
 //   chosen = forced experts, then the best candidates by choice (ties: lower index) until k

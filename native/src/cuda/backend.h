@@ -31,6 +31,9 @@ inline std::string unsupported(const ModelConfig& cfg) {
   if (cfg.embedding_multiplier != 1.f || cfg.residual_multiplier != 1.f || cfg.logits_scaling != 1.f)
     return "embedding, residual or logits multipliers";
   if (cfg.arch == Arch::GptOss) return "gpt-oss (attention sinks, biases, clamped experts, MXFP4)";
+  if (cfg.arch == Arch::Llama4)
+    return "Llama 4 (input-scaled experts stored transposed, chunked attention, NoPE layers with temperature tuning)";
+  if (cfg.rope.llama3) return "llama3 RoPE scaling";
   return "";
 }
 bool compiled();

@@ -18,6 +18,10 @@ struct ArchFamily {
   // A tensor the checkpoint may hold beside what the engine reads, with why (e.g. DeepSeek-V3's multi-token
   // prediction layer); null = unused tensors of this name are an error.
   const char* (*known_extra)(const std::string& tensor, const ModelConfig& cfg);
+  // A vision-language wrapper (llama4): the key of config.json holding the text model's config, and the prefix of
+  // the text model's tensor names; null for plain text models.
+  const char* text_config = nullptr;
+  const char* weight_prefix = "";
 };
 
 const ArchFamily* find_arch(const std::string& model_type);
@@ -25,9 +29,10 @@ const ArchFamily* find_arch(const std::string& model_type);
 const char* unsupported_reason(const std::string& model_type);
 std::string supported_model_types();
 
-// Families (arch_classic.cpp, arch_deepseek.cpp, arch_phimoe.cpp, arch_gpt_oss.cpp).
+// Families (arch_classic.cpp, arch_deepseek.cpp, arch_phimoe.cpp, arch_gpt_oss.cpp, arch_llama4.cpp).
 extern const ArchFamily kMixtral, kOlmoe, kQwen2Moe, kQwen3Moe, kDeepseekV2, kDeepseekV3, kGlm4Moe;
 extern const ArchFamily kPhimoe, kGraniteMoe;  // arch_phimoe.cpp
 extern const ArchFamily kGptOss;               // arch_gpt_oss.cpp
+extern const ArchFamily kLlama4Text, kLlama4;  // arch_llama4.cpp
 
 }  // namespace routescope

@@ -86,20 +86,6 @@ Mat mxfp4_mat(const TensorView& blocks, const TensorView& scales, int e, int sto
   return m;
 }
 
-// A projection stored transposed ([cols, stored] per expert, this matrix's row r at storage column r·step + offset).
-Mat transposed_mat(const TensorView& t, int e, int stored, int rows, int cols, int step, int offset) {
-  Mat m;
-  m.enc = Encoding::Transposed;
-  m.dtype = t.dtype;
-  m.rows = rows;
-  m.cols = cols;
-  m.ld = stored;
-  m.data = t.data + static_cast<size_t>(e) * cols * stored * dtype_size(t.dtype);
-  m.rstep = step;
-  m.roff = offset;
-  return m;
-}
-
 // <name>_blocks and <name>_scales of `rows` outputs × `cols` inputs per expert, checked.
 std::pair<const TensorView*, const TensorView*> mxfp4_tensors(WeightReader& r, const ModelConfig& cfg,
                                                               const std::string& name, int E, int rows, int cols) {

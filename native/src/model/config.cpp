@@ -23,6 +23,7 @@ const char* arch_name(Arch a) {
     case Arch::Phimoe: return "phimoe";
     case Arch::GraniteMoe: return "granitemoe";
     case Arch::GptOss: return "gpt_oss";
+    case Arch::Llama4: return "llama4_text";
   }
   return "?";
 }
@@ -59,6 +60,7 @@ std::string describe_router(const RouterRule& r, int experts, int top_k) {
   if (r.groups > 1)
     s += " (" + std::to_string(r.groups) + " groups, " + std::to_string(r.groups_kept) + " kept, group score " +
          (r.group_score == GroupScore::Max ? "max" : "sum of top-2") + ")";
+  if (r.select_by_logit) s += " by logit";
   s += r.renorm ? ", renormalised" : ", not renormalised";
   if (r.scale != 1.f) s += ", ×" + format_number(r.scale);
   return s;
@@ -181,8 +183,18 @@ void read_rope(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) {
       else r.attention_factor = get_mscale(1.0);
     } else if (type == "longrope" && cfg.arch == Arch::Phimoe) {
       read_longrope(d, cfg);
+    } else if (type == "llama3") {
+      // transformers' _compute_llama3_parameters reads all four (KeyError without them); attention factor 1.
+      for (const char* key : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
+        if (!d.get(key)) d.fail(std::string("missing \"") + key + "\" (rope_type llama3 needs factor, low_freq_factor, " +
+                                "high_freq_factor and original_max_position_embeddings)");
+      r.llama3 = true;
+      r.factor = d.number("factor", 1.0, 0.0, 1e6, true);
+      r.low_freq_factor = d.number("low_freq_factor", 1.0, 0.0, 1e6, true);
+      r.high_freq_factor = d.number("high_freq_factor", 4.0, 0.0, 1e6, true);
+      r.original_max_positions = d.number("original_max_position_embeddings", 0.0, 0.0, limits::kPositions, true);
     } else if (type != "default") {
-      c.fail("rope type \"" + type + "\" is not supported (default and yarn are" +
+      c.fail("rope type \"" + type + "\" is not supported (default, yarn and llama3 are" +
              (cfg.arch == Arch::Phimoe ? ", and longrope for phimoe)" : ")"));
     }
   }
@@ -241,13 +253,13 @@ void read_eos(const ConfigReader& c, ModelInfo& info) {
 
 }  // namespace
 
-ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& info) {
-  if (!root.is_object()) throw Error("BAD_CONFIG", path + ": not a JSON object");
-  ConfigReader c(root, path);
+namespace {
+
+const ArchFamily& family_of(const ConfigReader& c, std::string* type_out) {
   const Json* mt = c.get("model_type");
   if (!mt || !mt->is_string()) c.fail("missing \"model_type\"");
   const std::string& type = mt->as_string();
-  ModelConfig cfg;
+  const std::string& path = c.path();
   const ArchFamily* family = find_arch(type);
   if (!family) {
     if (const char* why = unsupported_reason(type))
@@ -255,8 +267,59 @@ ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& i
                                       supported_model_types() + ")");
     throw Error("UNKNOWN_ARCH", path + ": unknown model_type \"" + type + "\" (supported: " + supported_model_types() + ")");
   }
-  cfg.arch = family->arch;
+  *type_out = type;
+  return *family;
+}
+
+// The text model's config; quantization_config is read from `quant` (the top level).
+ModelConfig parse_text_config(const ConfigReader& c, const ArchFamily& family, ModelInfo& info, const ConfigReader& quant);
+
+// A vision-language wrapper (llama4): the text model's config under `text_config`, its weights under
+// family.weight_prefix; the vision tower is not read. The wrapper's own fields that concern the text model
+// (tie_word_embeddings, dtype, quantization_config) must agree with the nested ones.
+ModelConfig parse_nested_config(const ConfigReader& top, const ArchFamily& family, ModelInfo& info) {
+  const Json* text = top.get(family.text_config);
+  if (!text || !text->is_object())
+    top.fail(std::string("\"") + family.text_config + "\" must be an object holding the text model's config (model_type " +
+             info.model_type + ")");
+  ConfigReader c(*text, top.path() + ": " + family.text_config);
+  const ArchFamily* inner = &family;
+  if (c.get("model_type")) {
+    std::string inner_type;
+    inner = &family_of(c, &inner_type);
+    if (inner->arch != family.arch || inner->text_config)
+      c.fail("model_type \"" + inner_type + "\" is not the text model of " + info.model_type);
+  }
+  if (c.get("quantization_config")) c.fail("\"quantization_config\" belongs at the top level of config.json");
+  ModelConfig cfg = parse_text_config(c, *inner, info, top);
+  cfg.weight_prefix = family.weight_prefix;
+  const Json* tie_top = top.get("tie_word_embeddings");
+  if (tie_top && tie_top->is_bool() && c.get("tie_word_embeddings") && tie_top->as_bool() != cfg.tie_embeddings)
+    top.fail("\"tie_word_embeddings\" and \"" + std::string(family.text_config) + ".tie_word_embeddings\" disagree");
+  if (!c.get("tie_word_embeddings")) cfg.tie_embeddings = top.boolean("tie_word_embeddings", false);
+  if (cfg.dtype.empty()) cfg.dtype = top.string("dtype", top.string("torch_dtype", ""));
+  if (info.eos_token_ids.empty()) read_eos(top, info);
+  return cfg;
+}
+
+}  // namespace
+
+ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& info) {
+  if (!root.is_object()) throw Error("BAD_CONFIG", path + ": not a JSON object");
+  ConfigReader c(root, path);
+  std::string type;
+  const ArchFamily& family = family_of(c, &type);
   info.model_type = type;
+  if (family.text_config) return parse_nested_config(c, family, info);
+  return parse_text_config(c, family, info, c);
+}
+
+namespace {
+
+ModelConfig parse_text_config(const ConfigReader& c, const ArchFamily& fam, ModelInfo& info, const ConfigReader& quant) {
+  const ArchFamily* family = &fam;
+  ModelConfig cfg;
+  cfg.arch = family->arch;
 
   cfg.hidden = c.integer("hidden_size", 1, limits::kHidden);
   cfg.heads = c.integer("num_attention_heads", 1, limits::kHeads);
@@ -274,7 +337,7 @@ ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& i
   cfg.moe_layer.assign(cfg.layers, true);
 
   family->read_config(c, cfg);
-  read_quantization(c, cfg);
+  read_quantization(quant, cfg);
 
   if (cfg.experts < 1 || cfg.top_k > cfg.experts)
     c.fail("num_experts_per_tok (" + std::to_string(cfg.top_k) + ") must be between 1 and the number of experts (" +
@@ -303,9 +366,12 @@ ModelConfig parse_config(const Json& root, const std::string& path, ModelInfo& i
       c.fail("layer " + std::to_string(l) + " is a dense MLP but \"intermediate_size\" is missing");
   read_eos(c, info);
   info.routing_rule = describe_router(cfg.router, cfg.experts, cfg.top_k);
+  if (cfg.expert_mlp.input_scaled) info.routing_rule += ", the weight scales the expert's input";
   info.router_scoring = scoring_name(cfg.router.scoring);
   return cfg;
 }
+
+}  // namespace
 
 void read_rope_config(const ConfigReader& c, ModelConfig& cfg, int rotary_head_dim) { read_rope(c, cfg, rotary_head_dim); }
 

@@ -1,6 +1,7 @@
 // What the engine reads from config.json: one ModelConfig for every architecture, the router rule, RoPE and
 // attention variants. Architecture-specific field names live in arch_*.cpp; this header is what the decoder sees.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,12 +28,16 @@ struct RouterRule {
   GroupScore group_score = GroupScore::Max;
   bool selection_bias = false; // per-layer e_score_correction_bias added to the scores for selection only
   float jitter_eps = 0.f;      // SparseMixer: router_jitter_noise (the relative logit gap that still shares a slot)
+  // Llama 4: top-k of the logits themselves (sigmoid(z) rounds to 1 in fp32 above z ≈ 17, where logits still differ).
+  bool select_by_logit = false;
 };
 const char* scoring_name(Scoring s);
 // One line for people, e.g. "sigmoid, group-limited top-8 of 256 (8 groups, 4 kept), renormalised, ×2.5".
 std::string describe_router(const RouterRule& r, int experts, int top_k);
 
-enum class QKNorm { None, Whole, PerHead };
+// PerHeadL2: per head without weights (Llama 4's L2 norm, RMS with rms_norm_eps), on the layers that load unit
+// weights for it (its RoPE layers).
+enum class QKNorm { None, Whole, PerHead, PerHeadL2 };
 enum class AttentionKind { Standard, Latent };  // Latent: DeepSeek's multi-head latent attention (MLA)
 enum class RopeLayout { Half, Interleaved };    // rotate_half pairs (i, i + d/2) or adjacent pairs (2i, 2i + 1)
 
@@ -50,6 +55,10 @@ struct RopeConfig {
   bool longrope = false;
   std::vector<double> short_factor, long_factor;
   double short_mscale = 1.0, long_mscale = 1.0;
+  // Llama 3 scaling (rope_type "llama3"): wavelengths above original_max_positions / low_freq_factor are divided by
+  // `factor`, those below original_max_positions / high_freq_factor kept, the ones between blended smoothly.
+  bool llama3 = false;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;
 };
 
 struct LatentAttention {           // MLA sizes (DeepSeek-V2/V3)
@@ -60,10 +69,23 @@ struct LatentAttention {           // MLA sizes (DeepSeek-V2/V3)
 
 // The experts' MLP: down(act(gate x + b_g, up x + b_u)) + b_d. SwiGLU: silu(g)·u. Clamped (gpt-oss):
 // (clamp(u, ±limit) + 1) · g'·σ(alpha·g') with g' = min(g, limit).
+// input_scaled (Llama 4): the routing weight w multiplies the expert's input, not its output: down(act(w·gate x,
+// w·up x)) (no biases), which is not linear in w.
 struct ExpertMlp {
   bool clamped = false;
   float alpha = 1.702f, limit = 7.f;
   bool bias = false;  // gate/up and down biases per expert
+  bool input_scaled = false;
+};
+
+// Llama 4's attention temperature tuning on its NoPE layers: queries at position p are multiplied by
+// log1p(floor((p + 1) / floor_scale)) · attn_scale + 1.
+struct TemperatureTuning {
+  bool on = false;
+  double floor_scale = 8192, attn_scale = 0.1;
+  float factor(int pos) const {
+    return static_cast<float>(std::log1p(std::floor((pos + 1.0) / floor_scale)) * attn_scale + 1.0);
+  }
 };
 
 struct ModelConfig {
@@ -89,6 +111,16 @@ struct ModelConfig {
   bool router_bias = false;         // the router linear has a bias, part of router_logits (gpt-oss)
   ExpertMlp expert_mlp;
   int window(int layer) const { return layer_window.empty() ? sliding_window : layer_window[layer]; }
+  // Llama 4: chunked attention per layer (position p sees the keys of its own chunk of layer_chunk[l] positions,
+  // up to p; 0 = causal over everything), and the layers without RoPE (NoPE) where temperature tuning applies.
+  std::vector<int> layer_chunk;     // empty = no chunked layer
+  std::vector<uint8_t> layer_nope;  // empty = RoPE everywhere
+  TemperatureTuning temperature;
+  int chunk(int layer) const { return layer_chunk.empty() ? 0 : layer_chunk[layer]; }
+  bool rope_on(int layer) const { return layer_nope.empty() || !layer_nope[layer]; }
+  // Prefix of every tensor name: "language_model." when the text model sits inside Llama 4's vision-language
+  // checkpoint (its config nested under text_config).
+  std::string weight_prefix;
   bool tie_embeddings = false;
   int max_positions = 0;
   std::vector<bool> moe_layer;

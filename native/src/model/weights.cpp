@@ -14,13 +14,27 @@ std::string shape_text(const std::vector<int64_t>& s) {
 }
 }  // namespace
 
+Mat transposed_mat(const TensorView& t, int e, int stored, int rows, int cols, int step, int offset) {
+  Mat m;
+  m.enc = Encoding::Transposed;
+  m.dtype = t.dtype;
+  m.rows = rows;
+  m.cols = cols;
+  m.ld = stored;
+  m.data = t.data + static_cast<size_t>(e) * cols * stored * dtype_size(t.dtype);
+  m.rstep = step;
+  m.roff = offset;
+  return m;
+}
+
 const TensorView* WeightReader::find(const std::string& name) const {
-  auto it = all_.find(name);
+  auto it = all_.find(prefix_ + name);
   return it == all_.end() ? nullptr : it->second;
 }
 
-const TensorView& WeightReader::require(const std::string& name, const std::vector<int64_t>& shape, bool allow_fp8) {
-  const TensorView* t = find(name);
+const TensorView& WeightReader::require(const std::string& short_name, const std::vector<int64_t>& shape, bool allow_fp8) {
+  const TensorView* t = find(short_name);
+  const std::string name = prefix_ + short_name;
   if (!t) throw Error("BAD_CHECKPOINT", dir_ + ": tensor \"" + name + "\" not found in the checkpoint");
   if (t->dtype == DType::Other || (t->dtype == DType::F8E4M3 && !allow_fp8))
     throw Error("BAD_CHECKPOINT", t->file + ": tensor \"" + name + "\" has dtype " + t->dtype_text + "; expected F32, F16 or BF16" +
@@ -33,21 +47,22 @@ const TensorView& WeightReader::require(const std::string& name, const std::vect
   return *t;
 }
 
-Mat WeightReader::mat(const std::string& name, int rows, int cols) {
-  const TensorView& t = require(name, {rows, cols}, true);
+Mat WeightReader::mat(const std::string& short_name, int rows, int cols) {
+  const TensorView& t = require(short_name, {rows, cols}, true);
+  const std::string name = prefix_ + short_name;
   Mat m{t.data, t.dtype, rows, cols};
   if (t.dtype == DType::F8E4M3) {
     if (cfg_.fp8_block_rows <= 0)
       throw Error("BAD_CHECKPOINT", t.file + ": tensor \"" + name + "\" is F8_E4M3 but config.json has no " +
                                         "quantization_config with weight_block_size");
     const std::string scale_name = name + "_scale_inv";
-    const TensorView* s = find(scale_name);
+    const TensorView* s = find(short_name + "_scale_inv");
     if (!s)
       throw Error("BAD_CHECKPOINT", t.file + ": tensor \"" + name + "\" is F8_E4M3 but its block scales \"" + scale_name +
                                         "\" are missing");
     const int br = cfg_.fp8_block_rows, bc = cfg_.fp8_block_cols;
     const int sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
-    scales_.push_back(to_f32(require(scale_name, {sr, sc})));
+    scales_.push_back(to_f32(require(short_name + "_scale_inv", {sr, sc})));
     for (float v : scales_.back())
       if (!std::isfinite(v))
         throw Error("BAD_CHECKPOINT", s->file + ": tensor \"" + scale_name + "\" holds a non-finite scale");
@@ -60,8 +75,9 @@ Mat WeightReader::mat(const std::string& name, int rows, int cols) {
 
 std::vector<float> WeightReader::vec(const std::string& name, int n) { return to_f32(require(name, {n})); }
 
-const TensorView& WeightReader::bytes(const std::string& name, const std::vector<int64_t>& shape) {
-  const TensorView* t = find(name);
+const TensorView& WeightReader::bytes(const std::string& short_name, const std::vector<int64_t>& shape) {
+  const TensorView* t = find(short_name);
+  const std::string name = prefix_ + short_name;
   if (!t) throw Error("BAD_CHECKPOINT", dir_ + ": tensor \"" + name + "\" not found in the checkpoint");
   if (t->dtype_text != "U8")
     throw Error("BAD_CHECKPOINT", t->file + ": tensor \"" + name + "\" has dtype " + t->dtype_text + "; expected U8");

@@ -11,11 +11,16 @@
 
 namespace routescope {
 
+// One expert's projection of a fused tensor stored transposed ([E, cols, stored]: gpt-oss, Llama 4), read in place:
+// `rows` outputs × `cols` inputs of expert e, this matrix's row r at storage column r·step + offset.
+Mat transposed_mat(const TensorView& t, int e, int stored, int rows, int cols, int step, int offset);
+
 class WeightReader {
  public:
   WeightReader(const std::map<std::string, const TensorView*>& all, std::string dir, const ModelConfig& cfg,
                std::deque<std::vector<float>>& scales)
-      : all_(all), dir_(std::move(dir)), cfg_(cfg), scales_(scales) {}
+      : all_(all), dir_(std::move(dir)), cfg_(cfg), scales_(scales), prefix_(cfg.weight_prefix) {}
+  // Names are looked up under cfg.weight_prefix (llama4's "language_model."); errors and used() name them in full.
   const TensorView* find(const std::string& name) const;
   bool has(const std::string& name) const { return find(name) != nullptr; }
   // The tensor, which must exist with this shape and a float dtype (F8_E4M3 only where allow_fp8).
@@ -52,6 +57,7 @@ class WeightReader {
   std::string dir_;
   const ModelConfig& cfg_;
   std::deque<std::vector<float>>& scales_;
+  std::string prefix_;
   std::set<std::string> used_;
   std::map<DType, uint64_t> dtype_params_;
 };
