@@ -1,5 +1,5 @@
 // Writes a Hugging Face checkpoint with random BF16 weights, streamed to disk (no full copy in memory), shaped as
-// OLMoE-1B-7B, DeepSeek-V2-Lite, Moonlight-16B-A3B or gpt-oss-20b (their config.json with num_hidden_layers shrunk;
+// OLMoE-1B-7B, DeepSeek-V2-Lite, Moonlight-16B-A3B, gpt-oss-20b or Llama-4-Scout-17B-16E (their config.json with num_hidden_layers shrunk;
 // head dims, expert counts and routing fields exact; gpt-oss's experts in MXFP4 as released). Small float32 tensors (DeepSeek-V3's e_score_correction_bias) as the
 // real checkpoints store them.
 //
@@ -185,18 +185,78 @@ export function gptOss20bConfig(layers) {
   };
 }
 
+/** Llama-4-Scout-17B-16E's config.json (meta-llama/Llama-4-Scout-17B-16E: the vision-language checkpoint, the text
+ * model's config under text_config, its weights under language_model.*) with `layers` layers: no_rope_layers keeps
+ * the release's pattern (three RoPE layers, then a NoPE one) from its start. The vision tower is not written (the
+ * engine reads the text model only). */
+export function llama4ScoutConfig(layers) {
+  return {
+    architectures: ['Llama4ForConditionalGeneration'],
+    boi_token_index: 200080,
+    eoi_token_index: 200081,
+    image_token_index: 200092,
+    model_type: 'llama4',
+    text_config: {
+      attention_bias: false,
+      attention_chunk_size: 8192,
+      attention_dropout: 0.0,
+      attn_scale: 0.1,
+      attn_temperature_tuning: 4,
+      bos_token_id: 200000,
+      eos_token_id: [200001, 200007, 200008],
+      floor_scale: 8192,
+      for_llm_compressor: false,
+      head_dim: 128,
+      hidden_act: 'silu',
+      hidden_size: 5120,
+      initializer_range: 0.02,
+      interleave_moe_layer_step: 1,
+      intermediate_size: 8192,
+      intermediate_size_mlp: 16384,
+      max_position_embeddings: 262144,
+      model_type: 'llama4_text',
+      moe_layers: Array.from({ length: layers }, (_, l) => l),
+      no_rope_layers: Array.from({ length: layers }, (_, l) => ((l + 1) % 4 === 0 ? 0 : 1)),
+      num_attention_heads: 40,
+      num_experts_per_tok: 1,
+      num_hidden_layers: layers,
+      num_key_value_heads: 8,
+      num_local_experts: 16,
+      output_router_logits: false,
+      pad_token_id: 200018,
+      rms_norm_eps: 1e-5,
+      rope_scaling: { factor: 8.0, high_freq_factor: 4.0, low_freq_factor: 1.0, original_max_position_embeddings: 8192, rope_type: 'llama3' },
+      rope_theta: 500000.0,
+      router_aux_loss_coef: 0.001,
+      router_jitter_noise: 0.0,
+      torch_dtype: 'bfloat16',
+      use_cache: true,
+      use_qk_norm: true,
+      vocab_size: 202048,
+    },
+    tie_word_embeddings: false,
+    torch_dtype: 'bfloat16',
+    transformers_version: '4.51.0',
+  };
+}
+
+/** The text model's config of a shape (llama4 nests it under text_config). */
+export const textConfig = (config) => config.text_config ?? config;
+
 /** --shape names of the checkpoint writer. */
 export const SHAPES = {
   olmoe: olmoeConfig,
   'deepseek-v2-lite': deepseekV2LiteConfig,
   moonlight: moonlightConfig,
   'gpt-oss-20b': gptOss20bConfig,
+  'llama4-scout': llama4ScoutConfig,
 };
 
 /** [name, shape, init, dtype] in file order; init is {std} or {const}; dtype BF16 unless given. */
 export function tensorList(cfg) {
   if (cfg.model_type === 'deepseek_v2' || cfg.model_type === 'deepseek_v3') return deepseekTensors(cfg);
   if (cfg.model_type === 'gpt_oss') return gptOssTensors(cfg);
+  if (cfg.model_type === 'llama4') return llama4Tensors(cfg);
   const H = cfg.hidden_size;
   const I = cfg.intermediate_size;
   const hd = H / cfg.num_attention_heads;
@@ -311,6 +371,43 @@ function gptOssTensors(cfg) {
   return list;
 }
 
+/** Llama 4's text tensors as the vision-language release names them (language_model.*): attention without biases,
+ * a router, fused experts stored transposed (gate_up_proj [E, H, 2I], down_proj [E, I, H]), a shared expert; dense
+ * layers (intermediate_size_mlp) where moe_layers leaves them out. */
+function llama4Tensors(cfg) {
+  const t = cfg.text_config;
+  const H = t.hidden_size;
+  const I = t.intermediate_size;
+  const E = t.num_local_experts;
+  const q = t.num_attention_heads * t.head_dim;
+  const kv = t.num_key_value_heads * t.head_dim;
+  const proj = { std: t.initializer_range };
+  const ones = { const: 1 };
+  const m = 'language_model.model.';
+  const list = [[`${m}embed_tokens.weight`, [t.vocab_size, H], { std: 1 }]];
+  for (let l = 0; l < t.num_hidden_layers; l++) {
+    const p = `${m}layers.${l}.`;
+    const a = `${p}self_attn.`;
+    const f = `${p}feed_forward.`;
+    list.push([`${p}input_layernorm.weight`, [H], ones]);
+    list.push([`${a}q_proj.weight`, [q, H], proj], [`${a}k_proj.weight`, [kv, H], proj]);
+    list.push([`${a}v_proj.weight`, [kv, H], proj], [`${a}o_proj.weight`, [H, q], proj]);
+    list.push([`${p}post_attention_layernorm.weight`, [H], ones]);
+    if (!t.moe_layers.includes(l)) {
+      const D = t.intermediate_size_mlp;
+      list.push([`${f}gate_proj.weight`, [D, H], proj], [`${f}up_proj.weight`, [D, H], proj], [`${f}down_proj.weight`, [H, D], proj]);
+      continue;
+    }
+    list.push([`${f}router.weight`, [E, H], proj]);
+    list.push([`${f}experts.gate_up_proj`, [E, H, 2 * I], proj], [`${f}experts.down_proj`, [E, I, H], proj]);
+    list.push([`${f}shared_expert.gate_proj.weight`, [I, H], proj], [`${f}shared_expert.up_proj.weight`, [I, H], proj]);
+    list.push([`${f}shared_expert.down_proj.weight`, [H, I], proj]);
+  }
+  list.push([`${m}norm.weight`, [H], ones]);
+  list.push(['language_model.lm_head.weight', [t.vocab_size, H], proj]);
+  return list;
+}
+
 const numel = (shape) => shape.reduce((a, b) => a * b, 1);
 const dtypeBytes = (dtype) => (dtype === 'F32' ? 4 : dtype === 'U8' ? 1 : 2);
 
@@ -319,12 +416,13 @@ const dtypeBytes = (dtype) => (dtype === 'F32' ? 4 : dtype === 'U8' ? 1 : 2);
  * experts (num_experts_per_tok of them per MoE layer).
  */
 export function activeDecodeBytes(cfg) {
-  const E = cfg.num_experts ?? cfg.n_routed_experts ?? cfg.num_local_experts;
+  const t = textConfig(cfg);  // llama4: the text model's config is nested
+  const E = t.num_experts ?? t.n_routed_experts ?? t.num_local_experts;
   let bytes = 0;
   for (const [name, shape, , dtype] of tensorList(cfg)) {
     const b = numel(shape) * dtypeBytes(dtype);
-    if (name === 'model.embed_tokens.weight') bytes += b / cfg.vocab_size;
-    else if (/\.mlp\.experts\.(\d+\.|(gate_up|down)_proj)/.test(name)) bytes += (b * cfg.num_experts_per_tok) / E;
+    if (/(^|\.)model\.embed_tokens\.weight$/.test(name)) bytes += b / t.vocab_size;
+    else if (/\.(mlp|feed_forward)\.experts\.(\d+\.|(gate_up|down)_proj)/.test(name)) bytes += (b * t.num_experts_per_tok) / E;
     else bytes += b;
   }
   return bytes;
@@ -511,7 +609,7 @@ export function ensureCheckpoint(dir, layers, seed, log = () => {}, shape = 'olm
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
   fs.writeFileSync(
     path.join(dir, 'generation_config.json'),
-    JSON.stringify({ eos_token_id: config.eos_token_id, pad_token_id: config.pad_token_id }, null, 2) + '\n',
+    JSON.stringify({ eos_token_id: textConfig(config).eos_token_id, pad_token_id: textConfig(config).pad_token_id }, null, 2) + '\n',
   );
   fs.writeFileSync(stampFile, stamp);
   return { dir, config, reused: false, seconds: (performance.now() - t0) / 1000, fileBytes: expectedSize };

@@ -21,7 +21,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { SHAPES, activeDecodeBytes, ensureCheckpoint } from './checkpoint.mjs';
+import { SHAPES, activeDecodeBytes, ensureCheckpoint, textConfig } from './checkpoint.mjs';
 import { ensureGguf } from './gguf.mjs';
 import { PEERS_DIR, llamaPeerBuild, llamaPeerMissing } from './peer_llama.mjs';
 
@@ -57,7 +57,7 @@ function usage() {
                         [--python PATH] [--engine auto|cli|rs_bench] [--expert-kernels K] [--skip-peer] [--skip-adapt]
                         [--json]
   --layers              layers in the random checkpoint (default 2)
-  --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite, moonlight or gpt-oss-20b (their config.json,
+  --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite, moonlight, gpt-oss-20b or llama4-scout (their config.json,
                         layers shrunk); the peers and the adaptation overhead run on olmoe only
   --also-shapes         after the olmoe comparison, the engine alone on these shapes (same layers, prompt and decode
                         lengths) against their bandwidth bound (default deepseek-v2-lite,gpt-oss-20b; none = skip)
@@ -547,14 +547,14 @@ async function main() {
   const dir = path.join(OUT, `${opts.shape}-shaped-L${opts.layers}`);
   const ck = ensureCheckpoint(dir, opts.layers, CHECKPOINT_SEED, log, opts.shape);
   log(ck.reused ? `reusing ${path.relative(ROOT, dir)}` : `wrote ${path.relative(ROOT, dir)} in ${ck.seconds.toFixed(1)} s`);
-  const config = ck.config;
+  const config = textConfig(ck.config);
   if (opts.promptTokens + opts.decodeTokens > config.max_position_embeddings) {
     throw new BenchError(`--prompt-tokens + --decode-tokens must stay within max_position_embeddings=${config.max_position_embeddings}`);
   }
   if (opts.longPromptTokens > config.max_position_embeddings) {
     throw new BenchError(`--long-prompt-tokens must stay within max_position_embeddings=${config.max_position_embeddings}`);
   }
-  const activeBytes = activeDecodeBytes(config);
+  const activeBytes = activeDecodeBytes(ck.config);
   opts.vocab = config.vocab_size;
 
   // 2. the engine route
@@ -740,7 +740,7 @@ async function main() {
     const ock = ensureCheckpoint(odir, opts.layers, CHECKPOINT_SEED, log, shape);
     log(ock.reused ? `reusing ${path.relative(ROOT, odir)}` : `wrote ${path.relative(ROOT, odir)} in ${ock.seconds.toFixed(1)} s`);
     const entry = { shape, dir: path.relative(ROOT, odir), file_bytes: ock.fileBytes, model_type: ock.config.model_type, runs: [] };
-    const promptTokens = Math.min(opts.promptTokens, ock.config.max_position_embeddings - opts.decodeTokens);
+    const promptTokens = Math.min(opts.promptTokens, textConfig(ock.config).max_position_embeddings - opts.decodeTokens);
     for (let round = 0; round < opts.repeat; round++) {
       log(`${shape}: round ${round + 1}/${opts.repeat}, prefill ${promptTokens} + decode ${opts.decodeTokens} ...`);
       const r = engineVia === 'cli' ? engineViaCli(odir, opts, promptTokens, opts.decodeTokens) : engineViaRsBench(odir, opts, promptTokens, opts.decodeTokens);

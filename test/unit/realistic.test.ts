@@ -1,7 +1,8 @@
-// DeepSeek-V2-Lite's, Moonlight's and gpt-oss-20b's exact config.json (two layers: DeepSeek's dense first one and
-// one MoE layer; gpt-oss a sliding and a full layer; head dims, expert counts and routing fields as released) with
-// random weights (bf16; gpt-oss's experts MXFP4 as released), written at test time by the bench's checkpoint writer
-// into .cache/ (about 2.2, 2.6 and 3.1 GB, written once and reused while the writer's stamp matches). The engine
+// DeepSeek-V2-Lite's, Moonlight's, gpt-oss-20b's and Llama-4-Scout-17B-16E's exact config.json (two layers:
+// DeepSeek's dense first one and one MoE layer; gpt-oss a sliding and a full layer; Scout one layer, its vision-language
+// config with the text model nested; head dims, expert counts and routing fields as released) with random weights
+// (bf16; gpt-oss's experts MXFP4 as released), written at test time by the bench's checkpoint writer into .cache/
+// (about 2.2, 2.6, 3.1 and 8.5 GB, written once and reused while the writer's stamp matches). The engine
 // opens them, reports the routing rule, decodes token by token exactly as one full forward (gpt-oss: past its
 // 128-token sliding window), and its router-bias gradient matches central differences of the loss at full size.
 import { test } from 'node:test';
@@ -24,11 +25,17 @@ interface Shape {
   /** prompt length and where its prefill stops before token-by-token decoding */
   tokens: number;
   split: number;
+  /** layers written (default 2) and the MoE layer whose router-bias gradient is checked (default 1) */
+  layers?: number;
+  gradLayer?: number;
 }
 const SHAPES: Shape[] = [
   { name: 'deepseek-v2-lite', rule: 'softmax, top-6 of 64, not renormalised', dims: [64, 6, 1408, 2816, 192], moeLayers: [1], tokens: 8, split: 3 },
   { name: 'moonlight', rule: 'sigmoid + selection bias, top-6 of 64, renormalised, ×2.446', dims: [64, 6, 1408, 2816, 192], moeLayers: [1], tokens: 8, split: 3 },
   { name: 'gpt-oss-20b', rule: 'softmax, top-4 of 32, renormalised', dims: [32, 4, 2880, 0, 64], moeLayers: [0, 1], tokens: 136, split: 130 },
+  // One layer (its 16 experts and 202048-row embedding and LM head are 8.5 GB in bf16): RoPE, QK-norm, llama3 scaling.
+  { name: 'llama4-scout', rule: "sigmoid, top-1 of 16 by logit, not renormalised, the weight scales the expert's input", dims: [16, 1, 8192, 8192, 128],
+    moeLayers: [0], tokens: 8, split: 3, layers: 1, gradLayer: 0 },
 ];
 
 /** The check prompt: fixed tokens, then a deterministic walk over the vocabulary. */
@@ -37,9 +44,9 @@ function prompt(n: number): Int32Array {
   return Int32Array.from({ length: n }, (_, i) => (i < head.length ? head[i] : (i * 7919 + 13) % 100000));
 }
 
-function open(shape: string): NativeModel {
-  const dir = path.join(CACHE, `${shape}-L2`);
-  ensureCheckpoint(dir, 2, 7, (line: string) => console.log(`    ${line}`), shape);
+function open(shape: string, layers: number): NativeModel {
+  const dir = path.join(CACHE, `${shape}-L${layers}`);
+  ensureCheckpoint(dir, layers, 7, (line: string) => console.log(`    ${line}`), shape);
   return loadAddon().loadModel(dir, { threads: 2 });
 }
 
@@ -57,8 +64,10 @@ function loss(logits: Float32Array, tokens: Int32Array, V: number): number {
 }
 
 for (const shape of SHAPES) {
-  test(`${shape.name} (exact config, 2 layers, random weights): opens, decodes like a full forward, gradients match differences`, async () => {
-    const model = open(shape.name);
+  const layers = shape.layers ?? 2;
+  const gl = String(shape.gradLayer ?? 1);
+  test(`${shape.name} (exact config, ${layers} layer${layers > 1 ? 's' : ''}, random weights): opens, decodes like a full forward, gradients match differences`, async () => {
+    const model = open(shape.name, layers);
     try {
       const info = model.info();
       assert.equal(info.routingRule, shape.rule);
@@ -81,12 +90,12 @@ for (const shape of SHAPES) {
       assert.ok(worst < 1e-3, `decode vs full forward: max |diff| ${worst}`);
       // Router-bias gradient of the MoE layer vs central differences through bias patches, at the three experts with
       // the largest gradient; a step that changes a selection (the one-sided quotients disagree) is skipped.
-      const g = await model.createSession().grad(tokens, { layers: [1] });
-      const grad = g.biasGrad['1'];
+      const g = await model.createSession().grad(tokens, { layers: [Number(gl)] });
+      const grad = g.biasGrad[gl];
       const order = [...grad.keys()].sort((a, b) => Math.abs(grad[b]) - Math.abs(grad[a]));
       const h = 1e-2;
       const at = async (e: number, d: number): Promise<number> => {
-        const patch = JSON.stringify({ layers: { '1': { bias: { [String(e)]: d } } } });
+        const patch = JSON.stringify({ layers: { [gl]: { bias: { [String(e)]: d } } } });
         return loss((await model.createSession().forward(tokens, { logits: 'all', patch })).logits, tokens, V);
       };
       const base = loss(full.logits, tokens, V);

@@ -401,23 +401,25 @@ class Llama4(Arch):
         return cfg_dict
 
     def load_streaming(self, model, lazy):
-        """Loads a full-size checkpoint into the float32 model tensor by tensor, the stacked experts one expert at a
-        time (peak memory: the model plus one expert); tensors outside the text model (the vision tower) are skipped."""
+        """Loads a full-size checkpoint into the float32 model tensor by tensor, each in blocks of leading rows (the
+        stacked experts one expert at a time, the 202048-row embedding and LM head 8192 rows at a time: peak memory is
+        the model plus one block); tensors outside the text model (the vision tower) are skipped."""
         own = model.state_dict()
         seen = set()
+        names = list(lazy.where)
         with torch.no_grad():
-            for name, (dt, shape, raw) in lazy.where.items():
+            for name in names:
+                dt, shape, raw = lazy.where[name]
                 if not name.startswith(self.PREFIX):
                     continue
                 key = name[len(self.PREFIX):]
-                if len(shape) == 3:
-                    per = raw.reshape(shape[0], -1)
-                    for e in range(shape[0]):
-                        lazy.where["_one"] = (dt, shape[1:], per[e])
-                        own[key][e].copy_(lazy.tensor("_one"))
-                    del lazy.where["_one"]
-                else:
-                    own[key].copy_(lazy.tensor(name))
+                rows = raw.reshape(shape[0], -1)
+                step = 1 if len(shape) == 3 else 8192
+                for r in range(0, shape[0], step):
+                    block = rows[r:r + step]
+                    lazy.where["_block"] = (dt, [block.shape[0]] + list(shape[1:]), block.reshape(-1))
+                    own[key][r:r + step].copy_(lazy.tensor("_block"))
+                del lazy.where["_block"]
                 seen.add(key)
         missing = [n for n in own if n not in seen and not n.endswith("inv_freq")]
         assert not missing, missing[:5]

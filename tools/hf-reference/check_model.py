@@ -12,6 +12,12 @@ one layer: transformers holds the model in float32):
     node -e "import('./bench/checkpoint.mjs').then(m => m.ensureCheckpoint('.cache/realistic/gpt-oss-20b-L1', 1, 7, console.log, 'gpt-oss-20b'))"
     /usr/bin/python3 tools/hf-reference/check_model.py .cache/realistic/gpt-oss-20b-L1
 
+Llama-4-Scout's shape (its vision-language config.json, text weights under language_model.*) the same way, the
+stacked experts one expert at a time (≈ 17 GB for one layer; the engine runs first, in its own process):
+
+    node -e "import('./bench/checkpoint.mjs').then(m => m.ensureCheckpoint('.cache/realistic/llama4-scout-L1', 1, 7, console.log, 'llama4-scout'))"
+    /usr/bin/python3 tools/hf-reference/check_model.py .cache/realistic/llama4-scout-L1
+
 Loads the Hub per-expert tensors into transformers 5.2's XxxForCausalLM (float32, eager, with the reference fixes
 of generate.py), runs the tokens, and prints the largest |Δ| of logits, raw router logits and weights against
 `routescope inspect --json` on the same folder, and whether every layer selected the same experts.
@@ -51,14 +57,22 @@ def main():
     transformers.utils.logging.set_verbosity_error()
     tokens = [int(t) for t in args.tokens.split(",")]
 
+    # The engine first, in its own process (a full-size reference then has the memory to itself).
+    cli = subprocess.run(["node", os.path.join(ROOT, "bin", "routescope.js"), "inspect", "--model", args.model,
+                          "--tokens", ",".join(map(str, tokens)), "--logits", "all", "--json"],
+                         capture_output=True, text=True, check=True)
+    eng = json.loads(cli.stdout)
+    del cli
+
     cfg_dict = json.load(open(os.path.join(args.model, "config.json")))
     arch = archs.ARCHS[cfg_dict["model_type"]]
-    config, model = generate.build_model(arch, {}, cfg_dict)
+    text_dict = arch.text_dict(cfg_dict) if hasattr(arch, "text_dict") else cfg_dict  # llama4: text_config
+    config, model = generate.build_model(arch, {}, text_dict)
     E = generate.expert_count(config)
     idx = os.path.join(args.model, "model.safetensors.index.json")
     files = sorted(set(json.load(open(idx))["weight_map"].values())) if os.path.exists(idx) else ["model.safetensors"]
     model.float()
-    if hasattr(arch, "load_streaming"):  # full-size gpt-oss: tensor by tensor, MXFP4 dequantised expert by expert
+    if hasattr(arch, "load_streaming"):  # gpt-oss, llama4: tensor by tensor, stacked experts expert by expert
         arch.load_streaming(model, st.Lazy([os.path.join(args.model, f) for f in files]))
     else:
         tensors = {}
@@ -76,10 +90,6 @@ def main():
     runner = generate.Runner(arch, model, rule, k, E, moe)
     logits, rec = runner.forward(tokens, islands=True)
 
-    cli = subprocess.run(["node", os.path.join(ROOT, "bin", "routescope.js"), "inspect", "--model", args.model,
-                          "--tokens", ",".join(map(str, tokens)), "--logits", "all", "--json"],
-                         capture_output=True, text=True, check=True)
-    eng = json.loads(cli.stdout)
     d_logits = (torch.tensor(eng["logits"], dtype=torch.float64) - logits.double()).abs().max().item()
     same, d_router, d_weights = True, 0.0, 0.0
     for layer in eng["layers"]:
