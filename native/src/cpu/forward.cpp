@@ -138,7 +138,7 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
           const float inv = static_cast<float>(1.0 / sum);
           for (int j = 0; j < keys; ++j) srow[j] = (j >= j0 && j <= p) ? srow[j] * inv : 0.f;
         }
-      });
+      }, int64_t(rows) * keys * 8);  // an exp is worth several multiply-adds
       ob.resize(static_cast<size_t>(rows) * vd);
       matmul_backward_input(pool_, scores.data(), rows,
                             Mat{reinterpret_cast<const uint8_t*>(cache.v[g].data()), DType::F32, keys, vd}, ob.data(), false);
