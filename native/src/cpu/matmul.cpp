@@ -125,6 +125,8 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
 namespace {
 // From this many rows of dy on, the input gradient runs as a packed GEMM (backward_gemm).
 constexpr int kGemmBackwardRows = 16;
+// Up to this many rows, matmul_backward_input_serial streams W instead (backward_stream).
+constexpr int kStreamBackwardRows = 4;
 }  // namespace
 
 void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
@@ -155,6 +157,13 @@ void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* d
         for (int k = 0; k < K; ++k) out[k] += g * row[k];
       }
     }
+    return;
+  }
+  if (T <= kStreamBackwardRows) {
+    // A few rows (an expert's share of C3PO's stacked rows, decoding-size backward): W streamed once, row by row;
+    // packing it into panels for so few rows costs more than the products.
+    if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
+    avx512::backward_stream(dy, T, N, W.data, dt_code(W.dtype), K, 0, N, dx);
     return;
   }
   thread_local std::vector<float> panel;
