@@ -273,7 +273,7 @@ double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h
       for (int i = 0; i < V; ++i) z[i] *= scale;
       z[target] -= 1.f / rows;
     }
-  });
+  }, int64_t(rows) * V * 8);  // an exp is worth several multiply-adds
   double loss = 0;
   for (double x : row_loss) loss += x;
   if (dh) {

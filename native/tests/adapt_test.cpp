@@ -3,6 +3,7 @@
 #include <cmath>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "cpu/router.h"
 #include "engine_impl.h"
@@ -455,3 +456,44 @@ TEST("headroom: margins are those of forwards with the changed rows; searches mo
 }
 
 }  // namespace
+
+TEST("adapt: small loops on the calling thread give the pooled results bit for bit (gradient pass, C3PO NGD, rerouting)") {
+  // The fixtures are small enough that, at the default threshold, nearly every loop of these calls runs inline; here
+  // the model's pool is forced to send every loop to its workers, then none, and each result must match exactly.
+  for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "deepseek_v2-perexpert-bf16"}) {
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
+    const ModelInfo& info = model->info();
+    ThreadPool& pool = engine_model(*model, "test").pool();
+    std::vector<int> critical(info.moe_layers.end() - std::min<size_t>(2, info.moe_layers.size()), info.moe_layers.end());
+    auto run = [&](int64_t min_work) {
+      pool.set_min_parallel_work(min_work);
+      Patch none;
+      GradRequest req;
+      req.bias_layers = info.moe_layers;
+      auto grad = model->create_session()->grad(random_tokens(40, info.vocab_size, 31), none, req);
+      auto omega = last_scores(*model, random_tokens(9, info.vocab_size, 32), critical);
+      std::vector<C3poNeighbour> nbs;
+      for (int i = 0; i < 3; ++i)
+        nbs.push_back({c3po_prefix(*model, random_tokens(7 + i, info.vocab_size, 40 + i), critical.front()), 5 + i, 1.f});
+      C3poOptions o;
+      o.layers = critical;
+      o.steps = 4;
+      auto ngd = c3po_ngd(*model, omega, nbs, o);
+      SampleOptions so;
+      so.max_new_tokens = 8;
+      RerouteOptions ro;
+      ro.interval = 4;
+      ro.steps = 2;
+      auto rr = generate_rerouted(*model->create_session(), random_tokens(10, info.vocab_size, 33), none, so, ro);
+      return std::make_tuple(grad.loss, grad.bias_grad, ngd.losses, ngd.omega_after, rr.tokens, rr.delta);
+    };
+    const auto pooled = run(0), inline_only = run(INT64_MAX);
+    pool.set_min_parallel_work(ThreadPool::kMinParallelWork);
+    CHECK_MSG(std::get<0>(pooled) == std::get<0>(inline_only) && std::get<1>(pooled) == std::get<1>(inline_only),
+              name << ": gradient pass differs");
+    CHECK_MSG(std::get<2>(pooled) == std::get<2>(inline_only) && std::get<3>(pooled) == std::get<3>(inline_only),
+              name << ": NGD differs");
+    CHECK_MSG(std::get<4>(pooled) == std::get<4>(inline_only) && std::get<5>(pooled) == std::get<5>(inline_only),
+              name << ": rerouting differs");
+  }
+}

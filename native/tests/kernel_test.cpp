@@ -1,6 +1,7 @@
 // The grouped expert kernels and the fused attention against float64 loops: every kernel family the CPU has, every
 // weight dtype, ragged shapes, routings from one token to a few hundred.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -254,4 +255,131 @@ TEST("kernels: fused causal attention (online softmax per block of keys) matches
     worst_all = std::max(worst_all, worst);
   }
   std::printf("     worst relative error vs float64: %.2e\n", worst_all);
+}
+
+TEST("kernels: loops below the pool's work threshold run on the calling thread with the pooled bits") {
+  // The same pool size twice: one sends every loop to the workers, the other none; results must be identical.
+  ThreadPool pooled(2), inline_pool(2);
+  pooled.set_min_parallel_work(0);
+  inline_pool.set_min_parallel_work(INT64_MAX);
+  CHECK(pooled.splits(1) && !inline_pool.splits(int64_t(1) << 40) && !ThreadPool(1).splits(-1));
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  auto fill = [&](std::vector<float>& v) {
+    for (auto& x : v) x = nd(rng);
+  };
+  for (DType dt : {DType::BF16, DType::F32})
+    for (int T : {1, 3, 7, 20, 70})
+      for (auto nk : {std::pair<int, int>{48, 40}, std::pair<int, int>{300, 130}}) {
+        const int N = nk.first, K = nk.second;
+        Weights w = make_weights(N, K, dt, 0.3f, rng);
+        std::vector<float> x(size_t(T) * K), dy(size_t(T) * N), y1(size_t(T) * N), y2(y1.size()), dx1(x.size()), dx2(x.size());
+        fill(x), fill(dy);
+        matmul(pooled, x.data(), T, w.mat, y1.data());
+        matmul(inline_pool, x.data(), T, w.mat, y2.data());
+        CHECK_MSG(y1 == y2, "matmul " << dtype_name(dt) << " T=" << T << " N=" << N);
+        matmul_backward_input(pooled, dy.data(), T, w.mat, dx1.data(), false);
+        matmul_backward_input(inline_pool, dy.data(), T, w.mat, dx2.data(), false);
+        CHECK_MSG(dx1 == dx2, "matmul_backward_input " << dtype_name(dt) << " T=" << T << " N=" << N);
+      }
+  // Grouped experts.
+  {
+    const int H = 40, I = 24, E = 6, k = 2;
+    std::vector<Weights> gw, uw, dw;
+    std::vector<Mat> gate, up, down;
+    for (int e = 0; e < E; ++e) {
+      gw.push_back(make_weights(I, H, DType::BF16, 0.3f, rng));
+      uw.push_back(make_weights(I, H, DType::BF16, 0.3f, rng));
+      dw.push_back(make_weights(H, I, DType::BF16, 0.3f, rng));
+    }
+    for (int e = 0; e < E; ++e) gate.push_back(gw[e].mat), up.push_back(uw[e].mat), down.push_back(dw[e].mat);
+    for (int T : {1, 3, 40}) {
+      std::vector<float> x(size_t(T) * H), w(size_t(T) * k), y1(size_t(T) * H), y2(y1.size());
+      std::vector<int32_t> sel(size_t(T) * k);
+      fill(x);
+      for (int t = 0; t < T; ++t)
+        for (int s = 0; s < k; ++s) sel[size_t(t) * k + s] = (t * 3 + s * 2) % E, w[size_t(t) * k + s] = 0.3f + 0.2f * s;
+      moe_experts_forward(pooled, x.data(), T, k, sel.data(), w.data(), gate, up, down, y1.data(), nullptr, nullptr, nullptr);
+      moe_experts_forward(inline_pool, x.data(), T, k, sel.data(), w.data(), gate, up, down, y2.data(), nullptr, nullptr, nullptr);
+      CHECK_MSG(y1 == y2, "moe_experts_forward T=" << T);
+    }
+  }
+  // Fused attention.
+  if (cpu_has_avx512()) {
+    AttentionShape s{4, 2, 16, 16, 0.25f, 0};
+    for (int T : {1, 9}) {
+      const int pos0 = 11, P = pos0 + T;
+      std::vector<std::vector<float>> Kc(2, std::vector<float>(size_t(P) * 16)), Vc(2, std::vector<float>(size_t(P) * 16));
+      for (auto& h : Kc) fill(h);
+      for (auto& h : Vc) fill(h);
+      std::vector<float> q(size_t(T) * 4 * 16), o1(size_t(T) * 4 * 16), o2(o1.size());
+      fill(q);
+      attention_fused(pooled, s, q.data(), T, pos0, Kc, Vc, o1.data());
+      attention_fused(inline_pool, s, q.data(), T, pos0, Kc, Vc, o2.data());
+      CHECK_MSG(o1 == o2, "attention_fused T=" << T);
+    }
+  }
+}
+
+TEST("kernels: the LM head's one-pass cross-entropy and input gradient match a float64 loop, for any thread count") {
+  ThreadPool pool1(1), pool2(2);
+  pool2.set_min_parallel_work(0);
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (DType dt : {DType::BF16, DType::F32})
+    for (int V : {5, 261, 1000, 4099})
+      for (int T : {1, 3, 6}) {
+        const int K = 72;
+        Weights w = make_weights(V, K, dt, 0.5f, rng);
+        std::vector<float> x(size_t(T) * K), weight(T);
+        std::vector<int> target(T);
+        for (auto& v : x) v = 2.f * nd(rng);
+        for (int t = 0; t < T; ++t) target[t] = int(rng() % V), weight[t] = 0.5f + 0.25f * t;
+        // Row 0's logits rise along the vocabulary, so its running max moves at every slab.
+        if (V > 64)
+          for (int k = 0; k < K; ++k) x[k] = 0.f;
+        std::vector<double> loss1(T), loss2(T), loss3(T);
+        std::vector<float> dx1(x.size(), 0.5f), dx2(x.size(), 0.5f);
+        Weights ramp = w;
+        if (V > 64) {  // a head whose row v scores row 0 by v/100
+          for (int v = 0; v < V; ++v) ramp.values[size_t(v) * K] = v / 100.0;
+          for (int v = 0; v < V; ++v) {
+            const float f = float(v / 100.0);
+            if (dt == DType::F32) std::memcpy(&ramp.bytes[2 + 4 * (size_t(v) * K)], &f, 4);
+            else {
+              const uint16_t h = round_bf16(f);
+              std::memcpy(&ramp.bytes[2 + 2 * (size_t(v) * K)], &h, 2);
+              ramp.values[size_t(v) * K] = bf16_to_f32(h);
+            }
+          }
+          x[0] = 3.f;
+        }
+        ramp.mat = Mat{ramp.bytes.data() + 2, dt, V, K};
+        lm_head_cross_entropy(pool1, x.data(), T, ramp.mat, target.data(), weight.data(), loss1.data(), dx1.data());
+        lm_head_cross_entropy(pool2, x.data(), T, ramp.mat, target.data(), weight.data(), loss2.data(), dx2.data());
+        lm_head_cross_entropy(pool2, x.data(), T, ramp.mat, target.data(), weight.data(), loss3.data(), nullptr);
+        CHECK_MSG(loss1 == loss2 && dx1 == dx2, dtype_name(dt) << " V=" << V << " T=" << T << ": 1 and 2 threads differ");
+        CHECK_MSG(loss1 == loss3, dtype_name(dt) << " V=" << V << " T=" << T << ": the loss alone differs");
+        double worst = 0;
+        for (int t = 0; t < T; ++t) {
+          std::vector<double> z(V);
+          double mx = -1e300;
+          for (int v = 0; v < V; ++v) {
+            double d = 0;
+            for (int k = 0; k < K; ++k) d += double(x[size_t(t) * K + k]) * ramp.values[size_t(v) * K + k];
+            mx = std::max(mx, z[v] = d);
+          }
+          double sum = 0;
+          for (int v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
+          const double want = -(z[target[t]] - mx - std::log(sum));
+          worst = std::max(worst, std::fabs(loss1[t] - want) / (1 + std::fabs(want)));
+          for (int k = 0; k < K; ++k) {
+            double g = 0;
+            for (int v = 0; v < V; ++v) g += (std::exp(z[v] - mx) / sum - (v == target[t])) * ramp.values[size_t(v) * K + k];
+            const double want_dx = 0.5 + weight[t] * g;
+            worst = std::max(worst, std::fabs(dx1[size_t(t) * K + k] - want_dx) / (1 + std::fabs(want_dx)));
+          }
+        }
+        CHECK_MSG(worst < 2e-5, dtype_name(dt) << " V=" << V << " T=" << T << ": error " << worst);
+      }
 }

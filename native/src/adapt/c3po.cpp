@@ -181,9 +181,9 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
   }
   if (!(wsum > 0)) throw Error("BAD_ARGUMENT", "neighbour weights must not all be zero");
 
-  // The K neighbours' last positions go up together: attention per neighbour (its own KV cache), then the MLP / MoE
-  // block once for the K stacked rows, so the experts omega selects are read once for all; the final norm and LM head
-  // once for all rows, forward and backward. In stacked patches, row j is "position" j.
+  // The K neighbours' last positions go up together: attention for the K stacked rows, each against its own KV
+  // cache, then the MLP / MoE block once for them, so the weights (and the experts omega selects) are read once for
+  // all; the final norm and LM head once for all rows, forward and backward. In stacked patches, row j is "position" j.
   const int K = static_cast<int>(neighbours.size());
   std::vector<const C3poPrefix*> prefixes;
   for (const auto& n : neighbours) prefixes.push_back(n.prefix.get());
@@ -213,8 +213,20 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
   std::vector<int> full;  // rows scored over the whole vocabulary
   for (int j = 0; j < K; ++j)
     if (neighbours[j].options.empty()) full.push_back(j);
-  std::vector<float> xf(static_cast<size_t>(full.size()) * H), logits(static_cast<size_t>(full.size()) * V), dxf(xf.size());
-  std::vector<std::vector<LayerSave>> saves(K, std::vector<LayerSave>(L));  // attention halves, per neighbour
+  std::vector<float> xf(static_cast<size_t>(full.size()) * H), dxf(xf.size()), full_weight;
+  std::vector<int> answers;
+  std::vector<double> row_loss(full.size());
+  for (int j : full) {
+    answers.push_back(neighbours[j].answer);
+    full_weight.push_back(static_cast<float>(std::max(0.f, neighbours[j].weight) / wsum));
+  }
+  // Attention: the K rows stacked (projections read once; each row against its own cache) where the attention kind
+  // allows, else per neighbour.
+  const bool stack_attention = dec.stacks_attention();
+  std::vector<KVCache*> row_caches(K);
+  std::vector<int> row_pos;
+  for (const C3poPrefix* px : prefixes) row_pos.push_back(px->last);
+  std::vector<std::vector<LayerSave>> saves(stack_attention ? 1 : K, std::vector<LayerSave>(L));  // attention halves
   std::vector<LayerSave> mlp_saves(L);                                        // MLP halves, neighbours stacked
   LayerSave block_save;
   std::map<int, Adam> adam;
@@ -231,10 +243,15 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     if (block_cached) cached_block(prefixes, &stacked.layers.at(first), cfg, hs.data(), need_grad ? &block_save : nullptr);
     else hs = h0;
     for (int l = start; l < L; ++l) {
-      for (int j = 0; j < K; ++j) {
-        const C3poPrefix& px = *prefixes[j];
-        px.session->dec_.attn_forward(l, hs.data() + static_cast<size_t>(j) * H, 1, px.last, px.session->cache_[l],
-                                      need_grad ? &saves[j][l] : nullptr);
+      if (stack_attention) {
+        for (int j = 0; j < K; ++j) row_caches[j] = &prefixes[j]->session->cache_[l];
+        dec.attn_forward_rows(l, hs.data(), row_caches, row_pos, need_grad ? &saves[0][l] : nullptr);
+      } else {
+        for (int j = 0; j < K; ++j) {
+          const C3poPrefix& px = *prefixes[j];
+          px.session->dec_.attn_forward(l, hs.data() + static_cast<size_t>(j) * H, 1, px.last, px.session->cache_[l],
+                                        need_grad ? &saves[j][l] : nullptr);
+        }
       }
       dec.mlp_forward(l, hs.data(), K, 0, stacked, nullptr, need_grad ? &mlp_saves[l] : nullptr);
     }
@@ -251,29 +268,18 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
                                   neighbours[j].answer, w, need_grad ? dnorm.data() + static_cast<size_t>(j) * H : nullptr);
     }
     if (any_full) {
+      // The whole vocabulary: loss and input gradient in one read of the LM head (cpu/matmul.h).
       const int F = static_cast<int>(full.size());
       for (int i = 0; i < F; ++i)
         std::copy(xs.begin() + static_cast<size_t>(full[i]) * H, xs.begin() + static_cast<size_t>(full[i] + 1) * H,
                   xf.begin() + static_cast<size_t>(i) * H);
-      matmul(dec.pool(), xf.data(), F, ck.lm_head, logits.data());
-      for (int i = 0; i < F; ++i) {
-        const C3poNeighbour& n = neighbours[full[i]];
-        float* z = logits.data() + static_cast<size_t>(i) * V;
-        const float mx = *std::max_element(z, z + V), za = z[n.answer];
-        double sum = 0;
-        for (int v = 0; v < V; ++v) sum += (z[v] = std::exp(z[v] - mx));
-        const double w = std::max(0.f, n.weight) / wsum;
-        loss += w * -(za - mx - std::log(sum));
-        if (!need_grad) continue;
-        const float scale = static_cast<float>(w / sum);
-        for (int v = 0; v < V; ++v) z[v] *= scale;
-        z[n.answer] -= static_cast<float>(w);
-      }
-      if (need_grad) {
-        matmul_backward_input(dec.pool(), logits.data(), F, ck.lm_head, dxf.data(), false);
+      std::fill(dxf.begin(), dxf.end(), 0.f);
+      lm_head_cross_entropy(dec.pool(), xf.data(), F, ck.lm_head, answers.data(), full_weight.data(), row_loss.data(),
+                            need_grad ? dxf.data() : nullptr);
+      for (int i = 0; i < F; ++i) loss += std::max(0.f, neighbours[full[i]].weight) / wsum * row_loss[i];
+      if (need_grad)
         for (int i = 0; i < F; ++i)
           for (int d = 0; d < H; ++d) dnorm[static_cast<size_t>(full[i]) * H + d] += dxf[static_cast<size_t>(i) * H + d];
-      }
     }
     res.losses.push_back(loss);
     if (!need_grad) break;
@@ -298,8 +304,10 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
     for (int l = L - 1; l >= start && below; --l) {
       below = take(l, mlp_saves[l], l == first);
       if (!below) break;
-      for (int j = 0; j < K; ++j)
-        prefixes[j]->session->dec_.attn_backward(l, saves[j][l], dh.data() + static_cast<size_t>(j) * H);
+      if (stack_attention) dec.attn_backward(l, saves[0][l], dh.data());
+      else
+        for (int j = 0; j < K; ++j)
+          prefixes[j]->session->dec_.attn_backward(l, saves[j][l], dh.data() + static_cast<size_t>(j) * H);
     }
     if (block_cached) take(first, block_save, true);
     if (step == 0) res.first_grad = grad;

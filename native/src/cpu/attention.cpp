@@ -37,7 +37,7 @@ bool attention_fused(ThreadPool& pool, const AttentionShape& s, const float* q, 
                              k[g].data(), v[g].data(), s.k_dim, s.v_dim, s.scale, s.window, s.chunk, s.sinks ? s.sinks + un.head : nullptr,
                              out + un.i0 * ldo + static_cast<long>(un.head) * s.v_dim, ldo, scratch.data());
     }
-  });
+  }, int64_t(s.heads) * T * (pos0 + T) * (s.k_dim + s.v_dim));
   return true;
 }
 

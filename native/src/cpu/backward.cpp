@@ -67,7 +67,7 @@ void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int 
       matmul_backward_input_serial(Tr, T, f32_mat(dO, R, vd), own, false);
       for (int j = 0; j < T; ++j) std::memcpy(dv + static_cast<size_t>(j) * vw + g * vd, own + static_cast<size_t>(j) * vd, vd * sizeof(float));
     }
-  });
+  }, int64_t(nh) * T * all * (hd + vd) * 2);
 }
 
 void moe_experts_backward(ThreadPool& pool, const ExpertMlp& mlp, const float* dy, int T, int k, const int32_t* sel, const float* w,
@@ -129,7 +129,7 @@ void moe_experts_backward(ThreadPool& pool, const ExpertMlp& mlp, const float* d
       for (int i = 0; i < n; ++i)
         std::memcpy(slots + static_cast<size_t>(rows[i]) * H, dxe + static_cast<size_t>(i) * H, H * sizeof(float));
     }
-  });
+  }, int64_t(R) * 3 * H * I);
   pool.parallel_for(T, 16, [&](int64_t a, int64_t b, int) {
     for (int64_t t = a; t < b; ++t) {
       float* out = dx + t * H;
@@ -138,7 +138,7 @@ void moe_experts_backward(ThreadPool& pool, const ExpertMlp& mlp, const float* d
         for (int d = 0; d < H; ++d) out[d] += in[d];
       }
     }
-  });
+  }, int64_t(T) * k * H);
 }
 
 }  // namespace routescope

@@ -153,7 +153,7 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
           const float inv = static_cast<float>(1.0 / sum);
           for (int j = 0; j < keys; ++j) srow[j] = (j >= j0 && j <= p) ? srow[j] * inv : 0.f;
         }
-      });
+      }, int64_t(rows) * keys * 8);  // an exp is worth several multiply-adds
       ob.resize(static_cast<size_t>(rows) * vd);
       matmul_backward_input(pool_, scores.data(), rows,
                             Mat{reinterpret_cast<const uint8_t*>(cache.v[g].data()), DType::F32, keys, vd}, ob.data(), false);
@@ -300,27 +300,86 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
     save->probs.resize(static_cast<size_t>(nh) * T * (pos0 + T));  // attention() writes every entry
     save->pos0 = pos0;
     save->cache = &cache;
+    save->row_pos.clear();
   }
   attention(l, T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
   if (save) save->attn = attn;
+  attn_output(l, attn.data(), T, h);
+}
+
+void Decoder::attn_forward_rows(int l, float* h, const std::vector<KVCache*>& caches, const std::vector<int>& pos,
+                                LayerSave* save) {
+  if (!stacks_attention()) throw Error("UNSUPPORTED", "stacked attention rows need standard attention");
+  const LayerWeights& w = ck_.layers[l];
+  const int T = static_cast<int>(pos.size());
+  const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
+  const size_t TH = static_cast<size_t>(T) * H;
+  std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
+  std::vector<float> r_attn(T);
+  for (int t = 0; t < T; ++t)
+    r_attn[t] = norm_row(h + t * H, w.attn_norm.data(), bias_or_null(w.attn_norm_bias), H, cfg_.eps, x.data() + t * H);
+  if (save) {
+    save->T = T;
+    save->pos0 = 0;
+    save->h_in.assign(h, h + TH);
+    save->r_attn = r_attn;
+    save->x_attn = x;
+    save->row_pos = pos;
+    save->row_cache.assign(caches.begin(), caches.end());
+  }
+  std::vector<float>& q = layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * nh * hd);
+  std::vector<float>& kk = layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * nkv * hd);
+  std::vector<float>& vv = layer_buffer(LayerBuffer::Value, static_cast<size_t>(T) * nkv * vd);
+  standard_qkv(l, x.data(), T, 0, q, kk, vv, save, pos.data());
+  const int qw = nh * hd, kw = nkv * hd, vw = nkv * vd, ow = nh * vd;
+  std::vector<float>& attn = layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * ow);
+  if (save) {
+    save->q = q;
+    save->k = kk;
+    save->v = vv;
+    save->row_probs.resize(T);
+    size_t n = 0;
+    for (int t = 0; t < T; ++t) save->row_probs[t] = n, n += static_cast<size_t>(nh) * (pos[t] + 1);
+    save->probs.resize(n);
+  }
+  for (int t = 0; t < T; ++t) {
+    KVCache& cache = *caches[t];
+    cache.ensure(pos[t] + 1, nkv, hd, vd);
+    for (int g = 0; g < nkv; ++g) {
+      std::memcpy(&cache.k[g][static_cast<size_t>(pos[t]) * hd], &kk[static_cast<size_t>(t) * kw + g * hd], hd * sizeof(float));
+      std::memcpy(&cache.v[g][static_cast<size_t>(pos[t]) * vd], &vv[static_cast<size_t>(t) * vw + g * vd], vd * sizeof(float));
+    }
+    attention(l, 1, pos[t], q.data() + static_cast<size_t>(t) * qw, cache, attn.data() + static_cast<size_t>(t) * ow,
+              save ? save->probs.data() + save->row_probs[t] : nullptr);
+  }
+  if (save) save->attn = attn;
+  attn_output(l, attn.data(), T, h);
+}
+
+void Decoder::attn_output(int l, const float* attn, int T, float* h) {
+  const LayerWeights& w = ck_.layers[l];
+  const int H = cfg_.hidden;
+  const size_t TH = static_cast<size_t>(T) * H;
   if (w.o_bias.empty() && cfg_.residual_multiplier == 1.f) {
-    matmul(pool_, attn.data(), T, w.o, h, /*accumulate=*/true);  // residual
+    matmul(pool_, attn, T, w.o, h, /*accumulate=*/true);  // residual
     return;
   }
   // o_proj bias (phimoe) and GraniteMoE's residual multiplier: h += m · (o(attn) + b)
   std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
-  matmul(pool_, attn.data(), T, w.o, y.data());
+  matmul(pool_, attn, T, w.o, y.data());
   const float m = cfg_.residual_multiplier;
   for (int t = 0; t < T; ++t)
     for (int d = 0; d < H; ++d)
       h[static_cast<size_t>(t) * H + d] += m * (y[static_cast<size_t>(t) * H + d] + (w.o_bias.empty() ? 0.f : w.o_bias[d]));
 }
 
-void Decoder::rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign) const {
+void Decoder::rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign,
+                        const int* row_pos) const {
   std::vector<float> cs, sn;
   const bool interleaved = cfg_.rope.layout == RopeLayout::Interleaved;
   for (int t = 0; t < T; ++t) {
-    rope_angles(pos0 + t, pos0 + T, cs, sn);
+    if (row_pos) rope_angles(row_pos[t], row_pos[t] + 1, cs, sn);
+    else rope_angles(pos0 + t, pos0 + T, cs, sn);
     for (int hh = 0; hh < heads; ++hh)
       rope_head(rows + static_cast<size_t>(t) * heads * stride + hh * stride + offset, cs.data(), sn.data(), cfg_.rope.dims,
                 interleaved, sign);
@@ -329,7 +388,7 @@ void Decoder::rope_rows(float* rows, int T, int pos0, int heads, int stride, int
 
 // q, k, v projections (+ bias, clip, QK-norm over the whole projection or per head), then RoPE on q and k.
 void Decoder::standard_qkv(int l, const float* x, int T, int pos0, std::vector<float>& q, std::vector<float>& kk,
-                           std::vector<float>& vv, LayerSave* save) {
+                           std::vector<float>& vv, LayerSave* save, const int* row_pos) {
   const LayerWeights& w = ck_.layers[l];
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
   const int qw = nh * hd, kvw = nkv * hd;
@@ -373,10 +432,10 @@ void Decoder::standard_qkv(int l, const float* x, int T, int pos0, std::vector<f
   // Llama 4: RoPE after its L2 norm here (transformers norms after RoPE: the same, a rotation keeps each head's
   // norm); its NoPE layers take no RoPE and scale queries by the temperature tuning.
   if (cfg_.rope_on(l)) {
-    rope_rows(q.data(), T, pos0, nh, hd, 0, 1.f);
-    rope_rows(kk.data(), T, pos0, nkv, hd, 0, 1.f);
+    rope_rows(q.data(), T, pos0, nh, hd, 0, 1.f, row_pos);
+    rope_rows(kk.data(), T, pos0, nkv, hd, 0, 1.f, row_pos);
   } else if (cfg_.temperature.on) {
-    scale_query_rows(q.data(), T, pos0, qw);
+    scale_query_rows(q.data(), T, pos0, qw, row_pos);
   }
 }
 
@@ -386,9 +445,9 @@ QKNorm Decoder::layer_qk_norm(int l) const {
   return cfg_.qk_norm == QKNorm::PerHeadL2 ? QKNorm::PerHead : cfg_.qk_norm;
 }
 
-void Decoder::scale_query_rows(float* q, int T, int pos0, int width) const {
+void Decoder::scale_query_rows(float* q, int T, int pos0, int width, const int* row_pos) const {
   for (int t = 0; t < T; ++t) {
-    const float f = cfg_.temperature.factor(pos0 + t);
+    const float f = cfg_.temperature.factor(row_pos ? row_pos[t] : pos0 + t);
     for (int i = 0; i < width; ++i) q[static_cast<size_t>(t) * width + i] *= f;
   }
 }
@@ -525,8 +584,16 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   }
   std::vector<float> dq(static_cast<size_t>(T) * qw), dk(static_cast<size_t>(T) * kw), dv(static_cast<size_t>(T) * vw);
   // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
-  attention_backward(pool_, T, s.pos0, nh, nkv, hd, vd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
-                     dq.data(), dk.data(), dv.data());
+  if (s.row_pos.empty()) {
+    attention_backward(pool_, T, s.pos0, nh, nkv, hd, vd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
+                       dq.data(), dk.data(), dv.data());
+  } else {  // attn_forward_rows: each row against its own cache
+    for (int t = 0; t < T; ++t)
+      attention_backward(pool_, 1, s.row_pos[t], nh, nkv, hd, vd, scale, s.probs.data() + s.row_probs[t],
+                         s.q.data() + static_cast<size_t>(t) * qw, dattn.data() + static_cast<size_t>(t) * ow,
+                         *s.row_cache[t], dq.data() + static_cast<size_t>(t) * qw, dk.data() + static_cast<size_t>(t) * kw,
+                         dv.data() + static_cast<size_t>(t) * vw);
+  }
   std::vector<float> dxa(TH, 0.f);
   if (cfg_.attention == AttentionKind::Latent) latent_qkv_backward(l, s, dq, dk, dv, dxa.data());
   else standard_qkv_backward(l, s, dq, dk, dv, dxa.data());
@@ -541,11 +608,12 @@ void Decoder::standard_qkv_backward(int l, const LayerSave& s, std::vector<float
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
   const int qw = nh * hd, kvw = nkv * hd;
+  const int* row_pos = s.row_pos.empty() ? nullptr : s.row_pos.data();
   if (cfg_.rope_on(l)) {
-    rope_rows(dq.data(), T, s.pos0, nh, hd, 0, -1.f);
-    rope_rows(dk.data(), T, s.pos0, nkv, hd, 0, -1.f);
+    rope_rows(dq.data(), T, s.pos0, nh, hd, 0, -1.f, row_pos);
+    rope_rows(dk.data(), T, s.pos0, nkv, hd, 0, -1.f, row_pos);
   } else if (cfg_.temperature.on) {
-    scale_query_rows(dq.data(), T, s.pos0, qw);
+    scale_query_rows(dq.data(), T, s.pos0, qw, row_pos);
   }
   const QKNorm qk_norm = layer_qk_norm(l);
   if (qk_norm == QKNorm::Whole) {

@@ -29,6 +29,11 @@ struct LayerSave {
   std::vector<float> q_lat, r_q_lat, kv_lat, r_kv_lat;
   std::vector<float> probs;                    // attention probabilities [heads, T, pos0 + T]
   std::vector<float> attn;                     // attention output before o_proj [T, heads*head_dim]
+  // attn_forward_rows: row t continues its own cache, at position row_pos[t] of row_cache[t]; its probabilities
+  // [heads, row_pos[t] + 1] start at probs[row_probs[t]]. Empty for consecutive positions of one cache.
+  std::vector<int> row_pos;
+  std::vector<const KVCache*> row_cache;
+  std::vector<size_t> row_probs;
   std::vector<float> h_mid, r_mlp, x_mlp;      // after attention residual; rmsnorm factor; normed
   // MoE
   std::vector<float> p;                        // routing scores used (after patch / mix) [T, E]; sparsemixer [T, k, E]
@@ -67,6 +72,12 @@ class Decoder {
   // layer_backward = mlp_backward (false when it stopped at the router) + attn_backward. Each half fills (and reads)
   // its own fields of a LayerSave, with its own T and pos0.
   void attn_forward(int l, float* h, int T, int pos0, KVCache& cache, LayerSave* save);
+  // attn_forward for T rows that each continue their own cache (the last positions of C3PO's neighbours): row t is
+  // position pos[t] of *caches[t], so the projections read their weights once for all rows. attn_backward takes
+  // its save. Standard attention only (stacks_attention()).
+  bool stacks_attention() const { return cfg_.attention != AttentionKind::Latent; }
+  void attn_forward_rows(int l, float* h, const std::vector<KVCache*>& caches, const std::vector<int>& pos,
+                         LayerSave* save);
   void mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, const RoutingCallback& on_layer, LayerSave* save);
   bool mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_router, float* bias_grad,
                     const std::map<int, float*>& mix_grads);
@@ -91,11 +102,13 @@ class Decoder {
   // Angles at `pos` in a forward call whose last position is call_end - 1 (LongRoPE picks its set per call).
   void rope_angles(int pos, int call_end, std::vector<float>& cos_t, std::vector<float>& sin_t) const;
   // RoPE (sign -1: its inverse) on rows [T, heads × stride], rotating `rope.dims` entries from `offset` per head.
-  void rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign) const;
+  // row_pos (when non-null): row t is at position row_pos[t], as a call of that one position.
+  void rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign,
+                 const int* row_pos = nullptr) const;
   // Attention inputs from the normed hidden state x [T, H]: q [T, nh·hd], k [T, nkv·hd], v [T, nkv·vd], RoPE
   // applied; and their backward into dx (accumulated). Standard (GQA) and latent (MLA, attention_mla.cpp).
   void standard_qkv(int l, const float* x, int T, int pos0, std::vector<float>& q, std::vector<float>& k,
-                    std::vector<float>& v, LayerSave* save);
+                    std::vector<float>& v, LayerSave* save, const int* row_pos = nullptr);
   void standard_qkv_backward(int l, const LayerSave& s, std::vector<float>& dq, std::vector<float>& dk,
                              std::vector<float>& dv, float* dx);
   void latent_qkv(int l, const float* x, int T, int pos0, std::vector<float>& q, std::vector<float>& k,
@@ -105,9 +118,11 @@ class Decoder {
   void attention(int l, int T, int pos0, const float* q, const KVCache& cache, float* out, float* probs);
   // The QK-norm layer l applies (None where its weights are absent; Llama 4's L2 norm as PerHead with unit weights).
   QKNorm layer_qk_norm(int l) const;
-  // Llama 4's attention temperature tuning: query rows [T, width] at positions pos0.. times its factor (also the
-  // backward, being linear).
-  void scale_query_rows(float* q, int T, int pos0, int width) const;
+  // Llama 4's attention temperature tuning: query rows [T, width] at positions pos0.. (or row_pos[t]) times its
+  // factor (also the backward, being linear).
+  void scale_query_rows(float* q, int T, int pos0, int width, const int* row_pos = nullptr) const;
+  // h += o_proj(attn) (with phimoe's bias and GraniteMoE's residual multiplier).
+  void attn_output(int l, const float* attn, int T, float* h);
   void moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
                    const RoutingCallback& on_layer, LayerSave* save);
   void swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float scale_rows_unused,

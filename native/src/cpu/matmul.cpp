@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <vector>
 
@@ -56,8 +57,9 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
   if (T <= 0 || W.rows <= 0) return;
   if (W.tiled()) return matmul_tiled(pool, x, T, W, y, accumulate);
   const int N = W.rows, K = W.cols;
+  const int64_t work = int64_t(T) * N * K;
   if (!has_avx512()) {
-    pool.parallel_for(N, 16, [&](int64_t a, int64_t b, int) { generic_rows(x, T, W, int(a), int(b), y, accumulate); });
+    pool.parallel_for(N, 16, [&](int64_t a, int64_t b, int) { generic_rows(x, T, W, int(a), int(b), y, accumulate); }, work);
     return;
   }
   const int dt = dt_code(W.dtype);
@@ -85,7 +87,7 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
     if (panel.size() < 256 * 32) panel.resize(256 * 32);
     avx512::gemm_panel(x, T, K, W.data, dt, int(a * 32), int(std::min<int64_t>(N, b * 32)), y, N, accumulate,
                        panel.data());
-  });
+  }, work);
 }
 
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
@@ -98,9 +100,11 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
     int job, n0, n1;
   };
   std::vector<Unit> units;
+  int64_t work = 0;
   for (int i = 0; i < static_cast<int>(jobs.size()); ++i) {
     const auto& j = jobs[i];
     if (j.T <= 0) continue;
+    work += int64_t(j.T) * j.W.rows * j.W.cols;
     const int step = j.T <= kStreamRows ? 64 : 32;  // decode: 64-row slabs; prefill: one packed panel
     for (int n = 0; n < j.W.rows; n += step) units.push_back({i, n, std::min(j.W.rows, n + step)});
   }
@@ -115,12 +119,14 @@ void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
       if (j.T <= kStreamRows) avx512::dot_rows(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate);
       else avx512::gemm_panel(j.x, j.T, j.W.cols, j.W.data, dt, un.n0, un.n1, j.y, j.W.rows, j.accumulate, panel.data());
     }
-  });
+  }, work);
 }
 
 namespace {
 // From this many rows of dy on, the input gradient runs as a packed GEMM (backward_gemm).
 constexpr int kGemmBackwardRows = 16;
+// Up to this many rows, matmul_backward_input_serial streams W instead (backward_stream).
+constexpr int kStreamBackwardRows = 4;
 }  // namespace
 
 void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
@@ -153,6 +159,13 @@ void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* d
     }
     return;
   }
+  if (T <= kStreamBackwardRows) {
+    // A few rows (an expert's share of C3PO's stacked rows, decoding-size backward): W streamed once, row by row;
+    // packing it into panels for so few rows costs more than the products.
+    if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
+    avx512::backward_stream(dy, T, N, W.data, dt_code(W.dtype), K, 0, N, dx);
+    return;
+  }
   thread_local std::vector<float> panel;
   panel.resize(256 * 32);
   avx512::backward_gemm(dy, T, N, W.data, dt_code(W.dtype), K, 0, N, 0, K, dx, accumulate, panel.data());
@@ -162,6 +175,7 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
   if (T <= 0) return;
   if (W.tiled()) return matmul_tiled_backward_input(pool, dy, T, W, dx, accumulate);
   const int N = W.rows, K = W.cols;
+  const int64_t work = int64_t(T) * N * K;
   if (!has_avx512()) {
     pool.parallel_for(T, 1, [&](int64_t a, int64_t b, int) {
       std::vector<float> row(K);
@@ -175,7 +189,7 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
           for (int k = 0; k < K; ++k) out[k] += g * row[k];
         }
       }
-    });
+    }, work);
     return;
   }
   const int dt = dt_code(W.dtype);
@@ -253,7 +267,83 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
   int64_t blocks = (K + 31) / 32;
   pool.parallel_for(blocks, 1, [&](int64_t a, int64_t b, int) {
     avx512::backward_rows(dy, T, N, W.data, dt, K, int(a * 32), int(std::min<int64_t>(K, b * 32)), dx, accumulate);
-  });
+  }, work);
+}
+
+void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W, const int* target, const float* weight,
+                           double* loss, float* dx) {
+  if (T <= 0) return;
+  const int V = W.rows, K = W.cols;
+  std::vector<float> z(static_cast<size_t>(T) * V);
+  if (W.tiled() || !has_avx512()) {  // two reads of W: logits, then the input gradient
+    matmul(pool, x, T, W, z.data());
+    for (int t = 0; t < T; ++t) {
+      float* zt = z.data() + static_cast<size_t>(t) * V;
+      const float mx = *std::max_element(zt, zt + V), za = zt[target[t]];
+      double sum = 0;
+      for (int v = 0; v < V; ++v) sum += (zt[v] = std::exp(zt[v] - mx));
+      loss[t] = -(za - mx - std::log(sum));
+      if (!dx) continue;
+      const float scale = static_cast<float>(weight[t] / sum);
+      for (int v = 0; v < V; ++v) zt[v] *= scale;
+      zt[target[t]] -= weight[t];
+    }
+    if (dx) matmul_backward_input(pool, z.data(), T, W, dx, true);
+    return;
+  }
+  const int dt = dt_code(W.dtype);
+  constexpr int kSlab = 64;  // rows of W per slab: 256 KiB of a 2048-wide bf16 head, re-read from L2
+  const int slabs = (V + kSlab - 1) / kSlab, parts = std::min(slabs, 16);
+  std::vector<float> m(static_cast<size_t>(parts) * T, -INFINITY), za(T, 0.f);
+  std::vector<double> s(static_cast<size_t>(parts) * T, 0.0);
+  std::vector<float> acc(dx ? static_cast<size_t>(parts) * T * K : 0, 0.f);
+  std::atomic<int> next{0};
+  pool.run_on_all([&](int) {
+    for (int p; (p = next.fetch_add(1)) < parts;) {
+      float* mp = m.data() + static_cast<size_t>(p) * T;
+      double* sp = s.data() + static_cast<size_t>(p) * T;
+      float* ap = dx ? acc.data() + static_cast<size_t>(p) * T * K : nullptr;
+      for (int b = slabs * p / parts; b < slabs * (p + 1) / parts; ++b) {
+        const int n0 = b * kSlab, n1 = std::min(V, n0 + kSlab);
+        avx512::dot_rows(x, T, K, W.data, dt, n0, n1, z.data(), V, 0);
+        for (int t = 0; t < T; ++t) {
+          float* zt = z.data() + static_cast<size_t>(t) * V;
+          if (target[t] >= n0 && target[t] < n1) za[t] = zt[target[t]];
+          const float bm = *std::max_element(zt + n0, zt + n1);
+          if (bm > mp[t]) {  // a new running max: what was summed against the old one shrinks
+            if (sp[t] > 0) {
+              const float r = std::exp(mp[t] - bm);
+              sp[t] *= r;
+              if (ap)
+                for (int k = 0; k < K; ++k) ap[static_cast<size_t>(t) * K + k] *= r;
+            }
+            mp[t] = bm;
+          }
+          double sum = 0;
+          for (int v = n0; v < n1; ++v) sum += (zt[v] = std::exp(zt[v] - mp[t]));
+          sp[t] += sum;
+        }
+        if (ap) avx512::backward_stream(z.data(), T, V, W.data, dt, K, n0, n1, ap);
+      }
+    }
+  }, int64_t(T) * V * K * (dx ? 2 : 1));
+  std::vector<float> row(dx ? K : 0);
+  for (int t = 0; t < T; ++t) {
+    float mx = -INFINITY;
+    for (int p = 0; p < parts; ++p) mx = std::max(mx, m[static_cast<size_t>(p) * T + t]);
+    double sum = 0;
+    for (int p = 0; p < parts; ++p) sum += s[static_cast<size_t>(p) * T + t] * std::exp(double(m[static_cast<size_t>(p) * T + t]) - mx);
+    loss[t] = -(za[t] - mx - std::log(sum));
+    if (!dx) continue;
+    float* out = dx + static_cast<size_t>(t) * K;
+    for (int p = 0; p < parts; ++p) {
+      const float f = static_cast<float>(weight[t] * std::exp(double(m[static_cast<size_t>(p) * T + t]) - mx) / sum);
+      const float* a = acc.data() + (static_cast<size_t>(p) * T + t) * K;
+      for (int k = 0; k < K; ++k) out[k] += f * a[k];
+    }
+    convert_to_f32(W.row(target[t]), W.dtype, row.data(), K);
+    for (int k = 0; k < K; ++k) out[k] -= weight[t] * row[k];
+  }
 }
 
 float f16_to_f32(uint16_t h) {

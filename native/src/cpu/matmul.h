@@ -26,6 +26,12 @@ struct MatmulJob {
   bool accumulate = false;
 };
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
+// Cross-entropy of target[t] under softmax(x[t] · Wᵀ) for a few rows x (an LM head over the vocabulary) into
+// loss[t], and with dx, dx[t] += weight[t] · dloss[t]/dx[t], reading W once (matmul then matmul_backward_input read it
+// twice): each slab of W's rows gives its logits and, while in cache, its share of Σ_v exp(z_v − m) W_v with a running
+// max m per row. Fixed parts of the vocabulary, merged in order, make the result independent of the thread count.
+void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W, const int* target, const float* weight,
+                           double* loss, float* dx);
 // Tiled weights (Mat::tiled(): block-scaled FP8, MXFP4, transposed storage; matmul_tiled.cpp): tiles of rows widened
 // to f32, then the f32 kernels above. matmul / matmul_backward_input / matmul_batch dispatch here by themselves.
 void matmul_tiled(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate);

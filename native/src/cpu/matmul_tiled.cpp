@@ -79,7 +79,7 @@ void widen_rows(const Mat& W, int r0, int64_t a, int64_t b, float* out) {
 
 // Rows [r0, r1) of W as f32 into out ([r1 - r0, cols]).
 void widen_rows(ThreadPool& pool, const Mat& W, int r0, int r1, float* out) {
-  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) { widen_rows(W, r0, a, b, out); });
+  pool.parallel_for(r1 - r0, 8, [&](int64_t a, int64_t b, int) { widen_rows(W, r0, a, b, out); }, int64_t(r1 - r0) * W.cols);
 }
 
 }  // namespace

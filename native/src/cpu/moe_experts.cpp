@@ -289,7 +289,7 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
         default: unit_generic(x, tok, un.count, gate[e], up[e], down[e], ou, save_g, save_u, rows, ws); break;
       }
     }
-  });
+  }, int64_t(R) * 3 * H * gate[0].rows);
 
   // Combine per token in ascending expert order: the same sums whichever thread ran which expert, and whatever order
   // the router listed the slots in (two runs whose weights tie differently still add identically).
@@ -317,7 +317,7 @@ void moe_experts_forward(ThreadPool& pool, const float* x, int T, int k, const i
         for (int s = 0; s < k; ++s)
           std::memcpy(save_o + (static_cast<size_t>(t) * k + s) * H, o + static_cast<size_t>(pos[t * k + s]) * H, H * sizeof(float));
     }
-  });
+  }, int64_t(R) * H);
 }
 
 }  // namespace routescope

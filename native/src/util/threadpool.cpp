@@ -4,7 +4,6 @@
 
 namespace routescope {
 
-
 ThreadPool::ThreadPool(int threads) {
   for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -38,11 +37,15 @@ void ThreadPool::worker_loop(int index) {
   }
 }
 
-void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
+void ThreadPool::run_on_all(const std::function<void(int)>& fn, int64_t work) {
+  if (!splits(work)) {
+    for (int i = 0; i < size(); ++i) fn(i);
+    return;
+  }
   // Sessions of one model share its pool and may run on different threads at once: whoever finds the pool busy
   // runs every chunk itself instead of waiting (or corrupting the dispatch in progress).
   std::unique_lock<std::mutex> dispatch(dispatch_mu_, std::try_to_lock);
-  if (workers_.empty() || !dispatch.owns_lock()) {
+  if (!dispatch.owns_lock()) {
     for (int i = 0; i < size(); ++i) fn(i);
     return;
   }
@@ -59,11 +62,12 @@ void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
   cv_done_.wait(lock, [&] { return pending_atomic_.load(std::memory_order_acquire) == 0; });
 }
 
-void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn) {
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn,
+                              int64_t work) {
   if (n <= 0) return;
   int threads = size();
   grain = std::max<int64_t>(1, grain);
-  if (threads == 1 || n <= grain) {
+  if (threads == 1 || n <= grain || !splits(work)) {
     fn(0, n, 0);
     return;
   }
