@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { NativeModelInfo, NativeSession } from '../engine/native';
 import { forwardLayer, itemEmbedding, type Embedder } from './embedder';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { describeEmbedder, identityMismatch, modelIdentity, sameEmbedder, type EmbedderIdentity, type ModelIdentity } from './identity';
 import { readSafetensors, writeSafetensors } from './safetensors';
 import { questionText, type TaskItem, type TaskRunner } from './tasks';

@@ -3,7 +3,7 @@
 //     (" A" … " D") has the highest log-probability at the last prompt position;
 //   generative {"id","skill","prompt","answer"}: greedy decoding (at most 16 tokens, cut at the first newline),
 //     exact match of the trimmed text.
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import type { NativeModelInfo, NativeSession } from '../engine/native';
 import type { RoutingSpan } from '../../../common/src/routing';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';

@@ -11,7 +11,7 @@ import { AdaptPanel } from '../views/adaptPanel';
 import { HeadroomPanel } from '../views/headroomPanel';
 import { summariseHeadroom, type HeadroomItemRecord } from '../adapt/headroom';
 import { parseTasks } from '../adapt/tasks';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { report, type CommandContext } from './context';
 import { withRunProgress } from './progress';
 import { plural } from '../../../common/src/format';
