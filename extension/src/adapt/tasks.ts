@@ -88,6 +88,36 @@ export function parseTasks(text: string, file: string): TaskItem[] {
   return items;
 }
 
+export class CancelledError extends Error {
+  readonly code = 'CANCELLED';
+  constructor() {
+    super('cancelled');
+  }
+}
+
+/** Runs labelled items one at a time; a cancel (polled between items, or the engine's CANCELLED during one) stops
+ *  the loop and keeps the records that finished. */
+export async function runItems<R>(
+  items: readonly TaskItem[],
+  run: (item: TaskItem) => Promise<R>,
+  o: { shouldStop?: () => boolean; onRecord?: (record: R) => void; onItemDone?: (records: readonly R[]) => void },
+): Promise<{ records: R[]; cancelled: boolean }> {
+  const records: R[] = [];
+  for (const item of items) {
+    if (o.shouldStop?.()) return { records, cancelled: true };
+    try {
+      const record = await run(item);
+      records.push(record);
+      o.onRecord?.(record);
+    } catch (error) {
+      if ((error as { code?: string }).code === 'CANCELLED') return { records, cancelled: true };
+      throw error;
+    }
+    o.onItemDone?.(records);
+  }
+  return { records, cancelled: false };
+}
+
 /** The text embedded for the neighbour search: the question (the prompt when there is none). */
 export function questionText(item: TaskItem): string {
   return item.question ?? item.prompt;
