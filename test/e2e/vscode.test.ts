@@ -206,6 +206,9 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const summary = await waitForNotification(/cells route to a different expert set/);
     const changed = Number(/(\d+) of (\d+) cells/.exec(summary)![1]);
     assert.ok(changed > 0, summary);
+    // A is the unpatched run (the code lens's, reused), B the re-run with the patch made after it.
+    const [, runA, runB] = /run #(\d+) vs #(\d+)/.exec(summary)!.map(Number);
+    assert.ok(runA < runB, `A is the earlier, unpatched run: ${summary}`);
     // The panel recounts as run B's layers arrive: wait for it to settle on the host's count.
     const grid = await wb.until('the panel\'s count to settle', async () => {
       const g = await gridState({ mode: 'compare' });
@@ -220,6 +223,9 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const layerRows = await frame.locator('#diff-layers tbody tr').allInnerTexts();
     assert.equal(layerRows.length, moeLayers, JSON.stringify(layerRows));
     assert.ok(layerRows.some((r) => /e\d+ → e\d+ ×\d+/.test(r)), `a top-1 replacement is listed: ${JSON.stringify(layerRows)}`);
+    // The signs: B has the busiest expert masked, so in its layer routing moves away from it (A → B), never to it.
+    assert.doesNotMatch(layerRows[0], new RegExp(`→ e${busiest} ×`), `the masked expert is never B's choice: ${layerRows[0]}`);
+    assert.doesNotMatch(await frame.locator('#run-label').innerText(), /\(patched\)/, 'A is the unpatched run');
     const moved = await frame.locator('#next-token-changes tbody tr').allInnerTexts();
     if (moved.length === 0) assert.match(await frame.locator('#next-token-unchanged').innerText(), /^No next token moved by 0\.05 percentage points/);
     for (const r of moved) assert.doesNotMatch(r.split('\t').at(-1)!, /^[+−]?0(\.0+)?$/, `a listed change moved: ${r}`);
