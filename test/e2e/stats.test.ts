@@ -2,8 +2,8 @@
 // in its own window and profile): the routing statistics of the demo task suite (media/tasks/eval.jsonl) from the
 // palette, the panel's figures against `routescope stats --json` on the same file (activation rates of every layer
 // and expert, per skill too, top tokens, co-activation, flow, the paired-set ranking, the steering re-run's
-// accuracies), a top context opened as its prompt, the export read back against the CLI's, and screenshots of the
-// panel in the dark, light and high-contrast themes (test/out/e2e/stats-*.png).
+// accuracies), a top context opened as its prompt, the export read back against the CLI's, screenshots of the
+// panel in the dark, light and high-contrast themes (test/out/e2e/stats-*.png), and the panel after a window reload.
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -189,5 +189,19 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
         await wb.shot(`${theme}-${name}`);
       }
     }
+  });
+
+  await step(t, 'reload the window: the panel comes back, says the statistics were not kept, and Run again computes the same', async () => {
+    await wb.runCommand('Developer: Reload Window', '');
+    await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
+    const restored = await wb.webview('body[data-state="unavailable"]');
+    assert.match(await restored.locator('#status').innerText(), /not kept across the window reload: Run again/);
+    assert.match(await restored.locator('#title').innerText(), /eval\.jsonl/);
+    await wb.shot('restored');
+    await wb.runCommand('Open Demo Model');
+    await restored.locator('#rerun').click();
+    await restored.locator('body[data-state="done"]').waitFor({ timeout: STEP_MS });
+    assert.equal(Number(await restored.locator('#status').getAttribute('data-prompts')), cli.prompts);
+    assert.equal(Number(await restored.locator('#status').getAttribute('data-tokens')), cli.tokens);
   });
 });
