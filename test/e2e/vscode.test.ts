@@ -337,6 +337,33 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await shot('adapt-remix');
   });
 
+  await step(t, 'Re-mix with Browse…: VS Code\'s own open dialog (browser-served here), the set\'s manifest.json picked, the folder saved', async () => {
+    // Forget the set the last step saved, so Re-mix asks again.
+    const settingsFile = path.join(workspace, '.vscode', 'settings.json');
+    const key = 'routescope.c3po.reference';
+    const saved = JSON.parse(fs.readFileSync(settingsFile, 'utf8')) as Record<string, unknown>;
+    assert.equal(saved[key], referenceDir, 'the typed set was saved to the workspace settings');
+    delete saved[key];
+    fs.writeFileSync(settingsFile, JSON.stringify(saved, null, 2));
+    // Close the last result, so the panel that opens is this Re-mix's.
+    const resultTab = page.locator('.tabs-container .tab', { hasText: 'Re-mix (C3PO)' });
+    await resultTab.first().click();
+    await wb.runCommand('View: Close Editor', '');
+    await wb.until('the last Re-mix result closed', async () => ((await resultTab.count()) === 0 ? true : undefined), UI_MS);
+    await showPromptsEditor();
+    const browse = page.locator('.quick-input-list .monaco-list-row', { hasText: 'Browse…' }).first();
+    await wb.until('Re-mix to ask for the reference set again', async () => {
+      await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Re-mix (C3PO)' }).first().click();
+      return (await browse.isVisible().catch(() => false)) ? true : (await page.keyboard.press('Escape'), undefined);
+    }, UI_MS * 2);
+    await browse.click();
+    // The workbench's own file dialog: a quick input holding a path (no OS dialog, which a browser could not open).
+    await wb.fillPathDialog(path.join(referenceDir, 'manifest.json'));
+    await adaptPanel('Re-mix (C3PO): ngd');
+    await wb.until('the picked set saved to the workspace settings', async () => ((JSON.parse(fs.readFileSync(settingsFile, 'utf8')) as Record<string, unknown>)[key] === referenceDir ? true : undefined), UI_MS);
+    await shot('adapt-remix-browse');
+  });
+
   await step(t, 'Generate with rerouting from a code lens: rounds, δ per layer after each round, both texts', async () => {
     await showPromptsEditor();
     await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Generate with rerouting' }).first().click();
