@@ -220,8 +220,8 @@ interface CodeServerTools {
   CHROMIUM: string;
 }
 
-/** The extension as it is installed: the built tree, with DEMO_MODEL as media/demo-model. */
-function stageExtension(dir: string): string {
+/** The extension as it is installed: the built tree, with `model` as media/demo-model. */
+function stageExtension(dir: string, model: string): string {
   const ext = path.join(dir, 'extension');
   fs.rmSync(ext, { recursive: true, force: true });
   fs.mkdirSync(path.join(ext, 'media'), { recursive: true });
@@ -229,7 +229,7 @@ function stageExtension(dir: string): string {
   for (const name of fs.readdirSync(path.join(ROOT, 'media'))) {
     if (name !== 'demo-model') fs.symlinkSync(path.join(ROOT, 'media', name), path.join(ext, 'media', name));
   }
-  fs.symlinkSync(DEMO_MODEL, path.join(ext, 'media', 'demo-model'));
+  fs.symlinkSync(model, path.join(ext, 'media', 'demo-model'));
   return ext;
 }
 
@@ -244,17 +244,19 @@ export interface WorkbenchSession {
   close(): Promise<void>;
 }
 
-/** A suite's own VS Code: the extension staged, code-server on a fresh profile in .cache/e2e/<name> (outside
- *  test/out, whose *.test.js files are the suites) with `settings` and `workspaceFiles`, and chromium on the
- *  workbench. */
-export async function openWorkbench(o: { name: string; shotPrefix?: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): Promise<WorkbenchSession> {
-  if (!fs.existsSync(path.join(DEMO_MODEL, 'config.json'))) throw new Error(`the demo model is missing (${DEMO_MODEL}); the end-to-end tests open it`);
+/** A suite's own VS Code: the extension staged (with `model`, default DEMO_MODEL, as its demo model), code-server on
+ *  a fresh profile in .cache/e2e/<name> (outside test/out, whose *.test.js files are the suites) with `settings` and
+ *  `workspaceFiles`, and chromium on the workbench. `model(runDir)` may write the model into the suite's folder. */
+export async function openWorkbench(o: { name: string; shotPrefix?: string; model?: (runDir: string) => string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): Promise<WorkbenchSession> {
   fs.mkdirSync(OUT, { recursive: true });
   const tools = (await import(pathToFileURL(path.join(ROOT, 'tools', 'code-server.mjs')).href)) as CodeServerTools;
   const install = tools.ensureCodeServer();
   const runDir = path.join(ROOT, '.cache', 'e2e', o.name);
   fs.rmSync(runDir, { recursive: true, force: true });
-  const { workspace, ud } = tools.prepareProfile(runDir, { extensionDir: stageExtension(runDir), settings: o.settings, workspaceFiles: o.workspaceFiles });
+  fs.mkdirSync(runDir, { recursive: true });
+  const model = o.model ? o.model(runDir) : DEMO_MODEL;
+  if (!fs.existsSync(path.join(model, 'config.json'))) throw new Error(`the demo model is missing (${model}); the end-to-end tests open it`);
+  const { workspace, ud } = tools.prepareProfile(runDir, { extensionDir: stageExtension(runDir, model), settings: o.settings, workspaceFiles: o.workspaceFiles });
   const server = await tools.startCodeServer({ dir: runDir, port: await tools.freePort(), install });
   let context: BrowserContext | undefined;
   let wb: Workbench | undefined;
