@@ -151,7 +151,7 @@ test('dist/extension.js activates and registers every contributed command; palet
       onDidDispose: events, onDidChangeViewState: events, dispose: () => undefined,
     };
     await serializers.get('routescope.statsPanel')!.deserializeWebviewPanel(restored, { sources: ['/data/eval.jsonl'], group: 'all' });
-    assert.match(restored.webview.html, /stats/);
+    assert.match(restored.webview.html, /<title>Routing statistics<\/title>/);
     onMessage!({ method: 'stats/ready', params: {} });
     assert.deepEqual(posted.map((m) => m.method), ['stats/unavailable']);
     assert.match(posted[0].params!.reason!, /not kept across the window reload: Run again/);
