@@ -11,7 +11,7 @@ import type { FrameLocator, Page } from 'playwright-core';
 import { ROOT } from '../helpers/cli';
 import { writeRandomOlmoe } from '../helpers/random-model';
 import { DEMO_MODEL, openWorkbench, stepRunner, STEP_MS, Workbench, type WorkbenchSession } from './workbench';
-import { MIN_COLUMN_GAP } from '../../webview/src/stats/flow';
+import { FLOW_PICTURE } from '../../webview/src/stats/model';
 
 const LAYERS = 48;
 const PROMPTS = 120;
@@ -49,12 +49,7 @@ test('The routing flow of a 48-layer model in the statistics panel: readable, wi
 
   await step(t, 'open the 48-layer model, then Routing Statistics over a Prompt Set… on the open tasks.jsonl', async () => {
     await wb.runCommand('Open Demo Model');
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.fill('tasks.jsonl');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'tasks.jsonl' }).first().waitFor();
-    await input.press('Enter');
-    await page.locator('.tabs-container .tab.active', { hasText: 'tasks.jsonl' }).waitFor();
+    await wb.openFile('tasks.jsonl');
     await wb.runCommand('Routing Statistics over a Prompt Set…');
     frame = await wb.webview('body[data-state="done"]', STEP_MS * 2);
     assert.equal(Number(await frame.locator('#status').getAttribute('data-prompts')), PROMPTS);
@@ -65,10 +60,13 @@ test('The routing flow of a 48-layer model in the statistics panel: readable, wi
   await step(t, 'the flow picture: 48 columns at least the minimum gap apart, numbers that do not collide, experts named at the ends', async () => {
     const picture = frame.locator('#flow-picture');
     await picture.scrollIntoViewIfNeeded();
-    const attrs = await picture.evaluate((c) => ({ ...(c as HTMLCanvasElement).dataset, width: c.getBoundingClientRect().width, host: c.parentElement!.clientWidth }));
+    const attrs = await picture.evaluate((c) => {
+      const data = (name: string): string => c.getAttribute(`data-${name}`) ?? '';
+      return { layers: data('layers'), ribbons: data('ribbons'), layerStep: data('layer-step'), expertLabels: data('expert-labels'), columnGap: data('column-gap'), width: c.getBoundingClientRect().width, host: c.parentElement!.clientWidth };
+    });
     assert.equal(Number(attrs.layers), LAYERS);
     assert.ok(Number(attrs.ribbons) > 0);
-    assert.ok(Number(attrs.columnGap) >= MIN_COLUMN_GAP, `columns ${attrs.columnGap} px apart`);
+    assert.ok(Number(attrs.columnGap) >= FLOW_PICTURE.minColumnGap, `columns ${attrs.columnGap} px apart`);
     assert.ok(Number(attrs.layerStep) >= 2, `every ${attrs.layerStep} layer numbered at ${attrs.columnGap} px`);
     assert.equal(attrs.expertLabels, 'ends');
     assert.ok(attrs.width >= attrs.host, 'the picture fills the panel (and scrolls when wider)');

@@ -73,12 +73,7 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
 
   await step(t, 'open the demo model, then Routing Statistics over a Prompt Set… on the open eval.jsonl', async () => {
     await wb.runCommand('Open Demo Model');
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.fill('eval.jsonl');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'eval.jsonl' }).first().waitFor();
-    await input.press('Enter');
-    await page.locator('.tabs-container .tab.active', { hasText: 'eval.jsonl' }).waitFor();
+    await wb.openFile('eval.jsonl');
     await page.locator('.monaco-editor .view-lines', { hasText: 'eval-add-001' }).first().waitFor({ state: 'visible' });
     await wb.runCommand('Routing Statistics over a Prompt Set…');
     await frame().locator('body[data-state="done"]').waitFor({ timeout: STEP_MS });

@@ -138,12 +138,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
   const expectedTokens = tokenizer.encode(firstPrompt.text).length;
 
   await step(t, 'Inspect Routing from the palette on the prompt at the cursor: one grid row per MoE layer, all tokens', async () => {
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.fill('demo.prompts.md');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'demo.prompts.md' }).first().waitFor();
-    await input.press('Enter');
-    await page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible' });
+    await wb.openFile('demo.prompts.md');
     // Cursor into the first prompt's body.
     await page.keyboard.press('Control+G');
     await page.locator('.quick-input-widget input.input').fill(`:${firstPrompt.line + 2}`);
@@ -377,12 +372,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
   });
 
   await step(t, 'Routing Headroom (Analysis Only) on a task file: per-layer bars with axes, the items it fixes, marked analysis only', async () => {
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.fill('demo.tasks.jsonl');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'demo.tasks.jsonl' }).first().waitFor();
-    await input.press('Enter');
-    await page.locator('.tabs-container .tab.active', { hasText: 'demo.tasks.jsonl' }).waitFor();
+    await wb.openFile('demo.tasks.jsonl');
     await runCommand('Routing Headroom (Analysis Only)');
     const { text, html, frame } = await adaptPanel('Routing headroom — ANALYSIS ONLY');
     assert.equal(await wb.editorGroups(), 2, 'the headroom panel opens as a tab among the result panels');

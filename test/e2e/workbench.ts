@@ -150,6 +150,17 @@ export class Workbench {
     });
   }
 
+  /** Opens a workspace file as a user does (Quick Open, Ctrl+P) and waits for its editor tab. */
+  async openFile(name: string): Promise<void> {
+    await this.page.keyboard.press('Control+P');
+    const input = this.page.locator('.quick-input-widget input.input');
+    await input.fill(name);
+    await this.page.locator('.quick-input-list .monaco-list-row', { hasText: name }).first().waitFor();
+    await input.press('Enter');
+    await this.page.locator('.tabs-container .tab.active', { hasText: name }).waitFor();
+    await this.page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible' });
+  }
+
   async showEditor(name: string): Promise<void> {
     await this.page.locator('.tabs-container .tab', { hasText: name }).first().click();
     await this.page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible' });

@@ -11,8 +11,7 @@ import * as v8 from 'node:v8';
 import { RoutingStats, type RoutingStatsResult } from '../../common/src/routingStats';
 import { activationDifference, activationRates, coActivationShare, expertTopTokens, flowCounts, totalCounts } from '../../common/src/statsQueries';
 import { reviveStatsData, type StatsPanelData } from '../../common/src/statsProtocol';
-import { StatsModel } from '../../webview/src/stats/model';
-import { flowAxes, MIN_COLUMN_GAP } from '../../webview/src/stats/flow';
+import { FLOW_PICTURE, flowAxes, StatsModel } from '../../webview/src/stats/model';
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -168,7 +167,7 @@ test('the flow picture at 4, 16 and 48 layers: columns never closer than the min
   const expertLabel = 16; // "e31"
   for (const [layers, host] of [[4, 900], [16, 900], [48, 1500], [48, 700], [96, 1500]]) {
     const axes = flowAxes(layers, host, layerLabel, expertLabel);
-    assert.ok(axes.gap >= MIN_COLUMN_GAP - 1e-9, `${layers} layers in ${host} px: gap ${axes.gap}`);
+    assert.ok(axes.gap >= FLOW_PICTURE.minColumnGap - 1e-9, `${layers} layers in ${host} px: gap ${axes.gap}`);
     assert.ok(axes.width >= host, 'the picture fills the panel');
     // Neighbouring numbers have at least a number's width between them.
     assert.ok(axes.layerStep * axes.gap >= 2 * layerLabel, `${layers} layers in ${host} px: every ${axes.layerStep} at ${axes.gap.toFixed(1)} px`);

@@ -92,15 +92,21 @@ export class StatsPanel implements vscode.Disposable {
     this.attach(panel);
   }
 
-  /** A panel restored by VS Code after a window reload: the page, with nothing in memory to show. */
-  private async restore(panel: vscode.WebviewPanel, state: SavedStatsState | undefined): Promise<void> {
-    this.panel?.dispose();
-    this.start = undefined;
-    this.set = undefined;
+  /** Forgets what the panel showed (a new run, or a panel restored after a reload). */
+  private clear(): void {
+    this.restoredSources = undefined;
     this.data = undefined;
     this.progress = undefined;
     this.failed = undefined;
     this.steering = undefined;
+  }
+
+  /** A panel restored by VS Code after a window reload: the page, with nothing in memory to show. */
+  private async restore(panel: vscode.WebviewPanel, state: SavedStatsState | undefined): Promise<void> {
+    this.panel?.dispose();
+    this.clear();
+    this.start = undefined;
+    this.set = undefined;
     const sources = Array.isArray(state?.sources) && state.sources.every((s) => typeof s === 'string') ? (state.sources as string[]) : [];
     this.restoredSources = sources.length > 0 ? sources : undefined;
     panel.webview.options = { enableScripts: true, localResourceRoots: [vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview')] };
@@ -136,13 +142,9 @@ export class StatsPanel implements vscode.Disposable {
 
   /** A new run begins: the panel shows its progress. */
   begin(start: StatsRunStart, set: PromptSet): void {
+    this.clear();
     this.start = start;
     this.set = set;
-    this.restoredSources = undefined;
-    this.data = undefined;
-    this.progress = undefined;
-    this.failed = undefined;
-    this.steering = undefined;
     this.open(`Routing Statistics: ${start.source}`);
     this.post(StatsStartedNotification.create(start));
   }

@@ -4,35 +4,13 @@
 // colour; hovering a node or ribbon gives its figures. Axes: MoE layer along x; along y the experts stacked in order,
 // with a scale bar of 10 % of the tokens. Many layers (48 and more) stay readable: columns keep a minimum gap (the
 // chart scrolls sideways when the panel is narrower), every k-th layer is numbered with a tick at each, and experts are
-// named beside the first and last columns only, unless the gaps leave room for names at every column.
+// named beside the first and last columns only, unless the gaps leave room for names at every column (model.ts flowAxes).
 import { expertHex } from '../colors';
-import { chartFont, labelStep, sizeCanvas } from '../charts/axes';
+import { chartFont, sizeCanvas } from '../charts/axes';
 import type { Theme } from '../theme';
-import type { FlowLayout } from './model';
+import { flowAxes, FLOW_PICTURE, type FlowLayout } from './model';
 
-const LEFT = 64, TOP = 10, BOTTOM = 40, RIGHT = 16, NODE_W = 8;
-/** The narrowest gap between layer columns at which ribbons still read as paths (px). */
-export const MIN_COLUMN_GAP = 28;
-
-export interface FlowAxes {
-  /** The picture's CSS width: the panel's, or wider (scrolling) when the columns need it. */
-  width: number;
-  /** Between neighbouring layer columns (px). */
-  gap: number;
-  /** Every `layerStep`-th layer is numbered (each has a tick). */
-  layerStep: number;
-  /** Expert names beside every column, or beside the first and last only. */
-  expertLabels: 'every' | 'ends';
-}
-
-/** How `layers` columns fit `hostWidth` (pure): see the file's opening comment. */
-export function flowAxes(layers: number, hostWidth: number, layerLabelWidth: number, expertLabelWidth: number): FlowAxes {
-  const span = Math.max(1, layers - 1);
-  const width = Math.max(LEFT + RIGHT + NODE_W + span * MIN_COLUMN_GAP, hostWidth);
-  const gap = (width - LEFT - RIGHT - NODE_W) / span;
-  // A layer number with room for two beside it; names at every column when they take at most a third of a gap.
-  return { width, gap, layerStep: labelStep(gap, 2 * layerLabelWidth), expertLabels: gap - NODE_W >= 3 * (expertLabelWidth + 3) ? 'every' : 'ends' };
-}
+const { left: LEFT, top: TOP, bottom: BOTTOM, right: RIGHT, nodeWidth: NODE_W } = FLOW_PICTURE;
 
 export interface FlowDescribe {
   node(row: number, expert: number): string;
