@@ -53,8 +53,10 @@ test('The routing flow of a 48-layer model in the statistics panel: readable, wi
     await wb.runCommand('Routing Statistics over a Prompt Set…');
     frame = await wb.webview('body[data-state="done"]', STEP_MS * 2);
     assert.equal(Number(await frame.locator('#status').getAttribute('data-prompts')), PROMPTS);
+    // Give the panel the whole editor area (its page reloads when shown again: wait for the statistics).
     await wb.runCommand('View: Single Column Editor Layout', '');
     await page.locator('.tabs-container .tab', { hasText: 'Routing Statistics' }).first().click();
+    frame = await wb.webview('body[data-state="done"]');
   });
 
   await step(t, 'the flow picture: 48 columns at least the minimum gap apart, numbers that do not collide, experts named at the ends', async () => {
