@@ -11,6 +11,8 @@ import type { ExpertDifference, PairSide, SteerMode, SteeringOutcome } from './s
 export interface StatsPanelData {
   /** What was run ("eval.jsonl", "a.txt, b.txt"). */
   source: string;
+  /** The files and folders read (absolute paths): a panel restored after a window reload runs them again. */
+  sources: string[];
   /** The model, in one line. */
   model: string;
   /** How prompts were grouped: by input file, by their "skill" field, or not. */

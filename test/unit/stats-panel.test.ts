@@ -69,7 +69,7 @@ function panelData(result: RoutingStatsResult): StatsPanelData {
   for (const id of result.topTokens.ids) if (id >= 0) ids.add(id);
   const sorted = Int32Array.from([...ids].sort((a, b) => a - b));
   return {
-    source: 'set.jsonl', model: 'olmoe', groupBy: 'skill', result,
+    source: 'set.jsonl', sources: ['/data/set.jsonl'], model: 'olmoe', groupBy: 'skill', result,
     tokenTexts: { ids: sorted, texts: Array.from(sorted, (id) => `tok${id}`) },
     promptIds: Array.from({ length: result.prompts }, (_, i) => `item-${i}`),
     labelled: true, completed: result.prompts, total: result.prompts, cancelled: false, seconds: 1,

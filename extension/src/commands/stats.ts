@@ -72,7 +72,7 @@ export function statsCommands(c: CommandContext, models: ModelCommands) {
         });
       });
       const data: StatsPanelData = {
-        source, model, groupBy,
+        source, sources: set.sources, model, groupBy,
         result: outcome.result,
         tokenTexts: outcome.tokenTexts,
         promptIds: set.prompts.map((p) => p.id),

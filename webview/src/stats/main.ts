@@ -411,6 +411,9 @@ function showResult(data: ConstructorParameters<typeof StatsModel>[0]): void {
   if (state.coRow >= m.L) state.coRow = 0;
   if (state.flowRow >= m.L - 1) state.flowRow = 0;
   if (state.group !== 'all' && !m.groups.includes(state.group)) state.group = 'all';
+  // Kept with the view state: a panel restored after a window reload offers to run them again.
+  state.sources = data.sources;
+  state.source = data.source;
   byId('title').textContent = `Routing statistics — ${data.source}`;
   const groups = r.groups.length > 1 ? ` in ${r.groups.length} sets by ${data.groupBy} (${r.groups.map((g) => `${g.name} ${g.prompts}`).join(', ')})` : '';
   byId('meta').textContent = `${data.model} · ${plural(r.prompts, 'prompt')} (${plural(m.all.tokens, 'token')})${groups}${r.skipped ? `; ${r.skipped} skipped (too long or empty)` : ''} · ${data.seconds.toFixed(1)} s`;
