@@ -342,8 +342,8 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     fs.writeFileSync(settingsFile, JSON.stringify(saved, null, 2));
     // Close the last result, so the panel that opens is this Re-mix's.
     const resultTab = page.locator('.tabs-container .tab', { hasText: 'Re-mix (C3PO)' });
-    await resultTab.first().click();
-    await wb.runCommand('View: Close Editor', '');
+    await resultTab.first().hover();
+    await resultTab.first().locator('.tab-actions .action-label').first().click();
     await wb.until('the last Re-mix result closed', async () => ((await resultTab.count()) === 0 ? true : undefined), UI_MS);
     await showPromptsEditor();
     const browse = page.locator('.quick-input-list .monaco-list-row', { hasText: 'Browse…' }).first();
