@@ -43,8 +43,8 @@ export function llamaPeerBuild() {
   };
 }
 
-/** Deterministic token ids (mulberry32), the same stream as bench/run.mjs's randomTokens. */
-function randomTokens(n, vocab, seed) {
+/** Deterministic token ids (mulberry32): the prompts the bench times and cross-checks (bench/run.mjs imports it). */
+export function randomTokens(n, vocab, seed) {
   let state = (seed ^ 0x5bd1e995) >>> 0;
   const out = [];
   for (let i = 0; i < n; i++) {

@@ -23,7 +23,7 @@ import { parseArgs } from 'node:util';
 
 import { SHAPES, activeDecodeBytes, ensureCheckpoint, textConfig } from './checkpoint.mjs';
 import { ensureGguf } from './gguf.mjs';
-import { PEERS_DIR, llamaPeerBuild, llamaPeerMissing } from './peer_llama.mjs';
+import { PEERS_DIR, llamaPeerBuild, llamaPeerMissing, randomTokens } from './peer_llama.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'bench', 'out');
@@ -200,20 +200,6 @@ function cpuModel() {
   } catch {
     return { model: os.cpus()[0]?.model ?? 'unknown', family: null, model_number: null, flags: [] };
   }
-}
-
-/** Deterministic token ids (mulberry32), distinct from the engine's and the peers' own prompt streams. */
-function randomTokens(n, vocab, seed) {
-  let state = (seed ^ 0x5bd1e995) >>> 0;
-  const out = [];
-  for (let i = 0; i < n; i++) {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out.push((((t ^ (t >>> 14)) >>> 0) % vocab));
-  }
-  return out;
 }
 
 const best = (xs) => {

@@ -11,6 +11,8 @@ import type { ExpertDifference, PairSide, SteerMode, SteeringOutcome } from './s
 export interface StatsPanelData {
   /** What was run ("eval.jsonl", "a.txt, b.txt"). */
   source: string;
+  /** The files and folders read (absolute paths): a panel restored after a window reload runs them again. */
+  sources: string[];
   /** The model, in one line. */
   model: string;
   /** How prompts were grouped: by input file, by their "skill" field, or not. */
@@ -31,6 +33,8 @@ export interface StatsPanelData {
 
 export interface StatsRunStart {
   source: string;
+  /** The files and folders read (absolute paths): a panel restored after a window reload runs them again. */
+  sources: string[];
   model: string;
   total: number;
   groups: string[];
@@ -138,6 +142,8 @@ export const StatsStartedNotification = new IpcNotification<StatsRunStart>('stat
 export const StatsProgressNotification = new IpcNotification<{ done: number; total: number; tokens: number; skipped: number; load?: Float64Array }>('stats/progress');
 export const StatsResultNotification = new IpcNotification<StatsPanelData>('stats/result');
 export const StatsFailedNotification = new IpcNotification<{ message: string }>('stats/failed');
+/** A panel restored after a window reload: the statistics were not kept; Run again computes them anew. */
+export const StatsUnavailableNotification = new IpcNotification<{ reason: string }>('stats/unavailable');
 export const StatsContextNotification = new IpcNotification<StatsContext>('stats/context');
 export const SteeringNotification = new IpcNotification<SteeringState>('stats/steering');
 

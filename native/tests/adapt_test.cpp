@@ -31,6 +31,13 @@ Patch delta_patch(const std::map<int, std::vector<float>>& delta, const ModelInf
   return parse_patch(js.str(), info);
 }
 
+// Rerouted greedy generation of `new_tokens` after `prompt`, on a fresh session and without a patch.
+RerouteResult rerouted(Model& model, const std::vector<int>& prompt, int new_tokens, const RerouteOptions& ro) {
+  SampleOptions so;
+  so.max_new_tokens = new_tokens;
+  return generate_rerouted(*model.create_session(), prompt, Patch(), so, ro);
+}
+
 float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
   float m = a.size() == b.size() ? 0.f : INFINITY;
   for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
@@ -100,12 +107,9 @@ TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefil
 TEST("reroute: confidence-based layer selection adapts the requested fraction") {
   auto model = Model::load(fixture_model("mixtral-perexpert-f32"), LoadOptions{1, "cpu"});
   auto prompt = random_tokens(8, model->info().vocab_size, 4);
-  SampleOptions so;
-  so.max_new_tokens = 2;
   RerouteOptions ro;
   ro.layer_fraction = 0.34f;  // 1 of 3 layers
-  Patch none;
-  auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
+  auto rr = rerouted(*model, prompt, 2, ro);
   CHECK(rr.rounds.size() == 1);
   CHECK(rr.rounds[0].layers.size() == 1);
   CHECK(rr.rounds[0].confidence.size() == 3);
@@ -141,12 +145,9 @@ TEST("reroute: a round's layer choice uses the confidence recorded while routing
   auto model = Model::load(fixture_model("qwen3_moe-fused-f32"), LoadOptions{2, "cpu"});
   const ModelInfo& info = model->info();
   auto prompt = random_tokens(10, info.vocab_size, 50);
-  SampleOptions so;
-  so.max_new_tokens = 9;
   RerouteOptions ro;
   ro.interval = 4;
-  Patch none;
-  auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
+  auto rr = rerouted(*model, prompt, 9, ro);
   CHECK(rr.rounds.size() == 3);
   std::vector<int> context = prompt;
   context.insert(context.end(), rr.tokens.begin(), rr.tokens.end());
@@ -166,14 +167,11 @@ TEST("reroute: the loss since the last round runs the new tokens against the cac
   auto model = Model::load(fixture_model("olmoe-perexpert-bf16"), LoadOptions{2, "cpu"});
   const ModelInfo& info = model->info();
   auto prompt = random_tokens(12, info.vocab_size, 60);
-  SampleOptions so;
-  so.max_new_tokens = 7;
   RerouteOptions exact, recent;
   exact.interval = recent.interval = 5;
   recent.since_last_round = true;
-  Patch none;
-  auto a = generate_rerouted(*model->create_session(), prompt, none, so, exact);
-  auto b = generate_rerouted(*model->create_session(), prompt, none, so, recent);
+  auto a = rerouted(*model, prompt, 7, exact);
+  auto b = rerouted(*model, prompt, 7, recent);
   CHECK(a.rounds.size() == 2 && b.rounds.size() == 2);
   // After prefill the window is the whole prompt: the same round.
   CHECK(b.rounds[0].window_start == 0 && b.rounds[0].losses == a.rounds[0].losses);
@@ -193,9 +191,6 @@ TEST("reroute: Adam's moments carry across rounds unless reset each round") {
   auto model = Model::load(fixture_model("mixtral-perexpert-f32"), LoadOptions{1, "cpu"});
   const ModelInfo& info = model->info();
   auto prompt = random_tokens(9, info.vocab_size, 70);
-  SampleOptions so;
-  so.max_new_tokens = 4;
-  Patch none;
   // One step per round: a fresh Adam's first step moves every coordinate with a gradient by exactly lr.
   auto largest_off_lr = [&](bool reset) {
     RerouteOptions ro;
@@ -203,7 +198,7 @@ TEST("reroute: Adam's moments carry across rounds unless reset each round") {
     ro.steps = 1;
     ro.layer_fraction = 1;
     ro.reset_adam_each_round = reset;
-    auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
+    auto rr = rerouted(*model, prompt, 4, ro);
     CHECK(rr.rounds.size() == 2);
     double worst = 0;
     for (const auto& kv : rr.rounds[1].delta)

@@ -14,49 +14,10 @@
 using namespace routescope;
 using rstest::error_code_of;
 using rstest::fixture_model;
+using rstest::misaligned_matrix;
 using rstest::random_tokens;
 
 namespace {
-
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
-uint16_t to_f16(float f) {  // inputs here are small normal numbers
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000, exp = (u >> 23) & 0xFF, mant = u & 0x7FFFFF;
-  int e = int(exp) - 127 + 15;
-  if (e <= 0) return static_cast<uint16_t>(sign);
-  return static_cast<uint16_t>(sign | (e << 10) | ((mant + 0x1000) >> 13));
-}
-
-struct TestMat {
-  std::vector<uint8_t> bytes;
-  std::vector<float> values;  // exact values after rounding to the dtype
-  Mat mat;
-};
-
-TestMat make_mat(int N, int K, DType dt, std::mt19937& rng) {
-  std::normal_distribution<float> nd(0.f, 1.f);
-  TestMat m;
-  m.values.resize(size_t(N) * K);
-  m.bytes.resize(size_t(N) * K * dtype_size(dt) + 64);
-  for (size_t i = 0; i < m.values.size(); ++i) {
-    float v = nd(rng);
-    if (dt == DType::F32) std::memcpy(&m.bytes[4 * i], &v, 4);
-    else {
-      uint16_t h = dt == DType::BF16 ? to_bf16(v) : to_f16(v);
-      std::memcpy(&m.bytes[2 * i], &h, 2);
-    }
-  }
-  convert_to_f32(m.bytes.data(), dt, m.values.data(), m.values.size());
-  // Deliberately misaligned view: safetensors data need not be aligned.
-  std::memmove(m.bytes.data() + 2, m.bytes.data(), m.values.size() * dtype_size(dt));
-  m.mat = Mat{m.bytes.data() + 2, dt, N, K};
-  return m;
-}
 
 TEST("kernels: matmul and its input gradient match a float64 loop (all dtypes, ragged sizes)") {
   std::printf("     kernel family: %s\n", matmul_isa());
@@ -67,7 +28,7 @@ TEST("kernels: matmul and its input gradient match a float64 loop (all dtypes, r
     for (int T : {1, 2, 3, 4, 5, 8, 9, 17})
       for (int N : {1, 5, 33, 70, 300})
         for (int K : {7, 16, 31, 300}) {
-          TestMat W = make_mat(N, K, dt, rng);
+          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 1.f, rng);
           std::vector<float> x(size_t(T) * K), y(size_t(T) * N, 1.f), dy(size_t(T) * N), dx(size_t(T) * K, 0.5f);
           for (auto& v : x) v = nd(rng);
           for (auto& v : dy) v = nd(rng);
@@ -100,7 +61,7 @@ TEST("kernels: the input gradient of many rows (packed GEMM, threaded and serial
       for (int N : {3, 300, 1100})  // 1100: more than one 1024-row chunk
         for (int K : {7, 33, 160})   // 7, 33: fewer column panels than threads
           for (bool accumulate : {false, true}) {
-            TestMat W = make_mat(N, K, dt, rng);
+            rstest::TestMatrix W = misaligned_matrix(N, K, dt, 1.f, rng);
             std::vector<float> dy(size_t(T) * N);
             for (auto& v : dy) v = nd(rng);
             std::vector<float> dx(size_t(T) * K, 0.5f), dxs(size_t(T) * K, 0.5f);

@@ -15,49 +15,11 @@
 #include "test.h"
 
 using namespace routescope;
+using rstest::misaligned_matrix;
+using rstest::round_bf16;
+using rstest::TestMatrix;
 
 namespace {
-
-uint16_t round_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
-uint16_t round_f16(float f) {  // inputs here are small normal numbers
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000, exp = (u >> 23) & 0xFF, mant = u & 0x7FFFFF;
-  int e = int(exp) - 127 + 15;
-  if (e <= 0) return static_cast<uint16_t>(sign);
-  return static_cast<uint16_t>(sign | (e << 10) | ((mant + 0x1000) >> 13));
-}
-
-// A weight matrix in a dtype with its exact values, stored one element off alignment like a safetensors view.
-struct Weights {
-  std::vector<uint8_t> bytes;
-  std::vector<double> values;
-  Mat mat;
-};
-Weights make_weights(int N, int K, DType dt, float scale, std::mt19937& rng) {
-  std::normal_distribution<float> nd(0.f, scale);
-  Weights w;
-  const size_t n = size_t(N) * K, es = dtype_size(dt);
-  w.bytes.assign(n * es + 8, 0);
-  w.values.resize(n);
-  std::vector<float> f(n);
-  for (size_t i = 0; i < n; ++i) {
-    float v = nd(rng);
-    if (dt == DType::F32) std::memcpy(&w.bytes[2 + 4 * i], &v, 4);
-    else {
-      const uint16_t h = dt == DType::BF16 ? round_bf16(v) : round_f16(v);
-      std::memcpy(&w.bytes[2 + 2 * i], &h, 2);
-    }
-  }
-  convert_to_f32(w.bytes.data() + 2, dt, f.data(), n);
-  for (size_t i = 0; i < n; ++i) w.values[i] = f[i];
-  w.mat = Mat{w.bytes.data() + 2, dt, N, K};
-  return w;
-}
 
 const char* family_name(ExpertKernels f) {
   switch (f) {
@@ -82,12 +44,12 @@ TEST("kernels: grouped experts (gate/up, SiLU, down, weighted combine) match a f
     for (Shape sh : {Shape{64, 48, 6, 2}, Shape{37, 22, 5, 3}, Shape{130, 70, 8, 4}})
       for (int T : {1, 3, 5, 17, 70, 300}) {
         const int H = sh.H, I = sh.I, E = sh.E, k = sh.k;
-        std::vector<Weights> gw, uw, dw;
+        std::vector<TestMatrix> gw, uw, dw;
         std::vector<Mat> gate, up, down;
         for (int e = 0; e < E; ++e) {
-          gw.push_back(make_weights(I, H, dt, 0.3f, rng));
-          uw.push_back(make_weights(I, H, dt, 0.3f, rng));
-          dw.push_back(make_weights(H, I, dt, 0.3f, rng));
+          gw.push_back(misaligned_matrix(I, H, dt, 0.3f, rng));
+          uw.push_back(misaligned_matrix(I, H, dt, 0.3f, rng));
+          dw.push_back(misaligned_matrix(H, I, dt, 0.3f, rng));
         }
         for (int e = 0; e < E; ++e) gate.push_back(gw[e].mat), up.push_back(uw[e].mat), down.push_back(dw[e].mat);
         std::vector<float> x(size_t(T) * H), w(size_t(T) * k);

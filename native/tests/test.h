@@ -1,5 +1,7 @@
 // A minimal test harness: TEST(name) registers a case; CHECK records a failure and continues.
 #pragma once
+#include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <random>
@@ -7,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/convert.h"
+#include "model/model.h"
 #include "routescope/engine.h"
 
 namespace rstest {
@@ -34,6 +38,50 @@ inline std::vector<int> random_tokens(int n, int vocab, int seed) {
   std::vector<int> t(n);
   for (auto& x : t) x = int(rng() % vocab);
   return t;
+}
+
+// float -> bf16, rounded to nearest even.
+inline uint16_t round_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+// float -> f16 for the small normal numbers the tests draw (no subnormals, infinities or NaN).
+inline uint16_t round_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t sign = (u >> 16) & 0x8000, exp = (u >> 23) & 0xFF, mant = u & 0x7FFFFF;
+  int e = int(exp) - 127 + 15;
+  if (e <= 0) return static_cast<uint16_t>(sign);
+  return static_cast<uint16_t>(sign | (e << 10) | ((mant + 0x1000) >> 13));
+}
+
+// A weight matrix in a dtype with its exact values (after rounding to the dtype), stored 2 bytes off alignment:
+// safetensors data need not be aligned.
+struct TestMatrix {
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;
+  routescope::Mat mat;
+};
+// N x K normal values of standard deviation `scale`, drawn in row-major order from rng.
+inline TestMatrix misaligned_matrix(int N, int K, routescope::DType dt, float scale, std::mt19937& rng) {
+  using routescope::DType;
+  std::normal_distribution<float> nd(0.f, scale);
+  TestMatrix m;
+  const size_t n = size_t(N) * K, es = routescope::dtype_size(dt);
+  m.bytes.assign(n * es + 8, 0);
+  m.values.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const float v = nd(rng);
+    if (dt == DType::F32) std::memcpy(&m.bytes[2 + 4 * i], &v, 4);
+    else {
+      const uint16_t h = dt == DType::BF16 ? round_bf16(v) : round_f16(v);
+      std::memcpy(&m.bytes[2 + 2 * i], &h, 2);
+    }
+  }
+  routescope::convert_to_f32(m.bytes.data() + 2, dt, m.values.data(), n);
+  m.mat = routescope::Mat{m.bytes.data() + 2, dt, N, K};
+  return m;
 }
 
 // The code of the routescope::Error that f throws, "none" when it returns, or what else it threw.

@@ -2,10 +2,9 @@
 // method, the per-item logs, refusal of a mismatched reference set, and Ctrl-C keeping the partial results.
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ROOT, runCli, tempDir } from '../helpers/cli';
+import { interruptCli, ROOT, runCli, tempDir } from '../helpers/cli';
 import { mcItems, mcModel, writeJsonl } from '../helpers/adapt';
 
 let tmp = '';
@@ -26,6 +25,9 @@ before(() => {
   assert.ok(report.kept > 0 && report.kept <= 40);
 });
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** Ready for Ctrl-C once the per-item log holds a finished item. */
+const logged = (log: string) => (): boolean => fs.existsSync(log) && fs.statSync(log).size > 0;
 
 test('reference build writes an inspectable set; --help lists the commands', () => {
   for (const f of ['routing.safetensors', 'embeddings.safetensors', 'index.jsonl', 'manifest.json']) assert.ok(fs.existsSync(path.join(ref, f)), f);
@@ -128,21 +130,7 @@ test('Ctrl-C during eval stops after the current item, prints the partial summar
   const data = path.join(tmp, 'long.jsonl');
   writeJsonl(data, mcItems(4000, 1000));
   const log = path.join(tmp, 'partial.jsonl');
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'routescope.js'), 'eval', '--model', model, '--data', data, '--method', 'reroute', '--log', log, '--threads', '1', '--json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setInterval(() => {
-    if (fs.existsSync(log) && fs.statSync(log).size > 0) {
-      clearInterval(timer);
-      child.kill('SIGINT');
-    }
-  }, 20);
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  clearInterval(timer);
+  const { code, stdout, stderr } = await interruptCli(['eval', '--model', model, '--data', data, '--method', 'reroute', '--log', log, '--threads', '1', '--json'], logged(log));
   assert.equal(code, 130, stderr);
   const summary = JSON.parse(stdout);
   assert.equal(summary.cancelled, true);
@@ -171,22 +159,9 @@ test('Ctrl-C during reference build stops it and writes no reference set', async
   const data = path.join(tmp, 'long-ref.jsonl');
   writeJsonl(data, mcItems(20000, 1000));
   const out = path.join(tmp, 'ref-cancelled');
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'routescope.js'), 'reference', 'build', '--model', model, '--data', data, '--out', out, '--threads', '1'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  // Ctrl-C once the build is under way (its first progress line), not at a fixed time: a loaded machine may take
-  // longer than any fixed delay to start the CLI, and a signal before its handler is installed just kills it.
-  const interrupt = (): void => {
-    if (child.exitCode === null) child.kill('SIGINT');
-  };
-  child.stderr.on('data', (d: Buffer) => {
-    if (stderr === '') interrupt();
-    stderr += d.toString();
-  });
-  const timer = setTimeout(interrupt, 20_000);
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  clearTimeout(timer);
+  // Ctrl-C once the build is under way (its first progress line), or after 20 s without one.
+  const started = Date.now();
+  const { code, stderr } = await interruptCli(['reference', 'build', '--model', model, '--data', data, '--out', out, '--threads', '1'], (o) => o.stderr !== '' || Date.now() - started > 20_000);
   assert.equal(code, 130, stderr);
   assert.match(stderr, /routescope: cancelled; no reference set written/);
   assert.ok(!fs.existsSync(path.join(out, 'manifest.json')));
@@ -236,21 +211,7 @@ test('Ctrl-C during headroom keeps the finished items: partial summary, exit 130
   const data = path.join(tmp, 'long-headroom.jsonl');
   writeJsonl(data, mcItems(4000, 3000));
   const log = path.join(tmp, 'headroom-partial.jsonl');
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'routescope.js'), 'headroom', '--model', model, '--data', data, '--log', log, '--threads', '1', '--json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setInterval(() => {
-    if (fs.existsSync(log) && fs.statSync(log).size > 0) {
-      clearInterval(timer);
-      child.kill('SIGINT');
-    }
-  }, 20);
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  clearInterval(timer);
+  const { code, stdout, stderr } = await interruptCli(['headroom', '--model', model, '--data', data, '--log', log, '--threads', '1', '--json'], logged(log));
   assert.equal(code, 130, stderr);
   const summary = JSON.parse(stdout);
   assert.equal(summary.cancelled, true);

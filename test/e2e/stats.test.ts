@@ -2,36 +2,16 @@
 // in its own window and profile): the routing statistics of the demo task suite (media/tasks/eval.jsonl) from the
 // palette, the panel's figures against `routescope stats --json` on the same file (activation rates of every layer
 // and expert, per skill too, top tokens, co-activation, flow, the paired-set ranking, the steering re-run's
-// accuracies), a top context opened as its prompt, the export read back against the CLI's, and screenshots of the
-// panel in the dark, light and high-contrast themes (test/out/e2e/stats-*.png).
+// accuracies), a top context opened as its prompt, the export read back against the CLI's, screenshots of the
+// panel in the dark, light and high-contrast themes (test/out/e2e/stats-*.png), and the panel after a window reload.
 import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import type { BrowserContext, FrameLocator, Page } from 'playwright-core';
+import type { FrameLocator, Page } from 'playwright-core';
 import { ROOT, runCli } from '../helpers/cli';
 import { decodeTensor, readSafetensorsRaw } from '../helpers/safetensors';
-
-const OUT = path.join(ROOT, 'test', 'out', 'e2e');
-const RUN_DIR = path.join(ROOT, '.cache', 'e2e', 'stats');
-const DEMO_MODEL = path.resolve(process.env.ROUTESCOPE_E2E_MODEL || path.join(ROOT, 'media', 'demo-model'));
-const STEP_MS = 120_000;
-const UI_MS = 20_000;
-/** Name in the screenshots, the setting's value, the label Preferences: Color Theme lists. */
-const THEMES = [
-  ['dark', 'Default Dark Modern', 'Dark Modern'],
-  ['light', 'Default Light Modern', 'Light Modern'],
-  ['high-contrast', 'Default High Contrast', 'Dark High Contrast'],
-] as const;
-
-interface CodeServerTools {
-  ensureCodeServer(): { nodeBin: string; entry: string };
-  prepareProfile(dir: string, options: { extensionDir: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): { workspace: string };
-  startCodeServer(options: { dir: string; port: number; install: unknown; stdio?: unknown }): Promise<{ url: string; stop(): void }>;
-  freePort(): Promise<number>;
-  CHROMIUM: string;
-}
+import { DEMO_MODEL, openWorkbench, stepRunner, STEP_MS, UI_MS, Workbench, type WorkbenchSession } from './workbench';
 
 /** `routescope stats --json` as the README documents it (the parts compared here). */
 interface CliStats {
@@ -48,50 +28,10 @@ interface CliStats {
   steering: { mode: string; experts: { layer: number; expert: number }[]; groups: { group: string; accuracy?: { before: number; after: number }; flips?: { wrongToRight: number; rightToWrong: number } }[] };
 }
 
-let context: BrowserContext | undefined;
+let session: WorkbenchSession | undefined;
 let page: Page;
-let server: { url: string; stop(): void } | undefined;
+let wb: Workbench;
 let workspace: string;
-const shots: string[] = [];
-
-function stageExtension(dir: string): string {
-  const ext = path.join(dir, 'extension');
-  fs.rmSync(ext, { recursive: true, force: true });
-  fs.mkdirSync(path.join(ext, 'media'), { recursive: true });
-  for (const name of ['package.json', 'dist', 'build', 'node_modules']) fs.symlinkSync(path.join(ROOT, name), path.join(ext, name));
-  for (const name of fs.readdirSync(path.join(ROOT, 'media'))) {
-    if (name !== 'demo-model') fs.symlinkSync(path.join(ROOT, 'media', name), path.join(ext, 'media', name));
-  }
-  fs.symlinkSync(DEMO_MODEL, path.join(ext, 'media', 'demo-model'));
-  return ext;
-}
-
-async function shot(name: string): Promise<void> {
-  const file = path.join(OUT, `stats-${String(shots.length + 1).padStart(2, '0')}-${name}.png`);
-  await page.screenshot({ path: file });
-  shots.push(file);
-}
-
-async function palette(text: string): Promise<void> {
-  for (let attempt = 0; attempt < 8; attempt++) {
-    await page.keyboard.press('Escape');
-    await page.keyboard.press('F1');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.waitFor({ state: 'visible', timeout: 10_000 });
-    await input.fill(`>${text}`);
-    const row = page.locator('.quick-input-list .monaco-list-row', { hasText: text }).first();
-    try {
-      await row.waitFor({ state: 'visible', timeout: 3_000 });
-      await input.press('Enter');
-      return;
-    } catch {
-      // The palette snapshots commands when opened: the extension may not have activated yet.
-      await page.keyboard.press('Escape');
-      await page.waitForTimeout(1_000);
-    }
-  }
-  throw new Error(`command "${text}" never appeared in the palette`);
-}
 
 const frame = (): FrameLocator => page.frameLocator('iframe.webview').frameLocator('#active-frame');
 
@@ -105,53 +45,20 @@ async function tableValues(table: string, cell: string, keys: string[]): Promise
 }
 
 before(async () => {
-  assert.ok(fs.existsSync(path.join(DEMO_MODEL, 'config.json')), `the demo model is missing (${DEMO_MODEL})`);
-  fs.mkdirSync(OUT, { recursive: true });
-  const tools = (await import(pathToFileURL(path.join(ROOT, 'tools', 'code-server.mjs')).href)) as CodeServerTools;
-  const install = tools.ensureCodeServer();
-  fs.rmSync(RUN_DIR, { recursive: true, force: true });
-  const extension = stageExtension(RUN_DIR);
-  const profile = tools.prepareProfile(RUN_DIR, {
-    extensionDir: extension,
-    settings: { 'workbench.colorTheme': THEMES[0][1], 'git.enabled': false },
+  session = await openWorkbench({
+    name: 'stats',
+    shotPrefix: 'stats-',
+    settings: { 'workbench.colorTheme': 'Default Dark Modern', 'git.enabled': false },
     workspaceFiles: { 'eval.jsonl': fs.readFileSync(path.join(ROOT, 'media', 'tasks', 'eval.jsonl'), 'utf8') },
   });
-  workspace = profile.workspace;
-  const port = await tools.freePort();
-  server = await tools.startCodeServer({ dir: RUN_DIR, port, install });
-  const { chromium } = (await import('playwright-core')) as typeof import('playwright-core');
-  context = await chromium.launchPersistentContext(path.join(RUN_DIR, 'chromium'), {
-    executablePath: tools.CHROMIUM,
-    headless: true,
-    viewport: { width: 1600, height: 1000 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  context.setDefaultTimeout(UI_MS);
-  page = context.pages()[0] ?? (await context.newPage());
-  await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`, { timeout: 60_000 });
-  await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
-  await page.locator('.activitybar').waitFor({ state: 'visible' });
+  ({ wb, page, workspace } = session);
 });
 
 after(async () => {
-  await context?.close().catch(() => undefined);
-  server?.stop();
-  if (shots.length) console.log(`# screenshots:\n${shots.map((s) => `#   ${path.relative(ROOT, s)}`).join('\n')}`);
+  await session?.close();
 });
 
-let failed = false;
-async function step(t: { test: (name: string, fn: () => Promise<void>) => Promise<void> }, name: string, fn: () => Promise<void>): Promise<void> {
-  await t.test(name, async () => {
-    if (failed) throw new Error('skipped: an earlier step failed');
-    try {
-      await fn();
-    } catch (error) {
-      failed = true;
-      await shot(`failed-${name.slice(0, 40).replace(/[^a-z0-9]+/gi, '-')}`).catch(() => undefined);
-      throw error;
-    }
-  });
-}
+const step = stepRunner((name) => wb.shot(name));
 
 test('Routing statistics in VS Code: the demo task suite, the same numbers as routescope stats, in three themes', async (t) => {
   const tasks = path.join(workspace, 'eval.jsonl');
@@ -165,15 +72,10 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
   });
 
   await step(t, 'open the demo model, then Routing Statistics over a Prompt Set… on the open eval.jsonl', async () => {
-    await palette('Routescope: Open Demo Model');
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.fill('eval.jsonl');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'eval.jsonl' }).first().waitFor();
-    await input.press('Enter');
-    await page.locator('.tabs-container .tab.active', { hasText: 'eval.jsonl' }).waitFor();
+    await wb.runCommand('Open Demo Model');
+    await wb.openFile('eval.jsonl');
     await page.locator('.monaco-editor .view-lines', { hasText: 'eval-add-001' }).first().waitFor({ state: 'visible' });
-    await palette('Routescope: Routing Statistics over a Prompt Set…');
+    await wb.runCommand('Routing Statistics over a Prompt Set…');
     await frame().locator('body[data-state="done"]').waitFor({ timeout: STEP_MS });
     const status = frame().locator('#status');
     assert.equal(Number(await status.getAttribute('data-prompts')), cli.prompts);
@@ -184,7 +86,7 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
 
   await step(t, 'the load heatmap has its axes, colour bar and unit; every layer\'s rates equal the CLI\'s, overall and per skill', async () => {
     // Give the panel the whole editor area.
-    await palette('View: Single Column Editor Layout');
+    await wb.runCommand('View: Single Column Editor Layout', '');
     await page.locator('.tabs-container .tab', { hasText: 'Routing Statistics' }).first().click();
     await frame().locator('body[data-state="done"]').waitFor({ timeout: STEP_MS });
     const heat = frame().locator('#load-heatmap');
@@ -257,17 +159,9 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
   await step(t, 'export .safetensors from the panel: the same tensors as routescope stats --out', async () => {
     const target = path.join(workspace, 'stats.safetensors');
     await frame().locator('#export-safetensors').click();
-    const input = page.locator('.quick-input-widget input.input');
-    await input.waitFor({ state: 'visible' });
-    for (let deadline = Date.now() + UI_MS; (await input.inputValue()) === '' && Date.now() < deadline; ) await page.waitForTimeout(100);
-    for (let attempt = 0; attempt < 5; attempt++) {
-      await input.fill(target);
-      await page.waitForTimeout(300);
-      if ((await input.inputValue()) === target) break;
-    }
-    await input.press('Enter');
+    await wb.fillPathDialog(target);
     for (let deadline = Date.now() + UI_MS; !fs.existsSync(target) && Date.now() < deadline; ) await page.waitForTimeout(200);
-    const cliFile = path.join(RUN_DIR, 'cli-stats.safetensors');
+    const cliFile = path.join(session!.runDir, 'cli-stats.safetensors');
     const r = runCli(['stats', '--model', DEMO_MODEL, '--data', tasks, '--out', cliFile, '--threads', '2']);
     assert.equal(r.code, 0, r.stderr);
     const ours = readSafetensorsRaw(target);
@@ -283,28 +177,26 @@ test('Routing statistics in VS Code: the demo task suite, the same numbers as ro
   });
 
   await step(t, 'screenshots in the dark, light and high-contrast themes', async () => {
-    for (const [name, , label] of THEMES) {
-      if (name !== 'dark') {
-        // Click the rows: Enter would take the palette's best fuzzy match ("Browse Color Themes in Marketplace").
-        await page.keyboard.press('Escape');
-        await page.keyboard.press('F1');
-        const input = page.locator('.quick-input-widget input.input');
-        await input.fill('>Preferences: Color Theme');
-        await page.locator('.quick-input-list .monaco-list-row', { hasText: 'Preferences: Color Theme' }).first().click();
-        await input.fill(label);
-        await page.locator('.quick-input-list .monaco-list-row', { hasText: new RegExp(`^${label}`) }).first().click();
+    for (const theme of ['dark', 'light', 'high-contrast'] as const) {
+      await wb.setTheme(theme, [frame()]);
+      for (const [section, name] of [['#load-section', 'load'], ['#co-section', 'expert-coactivation'], ['#flow-section', 'flow'], ['#steering', 'pairs']]) {
+        await frame().locator(section).scrollIntoViewIfNeeded();
+        await wb.shot(`${theme}-${name}`);
       }
-      const kind = name === 'dark' ? 'vscode-dark' : name === 'light' ? 'vscode-light' : 'vscode-high-contrast';
-      await frame().locator(`body.${kind}`).waitFor({ timeout: UI_MS });
-      await page.waitForTimeout(600);
-      await frame().locator('#load-section').scrollIntoViewIfNeeded();
-      await shot(`${name}-load`);
-      await frame().locator('#co-section').scrollIntoViewIfNeeded();
-      await shot(`${name}-expert-coactivation`);
-      await frame().locator('#flow-section').scrollIntoViewIfNeeded();
-      await shot(`${name}-flow`);
-      await frame().locator('#steering').scrollIntoViewIfNeeded();
-      await shot(`${name}-pairs`);
     }
+  });
+
+  await step(t, 'reload the window: the panel comes back, says the statistics were not kept, and Run again computes the same', async () => {
+    await wb.runCommand('Developer: Reload Window', '');
+    await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
+    const restored = await wb.webview('body[data-state="unavailable"]');
+    assert.match(await restored.locator('#status').innerText(), /not kept across the window reload: Run again/);
+    assert.match(await restored.locator('#title').innerText(), /eval\.jsonl/);
+    await wb.shot('restored');
+    await wb.runCommand('Open Demo Model');
+    await restored.locator('#rerun').click();
+    await restored.locator('body[data-state="done"]').waitFor({ timeout: STEP_MS });
+    assert.equal(Number(await restored.locator('#status').getAttribute('data-prompts')), cli.prompts);
+    assert.equal(Number(await restored.locator('#status').getAttribute('data-tokens')), cli.tokens);
   });
 });

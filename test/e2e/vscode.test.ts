@@ -1,6 +1,7 @@
 // End to end in a real VS Code: code-server (installed into the cache by tools/code-server.mjs) driven through
 // Debian chromium with playwright-core, as in shared/spec/vscode-testing.md. The extension is the built tree
-// (dist/, build/Release, media/) staged as an installed extension. Screenshots of every panel go to test/out/e2e/.
+// (dist/, build/Release, media/) staged as an installed extension (workbench.ts: openWorkbench). Screenshots of every
+// panel go to test/out/e2e/.
 //   ROUTESCOPE_E2E_MODEL=DIR   stage DIR as the extension's demo model (default media/demo-model)
 // Over 400 lines on purpose: one test walks the product in one window, each step building on the last (the model
 // opened, the runs made, the patch set), so the steps stay together (page helpers: workbench.ts).
@@ -8,45 +9,17 @@ import { test, before, after } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import type { BrowserContext, FrameLocator, Page } from 'playwright-core';
+import type { FrameLocator, Page } from 'playwright-core';
 import { ROOT, runCli, runCliJson } from '../helpers/cli';
-import { STEP_MS, UI_MS, Workbench } from './workbench';
+import { DEMO_MODEL, openWorkbench, stepRunner, STEP_MS, UI_MS, Workbench, type WorkbenchSession } from './workbench';
 import { decodeTensor, readSafetensorsRaw } from '../helpers/safetensors';
 import { loadTokenizer } from '../../extension/src/checkpoint/tokenizer';
 
-const OUT = path.join(ROOT, 'test', 'out', 'e2e');
-// code-server's profile, workspace and the staged extension: outside test/out, whose *.test.js files are the suites.
-const RUN_DIR = path.join(ROOT, '.cache', 'e2e', 'vscode');
-const DEMO_MODEL = path.resolve(process.env.ROUTESCOPE_E2E_MODEL || path.join(ROOT, 'media', 'demo-model'));
-
-interface CodeServerTools {
-  ensureCodeServer(): { nodeBin: string; entry: string };
-  prepareProfile(dir: string, options: { extensionDir: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): { workspace: string; ud: string };
-  startCodeServer(options: { dir: string; port: number; install: unknown; stdio?: unknown }): Promise<{ url: string; stop(): void }>;
-  freePort(): Promise<number>;
-  CHROMIUM: string;
-}
-
-let context: BrowserContext | undefined;
+let session: WorkbenchSession | undefined;
 let page: Page;
 let wb: Workbench;
-let server: { url: string; stop(): void } | undefined;
 let workspace: string;
 let referenceDir: string;
-
-/** The extension as it is installed: the built tree, with the chosen model as media/demo-model. */
-function stageExtension(dir: string): string {
-  const ext = path.join(dir, 'extension');
-  fs.rmSync(ext, { recursive: true, force: true });
-  fs.mkdirSync(path.join(ext, 'media'), { recursive: true });
-  for (const name of ['package.json', 'dist', 'build', 'node_modules']) fs.symlinkSync(path.join(ROOT, name), path.join(ext, name));
-  for (const name of fs.readdirSync(path.join(ROOT, 'media'))) {
-    if (name !== 'demo-model') fs.symlinkSync(path.join(ROOT, 'media', name), path.join(ext, 'media', name));
-  }
-  fs.symlinkSync(DEMO_MODEL, path.join(ext, 'media', 'demo-model'));
-  return ext;
-}
 
 const shot = (name: string): Promise<void> => wb.shot(name);
 const runCommand = (title: string): Promise<void> => wb.runCommand(title);
@@ -107,67 +80,29 @@ function headroomItems(): string {
 }
 
 before(async () => {
-  assert.ok(fs.existsSync(path.join(DEMO_MODEL, 'config.json')), `the demo model is missing (${DEMO_MODEL}); the end-to-end tests open it`);
-  fs.mkdirSync(OUT, { recursive: true });
-  const tools = (await import(pathToFileURL(path.join(ROOT, 'tools', 'code-server.mjs')).href)) as CodeServerTools;
-  const install = tools.ensureCodeServer();
-  fs.rmSync(RUN_DIR, { recursive: true, force: true });
-  const extension = stageExtension(RUN_DIR);
-  // A C3PO reference set for the demo model, built by the CLI as a user would, for the Re-mix lens.
-  referenceDir = path.join(RUN_DIR, 'reference');
-  const built = runCli(['reference', 'build', '--model', DEMO_MODEL, '--data', path.join(ROOT, 'media', 'tasks', 'reference.jsonl'), '--limit', '140', '--out', referenceDir, '--threads', '2', '--json']);
-  assert.equal(built.code, 0, built.stderr);
   // No routescope.c3po.reference: the first Re-mix asks for the set, as it does for a new user.
-  let ud: string;
-  ({ workspace, ud } = tools.prepareProfile(RUN_DIR, {
-    extensionDir: extension,
+  session = await openWorkbench({
+    name: 'vscode',
     settings: { 'workbench.colorTheme': 'Default Dark Modern', 'editor.codeLens': true, 'git.enabled': false, 'git.openRepositoryInParentFolders': 'never' },
     workspaceFiles: {
       'demo.prompts.md': fs.readFileSync(path.join(ROOT, 'media', 'demo.prompts.md'), 'utf8'),
       // Labelled items for the routing headroom: two of each skill of the demo model's evaluation split.
       'demo.tasks.jsonl': headroomItems(),
     },
-  }));
-  const port = await tools.freePort();
-  server = await tools.startCodeServer({ dir: RUN_DIR, port, install });
-  const { chromium } = (await import('playwright-core')) as typeof import('playwright-core');
-  context = await chromium.launchPersistentContext(path.join(RUN_DIR, 'chromium'), {
-    executablePath: tools.CHROMIUM,
-    headless: true,
-    viewport: { width: 1600, height: 1000 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
-  context.setDefaultTimeout(UI_MS);
-  page = context.pages()[0] ?? (await context.newPage());
-  wb = new Workbench(page, OUT, path.join(ud, 'User', 'settings.json'));
-  // A shared, loaded machine can take longer than the default UI timeout to serve the workbench.
-  await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`, { timeout: 60_000 });
-  await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
-  await page.locator('.activitybar').waitFor({ state: 'visible' });
+  ({ wb, page, workspace } = session);
+  // A C3PO reference set for the demo model, built by the CLI as a user would, for the Re-mix lens.
+  referenceDir = path.join(session.runDir, 'reference');
+  const built = runCli(['reference', 'build', '--model', DEMO_MODEL, '--data', path.join(ROOT, 'media', 'tasks', 'reference.jsonl'), '--limit', '140', '--out', referenceDir, '--threads', '2', '--json']);
+  assert.equal(built.code, 0, built.stderr);
 });
 
 after(async () => {
-  await context?.close().catch(() => undefined);
-  server?.stop();
-  if (wb?.shots.length) console.log(`# screenshots:\n${wb.shots.map((s) => `#   ${path.relative(ROOT, s)}`).join('\n')}`);
+  await session?.close();
 });
 
 /** A sub-step; on failure a screenshot is kept and the later steps are skipped (they depend on this one). */
-let failed = false;
-// ROUTESCOPE_E2E_STEPS=REGEX runs only the steps whose names match (the others are reported skipped), for work on one.
-const only = process.env.ROUTESCOPE_E2E_STEPS ? new RegExp(process.env.ROUTESCOPE_E2E_STEPS) : undefined;
-async function step(t: { test: (name: string, options: { skip?: boolean }, fn: () => Promise<void>) => Promise<void> }, name: string, fn: () => Promise<void>): Promise<void> {
-  await t.test(name, { skip: only !== undefined && !only.test(name) }, async () => {
-    if (failed) throw new Error('skipped: an earlier step failed');
-    try {
-      await fn();
-    } catch (error) {
-      failed = true;
-      await shot(`failed-${name.slice(0, 40).replace(/[^a-z0-9]+/gi, '-')}`).catch(() => undefined);
-      throw error;
-    }
-  });
-}
+const step = stepRunner((name) => wb.shot(name));
 
 test('Routescope in VS Code: open the demo model, inspect from the palette and a code lens, mask, diff, export, survive an engine crash', async (t) => {
   const config = JSON.parse(fs.readFileSync(path.join(DEMO_MODEL, 'config.json'), 'utf8')) as { num_hidden_layers: number };
@@ -203,12 +138,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
   const expectedTokens = tokenizer.encode(firstPrompt.text).length;
 
   await step(t, 'Inspect Routing from the palette on the prompt at the cursor: one grid row per MoE layer, all tokens', async () => {
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.fill('demo.prompts.md');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'demo.prompts.md' }).first().waitFor();
-    await input.press('Enter');
-    await page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible' });
+    await wb.openFile('demo.prompts.md');
     // Cursor into the first prompt's body.
     await page.keyboard.press('Control+G');
     await page.locator('.quick-input-widget input.input').fill(`:${firstPrompt.line + 2}`);
@@ -271,6 +201,9 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const summary = await waitForNotification(/cells route to a different expert set/);
     const changed = Number(/(\d+) of (\d+) cells/.exec(summary)![1]);
     assert.ok(changed > 0, summary);
+    // A is the unpatched run (the code lens's, reused), B the re-run with the patch made after it.
+    const [, runA, runB] = /run #(\d+) vs #(\d+)/.exec(summary)!.map(Number);
+    assert.ok(runA < runB, `A is the earlier, unpatched run: ${summary}`);
     // The panel recounts as run B's layers arrive: wait for it to settle on the host's count.
     const grid = await wb.until('the panel\'s count to settle', async () => {
       const g = await gridState({ mode: 'compare' });
@@ -285,6 +218,9 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     const layerRows = await frame.locator('#diff-layers tbody tr').allInnerTexts();
     assert.equal(layerRows.length, moeLayers, JSON.stringify(layerRows));
     assert.ok(layerRows.some((r) => /e\d+ → e\d+ ×\d+/.test(r)), `a top-1 replacement is listed: ${JSON.stringify(layerRows)}`);
+    // The signs: B has the busiest expert masked, so in its layer routing moves away from it (A → B), never to it.
+    assert.doesNotMatch(layerRows[0], new RegExp(`→ e${busiest} ×`), `the masked expert is never B's choice: ${layerRows[0]}`);
+    assert.doesNotMatch(await frame.locator('#run-label').innerText(), /\(patched\)/, 'A is the unpatched run');
     const moved = await frame.locator('#next-token-changes tbody tr').allInnerTexts();
     if (moved.length === 0) assert.match(await frame.locator('#next-token-unchanged').innerText(), /^No next token moved by 0\.05 percentage points/);
     for (const r of moved) assert.doesNotMatch(r.split('\t').at(-1)!, /^[+−]?0(\.0+)?$/, `a listed change moved: ${r}`);
@@ -296,18 +232,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
   await step(t, 'export the routing trace and read it back', async () => {
     const target = path.join(workspace, 'trace.safetensors');
     await runCommand('Export Routing Trace…');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.waitFor({ state: 'visible' });
-    // The save dialog fills in its default path after it opens; typing before that gets the two mixed
-    // ("trace.safetensors.safetensors" in a folder that does not exist): wait for it, then type until it sticks.
-    for (let deadline = Date.now() + UI_MS; (await input.inputValue()) === '' && Date.now() < deadline; ) await page.waitForTimeout(100);
-    for (let attempt = 0; attempt < 5; attempt++) {
-      await input.fill(target);
-      await page.waitForTimeout(300);
-      if ((await input.inputValue()) === target) break;
-    }
-    assert.equal(await input.inputValue(), target, 'the save dialog holds the target path');
-    await input.press('Enter');
+    await wb.fillPathDialog(target);
     await waitForNotification(/routing trace of run #\d+ saved/);
     const st = readSafetensorsRaw(target);
     const logits = decodeTensor(st, 'router_logits');
@@ -407,6 +332,33 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
     await shot('adapt-remix');
   });
 
+  await step(t, 'Re-mix with Browse…: VS Code\'s own open dialog (browser-served here), the set\'s manifest.json picked, the folder saved', async () => {
+    // Forget the set the last step saved, so Re-mix asks again.
+    const settingsFile = path.join(workspace, '.vscode', 'settings.json');
+    const key = 'routescope.c3po.reference';
+    const saved = JSON.parse(fs.readFileSync(settingsFile, 'utf8')) as Record<string, unknown>;
+    assert.equal(saved[key], referenceDir, 'the typed set was saved to the workspace settings');
+    delete saved[key];
+    fs.writeFileSync(settingsFile, JSON.stringify(saved, null, 2));
+    // Close the last result, so the panel that opens is this Re-mix's.
+    const resultTab = page.locator('.tabs-container .tab', { hasText: 'Re-mix (C3PO)' });
+    await resultTab.first().hover();
+    await resultTab.first().locator('.tab-actions .action-label').first().click();
+    await wb.until('the last Re-mix result closed', async () => ((await resultTab.count()) === 0 ? true : undefined), UI_MS);
+    await showPromptsEditor();
+    const browse = page.locator('.quick-input-list .monaco-list-row', { hasText: 'Browse…' }).first();
+    await wb.until('Re-mix to ask for the reference set again', async () => {
+      await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Re-mix (C3PO)' }).first().click();
+      return (await browse.isVisible().catch(() => false)) ? true : (await page.keyboard.press('Escape'), undefined);
+    }, UI_MS * 2);
+    await browse.click();
+    // The workbench's own file dialog: a quick input holding a path (no OS dialog, which a browser could not open).
+    await wb.fillPathDialog(path.join(referenceDir, 'manifest.json'));
+    await adaptPanel('Re-mix (C3PO): ngd');
+    await wb.until('the picked set saved to the workspace settings', async () => ((JSON.parse(fs.readFileSync(settingsFile, 'utf8')) as Record<string, unknown>)[key] === referenceDir ? true : undefined), UI_MS);
+    await shot('adapt-remix-browse');
+  });
+
   await step(t, 'Generate with rerouting from a code lens: rounds, δ per layer after each round, both texts', async () => {
     await showPromptsEditor();
     await page.locator('.monaco-editor .codelens-decoration a', { hasText: 'Generate with rerouting' }).first().click();
@@ -420,12 +372,7 @@ test('Routescope in VS Code: open the demo model, inspect from the palette and a
   });
 
   await step(t, 'Routing Headroom (Analysis Only) on a task file: per-layer bars with axes, the items it fixes, marked analysis only', async () => {
-    await page.keyboard.press('Control+P');
-    const input = page.locator('.quick-input-widget input.input');
-    await input.fill('demo.tasks.jsonl');
-    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'demo.tasks.jsonl' }).first().waitFor();
-    await input.press('Enter');
-    await page.locator('.tabs-container .tab.active', { hasText: 'demo.tasks.jsonl' }).waitFor();
+    await wb.openFile('demo.tasks.jsonl');
     await runCommand('Routing Headroom (Analysis Only)');
     const { text, html, frame } = await adaptPanel('Routing headroom — ANALYSIS ONLY');
     assert.equal(await wb.editorGroups(), 2, 'the headroom panel opens as a tab among the result panels');

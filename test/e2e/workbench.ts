@@ -1,13 +1,21 @@
-// Page helpers for the end-to-end tests in code-server (not a test file): the command palette, tree views,
-// notifications, the webviews inside their two nested iframes, the Routescope panels' data attributes, colour themes
-// (switched through the user settings file, waited for on the page) and screenshots. Every wait is for a condition
-// on the page, never a fixed delay: the machine running these may be heavily loaded.
+// Helpers for the end-to-end tests in code-server (not a test file): a suite's session (the extension staged as
+// installed, code-server and chromium started on its own profile, the steps of one walk through the product), and
+// page helpers: the command palette, tree views, notifications, the webviews inside their two nested iframes, the
+// Routescope panels' data attributes, colour themes (switched through the user settings file, waited for on the page)
+// and screenshots. Every wait is for a condition on the page, never a fixed delay: the machine running these may be
+// heavily loaded.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { FrameLocator, Locator, Page } from 'playwright-core';
+import { pathToFileURL } from 'node:url';
+import type { BrowserContext, FrameLocator, Locator, Page } from 'playwright-core';
+import { ROOT } from '../helpers/cli';
 
 export const STEP_MS = 120_000;
 export const UI_MS = 20_000;
+/** Screenshots of every panel the suites open. */
+export const OUT = path.join(ROOT, 'test', 'out', 'e2e');
+/** ROUTESCOPE_E2E_MODEL=DIR stages DIR as the extension's demo model (default media/demo-model). */
+export const DEMO_MODEL = path.resolve(process.env.ROUTESCOPE_E2E_MODEL || path.join(ROOT, 'media', 'demo-model'));
 
 export type ThemeName = 'dark' | 'light' | 'high-contrast';
 /** VS Code's built-in themes and the class each puts on the workbench and on a webview's body. */
@@ -25,6 +33,8 @@ export class Workbench {
     readonly page: Page,
     private readonly outDir: string,
     private readonly settingsFile: string,
+    /** Put before each screenshot's number, so suites sharing the folder keep apart. */
+    private readonly shotPrefix = '',
   ) {}
 
   /** Polls `probe` until it returns a value (not undefined) or the time is up; then throws `what` with the last probe. */
@@ -44,7 +54,7 @@ export class Workbench {
   }
 
   async shot(name: string): Promise<void> {
-    const file = path.join(this.outDir, `${String(this.shots.length + 1).padStart(2, '0')}-${name}.png`);
+    const file = path.join(this.outDir, `${this.shotPrefix}${String(this.shots.length + 1).padStart(2, '0')}-${name}.png`);
     await this.page.screenshot({ path: file });
     this.shots.push(file);
   }
@@ -68,6 +78,23 @@ export class Workbench {
       }
     }
     throw new Error(`command "${prefix}${title}" never appeared in the palette`);
+  }
+
+  /** Types `target` into VS Code's own file dialog (save or open: a quick input holding a path) and accepts it. The
+   *  dialog fills in its default path after it opens; typing before that gets the two mixed, so wait for it, then
+   *  type until it sticks. */
+  async fillPathDialog(target: string): Promise<void> {
+    const input = this.page.locator('.quick-input-widget input.input');
+    await input.waitFor({ state: 'visible' });
+    for (let deadline = Date.now() + UI_MS; (await input.inputValue()) === '' && Date.now() < deadline; ) await this.page.waitForTimeout(100);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      await input.fill(target);
+      await this.page.waitForTimeout(300);
+      if ((await input.inputValue()) === target) break;
+    }
+    const typed = await input.inputValue();
+    if (typed !== target) throw new Error(`the file dialog holds ${typed}, not ${target}`);
+    await input.press('Enter');
   }
 
   view(name: string): Locator {
@@ -121,6 +148,17 @@ export class Workbench {
       const rows = await this.treeRows('Runs');
       return rows.length >= count && !rows.some((r) => /running…/.test(r)) ? rows : undefined;
     });
+  }
+
+  /** Opens a workspace file as a user does (Quick Open, Ctrl+P) and waits for its editor tab. */
+  async openFile(name: string): Promise<void> {
+    await this.page.keyboard.press('Control+P');
+    const input = this.page.locator('.quick-input-widget input.input');
+    await input.fill(name);
+    await this.page.locator('.quick-input-list .monaco-list-row', { hasText: name }).first().waitFor();
+    await input.press('Enter');
+    await this.page.locator('.tabs-container .tab.active', { hasText: name }).waitFor();
+    await this.page.locator('.monaco-editor .view-lines').first().waitFor({ state: 'visible' });
   }
 
   async showEditor(name: string): Promise<void> {
@@ -183,4 +221,100 @@ export class Workbench {
     else settings[key] = value;
     fs.writeFileSync(this.settingsFile, `${JSON.stringify(settings, null, 2)}\n`);
   }
+}
+
+interface CodeServerTools {
+  ensureCodeServer(): { nodeBin: string; entry: string };
+  prepareProfile(dir: string, options: { extensionDir: string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): { workspace: string; ud: string };
+  startCodeServer(options: { dir: string; port: number; install: unknown; stdio?: unknown }): Promise<{ url: string; stop(): void }>;
+  freePort(): Promise<number>;
+  CHROMIUM: string;
+}
+
+/** The extension as it is installed: the built tree, with `model` as media/demo-model. */
+function stageExtension(dir: string, model: string): string {
+  const ext = path.join(dir, 'extension');
+  fs.rmSync(ext, { recursive: true, force: true });
+  fs.mkdirSync(path.join(ext, 'media'), { recursive: true });
+  for (const name of ['package.json', 'dist', 'build', 'node_modules']) fs.symlinkSync(path.join(ROOT, name), path.join(ext, name));
+  for (const name of fs.readdirSync(path.join(ROOT, 'media'))) {
+    if (name !== 'demo-model') fs.symlinkSync(path.join(ROOT, 'media', name), path.join(ext, 'media', name));
+  }
+  fs.symlinkSync(model, path.join(ext, 'media', 'demo-model'));
+  return ext;
+}
+
+export interface WorkbenchSession {
+  wb: Workbench;
+  page: Page;
+  /** The folder VS Code has open. */
+  workspace: string;
+  /** This suite's own folder: code-server's profile, the workspace and the staged extension. */
+  runDir: string;
+  /** Closes the browser and code-server; lists the screenshots taken. */
+  close(): Promise<void>;
+}
+
+/** A suite's own VS Code: the extension staged (with `model`, default DEMO_MODEL, as its demo model), code-server on
+ *  a fresh profile in .cache/e2e/<name> (outside test/out, whose *.test.js files are the suites) with `settings` and
+ *  `workspaceFiles`, and chromium on the workbench. `model(runDir)` may write the model into the suite's folder. */
+export async function openWorkbench(o: { name: string; shotPrefix?: string; model?: (runDir: string) => string; settings?: Record<string, unknown>; workspaceFiles?: Record<string, string> }): Promise<WorkbenchSession> {
+  fs.mkdirSync(OUT, { recursive: true });
+  const tools = (await import(pathToFileURL(path.join(ROOT, 'tools', 'code-server.mjs')).href)) as CodeServerTools;
+  const install = tools.ensureCodeServer();
+  const runDir = path.join(ROOT, '.cache', 'e2e', o.name);
+  fs.rmSync(runDir, { recursive: true, force: true });
+  fs.mkdirSync(runDir, { recursive: true });
+  const model = o.model ? o.model(runDir) : DEMO_MODEL;
+  if (!fs.existsSync(path.join(model, 'config.json'))) throw new Error(`the demo model is missing (${model}); the end-to-end tests open it`);
+  const { workspace, ud } = tools.prepareProfile(runDir, { extensionDir: stageExtension(runDir, model), settings: o.settings, workspaceFiles: o.workspaceFiles });
+  const server = await tools.startCodeServer({ dir: runDir, port: await tools.freePort(), install });
+  let context: BrowserContext | undefined;
+  let wb: Workbench | undefined;
+  const close = async (): Promise<void> => {
+    await context?.close().catch(() => undefined);
+    server.stop();
+    if (wb?.shots.length) console.log(`# screenshots:\n${wb.shots.map((s) => `#   ${path.relative(ROOT, s)}`).join('\n')}`);
+  };
+  try {
+    const { chromium } = (await import('playwright-core')) as typeof import('playwright-core');
+    context = await chromium.launchPersistentContext(path.join(runDir, 'chromium'), {
+      executablePath: tools.CHROMIUM,
+      headless: true,
+      viewport: { width: 1600, height: 1000 },
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    context.setDefaultTimeout(UI_MS);
+    const page = context.pages()[0] ?? (await context.newPage());
+    wb = new Workbench(page, OUT, path.join(ud, 'User', 'settings.json'), o.shotPrefix);
+    // A shared, loaded machine can take longer than the default UI timeout to serve the workbench.
+    await page.goto(`${server.url}?folder=${encodeURIComponent(workspace)}`, { timeout: 60_000 });
+    await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
+    await page.locator('.activitybar').waitFor({ state: 'visible' });
+    return { wb, page, workspace, runDir, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
+type StepContext = { test: (name: string, options: { skip?: boolean }, fn: () => Promise<void>) => Promise<void> };
+
+/** The steps of one walk through the product, each building on the last: on a failure a screenshot is kept and the
+ *  later steps are skipped. ROUTESCOPE_E2E_STEPS=REGEX runs only the steps whose names match, for work on one. */
+export function stepRunner(shot: (name: string) => Promise<void>): (t: StepContext, name: string, fn: () => Promise<void>) => Promise<void> {
+  let failed = false;
+  const only = process.env.ROUTESCOPE_E2E_STEPS ? new RegExp(process.env.ROUTESCOPE_E2E_STEPS) : undefined;
+  return async (t, name, fn) => {
+    await t.test(name, { skip: only !== undefined && !only.test(name) }, async () => {
+      if (failed) throw new Error('skipped: an earlier step failed');
+      try {
+        await fn();
+      } catch (error) {
+        failed = true;
+        await shot(`failed-${name.slice(0, 40).replace(/[^a-z0-9]+/gi, '-')}`).catch(() => undefined);
+        throw error;
+      }
+    });
+  };
 }

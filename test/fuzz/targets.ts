@@ -41,7 +41,7 @@ export function referenceTarget(work: string): Target {
   const E = 8;
   const info = { modelType: 'olmoe', dir: modelDir, numLayers: 4, moeLayers: [1, 3], numExperts: E, vocabSize: 64 } as unknown as NativeModelInfo;
   return {
-    sources: ['extension/src/adapt/reference.ts', 'extension/src/adapt/safetensors.ts', 'extension/src/adapt/identity.ts', 'extension/src/common/files.ts'],
+    sources: ['extension/src/adapt/reference.ts', 'extension/src/adapt/safetensors.ts', 'extension/src/adapt/identity.ts', 'extension/src/io/files.ts'],
     seeds() {
       const seeds: Input[] = [];
       for (const [N, D] of [[3, 5], [1, 2]]) {

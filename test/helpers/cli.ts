@@ -1,5 +1,5 @@
 // Runs the real CLI (bin/routescope.js) in a child process, and helpers around fixture folders.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -40,6 +40,35 @@ export function runCliJson<T = unknown>(args: string[]): T {
   const r = runCli(args);
   if (r.code !== 0) throw new Error(`routescope ${args.join(' ')} exited ${r.code}: ${r.stderr.trim()}`);
   return JSON.parse(r.stdout) as T;
+}
+
+/** Runs the CLI and sends it Ctrl-C (SIGINT) once `ready(output so far)` holds (checked as output arrives and every
+ *  20 ms), not at a fixed time: a loaded machine may take longer than any delay to get under way. */
+export async function interruptCli(args: string[], ready: (out: { stdout: string; stderr: string }) => boolean): Promise<CliResult & { interrupted: boolean }> {
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'routescope.js'), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ROUTESCOPE_DEBUG: '' },
+  });
+  const out = { stdout: '', stderr: '' };
+  let interrupted = false;
+  const check = (): void => {
+    if (!interrupted && child.exitCode === null && ready(out)) {
+      interrupted = true;
+      child.kill('SIGINT');
+    }
+  };
+  child.stdout.on('data', (d: Buffer) => {
+    out.stdout += d.toString();
+    check();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    out.stderr += d.toString();
+    check();
+  });
+  const timer = setInterval(check, 20);
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])));
+  clearInterval(timer);
+  return { code, signal, ...out, interrupted };
 }
 
 export const DEMO_CASE_DIR = path.join(ROOT, 'test', 'fixtures', 'demo');

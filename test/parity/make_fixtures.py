@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import struct
 import sys
 
 import numpy as np
@@ -28,6 +27,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools", "hf-reference"))
+# safetensors are written and read by the reference tools' one hand-written module; the model below stays independent
+from st import TORCH_DTYPE, read as read_safetensors, tensor_bytes, write as write_safetensors  # noqa: E402
 OUT = os.path.join(ROOT, "test", "fixtures", "parity")
 
 # Robustness margins (the engine computes in fp32; fixtures must not sit on a knife edge).
@@ -63,7 +65,6 @@ CASES = [
 
 ARCH_CLASS = {"mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM",
               "qwen2_moe": "Qwen2MoeForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
-TORCH_DTYPE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 DTYPE_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
@@ -279,70 +280,6 @@ def convert_layout(W, cfg, src, dst):
                 ep = pre + f"mlp.experts.{e}."
                 W[ep + "gate_proj.weight"], W[ep + "up_proj.weight"], W[ep + "down_proj.weight"] = g[e], u[e], dn[e]
     return W
-
-
-# ----------------------------------------------------------------------------------------------------------
-# safetensors (written and read by hand)
-
-
-def tensor_bytes(t, dtype):
-    if dtype == "I32":
-        return np.ascontiguousarray(t.numpy().astype("<i4")).tobytes()
-    tt = (t.detach() + 0.0).to(TORCH_DTYPE[dtype]).contiguous()  # + 0.0: no negative zeros
-    if dtype == "BF16":
-        return tt.view(torch.int16).numpy().astype("<i2").tobytes()
-    return tt.numpy().astype("<f2" if dtype == "F16" else "<f4").tobytes()
-
-
-def write_safetensors(path, items, metadata):
-    """items: [(name, dtype, shape, bytes)] written in order, data tiled contiguously."""
-    header = {"__metadata__": metadata}
-    off = 0
-    for name, dtype, shape, data in items:
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for item in items:
-            f.write(item[3])
-
-
-def read_safetensors(path):
-    """Independent reader: validates the layout and decodes without torch's dtype casts."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    (n,) = struct.unpack("<Q", buf[:8])
-    assert n % 8 == 0 and n < 100_000_000
-    header = json.loads(buf[8:8 + n].decode("utf-8"))
-    data = buf[8 + n:]
-    header.pop("__metadata__", None)
-    spans = sorted(tuple(v["data_offsets"]) for v in header.values())
-    pos = 0
-    for b, e in spans:
-        assert b == pos and e >= b, (path, b, pos)
-        pos = e
-    assert pos == len(data), (path, pos, len(data))
-    out = {}
-    for name, v in header.items():
-        b, e = v["data_offsets"]
-        raw = data[b:e]
-        dt = v["dtype"]
-        if dt == "BF16":
-            a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        elif dt == "F16":
-            a = np.frombuffer(raw, "<f2")
-        elif dt == "F32":
-            a = np.frombuffer(raw, "<f4")
-        elif dt == "I32":
-            a = np.frombuffer(raw, "<i4")
-        else:
-            raise ValueError(dt)
-        assert a.size == int(np.prod(v["shape"])), name
-        out[name] = (dt, torch.from_numpy(a.astype(np.float64 if dt != "I32" else np.int64)).reshape(v["shape"]))
-    return out
 
 
 def write_checkpoint(mdir, cfg, named, dtype, shards):

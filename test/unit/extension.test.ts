@@ -10,6 +10,7 @@ import { ROOT } from '../helpers/cli';
 
 interface Manifest {
   main: string;
+  activationEvents: string[];
   contributes: {
     commands: { command: string; title: string; category: string }[];
     menus: Record<string, { command: string; when?: string }[]>;
@@ -45,12 +46,13 @@ class EventEmitter<T> {
   dispose(): void {}
 }
 
-test('dist/extension.js activates and registers every contributed command; palette when-clauses name real commands', () => {
+test('dist/extension.js activates and registers every contributed command; palette when-clauses name real commands; panels restore after a reload', async () => {
   const manifest = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as Manifest;
   const main = path.join(ROOT, manifest.main);
   assert.ok(fs.existsSync(main), `${manifest.main} is not built`);
 
   const registered = new Map<string, (...args: unknown[]) => unknown>();
+  const serializers = new Map<string, { deserializeWebviewPanel: (panel: unknown, state: unknown) => Promise<void> }>();
   let shown = false;
   const contexts = new Map<string, unknown>();
   // A plain object: the bundle copies the module's own keys (esbuild's __toESM), so every namespace is listed.
@@ -78,6 +80,10 @@ test('dist/extension.js activates and registers every contributed command; palet
       }
     },
     window: stub({
+      registerWebviewPanelSerializer: (viewType: string, serializer: { deserializeWebviewPanel: (panel: unknown, state: unknown) => Promise<void> }) => {
+        serializers.set(viewType, serializer);
+        return { dispose: () => undefined };
+      },
       createOutputChannel: (name: string) => {
         assert.equal(name, 'Routescope');
         return { appendLine: () => undefined, show: () => (shown = true), dispose: () => undefined };
@@ -126,6 +132,29 @@ test('dist/extension.js activates and registers every contributed command; palet
     assert.equal(api.session.host.running, false, 'activation does not start the engine process');
     assert.equal(contexts.get('routescope.modelLoaded'), undefined);
     assert.ok(subscriptions.length >= 10);
+    // The routing and statistics panels come back after a window reload: a serializer each, and the event that
+    // activates the extension for it.
+    assert.deepEqual([...serializers.keys()].sort(), ['routescope.routingPanel', 'routescope.statsPanel']);
+    for (const viewType of serializers.keys()) assert.ok(manifest.activationEvents.includes(`onWebviewPanel:${viewType}`), `no activation event for ${viewType}`);
+    // A statistics panel restored with the inputs its page remembered says the statistics were not kept.
+    const posted: { method?: string; params?: { reason?: string } }[] = [];
+    let onMessage: ((m: unknown) => void) | undefined;
+    const events = () => ({ dispose: () => undefined });
+    const restored = {
+      title: '',
+      webview: {
+        options: {}, html: '', cspSource: 'vscode-resource:',
+        asWebviewUri: (u: unknown) => u,
+        onDidReceiveMessage: (f: (m: unknown) => void) => ((onMessage = f), events()),
+        postMessage: (m: { method?: string; params?: { reason?: string } }) => (posted.push(m), Promise.resolve(true)),
+      },
+      onDidDispose: events, onDidChangeViewState: events, dispose: () => undefined,
+    };
+    await serializers.get('routescope.statsPanel')!.deserializeWebviewPanel(restored, { sources: ['/data/eval.jsonl'], group: 'all' });
+    assert.match(restored.webview.html, /<title>Routing statistics<\/title>/);
+    onMessage!({ method: 'stats/ready', params: {} });
+    assert.deepEqual(posted.map((m) => m.method), ['stats/unavailable']);
+    assert.match(posted[0].params!.reason!, /not kept across the window reload: Run again/);
     extension.deactivate();
   } finally {
     loader._load = originalLoad;

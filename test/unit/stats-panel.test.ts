@@ -3,14 +3,15 @@
 // 100 prompts: what crosses to the webview does not grow with the prompts' tokens (only the prompt ids do), and the
 // panel's work per view (load, one expert, co-activation and flow of every layer, a paired ranking) costs the same
 // at both sizes. Timings are printed, and compared only as ratios measured in this run (with one structured clone of
-// the message as the peer). Plus the panel's figures equal the CLI's queries on small data.
+// the message as the peer). Plus the panel's figures equal the CLI's queries on small data, and the flow picture's
+// axes stay readable from 4 to 96 layers.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as v8 from 'node:v8';
 import { RoutingStats, type RoutingStatsResult } from '../../common/src/routingStats';
 import { activationDifference, activationRates, coActivationShare, expertTopTokens, flowCounts, totalCounts } from '../../common/src/statsQueries';
 import { reviveStatsData, type StatsPanelData } from '../../common/src/statsProtocol';
-import { StatsModel } from '../../webview/src/stats/model';
+import { FLOW_PICTURE, flowAxes, StatsModel } from '../../webview/src/stats/model';
 
 function rng(seed: number): () => number {
   let s = seed >>> 0;
@@ -68,7 +69,7 @@ function panelData(result: RoutingStatsResult): StatsPanelData {
   for (const id of result.topTokens.ids) if (id >= 0) ids.add(id);
   const sorted = Int32Array.from([...ids].sort((a, b) => a - b));
   return {
-    source: 'set.jsonl', model: 'olmoe', groupBy: 'skill', result,
+    source: 'set.jsonl', sources: ['/data/set.jsonl'], model: 'olmoe', groupBy: 'skill', result,
     tokenTexts: { ids: sorted, texts: Array.from(sorted, (id) => `tok${id}`) },
     promptIds: Array.from({ length: result.prompts }, (_, i) => `item-${i}`),
     labelled: true, completed: result.prompts, total: result.prompts, cancelled: false, seconds: 1,
@@ -159,4 +160,24 @@ test('the panel restores typed arrays a webview transport turned into {"0": x, â
   // Typed arrays that arrive as typed arrays are kept as they are.
   assert.equal(reviveStatsData(data).result.coActivation, data.result.coActivation);
   assert.throws(() => reviveStatsData({ ...plain, result: { ...plain.result, flow: new Float64Array(3) } }), /flow has 3 values/);
+});
+
+test('the flow picture at 4, 16 and 48 layers: columns never closer than the minimum gap, numbers that do not collide, expert names only where they fit', () => {
+  const layerLabel = 14; // "47" in the chart font
+  const expertLabel = 16; // "e31"
+  for (const [layers, host] of [[4, 900], [16, 900], [48, 1500], [48, 700], [96, 1500]]) {
+    const axes = flowAxes(layers, host, layerLabel, expertLabel);
+    assert.ok(axes.gap >= FLOW_PICTURE.minColumnGap - 1e-9, `${layers} layers in ${host} px: gap ${axes.gap}`);
+    assert.ok(axes.width >= host, 'the picture fills the panel');
+    // Neighbouring numbers have at least a number's width between them.
+    assert.ok(axes.layerStep * axes.gap >= 2 * layerLabel, `${layers} layers in ${host} px: every ${axes.layerStep} at ${axes.gap.toFixed(1)} px`);
+  }
+  // A few layers: every layer numbered, experts named at every column; 48 layers: every other layer at most, and the
+  // experts named at the first and last columns (beside every column they covered the ribbons).
+  assert.deepEqual(flowAxes(4, 900, layerLabel, expertLabel), { width: 900, gap: (900 - 88) / 3, layerStep: 1, expertLabels: 'every' });
+  const crowded = flowAxes(48, 1500, layerLabel, expertLabel);
+  assert.ok(crowded.layerStep >= 2, `every ${crowded.layerStep}`);
+  assert.equal(crowded.expertLabels, 'ends');
+  // Narrower than 47 minimum gaps: the picture is wider than the panel and scrolls.
+  assert.ok(flowAxes(48, 700, layerLabel, expertLabel).width > 700);
 });

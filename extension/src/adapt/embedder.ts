@@ -8,7 +8,7 @@ import type * as Ort from 'onnxruntime-node';
 import type { NativeSession } from '../engine/native';
 import { l2normalize } from './math';
 import { sha256File, type EmbedderIdentity } from './identity';
-import { FILE_KINDS, openRegularFile, readTextFile } from '../common/files';
+import { FILE_KINDS, openRegularFile, readTextFile } from '../io/files';
 
 export interface Embedder {
   readonly identity: EmbedderIdentity;

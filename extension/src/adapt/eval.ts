@@ -7,8 +7,7 @@ import type { RoutingSpan } from '../../../common/src/routing';
 import { C3po, c3poPatch, omegaSummary, type C3poOutcome } from './c3po';
 import { deltaPatch, deltaSummary, generateRerouted, type DeltaSummary } from './reroute';
 import type { C3poMethod, C3poSettings, RerouteSettings } from './settings';
-import { CancelledError } from './reference';
-import { GEN_MAX_NEW_TOKENS, questionText, type TaskItem, type TaskRunner } from './tasks';
+import { GEN_MAX_NEW_TOKENS, questionText, runItems, type TaskItem, type TaskRunner } from './tasks';
 
 export const EVAL_METHODS = ['none', 'c3po', 'c3po-kr', 'c3po-mode', 'c3po-oracle', 'reroute'] as const;
 export type EvalMethod = (typeof EVAL_METHODS)[number];
@@ -108,31 +107,16 @@ async function timed<T>(run: () => Promise<T>): Promise<[T, { ms: number; cpu_ms
 
 export async function runEval(o: EvalOptions): Promise<EvalSummary> {
   if (o.method in C3PO_METHOD && !o.c3po) throw new Error(`method ${o.method} needs a reference set (--reference REF)`);
-  const records: ItemRecord[] = [];
-  let cancelled = false;
-  for (const item of o.items) {
-    if (o.shouldStop?.()) {
-      cancelled = true;
-      break;
-    }
-    try {
-      const record = await evalItem(o, item);
-      records.push(record);
-      o.onRecord?.(record);
-    } catch (error) {
-      if ((error as { code?: string }).code === 'CANCELLED' || error instanceof CancelledError) {
-        cancelled = true;
-        break;
-      }
-      throw error;
-    }
-    o.onProgress?.({
-      done: records.length,
+  const { records, cancelled } = await runItems(o.items, (item) => evalItem(o, item), {
+    shouldStop: o.shouldStop,
+    onRecord: o.onRecord,
+    onItemDone: (done) => o.onProgress?.({
+      done: done.length,
       total: o.items.length,
-      noneCorrect: records.filter((r) => r.none.correct).length,
-      methodCorrect: records.filter((r) => r.method.correct).length,
-    });
-  }
+      noneCorrect: done.filter((r) => r.none.correct).length,
+      methodCorrect: done.filter((r) => r.method.correct).length,
+    }),
+  });
   return summarise(o.method, o.items.length, records, cancelled);
 }
 

@@ -5,8 +5,7 @@
 // of right items one layer's routing can break. Shared by the CLI (`routescope headroom`) and the editor.
 import type { NativeHeadroomChange, NativeHeadroomResult, NativeSession } from '../engine/native';
 import type { HeadroomSettings } from './settings';
-import { CancelledError } from './reference';
-import { TaskError, type TaskItem, type TaskRunner } from './tasks';
+import { runItems, TaskError, type TaskItem, type TaskRunner } from './tasks';
 
 export const HEADROOM_NOTICE =
   'ANALYSIS ONLY: every routing change here is searched with the item\'s own label; the figures bound what routing could do, they are not a method.';
@@ -151,31 +150,16 @@ export async function headroomItem(session: NativeSession, runner: TaskRunner, i
 
 /** Runs the items one by one (a cancel between or during items keeps what finished) and summarises them. */
 export async function runHeadroom(o: HeadroomOptions): Promise<HeadroomSummary> {
-  const records: HeadroomItemRecord[] = [];
-  let cancelled = false;
-  for (const item of o.items) {
-    if (o.shouldStop?.()) {
-      cancelled = true;
-      break;
-    }
-    try {
-      const record = await headroomItem(o.session, o.runner, item, o.settings);
-      records.push(record);
-      o.onRecord?.(record);
-    } catch (error) {
-      if ((error as { code?: string }).code === 'CANCELLED' || error instanceof CancelledError) {
-        cancelled = true;
-        break;
-      }
-      throw error;
-    }
-    o.onProgress?.({
-      done: records.length,
+  const { records, cancelled } = await runItems(o.items, (item) => headroomItem(o.session, o.runner, item, o.settings), {
+    shouldStop: o.shouldStop,
+    onRecord: o.onRecord,
+    onItemDone: (done) => o.onProgress?.({
+      done: done.length,
       total: o.items.length,
-      right: records.filter((r) => r.correct).length,
-      fixed: records.filter((r) => !r.correct && (r.joint?.flipped || r.layers.some((c) => c.flipped))).length,
-    });
-  }
+      right: done.filter((r) => r.correct).length,
+      fixed: done.filter((r) => !r.correct && (r.joint?.flipped || r.layers.some((c) => c.flipped))).length,
+    }),
+  });
   return summariseHeadroom(records, o.items.length, cancelled, o.settings);
 }
 

@@ -3,7 +3,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FILE_KINDS, openRegularFile, type FileKind } from '../common/files';
+import { FILE_KINDS, openRegularFile, type FileKind } from '../io/files';
 
 export interface ModelIdentity {
   model_type: string;

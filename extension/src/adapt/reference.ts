@@ -8,10 +8,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { NativeModelInfo, NativeSession } from '../engine/native';
 import { forwardLayer, itemEmbedding, type Embedder } from './embedder';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { describeEmbedder, identityMismatch, modelIdentity, sameEmbedder, type EmbedderIdentity, type ModelIdentity } from './identity';
 import { readSafetensors, writeSafetensors } from './safetensors';
-import { questionText, type TaskItem, type TaskRunner } from './tasks';
+import { CancelledError, questionText, type TaskItem, type TaskRunner } from './tasks';
 import { jsonErrorText } from '../../../common/src/jsonError';
 
 export const REFERENCE_FORMAT = 'routescope-reference/2';
@@ -71,13 +71,6 @@ export interface BuildOptions {
   onProgress?: (p: BuildProgress) => void;
   /** Polled between items; when it returns true the build stops and throws a CANCELLED error. */
   shouldStop?: () => boolean;
-}
-
-export class CancelledError extends Error {
-  readonly code = 'CANCELLED';
-  constructor() {
-    super('cancelled');
-  }
 }
 
 /** Runs every item and keeps the correctly answered ones (routing of the plain model, no patch). */

@@ -1,8 +1,8 @@
 // Minimal float32 safetensors reader/writer for reference sets (any safetensors tool can open the files).
 import * as fs from 'node:fs';
-import { FILE_KINDS, readRegularFile, type MakeError } from '../common/files';
+import { FILE_KINDS, readRegularFile, type MakeError } from '../io/files';
 import { jsonErrorText } from '../../../common/src/jsonError';
-import { encodeSafetensors } from '../common/safetensors';
+import { encodeSafetensors } from '../io/safetensors';
 
 export interface F32Tensor {
   shape: number[];

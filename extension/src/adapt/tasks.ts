@@ -3,7 +3,7 @@
 //     (" A" … " D") has the highest log-probability at the last prompt position;
 //   generative {"id","skill","prompt","answer"}: greedy decoding (at most 16 tokens, cut at the first newline),
 //     exact match of the trimmed text.
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import type { NativeModelInfo, NativeSession } from '../engine/native';
 import type { RoutingSpan } from '../../../common/src/routing';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
@@ -86,6 +86,36 @@ export function parseTasks(text: string, file: string): TaskItem[] {
   });
   if (items.length === 0) throw new TaskError(`${file}: no items`);
   return items;
+}
+
+export class CancelledError extends Error {
+  readonly code = 'CANCELLED';
+  constructor() {
+    super('cancelled');
+  }
+}
+
+/** Runs labelled items one at a time; a cancel (polled between items, or the engine's CANCELLED during one) stops
+ *  the loop and keeps the records that finished. */
+export async function runItems<R>(
+  items: readonly TaskItem[],
+  run: (item: TaskItem) => Promise<R>,
+  o: { shouldStop?: () => boolean; onRecord?: (record: R) => void; onItemDone?: (records: readonly R[]) => void },
+): Promise<{ records: R[]; cancelled: boolean }> {
+  const records: R[] = [];
+  for (const item of items) {
+    if (o.shouldStop?.()) return { records, cancelled: true };
+    try {
+      const record = await run(item);
+      records.push(record);
+      o.onRecord?.(record);
+    } catch (error) {
+      if ((error as { code?: string }).code === 'CANCELLED') return { records, cancelled: true };
+      throw error;
+    }
+    o.onItemDone?.(records);
+  }
+  return { records, cancelled: false };
 }
 
 /** The text embedded for the neighbour search: the question (the prompt when there is none). */

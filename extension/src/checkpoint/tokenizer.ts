@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { FILE_KINDS, readTextFile, type FileKind } from '../common/files';
+import { FILE_KINDS, readTextFile, type FileKind } from '../io/files';
 import { jsonErrorText } from '../../../common/src/jsonError';
 
 export class TokenizerError extends Error {

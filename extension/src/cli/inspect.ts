@@ -7,7 +7,7 @@ import { LayerRouting, type RoutingSpan } from '../../../common/src/routing';
 import { softmax, topIndices } from '../../../common/src/math';
 import type { ModelTokenizer } from '../checkpoint/tokenizer';
 import { CliError, parseIntegerList, parseSpan } from './args';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { describeModel, f32Row, f32Rows, formatF32, formatNumber, intRow, requireFinite, writeJsonObject } from './output';
 import { visibleToken } from '../../../common/src/format';
 import { formatRoutingTable, formatWeight, truncate } from './table';

@@ -9,7 +9,7 @@ import { loadAddon, packageRoot } from '../engine/addon';
 import type { NativeModel, NativeModelInfo, NativeSession } from '../engine/native';
 import { PatchError, parsePatch, serializePatch } from '../../../common/src/patch';
 import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { CliError, UsageError, parseInteger, parseIntegerList } from './args';
 
 export const DEMO_MODEL = path.join('media', 'demo-model');

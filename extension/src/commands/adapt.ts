@@ -11,8 +11,9 @@ import { AdaptPanel } from '../views/adaptPanel';
 import { HeadroomPanel } from '../views/headroomPanel';
 import { summariseHeadroom, type HeadroomItemRecord } from '../adapt/headroom';
 import { parseTasks } from '../adapt/tasks';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { report, type CommandContext } from './context';
+import { pickPath } from './pickPath';
 import { withRunProgress } from './progress';
 import { plural } from '../../../common/src/format';
 import type { ModelCommands } from './models';
@@ -25,37 +26,31 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
   const headroomPanel = new HeadroomPanel();
 
   /** The configured reference set, or one the user picks now (saved to routescope.c3po.reference): a set found in
-   *  the workspace, a typed path, or the folder dialog. The typed path comes first: the dialog of a browser-served VS
-   *  Code fills its default path in after it opens, over what the user has started typing. */
+   *  the workspace, a typed path, or Browse… (the folder, or its manifest.json). The typed path comes first: the dialog
+   *  of a browser-served VS Code fills its default path in after it opens, over what the user has started typing. */
   const referenceDir = async (): Promise<string | undefined> => {
     const configured = editorSettings().c3poReference;
     if (configured) return configured;
     const isReference = (dir: string): boolean => fs.existsSync(path.join(dir, 'manifest.json')) && fs.existsSync(path.join(dir, 'routing.safetensors'));
     const found = (await vscode.workspace.findFiles('**/manifest.json', '**/node_modules/**', 50)).map((u) => path.dirname(u.fsPath)).filter(isReference);
-    const title = 'Routescope: Re-mix (C3PO) needs a reference set (routescope reference build --model MODEL --data TASKS.jsonl --out REF)';
-    type Choice = vscode.QuickPickItem & { dir?: string; action?: 'type' | 'browse' };
-    const choice = await vscode.window.showQuickPick<Choice>([
-      ...found.map((dir) => ({ label: `$(database) ${path.basename(dir)}`, description: vscode.workspace.asRelativePath(dir), dir })),
-      { label: '$(edit) Type the folder\'s path…', action: 'type' },
-      { label: '$(folder-opened) Browse…', action: 'browse' },
-    ], { title, placeHolder: 'The folder is saved to routescope.c3po.reference' });
-    if (!choice) return undefined;
-    let dir = choice.dir;
-    if (choice.action === 'type') {
-      const workspace = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
-      dir = await vscode.window.showInputBox({
-        title,
+    const workspace = vscode.workspace.workspaceFolders?.[0]?.uri.fsPath;
+    const dir = await pickPath({
+      title: 'Routescope: Re-mix (C3PO) needs a reference set (routescope reference build --model MODEL --data TASKS.jsonl --out REF)',
+      placeHolder: 'The folder is saved to routescope.c3po.reference',
+      found: found.map((d) => ({ label: `$(database) ${path.basename(d)}`, description: vscode.workspace.asRelativePath(d), path: d })),
+      type: {
+        label: '$(edit) Type the folder\'s path…',
         prompt: 'The folder `routescope reference build --out` wrote (it holds manifest.json and routing.safetensors)',
         value: workspace ? `${workspace}${path.sep}` : '',
-        ignoreFocusOut: true,
-        validateInput: (v) => (v.trim() === '' ? 'Enter a folder' : isReference(v.trim()) ? undefined : `${v.trim()} is not a reference set (no manifest.json and routing.safetensors)`),
-      });
-      dir = dir?.trim();
-    } else if (choice.action === 'browse') {
-      const defaultUri = vscode.workspace.workspaceFolders?.[0]?.uri;
-      const uris = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, canSelectMany: false, openLabel: 'Use Reference Set', title, ...(defaultUri ? { defaultUri } : {}) });
-      dir = uris?.[0]?.fsPath;
-    }
+        validate: (v) => (isReference(v) ? undefined : `${v} is not a reference set (no manifest.json and routing.safetensors)`),
+      },
+      // The folder, or the manifest.json in it (a file is what every file dialog can pick).
+      browse: {
+        description: 'the folder or its manifest.json',
+        options: { canSelectFolders: true, canSelectFiles: true, filters: { 'Reference set manifest': ['json'] }, openLabel: 'Use Reference Set' },
+      },
+      fromDialog: (picked) => (path.basename(picked) === 'manifest.json' ? path.dirname(picked) : picked),
+    });
     if (!dir) return undefined;
     if (!isReference(dir)) {
       void vscode.window.showErrorMessage(`Routescope: ${dir} is not a reference set (no manifest.json and routing.safetensors); build one with \`routescope reference build\`.`);
@@ -115,19 +110,19 @@ export function adaptCommands(c: CommandContext, models: ModelCommands) {
   };
 
   /** The labelled items to analyse: the file the command names (Explorer), else the active editor's JSONL, else one
-   *  the user picks. */
+   *  the user picks (the workspace's .jsonl files, or Browse…). */
   const taskSource = async (arg?: unknown): Promise<{ name: string; text: string } | undefined> => {
     if (arg instanceof vscode.Uri) return { name: arg.fsPath, text: readTextFile(arg.fsPath, FILE_KINDS.tasks) };
     const doc = vscode.window.activeTextEditor?.document;
     if (doc && /\.jsonl$/i.test(doc.fileName)) return { name: doc.fileName, text: doc.getText() };
-    const uris = await vscode.window.showOpenDialog({
-      canSelectFiles: true,
-      canSelectMany: false,
-      filters: { 'Labelled items (JSONL)': ['jsonl'] },
-      openLabel: 'Analyse',
+    const found = await vscode.workspace.findFiles('**/*.jsonl', '**/node_modules/**', 50);
+    const file = await pickPath({
       title: 'Routing headroom: a task file with answers (the format of media/tasks/*.jsonl)',
+      placeHolder: 'Labelled items (JSONL) to analyse',
+      found: found.map((u) => ({ label: `$(file) ${path.basename(u.fsPath)}`, description: vscode.workspace.asRelativePath(u), path: u.fsPath })),
+      browse: { description: 'a .jsonl file', options: { canSelectFiles: true, canSelectFolders: false, filters: { 'Labelled items (JSONL)': ['jsonl'] }, openLabel: 'Analyse' } },
     });
-    return uris?.length ? { name: uris[0].fsPath, text: readTextFile(uris[0].fsPath, FILE_KINDS.tasks) } : undefined;
+    return file ? { name: file, text: readTextFile(file, FILE_KINDS.tasks) } : undefined;
   };
 
   const routingHeadroom = async (arg?: unknown): Promise<unknown> => {

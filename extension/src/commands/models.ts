@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { EngineError } from '../engine/protocol';
 import { editorSettings } from '../editorConfig';
 import { withRunProgress } from './progress';

@@ -119,11 +119,12 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     return picked?.run;
   };
 
-  /** Shows `run` against `base` in the routing panel and reports the difference (the panel counts the same). */
-  const showComparison = (run: Run, base: Run): void => {
-    c.display()?.show(run, { compare: base });
+  /** Shows run A (the earlier, or the unpatched one) against run B in the routing panel and reports the difference
+   *  B − A (the panel counts the same). */
+  const showComparison = (a: Run, b: Run): void => {
+    c.display()?.show(a, { compare: b });
     try {
-      const { summary } = compareRuns(run, base);
+      const { summary } = compareRuns(a, b);
       out.appendLine(summary);
       void vscode.window.showInformationMessage(`Routescope: ${summary}.`);
     } catch (error) {
@@ -139,7 +140,7 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
       void vscode.window.showInformationMessage('Routescope: there is no earlier run on this model to compare with.');
       return;
     }
-    showComparison(run, base);
+    showComparison(base, run);
   };
 
   /** Two prompts (from prompt files, an editor holding two "## " sections, or typed), inspected and compared. */
@@ -171,7 +172,8 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     const unpatched = base.patch ? await execute(kind, base.prompt, { patch: null, show: false }) : base;
     if (!unpatched) return undefined;
     const rerun = await execute(kind, base.prompt, { baseRunId: unpatched.id, show: false, patch });
-    if (rerun) showComparison(rerun, unpatched);
+    // A without the patch, B with it: Δ = B − A and "e3 → e5" say what the patch did.
+    if (rerun) showComparison(unpatched, rerun);
     return rerun;
   };
 
@@ -180,7 +182,9 @@ export function runCommands(c: CommandContext, models: ModelCommands) {
     if (!run) return;
     session.runs.select(run.id);
     const base = run.baseRunId !== undefined ? session.runs.get(run.baseRunId) : undefined;
-    c.display()?.show(run, base ? { compare: base } : undefined);
+    // A run made against a base (a re-run with the patch, the second of two prompts) is B, as when it was made.
+    if (base) c.display()?.show(base, { compare: run });
+    else c.display()?.show(run);
   };
 
   return {

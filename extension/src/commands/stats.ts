@@ -58,7 +58,7 @@ export function statsCommands(c: CommandContext, models: ModelCommands) {
     const info = loaded.info;
     const source = describe(set);
     const model = `${info.modelType} · ${info.moeLayers.length} MoE layers × ${info.numExperts} experts, top-${info.topK}`;
-    panel.begin({ source, model, total: set.prompts.length, groups: set.groups, layers: info.moeLayers, numExperts: info.numExperts }, set);
+    panel.begin({ source, sources: set.sources, model, total: set.prompts.length, groups: set.groups, layers: info.moeLayers, numExperts: info.numExperts }, set);
     try {
       const outcome = await withRunProgress(`Routescope: routing statistics of ${source}`, async (progress) => {
         let reported = 0;
@@ -72,7 +72,7 @@ export function statsCommands(c: CommandContext, models: ModelCommands) {
         });
       });
       const data: StatsPanelData = {
-        source, model, groupBy,
+        source, sources: set.sources, model, groupBy,
         result: outcome.result,
         tokenTexts: outcome.tokenTexts,
         promptIds: set.prompts.map((p) => p.id),
@@ -198,15 +198,8 @@ export function statsCommands(c: CommandContext, models: ModelCommands) {
     inspectPrompt(text) {
       void vscode.commands.executeCommand('routescope.inspectRouting', text);
     },
-    rerun(set) {
-      void (async () => {
-        if (!(await models.ensureModel())) return;
-        try {
-          await run(readPromptSet(set.sources, set.sources.length > 1 ? 'file' : 'skill'), set.sources.length > 1 ? 'file' : 'skill');
-        } catch (error) {
-          report(c, 'Routing Statistics', error);
-        }
-      })();
+    rerun(sources) {
+      void routingStatistics(sources);
     },
   });
 

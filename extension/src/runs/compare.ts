@@ -3,9 +3,9 @@
 import { describeNextTokenChange, describeRunDiff, diffRuns, type RunDiff } from '../../../common/src/runDiff';
 import { routedRun, type Run } from './run';
 
-/** Run `run` (A, the one shown) against `base` (B, the one it is compared with). */
-export function compareRuns(run: Run, base: Run): { diff: RunDiff; summary: string } {
-  const diff = diffRuns(routedRun(run), routedRun(base));
+/** Run B against run A (the panel's first band; the earlier or unpatched run when one was made from the other). */
+export function compareRuns(a: Run, b: Run): { diff: RunDiff; summary: string } {
+  const diff = diffRuns(routedRun(a), routedRun(b));
   const next = diff.nextToken ? `; ${describeNextTokenChange(diff.nextToken)}` : '';
-  return { diff, summary: `run #${run.id} vs #${base.id}: ${describeRunDiff(diff)}${next}` };
+  return { diff, summary: `run #${a.id} vs #${b.id}: ${describeRunDiff(diff)}${next}` };
 }

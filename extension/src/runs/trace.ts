@@ -2,7 +2,7 @@
 // I32 and weights [L,T,k] F32 (L = MoE layers ascending, as listed in the metadata) plus __metadata__ (tokens,
 // model, patch, … as JSON strings); and CSV, one row per (layer, position), with the router entropy in nats.
 import { sortedLayers, type Run } from './run';
-import { encodeSafetensors } from '../common/safetensors';
+import { encodeSafetensors } from '../io/safetensors';
 
 function routedTokens(run: Run): number {
   let T = Number.POSITIVE_INFINITY;

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { RoutingStatsResult } from '../../../common/src/routingStats';
 import { activationRates, expertTopTokens, totalCounts, type ExpertDifference } from '../../../common/src/statsQueries';
-import { encodeSafetensors } from '../common/safetensors';
+import { encodeSafetensors } from '../io/safetensors';
 
 export interface StatsExportInfo {
   model: { dir: string; modelType: string };

@@ -2,10 +2,10 @@
 // lines with "prompt" / "question"), a labelled task set (media/tasks/*.jsonl: items with "answer", scored by the
 // evaluation harness), or a folder of text files (*.txt, *.md: one prompt each). Prompts are grouped by the input
 // they came from (`file`), by their "skill" field (`skill`) or not at all (`none`). Files are read with the limits of
-// common/files.ts; a malformed line is a one-line error naming the file and line. No vscode import.
+// io/files.ts; a malformed line is a one-line error naming the file and line. No vscode import.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FILE_KINDS, readTextFile } from '../common/files';
+import { FILE_KINDS, readTextFile } from '../io/files';
 import { parseMarkdownPrompts } from '../prompts/parse';
 import { readTasks, TaskError, type TaskItem } from '../adapt/tasks';
 

@@ -2,7 +2,8 @@
 // webview app webview/src/stats, bundled to dist/webview/stats.js). The engine process runs and aggregates the set
 // (commands/stats.ts); this class holds the aggregate and the set, sends the aggregate once (again when the webview
 // reloads), and answers the panel's requests: a top context opened as its prompt, the steering re-run, exports,
-// inspecting one prompt. Both sides speak common/src/statsProtocol.ts.
+// inspecting one prompt. Both sides speak common/src/statsProtocol.ts. After a window reload VS Code restores the
+// panel through its serializer; the aggregate was not kept, so the panel says so and Run again reads the same files.
 import { randomBytes } from 'node:crypto';
 import * as vscode from 'vscode';
 import type { IpcMessage } from '../../../common/src/panelProtocol';
@@ -18,6 +19,7 @@ import {
   StatsRerunCommand,
   StatsResultNotification,
   StatsStartedNotification,
+  StatsUnavailableNotification,
   SteerCommand,
   SteeringNotification,
   StatsContextNotification,
@@ -37,7 +39,13 @@ export interface StatsPanelActions {
   applyPatch(state: SteeringState): void;
   exportStats(data: StatsPanelData, set: PromptSet, format: 'safetensors' | 'csv', pair?: [string, string]): Promise<void>;
   inspectPrompt(text: string): void;
-  rerun(set: PromptSet): void;
+  /** The statistics of these files and folders again. */
+  rerun(sources: string[]): void;
+}
+
+/** What the page keeps in its webview state (webview/src/stats/main.ts), as the serializer receives it. */
+interface SavedStatsState {
+  sources?: unknown;
 }
 
 export class StatsPanel implements vscode.Disposable {
@@ -50,9 +58,15 @@ export class StatsPanel implements vscode.Disposable {
   private data: StatsPanelData | undefined;
   private set: PromptSet | undefined;
   private steering: SteeringState | undefined;
+  /** A panel restored after a window reload: the inputs its page remembered (no statistics in memory). */
+  private restoredSources: string[] | undefined;
   private readonly disposables: vscode.Disposable[] = [];
 
-  constructor(private readonly context: vscode.ExtensionContext, private readonly actions: StatsPanelActions) {}
+  constructor(private readonly context: vscode.ExtensionContext, private readonly actions: StatsPanelActions) {
+    this.disposables.push(vscode.window.registerWebviewPanelSerializer(StatsPanel.viewType, {
+      deserializeWebviewPanel: async (panel: vscode.WebviewPanel, state: unknown) => this.restore(panel, state as SavedStatsState | undefined),
+    }));
+  }
 
   /** The statistics shown (undefined while running or when none). */
   get shown(): StatsPanelData | undefined {
@@ -69,13 +83,38 @@ export class StatsPanel implements vscode.Disposable {
       this.panel.reveal(undefined, true);
       return;
     }
-    const webviewRoot = vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview');
     // Beside the editor, among the other result panels (the prompt file keeps its code lenses); the aggregate is
     // re-sent when the page reloads.
     const panel = vscode.window.createWebviewPanel(StatsPanel.viewType, title, { viewColumn: resultColumn(), preserveFocus: true }, {
       enableScripts: true,
-      localResourceRoots: [webviewRoot],
+      localResourceRoots: [vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview')],
     });
+    this.attach(panel);
+  }
+
+  /** Forgets what the panel showed (a new run, or a panel restored after a reload). */
+  private clear(): void {
+    this.restoredSources = undefined;
+    this.data = undefined;
+    this.progress = undefined;
+    this.failed = undefined;
+    this.steering = undefined;
+  }
+
+  /** A panel restored by VS Code after a window reload: the page, with nothing in memory to show. */
+  private async restore(panel: vscode.WebviewPanel, state: SavedStatsState | undefined): Promise<void> {
+    this.panel?.dispose();
+    this.clear();
+    this.start = undefined;
+    this.set = undefined;
+    const sources = Array.isArray(state?.sources) && state.sources.every((s) => typeof s === 'string') ? (state.sources as string[]) : [];
+    this.restoredSources = sources.length > 0 ? sources : undefined;
+    panel.webview.options = { enableScripts: true, localResourceRoots: [vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview')] };
+    this.attach(panel);
+  }
+
+  private attach(panel: vscode.WebviewPanel): void {
+    const webviewRoot = vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview');
     trackResultPanel(panel);
     panel.iconPath = vscode.Uri.joinPath(this.context.extensionUri, 'media', 'routescope.svg');
     this.ready = false;
@@ -89,6 +128,7 @@ export class StatsPanel implements vscode.Disposable {
     this.disposables.push(
       panel.webview.onDidReceiveMessage((raw) => this.onMessage(raw)),
       panel.onDidDispose(() => {
+        if (this.panel !== panel) return;
         this.panel = undefined;
         this.ready = false;
       }),
@@ -102,12 +142,9 @@ export class StatsPanel implements vscode.Disposable {
 
   /** A new run begins: the panel shows its progress. */
   begin(start: StatsRunStart, set: PromptSet): void {
+    this.clear();
     this.start = start;
     this.set = set;
-    this.data = undefined;
-    this.progress = undefined;
-    this.failed = undefined;
-    this.steering = undefined;
     this.open(`Routing Statistics: ${start.source}`);
     this.post(StatsStartedNotification.create(start));
   }
@@ -143,6 +180,11 @@ export class StatsPanel implements vscode.Disposable {
       this.post(StatsStartedNotification.create(this.start));
       if (this.progress) this.post(this.progress);
     }
+    else if (this.restoredSources) {
+      this.post(StatsUnavailableNotification.create({ reason: 'The statistics were not kept across the window reload: Run again computes them for the same files.' }));
+    } else if (!this.failed) {
+      this.post(StatsUnavailableNotification.create({ reason: 'The statistics are no longer available: run Routing Statistics over a Prompt Set… again.' }));
+    }
     if (this.failed) this.post(StatsFailedNotification.create({ message: this.failed }));
     if (this.steering) this.post(SteeringNotification.create(this.steering));
   }
@@ -156,9 +198,12 @@ export class StatsPanel implements vscode.Disposable {
       return;
     }
     const { data, set } = this;
-    if (!set) return;
-    if (StatsRerunCommand.is(message)) this.actions.rerun(set);
-    if (!data) return;
+    if (StatsRerunCommand.is(message)) {
+      const sources = set?.sources ?? this.restoredSources;
+      if (sources) this.actions.rerun(sources);
+      return;
+    }
+    if (!set || !data) return;
     if (OpenContextCommand.is(message)) void this.actions.openContext(set, message.params);
     else if (SteerCommand.is(message)) void this.actions.steer(data, set, message.params);
     else if (ApplySteeringPatchCommand.is(message) && this.steering) this.actions.applyPatch(this.steering);

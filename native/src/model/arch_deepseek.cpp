@@ -98,29 +98,28 @@ void read_deepseek_v2(const ConfigReader& c, ModelConfig& cfg) {
   read_latent_attention(c, cfg, true);
 }
 
-void read_deepseek_v3(const ConfigReader& c, ModelConfig& cfg) {
+// DeepSeek-V3's experts and router, which GLM-4.5 shares with other defaults: sigmoid scores with a selection bias,
+// groups ranked by their top-two sum, and the multi-token-prediction layers the checkpoint may carry.
+void read_sigmoid_router(const ConfigReader& c, ModelConfig& cfg, double default_scale, int default_groups,
+                         int default_kept) {
   read_experts(c, cfg, true);
   RouterRule& r = cfg.router;
   r.scoring = Scoring::Sigmoid;
   r.selection_bias = true;
   r.group_score = GroupScore::TopTwoSum;
   r.renorm = c.boolean("norm_topk_prob", true);
-  r.scale = static_cast<float>(c.number("routed_scaling_factor", 2.5, 0.0, 1e6, true));
-  read_groups(c, cfg, 8, 4);
+  r.scale = static_cast<float>(c.number("routed_scaling_factor", default_scale, 0.0, 1e6, true));
+  read_groups(c, cfg, default_groups, default_kept);
   cfg.extra_layers = c.integer("num_nextn_predict_layers", 0, 16, 0);
+}
+
+void read_deepseek_v3(const ConfigReader& c, ModelConfig& cfg) {
+  read_sigmoid_router(c, cfg, 2.5, 8, 4);
   read_latent_attention(c, cfg, true);
 }
 
 void read_glm4_moe(const ConfigReader& c, ModelConfig& cfg) {
-  read_experts(c, cfg, true);
-  RouterRule& r = cfg.router;
-  r.scoring = Scoring::Sigmoid;
-  r.selection_bias = true;
-  r.group_score = GroupScore::TopTwoSum;
-  r.renorm = c.boolean("norm_topk_prob", true);
-  r.scale = static_cast<float>(c.number("routed_scaling_factor", 1.0, 0.0, 1e6, true));
-  read_groups(c, cfg, 1, 1);
-  cfg.extra_layers = c.integer("num_nextn_predict_layers", 0, 16, 0);
+  read_sigmoid_router(c, cfg, 1.0, 1, 1);
   cfg.head_dim = c.integer("head_dim", 2, limits::kHeadDim, 0);
   if (cfg.head_dim == 0) {
     if (cfg.hidden % cfg.heads != 0) c.fail("hidden_size is not a multiple of num_attention_heads and there is no \"head_dim\"");

@@ -2,12 +2,15 @@
 // tall as the share of tokens whose top-1 expert it is — and ribbons between consecutive layers as wide as the
 // tokens whose top-1 goes from expert i to expert j (layout: model.ts flow()). Ribbons take their source expert's
 // colour; hovering a node or ribbon gives its figures. Axes: MoE layer along x; along y the experts stacked in order,
-// with a scale bar of 10 % of the tokens.
+// with a scale bar of 10 % of the tokens. Many layers (48 and more) stay readable: columns keep a minimum gap (the
+// chart scrolls sideways when the panel is narrower), every k-th layer is numbered with a tick at each, and experts are
+// named beside the first and last columns only, unless the gaps leave room for names at every column (model.ts flowAxes).
 import { expertHex } from '../colors';
+import { chartFont, sizeCanvas } from '../charts/axes';
 import type { Theme } from '../theme';
-import type { FlowLayout } from './model';
+import { flowAxes, FLOW_PICTURE, type FlowLayout } from './model';
 
-const LEFT = 64, TOP = 10, BOTTOM = 40, RIGHT = 16, NODE_W = 8;
+const { left: LEFT, top: TOP, bottom: BOTTOM, right: RIGHT, nodeWidth: NODE_W } = FLOW_PICTURE;
 
 export interface FlowDescribe {
   node(row: number, expert: number): string;
@@ -89,19 +92,23 @@ export class FlowPicture {
     const d = this.describe;
     if (!layout || !d) return;
     const L = this.layers.length;
-    const host = this.canvas.parentElement!;
-    const cssW = Math.max(LEFT + RIGHT + L * 24, host.clientWidth);
-    const plotH = Math.max(220, Math.min(520, 14 * (layout.nodes[0]?.length ?? 8)));
-    const cssH = TOP + plotH + BOTTOM;
-    const dpr = window.devicePixelRatio || 1;
-    this.canvas.width = Math.round(cssW * dpr);
-    this.canvas.height = Math.round(cssH * dpr);
-    this.canvas.style.width = `${cssW}px`;
-    this.canvas.style.height = `${cssH}px`;
-    const g = this.canvas.getContext('2d')!;
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, cssW, cssH);
     const t = this.theme;
+    const host = this.canvas.parentElement!;
+    const E = layout.nodes[0]?.length ?? 8;
+    const g = this.canvas.getContext('2d')!;
+    g.font = chartFont(t, 0.85);
+    const layerLabelW = g.measureText(String(Math.max(...this.layers, 0))).width;
+    g.font = chartFont(t, 0.8);
+    const expertLabelW = g.measureText(`e${E - 1}`).width;
+    const axes = flowAxes(L, host.clientWidth, layerLabelW, expertLabelW);
+    const plotH = Math.max(220, Math.min(520, 14 * E));
+    const cssW = axes.width;
+    const cssH = TOP + plotH + BOTTOM;
+    sizeCanvas(this.canvas, cssW, cssH);
+    g.clearRect(0, 0, cssW, cssH);
+    this.canvas.dataset.layerStep = String(axes.layerStep);
+    this.canvas.dataset.expertLabels = axes.expertLabels;
+    this.canvas.dataset.columnGap = axes.gap.toFixed(1);
     const plotW = cssW - LEFT - RIGHT - NODE_W;
     const colX = (r: number): number => LEFT + (L > 1 ? (r * plotW) / (L - 1) : plotW / 2);
     const Y = (v: number): number => TOP + v * plotH;
@@ -139,11 +146,12 @@ export class FlowPicture {
           g.strokeRect(x + 0.5, Y(n.y0) + 0.5, NODE_W - 1, Math.max(1, Y(n.y1) - Y(n.y0)) - 1);
         }
         this.nodeHits.push({ x, y0: Y(n.y0), y1: Y(n.y1), text: d.node(r, e) });
-        if (Y(n.y1) - Y(n.y0) >= 12 && nodes.length <= 32) {
+        const named = axes.expertLabels === 'every' || r === 0 || r === L - 1;
+        if (named && Y(n.y1) - Y(n.y0) >= 12 && nodes.length <= 32) {
           g.fillStyle = t.foreground;
           g.textAlign = r === L - 1 ? 'right' : 'left';
           g.textBaseline = 'middle';
-          g.font = `${Math.round(t.fontSize * 0.8)}px ${t.fontFamily}`;
+          g.font = chartFont(t, 0.8);
           g.fillText(`e${e}`, r === L - 1 ? x - 3 : x + NODE_W + 3, (Y(n.y0) + Y(n.y1)) / 2);
         }
       });
@@ -152,7 +160,7 @@ export class FlowPicture {
     g.strokeStyle = t.foreground;
     g.fillStyle = t.foreground;
     g.lineWidth = 1;
-    g.font = `${Math.round(t.fontSize * 0.85)}px ${t.fontFamily}`;
+    g.font = chartFont(t, 0.85);
     g.beginPath();
     g.moveTo(LEFT - 8.5, TOP);
     g.lineTo(LEFT - 8.5, TOP + plotH);
@@ -180,8 +188,15 @@ export class FlowPicture {
     g.restore();
     g.textAlign = 'center';
     g.textBaseline = 'top';
-    const every = Math.max(1, Math.ceil(28 / (plotW / Math.max(1, L - 1))));
-    for (let r = 0; r < L; r += every) g.fillText(String(this.layers[r]), colX(r) + NODE_W / 2, TOP + plotH + 4);
-    g.fillText('MoE layer', LEFT + plotW / 2, TOP + plotH + 22);
+    // A tick at every layer column, its number at every layerStep-th.
+    g.beginPath();
+    for (let r = 0; r < L; r++) {
+      const x = Math.round(colX(r) + NODE_W / 2) + 0.5;
+      g.moveTo(x, TOP + plotH + 1);
+      g.lineTo(x, TOP + plotH + (r % axes.layerStep === 0 ? 5 : 3));
+    }
+    g.stroke();
+    for (let r = 0; r < L; r += axes.layerStep) g.fillText(String(this.layers[r]), colX(r) + NODE_W / 2, TOP + plotH + 6);
+    g.fillText('MoE layer', LEFT + plotW / 2, TOP + plotH + 24);
   }
 }

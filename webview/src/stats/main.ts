@@ -18,6 +18,7 @@ import {
   StatsRerunCommand,
   StatsResultNotification,
   StatsStartedNotification,
+  StatsUnavailableNotification,
   SteeringNotification,
   reviveLoad,
   reviveStatsData,
@@ -41,6 +42,10 @@ interface ViewState {
   flowRow: number;
   a?: string;
   b?: string;
+  /** The inputs of the statistics shown: the host runs them again in a panel restored after a window reload. */
+  sources?: string[];
+  /** Their description, the title of a restored panel. */
+  source?: string;
 }
 
 const saved = (vscode.getState() as Partial<ViewState> | undefined) ?? {};
@@ -384,6 +389,10 @@ function setRunning(running: boolean): void {
 function showStart(s: StatsRunStart): void {
   start = s;
   model = undefined;
+  state.sources = s.sources;
+  state.source = s.source;
+  save();
+  byId('load-section').hidden = false;
   setSteering(undefined);
   byId('title').textContent = `Routing statistics — ${s.source}`;
   byId('meta').textContent = `${s.model} · ${plural(s.total, 'prompt')}${s.groups.length > 1 ? ` in ${s.groups.length} sets (${s.groups.join(', ')})` : ''}`;
@@ -402,6 +411,9 @@ function showResult(data: ConstructorParameters<typeof StatsModel>[0]): void {
   if (state.coRow >= m.L) state.coRow = 0;
   if (state.flowRow >= m.L - 1) state.flowRow = 0;
   if (state.group !== 'all' && !m.groups.includes(state.group)) state.group = 'all';
+  // Kept with the view state: a panel restored after a window reload offers to run them again.
+  state.sources = data.sources;
+  state.source = data.source;
   byId('title').textContent = `Routing statistics — ${data.source}`;
   const groups = r.groups.length > 1 ? ` in ${r.groups.length} sets by ${data.groupBy} (${r.groups.map((g) => `${g.name} ${g.prompts}`).join(', ')})` : '';
   byId('meta').textContent = `${data.model} · ${plural(r.prompts, 'prompt')} (${plural(m.all.tokens, 'token')})${groups}${r.skipped ? `; ${r.skipped} skipped (too long or empty)` : ''} · ${data.seconds.toFixed(1)} s`;
@@ -411,6 +423,7 @@ function showResult(data: ConstructorParameters<typeof StatsModel>[0]): void {
   status.dataset.tokens = String(m.all.tokens);
   byId<HTMLSelectElement>('load-group').replaceChildren(option('all', 'all', state.group === 'all'), ...(m.groups.length > 1 ? m.groups.map((g) => option(g, g, g === state.group)) : []));
   byId<HTMLSelectElement>('co-layer').replaceChildren(...m.layers.map((l, i) => option(String(i), String(l), i === state.coRow)));
+  byId('load-section').hidden = false;
   setRunning(false);
   save();
   drawLoad();
@@ -418,6 +431,20 @@ function showResult(data: ConstructorParameters<typeof StatsModel>[0]): void {
   drawCo();
   drawFlow();
   if (model) drawPairView(model, state, save);
+}
+
+/** A panel restored after a window reload: no statistics, the reason, and Run again when the inputs are known. */
+function showUnavailable(reason: string): void {
+  model = undefined;
+  start = undefined;
+  setSteering(undefined);
+  setRunning(true);
+  byId('load-section').hidden = true;
+  byId('title').textContent = `Routing statistics${state.source ? ` — ${state.source}` : ''}`;
+  byId('meta').textContent = state.sources?.length ? `Read from ${state.sources.join(', ')}` : '';
+  byId('status').textContent = reason;
+  byId<HTMLButtonElement>('rerun').disabled = !state.sources?.length;
+  document.body.dataset.state = 'unavailable';
 }
 
 /** A message the page could not show: said in the status line (the rest of the page stays as it was). */
@@ -447,7 +474,8 @@ function onMessage(message: unknown): void {
     byId('status').textContent = `Failed: ${message.params.message}`;
     byId('status').className = 'error';
     document.body.dataset.state = 'failed';
-  } else if (StatsContextNotification.is(message)) showContext(message.params);
+  } else if (StatsUnavailableNotification.is(message)) showUnavailable(message.params.reason);
+  else if (StatsContextNotification.is(message)) showContext(message.params);
   else if (SteeringNotification.is(message)) {
     setSteering(message.params);
   }

@@ -16,6 +16,7 @@ import {
   type ExpertToken,
 } from '../../../common/src/statsQueries';
 import type { StatsPanelData } from '../../../common/src/statsProtocol';
+import { labelStep } from '../charts/ticks';
 
 export interface FlowNode { y0: number; y1: number }
 export interface FlowRibbon { from: number; to: number; count: number; sy0: number; sy1: number; ty0: number; ty1: number }
@@ -29,6 +30,32 @@ export interface FlowLayout {
   minShare: number;
   /** Node height per unit share of tokens (the rest of the column is gaps between nodes). */
   scale: number;
+}
+
+/** The flow picture's margins and node width (px), and the narrowest gap between layer columns at which ribbons still
+ *  read as paths. */
+export const FLOW_PICTURE = { left: 64, top: 10, bottom: 40, right: 16, nodeWidth: 8, minColumnGap: 28 } as const;
+
+export interface FlowAxes {
+  /** The picture's CSS width: the panel's, or wider (scrolling) when the columns need it. */
+  width: number;
+  /** Between neighbouring layer columns (px). */
+  gap: number;
+  /** Every `layerStep`-th layer is numbered (each has a tick). */
+  layerStep: number;
+  /** Expert names beside every column, or beside the first and last only. */
+  expertLabels: 'every' | 'ends';
+}
+
+/** How `layers` columns of the flow picture fit `hostWidth`: at least the minimum gap apart (wider than the panel,
+ *  the picture scrolls), a number with room for two beside it, expert names at every column when they take at most a
+ *  third of a gap. */
+export function flowAxes(layers: number, hostWidth: number, layerLabelWidth: number, expertLabelWidth: number): FlowAxes {
+  const { left, right, nodeWidth, minColumnGap } = FLOW_PICTURE;
+  const span = Math.max(1, layers - 1);
+  const width = Math.max(left + right + nodeWidth + span * minColumnGap, hostWidth);
+  const gap = (width - left - right - nodeWidth) / span;
+  return { width, gap, layerStep: labelStep(gap, 2 * layerLabelWidth), expertLabels: gap - nodeWidth >= 3 * (expertLabelWidth + 3) ? 'every' : 'ends' };
 }
 
 export class StatsModel {
