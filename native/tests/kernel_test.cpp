@@ -234,7 +234,7 @@ TEST("kernels: loops below the pool's work threshold run on the calling thread w
     for (int T : {1, 3, 7, 20, 70})
       for (auto nk : {std::pair<int, int>{48, 40}, std::pair<int, int>{300, 130}}) {
         const int N = nk.first, K = nk.second;
-        Weights w = make_weights(N, K, dt, 0.3f, rng);
+        rstest::TestMatrix w = misaligned_matrix(N, K, dt, 0.3f, rng);
         std::vector<float> x(size_t(T) * K), dy(size_t(T) * N), y1(size_t(T) * N), y2(y1.size()), dx1(x.size()), dx2(x.size());
         fill(x), fill(dy);
         matmul(pooled, x.data(), T, w.mat, y1.data());
@@ -247,12 +247,12 @@ TEST("kernels: loops below the pool's work threshold run on the calling thread w
   // Grouped experts.
   {
     const int H = 40, I = 24, E = 6, k = 2;
-    std::vector<Weights> gw, uw, dw;
+    std::vector<rstest::TestMatrix> gw, uw, dw;
     std::vector<Mat> gate, up, down;
     for (int e = 0; e < E; ++e) {
-      gw.push_back(make_weights(I, H, DType::BF16, 0.3f, rng));
-      uw.push_back(make_weights(I, H, DType::BF16, 0.3f, rng));
-      dw.push_back(make_weights(H, I, DType::BF16, 0.3f, rng));
+      gw.push_back(misaligned_matrix(I, H, DType::BF16, 0.3f, rng));
+      uw.push_back(misaligned_matrix(I, H, DType::BF16, 0.3f, rng));
+      dw.push_back(misaligned_matrix(H, I, DType::BF16, 0.3f, rng));
     }
     for (int e = 0; e < E; ++e) gate.push_back(gw[e].mat), up.push_back(uw[e].mat), down.push_back(dw[e].mat);
     for (int T : {1, 3, 40}) {
@@ -292,7 +292,7 @@ TEST("kernels: the LM head's one-pass cross-entropy and input gradient match a f
     for (int V : {5, 261, 1000, 4099})
       for (int T : {1, 3, 6}) {
         const int K = 72;
-        Weights w = make_weights(V, K, dt, 0.5f, rng);
+        rstest::TestMatrix w = misaligned_matrix(V, K, dt, 0.5f, rng);
         std::vector<float> x(size_t(T) * K), weight(T);
         std::vector<int> target(T);
         for (auto& v : x) v = 2.f * nd(rng);
@@ -302,7 +302,7 @@ TEST("kernels: the LM head's one-pass cross-entropy and input gradient match a f
           for (int k = 0; k < K; ++k) x[k] = 0.f;
         std::vector<double> loss1(T), loss2(T), loss3(T);
         std::vector<float> dx1(x.size(), 0.5f), dx2(x.size(), 0.5f);
-        Weights ramp = w;
+        rstest::TestMatrix ramp = w;
         if (V > 64) {  // a head whose row v scores row 0 by v/100
           for (int v = 0; v < V; ++v) ramp.values[size_t(v) * K] = v / 100.0;
           for (int v = 0; v < V; ++v) {
