@@ -255,3 +255,33 @@ TEST("kernels: fused causal attention (online softmax per block of keys) matches
   }
   std::printf("     worst relative error vs float64: %.2e\n", worst_all);
 }
+
+TEST("kernels: decode's streaming products (1-4 rows, prefetched slabs on 1 and 2 threads) match a float64 loop") {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool1(1), pool2(2);
+  // Rows of 4 KiB and more (the prefetch runs inside a row and into the next block's rows), row counts that leave a
+  // partial block of 4 and several slabs, a K with a tail shorter than one line.
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int K : {2048, 2053, 40})
+      for (int N : {1, 6, 521})
+        for (int T : {1, 2, 3, 4}) {
+          Weights W = make_weights(N, K, dt, 0.5f, rng);
+          std::vector<float> x(size_t(T) * K);
+          for (auto& v : x) v = nd(rng);
+          for (bool accumulate : {false, true}) {
+            std::vector<float> y1(size_t(T) * N, 0.25f), y2(y1);
+            matmul(pool1, x.data(), T, W.mat, y1.data(), accumulate);
+            matmul(pool2, x.data(), T, W.mat, y2.data(), accumulate);
+            double worst = 0;
+            for (int t = 0; t < T; ++t)
+              for (int n = 0; n < N; ++n) {
+                double s = accumulate ? 0.25 : 0.0;
+                for (int c = 0; c < K; ++c) s += double(x[size_t(t) * K + c]) * W.values[size_t(n) * K + c];
+                worst = std::max(worst, std::fabs(s - y2[size_t(t) * N + n]) / (1 + std::fabs(s)));
+              }
+            CHECK_MSG(worst < 1e-4, "stream " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " error " << worst);
+            CHECK_MSG(y1 == y2, "stream " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << ": 1 and 2 threads differ");
+          }
+        }
+}
