@@ -85,6 +85,10 @@ class Decoder {
   const ModelConfig& config() const { return cfg_; }
   ThreadPool& pool() { return pool_; }
   std::atomic<bool>* cancel_flag = nullptr;
+  // LoadOptions::activations "bf16": inference rows of a prefill (more than 4, no save for a backward pass) round
+  // their activations to bf16 before the products with the routed experts, the attention projections and the dense
+  // or shared MLPs; the router, decode steps and every gradient pass stay fp32.
+  bool bf16_activations = false;
 
  private:
   void init_rope();
@@ -107,6 +111,10 @@ class Decoder {
                    const RoutingCallback& on_layer, LayerSave* save);
   void swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float scale_rows_unused,
               std::vector<float>* g_save, std::vector<float>* u_save);
+  // Whether a product of T rows runs at bf16 activations (see bf16_activations); saving: a backward pass follows.
+  bool rounds(int T, bool saving) const { return bf16_activations && !saving && T > 4; }
+  // y (+)= x · W^T at the precision rounds() picks.
+  void project(const float* x, int T, const Mat& W, float* y, bool accumulate, bool saving);
 
   const Checkpoint& ck_;
   const ModelConfig& cfg_;
