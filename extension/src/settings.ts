@@ -3,7 +3,7 @@
 // adapt/settings.ts (shared with the CLI, which range-checks them), the adaptation hyperparameters. No vscode
 // import: the editor passes VS Code's configuration in (editorConfig.ts), the CLI shares the defaults, and a unit
 // test holds settingKeys() equal to what package.json contributes.
-import type { Backend } from './engine/native';
+import type { Activations, Backend } from './engine/native';
 import { DEFAULT_METRICS, type Metric } from '../../common/src/panelProtocol';
 import { readAdaptSettings, settingKeys as adaptSettingKeys, type AdaptSettings, type C3poMethod } from './adapt/settings';
 
@@ -16,6 +16,7 @@ export interface EditorSettings {
   /** Engine threads; 0 = all cores. */
   threads: number;
   backend: Backend;
+  activations: Activations;
   maxNewTokens: number;
   openDemoOnStartup: boolean;
   /** What the routing panel colours by when it opens. */
@@ -29,6 +30,7 @@ export const EDITOR_DEFAULTS: Readonly<EditorSettings> = Object.freeze({
   promptFiles: ['**/*.prompts.md', '**/*.prompts.jsonl'],
   threads: 0,
   backend: 'auto',
+  activations: 'fp32',
   maxNewTokens: DEFAULT_MAX_NEW_TOKENS,
   openDemoOnStartup: false,
   defaultMetric: 'expert',
@@ -41,6 +43,7 @@ export const EDITOR_KEYS: Readonly<Record<keyof EditorSettings, string>> = Objec
   promptFiles: 'routescope.promptFiles',
   threads: 'routescope.threads',
   backend: 'routescope.backend',
+  activations: 'routescope.activations',
   maxNewTokens: 'routescope.maxNewTokens',
   openDemoOnStartup: 'routescope.openDemoOnStartup',
   defaultMetric: 'routescope.routingPanel.defaultMetric',
@@ -55,6 +58,7 @@ const VALID: { [K in keyof EditorSettings]: (v: unknown) => boolean } = {
   promptFiles: (v) => Array.isArray(v) && v.every((g) => typeof g === 'string'),
   threads: (v) => isInteger(v, 0),
   backend: oneOf(['auto', 'cpu', 'cuda']),
+  activations: oneOf(['fp32', 'bf16']),
   maxNewTokens: (v) => isInteger(v, 1, 4096),
   openDemoOnStartup: (v) => typeof v === 'boolean',
   defaultMetric: oneOf(DEFAULT_METRICS),

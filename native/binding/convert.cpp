@@ -294,6 +294,7 @@ Napi::Object InfoToJs(Napi::Env env, const ModelInfo& m) {
   o.Set("warnings", warnings);
   o.Set("backend", m.backend);
   o.Set("threads", m.threads);
+  o.Set("activations", m.activations);
   return o;
 }
 

@@ -22,6 +22,7 @@ ModelImpl::ModelImpl(std::unique_ptr<Checkpoint> ck, const LoadOptions& opts) : 
   info_ = ck_->info;
   info_.threads = threads;
   info_.backend = "cpu";
+  info_.activations = "fp32";
   if (opts.backend == "cuda") {
     const std::string gap = cuda::unsupported(ck_->config);
     if (!gap.empty())
@@ -34,6 +35,15 @@ ModelImpl::ModelImpl(std::unique_ptr<Checkpoint> ck, const LoadOptions& opts) : 
     info_.backend_note = why.empty() ? "a CUDA device is present, but auto keeps the CPU until the CUDA backend has been "
                                        "validated on a GPU; pass backend cuda to use it"
                                      : "CPU: " + why;
+  }
+  if (opts.activations == "bf16") {
+    // The rounding is what llama.cpp's BF16 matmul does; it pays only where vdpbf16ps doubles the rate.
+    const char* why = info_.backend == "cuda"      ? "the CUDA backend runs fp32 activations"
+                      : !cpu_has_avx512_bf16()      ? "this CPU has no AVX512_BF16"
+                      : info_.dtype != "BF16"       ? "the weights are not BF16"
+                                                    : nullptr;
+    if (why) info_.warnings.push_back(std::string("activations bf16 not used: ") + why + "; running fp32 activations");
+    else info_.activations = "bf16";
   }
 }
 
@@ -54,6 +64,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opts.backend != "auto" && opts.backend != "cpu" && opts.backend != "cuda")
     throw Error("BAD_ARGUMENT", "backend must be auto, cpu or cuda (got \"" + opts.backend + "\")");
   if (opts.backend == "cuda" && !cuda::compiled()) throw Error("NO_CUDA", cuda::probe() + "; use backend cpu or auto");
+  if (opts.activations != "fp32" && opts.activations != "bf16")
+    throw Error("BAD_ARGUMENT", "activations must be fp32 or bf16 (got \"" + opts.activations + "\")");
   return std::make_unique<ModelImpl>(Checkpoint::open(dir), opts);
 }
 
@@ -63,6 +75,7 @@ SessionImpl::SessionImpl(ModelImpl& model, int max_context)
   const int limit = model.info().max_position_embeddings;
   max_context_ = max_context > 0 ? std::min(max_context, limit) : limit;
   dec_.cancel_flag = &cancel_;
+  dec_.bf16_activations = model.info().activations == "bf16";
   on_device_ = model.device() != nullptr;  // the GPU KV cache is allocated on first use
 }
 

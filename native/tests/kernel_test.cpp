@@ -345,3 +345,88 @@ TEST("kernels: the LM head's one-pass cross-entropy and input gradient match a f
         CHECK_MSG(worst < 2e-5, dtype_name(dt) << " V=" << V << " T=" << T << ": error " << worst);
       }
 }
+
+TEST("kernels: decode's streaming products (1-4 rows, prefetched slabs on 1 and 2 threads) match a float64 loop") {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool1(1), pool2(2);
+  // Rows of 4 KiB and more (the prefetch runs inside a row and into the next block's rows), row counts that leave a
+  // partial block of 4 and several slabs, a K with a tail shorter than one line.
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int K : {2048, 2053, 40})
+      for (int N : {1, 6, 521})
+        for (int T : {1, 2, 3, 4}) {
+          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+          std::vector<float> x(size_t(T) * K);
+          for (auto& v : x) v = nd(rng);
+          for (bool accumulate : {false, true}) {
+            std::vector<float> y1(size_t(T) * N, 0.25f), y2(y1);
+            matmul(pool1, x.data(), T, W.mat, y1.data(), accumulate);
+            matmul(pool2, x.data(), T, W.mat, y2.data(), accumulate);
+            double worst = 0;
+            for (int t = 0; t < T; ++t)
+              for (int n = 0; n < N; ++n) {
+                double s = accumulate ? 0.25 : 0.0;
+                for (int c = 0; c < K; ++c) s += double(x[size_t(t) * K + c]) * W.values[size_t(n) * K + c];
+                worst = std::max(worst, std::fabs(s - y2[size_t(t) * N + n]) / (1 + std::fabs(s)));
+              }
+            CHECK_MSG(worst < 1e-4, "stream " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " error " << worst);
+            CHECK_MSG(y1 == y2, "stream " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << ": 1 and 2 threads differ");
+          }
+        }
+}
+
+TEST("kernels: matmul with bf16-rounded activations (vdpbf16ps, and the reference path) matches a float64 loop") {
+  std::mt19937 rng(19);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool1(1), pool2(2);
+  // BF16 weights take vdpbf16ps where the CPU has it; F16 weights always the reference path (rounded rows through
+  // the fp32 kernels). Odd K (a zero-padded last pair), N past a 128-column unit, T past a 256-row unit and below
+  // the 12-row micro-kernel.
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int K : {77, 256, 2050})
+      for (int N : {5, 33, 130})
+        for (int T : {5, 13, 300}) {
+          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+          std::vector<float> x(size_t(T) * K);
+          for (auto& v : x) v = nd(rng);
+          for (bool accumulate : {false, true}) {
+            std::vector<float> y1(size_t(T) * N, -0.5f), y2(y1);
+            matmul_bf16_rounded(pool1, x.data(), T, W.mat, y1.data(), accumulate);
+            matmul_bf16_rounded(pool2, x.data(), T, W.mat, y2.data(), accumulate);
+            double worst = 0;
+            for (int t = 0; t < T; ++t)
+              for (int n = 0; n < N; ++n) {
+                double s = accumulate ? -0.5 : 0.0, mag = 0;
+                for (int c = 0; c < K; ++c) {
+                  const double p = double(round_to_bf16(x[size_t(t) * K + c])) * W.values[size_t(n) * K + c];
+                  s += p, mag += std::fabs(p);
+                }
+                // fp32 sums of exact products: the error scales with the sum of magnitudes, not the result.
+                worst = std::max(worst, std::fabs(s - y2[size_t(t) * N + n]) / (1 + mag));
+              }
+            CHECK_MSG(worst < 1e-6, "rounded " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " error " << worst);
+            CHECK_MSG(y1 == y2, "rounded " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << ": 1 and 2 threads differ");
+          }
+        }
+}
+
+TEST("kernels: round_to_bf16 rounds to nearest even and keeps NaN and infinities") {
+  auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  auto from = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  CHECK(bits(round_to_bf16(from(0x3F808000u))) == 0x3F800000u);  // tie, even below: down
+  CHECK(bits(round_to_bf16(from(0x3F818000u))) == 0x3F820000u);  // tie, odd below: up
+  CHECK(bits(round_to_bf16(from(0x3F808001u))) == 0x3F810000u);  // above the tie: up
+  CHECK(bits(round_to_bf16(from(0x7F7FFFFFu))) == 0x7F800000u);  // the largest float rounds to infinity
+  CHECK(std::isinf(round_to_bf16(from(0xFF800000u))) && round_to_bf16(from(0xFF800000u)) < 0);
+  CHECK(std::isnan(round_to_bf16(from(0x7FC00001u))));
+  CHECK(std::isnan(round_to_bf16(from(0x7F800001u))));  // a signalling NaN whose rounding would carry into infinity
+}

@@ -60,4 +60,6 @@ test('one settings reader: every routescope.* setting package.json contributes i
   assert.equal(read.threads, 4);
   assert.equal(read.backend, 'auto', 'an unknown value falls back to the default');
   assert.equal(read.defaultMetric, 'entropy');
+  assert.equal(readEditorSettings((key) => (key === 'routescope.activations' ? 'bf16' : undefined)).activations, 'bf16');
+  assert.equal(readEditorSettings((key) => (key === 'routescope.activations' ? 'fp16' : undefined)).activations, 'fp32', 'an unknown precision falls back to fp32');
 });

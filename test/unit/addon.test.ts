@@ -44,6 +44,38 @@ test('loadModel errors carry a code and name the folder', () => {
   assert.throws(() => loadAddon().loadModel(MODEL, { backend: 'tpu' as 'cpu' }), { code: 'BAD_ARGUMENT' });
 });
 
+test('activations bf16: a first-class load option, reported in info, fp32 where it cannot apply', async () => {
+  const addon = loadAddon();
+  assert.throws(() => addon.loadModel(MODEL, { activations: 'fp16' as 'fp32' }), { code: 'BAD_ARGUMENT', message: /activations must be fp32 or bf16/ });
+  const f32 = addon.loadModel(MODEL, { threads: 2, activations: 'bf16' });  // F32 weights: nothing to round against
+  assert.equal(f32.info().activations, 'fp32');
+  assert.ok(f32.info().warnings.some((w) => /activations bf16 not used: the weights are not BF16/.test(w)), f32.info().warnings.join('; '));
+  f32.close();
+  const dir = path.join(PARITY_DIR, 'olmoe-perexpert-bf16', 'model');
+  const exact = addon.loadModel(dir, { threads: 2 });
+  const rounded = addon.loadModel(dir, { threads: 2, activations: 'bf16' });
+  assert.equal(exact.info().activations, 'fp32');
+  const tokens = Int32Array.from({ length: 24 }, (_, i) => (i * 7 + 3) % exact.info().vocabSize);
+  const a = await exact.createSession().forward(tokens, { logits: 'all' });
+  const b = await rounded.createSession().forward(tokens, { logits: 'all' });
+  if (rounded.info().activations === 'bf16') {
+    // Prefill rows round to bf16 (8 significant bits): the logits move, by about that rounding and no more.
+    let worst = 0;
+    let scale = 0;
+    for (let i = 0; i < a.logits.length; i++) {
+      worst = Math.max(worst, Math.abs(a.logits[i] - b.logits[i]));
+      scale = Math.max(scale, Math.abs(a.logits[i]));
+    }
+    assert.ok(worst > 0, 'bf16 activations changed nothing');
+    assert.ok(worst < 0.006 * (1 + scale), `bf16 activations moved the logits by ${worst} (logits up to ${scale})`);
+  } else {
+    assert.ok(rounded.info().warnings.some((w) => /activations bf16 not used/.test(w)));
+    assert.deepEqual(Array.from(b.logits), Array.from(a.logits));
+  }
+  exact.close();
+  rounded.close();
+});
+
 test('forward: routing arrives per layer, as copies, before the promise resolves', async () => {
   const model = open();
   const session = model.createSession(16);

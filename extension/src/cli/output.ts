@@ -111,6 +111,7 @@ export function modelInfoJson(info: NativeModelInfo): Record<string, unknown> {
     warnings: info.warnings,
     backend: info.backend,
     threads: info.threads,
+    activations: info.activations,
   };
 }
 
@@ -119,6 +120,6 @@ export function describeModel(info: NativeModelInfo): string {
   return (
     `${info.modelType} · ${info.numLayers} layers${moe} · ${info.numExperts} experts, top-${info.topK} · ` +
     `${formatCount(info.parameters)} params (${formatCount(info.activeParameters)} active) · ${info.dtype} ${info.expertLayout} · ` +
-    `${info.backend}, ${info.threads} threads`
+    `${info.backend}, ${info.threads} threads${info.activations === 'bf16' ? ', bf16 activations' : ''}`
   );
 }

@@ -116,6 +116,7 @@ export interface CommonOptions {
   model?: string;
   threads?: number;
   backend?: 'auto' | 'cpu' | 'cuda';
+  activations?: 'fp32' | 'bf16';
   json?: boolean;
 }
 
@@ -124,6 +125,7 @@ export function commonOptions(command: Command): Command {
     .option('--model <dir>', `Hugging Face model folder (default: the demo model, ${DEMO_MODEL})`)
     .addOption(new Option('--threads <n>', 'engine threads (default: all cores)').argParser((v) => parseInteger('--threads', v, 1, 4096)))
     .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']))
+    .addOption(new Option('--activations <precision>', 'fp32 (default) or bf16: prefill activations rounded to bf16 for BF16 weights, as llama.cpp').choices(['fp32', 'bf16']))
     .option('--json', 'print one JSON object for scripts');
 }
 
@@ -170,6 +172,7 @@ export function openModel(options: CommonOptions): OpenModel {
   const model = loadAddon().loadModel(dir, {
     ...(options.threads !== undefined ? { threads: options.threads } : {}),
     ...(options.backend !== undefined ? { backend: options.backend } : {}),
+    ...(options.activations !== undefined ? { activations: options.activations } : {}),
   });
   return { model, info: model.info(), dir };
 }

@@ -3,6 +3,9 @@
 import type { RoutingSpan } from '../../../common/src/routing';
 
 export type Backend = 'auto' | 'cpu' | 'cuda';
+/** fp32 (default, held to transformers by the parity tests) or bf16: prefill activations rounded to bf16 before the
+ *  products with BF16 weights, as llama.cpp's BF16 matmul (AVX512_BF16 CPUs; README "Activation precision"). */
+export type Activations = 'fp32' | 'bf16';
 export type LogitsMode = 'none' | 'last' | 'all';
 export type RouterScoring = 'softmax' | 'sigmoid' | 'sparsemixer';
 
@@ -34,6 +37,7 @@ export interface NativeModelInfo {
   warnings: string[];           // e.g. checkpoint tensors present but not used (DeepSeek-V3's MTP layer)
   backend: string;              // cpu | cuda
   threads: number;
+  activations: Activations;     // what the requested activations resolved to (warnings say why bf16 was not used)
 }
 
 export interface NativeForwardOptions {
@@ -201,5 +205,5 @@ export interface NativeModel {
 export interface NativeAddon {
   version: string;
   cudaCompiled: boolean;
-  loadModel(dir: string, options?: { threads?: number; backend?: Backend }): NativeModel;
+  loadModel(dir: string, options?: { threads?: number; backend?: Backend; activations?: Activations }): NativeModel;
 }

@@ -103,6 +103,7 @@ const core: HandlerTable<CoreMethods> = {
     const model = addon.loadModel(params.dir, {
       ...(params.threads ? { threads: params.threads } : {}),
       ...(params.backend ? { backend: params.backend } : {}),
+      ...(params.activations ? { activations: params.activations } : {}),
     });
     const info = model.info();
     let tokenizer: ModelTokenizer | undefined;
@@ -113,7 +114,7 @@ const core: HandlerTable<CoreMethods> = {
       tokenizerError = error instanceof Error ? error.message : String(error);
     }
     loaded = { model, info, ...(tokenizer ? { tokenizer } : {}), ...(tokenizerError ? { tokenizerError } : {}) };
-    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${info.threads} threads)`);
+    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${info.threads} threads, ${info.activations} activations)`);
     return describeLoaded(loaded);
   },
   unload() {

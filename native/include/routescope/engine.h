@@ -56,6 +56,7 @@ struct ModelInfo {
   std::string backend_note;      // why "auto" chose what it chose (e.g. no CUDA device), for a one-line notice
   std::string device;            // GPU name when backend == "cuda"
   int threads = 1;
+  std::string activations = "fp32";  // what LoadOptions::activations resolved to on this CPU and these weights
 };
 
 // The one routing patch type. Layers and experts are 0-based.
@@ -162,6 +163,11 @@ class Session {
 struct LoadOptions {
   int threads = 0;              // 0 = hardware concurrency
   std::string backend = "auto"; // auto | cpu | cuda
+  // fp32 (default: what the parity tests hold to transformers) | bf16: in prefill, activations are rounded to bf16
+  // before their products with BF16 weights (the routed experts and the attention projections), as llama.cpp's BF16
+  // matmul does, and multiplied with vdpbf16ps at twice the fp32 rate. CPU backend, AVX512_BF16 CPUs, BF16 weights;
+  // elsewhere the model runs fp32 and says so in ModelInfo::activations and warnings.
+  std::string activations = "fp32";
 };
 
 class Model {

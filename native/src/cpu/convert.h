@@ -13,6 +13,16 @@ inline float bf16_to_f32(uint16_t h) {
   std::memcpy(&f, &u, 4);
   return f;
 }
+// x rounded to the nearest bf16 (ties to even), as vcvtne2ps2bf16 rounds; NaN stays NaN.
+inline float round_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return x;
+  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 float f16_to_f32(uint16_t h);
 // Converts n stored elements (unaligned source) to fp32.
 void convert_to_f32(const uint8_t* src, DType dt, float* dst, size_t n);

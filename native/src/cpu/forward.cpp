@@ -174,16 +174,27 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
   }
 }
 
+void Decoder::project(const float* x, int T, const Mat& W, float* y, bool accumulate, bool saving) {
+  if (rounds(T, saving)) matmul_bf16_rounded(pool_, x, T, W, y, accumulate);
+  else matmul(pool_, x, T, W, y, accumulate);
+}
+
 // y = down(silu(gate x) * up x) for T rows; keeps pre-activations when asked.
 void Decoder::swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float,
                      std::vector<float>* g_save, std::vector<float>* u_save) {
   const int I = gate.rows;
+  const bool saving = g_save || u_save;
   std::vector<float> g(static_cast<size_t>(T) * I), u(static_cast<size_t>(T) * I);
-  matmul_batch(pool_, {{x, T, gate, g.data()}, {x, T, up, u.data()}});
+  if (rounds(T, saving)) {
+    project(x, T, gate, g.data(), false, saving);
+    project(x, T, up, u.data(), false, saving);
+  } else {
+    matmul_batch(pool_, {{x, T, gate, g.data()}, {x, T, up, u.data()}});
+  }
   if (g_save) *g_save = g;
   if (u_save) *u_save = u;
   for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
-  matmul(pool_, g.data(), T, down, y);
+  project(g.data(), T, down, y, false, saving);
 }
 
 void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
@@ -218,7 +229,8 @@ void Decoder::moe_forward(int l, const float* x, int T, int pos0, const Patch& p
                             save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
   else
     moe_experts_forward(pool_, x, T, k, sel.data(), wts.data(), w.gate, w.up, w.down, y, save ? save->g.data() : nullptr,
-                        save ? save->u.data() : nullptr, save ? save->o.data() : nullptr);
+                        save ? save->u.data() : nullptr, save ? save->o.data() : nullptr,
+                        rounds(T, save != nullptr) ? ExpertKernels::Avx512Bf16Rounded : ExpertKernels::Auto);
   if (w.has_shared()) {  // qwen2_moe: × sigmoid(shared_expert_gate · x); DeepSeek / GLM: added as is
     std::vector<float> so(static_cast<size_t>(T) * H);
     swiglu(x, T, w.shared_gate, w.shared_up, w.shared_down, so.data(), 1.f, save ? &save->sg : nullptr,
@@ -304,7 +316,7 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   }
   attention(l, T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
   if (save) save->attn = attn;
-  attn_output(l, attn.data(), T, h);
+  attn_output(l, attn.data(), T, h, save != nullptr);
 }
 
 void Decoder::attn_forward_rows(int l, float* h, const std::vector<KVCache*>& caches, const std::vector<int>& pos,
@@ -353,20 +365,20 @@ void Decoder::attn_forward_rows(int l, float* h, const std::vector<KVCache*>& ca
               save ? save->probs.data() + save->row_probs[t] : nullptr);
   }
   if (save) save->attn = attn;
-  attn_output(l, attn.data(), T, h);
+  attn_output(l, attn.data(), T, h, save != nullptr);
 }
 
-void Decoder::attn_output(int l, const float* attn, int T, float* h) {
+void Decoder::attn_output(int l, const float* attn, int T, float* h, bool saving) {
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
   if (w.o_bias.empty() && cfg_.residual_multiplier == 1.f) {
-    matmul(pool_, attn, T, w.o, h, /*accumulate=*/true);  // residual
+    project(attn, T, w.o, h, /*accumulate=*/true, saving);  // residual
     return;
   }
   // o_proj bias (phimoe) and GraniteMoE's residual multiplier: h += m · (o(attn) + b)
   std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
-  matmul(pool_, attn, T, w.o, y.data());
+  project(attn, T, w.o, y.data(), false, saving);
   const float m = cfg_.residual_multiplier;
   for (int t = 0; t < T; ++t)
     for (int d = 0; d < H; ++d)
@@ -393,7 +405,11 @@ void Decoder::standard_qkv(int l, const float* x, int T, int pos0, std::vector<f
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
   const int qw = nh * hd, kvw = nkv * hd;
   q.resize(static_cast<size_t>(T) * qw), kk.resize(static_cast<size_t>(T) * kvw), vv.resize(static_cast<size_t>(T) * kvw);
-  matmul_batch(pool_, {{x, T, w.q, q.data()}, {x, T, w.k, kk.data()}, {x, T, w.v, vv.data()}});
+  if (rounds(T, save != nullptr)) {
+    for (auto [W, out] : {std::pair{&w.q, &q}, std::pair{&w.k, &kk}, std::pair{&w.v, &vv}}) project(x, T, *W, out->data(), false, false);
+  } else {
+    matmul_batch(pool_, {{x, T, w.q, q.data()}, {x, T, w.k, kk.data()}, {x, T, w.v, vv.data()}});
+  }
   if (cfg_.qkv_bias)
     for (int t = 0; t < T; ++t) {
       for (int i = 0; i < qw; ++i) q[t * qw + i] += w.q_bias[i];

@@ -96,6 +96,10 @@ class Decoder {
   const ModelConfig& config() const { return cfg_; }
   ThreadPool& pool() { return pool_; }
   std::atomic<bool>* cancel_flag = nullptr;
+  // LoadOptions::activations "bf16": inference rows of a prefill (more than 4, no save for a backward pass) round
+  // their activations to bf16 before the products with the routed experts, the attention projections and the dense
+  // or shared MLPs; the router, decode steps and every gradient pass stay fp32.
+  bool bf16_activations = false;
 
  private:
   void init_rope();
@@ -121,12 +125,16 @@ class Decoder {
   // Llama 4's attention temperature tuning: query rows [T, width] at positions pos0.. (or row_pos[t]) times its
   // factor (also the backward, being linear).
   void scale_query_rows(float* q, int T, int pos0, int width, const int* row_pos = nullptr) const;
-  // h += o_proj(attn) (with phimoe's bias and GraniteMoE's residual multiplier).
-  void attn_output(int l, const float* attn, int T, float* h);
+  // h += o_proj(attn) (with phimoe's bias and GraniteMoE's residual multiplier); `saving` keeps it fp32 (rounds()).
+  void attn_output(int l, const float* attn, int T, float* h, bool saving);
   void moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,
                    const RoutingCallback& on_layer, LayerSave* save);
   void swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float scale_rows_unused,
               std::vector<float>* g_save, std::vector<float>* u_save);
+  // Whether a product of T rows runs at bf16 activations (see bf16_activations); saving: a backward pass follows.
+  bool rounds(int T, bool saving) const { return bf16_activations && !saving && T > 4; }
+  // y (+)= x · W^T at the precision rounds() picks.
+  void project(const float* x, int T, const Mat& W, float* y, bool accumulate, bool saving);
 
   const Checkpoint& ck_;
   const ModelConfig& cfg_;

@@ -8,6 +8,7 @@
 
 #include "cpu/convert.h"
 #include "cpu/matmul_avx512.h"
+#include "cpu/matmul_bf16.h"
 
 namespace routescope {
 
@@ -88,6 +89,35 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
     avx512::gemm_panel(x, T, K, W.data, dt, int(a * 32), int(std::min<int64_t>(N, b * 32)), y, N, accumulate,
                        panel.data());
   }, work);
+}
+
+void matmul_bf16_rounded(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
+  if (T <= 0 || W.rows <= 0) return;
+  const int N = W.rows, K = W.cols;
+  if (W.dtype != DType::BF16 || W.tiled() || !cpu_has_avx512_bf16()) {
+    std::vector<float> xr(static_cast<size_t>(T) * K);
+    for (size_t i = 0; i < xr.size(); ++i) xr[i] = round_to_bf16(x[i]);
+    matmul(pool, xr.data(), T, W, y, accumulate);
+    return;
+  }
+  const int P = (K + 1) / 2;
+  std::vector<uint32_t> xb(static_cast<size_t>(T) * P);
+  pool.parallel_for(T, 64, [&](int64_t a, int64_t b, int) {
+    bf16dp::split_rows(x + a * K, K, nullptr, static_cast<int>(b - a), K, xb.data() + a * P, nullptr);
+  });
+  // Units of 256 rows x 128 columns, rows outermost: a unit's rows stay in cache across the columns that follow.
+  constexpr int kUnitRows = 256, kUnitCols = 128;
+  const int row_units = (T + kUnitRows - 1) / kUnitRows, col_units = (N + kUnitCols - 1) / kUnitCols;
+  std::atomic<int> next{0};
+  pool.run_on_all([&](int) {
+    thread_local std::vector<uint32_t> panel;
+    if (panel.size() < static_cast<size_t>(bf16dp::kKCP) * bf16dp::kNR) panel.resize(static_cast<size_t>(bf16dp::kKCP) * bf16dp::kNR);
+    for (int u; (u = next.fetch_add(1)) < row_units * col_units;) {
+      const int t0 = (u / col_units) * kUnitRows, n0 = (u % col_units) * kUnitCols;
+      bf16dp::gemm_rows(xb.data() + static_cast<size_t>(t0) * P, nullptr, std::min(kUnitRows, T - t0), K, W.data, n0,
+                        std::min(kUnitCols, N - n0), y + static_cast<size_t>(t0) * N + n0, N, accumulate, panel.data());
+    }
+  });
 }
 
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {

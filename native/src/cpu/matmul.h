@@ -16,6 +16,10 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
 // (an expert, an attention head each).
 void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulate = false);
 void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate);
+// matmul with every activation rounded to bf16 first (llama.cpp's BF16 precision; LoadOptions::activations "bf16"):
+// BF16 W on AVX512_BF16 CPUs multiplies with vdpbf16ps (bf16 products, fp32 sums) at twice the fp32 rate; anything
+// else runs the rounded rows through matmul (the same products: bf16 x bf16 is exact in fp32), the reference path.
+void matmul_bf16_rounded(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate = false);
 // Several independent products in one dispatch (e.g. every selected expert's gate and up projections), split
 // into row blocks that threads take dynamically so small and large jobs balance.
 struct MatmulJob {

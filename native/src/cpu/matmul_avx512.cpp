@@ -33,26 +33,44 @@ inline __m512 load16_masked(const uint8_t* base, long index, __mmask16 m) {
 }
 inline long elem_bytes(int dt) { return dt == 0 ? 4 : 2; }
 
-// Up to 4 rows of W against up to 4 rows of x, reduced horizontally at the end (decode / tiny batches).
+// Bytes ahead of the reads at which the streaming products prefetch each row. Every row of a 2048-wide bf16 matrix
+// is one 4 KiB page and the hardware stream prefetchers stop at page boundaries, so without this each block of rows
+// pays DRAM latency while the prefetchers retrain; this far ahead keeps enough lines in flight for the bandwidth.
+constexpr long kStreamAhead = 1024;
+
+// Up to 4 rows of W against up to 4 rows of x, reduced horizontally at the end (decode / tiny batches). next: the
+// rows of the block that follows (null where there is none), prefetched once the reads run past these rows' end.
 template <int DT, int TT>
 void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, int rows, float* y, int ldy,
-               int accumulate) {
+               int accumulate, const uint8_t* const* next) {
+  constexpr int kLine = DT == 0 ? 16 : 32;  // elements of one 64-byte line of W
   __m512 acc[4][TT];
   for (int r = 0; r < 4; ++r)
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
   const uint8_t* wr[4];
   for (int r = 0; r < 4; ++r) wr[r] = W + (long)(n + (r < rows ? r : 0)) * row_bytes;
+  const long eb = elem_bytes(DT);
   int k = 0;
-  for (; k + 16 <= K; k += 16) {
-    __m512 xv[TT];
-    for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(x + (long)t * K + k);
+  for (; k + kLine <= K; k += kLine) {
+    const long ahead = (long)k * eb + kStreamAhead;
     for (int r = 0; r < 4; ++r) {
-      __m512 w = load16<DT>(wr[r], k);
-      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+      if (ahead < row_bytes) {
+        if (r < rows) _mm_prefetch((const char*)(wr[r] + ahead), _MM_HINT_T0);
+      } else if (next[r]) {
+        _mm_prefetch((const char*)(next[r] + (ahead - row_bytes)), _MM_HINT_T0);
+      }
+    }
+    for (int h = 0; h < kLine; h += 16) {
+      __m512 xv[TT];
+      for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(x + (long)t * K + k + h);
+      for (int r = 0; r < 4; ++r) {
+        __m512 w = load16<DT>(wr[r], k + h);
+        for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+      }
     }
   }
-  if (k < K) {
-    __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+  for (; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
     __m512 xv[TT];
     for (int t = 0; t < TT; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + (long)t * K + k);
     for (int r = 0; r < 4; ++r) {
@@ -70,14 +88,15 @@ void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, i
 
 template <int DT, int TT>
 void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate) {
-  long rb = (long)K * elem_bytes(DT);
-  const int lines = 4;
+  const long rb = (long)K * elem_bytes(DT);
+  // The first block's leading lines (later ones are fetched from inside dot_block, kStreamAhead ahead).
+  const long lead = rb < kStreamAhead ? rb : kStreamAhead;
+  for (int r = 0; r < 4 && n0 + r < n1; ++r)
+    for (long b = 0; b < lead; b += 64) _mm_prefetch((const char*)(W + (long)(n0 + r) * rb + b), _MM_HINT_T0);
   for (int n = n0; n < n1; n += 4) {
-    // Each row starts a new page where the hardware prefetcher has to find the stream again: fetch the first
-    // lines of the next block's rows while this block streams.
-    for (int r = 0; r < 4 && n + 4 + r < n1; ++r)
-      for (int l = 0; l < lines; ++l) _mm_prefetch((const char*)(W + (long)(n + 4 + r) * rb + l * 64), _MM_HINT_T0);
-    dot_block<DT, TT>(x, K, W, rb, n, imin(4, n1 - n), y, ldy, accumulate);
+    const uint8_t* next[4];
+    for (int r = 0; r < 4; ++r) next[r] = n + 4 + r < n1 ? W + (long)(n + 4 + r) * rb : nullptr;
+    dot_block<DT, TT>(x, K, W, rb, n, imin(4, n1 - n), y, ldy, accumulate, next);
   }
 }
 

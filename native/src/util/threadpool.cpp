@@ -1,8 +1,33 @@
 #include "util/threadpool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RS_PAUSE() _mm_pause()
+#else
+#define RS_PAUSE() ((void)0)
+#endif
 
 namespace routescope {
+
+namespace {
+// A waiter polls this long before it sleeps: a decode step dispatches a loop every few hundred microseconds, and a
+// thread woken from a futex wait on a virtual machine can take tens of microseconds to run again.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+// Polls ready() until it holds or kSpin passes; true when it held.
+template <class F>
+bool spin_until(F ready) {
+  const auto end = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 1;; ++i) {
+    if (ready()) return true;
+    RS_PAUSE();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() > end) return ready();
+  }
+}
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -21,6 +46,7 @@ void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   while (true) {
     const std::function<void(int)>* job;
+    spin_until([&] { return generation_seen_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_start_.wait(lock, [&] { return stop_ || generation_ != seen; });
@@ -55,9 +81,11 @@ void ThreadPool::run_on_all(const std::function<void(int)>& fn, int64_t work) {
     pending_ = static_cast<int>(workers_.size());
     pending_atomic_.store(pending_, std::memory_order_release);
     ++generation_;
+    generation_seen_.store(generation_, std::memory_order_release);
   }
   cv_start_.notify_all();
   fn(0);
+  if (spin_until([&] { return pending_atomic_.load(std::memory_order_acquire) == 0; })) return;
   std::unique_lock<std::mutex> lock(mu_);
   cv_done_.wait(lock, [&] { return pending_atomic_.load(std::memory_order_acquire) == 0; });
 }

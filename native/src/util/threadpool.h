@@ -37,6 +37,7 @@ class ThreadPool {
   std::condition_variable cv_start_, cv_done_;
   const std::function<void(int)>* job_ = nullptr;
   uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_seen_{0};  // generation_, readable without mu_ (the brief spin before sleeping)
   int pending_ = 0;
   bool stop_ = false;
   int64_t min_parallel_work_ = kMinParallelWork;
