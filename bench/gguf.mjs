@@ -554,8 +554,24 @@ export function repackMxfp4Block(blocks, at, scale, out, o) {
   for (let j = 0; j < 16; j++) out[o + 1 + j] = hfNibble(blocks, at, j) | (hfNibble(blocks, at, j + 16) << 4);
 }
 
-/** An MXFP4 expert tensor (HF *_blocks [E, rows, nb, 16] + *_scales [E, rows, nb]) as ggml blocks, expert by expert. */
-function* mxfp4Chunks(index, piece, ne) {
+// FP4 (E2M1) code -> value: sign bit 3, magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6.
+const FP4 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6];
+const fp4Bf16 = new Map();
+/** The 16 FP4 values times the E8M0 scale 2^(scale - 127) as bf16 bits (exact: 2 significant bits at most). */
+function fp4Table(scale) {
+  let t = fp4Bf16.get(scale);
+  if (!t) {
+    t = Uint16Array.from(FP4, (v) => toBf16(v * 2 ** (scale - 127)));
+    fp4Bf16.set(scale, t);
+  }
+  return t;
+}
+
+/**
+ * An MXFP4 expert tensor (HF *_blocks [E, rows, nb, 16] + *_scales [E, rows, nb]) expert by expert: as ggml
+ * block_mxfp4, or with dequantize as the exact BF16 values (for a llama.cpp run without its MXFP4 kernel).
+ */
+function* mxfp4Chunks(index, piece, ne, dequantize = false) {
   const blocks = index.get(piece.blocks);
   const scales = index.get(piece.scales);
   if (!blocks || !scales) throw new Error(`the checkpoint lacks ${blocks ? piece.scales : piece.blocks}`);
@@ -568,20 +584,31 @@ function* mxfp4Chunks(index, piece, ne) {
   for (let e = 0; e < E; e++) {
     const bl = readBytes(blocks, e * rows * nb * 16, rows * nb * 16);
     const sc = readBytes(scales, e * rows * nb, rows * nb);
-    const out = Buffer.alloc(outRows * nb * 17);
+    const out = dequantize ? new Uint16Array(outRows * nb * QK_MXFP4) : Buffer.alloc(outRows * nb * 17);
     for (let r = 0; r < outRows; r++) {
       const from = piece.parity === null ? r : 2 * r + piece.parity;
-      for (let b = 0; b < nb; b++) repackMxfp4Block(bl, (from * nb + b) * 16, sc[from * nb + b], out, (r * nb + b) * 17);
+      for (let b = 0; b < nb; b++) {
+        const at = (from * nb + b) * 16;
+        const scale = sc[from * nb + b];
+        if (!dequantize) {
+          repackMxfp4Block(bl, at, scale, out, (r * nb + b) * 17);
+          continue;
+        }
+        const table = fp4Table(scale);
+        const o = (r * nb + b) * QK_MXFP4;
+        for (let k = 0; k < QK_MXFP4; k++) out[o + k] = table[hfNibble(bl, at, k)];
+      }
     }
-    yield out;
+    yield dequantize ? Buffer.from(out.buffer) : out;
   }
 }
 
 /**
  * Writes modelDir (config.json + safetensors) as a GGUF of `type` ('bf16' or 'q8_0') to outFile (via a temporary
- * name, renamed when complete). Returns {file, bytes, seconds}.
+ * name, renamed when complete). options.dequantizeMxfp4 writes MXFP4 experts as their exact BF16 values instead
+ * (llama.cpp's MXFP4 kernel rounds the activations to Q8_0; its BF16 one to bf16). Returns {file, bytes, seconds}.
  */
-export function writeGguf(modelDir, outFile, type, log = () => {}) {
+export function writeGguf(modelDir, outFile, type, log = () => {}, options = {}) {
   if (!(type in FILE_TYPE)) throw new Error(`GGUF type must be bf16 or q8_0, got ${type}`);
   const t0 = performance.now();
   const cfg = JSON.parse(fs.readFileSync(path.join(modelDir, 'config.json'), 'utf8'));
@@ -592,7 +619,7 @@ export function writeGguf(modelDir, outFile, type, log = () => {}) {
         if (!index.has(name)) throw new Error(`${modelDir} lacks tensor ${name}`);
       }
     }
-    const ggml = ggmlType(t.kind, type);
+    const ggml = t.kind === 'mxfp4' && options.dequantizeMxfp4 ? GGML.BF16 : ggmlType(t.kind, type);
     return { ...t, ggml, bytes: tensorBytes(t.ne, ggml) };
   });
   const head = new ByteSink();
@@ -627,7 +654,7 @@ export function writeGguf(modelDir, outFile, type, log = () => {}) {
     for (const t of plan) {
       let pos = dataStart + t.offset;
       for (const s of t.sources) {
-        const chunks = t.kind === 'mxfp4' ? mxfp4Chunks(index, s, t.ne) : valueChunks(index, s);
+        const chunks = t.kind === 'mxfp4' ? mxfp4Chunks(index, s, t.ne, Boolean(options.dequantizeMxfp4)) : valueChunks(index, s);
         for (const c of chunks) {
           const out = t.kind === 'mxfp4' ? c : encode(c.raw, c.dtype, t.ggml);
           fs.writeSync(fd, out, 0, out.length, pos);
@@ -719,10 +746,11 @@ export function readGgufHeader(file) {
 
 /**
  * The GGUF of modelDir in `type`, written once next to the bench's outputs and reused while its stamp (writer
- * version + the checkpoint's own stamp) matches.
+ * version + the checkpoint's own stamp) matches. options as writeGguf's (part of the file name and the stamp).
  */
-export function ensureGguf(modelDir, outDir, type, log = () => {}) {
-  const file = path.join(outDir, `${path.basename(modelDir)}-${type}.gguf`);
+export function ensureGguf(modelDir, outDir, type, log = () => {}, options = {}) {
+  const variant = options.dequantizeMxfp4 ? '-experts-bf16' : '';
+  const file = path.join(outDir, `${path.basename(modelDir)}-${type}${variant}.gguf`);
   const stampFile = `${file}.stamp.json`;
   let source = '';
   try {
@@ -730,7 +758,7 @@ export function ensureGguf(modelDir, outDir, type, log = () => {}) {
   } catch {
     source = fs.readFileSync(path.join(modelDir, 'config.json'), 'utf8');
   }
-  const stamp = JSON.stringify({ writer: GGUF_WRITER_VERSION, type, source }) + '\n';
+  const stamp = JSON.stringify({ writer: GGUF_WRITER_VERSION, type, ...(variant ? { experts: 'bf16' } : {}), source }) + '\n';
   try {
     if (fs.readFileSync(stampFile, 'utf8') === stamp && fs.existsSync(file)) return { file, reused: true, seconds: 0, bytes: fs.statSync(file).size };
   } catch {
@@ -738,8 +766,8 @@ export function ensureGguf(modelDir, outDir, type, log = () => {}) {
   }
   fs.rmSync(stampFile, { force: true });
   const arch = ggufArchitecture(JSON.parse(fs.readFileSync(path.join(modelDir, 'config.json'), 'utf8')));
-  log(`writing ${path.relative(process.cwd(), file)} (llama.cpp ${arch} layout, ${type}) ...`);
-  const r = writeGguf(modelDir, file, type, log);
+  log(`writing ${path.relative(process.cwd(), file)} (llama.cpp ${arch} layout, ${type}${variant ? ', MXFP4 experts as BF16' : ''}) ...`);
+  const r = writeGguf(modelDir, file, type, log, options);
   fs.writeFileSync(stampFile, stamp);
   return { ...r, reused: false };
 }

@@ -240,6 +240,28 @@ test('gpt-oss GGUF: sinks, biases, post-attention norm, MXFP4 experts with gate 
   assert.deepEqual(f32(ggufBytes(gguf, header, 'blk.1.attn_sinks.weight', 8)), widen(u16(hfBytes(index, 'model.layers.1.self_attn.sinks'))));
 });
 
+test('gpt-oss GGUF with the MXFP4 experts dequantized: BF16 tensors holding exactly FP4 value x 2^(scale - 127)', () => {
+  const { dir, index } = build('gpt_oss_dequantized', TINY.gpt_oss!);
+  const gguf = path.join(dir, '..', 'dequantized.gguf');
+  writeGguf(dir, gguf, 'bf16', () => {}, { dequantizeMxfp4: true });
+  const header = readGgufHeader(gguf) as Header;
+  const down = header.tensors.find((t) => t.name === 'blk.1.ffn_down_exps.weight');
+  assert.deepEqual(down && [down.ne, down.type], [[32, 64, 4], GGML.BF16]);
+  const fp4 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6];
+  const blocks = hfBytes(index, 'model.layers.1.mlp.experts.gate_up_proj_blocks');
+  const scales = hfBytes(index, 'model.layers.1.mlp.experts.gate_up_proj_scales');
+  const up = widen(u16(ggufBytes(gguf, header, 'blk.1.ffn_up_exps.weight', 4 * 32 * 64 * 2)));
+  for (let e = 0; e < 4; e++) {
+    for (let r = 0; r < 32; r++) {
+      for (let b = 0; b < 2; b++) {
+        const from = (e * 64 + 2 * r + 1) * 2 + b;
+        const codes = hfCodes(blocks, from * 16);
+        for (let k = 0; k < 32; k++) assert.equal(up[(e * 32 + r) * 64 + b * 32 + k], fp4[codes[k]!]! * 2 ** (scales[from]! - 127));
+      }
+    }
+  }
+});
+
 test('the GGUF writer names what it cannot write', () => {
   const dir = scratch();
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...TINY.olmoe, model_type: 'mixtral' }));
