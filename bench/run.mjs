@@ -12,7 +12,9 @@
 // 4. measures the memory read bandwidth (build/rs_bench --bandwidth),
 // 5. times prefill (two lengths) and batch-1 decode of every engine, interleaved round by round, best of --repeat,
 // 6. optionally runs the PyTorch eager peer (bench/peer_torch.py) with its own cross-check,
-// 7. prints the table and writes bench/out/results.json.
+// 7. repeats 2, 3 and 5 against llama.cpp BF16 on the --also-shapes checkpoints (DeepSeek-V2-Lite- and gpt-oss-20b-
+//    shaped: GGUFs in llama.cpp's deepseek2 / gpt-oss layouts), timing llama.cpp only where the check passes,
+// 8. prints the table and writes bench/out/results.json.
 // Benchmarks report, they do not assert: missed targets never fail the run; real errors do.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,8 +23,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { SHAPES, activeDecodeBytes, ensureCheckpoint, textConfig } from './checkpoint.mjs';
-import { ensureGguf } from './gguf.mjs';
+import { SHAPES, activeDecodeBytes, ensureCheckpoint, tensorList, textConfig } from './checkpoint.mjs';
+import { ensureGguf, ggufArchitecture } from './gguf.mjs';
 import { PEERS_DIR, llamaPeerBuild, llamaPeerMissing, randomTokens } from './peer_llama.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -75,10 +77,12 @@ function usage() {
                         [--python PATH] [--engine auto|cli|rs_bench] [--activations LIST] [--expert-kernels K] [--skip-peer] [--skip-adapt]
                         [--json]
   --layers              layers in the random checkpoint (default 2)
-  --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite, moonlight, gpt-oss-20b or llama4-scout (their config.json,
-                        layers shrunk); the peers and the adaptation overhead run on olmoe only
-  --also-shapes         after the olmoe comparison, the engine alone on these shapes (same layers, prompt and decode
-                        lengths) against their bandwidth bound (default deepseek-v2-lite,gpt-oss-20b; none = skip)
+  --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite, moonlight, gpt-oss-20b or llama4-scout (their
+                        config.json, layers shrunk); the PyTorch peer and the adaptation overhead run on olmoe only
+  --also-shapes         after the olmoe comparison, these shapes (same layers, prompt, decode and long-prefill lengths):
+                        each written as GGUF too where the writer knows the architecture, checked against llama.cpp
+                        BF16 (same-model check) and timed against it interleaved, and against their bandwidth bound
+                        (default deepseek-v2-lite,gpt-oss-20b; none = skip)
   --prompt-tokens       prefill length of the main comparison (default 512); decode follows this prefill
   --long-prompt-tokens  a second, long prefill timed on its own (default 4096, at most max_position_embeddings;
                         0 = skip)
@@ -146,7 +150,7 @@ function parseOptions(argv) {
   let peers = list('peers', values.peers, ['llama', 'torch', 'none']);
   if (values['skip-peer'] || peers.includes('none')) peers = [];
   if (!Object.keys(SHAPES).includes(values.shape)) throw new BenchError(`--shape must be one of ${Object.keys(SHAPES).join(', ')}, got ${JSON.stringify(values.shape)}`);
-  if (values.shape !== 'olmoe') peers = [];  // the GGUF converter and the PyTorch peer implement OLMoE only
+  if (values.shape !== 'olmoe') peers = peers.filter((p) => p === 'llama');  // the PyTorch peer implements OLMoE only
   if (!EXPERT_KERNELS.includes(values['expert-kernels'])) throw new BenchError(`--expert-kernels must be one of ${EXPERT_KERNELS.join(', ')}, got ${JSON.stringify(values['expert-kernels'])}`);
   const activations = list('activations', values.activations, ACTIVATIONS);
   if (activations.length === 0) throw new BenchError(`--activations needs at least one of ${ACTIVATIONS.join(', ')}`);
@@ -177,6 +181,9 @@ function parseOptions(argv) {
 }
 
 const log = (line) => process.stderr.write(`[bench] ${line}\n`);
+
+/** Whether a checkpoint of this config stores MXFP4 experts (U8 blocks). */
+const tensorListHasMxfp4 = (cfg) => tensorList(cfg).some(([, , , dtype]) => dtype === 'U8');
 
 /** Runs a command; returns {ok, stdout, stderr, status, error, seconds}. */
 function run(cmd, args, options = {}) {
@@ -309,9 +316,9 @@ function ensureLlamaPeer() {
   return llamaPeerMissing();
 }
 
-function llamaTime(gguf, opts, promptTokens, decodeTokens) {
+function llamaTime(gguf, opts, vocab, promptTokens, decodeTokens) {
   const r = run(process.execPath, [
-    PEER_LLAMA, '--model', gguf, '--vocab', String(opts.vocab), '--threads', String(opts.threads),
+    PEER_LLAMA, '--model', gguf, '--vocab', String(vocab), '--threads', String(opts.threads),
     '--prompt-tokens', String(promptTokens), '--decode-tokens', String(decodeTokens), '--seed', String(opts.seed),
   ]);
   const j = r.ok ? lastJson(r.stdout) : null;
@@ -326,7 +333,7 @@ function llamaCrossCheck(dir, gguf, opts, vocab, activationsList) {
   const top = (a) => Array.from(a.keys()).sort((x, y) => a[y] - a[x] || x - y).slice(0, 5);
   for (const [i, n] of CHECK_PROMPT_LENGTHS.entries()) {
     const tokens = randomTokens(n, vocab, opts.seed + 101 + i);
-    const prefix = path.join(OUT, `llama-check-${n}`);
+    const prefix = path.join(OUT, `llama-check-${path.basename(dir)}-${n}`);
     fs.rmSync(`${prefix}.logits.f32`, { force: true });
     const p = run(process.execPath, [PEER_LLAMA, '--model', gguf, '--vocab', String(vocab), '--threads', String(opts.threads), '--check-tokens', tokens.join(','), '--check-out', prefix]);
     if (!p.ok) return { error: `peer_llama.mjs --check-tokens failed: ${describeFailure(p)}` };
@@ -440,6 +447,77 @@ function torchCrossCheck(dir, opts, tokens, checkPrefix) {
   };
 }
 
+/**
+ * Interleaved rounds: per round every engine once (the order rotates) for a promptTokens prefill plus decode, then
+ * each once for the long prefill (0 = none). measureOne(e, promptTokens, decodeTokens) -> figures or {error}; runs
+ * collect in e.runs. An engine that fails is left out of later rounds (e.error); when Routescope itself fails the
+ * rounds stop. Returns the first failure, or null.
+ */
+function timeRounds(engines, opts, promptTokens, longPromptTokens, measureOne, prefix) {
+  let failure = null;
+  const phases = [[promptTokens, opts.decodeTokens], ...(longPromptTokens > 0 ? [[longPromptTokens, 0]] : [])];
+  for (let round = 0; round < opts.repeat; round++) {
+    const order = engines.map((_, i) => engines[(i + round) % engines.length]);
+    for (const [prompt, decode] of phases) {
+      for (const e of order) {
+        if (e.error) continue;
+        log(`${prefix}round ${round + 1}/${opts.repeat}: ${e.label}, prefill ${prompt}${decode ? ` + decode ${decode}` : ''} ...`);
+        const r = measureOne(e, prompt, decode);
+        if (r.error) {
+          e.error = r.error;
+          failure = failure ?? `${prefix}${e.label}: ${r.error}`;
+          if (e.id === 'routescope') return failure;
+          continue;
+        }
+        e.runs.push({ prompt_tokens: prompt, ...r });
+        log(`  prefill ${fmt(r.prefill_tokens_per_s)} tok/s${decode ? `, decode ${fmt(r.decode_tokens_per_s)} tok/s` : ''}`);
+      }
+    }
+  }
+  return failure;
+}
+
+/** Best-of figures of an engine's runs: tokens/s, tokens per CPU-second and peak RSS of each phase. */
+function summarizeRuns(e, promptTokens, decodeTokens, longPromptTokens) {
+  const main = e.runs.filter((r) => r.prompt_tokens === promptTokens);
+  const long = longPromptTokens > 0 ? e.runs.filter((r) => r.prompt_tokens === longPromptTokens) : [];
+  const perCpu = (runs, tokens, key) => best(runs.map((r) => (typeof r[key] === 'number' && r[key] > 0 ? tokens / r[key] : null)));
+  e.prefill_tokens_per_cpu_s = perCpu(main, promptTokens, 'prefill_cpu_seconds');
+  e.decode_tokens_per_cpu_s = perCpu(main, decodeTokens, 'decode_cpu_seconds');
+  e.long_prefill_tokens_per_cpu_s = long.length ? perCpu(long, longPromptTokens, 'prefill_cpu_seconds') : null;
+  e.prefill_tokens_per_s = best(main.map((r) => r.prefill_tokens_per_s));
+  e.decode_tokens_per_s = best(main.map((r) => r.decode_tokens_per_s));
+  e.long_prefill_tokens_per_s = long.length ? best(long.map((r) => r.prefill_tokens_per_s)) : null;
+  e.peak_rss_bytes = best(main.map((r) => r.peak_rss_bytes));
+  e.long_peak_rss_bytes = long.length ? best(long.map((r) => r.peak_rss_bytes)) : null;
+}
+
+const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0 ? a / b : null);
+
+/** Routescope (rs) against one peer e: the tokens/s and per-CPU-second ratios with the targets of issue 15. */
+function ratioRow(rs, e) {
+  const targetPrefill = e.id === 'llama_bf16' ? TARGET_LLAMA_BF16_RATIO : e.id === 'torch' ? TARGET_TORCH_RATIO : null;
+  const targetDecode = e.id === 'llama_bf16' ? TARGET_LLAMA_BF16_RATIO : e.id === 'llama_q8_0' ? TARGET_LLAMA_Q8_DECODE_RATIO : e.id === 'torch' ? TARGET_TORCH_RATIO : null;
+  const r = {
+    peer: e.id,
+    label: `Routescope ÷ ${e.label.replace(/ eager fp32$/, '')}`,
+    prefill: ratio(rs.prefill_tokens_per_s, e.prefill_tokens_per_s),
+    long_prefill: ratio(rs.long_prefill_tokens_per_s, e.long_prefill_tokens_per_s),
+    decode: ratio(rs.decode_tokens_per_s, e.decode_tokens_per_s),
+    target_prefill: targetPrefill,
+    target_decode: targetDecode,
+  };
+  r.per_cpu_second = {
+    prefill: ratio(rs.prefill_tokens_per_cpu_s, e.prefill_tokens_per_cpu_s),
+    long_prefill: ratio(rs.long_prefill_tokens_per_cpu_s, e.long_prefill_tokens_per_cpu_s),
+    decode: ratio(rs.decode_tokens_per_cpu_s, e.decode_tokens_per_cpu_s),
+  };
+  r.prefill_met = targetPrefill ? r.prefill >= targetPrefill : null;
+  r.long_prefill_met = targetPrefill && r.long_prefill !== null ? r.long_prefill >= targetPrefill : null;
+  r.decode_met = targetDecode ? r.decode >= targetDecode : null;
+  return r;
+}
+
 // ---- report --------------------------------------------------------------------------------------------------
 
 const fmt = (x, digits = 1) => (typeof x === 'number' && Number.isFinite(x) ? x.toFixed(digits) : '—');
@@ -458,7 +536,8 @@ function table(res) {
   lines.push(`prefill ${res.prompt_tokens}${long ? ` and ${long}` : ''} tokens, batch-1 decode ${res.decode_tokens} tokens; ${res.repeat} interleaved round${res.repeat > 1 ? 's, best of each' : ''}; ${res.threads} threads`);
   lines.push(`CPU: ${res.machine.cpu_model} (family ${res.machine.cpu_family ?? '?'}, ${res.machine.logical_cpus} logical CPUs${res.machine.cpu_flags.length ? `; ${res.machine.cpu_flags.join(' ')}` : ''}); load average before ${res.machine.loadavg_before.map((x) => x.toFixed(2)).join(' ')}, after ${res.machine.loadavg_after.map((x) => x.toFixed(2)).join(' ')}`);
   lines.push('');
-  const w = [Math.max(28, ...res.engines.map((e) => e.label.length + 2)), 14, 15, 13, 10];
+  const labels = [...res.engines, ...res.ratios, ...(res.other_shapes ?? []).flatMap((o) => [...o.engines, ...o.ratios])].map((x) => x.label);
+  const w = [Math.max(28, ...labels.map((l) => l.length + 2)), 14, 15, 13, 10];
   lines.push(padEnd('', w[0]) + pad(`prefill ${res.prompt_tokens}`, w[1]) + pad(long ? `prefill ${long}` : '', w[2]) + pad('decode', w[3]) + pad('peak RSS', w[4]));
   lines.push(padEnd('', w[0]) + pad('tok/s', w[1]) + pad(long ? 'tok/s' : '', w[2]) + pad('tok/s', w[3]));
   for (const e of res.engines) {
@@ -500,20 +579,40 @@ function table(res) {
   } else if (b?.error) {
     lines.push(`bandwidth: not measured (${b.error})`);
   }
-  if (res.other_shapes?.length) {
+  for (const o of res.other_shapes ?? []) {
     lines.push('');
-    lines.push(`Routescope on other shapes (${res.config.num_hidden_layers} layers, random weights; prefill ${res.other_shapes[0].prompt_tokens}, decode ${res.decode_tokens}; bound = read bandwidth / bytes read per decoded token):`);
-    const ow = [20, 10, 12, 10, 24, 10];
-    lines.push(padEnd('shape', ow[0]) + pad('weights', ow[1]) + pad('prefill tok/s', ow[2] + 2) + pad('decode', ow[3]) + pad('bound tok/s (GB/token)', ow[4]) + pad('of bound', ow[5]));
-    for (const o of res.other_shapes) {
-      if (o.error) {
-        lines.push(`${padEnd(o.shape, ow[0])}  FAILED: ${o.error}`);
+    lines.push(`${o.shape}-shaped (${o.model_type}, ${res.config.num_hidden_layers} layers, random weights, ${gb(o.file_bytes)}): prefill ${o.prompt_tokens}${o.long_prompt_tokens ? ` and ${o.long_prompt_tokens}` : ''}, decode ${res.decode_tokens}`);
+    if (o.error) {
+      lines.push(`  FAILED: ${o.error}`);
+      continue;
+    }
+    const olong = o.long_prompt_tokens;
+    lines.push(padEnd('', w[0]) + pad(`prefill ${o.prompt_tokens}`, w[1]) + pad(olong ? `prefill ${olong}` : '', w[2]) + pad('decode', w[3]) + pad('peak RSS', w[4]));
+    for (const e of o.engines) {
+      if (e.error) {
+        lines.push(`${padEnd(e.label, w[0])}FAILED: ${e.error}`);
         continue;
       }
-      lines.push(
-        padEnd(o.shape, ow[0]) + pad(gb(o.file_bytes), ow[1]) + pad(fmt(o.prefill_tokens_per_s), ow[2] + 2) + pad(fmt(o.decode_tokens_per_s, 2), ow[3]) +
-          pad(`${fmt(o.bound_tokens_per_s)} (${fmt(o.active_bytes_per_token / 1e9, 3)})`, ow[4]) + pad(typeof o.fraction_of_bound === 'number' ? `${fmt(100 * o.fraction_of_bound, 0)}%` : '—', ow[5]),
-      );
+      lines.push(padEnd(e.label, w[0]) + pad(fmt(e.prefill_tokens_per_s), w[1]) + pad(olong ? fmt(e.long_prefill_tokens_per_s) : '', w[2]) + pad(fmt(e.decode_tokens_per_s), w[3]) + pad(gb(e.peak_rss_bytes), w[4]));
+    }
+    for (const r of o.ratios) {
+      lines.push(padEnd(r.label, w[0]) + pad(ratioCell(r.prefill, r.target_prefill), w[1]) + pad(olong ? ratioCell(r.long_prefill, r.target_prefill) : '', w[2]) + pad(ratioCell(r.decode, r.target_decode), w[3]));
+      lines.push(padEnd('  per CPU-second', w[0]) + pad(ratioCell(r.per_cpu_second.prefill), w[1]) + pad(olong ? ratioCell(r.per_cpu_second.long_prefill) : '', w[2]) + pad(ratioCell(r.per_cpu_second.decode), w[3]));
+    }
+    if (typeof o.bound_tokens_per_s === 'number') {
+      lines.push(`  decode vs bandwidth bound: ${fmt(o.decode_tokens_per_s, 2)} of ${fmt(o.bound_tokens_per_s)} tok/s (${fmt(o.active_bytes_per_token / 1e9, 3)} GB read per token) = ${fmt(100 * o.fraction_of_bound, 0)}%`);
+    }
+    const om = o.llama_check_mxfp4;
+    if (om?.prompts) {
+      lines.push(`  same model check, MXFP4 experts: top-5 tokens ${om.top5_identical ? 'identical' : 'DIFFER'}, max |logit diff| ${om.prompts.map((x) => x.max_abs_logit_diff.toFixed(4)).join(' / ')} (llama.cpp's MXFP4 kernel rounds activations to Q8_0): not timed`);
+    }
+    const oc = o.llama_check;
+    if (oc?.prompts) {
+      lines.push(`  same model check (llama.cpp BF16 vs routescope inspect, last position, ${oc.prompts.map((x) => x.tokens).join('/')}-token prompts): top-5 tokens ${oc.top5_identical ? 'identical' : 'DIFFER (llama.cpp not timed)'}, max |logit diff| ${oc.prompts.map((x) => x.max_abs_logit_diff.toFixed(4)).join(' / ')} (logits up to ${fmt(Math.max(...oc.prompts.map((x) => x.max_abs_logit)), 2)})`);
+    } else if (oc?.skipped) {
+      lines.push(`  llama.cpp: not compared (${oc.skipped})`);
+    } else if (oc?.error) {
+      lines.push(`  same model check: FAILED (${oc.error})`);
     }
   }
   const lc = res.llama_check;
@@ -625,7 +724,10 @@ async function main() {
         log(`same-model check: llama.cpp vs routescope inspect on ${CHECK_PROMPT_LENGTHS.join('/')}-token prompts ...`);
         llamaCheck = llamaCrossCheck(dir, checkGguf, opts, config.vocab_size, opts.activations);
         if (llamaCheck.error) realError = `same-model check: ${llamaCheck.error}`;
-        else if (!llamaCheck.top5_identical) notes.push('llama.cpp and Routescope disagree on the top-5 tokens of a check prompt: the timings below may not compare the same model');
+        else if (!llamaCheck.top5_identical) {
+          notes.push('llama.cpp and Routescope disagree on the top-5 tokens of a check prompt, so llama.cpp is not timed: the runs would not compare the same model');
+          for (const e of engines) if (e.id.startsWith('llama_')) e.skipped = 'failed the same-model check';
+        }
       }
     }
   }
@@ -637,64 +739,27 @@ async function main() {
 
   // 5. interleaved rounds: every engine once per round (order rotated), main prefill + decode, then the long prefill
   const timed = engines.filter((e) => !e.skipped);
-  const measureOne = (e, promptTokens, decodeTokens) => {
-    if (isEngine(e)) {
-      const a = e.activations;
-      let r = engineVia === 'cli' ? engineViaCli(dir, opts, a, promptTokens, decodeTokens) : engineViaRsBench(dir, opts, a, promptTokens, decodeTokens);
-      if (r.error && engineVia === 'cli' && opts.engine === 'auto') {
-        notes.push(`the CLI bench failed, engine figures come from build/rs_bench instead (${r.error})`);
-        engineVia = 'rs_bench';
-        r = engineViaRsBench(dir, opts, a, promptTokens, decodeTokens);
-      }
-      return r;
+  const engineRun = (modelDir, activations, promptTokens, decodeTokens) => {
+    let r = engineVia === 'cli' ? engineViaCli(modelDir, opts, activations, promptTokens, decodeTokens) : engineViaRsBench(modelDir, opts, activations, promptTokens, decodeTokens);
+    if (r.error && engineVia === 'cli' && opts.engine === 'auto') {
+      notes.push(`the CLI bench failed, engine figures come from build/rs_bench instead (${r.error})`);
+      engineVia = 'rs_bench';
+      r = engineViaRsBench(modelDir, opts, activations, promptTokens, decodeTokens);
     }
-    return llamaTime(ggufs[e.id.slice('llama_'.length)], opts, promptTokens, decodeTokens);
+    return r;
   };
-  for (let round = 0; round < opts.repeat; round++) {
-    const order = timed.map((_, i) => timed[(i + round) % timed.length]);
-    for (const e of order) {
-      if (e.error) continue;
-      log(`round ${round + 1}/${opts.repeat}: ${e.label}, prefill ${opts.promptTokens} + decode ${opts.decodeTokens} ...`);
-      const r = measureOne(e, opts.promptTokens, opts.decodeTokens);
-      if (r.error) {
-        e.error = r.error;
-        if (isEngine(e)) throw new BenchError(`no engine figures: ${r.error}`);
-        realError = realError ?? `${e.label}: ${r.error}`;
-        continue;
-      }
-      e.runs.push({ prompt_tokens: opts.promptTokens, ...r });
-      log(`  prefill ${fmt(r.prefill_tokens_per_s)} tok/s, decode ${fmt(r.decode_tokens_per_s)} tok/s`);
-    }
-    if (opts.longPromptTokens > 0) {
-      for (const e of order) {
-        if (e.error) continue;
-        log(`round ${round + 1}/${opts.repeat}: ${e.label}, prefill ${opts.longPromptTokens} ...`);
-        const r = measureOne(e, opts.longPromptTokens, 0);
-        if (r.error) {
-          e.error = r.error;
-          if (isEngine(e)) throw new BenchError(`no engine figures (${opts.longPromptTokens}-token prefill): ${r.error}`);
-          realError = realError ?? `${e.label}: ${r.error}`;
-          continue;
-        }
-        e.runs.push({ prompt_tokens: opts.longPromptTokens, ...r });
-        log(`  prefill ${fmt(r.prefill_tokens_per_s)} tok/s`);
-      }
-    }
-  }
+  const measureOne = (e, promptTokens, decodeTokens) => (isEngine(e)
+    ? engineRun(dir, e.activations, promptTokens, decodeTokens)
+    : llamaTime(ggufs[e.id.slice('llama_'.length)], opts, config.vocab_size, promptTokens, decodeTokens));
+  const failed = timeRounds(timed, opts, opts.promptTokens, opts.longPromptTokens, measureOne, '');
+  const engineFailed = engines.find((e) => isEngine(e) && e.error);
+  if (engineFailed) throw new BenchError(`no engine figures: ${engineFailed.error}`);
+  realError = realError ?? failed;
   for (const e of timed) {
-    const main = e.runs.filter((r) => r.prompt_tokens === opts.promptTokens);
-    const long = e.runs.filter((r) => r.prompt_tokens === opts.longPromptTokens && opts.longPromptTokens > 0);
-    const perCpu = (runs, tokens, key) => best(runs.map((r) => (typeof r[key] === 'number' && r[key] > 0 ? tokens / r[key] : null)));
-    e.prefill_tokens_per_cpu_s = perCpu(main, opts.promptTokens, 'prefill_cpu_seconds');
-    e.decode_tokens_per_cpu_s = perCpu(main, opts.decodeTokens, 'decode_cpu_seconds');
-    e.long_prefill_tokens_per_cpu_s = long.length ? perCpu(long, opts.longPromptTokens, 'prefill_cpu_seconds') : null;
-    e.prefill_tokens_per_s = best(main.map((r) => r.prefill_tokens_per_s));
-    e.decode_tokens_per_s = best(main.map((r) => r.decode_tokens_per_s));
-    e.long_prefill_tokens_per_s = long.length ? best(long.map((r) => r.prefill_tokens_per_s)) : null;
-    e.peak_rss_bytes = best(main.map((r) => r.peak_rss_bytes));
-    e.long_peak_rss_bytes = long.length ? best(long.map((r) => r.peak_rss_bytes)) : null;
+    summarizeRuns(e, opts.promptTokens, opts.decodeTokens, opts.longPromptTokens);
+    const main = e.runs.find((r) => r.prompt_tokens === opts.promptTokens);
     if (isEngine(e)) {
-      e.via = main[0]?.via ?? engineVia;
+      e.via = main?.via ?? engineVia;
       // The engine reports what it ran: a CPU without AVX512_BF16 runs bf16 requests at fp32.
       const used = [...new Set(e.runs.map((r) => r.activations_used).filter(Boolean))];
       e.activations_used = used.length === 1 ? used[0] : used.length ? used : null;
@@ -703,8 +768,8 @@ async function main() {
         e.label += ` [ran ${used.join(', ')}]`;
       }
     }
-    if (e.id.startsWith('llama_') && main[0]) {
-      llamaBuild = llamaBuild ?? { ...main[0].build, build_type: main[0].build_type, cpu_backend: main[0].cpu_backend, system_info: main[0].system_info, threads: main[0].threads, flash_attention: main[0].flash_attention, batch_size: main[0].batch_size };
+    if (e.id.startsWith('llama_') && main) {
+      llamaBuild = llamaBuild ?? { ...main.build, build_type: main.build_type, cpu_backend: main.cpu_backend, system_info: main.system_info, threads: main.threads, flash_attention: main.flash_attention, batch_size: main.batch_size };
     }
   }
   if (!llamaBuild && opts.peers.includes('llama') && !llamaPeerMissing()) llamaBuild = llamaPeerBuild();
@@ -738,30 +803,11 @@ async function main() {
   // 7. ratios and report
   const rsRows = engines.filter(isEngine);
   const ratios = [];
-  const ratio = (a, b) => (typeof a === 'number' && typeof b === 'number' && b > 0 ? a / b : null);
   for (const rs of rsRows) for (const e of engines.filter((x) => !isEngine(x))) {
     if (e.error || e.skipped) continue;
-    const peer = e.id === 'torch' ? 'torch' : e.id;
-    const targetPrefill = e.id === 'llama_bf16' ? TARGET_LLAMA_BF16_RATIO : e.id === 'torch' ? TARGET_TORCH_RATIO : null;
-    const targetDecode = e.id === 'llama_bf16' ? TARGET_LLAMA_BF16_RATIO : e.id === 'llama_q8_0' ? TARGET_LLAMA_Q8_DECODE_RATIO : e.id === 'torch' ? TARGET_TORCH_RATIO : null;
-    const r = {
-      peer,
-      engine: rs.id,
-      label: `${rsRows.length > 1 ? rs.label.replace(/^Routescope \((.*)\)$/, '$1') : 'Routescope'} ÷ ${e.label.replace(/ eager fp32$/, '')}`,
-      prefill: ratio(rs.prefill_tokens_per_s, e.prefill_tokens_per_s),
-      long_prefill: ratio(rs.long_prefill_tokens_per_s, e.long_prefill_tokens_per_s),
-      decode: ratio(rs.decode_tokens_per_s, e.decode_tokens_per_s),
-      target_prefill: targetPrefill,
-      target_decode: targetDecode,
-    };
-    r.per_cpu_second = {
-      prefill: ratio(rs.prefill_tokens_per_cpu_s, e.prefill_tokens_per_cpu_s),
-      long_prefill: ratio(rs.long_prefill_tokens_per_cpu_s, e.long_prefill_tokens_per_cpu_s),
-      decode: ratio(rs.decode_tokens_per_cpu_s, e.decode_tokens_per_cpu_s),
-    };
-    r.prefill_met = targetPrefill ? r.prefill >= targetPrefill : null;
-    r.long_prefill_met = targetPrefill && r.long_prefill !== null ? r.long_prefill >= targetPrefill : null;
-    r.decode_met = targetDecode ? r.decode >= targetDecode : null;
+    const r = ratioRow(rs, e);
+    r.engine = rs.id;
+    r.label = `${rsRows.length > 1 ? rs.label.replace(/^Routescope \((.*)\)$/, '$1') : 'Routescope'} ÷ ${e.label.replace(/ eager fp32$/, '')}`;
     ratios.push(r);
   }
   const bandwidth = bw.error
@@ -782,29 +828,59 @@ async function main() {
       rs.fraction_met = rs.fraction_of_bound >= TARGET_BOUND_FRACTION;
     }
   }
-  // 7b. the engine alone on the other shapes, against their own bandwidth bound
+  // 7b. the other shapes: the same-model check and the interleaved rounds against llama.cpp BF16 where the GGUF writer
+  // knows the architecture and the check passes, the engine alone otherwise; each against its own bandwidth bound
   const otherShapes = [];
+  const llamaReady = opts.peers.includes('llama') && !engines.some((e) => e.id.startsWith('llama_') && e.skipped);
   for (const shape of opts.alsoShapes) {
     const odir = path.join(OUT, `${shape}-shaped-L${opts.layers}`);
     const ock = ensureCheckpoint(odir, opts.layers, CHECKPOINT_SEED, log, shape);
     log(ock.reused ? `reusing ${path.relative(ROOT, odir)}` : `wrote ${path.relative(ROOT, odir)} in ${ock.seconds.toFixed(1)} s`);
-    const entry = { shape, dir: path.relative(ROOT, odir), file_bytes: ock.fileBytes, model_type: ock.config.model_type, runs: [] };
-    const promptTokens = Math.min(opts.promptTokens, textConfig(ock.config).max_position_embeddings - opts.decodeTokens);
-    for (let round = 0; round < opts.repeat; round++) {
-      log(`${shape}: round ${round + 1}/${opts.repeat}, prefill ${promptTokens} + decode ${opts.decodeTokens} ...`);
-      const a = opts.activations[0];
-      const r = engineVia === 'cli' ? engineViaCli(odir, opts, a, promptTokens, opts.decodeTokens) : engineViaRsBench(odir, opts, a, promptTokens, opts.decodeTokens);
-      if (r.error) {
-        entry.error = r.error;
-        realError = realError ?? `${shape}: ${r.error}`;
-        break;
+    const ocfg = textConfig(ock.config);  // llama4: the text model's config is nested
+    const promptTokens = Math.min(opts.promptTokens, ocfg.max_position_embeddings - opts.decodeTokens);
+    const longPromptTokens = Math.min(opts.longPromptTokens, ocfg.max_position_embeddings);
+    const entry = { shape, dir: path.relative(ROOT, odir), file_bytes: ock.fileBytes, model_type: ock.config.model_type, prompt_tokens: promptTokens, long_prompt_tokens: longPromptTokens, engines: [], ratios: [], llama_check: null };
+    const rsEntry = { id: 'routescope', label: engines[0].label, activations: engines[0].activations, runs: [] };
+    entry.engines.push(rsEntry);
+    let gguf = null;
+    if (!llamaReady) entry.llama_check = { skipped: opts.peers.includes('llama') ? 'the llama.cpp peer is unavailable' : 'no llama peer (--peers)' };
+    else if (!ggufArchitecture(ocfg)) entry.llama_check = { skipped: `the GGUF writer has no llama.cpp layout for model_type ${ocfg.model_type}` };
+    else if (noCli !== null) entry.llama_check = { skipped: `needs the CLI (${noCli})` };
+    else {
+      const g = ensureGguf(odir, OUT, 'bf16', log);
+      log(g.reused ? `reusing ${path.relative(ROOT, g.file)}` : `wrote ${path.relative(ROOT, g.file)} (${gb(g.bytes)}) in ${g.seconds.toFixed(1)} s`);
+      log(`${shape}: same-model check, llama.cpp vs routescope inspect on ${CHECK_PROMPT_LENGTHS.join('/')}-token prompts ...`);
+      let check = llamaCrossCheck(odir, g.file, opts, ocfg.vocab_size, [rsEntry.activations]);
+      let label = ocfg.model_type === 'gpt_oss' ? 'llama.cpp BF16 (MXFP4 experts)' : 'llama.cpp BF16';
+      let file = g;
+      if (!check.error && !check.top5_identical && tensorListHasMxfp4(ocfg)) {
+        // llama.cpp's MXFP4 kernel rounds the activations to Q8_0 (its BF16 kernel to bf16): a near-tie in the top 5
+        // can flip. The same weights with the experts as their exact BF16 values take the BF16 kernel instead.
+        entry.llama_check_mxfp4 = check;
+        file = ensureGguf(odir, OUT, 'bf16', log, { dequantizeMxfp4: true });
+        log(`${shape}: the MXFP4 GGUF's top 5 differ; same-model check of the experts dequantized to BF16 ...`);
+        check = llamaCrossCheck(odir, file.file, opts, ocfg.vocab_size, [rsEntry.activations]);
+        label = 'llama.cpp BF16 (experts dequantized)';
       }
-      entry.runs.push(r);
-      log(`  prefill ${fmt(r.prefill_tokens_per_s)} tok/s, decode ${fmt(r.decode_tokens_per_s)} tok/s`);
+      entry.llama_check = check;
+      if (check.error) realError = realError ?? `${shape} same-model check: ${check.error}`;
+      else if (!check.top5_identical) notes.push(`${shape}: llama.cpp and Routescope disagree on the top-5 tokens of a check prompt, so llama.cpp is not timed on it`);
+      else {
+        gguf = file.file;
+        entry.engines.push({ id: 'llama_bf16', label, gguf: path.relative(ROOT, file.file), gguf_bytes: file.bytes, runs: [] });
+      }
     }
-    entry.prompt_tokens = promptTokens;
-    entry.prefill_tokens_per_s = best(entry.runs.map((r) => r.prefill_tokens_per_s));
-    entry.decode_tokens_per_s = best(entry.runs.map((r) => r.decode_tokens_per_s));
+    const measure = (e, prompt, decode) => (e.id === 'routescope' ? engineRun(odir, rsEntry.activations, prompt, decode) : llamaTime(gguf, opts, ocfg.vocab_size, prompt, decode));
+    const failure = timeRounds(entry.engines, opts, promptTokens, longPromptTokens, measure, `${shape}: `);
+    if (failure) {
+      realError = realError ?? failure;
+      if (rsEntry.error) entry.error = rsEntry.error;
+    }
+    for (const e of entry.engines) summarizeRuns(e, promptTokens, opts.decodeTokens, longPromptTokens);
+    for (const e of entry.engines.slice(1)) if (!e.error) entry.ratios.push(ratioRow(rsEntry, e));
+    entry.prefill_tokens_per_s = rsEntry.prefill_tokens_per_s;
+    entry.long_prefill_tokens_per_s = rsEntry.long_prefill_tokens_per_s;
+    entry.decode_tokens_per_s = rsEntry.decode_tokens_per_s;
     entry.active_bytes_per_token = activeDecodeBytes(ock.config);
     if (!bw.error) {
       entry.bound_tokens_per_s = (bw.read_bandwidth_gbps * 1e9) / entry.active_bytes_per_token;
