@@ -16,23 +16,13 @@ using namespace routescope;
 namespace fs = std::filesystem;
 
 namespace {
+using rstest::config_error;
 
 std::string read_text(const fs::path& p) {
   std::ifstream f(p);
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
-}
-
-// The config error a text gives, or "" when it parses.
-std::string config_error(const std::string& text) {
-  ModelInfo info;
-  try {
-    parse_config(Json::parse(text), "config.json", info);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // The demo model's config.json with fields replaced or added (raw JSON text of the values).

@@ -15,6 +15,8 @@
 using namespace routescope;
 
 namespace {
+using rstest::config_error;
+using rstest::config_with;
 
 const char* kText = R"({"model_type": "llama4_text", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
   "num_hidden_layers": 4, "vocab_size": 64, "head_dim": 8, "intermediate_size": 16, "intermediate_size_mlp": 48,
@@ -23,37 +25,10 @@ const char* kText = R"({"model_type": "llama4_text", "hidden_size": 32, "num_att
   "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 16}, "rope_theta": 10000.0})";
 
-// base with top-level fields replaced (raw JSON values; "" removes the field).
-std::string with(const std::string& base, const std::vector<std::pair<std::string, std::string>>& edits) {
-  Json root = Json::parse(base);
-  std::string out = "{";
-  for (const auto& kv : root.members()) {
-    std::string value = kv.second.dump();
-    bool drop = false;
-    for (const auto& e : edits)
-      if (e.first == kv.first) value = e.second, drop = e.second.empty();
-    if (drop) continue;
-    out += (out.size() > 1 ? ",\"" : "\"") + kv.first + "\":" + value;
-  }
-  for (const auto& e : edits)
-    if (!root.find(e.first) && !e.second.empty()) out += ",\"" + e.first + "\":" + e.second;
-  return out + "}";
-}
-
 // The vision-language wrapper around a text config.
 std::string nested(const std::string& text, const std::string& extra = "") {
   return R"({"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"], "tie_word_embeddings": false,
     "vision_config": {"model_type": "llama4_vision_model"}, "text_config": )" + text + extra + "}";
-}
-
-std::string config_error(const std::string& text) {
-  ModelInfo info;
-  try {
-    parse_config(Json::parse(text), "config.json", info);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 void expect_error(const std::string& text, const std::string& part) {
@@ -83,14 +58,14 @@ TEST("llama4 config: the fields read, transformers' defaults, the routing-rule l
   CHECK(info.router_scoring == "sigmoid");
   // Absent fields take Llama4TextConfig's defaults: head_dim 128, theta 500000, 16 experts, chunk 8192.
   ModelInfo di;
-  ModelConfig d = parse_config(Json::parse(with(kText, {{"head_dim", ""}, {"rope_scaling", ""}, {"rope_theta", ""},
+  ModelConfig d = parse_config(Json::parse(config_with(kText, {{"head_dim", ""}, {"rope_scaling", ""}, {"rope_theta", ""},
                                                         {"num_local_experts", ""}, {"attention_chunk_size", ""}})),
                                "config.json", di);
   CHECK(d.head_dim == 128 && d.rope.theta == 500000.0 && !d.rope.llama3 && d.experts == 16 && d.layer_chunk[0] == 8192);
-  ModelConfig n = parse_config(Json::parse(with(kText, {{"head_dim", "null"}})), "config.json", di);
+  ModelConfig n = parse_config(Json::parse(config_with(kText, {{"head_dim", "null"}})), "config.json", di);
   CHECK(n.head_dim == 8);  // null: hidden_size / num_attention_heads
   // Explicit lists.
-  ModelConfig e = parse_config(Json::parse(with(kText, {{"moe_layers", "[0, 2]"}, {"no_rope_layers", "[1, 0, 1, 1]"},
+  ModelConfig e = parse_config(Json::parse(config_with(kText, {{"moe_layers", "[0, 2]"}, {"no_rope_layers", "[1, 0, 1, 1]"},
       {"layer_types", R"(["chunked_attention", "full_attention", "full_attention", "chunked_attention"])"},
       {"use_qk_norm", "false"}, {"attn_temperature_tuning", "false"}})), "config.json", di);
   CHECK((e.moe_layer == std::vector<bool>{true, false, true, false}));
@@ -98,56 +73,56 @@ TEST("llama4 config: the fields read, transformers' defaults, the routing-rule l
   CHECK((e.layer_chunk == std::vector<int>{8, 0, 0, 8}));
   CHECK(e.qk_norm == QKNorm::None && !e.temperature.on);
   // Scout and Maverick ship "attn_temperature_tuning": 4 (transformers tests its truth).
-  CHECK(parse_config(Json::parse(with(kText, {{"attn_temperature_tuning", "4"}})), "config.json", di).temperature.on);
-  CHECK(!parse_config(Json::parse(with(kText, {{"attn_temperature_tuning", "0"}})), "config.json", di).temperature.on);
+  CHECK(parse_config(Json::parse(config_with(kText, {{"attn_temperature_tuning", "4"}})), "config.json", di).temperature.on);
+  CHECK(!parse_config(Json::parse(config_with(kText, {{"attn_temperature_tuning", "0"}})), "config.json", di).temperature.on);
 }
 
 TEST("llama4 config: the vision-language checkpoint's nested text_config, its weights under language_model.") {
   ModelInfo info;
-  ModelConfig c = parse_config(Json::parse(nested(with(kText, {{"torch_dtype", "\"bfloat16\""}}))), "config.json", info);
+  ModelConfig c = parse_config(Json::parse(nested(config_with(kText, {{"torch_dtype", "\"bfloat16\""}}))), "config.json", info);
   CHECK(info.model_type == "llama4" && c.arch == Arch::Llama4 && c.weight_prefix == "language_model.");
   CHECK(c.dtype == "bfloat16" && c.experts == 8 && c.layer_chunk[0] == 8);
   // The text config may omit its model_type; the wrapper's dtype applies when the text config has none.
-  ModelConfig d = parse_config(Json::parse(with(nested(with(kText, {{"model_type", ""}})), {{"torch_dtype", "\"float32\""}})),
+  ModelConfig d = parse_config(Json::parse(config_with(nested(config_with(kText, {{"model_type", ""}})), {{"torch_dtype", "\"float32\""}})),
                                "config.json", info);
   CHECK(d.dtype == "float32" && d.weight_prefix == "language_model.");
-  expect_error(with(nested(kText), {{"text_config", ""}}), "config.json: \"text_config\" must be an object holding the text "
+  expect_error(config_with(nested(kText), {{"text_config", ""}}), "config.json: \"text_config\" must be an object holding the text "
                                                            "model's config (model_type llama4)");
-  expect_error(nested(with(kText, {{"model_type", "\"mixtral\""}})),
+  expect_error(nested(config_with(kText, {{"model_type", "\"mixtral\""}})),
                "config.json: text_config: model_type \"mixtral\" is not the text model of llama4");
-  expect_error(with(nested(with(kText, {{"tie_word_embeddings", "true"}})), {}),
+  expect_error(config_with(nested(config_with(kText, {{"tie_word_embeddings", "true"}})), {}),
                "\"tie_word_embeddings\" and \"text_config.tie_word_embeddings\" disagree");
-  expect_error(nested(with(kText, {{"quantization_config", R"({"quant_method": "fp8"})"}})),
+  expect_error(nested(config_with(kText, {{"quantization_config", R"({"quant_method": "fp8"})"}})),
                "text_config: \"quantization_config\" belongs at the top level of config.json");
-  expect_error(nested(with(kText, {{"attention_chunk_size", "0"}})),
+  expect_error(nested(config_with(kText, {{"attention_chunk_size", "0"}})),
                "config.json: text_config: \"attention_chunk_size\" = 0 must be positive");
 }
 
 TEST("llama4 config: contradictions refused in one line naming the field") {
-  expect_error(with(kText, {{"num_experts_per_tok", "9"}}), "num_experts_per_tok (9) must be between 1 and the number of experts (8)");
-  expect_error(with(kText, {{"no_rope_layers", "[1, 1, 0]"}}),
+  expect_error(config_with(kText, {{"num_experts_per_tok", "9"}}), "num_experts_per_tok (9) must be between 1 and the number of experts (8)");
+  expect_error(config_with(kText, {{"no_rope_layers", "[1, 1, 0]"}}),
                "\"no_rope_layers\" has 3 entries; it needs one per layer (4, num_hidden_layers)");
-  expect_error(with(kText, {{"no_rope_layers", "[1, 1, 2, 1]"}}), "\"no_rope_layers\" holds 2; entries are 0 (NoPE) or 1 (RoPE)");
-  expect_error(with(kText, {{"attention_chunk_size", "0"}}), "\"attention_chunk_size\" = 0 must be positive");
-  expect_error(with(kText, {{"attention_chunk_size", "-8"}}), "\"attention_chunk_size\" = -8 must be positive");
-  expect_error(with(kText, {{"attention_chunk_size", "null"}}),
+  expect_error(config_with(kText, {{"no_rope_layers", "[1, 1, 2, 1]"}}), "\"no_rope_layers\" holds 2; entries are 0 (NoPE) or 1 (RoPE)");
+  expect_error(config_with(kText, {{"attention_chunk_size", "0"}}), "\"attention_chunk_size\" = 0 must be positive");
+  expect_error(config_with(kText, {{"attention_chunk_size", "-8"}}), "\"attention_chunk_size\" = -8 must be positive");
+  expect_error(config_with(kText, {{"attention_chunk_size", "null"}}),
                "layer 0 is chunked_attention but \"attention_chunk_size\" is null");
-  expect_error(with(kText, {{"layer_types", R"(["chunked_attention", "sliding_attention", "full_attention", "full_attention"])"}}),
+  expect_error(config_with(kText, {{"layer_types", R"(["chunked_attention", "sliding_attention", "full_attention", "full_attention"])"}}),
                "\"layer_types\"[1] is \"sliding_attention\" (llama4 layers are chunked_attention or full_attention)");
-  expect_error(with(kText, {{"layer_types", R"(["full_attention"])"}}),
+  expect_error(config_with(kText, {{"layer_types", R"(["full_attention"])"}}),
                "\"layer_types\" must list \"chunked_attention\" or \"full_attention\" once per layer (4, num_hidden_layers)");
-  expect_error(with(kText, {{"moe_layers", "[1, 4]"}}), "\"moe_layers\" holds 4, not a layer number below num_hidden_layers (4)");
-  expect_error(with(kText, {{"interleave_moe_layer_step", "0"}}), "\"interleave_moe_layer_step\" = 0 is out of range");
-  expect_error(with(kText, {{"hidden_act", "\"gelu\""}}), "\"hidden_act\" \"gelu\" is not supported for llama4 (silu is)");
-  expect_error(with(kText, {{"floor_scale", "0"}}), "\"floor_scale\" = 0 is out of range");
-  expect_error(with(kText, {{"head_dim", "7"}}), "\"head_dim\" (7) must be even and at least 2");
-  expect_error(with(kText, {{"rope_scaling", R"({"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
+  expect_error(config_with(kText, {{"moe_layers", "[1, 4]"}}), "\"moe_layers\" holds 4, not a layer number below num_hidden_layers (4)");
+  expect_error(config_with(kText, {{"interleave_moe_layer_step", "0"}}), "\"interleave_moe_layer_step\" = 0 is out of range");
+  expect_error(config_with(kText, {{"hidden_act", "\"gelu\""}}), "\"hidden_act\" \"gelu\" is not supported for llama4 (silu is)");
+  expect_error(config_with(kText, {{"floor_scale", "0"}}), "\"floor_scale\" = 0 is out of range");
+  expect_error(config_with(kText, {{"head_dim", "7"}}), "\"head_dim\" (7) must be even and at least 2");
+  expect_error(config_with(kText, {{"rope_scaling", R"({"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
                                                  "original_max_position_embeddings": 16})"}}),
                "rope_scaling: missing \"low_freq_factor\" (rope_type llama3 needs factor, low_freq_factor, high_freq_factor "
                "and original_max_position_embeddings)");
-  expect_error(with(kText, {{"rope_scaling", R"({"rope_type": "yarn", "factor": 8.0})"}}),
+  expect_error(config_with(kText, {{"rope_scaling", R"({"rope_type": "yarn", "factor": 8.0})"}}),
                "rope type \"yarn\" is not supported for llama4");
-  expect_error(with(kText, {{"partial_rotary_factor", "0.5"}}), "\"partial_rotary_factor\" is not supported for llama4");
+  expect_error(config_with(kText, {{"partial_rotary_factor", "0.5"}}), "\"partial_rotary_factor\" is not supported for llama4");
 }
 
 TEST("llama4 router: top-k by logit where sigmoid rounds both to 1, the weight is sigmoid of the logit") {

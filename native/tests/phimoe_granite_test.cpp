@@ -15,6 +15,8 @@
 using namespace routescope;
 
 namespace {
+using rstest::config_error;
+using rstest::config_with;
 
 const char* kPhimoe = R"({"model_type": "phimoe", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
   "num_hidden_layers": 2, "vocab_size": 64, "intermediate_size": 16, "num_local_experts": 8, "num_experts_per_tok": 2,
@@ -27,33 +29,6 @@ const char* kGranite = R"({"model_type": "granitemoe", "hidden_size": 32, "num_a
   "num_experts_per_tok": 2, "embedding_multiplier": 12.0, "attention_multiplier": 0.015625,
   "residual_multiplier": 0.22, "logits_scaling": 6.0})";
 
-// base with top-level fields replaced (raw JSON values; "" removes the field).
-std::string with(const char* base, const std::vector<std::pair<std::string, std::string>>& edits) {
-  Json root = Json::parse(base);
-  std::string out = "{";
-  for (const auto& kv : root.members()) {
-    std::string value = kv.second.dump();
-    bool drop = false;
-    for (const auto& e : edits)
-      if (e.first == kv.first) value = e.second, drop = e.second.empty();
-    if (drop) continue;
-    out += (out.size() > 1 ? ",\"" : "\"") + kv.first + "\":" + value;
-  }
-  for (const auto& e : edits)
-    if (!root.find(e.first) && !e.second.empty()) out += ",\"" + e.first + "\":" + e.second;
-  return out + "}";
-}
-
-std::string config_error(const std::string& text) {
-  ModelInfo info;
-  try {
-    parse_config(Json::parse(text), "config.json", info);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 }  // namespace
 
 TEST("phimoe / granitemoe config: the fields read, the routing-rule line, contradictions refused naming the field") {
@@ -65,24 +40,24 @@ TEST("phimoe / granitemoe config: the fields read, the routing-rule line, contra
   CHECK_MSG(info.routing_rule == "sparsemixer top-2 of 8 (each slot: best remaining logit, softmax over the logits "
                                  "within 2×0.01 relative of it), not renormalised", info.routing_rule);
   CHECK(info.router_scoring == "sparsemixer");
-  CHECK_MSG(config_error(with(kPhimoe, {{"num_experts_per_tok", "3"}})).find("\"num_experts_per_tok\" = 3: phimoe's "
+  CHECK_MSG(config_error(config_with(kPhimoe, {{"num_experts_per_tok", "3"}})).find("\"num_experts_per_tok\" = 3: phimoe's "
                                                                              "sparsemixer router always selects two") != std::string::npos,
-            config_error(with(kPhimoe, {{"num_experts_per_tok", "3"}})));
-  std::string err = config_error(with(kPhimoe, {{"rope_scaling", R"({"type": "longrope", "original_max_position_embeddings": 16,
+            config_error(config_with(kPhimoe, {{"num_experts_per_tok", "3"}})));
+  std::string err = config_error(config_with(kPhimoe, {{"rope_scaling", R"({"type": "longrope", "original_max_position_embeddings": 16,
       "short_factor": [1, 1, 1], "long_factor": [1, 2, 3, 4], "short_mscale": 1.1, "long_mscale": 1.2})"}}));
   CHECK_MSG(err.find("\"short_factor\" has 3 values; LongRoPE needs one per rotated pair (4)") != std::string::npos, err);
-  err = config_error(with(kPhimoe, {{"rope_scaling", R"({"type": "longrope", "original_max_position_embeddings": 16,
+  err = config_error(config_with(kPhimoe, {{"rope_scaling", R"({"type": "longrope", "original_max_position_embeddings": 16,
       "short_factor": [1, 1, 1, 1], "long_factor": [1, 2, 3, 4], "long_mscale": 1.2})"}}));
   CHECK_MSG(err.find("missing \"short_mscale\"") != std::string::npos, err);
-  err = config_error(with(kPhimoe, {{"rope_scaling", R"({"type": "longrope", "original_max_position_embeddings": 16,
+  err = config_error(config_with(kPhimoe, {{"rope_scaling", R"({"type": "longrope", "original_max_position_embeddings": 16,
       "short_factor": [1, 1, 0, 1], "long_factor": [1, 2, 3, 4], "short_mscale": 1.1, "long_mscale": 1.2})"}}));
   CHECK_MSG(err.find("\"short_factor\" holds 0") != std::string::npos, err);
-  err = config_error(with(kPhimoe, {{"hidden_act", "\"gelu\""}}));
+  err = config_error(config_with(kPhimoe, {{"hidden_act", "\"gelu\""}}));
   CHECK_MSG(err.find("\"hidden_act\" \"gelu\" is not supported") != std::string::npos, err);
-  err = config_error(with(kPhimoe, {{"num_experts", "4"}}));
+  err = config_error(config_with(kPhimoe, {{"num_experts", "4"}}));
   CHECK_MSG(err.find("\"num_local_experts\" and \"num_experts\" disagree") != std::string::npos, err);
   // LongRoPE is PhiMoE's: another family naming it is refused.
-  err = config_error(with(kGranite, {{"rope_scaling", R"({"type": "longrope"})"}}));
+  err = config_error(config_with(kGranite, {{"rope_scaling", R"({"type": "longrope"})"}}));
   CHECK_MSG(err.find("rope type \"longrope\" is not supported") != std::string::npos, err);
 
   ModelInfo gi;
@@ -91,9 +66,9 @@ TEST("phimoe / granitemoe config: the fields read, the routing-rule line, contra
   CHECK(g.embedding_multiplier == 12.f && g.residual_multiplier == 0.22f && g.logits_scaling == 6.f);
   CHECK(g.softmax_scale == 0.015625f);  // attention_multiplier replaces 1/sqrt(head_dim)
   CHECK_MSG(gi.routing_rule == "softmax, top-2 of 8, renormalised", gi.routing_rule);
-  err = config_error(with(kGranite, {{"logits_scaling", "0"}}));
+  err = config_error(config_with(kGranite, {{"logits_scaling", "0"}}));
   CHECK_MSG(err.find("\"logits_scaling\" = 0 is out of range") != std::string::npos, err);
-  err = config_error(with(kGranite, {{"attention_multiplier", "-1"}}));
+  err = config_error(config_with(kGranite, {{"attention_multiplier", "-1"}}));
   CHECK_MSG(err.find("\"attention_multiplier\" = -1 is out of range") != std::string::npos, err);
 }
 

@@ -10,8 +10,10 @@
 #include <vector>
 
 #include "cpu/convert.h"
+#include "model/config.h"
 #include "model/model.h"
 #include "routescope/engine.h"
+#include "util/json.h"
 
 namespace rstest {
 struct Case {
@@ -96,6 +98,34 @@ std::string error_code_of(F&& f) {
   }
   return "none";
 }
+// A config.json text with top-level fields replaced or added (raw JSON values; "" removes the field).
+inline std::string config_with(const std::string& base, const std::vector<std::pair<std::string, std::string>>& edits) {
+  routescope::Json root = routescope::Json::parse(base);
+  std::string out = "{";
+  for (const auto& kv : root.members()) {
+    std::string value = kv.second.dump();
+    bool drop = false;
+    for (const auto& e : edits)
+      if (e.first == kv.first) value = e.second, drop = e.second.empty();
+    if (drop) continue;
+    out += (out.size() > 1 ? ",\"" : "\"") + kv.first + "\":" + value;
+  }
+  for (const auto& e : edits)
+    if (!root.find(e.first) && !e.second.empty()) out += ",\"" + e.first + "\":" + e.second;
+  return out + "}";
+}
+
+// The error parse_config gives for a config.json text, or "" when it parses.
+inline std::string config_error(const std::string& text) {
+  routescope::ModelInfo info;
+  try {
+    routescope::parse_config(routescope::Json::parse(text), "config.json", info);
+  } catch (const routescope::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 }  // namespace rstest
 
 #define RS_CAT2(a, b) a##b

@@ -277,9 +277,10 @@ void Decoder::layer_forward(int l, float* h, int T, int pos0, KVCache& cache, co
   mlp_forward(l, h, T, pos0, patch, on_layer, save);
 }
 
-void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, LayerSave* save) {
+// The attention's input: the pre-attention norm of h's T rows (kept in save with h for the backward).
+std::vector<float>& Decoder::attn_input(int l, const float* h, int T, LayerSave* save) {
   const LayerWeights& w = ck_.layers[l];
-  const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
+  const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
   std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
   std::vector<float> r_attn(T);
@@ -288,9 +289,15 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   if (save) {
     save->T = T;
     save->h_in.assign(h, h + TH);
-    save->r_attn = r_attn;
+    save->r_attn = std::move(r_attn);
     save->x_attn = x;
   }
+  return x;
+}
+
+void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, LayerSave* save) {
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
+  std::vector<float>& x = attn_input(l, h, T, save);
   // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied
   std::vector<float>& q = layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * nh * hd);
   std::vector<float>& kk = layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * nkv * hd);
@@ -322,20 +329,11 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
 void Decoder::attn_forward_rows(int l, float* h, const std::vector<KVCache*>& caches, const std::vector<int>& pos,
                                 LayerSave* save) {
   if (!stacks_attention()) throw Error("UNSUPPORTED", "stacked attention rows need standard attention");
-  const LayerWeights& w = ck_.layers[l];
   const int T = static_cast<int>(pos.size());
-  const int H = cfg_.hidden, nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
-  const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
-  std::vector<float> r_attn(T);
-  for (int t = 0; t < T; ++t)
-    r_attn[t] = norm_row(h + t * H, w.attn_norm.data(), bias_or_null(w.attn_norm_bias), H, cfg_.eps, x.data() + t * H);
+  const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
+  std::vector<float>& x = attn_input(l, h, T, save);
   if (save) {
-    save->T = T;
     save->pos0 = 0;
-    save->h_in.assign(h, h + TH);
-    save->r_attn = r_attn;
-    save->x_attn = x;
     save->row_pos = pos;
     save->row_cache.assign(caches.begin(), caches.end());
   }

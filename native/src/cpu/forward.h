@@ -125,6 +125,7 @@ class Decoder {
   // Llama 4's attention temperature tuning: query rows [T, width] at positions pos0.. (or row_pos[t]) times its
   // factor (also the backward, being linear).
   void scale_query_rows(float* q, int T, int pos0, int width, const int* row_pos = nullptr) const;
+  std::vector<float>& attn_input(int l, const float* h, int T, LayerSave* save);
   // h += o_proj(attn) (with phimoe's bias and GraniteMoE's residual multiplier); `saving` keeps it fp32 (rounds()).
   void attn_output(int l, const float* attn, int T, float* h, bool saving);
   void moe_forward(int l, const float* x, int T, int pos0, const Patch& patch, float* y,

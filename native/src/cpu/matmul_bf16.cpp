@@ -27,30 +27,6 @@ inline void split32(__m512 a, __m512 b, __m512i* hi, __m512i* lo) {
   *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
 }
 
-// Transposes 16 rows of 16 uint32 (r[i] = row i) so that r[j] holds element j of every row.
-inline void transpose16x16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
-      t[8 * i + j + 4] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + j + 4], 0xDD);
-    }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
-    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xDD);
-  }
-}
-
 // panel[p][j] = pair p0 + p of weight row n0 + j (zero for j >= nr and for elements past K), p < np.
 void pack_pairs(const uint8_t* W, int K, int n0, int nr, int p0, int np, uint32_t* panel) {
   const long rb = (long)K * 2;
@@ -69,7 +45,7 @@ void pack_pairs(const uint8_t* W, int K, int n0, int nr, int p0, int np, uint32_
         const uint16_t* row = reinterpret_cast<const uint16_t*>(W + (long)(n0 + j) * rb) + k0;
         r[i] = _mm512_maskz_loadu_epi16(m, row);
       }
-      transpose16x16(r);
+      avx512math::transpose16(r);
       const int pw = imin(16, np - pp);
       for (int c = 0; c < pw; ++c) _mm512_storeu_si512(panel + (long)(pp + c) * kNR + jb, r[c]);
     }

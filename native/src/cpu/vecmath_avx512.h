@@ -56,5 +56,13 @@ static inline void transpose16(__m512 r[16]) {
   }
 }
 
+// The same for 16 x 16 32-bit integers (bf16 pairs): shuffles move bits unchanged.
+static inline void transpose16(__m512i r[16]) {
+  __m512 f[16];
+  for (int i = 0; i < 16; ++i) f[i] = _mm512_castsi512_ps(r[i]);
+  transpose16(f);
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castps_si512(f[i]);
+}
+
 }  // namespace avx512math
 }  // namespace routescope
