@@ -29,6 +29,17 @@ export function axisText(ctx: CanvasRenderingContext2D, theme: Theme, text: stri
   ctx.fillText(text, x, y);
 }
 
+/** The y and x axis lines of a plot area at (left, top), plotW × plotH, in `color`, on the half pixel. */
+export function axisLines(ctx: CanvasRenderingContext2D, color: string, left: number, top: number, plotW: number, plotH: number): void {
+  ctx.strokeStyle = color;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.moveTo(left - 0.5, top);
+  ctx.lineTo(left - 0.5, top + plotH + 0.5);
+  ctx.lineTo(left + plotW, top + plotH + 0.5);
+  ctx.stroke();
+}
+
 /** An axis title written bottom-to-top, centred on (x, y). */
 export function verticalText(ctx: CanvasRenderingContext2D, theme: Theme, text: string, x: number, y: number): void {
   ctx.save();

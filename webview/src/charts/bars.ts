@@ -2,7 +2,7 @@
 // category axis (every n-th label when narrow) and axis titles with units. Used for the router logits of a cell
 // (one bar per expert); written for any per-expert chart.
 import type { Theme } from '../theme';
-import { axisText, chartFont, labelStep, niceTicks, sizeCanvas, tickDigits, verticalText } from './axes';
+import { axisLines, axisText, chartFont, labelStep, niceTicks, sizeCanvas, tickDigits, verticalText } from './axes';
 
 export interface BarSpec {
   values: ArrayLike<number>;
@@ -77,13 +77,7 @@ export function drawBars(canvas: HTMLCanvasElement, spec: BarSpec, theme: Theme,
       ctx.fillRect(left + i * barW, top + plotH + 1, Math.max(2, barW), 3);
     }
   }
-  ctx.strokeStyle = theme.muted;
-  ctx.lineWidth = 1;
-  ctx.beginPath();
-  ctx.moveTo(left - 0.5, top);
-  ctx.lineTo(left - 0.5, top + plotH + 0.5);
-  ctx.lineTo(left + plotW, top + plotH + 0.5);
-  ctx.stroke();
+  axisLines(ctx, theme.muted, left, top, plotW, plotH);
   const labelW = Math.max(...Array.from({ length: n }, (_, i) => ctx.measureText(spec.label(i)).width), 6);
   const step = labelStep(barW, labelW);
   for (let i = 0; i < n; i += step) axisText(ctx, theme, spec.label(i), left + (i + 0.5) * barW, top + plotH + 5, 'center', 'top', true);

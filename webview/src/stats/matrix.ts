@@ -2,6 +2,7 @@
 // bar with its unit and ticks, values on hover, a selected cell (click, or arrow keys when focused; Enter/Space
 // activates) announced through a live region. Colours: viridis (perceptually ordered, legible on light, dark and
 // high-contrast backgrounds); text, axes and outlines from the --vscode-* theme variables.
+import { axisLines } from '../charts/axes';
 import { rampLut, unpackRgba } from '../colors';
 import type { Theme } from '../theme';
 
@@ -210,13 +211,7 @@ export class MatrixHeatmap {
     }
     // Axes: ticks every few cells so labels never overlap.
     g.fillStyle = t.foreground;
-    g.strokeStyle = t.foreground;
-    g.lineWidth = 1;
-    g.beginPath();
-    g.moveTo(LEFT - 0.5, TOP);
-    g.lineTo(LEFT - 0.5, TOP + plotH + 0.5);
-    g.lineTo(LEFT + plotW, TOP + plotH + 0.5);
-    g.stroke();
+    axisLines(g, t.foreground, LEFT, TOP, plotW, plotH);
     g.textAlign = 'right';
     g.textBaseline = 'middle';
     const rs = step(this.cellH, 14);
