@@ -2,7 +2,7 @@
 // bar with its unit and ticks, values on hover, a selected cell (click, or arrow keys when focused; Enter/Space
 // activates) announced through a live region. Colours: viridis (perceptually ordered, legible on light, dark and
 // high-contrast backgrounds); text, axes and outlines from the --vscode-* theme variables.
-import { axisLines } from '../charts/axes';
+import { axisLines, chartFont, labelStep, sizeCanvas, verticalText } from '../charts/axes';
 import { rampLut, unpackRgba } from '../colors';
 import type { Theme } from '../theme';
 
@@ -32,11 +32,6 @@ export interface MatrixSpec {
 }
 
 const LEFT = 64, TOP = 10, BOTTOM = 46, RIGHT = 96;
-const NICE = [1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 256];
-
-function step(cell: number, minGap: number): number {
-  return NICE.find((n) => n * cell >= minGap) ?? 512;
-}
 
 export class MatrixHeatmap {
   readonly canvas: HTMLCanvasElement;
@@ -171,16 +166,9 @@ export class MatrixHeatmap {
     const plotH = this.cellH * spec.rows;
     const cssW = LEFT + plotW + RIGHT;
     const cssH = TOP + Math.max(plotH, 90) + BOTTOM;
-    const dpr = window.devicePixelRatio || 1;
-    this.canvas.width = Math.round(cssW * dpr);
-    this.canvas.height = Math.round(cssH * dpr);
-    this.canvas.style.width = `${cssW}px`;
-    this.canvas.style.height = `${cssH}px`;
-    const g = this.canvas.getContext('2d')!;
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const g = sizeCanvas(this.canvas, cssW, cssH);
     const t = this.theme;
-    g.clearRect(0, 0, cssW, cssH);
-    g.font = `${Math.round(t.fontSize * 0.85)}px ${t.fontFamily}`;
+    g.font = chartFont(t);
     // Cells.
     const max = spec.max > 0 ? spec.max : 1;
     for (let r = 0; r < spec.rows; r++) {
@@ -214,7 +202,7 @@ export class MatrixHeatmap {
     axisLines(g, t.foreground, LEFT, TOP, plotW, plotH);
     g.textAlign = 'right';
     g.textBaseline = 'middle';
-    const rs = step(this.cellH, 14);
+    const rs = labelStep(this.cellH, 10);
     for (let r = 0; r < spec.rows; r += rs) {
       const y = TOP + (r + 0.5) * this.cellH;
       g.fillText(spec.rowLabel(r), LEFT - 6, y);
@@ -225,7 +213,7 @@ export class MatrixHeatmap {
     }
     g.textAlign = 'center';
     g.textBaseline = 'top';
-    const cs = step(this.cellW, spec.colOrder ? 30 : 24);
+    const cs = labelStep(this.cellW, spec.colOrder ? 26 : 20);
     for (let c = 0; c < spec.cols; c += cs) {
       const x = LEFT + (c + 0.5) * this.cellW;
       g.fillText(spec.colLabel(this.dataCol(c)), x, TOP + plotH + 5);
@@ -235,12 +223,7 @@ export class MatrixHeatmap {
       g.stroke();
     }
     g.fillText(spec.colTitle, LEFT + plotW / 2, TOP + plotH + 24);
-    g.save();
-    g.translate(14, TOP + plotH / 2);
-    g.rotate(-Math.PI / 2);
-    g.textBaseline = 'middle';
-    g.fillText(spec.rowTitle, 0, 0);
-    g.restore();
+    verticalText(g, t, spec.rowTitle, 14, TOP + plotH / 2);
     // Colour bar with its unit.
     const barX = LEFT + plotW + 14;
     const barH = Math.max(plotH, 90);
@@ -255,12 +238,7 @@ export class MatrixHeatmap {
     g.textAlign = 'left';
     g.textBaseline = 'middle';
     for (const f of [0, 0.5, 1]) g.fillText(spec.tick(f * spec.max), barX + 17, TOP + (1 - f) * barH);
-    g.save();
-    g.translate(LEFT + plotW + RIGHT - 8, TOP + barH / 2);
-    g.rotate(-Math.PI / 2);
-    g.textAlign = 'center';
-    g.fillText(spec.unit, 0, 0);
-    g.restore();
+    verticalText(g, t, spec.unit, LEFT + plotW + RIGHT - 8, TOP + barH / 2);
     // Selection.
     if (this.selected) {
       g.strokeStyle = t.activeBorder ?? t.focus;
