@@ -27,8 +27,8 @@ export class LoadHeatmap {
     this.chart = new MatrixChart(heatmapHost, theme, {
       onPick: (row, expert) => {
         if (!this.run) return;
+        // The host sets `picked` back (PatchEditor.pick), which re-sorts the columns when they follow the picked layer.
         this.callbacks.onPick(this.run.layers[row], expert);
-        if (this.order === 'picked-layer') this.update();
       },
       onHover: (text, x, y) => this.callbacks.onHover(text, x, y),
     }, 'load-heatmap');
