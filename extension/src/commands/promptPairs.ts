@@ -5,9 +5,11 @@
 //   - typed into two boxes, where "\n" is a line break.
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { oneLineText } from '../../../common/src/format';
+import { oneLineText, plural } from '../../../common/src/format';
 import { parseMarkdownPrompts, parsePromptFile, promptFileKind, type PromptEntry } from '../prompts/parse';
 import { editorSettings } from '../editorConfig';
+import { FILE_KINDS, readTextFile } from '../io/files';
+import { askPrompt } from './prompts';
 import type { Session } from '../session';
 
 interface PromptChoice extends vscode.QuickPickItem {
@@ -45,7 +47,8 @@ async function workspacePrompts(exclude: string | undefined): Promise<{ file: st
     for (const uri of await vscode.workspace.findFiles(glob, '**/node_modules/**', 20)) {
       if (seen.has(uri.fsPath)) continue;
       seen.add(uri.fsPath);
-      const text = new TextDecoder().decode(await vscode.workspace.fs.readFile(uri));
+      // Within the prompt-set size limit; a leading BOM dropped, as the editor does.
+      const text = readTextFile(uri.fsPath, FILE_KINDS.promptSet).replace(/^\uFEFF/, '');
       found.push({ file: vscode.workspace.asRelativePath(uri), prompts: parsePromptFile(uri.fsPath, text).prompts });
     }
   }
@@ -88,13 +91,7 @@ async function pickFromFiles(items: PromptChoice[]): Promise<[string, string] | 
 
 async function typeTwo(session: Session): Promise<[string, string] | undefined> {
   const ask = (n: 1 | 2, value: string) =>
-    vscode.window.showInputBox({
-      title: `Routescope: Compare Two Prompts (${n}/2)`,
-      prompt: session.model?.tokenizer ? 'The prompt; type \\n for a line break (e.g. Q: How much is 82 + 82?\\nA:)' : 'Token ids, separated by commas or spaces (the model has no tokenizer)',
-      value,
-      ignoreFocusOut: true,
-      validateInput: (v) => (v.trim() === '' ? 'Enter a prompt' : undefined),
-    });
+    askPrompt(session, `Routescope: Compare Two Prompts (${n}/2)`, value, 'The prompt; type \\n for a line break (e.g. Q: How much is 82 + 82?\\nA:)');
   const unescape = (v: string): string => v.replace(/\\n/g, '\n');
   const first = await ask(1, session.runs.selected?.prompt.replace(/\n/g, '\\n') ?? '');
   if (first === undefined) return undefined;
@@ -128,7 +125,7 @@ export async function pickTwoPrompts(session: Session, arg?: unknown): Promise<[
     const [a, b] = active.prompts;
     sources.push({ label: '$(split-horizontal) The two prompts of this editor', detail: `A: ${oneLineText(a.text, 60)} · B: ${oneLineText(b.text, 60)}`, run: async () => [a.text, b.text] });
   }
-  if (items.length >= 2) sources.push({ label: '$(list-selection) Pick two prompts from the prompt files', detail: `${items.length} prompts in ${fromFiles.length} file${fromFiles.length === 1 ? '' : 's'}`, run: () => pickFromFiles(items) });
+  if (items.length >= 2) sources.push({ label: '$(list-selection) Pick two prompts from the prompt files', detail: `${items.length} prompts in ${plural(fromFiles.length, 'file')}`, run: () => pickFromFiles(items) });
   sources.push({ label: '$(new-file) Write two prompts in a new editor', detail: 'an "## A" and a "## B" section, several lines each', run: writeInEditor });
   sources.push({ label: '$(edit) Type them', detail: 'one box each; \\n is a line break', run: () => typeTwo(session) });
   const source = await vscode.window.showQuickPick(sources, { title: 'Routescope: Compare Two Prompts — where are the prompts?' });

@@ -16,10 +16,11 @@ function promptFromEditor(): string | undefined {
   return promptAt(parsed, editor.selection.active.line)?.text;
 }
 
-export async function askPrompt(session: Session, title: string, value?: string): Promise<string | undefined> {
+/** An input box for one prompt; `textHint` replaces the hint shown when the model has a tokenizer. */
+export async function askPrompt(session: Session, title: string, value?: string, textHint = 'Text to run through the model'): Promise<string | undefined> {
   return vscode.window.showInputBox({
     title,
-    prompt: session.model?.tokenizer ? 'Text to run through the model' : 'Token ids, separated by commas or spaces (the model has no tokenizer)',
+    prompt: session.model?.tokenizer ? textHint : 'Token ids, separated by commas or spaces (the model has no tokenizer)',
     value: value ?? session.runs.selected?.prompt ?? '',
     ignoreFocusOut: true,
     validateInput: (v) => (v.trim() === '' ? 'Enter a prompt' : undefined),
