@@ -318,9 +318,14 @@ export class RoutingGrid {
     }
     if (!handled) return;
     e.preventDefault();
-    this.selected = { band, row, position };
-    this.reveal(this.selected);
-    this.callbacks.onSelect(this.selected, false);
+    this.select({ band, row, position });
+  }
+
+  /** Selects a cell without pinning it: scrolls it into view and tells the host (arrow keys, the text view). */
+  select(cell: CellRef): void {
+    this.selected = cell;
+    this.reveal(cell);
+    this.callbacks.onSelect(cell, false);
     this.requestDraw();
   }
 

@@ -106,12 +106,7 @@ const heatmap = new LoadHeatmap($('heatmap-host'), $('stats-host'), theme, {
 /** Selects a token's column in a run's band of the grid (band 0 = A, 1 = B), keeping the selected layer. */
 function selectPosition(band: number, position: number): void {
   if (!primary) return;
-  const cell = { band, row: grid.selected?.band === band ? grid.selected.row : 0, position };
-  grid.selected = cell;
-  grid.reveal(cell);
-  cells.announce(cell);
-  grid.requestDraw();
-  saveState();
+  grid.select({ band, row: grid.selected?.band === band ? grid.selected.row : 0, position });
 }
 
 const text = new TextView({ onHover: (t, x, y) => cells.showText(t, x, y), onSelect: (position) => selectPosition(0, position) });
