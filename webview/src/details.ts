@@ -4,7 +4,7 @@
 import { expertHex } from './colors';
 import { visibleToken } from '../../common/src/format';
 import { fixed } from './format';
-import { barAt, drawBars, type BarGeometry } from './charts/bars';
+import { drawBars, type BarGeometry } from './charts/bars';
 import { describeEntropy, QUANTITY } from '../../common/src/quantities';
 import type { RoutingPatch } from '../../common/src/patch';
 import type { RunRouting } from './runData';
@@ -44,8 +44,8 @@ function expertList(run: RunRouting, row: number, position: number): HTMLElement
   return list;
 }
 
-/** Fills `container` with a cell's details; returns the logit chart canvas (for click handling). */
-export function renderCellDetails(container: HTMLElement, d: CellDetails, theme: Theme, patch: RoutingPatch | undefined, chartWidth: number): HTMLCanvasElement | undefined {
+/** Fills `container` with a cell's details; returns the logit chart canvas and its bars (for click handling). */
+export function renderCellDetails(container: HTMLElement, d: CellDetails, theme: Theme, patch: RoutingPatch | undefined, chartWidth: number): { canvas: HTMLCanvasElement; bars: BarGeometry } | undefined {
   container.replaceChildren();
   const { run, row, position } = d;
   const layer = run.layers[row];
@@ -77,11 +77,9 @@ export function renderCellDetails(container: HTMLElement, d: CellDetails, theme:
   const top = run.cell(row, position);
   canvas.setAttribute('aria-label', `Router logits at layer ${layer}, position ${position}: top experts ${top.map((c) => `${c.expert} (${fixed(c.weight, 2)})`).join(', ')}`);
   container.appendChild(canvas);
-  const geometry = drawLogitChart(canvas, run, row, position, theme, patch, chartWidth);
+  const bars = drawLogitChart(canvas, run, row, position, theme, patch, chartWidth);
   container.appendChild(el('div', 'small muted', 'Coloured bars: the selected experts; a mark under a bar: masked (red) or forced (blue) by the patch.'));
-  canvas.dataset.left = String(geometry.left);
-  canvas.dataset.barWidth = String(geometry.barW);
-  return canvas;
+  return { canvas, bars };
 }
 
 /** One bar per expert: its raw router logit at this token (selected experts in their colour; masked / forced
@@ -102,9 +100,4 @@ export function drawLogitChart(canvas: HTMLCanvasElement, run: RunRouting, row: 
     emphasised: (e) => selected.has(e),
     mark: (e) => (masked.has(e) ? theme.masked : forced.has(e) ? theme.accent : undefined),
   }, theme, width, 120);
-}
-
-/** The expert under x in a logit chart drawn by drawLogitChart (undefined between the axis and the first bar). */
-export function expertAtChartX(canvas: HTMLCanvasElement, x: number): number | undefined {
-  return barAt(x, { left: Number(canvas.dataset.left), barW: Number(canvas.dataset.barWidth), count: Number.MAX_SAFE_INTEGER });
 }

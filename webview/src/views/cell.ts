@@ -3,7 +3,8 @@
 import type { RoutingPatch } from '../../../common/src/patch';
 import type { PatchEdit } from '../../../common/src/patchEdit';
 import { visibleToken } from '../../../common/src/format';
-import { expertAtChartX, renderCellDetails, type CellDetails } from '../details';
+import { barAt } from '../charts/bars';
+import { renderCellDetails, type CellDetails } from '../details';
 import { fixed } from '../format';
 import type { CellRef, RoutingGrid } from '../grid';
 import { $ } from '../page';
@@ -79,10 +80,12 @@ export class CellViews {
     const chart = renderCellDetails(host, d, this.c.theme(), this.c.patch(), width);
     const layer = d.run.layers[d.row];
     if (chart) {
-      chart.title = 'Click a bar to pick that expert for editing';
-      chart.addEventListener('click', (e) => {
-        const expert = expertAtChartX(chart, e.clientX - chart.getBoundingClientRect().left);
-        if (expert !== undefined && expert < d.run.E) this.c.pick(layer, expert, true);
+      const { canvas, bars } = chart;
+      canvas.title = 'Click a bar to pick that expert for editing';
+      canvas.addEventListener('click', (e) => {
+        // One bar per expert, so the bar under the pointer is the expert.
+        const expert = barAt(e.clientX - canvas.getBoundingClientRect().left, bars);
+        if (expert !== undefined) this.c.pick(layer, expert, true);
       });
     }
     const quick = document.createElement('div');
