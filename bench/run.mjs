@@ -23,7 +23,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { SHAPES, activeDecodeBytes, ensureCheckpoint, tensorList, textConfig } from './checkpoint.mjs';
+import { SHAPES, activeDecodeBytes, ensureCheckpoint, textConfig } from './checkpoint.mjs';
 import { ensureGguf, ggufArchitecture } from './gguf.mjs';
 import { PEERS_DIR, llamaPeerBuild, llamaPeerMissing, randomTokens } from './peer_llama.mjs';
 
@@ -182,8 +182,8 @@ function parseOptions(argv) {
 
 const log = (line) => process.stderr.write(`[bench] ${line}\n`);
 
-/** Whether a checkpoint of this config stores MXFP4 experts (U8 blocks). */
-const tensorListHasMxfp4 = (cfg) => tensorList(cfg).some(([, , , dtype]) => dtype === 'U8');
+/** An engine row (one per activation precision: routescope, routescope_<precision>), not a peer. */
+const isEngine = (e) => e.id.startsWith('routescope');
 
 /** Runs a command; returns {ok, stdout, stderr, status, error, seconds}. */
 function run(cmd, args, options = {}) {
@@ -466,7 +466,7 @@ function timeRounds(engines, opts, promptTokens, longPromptTokens, measureOne, p
         if (r.error) {
           e.error = r.error;
           failure = failure ?? `${prefix}${e.label}: ${r.error}`;
-          if (e.id === 'routescope') return failure;
+          if (isEngine(e)) return failure;
           continue;
         }
         e.runs.push({ prompt_tokens: prompt, ...r });
@@ -567,7 +567,7 @@ function table(res) {
   lines.push('');
   const b = res.bandwidth;
   if (b && !b.error) {
-    for (const rs of res.engines.filter((e) => e.id.startsWith('routescope') && !e.error && typeof e.fraction_of_bound === 'number')) {
+    for (const rs of res.engines.filter((e) => isEngine(e) && !e.error && typeof e.fraction_of_bound === 'number')) {
       lines.push(
         `decode vs bandwidth bound, ${rs.label}: ${fmt(rs.decode_tokens_per_s)} of ${fmt(b.bound_tokens_per_s)} tok/s = ${fmt(100 * rs.fraction_of_bound, 0)}% (target >= ${100 * TARGET_BOUND_FRACTION}%)${rs.fraction_met ? '  met' : '  NOT met'}`,
       );
@@ -684,7 +684,6 @@ async function main() {
     throw new BenchError(`--long-prompt-tokens must stay within max_position_embeddings=${config.max_position_embeddings}`);
   }
   const activeBytes = activeDecodeBytes(ck.config);
-  opts.vocab = config.vocab_size;
 
   // 2. the engine route
   const noCli = opts.engine === 'rs_bench' ? '--engine rs_bench' : cliAvailable();
@@ -701,7 +700,6 @@ async function main() {
     expert_kernels: opts.expertKernels,
     runs: [],
   }));
-  const isEngine = (e) => e.id.startsWith('routescope');
   let llamaCheck = null;
   let llamaBuild = null;
   const ggufs = {};
@@ -853,7 +851,7 @@ async function main() {
       let check = llamaCrossCheck(odir, g.file, opts, ocfg.vocab_size, [rsEntry.activations]);
       let label = ocfg.model_type === 'gpt_oss' ? 'llama.cpp BF16 (MXFP4 experts)' : 'llama.cpp BF16';
       let file = g;
-      if (!check.error && !check.top5_identical && tensorListHasMxfp4(ocfg)) {
+      if (!check.error && !check.top5_identical && ocfg.quantization_config?.quant_method === 'mxfp4') {
         // llama.cpp's MXFP4 kernel rounds the activations to Q8_0 (its BF16 kernel to bf16): a near-tie in the top 5
         // can flip. The same weights with the experts as their exact BF16 values take the BF16 kernel instead.
         entry.llama_check_mxfp4 = check;
@@ -870,7 +868,7 @@ async function main() {
         entry.engines.push({ id: 'llama_bf16', label, gguf: path.relative(ROOT, file.file), gguf_bytes: file.bytes, runs: [] });
       }
     }
-    const measure = (e, prompt, decode) => (e.id === 'routescope' ? engineRun(odir, rsEntry.activations, prompt, decode) : llamaTime(gguf, opts, ocfg.vocab_size, prompt, decode));
+    const measure = (e, prompt, decode) => (isEngine(e) ? engineRun(odir, rsEntry.activations, prompt, decode) : llamaTime(gguf, opts, ocfg.vocab_size, prompt, decode));
     const failure = timeRounds(entry.engines, opts, promptTokens, longPromptTokens, measure, `${shape}: `);
     if (failure) {
       realError = realError ?? failure;
