@@ -87,7 +87,7 @@ export class LoadHeatmap {
       colLabel: (e) => String(e),
       rowTitle: 'MoE layer',
       colTitle: 'expert',
-      scale: { kind: 'sequential', max: max || 1 },
+      max: max || 1,
       unit: quantityLabel(QUANTITY.activationRate),
       format: (v) => percent(v, max < 0.1 ? 1 : 0),
       describe: (r, e, v) => {

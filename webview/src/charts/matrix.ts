@@ -1,14 +1,10 @@
 // A matrix chart on one canvas: rows × columns of coloured cells with both axes labelled (tick labels and titles), a
 // colour bar with its unit, the value under the pointer (or the keyboard cursor) in a tooltip, sized to its host's
-// width, and columns in any order (sorted views). Used by the routing panel's expert load; its diverging scale
-// is for differences (e.g. of activation rates). The cells are written one pixel each into an
-// ImageData and scaled up, so a 48 × 128 or 128 × 128 matrix redraws in about a millisecond.
+// width, and columns in any order (sorted views). Used by the routing panel's expert load. The cells are written one
+// pixel each into an ImageData and scaled up, so a 48 × 128 or 128 × 128 matrix redraws in about a millisecond.
 import { lutIndex, rampLut, unpackRgba } from '../colors';
 import type { Theme } from '../theme';
 import { axisText, chartFont, labelStep, niceTicks, sizeCanvas, tickDigits, verticalText } from './axes';
-
-/** Sequential: 0 … max on viridis. Diverging: −max … +max, blue (negative) – grey – red (positive). */
-export type MatrixScale = { kind: 'sequential'; max: number } | { kind: 'diverging'; max: number };
 
 export interface MatrixSpec {
   rows: number;
@@ -21,7 +17,8 @@ export interface MatrixSpec {
   /** Axis titles: "MoE layer", "expert". */
   rowTitle: string;
   colTitle: string;
-  scale: MatrixScale;
+  /** The colour bar's top: values 0 … max on viridis. */
+  max: number;
   /** The colour bar's title: the quantity and its unit. */
   unit: string;
   /** A value as the colour bar and tooltip write it ("12.5 %"). */
@@ -42,7 +39,6 @@ export interface MatrixCallbacks {
 }
 
 const SEQUENTIAL = rampLut();
-const DIVERGING = rampLut(['#2166ac', '#67a9cf', '#b0b0b0', '#ef8a62', '#b2182b']);
 const BAR_W = 12;
 
 export class MatrixChart {
@@ -92,9 +88,9 @@ export class MatrixChart {
       this.canvas.dataset.rowTitle = spec.rowTitle;
       this.canvas.dataset.colTitle = spec.colTitle;
       this.canvas.dataset.unit = spec.unit;
-      this.canvas.dataset.max = String(spec.scale.max);
+      this.canvas.dataset.max = String(spec.max);
       this.canvas.dataset.order = spec.colOrder ? 'sorted' : 'index';
-      this.canvas.setAttribute('aria-label', `${spec.unit}: ${spec.rows} ${spec.rowTitle} rows × ${spec.cols} ${spec.colTitle} columns; largest ${spec.format(spec.scale.max)}. Arrow keys move, Enter picks.`);
+      this.canvas.setAttribute('aria-label', `${spec.unit}: ${spec.rows} ${spec.rowTitle} rows × ${spec.cols} ${spec.colTitle} columns; largest ${spec.format(spec.max)}. Arrow keys move, Enter picks.`);
     }
     this.requestDraw();
   }
@@ -180,11 +176,9 @@ export class MatrixChart {
   }
 
   private colour(v: number): [number, number, number] | undefined {
-    const scale = this.spec!.scale;
     if (!Number.isFinite(v)) return undefined;
-    const max = scale.max > 0 ? scale.max : 1;
-    const t = scale.kind === 'sequential' ? v / max : 0.5 + v / (2 * max);
-    const [r, g, b] = unpackRgba((scale.kind === 'sequential' ? SEQUENTIAL : DIVERGING)[lutIndex(t)!]);
+    const max = this.spec!.max > 0 ? this.spec!.max : 1;
+    const [r, g, b] = unpackRgba(SEQUENTIAL[lutIndex(v / max)!]);
     return [r, g, b];
   }
 
@@ -198,9 +192,9 @@ export class MatrixChart {
     const fs = theme.fontSize;
     const left = Math.ceil(fs * 1.4 + rowLabelW + 6);
     const top = Math.ceil(fs * 1.5 + 4);
-    const barTicks = niceTicks(spec.scale.kind === 'sequential' ? 0 : -spec.scale.max, spec.scale.max, 4);
+    const barTicks = niceTicks(0, spec.max, 4);
     const digits = tickDigits(barTicks);
-    const barLabelW = Math.max(...[...barTicks.map((t) => Number(t.toFixed(digits))), spec.scale.max, -spec.scale.max].map((v) => measure.measureText(spec.format(v)).width), 20);
+    const barLabelW = Math.max(...[...barTicks.map((t) => Number(t.toFixed(digits))), spec.max, -spec.max].map((v) => measure.measureText(spec.format(v)).width), 20);
     const right = BAR_W + 10 + barLabelW + fs * 1.6;
     // Cells fill the width (up to 64 px); rows are tall enough for the colour bar's title to fit beside them.
     const cellW = Math.max(2, Math.min(64, Math.floor((width - left - right) / spec.cols)));
@@ -259,15 +253,13 @@ export class MatrixChart {
     const bx = left + gridW + 10;
     for (let i = 0; i < barH; i++) {
       const t = 1 - i / (barH - 1);
-      const v = spec.scale.kind === 'sequential' ? t * spec.scale.max : (2 * t - 1) * spec.scale.max;
-      const rgb = this.colour(v) ?? empty;
+      const rgb = this.colour(t * spec.max) ?? empty;
       ctx.fillStyle = `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
       ctx.fillRect(bx, top + i, BAR_W, 1);
     }
     ctx.strokeStyle = theme.muted;
     ctx.strokeRect(bx - 0.5, top - 0.5, BAR_W + 1, barH + 1);
-    const lo = spec.scale.kind === 'sequential' ? 0 : -spec.scale.max;
-    const barY = (v: number): number => top + (1 - (v - lo) / (spec.scale.max - lo || 1)) * (barH - 1);
+    const barY = (v: number): number => top + (1 - v / (spec.max || 1)) * (barH - 1);
     const barLabel = (v: number, text: string): void => {
       ctx.fillStyle = theme.muted;
       ctx.fillRect(bx + BAR_W, Math.round(barY(v)), 3, 1);
@@ -276,8 +268,8 @@ export class MatrixChart {
     for (const t of barTicks) barLabel(t, spec.format(Number(t.toFixed(digits))));
     // The ends of the bar are always labelled: the top colour is the largest value, which is rarely a round tick.
     const clear = fs * 1.2;
-    if (barY(barTicks.at(-1) ?? lo) - barY(spec.scale.max) > clear) barLabel(spec.scale.max, spec.format(spec.scale.max));
-    if (barY(lo) - barY(barTicks[0] ?? spec.scale.max) > clear) barLabel(lo, spec.format(lo));
+    if (barY(barTicks.at(-1) ?? 0) - barY(spec.max) > clear) barLabel(spec.max, spec.format(spec.max));
+    if (barY(0) - barY(barTicks[0] ?? spec.max) > clear) barLabel(0, spec.format(0));
     verticalText(ctx, theme, spec.unit, bx + BAR_W + 10 + barLabelW + fs * 0.7, top + barH / 2);
 
   }
