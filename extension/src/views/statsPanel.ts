@@ -84,11 +84,8 @@ export class StatsPanel implements vscode.Disposable {
       return;
     }
     // Beside the editor, among the other result panels (the prompt file keeps its code lenses); the aggregate is
-    // re-sent when the page reloads.
-    const panel = vscode.window.createWebviewPanel(StatsPanel.viewType, title, { viewColumn: resultColumn(), preserveFocus: true }, {
-      enableScripts: true,
-      localResourceRoots: [vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview')],
-    });
+    // re-sent when the page reloads. Its webview options are set by attach, as for a restored panel.
+    const panel = vscode.window.createWebviewPanel(StatsPanel.viewType, title, { viewColumn: resultColumn(), preserveFocus: true });
     this.attach(panel);
   }
 
@@ -109,12 +106,12 @@ export class StatsPanel implements vscode.Disposable {
     this.set = undefined;
     const sources = Array.isArray(state?.sources) && state.sources.every((s) => typeof s === 'string') ? (state.sources as string[]) : [];
     this.restoredSources = sources.length > 0 ? sources : undefined;
-    panel.webview.options = { enableScripts: true, localResourceRoots: [vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview')] };
     this.attach(panel);
   }
 
   private attach(panel: vscode.WebviewPanel): void {
     const webviewRoot = vscode.Uri.joinPath(this.context.extensionUri, 'dist', 'webview');
+    panel.webview.options = { enableScripts: true, localResourceRoots: [webviewRoot] };
     trackResultPanel(panel);
     panel.iconPath = vscode.Uri.joinPath(this.context.extensionUri, 'media', 'routescope.svg');
     this.ready = false;
