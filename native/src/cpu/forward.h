@@ -4,6 +4,7 @@
 #include <map>
 #include <vector>
 
+#include "cpu/matmul.h"
 #include "model/model.h"
 #include "routescope/engine.h"
 #include "util/threadpool.h"
@@ -136,6 +137,8 @@ class Decoder {
   bool rounds(int T, bool saving) const { return bf16_activations && !saving && T > 4; }
   // y (+)= x · W^T at the precision rounds() picks.
   void project(const float* x, int T, const Mat& W, float* y, bool accumulate, bool saving);
+  // Several products of the same T rows (q/k/v, gate/up) in one dispatch at that precision.
+  void project(const std::vector<MatmulJob>& jobs, bool saving);
 
   const Checkpoint& ck_;
   const ModelConfig& cfg_;

@@ -92,30 +92,65 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
 }
 
 void matmul_bf16_rounded(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
-  if (T <= 0 || W.rows <= 0) return;
-  const int N = W.rows, K = W.cols;
-  if (W.dtype != DType::BF16 || W.tiled() || !cpu_has_avx512_bf16()) {
-    std::vector<float> xr(static_cast<size_t>(T) * K);
-    for (size_t i = 0; i < xr.size(); ++i) xr[i] = round_to_bf16(x[i]);
-    matmul(pool, xr.data(), T, W, y, accumulate);
-    return;
+  matmul_bf16_rounded_batch(pool, {{x, T, W, y, accumulate}});
+}
+
+void matmul_bf16_rounded_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
+  const bool pairs = cpu_has_avx512_bf16();
+  // Each distinct x converted to bf16 pairs once (q/k/v, gate/up share theirs), P = (K + 1) / 2 pairs per row.
+  struct Split {
+    const float* x;
+    int T, K;
+    std::vector<uint32_t> xb;
+  };
+  std::vector<Split> splits;
+  std::vector<int> split_of(jobs.size(), -1);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const MatmulJob& j = jobs[i];
+    if (j.T <= 0 || j.W.rows <= 0) continue;
+    if (!pairs || j.W.dtype != DType::BF16 || j.W.tiled()) {  // the reference path: rounded rows through matmul
+      std::vector<float> xr(static_cast<size_t>(j.T) * j.W.cols);
+      for (size_t k = 0; k < xr.size(); ++k) xr[k] = round_to_bf16(j.x[k]);
+      matmul(pool, xr.data(), j.T, j.W, j.y, j.accumulate);
+      continue;
+    }
+    auto same = std::find_if(splits.begin(), splits.end(),
+                             [&](const Split& s) { return s.x == j.x && s.T == j.T && s.K == j.W.cols; });
+    split_of[i] = static_cast<int>(same - splits.begin());
+    if (same == splits.end()) splits.push_back({j.x, j.T, j.W.cols, {}});
   }
-  const int P = (K + 1) / 2;
-  std::vector<uint32_t> xb(static_cast<size_t>(T) * P);
-  pool.parallel_for(T, 64, [&](int64_t a, int64_t b, int) {
-    bf16dp::split_rows(x + a * K, K, nullptr, static_cast<int>(b - a), K, xb.data() + a * P, nullptr);
-  });
-  // Units of 256 rows x 128 columns, rows outermost: a unit's rows stay in cache across the columns that follow.
+  if (splits.empty()) return;
+  for (Split& s : splits) {
+    const int K = s.K, P = (K + 1) / 2;
+    s.xb.resize(static_cast<size_t>(s.T) * P);
+    pool.parallel_for(s.T, 64, [&](int64_t a, int64_t b, int) {
+      bf16dp::split_rows(s.x + a * K, K, nullptr, static_cast<int>(b - a), K, s.xb.data() + a * P, nullptr);
+    });
+  }
+  // Units of 256 rows x 128 columns, rows outermost within a job: a unit's rows stay in cache across the columns
+  // that follow. Every job's units go to one dispatch.
   constexpr int kUnitRows = 256, kUnitCols = 128;
-  const int row_units = (T + kUnitRows - 1) / kUnitRows, col_units = (N + kUnitCols - 1) / kUnitCols;
-  std::atomic<int> next{0};
+  struct Unit {
+    int job, t0, n0;
+  };
+  std::vector<Unit> units;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (split_of[i] < 0) continue;
+    const int T = jobs[i].T, N = jobs[i].W.rows;
+    for (int t0 = 0; t0 < T; t0 += kUnitRows)
+      for (int n0 = 0; n0 < N; n0 += kUnitCols) units.push_back({static_cast<int>(i), t0, n0});
+  }
+  std::atomic<size_t> next{0};
   pool.run_on_all([&](int) {
     thread_local std::vector<uint32_t> panel;
     if (panel.size() < static_cast<size_t>(bf16dp::kKCP) * bf16dp::kNR) panel.resize(static_cast<size_t>(bf16dp::kKCP) * bf16dp::kNR);
-    for (int u; (u = next.fetch_add(1)) < row_units * col_units;) {
-      const int t0 = (u / col_units) * kUnitRows, n0 = (u % col_units) * kUnitCols;
-      bf16dp::gemm_rows(xb.data() + static_cast<size_t>(t0) * P, nullptr, std::min(kUnitRows, T - t0), K, W.data, n0,
-                        std::min(kUnitCols, N - n0), y + static_cast<size_t>(t0) * N + n0, N, accumulate, panel.data());
+    for (size_t u; (u = next.fetch_add(1)) < units.size();) {
+      const Unit& un = units[u];
+      const MatmulJob& j = jobs[un.job];
+      const int N = j.W.rows, K = j.W.cols, P = (K + 1) / 2;
+      bf16dp::gemm_rows(splits[split_of[un.job]].xb.data() + static_cast<size_t>(un.t0) * P, nullptr,
+                        std::min(kUnitRows, j.T - un.t0), K, j.W.data, un.n0, std::min(kUnitCols, N - un.n0),
+                        j.y + static_cast<size_t>(un.t0) * N + un.n0, N, j.accumulate, panel.data());
     }
   });
 }
