@@ -339,8 +339,8 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
                            double* loss, float* dx) {
   if (T <= 0) return;
   const int V = W.rows, K = W.cols;
-  std::vector<float> z(static_cast<size_t>(T) * V);
   if (W.tiled() || !has_avx512()) {  // two reads of W: logits, then the input gradient
+    std::vector<float> z(static_cast<size_t>(T) * V);
     matmul(pool, x, T, W, z.data());
     for (int t = 0; t < T; ++t) {
       float* zt = z.data() + static_cast<size_t>(t) * V;
@@ -361,20 +361,28 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
   const int slabs = (V + kSlab - 1) / kSlab, parts = std::min(slabs, 16);
   std::vector<float> m(static_cast<size_t>(parts) * T, -INFINITY), za(T, 0.f);
   std::vector<double> s(static_cast<size_t>(parts) * T, 0.0);
-  std::vector<float> acc(dx ? static_cast<size_t>(parts) * T * K : 0, 0.f);
+  // Each part's share of Σ_v exp(z_v − m) W_v, kept across calls (one C3PO step after another) by the calling thread.
+  thread_local std::vector<float> acc_kept;
+  if (dx && acc_kept.size() < static_cast<size_t>(parts) * T * K) acc_kept.resize(static_cast<size_t>(parts) * T * K);
+  float* const acc = acc_kept.data();  // the calling thread's buffer, named so inside the workers' loop
   std::atomic<int> next{0};
   pool.run_on_all([&](int) {
+    thread_local std::vector<float> z;  // one slab's logits [T][kSlab]
+    if (z.size() < static_cast<size_t>(T) * kSlab) z.resize(static_cast<size_t>(T) * kSlab);
     for (int p; (p = next.fetch_add(1)) < parts;) {
       float* mp = m.data() + static_cast<size_t>(p) * T;
       double* sp = s.data() + static_cast<size_t>(p) * T;
-      float* ap = dx ? acc.data() + static_cast<size_t>(p) * T * K : nullptr;
+      float* ap = dx ? acc + static_cast<size_t>(p) * T * K : nullptr;
+      if (ap) std::fill(ap, ap + static_cast<size_t>(T) * K, 0.f);
       for (int b = slabs * p / parts; b < slabs * (p + 1) / parts; ++b) {
-        const int n0 = b * kSlab, n1 = std::min(V, n0 + kSlab);
-        avx512::dot_rows(x, T, K, W.data, dt, n0, n1, z.data(), V, 0);
+        // Rows n0..n1 of W as rows 0..n of the slab (the kernels walk them from their first row either way).
+        const int n0 = b * kSlab, n = std::min(V, n0 + kSlab) - n0;
+        const uint8_t* Ws = W.row(n0);
+        avx512::dot_rows(x, T, K, Ws, dt, 0, n, z.data(), kSlab, 0);
         for (int t = 0; t < T; ++t) {
-          float* zt = z.data() + static_cast<size_t>(t) * V;
-          if (target[t] >= n0 && target[t] < n1) za[t] = zt[target[t]];
-          const float bm = *std::max_element(zt + n0, zt + n1);
+          float* zt = z.data() + static_cast<size_t>(t) * kSlab;
+          if (target[t] >= n0 && target[t] < n0 + n) za[t] = zt[target[t] - n0];
+          const float bm = *std::max_element(zt, zt + n);
           if (bm > mp[t]) {  // a new running max: what was summed against the old one shrinks
             if (sp[t] > 0) {
               const float r = std::exp(mp[t] - bm);
@@ -385,10 +393,10 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
             mp[t] = bm;
           }
           double sum = 0;
-          for (int v = n0; v < n1; ++v) sum += (zt[v] = std::exp(zt[v] - mp[t]));
+          for (int v = 0; v < n; ++v) sum += (zt[v] = std::exp(zt[v] - mp[t]));
           sp[t] += sum;
         }
-        if (ap) avx512::backward_stream(z.data(), T, V, W.data, dt, K, n0, n1, ap);
+        if (ap) avx512::backward_stream(z.data(), T, kSlab, Ws, dt, K, 0, n, ap);
       }
     }
   }, int64_t(T) * V * K * (dx ? 2 : 1));
@@ -403,7 +411,7 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
     float* out = dx + static_cast<size_t>(t) * K;
     for (int p = 0; p < parts; ++p) {
       const float f = static_cast<float>(weight[t] * std::exp(double(m[static_cast<size_t>(p) * T + t]) - mx) / sum);
-      const float* a = acc.data() + (static_cast<size_t>(p) * T + t) * K;
+      const float* a = acc + (static_cast<size_t>(p) * T + t) * K;
       for (int k = 0; k < K; ++k) out[k] += f * a[k];
     }
     convert_to_f32(W.row(target[t]), W.dtype, row.data(), K);
