@@ -49,11 +49,6 @@ bool cpu_has_avx512_bf16() {
   return yes;
 }
 
-namespace {
-// Products with more rows than this pack the weights into panels; fewer rows stream them (dot_rows).
-constexpr int kStreamRows = 4;
-}  // namespace
-
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
   if (W.tiled()) return matmul_tiled(pool, x, T, W, y, accumulate);
@@ -200,7 +195,7 @@ void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulat
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) return generic_rows(x, T, W, 0, N, y, accumulate);
   const int dt = dt_code(W.dtype);
-  if (T <= 4) return avx512::dot_rows(x, T, K, W.data, dt, 0, N, y, N, accumulate);
+  if (T <= kStreamRows) return avx512::dot_rows(x, T, K, W.data, dt, 0, N, y, N, accumulate);
   thread_local std::vector<float> panel;
   panel.resize(256 * 32);
   avx512::gemm_panel(x, T, K, W.data, dt, 0, N, y, N, accumulate, panel.data());

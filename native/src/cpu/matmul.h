@@ -8,6 +8,10 @@
 
 namespace routescope {
 
+// Products of up to this many rows stream the weights (dot_rows, memory-bound decode); more rows pack them into
+// panels (compute-bound prefill), where bf16 activations pay off.
+constexpr int kStreamRows = 4;
+
 // y[T,N] = x[T,K] · W[N,K]^T  (y += ... when accumulate). x rows are contiguous (ld = K), y rows ld = N.
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate = false);
 // dx[T,K] = dy[T,N] · W[N,K]  (dx += ... when accumulate): the input gradient of matmul.
