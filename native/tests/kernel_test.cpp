@@ -411,6 +411,34 @@ TEST("kernels: matmul with bf16-rounded activations (vdpbf16ps, and the referenc
         }
 }
 
+TEST("kernels: matmul_bf16_rounded_batch gives matmul_bf16_rounded's bits, one product after another") {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool(2);
+  // q/k/v-like jobs sharing x (one bf16 split), one with its own x, one F16 weight (the reference path), one empty.
+  for (int T : {5, 300}) {
+    const int K = 130;
+    std::vector<float> x(size_t(T) * K), x2(x.size());
+    for (auto& v : x) v = nd(rng);
+    for (auto& v : x2) v = nd(rng);
+    std::vector<rstest::TestMatrix> W;
+    for (auto [N, dt] : {std::pair{300, DType::BF16}, {33, DType::BF16}, {33, DType::BF16}, {40, DType::BF16}, {17, DType::F16}})
+      W.push_back(misaligned_matrix(N, K, dt, 0.5f, rng));
+    std::vector<std::vector<float>> batched, single;
+    for (const auto& w : W) batched.emplace_back(size_t(T) * w.mat.rows, 0.25f);
+    single = batched;
+    const float* xs[] = {x.data(), x.data(), x.data(), x2.data(), x.data()};
+    std::vector<MatmulJob> jobs;
+    for (size_t i = 0; i < W.size(); ++i) jobs.push_back({xs[i], T, W[i].mat, batched[i].data(), i == 1});
+    jobs.push_back({x.data(), 0, W[0].mat, nullptr});
+    matmul_bf16_rounded_batch(pool, jobs);
+    for (size_t i = 0; i < W.size(); ++i) {
+      matmul_bf16_rounded(pool, xs[i], T, W[i].mat, single[i].data(), i == 1);
+      CHECK_MSG(batched[i] == single[i], "T=" << T << " job " << i << ": batched and single products differ");
+    }
+  }
+}
+
 TEST("kernels: round_to_bf16 rounds to nearest even and keeps NaN and infinities") {
   auto bits = [](float f) {
     uint32_t u;

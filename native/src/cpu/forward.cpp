@@ -179,18 +179,19 @@ void Decoder::project(const float* x, int T, const Mat& W, float* y, bool accumu
   else matmul(pool_, x, T, W, y, accumulate);
 }
 
+void Decoder::project(const std::vector<MatmulJob>& jobs, bool saving) {
+  if (jobs.empty()) return;
+  if (rounds(jobs.front().T, saving)) matmul_bf16_rounded_batch(pool_, jobs);
+  else matmul_batch(pool_, jobs);
+}
+
 // y = down(silu(gate x) * up x) for T rows; keeps pre-activations when asked.
 void Decoder::swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float,
                      std::vector<float>* g_save, std::vector<float>* u_save) {
   const int I = gate.rows;
   const bool saving = g_save || u_save;
   std::vector<float> g(static_cast<size_t>(T) * I), u(static_cast<size_t>(T) * I);
-  if (rounds(T, saving)) {
-    project(x, T, gate, g.data(), false, saving);
-    project(x, T, up, u.data(), false, saving);
-  } else {
-    matmul_batch(pool_, {{x, T, gate, g.data()}, {x, T, up, u.data()}});
-  }
+  project({{x, T, gate, g.data()}, {x, T, up, u.data()}}, saving);
   if (g_save) *g_save = g;
   if (u_save) *u_save = u;
   for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
@@ -403,11 +404,7 @@ void Decoder::standard_qkv(int l, const float* x, int T, int pos0, std::vector<f
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim;
   const int qw = nh * hd, kvw = nkv * hd;
   q.resize(static_cast<size_t>(T) * qw), kk.resize(static_cast<size_t>(T) * kvw), vv.resize(static_cast<size_t>(T) * kvw);
-  if (rounds(T, save != nullptr)) {
-    for (auto [W, out] : {std::pair{&w.q, &q}, std::pair{&w.k, &kk}, std::pair{&w.v, &vv}}) project(x, T, *W, out->data(), false, false);
-  } else {
-    matmul_batch(pool_, {{x, T, w.q, q.data()}, {x, T, w.k, kk.data()}, {x, T, w.v, vv.data()}});
-  }
+  project({{x, T, w.q, q.data()}, {x, T, w.k, kk.data()}, {x, T, w.v, vv.data()}}, save != nullptr);
   if (cfg_.qkv_bias)
     for (int t = 0; t < T; ++t) {
       for (int i = 0; i < qw; ++i) q[t * qw + i] += w.q_bias[i];

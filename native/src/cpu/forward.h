@@ -4,6 +4,7 @@
 #include <map>
 #include <vector>
 
+#include "cpu/matmul.h"
 #include "model/model.h"
 #include "routescope/engine.h"
 #include "util/threadpool.h"
@@ -133,9 +134,11 @@ class Decoder {
   void swiglu(const float* x, int T, const Mat& gate, const Mat& up, const Mat& down, float* y, float scale_rows_unused,
               std::vector<float>* g_save, std::vector<float>* u_save);
   // Whether a product of T rows runs at bf16 activations (see bf16_activations); saving: a backward pass follows.
-  bool rounds(int T, bool saving) const { return bf16_activations && !saving && T > 4; }
+  bool rounds(int T, bool saving) const { return bf16_activations && !saving && T > kStreamRows; }
   // y (+)= x · W^T at the precision rounds() picks.
   void project(const float* x, int T, const Mat& W, float* y, bool accumulate, bool saving);
+  // Several products of the same T rows (q/k/v, gate/up) in one dispatch at that precision.
+  void project(const std::vector<MatmulJob>& jobs, bool saving);
 
   const Checkpoint& ck_;
   const ModelConfig& cfg_;

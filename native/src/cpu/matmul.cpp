@@ -49,11 +49,6 @@ bool cpu_has_avx512_bf16() {
   return yes;
 }
 
-namespace {
-// Products with more rows than this pack the weights into panels; fewer rows stream them (dot_rows).
-constexpr int kStreamRows = 4;
-}  // namespace
-
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   if (T <= 0 || W.rows <= 0) return;
   if (W.tiled()) return matmul_tiled(pool, x, T, W, y, accumulate);
@@ -92,30 +87,65 @@ void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, boo
 }
 
 void matmul_bf16_rounded(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
-  if (T <= 0 || W.rows <= 0) return;
-  const int N = W.rows, K = W.cols;
-  if (W.dtype != DType::BF16 || W.tiled() || !cpu_has_avx512_bf16()) {
-    std::vector<float> xr(static_cast<size_t>(T) * K);
-    for (size_t i = 0; i < xr.size(); ++i) xr[i] = round_to_bf16(x[i]);
-    matmul(pool, xr.data(), T, W, y, accumulate);
-    return;
+  matmul_bf16_rounded_batch(pool, {{x, T, W, y, accumulate}});
+}
+
+void matmul_bf16_rounded_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs) {
+  const bool pairs = cpu_has_avx512_bf16();
+  // Each distinct x converted to bf16 pairs once (q/k/v, gate/up share theirs), P = (K + 1) / 2 pairs per row.
+  struct Split {
+    const float* x;
+    int T, K;
+    std::vector<uint32_t> xb;
+  };
+  std::vector<Split> splits;
+  std::vector<int> split_of(jobs.size(), -1);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const MatmulJob& j = jobs[i];
+    if (j.T <= 0 || j.W.rows <= 0) continue;
+    if (!pairs || j.W.dtype != DType::BF16 || j.W.tiled()) {  // the reference path: rounded rows through matmul
+      std::vector<float> xr(static_cast<size_t>(j.T) * j.W.cols);
+      for (size_t k = 0; k < xr.size(); ++k) xr[k] = round_to_bf16(j.x[k]);
+      matmul(pool, xr.data(), j.T, j.W, j.y, j.accumulate);
+      continue;
+    }
+    auto same = std::find_if(splits.begin(), splits.end(),
+                             [&](const Split& s) { return s.x == j.x && s.T == j.T && s.K == j.W.cols; });
+    split_of[i] = static_cast<int>(same - splits.begin());
+    if (same == splits.end()) splits.push_back({j.x, j.T, j.W.cols, {}});
   }
-  const int P = (K + 1) / 2;
-  std::vector<uint32_t> xb(static_cast<size_t>(T) * P);
-  pool.parallel_for(T, 64, [&](int64_t a, int64_t b, int) {
-    bf16dp::split_rows(x + a * K, K, nullptr, static_cast<int>(b - a), K, xb.data() + a * P, nullptr);
-  });
-  // Units of 256 rows x 128 columns, rows outermost: a unit's rows stay in cache across the columns that follow.
+  if (splits.empty()) return;
+  for (Split& s : splits) {
+    const int K = s.K, P = (K + 1) / 2;
+    s.xb.resize(static_cast<size_t>(s.T) * P);
+    pool.parallel_for(s.T, 64, [&](int64_t a, int64_t b, int) {
+      bf16dp::split_rows(s.x + a * K, K, nullptr, static_cast<int>(b - a), K, s.xb.data() + a * P, nullptr);
+    });
+  }
+  // Units of 256 rows x 128 columns, rows outermost within a job: a unit's rows stay in cache across the columns
+  // that follow. Every job's units go to one dispatch.
   constexpr int kUnitRows = 256, kUnitCols = 128;
-  const int row_units = (T + kUnitRows - 1) / kUnitRows, col_units = (N + kUnitCols - 1) / kUnitCols;
-  std::atomic<int> next{0};
+  struct Unit {
+    int job, t0, n0;
+  };
+  std::vector<Unit> units;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (split_of[i] < 0) continue;
+    const int T = jobs[i].T, N = jobs[i].W.rows;
+    for (int t0 = 0; t0 < T; t0 += kUnitRows)
+      for (int n0 = 0; n0 < N; n0 += kUnitCols) units.push_back({static_cast<int>(i), t0, n0});
+  }
+  std::atomic<size_t> next{0};
   pool.run_on_all([&](int) {
     thread_local std::vector<uint32_t> panel;
     if (panel.size() < static_cast<size_t>(bf16dp::kKCP) * bf16dp::kNR) panel.resize(static_cast<size_t>(bf16dp::kKCP) * bf16dp::kNR);
-    for (int u; (u = next.fetch_add(1)) < row_units * col_units;) {
-      const int t0 = (u / col_units) * kUnitRows, n0 = (u % col_units) * kUnitCols;
-      bf16dp::gemm_rows(xb.data() + static_cast<size_t>(t0) * P, nullptr, std::min(kUnitRows, T - t0), K, W.data, n0,
-                        std::min(kUnitCols, N - n0), y + static_cast<size_t>(t0) * N + n0, N, accumulate, panel.data());
+    for (size_t u; (u = next.fetch_add(1)) < units.size();) {
+      const Unit& un = units[u];
+      const MatmulJob& j = jobs[un.job];
+      const int N = j.W.rows, K = j.W.cols, P = (K + 1) / 2;
+      bf16dp::gemm_rows(splits[split_of[un.job]].xb.data() + static_cast<size_t>(un.t0) * P, nullptr,
+                        std::min(kUnitRows, j.T - un.t0), K, j.W.data, un.n0, std::min(kUnitCols, N - un.n0),
+                        j.y + static_cast<size_t>(un.t0) * N + un.n0, N, j.accumulate, panel.data());
     }
   });
 }
@@ -165,7 +195,7 @@ void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulat
   const int N = W.rows, K = W.cols;
   if (!has_avx512()) return generic_rows(x, T, W, 0, N, y, accumulate);
   const int dt = dt_code(W.dtype);
-  if (T <= 4) return avx512::dot_rows(x, T, K, W.data, dt, 0, N, y, N, accumulate);
+  if (T <= kStreamRows) return avx512::dot_rows(x, T, K, W.data, dt, 0, N, y, N, accumulate);
   thread_local std::vector<float> panel;
   panel.resize(256 * 32);
   avx512::gemm_panel(x, T, K, W.data, dt, 0, N, y, N, accumulate, panel.data());
@@ -304,8 +334,8 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
                            double* loss, float* dx) {
   if (T <= 0) return;
   const int V = W.rows, K = W.cols;
-  std::vector<float> z(static_cast<size_t>(T) * V);
   if (W.tiled() || !has_avx512()) {  // two reads of W: logits, then the input gradient
+    std::vector<float> z(static_cast<size_t>(T) * V);
     matmul(pool, x, T, W, z.data());
     for (int t = 0; t < T; ++t) {
       float* zt = z.data() + static_cast<size_t>(t) * V;
@@ -326,20 +356,28 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
   const int slabs = (V + kSlab - 1) / kSlab, parts = std::min(slabs, 16);
   std::vector<float> m(static_cast<size_t>(parts) * T, -INFINITY), za(T, 0.f);
   std::vector<double> s(static_cast<size_t>(parts) * T, 0.0);
-  std::vector<float> acc(dx ? static_cast<size_t>(parts) * T * K : 0, 0.f);
+  // Each part's share of Σ_v exp(z_v − m) W_v, kept across calls (one C3PO step after another) by the calling thread.
+  thread_local std::vector<float> acc_kept;
+  if (dx && acc_kept.size() < static_cast<size_t>(parts) * T * K) acc_kept.resize(static_cast<size_t>(parts) * T * K);
+  float* const acc = acc_kept.data();  // the calling thread's buffer, named so inside the workers' loop
   std::atomic<int> next{0};
   pool.run_on_all([&](int) {
+    thread_local std::vector<float> z;  // one slab's logits [T][kSlab]
+    if (z.size() < static_cast<size_t>(T) * kSlab) z.resize(static_cast<size_t>(T) * kSlab);
     for (int p; (p = next.fetch_add(1)) < parts;) {
       float* mp = m.data() + static_cast<size_t>(p) * T;
       double* sp = s.data() + static_cast<size_t>(p) * T;
-      float* ap = dx ? acc.data() + static_cast<size_t>(p) * T * K : nullptr;
+      float* ap = dx ? acc + static_cast<size_t>(p) * T * K : nullptr;
+      if (ap) std::fill(ap, ap + static_cast<size_t>(T) * K, 0.f);
       for (int b = slabs * p / parts; b < slabs * (p + 1) / parts; ++b) {
-        const int n0 = b * kSlab, n1 = std::min(V, n0 + kSlab);
-        avx512::dot_rows(x, T, K, W.data, dt, n0, n1, z.data(), V, 0);
+        // Rows n0..n1 of W as rows 0..n of the slab (the kernels walk them from their first row either way).
+        const int n0 = b * kSlab, n = std::min(V, n0 + kSlab) - n0;
+        const uint8_t* Ws = W.row(n0);
+        avx512::dot_rows(x, T, K, Ws, dt, 0, n, z.data(), kSlab, 0);
         for (int t = 0; t < T; ++t) {
-          float* zt = z.data() + static_cast<size_t>(t) * V;
-          if (target[t] >= n0 && target[t] < n1) za[t] = zt[target[t]];
-          const float bm = *std::max_element(zt + n0, zt + n1);
+          float* zt = z.data() + static_cast<size_t>(t) * kSlab;
+          if (target[t] >= n0 && target[t] < n0 + n) za[t] = zt[target[t] - n0];
+          const float bm = *std::max_element(zt, zt + n);
           if (bm > mp[t]) {  // a new running max: what was summed against the old one shrinks
             if (sp[t] > 0) {
               const float r = std::exp(mp[t] - bm);
@@ -350,10 +388,10 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
             mp[t] = bm;
           }
           double sum = 0;
-          for (int v = n0; v < n1; ++v) sum += (zt[v] = std::exp(zt[v] - mp[t]));
+          for (int v = 0; v < n; ++v) sum += (zt[v] = std::exp(zt[v] - mp[t]));
           sp[t] += sum;
         }
-        if (ap) avx512::backward_stream(z.data(), T, V, W.data, dt, K, n0, n1, ap);
+        if (ap) avx512::backward_stream(z.data(), T, kSlab, Ws, dt, K, 0, n, ap);
       }
     }
   }, int64_t(T) * V * K * (dx ? 2 : 1));
@@ -368,7 +406,7 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
     float* out = dx + static_cast<size_t>(t) * K;
     for (int p = 0; p < parts; ++p) {
       const float f = static_cast<float>(weight[t] * std::exp(double(m[static_cast<size_t>(p) * T + t]) - mx) / sum);
-      const float* a = acc.data() + (static_cast<size_t>(p) * T + t) * K;
+      const float* a = acc + (static_cast<size_t>(p) * T + t) * K;
       for (int k = 0; k < K; ++k) out[k] += f * a[k];
     }
     convert_to_f32(W.row(target[t]), W.dtype, row.data(), K);

@@ -8,6 +8,10 @@
 
 namespace routescope {
 
+// Products of up to this many rows stream the weights (dot_rows, memory-bound decode); more rows pack them into
+// panels (compute-bound prefill), where bf16 activations pay off.
+constexpr int kStreamRows = 4;
+
 // y[T,N] = x[T,K] · W[N,K]^T  (y += ... when accumulate). x rows are contiguous (ld = K), y rows ld = N.
 void matmul(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate = false);
 // dx[T,K] = dy[T,N] · W[N,K]  (dx += ... when accumulate): the input gradient of matmul.
@@ -30,6 +34,8 @@ struct MatmulJob {
   bool accumulate = false;
 };
 void matmul_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
+// matmul_bf16_rounded for several products in one dispatch; jobs reading the same x convert it to bf16 once.
+void matmul_bf16_rounded_batch(ThreadPool& pool, const std::vector<MatmulJob>& jobs);
 // Cross-entropy of target[t] under softmax(x[t] · Wᵀ) for a few rows x (an LM head over the vocabulary) into
 // loss[t], and with dx, dx[t] += weight[t] · dloss[t]/dx[t], reading W once (matmul then matmul_backward_input read it
 // twice): each slab of W's rows gives its logits and, while in cache, its share of Σ_v exp(z_v − m) W_v with a running

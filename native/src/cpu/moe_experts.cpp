@@ -21,7 +21,6 @@ namespace {
 
 constexpr int kUnitRows = 128;                     // rows of one expert per work unit (bounds the scratch)
 constexpr size_t kKeepBytes = size_t(64) << 20;    // scratch a thread keeps between calls
-constexpr int kDotRows = 4;                        // up to this many rows an expert streams its weights (no packing)
 
 // Growable memory owned by one thread and reused across calls, so repeated forwards (and the layers of one forward)
 // do not fault in and zero fresh pages: contents are not initialised. Large buffers ask for transparent huge pages;
@@ -150,7 +149,7 @@ void unit_avx512(const float* x, const int32_t* tok, int m, const Mat& gate, con
   float* u = ws.u.get<float>(static_cast<size_t>(m) * I);
   float* panel = ws.panel.get<float>(256 * 32);
   auto product = [&](const Mat& W, const float* in, int K, int N, float* out) {
-    if (m <= kDotRows) avx512::dot_rows(in, m, K, W.data, dt_code(W.dtype), 0, N, out, N, 0);
+    if (m <= kStreamRows) avx512::dot_rows(in, m, K, W.data, dt_code(W.dtype), 0, N, out, N, 0);
     else avx512::gemm_panel(in, m, K, W.data, dt_code(W.dtype), 0, N, out, N, 0, panel);
   };
   product(gate, xs, H, I, g);
@@ -168,7 +167,7 @@ void unit_avx512(const float* x, const int32_t* tok, int m, const Mat& gate, con
 // rounded: one bf16 part per activation (no lo), half the products.
 void unit_bf16(const float* x, const int32_t* tok, int m, const Mat& gate, const Mat& up, const Mat& down, float* o,
                float* save_g, float* save_u, const int32_t* rows, WorkerScratch& ws, bool rounded) {
-  if (m <= kDotRows) {  // memory-bound: stream the weights once, no packing
+  if (m <= kStreamRows) {  // memory-bound: stream the weights once, no packing
     unit_avx512(x, tok, m, gate, up, down, o, save_g, save_u, rows, ws);
     return;
   }

@@ -46,18 +46,17 @@ void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   while (true) {
     const std::function<void(int)>* job;
-    spin_until([&] { return generation_seen_.load(std::memory_order_acquire) != seen; });
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      cv_start_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
       if (stop_) return;
-      seen = generation_;
+      seen = generation_.load(std::memory_order_relaxed);
       job = job_;
     }
     (*job)(index);
-    if (pending_atomic_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mu_);
-      pending_ = 0;
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mu_);  // the dispatcher checks pending_ under mu_ before it sleeps
       cv_done_.notify_one();
     }
   }
@@ -78,16 +77,14 @@ void ThreadPool::run_on_all(const std::function<void(int)>& fn, int64_t work) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
-    pending_ = static_cast<int>(workers_.size());
-    pending_atomic_.store(pending_, std::memory_order_release);
-    ++generation_;
-    generation_seen_.store(generation_, std::memory_order_release);
+    pending_.store(static_cast<int>(workers_.size()), std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   cv_start_.notify_all();
   fn(0);
-  if (spin_until([&] { return pending_atomic_.load(std::memory_order_acquire) == 0; })) return;
+  if (spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) return;
   std::unique_lock<std::mutex> lock(mu_);
-  cv_done_.wait(lock, [&] { return pending_atomic_.load(std::memory_order_acquire) == 0; });
+  cv_done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t, int)>& fn,

@@ -14,7 +14,7 @@ class ThreadPool {
   explicit ThreadPool(int threads);
   ~ThreadPool();
   int size() const { return static_cast<int>(workers_.size()) + 1; }
-  // `work` below: the loop's size in multiply-adds (about); a loop smaller than min_parallel_work() runs on the
+  // `work` below: the loop's size in multiply-adds (about); a loop smaller than the threshold (below) runs on the
   // calling thread, as if the pool had one thread: waking the workers would cost more than they save (tiny models,
   // one-position C3PO steps), most of all on a loaded machine. Negative: unknown, always split.
   // Calls fn(chunk_begin, chunk_end, thread_index) over [0, n) split into chunks of at least `grain`.
@@ -25,7 +25,6 @@ class ThreadPool {
   // Whether a loop of this much work goes to the workers.
   bool splits(int64_t work) const { return !workers_.empty() && (work < 0 || work >= min_parallel_work_); }
   static constexpr int64_t kMinParallelWork = int64_t(1) << 20;
-  int64_t min_parallel_work() const { return min_parallel_work_; }
   // 0: every loop goes to the workers; a huge value: none does (the tests compare the two).
   void set_min_parallel_work(int64_t work) { min_parallel_work_ = work; }
 
@@ -36,12 +35,10 @@ class ThreadPool {
   std::mutex dispatch_mu_;  // held by the thread whose loop the workers are running
   std::condition_variable cv_start_, cv_done_;
   const std::function<void(int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  std::atomic<uint64_t> generation_seen_{0};  // generation_, readable without mu_ (the brief spin before sleeping)
-  int pending_ = 0;
+  std::atomic<uint64_t> generation_{0};  // written under mu_; read without it by the brief spin before sleeping
+  std::atomic<int> pending_{0};         // workers still running the current loop
   bool stop_ = false;
   int64_t min_parallel_work_ = kMinParallelWork;
-  std::atomic<int> pending_atomic_{0};
 };
 
 }  // namespace routescope
