@@ -50,7 +50,19 @@ export function modelCommands(c: CommandContext) {
     await context.globalState.update(RECENT_KEY, [dir, ...recent].slice(0, RECENT_LIMIT));
   };
 
-  const openModelDir = async (dir: string, { remembered = true } = {}): Promise<boolean> => {
+  // The open in flight, if any: an action asked for meanwhile waits for it instead of offering to open another.
+  let opening: Promise<boolean> | undefined;
+
+  const openModelDir = (dir: string, options: { remembered?: boolean } = {}): Promise<boolean> => {
+    const attempt = openModelDirNow(dir, options);
+    opening = attempt;
+    void attempt.finally(() => {
+      if (opening === attempt) opening = undefined;
+    });
+    return attempt;
+  };
+
+  const openModelDirNow = async (dir: string, { remembered = true } = {}): Promise<boolean> => {
     const problem = checkModelFolder(dir);
     if (problem) {
       void vscode.window.showErrorMessage(`Routescope: ${problem}`);
@@ -127,6 +139,7 @@ export function modelCommands(c: CommandContext) {
   /** True when a model is open, after offering to open one. */
   const ensureModel = async (): Promise<boolean> => {
     if (session.model) return true;
+    if (opening && (await opening) && session.model) return true;
     const choice = await vscode.window.showWarningMessage('Routescope: no model is open.', ...(demoAvailable(context) ? ['Open Demo Model'] : []), 'Open Model…');
     if (choice === 'Open Demo Model') return openDemoModel();
     if (choice === 'Open Model…') return openModel();

@@ -129,10 +129,8 @@ export class StatsPanel implements vscode.Disposable {
         this.panel = undefined;
         this.ready = false;
       }),
-      // A hidden webview is unloaded; it asks for the statistics again (ready) when shown.
-      panel.onDidChangeViewState((e) => {
-        if (!e.webviewPanel.visible) this.ready = false;
-      }),
+      // No view-state gate: a hidden page drops what is posted and asks for all of it again (ready) when shown, while
+      // a view-state event arriving after the page's ready (as on a window reload) would silence a live page.
     );
     this.panel = panel;
   }
