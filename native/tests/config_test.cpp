@@ -197,3 +197,15 @@ TEST("router: the weight and scoring backward match finite differences (sigmoid,
     CHECK_MSG(std::fabs(fd - dz[e]) < 2e-4, "expert " << e << ": " << dz[e] << " vs " << fd);
   }
 }
+
+TEST("config: per-layer lists name real layers and known kinds (mlp_only_layers, layer_types), read as one rule") {
+  const std::string qwen = demo_with("model_type", "\"qwen2_moe\"", {{"shared_expert_intermediate_size", "64"}, {"moe_intermediate_size", "32"}});
+  CHECK_MSG(config_error(qwen).empty(), config_error(qwen));
+  std::string err = config_error(demo_with("model_type", "\"qwen2_moe\"", {{"shared_expert_intermediate_size", "64"}, {"moe_intermediate_size", "32"}, {"mlp_only_layers", "[1, 4]"}}));
+  CHECK_MSG(err.find("\"mlp_only_layers\" holds 4, not a layer number below num_hidden_layers (4)") != std::string::npos, err);
+  err = config_error(demo_with("model_type", "\"qwen2_moe\"", {{"shared_expert_intermediate_size", "64"}, {"moe_intermediate_size", "32"}, {"mlp_only_layers", "2"}}));
+  CHECK_MSG(err.find("\"mlp_only_layers\" must be a list of layer numbers") != std::string::npos, err);
+  ModelInfo info;
+  const ModelConfig cfg = parse_config(Json::parse(demo_with("model_type", "\"qwen2_moe\"", {{"shared_expert_intermediate_size", "64"}, {"moe_intermediate_size", "32"}, {"mlp_only_layers", "[0, 3]"}})), "config.json", info);
+  CHECK(cfg.moe_layer == std::vector<bool>({false, true, true, false}));
+}

@@ -108,9 +108,9 @@ TEST("llama4 config: contradictions refused in one line naming the field") {
   expect_error(config_with(kText, {{"attention_chunk_size", "null"}}),
                "layer 0 is chunked_attention but \"attention_chunk_size\" is null");
   expect_error(config_with(kText, {{"layer_types", R"(["chunked_attention", "sliding_attention", "full_attention", "full_attention"])"}}),
-               "\"layer_types\"[1] is \"sliding_attention\" (llama4 layers are chunked_attention or full_attention)");
+               "\"layer_types\"[1] is \"sliding_attention\" (chunked_attention or full_attention)");
   expect_error(config_with(kText, {{"layer_types", R"(["full_attention"])"}}),
-               "\"layer_types\" must list \"chunked_attention\" or \"full_attention\" once per layer (4, num_hidden_layers)");
+               "\"layer_types\" must list chunked_attention or full_attention once per layer (4, num_hidden_layers)");
   expect_error(config_with(kText, {{"moe_layers", "[1, 4]"}}), "\"moe_layers\" holds 4, not a layer number below num_hidden_layers (4)");
   expect_error(config_with(kText, {{"interleave_moe_layer_step", "0"}}), "\"interleave_moe_layer_step\" = 0 is out of range");
   expect_error(config_with(kText, {{"hidden_act", "\"gelu\""}}), "\"hidden_act\" \"gelu\" is not supported for llama4 (silu is)");

@@ -1,5 +1,4 @@
 // Mixtral, OLMoE, Qwen2-MoE and Qwen3-MoE: GQA attention with RoPE (rotate_half), softmax routers.
-#include <set>
 
 #include "model/arch.h"
 
@@ -13,18 +12,8 @@ constexpr WeightReader::ExpertNames kMixtralNames{"w1.weight", "w3.weight", "w2.
 // qwen2_moe / qwen3_moe: dense MLP layers via mlp_only_layers and decoder_sparse_step.
 void read_sparse_step(const ConfigReader& c, ModelConfig& cfg) {
   const int step = c.integer("decoder_sparse_step", 0, limits::kLayers, 1);
-  std::set<int> dense;
-  if (const Json* m = c.get("mlp_only_layers")) {
-    if (!m->is_array()) c.fail("\"mlp_only_layers\" must be a list of layer numbers");
-    for (const auto& x : m->items()) {
-      int64_t l;
-      if (!x.as_int64(l) || l < 0 || l >= cfg.layers)
-        c.fail("\"mlp_only_layers\" holds " + x.dump() + ", not a layer number below num_hidden_layers (" +
-               std::to_string(cfg.layers) + ")");
-      dense.insert(static_cast<int>(l));
-    }
-  }
-  for (int l = 0; l < cfg.layers; ++l) cfg.moe_layer[l] = !dense.count(l) && step > 0 && (l + 1) % step == 0;
+  const std::vector<bool> dense = c.get("mlp_only_layers") ? c.layer_set("mlp_only_layers", cfg.layers) : std::vector<bool>(cfg.layers, false);
+  for (int l = 0; l < cfg.layers; ++l) cfg.moe_layer[l] = !dense[l] && step > 0 && (l + 1) % step == 0;
 }
 
 void read_mixtral(const ConfigReader& c, ModelConfig& cfg) {

@@ -33,17 +33,9 @@ void read_gpt_oss(const ConfigReader& c, ModelConfig& cfg) {
   // Sliding window per layer: layer_types, or transformers' default (even layers sliding, odd ones full).
   const int window = c.integer("sliding_window", 0, limits::kPositions, 0);
   cfg.layer_window.assign(cfg.layers, 0);
-  if (const Json* lt = c.get("layer_types")) {
-    if (!lt->is_array() || static_cast<int>(lt->items().size()) != cfg.layers)
-      c.fail("\"layer_types\" must list one of \"sliding_attention\" / \"full_attention\" per layer (" +
-             std::to_string(cfg.layers) + ")");
-    for (int l = 0; l < cfg.layers; ++l) {
-      const Json& t = lt->items()[l];
-      const std::string s = t.is_string() ? t.as_string() : t.dump();
-      if (s == "sliding_attention") cfg.layer_window[l] = -1;
-      else if (s != "full_attention")
-        c.fail("\"layer_types\"[" + std::to_string(l) + "] is " + t.dump() + " (sliding_attention or full_attention)");
-    }
+  if (c.get("layer_types")) {
+    const std::vector<int> kind = c.layer_kinds("layer_types", cfg.layers, {"sliding_attention", "full_attention"});
+    for (int l = 0; l < cfg.layers; ++l) cfg.layer_window[l] = kind[l] == 0 ? -1 : 0;
   } else {
     for (int l = 0; l < cfg.layers; l += 2) cfg.layer_window[l] = -1;
   }

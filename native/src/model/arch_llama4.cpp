@@ -51,12 +51,7 @@ void read_llama4(const ConfigReader& c, ModelConfig& cfg) {
   // MoE layers: moe_layers, else every interleave_moe_layer_step-th layer from step - 1.
   std::vector<bool> moe(L, false);
   if (c.get("moe_layers")) {
-    for (int64_t l : int_list(c, "moe_layers", "layer numbers")) {
-      if (l < 0 || l >= L)
-        c.fail("\"moe_layers\" holds " + std::to_string(l) + ", not a layer number below num_hidden_layers (" +
-               std::to_string(L) + ")");
-      moe[l] = true;
-    }
+    moe = c.layer_set("moe_layers", L);
   } else {
     const int step = c.integer("interleave_moe_layer_step", 1, limits::kLayers, 1);
     for (int l = step - 1; l < L; l += step) moe[l] = true;
@@ -82,18 +77,9 @@ void read_llama4(const ConfigReader& c, ModelConfig& cfg) {
 
   // Attention per layer: layer_types, else chunked on the RoPE layers and full on the NoPE ones.
   std::vector<bool> chunked(L);
-  if (const Json* lt = c.get("layer_types")) {
-    if (!lt->is_array() || static_cast<int>(lt->items().size()) != L)
-      c.fail("\"layer_types\" must list \"chunked_attention\" or \"full_attention\" once per layer (" + std::to_string(L) +
-             ", num_hidden_layers)");
-    for (int l = 0; l < L; ++l) {
-      const Json& t = lt->items()[l];
-      const std::string s = t.is_string() ? t.as_string() : t.dump();
-      if (s != "chunked_attention" && s != "full_attention")
-        c.fail("\"layer_types\"[" + std::to_string(l) + "] is " + t.dump() +
-               " (llama4 layers are chunked_attention or full_attention)");
-      chunked[l] = s == "chunked_attention";
-    }
+  if (c.get("layer_types")) {
+    const std::vector<int> kind = c.layer_kinds("layer_types", L, {"chunked_attention", "full_attention"});
+    for (int l = 0; l < L; ++l) chunked[l] = kind[l] == 0;
   } else {
     for (int l = 0; l < L; ++l) chunked[l] = rope_flags[l] != 0;
   }

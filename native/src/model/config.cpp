@@ -121,6 +121,35 @@ std::string ConfigReader::string(const std::string& key, const std::string& fall
   return v->as_string();
 }
 
+std::vector<bool> ConfigReader::layer_set(const std::string& key, int layers) const {
+  const Json* v = get(key);
+  if (!v->is_array()) fail("\"" + key + "\" must be a list of layer numbers");
+  std::vector<bool> in(layers, false);
+  for (const Json& x : v->items()) {
+    int64_t l;
+    if (!x.as_int64(l) || l < 0 || l >= layers)
+      fail("\"" + key + "\" holds " + x.dump() + ", not a layer number below num_hidden_layers (" + std::to_string(layers) + ")");
+    in[l] = true;
+  }
+  return in;
+}
+
+std::vector<int> ConfigReader::layer_kinds(const std::string& key, int layers, const std::vector<std::string>& kinds) const {
+  std::string names;
+  for (const std::string& k : kinds) names += (names.empty() ? "" : " or ") + k;
+  const Json* v = get(key);
+  if (!v->is_array() || static_cast<int>(v->items().size()) != layers)
+    fail("\"" + key + "\" must list " + names + " once per layer (" + std::to_string(layers) + ", num_hidden_layers)");
+  std::vector<int> out(layers);
+  for (int l = 0; l < layers; ++l) {
+    const Json& t = v->items()[l];
+    const auto it = t.is_string() ? std::find(kinds.begin(), kinds.end(), t.as_string()) : kinds.end();
+    if (it == kinds.end()) fail("\"" + key + "\"[" + std::to_string(l) + "] is " + t.dump() + " (" + names + ")");
+    out[l] = static_cast<int>(it - kinds.begin());
+  }
+  return out;
+}
+
 namespace {
 
 constexpr double kInf = INFINITY;

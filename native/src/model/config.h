@@ -150,6 +150,10 @@ class ConfigReader {
   double number(const std::string& key, double fallback, double lo, double hi, bool lo_open = false) const;
   bool boolean(const std::string& key, bool fallback) const;
   std::string string(const std::string& key, const std::string& fallback) const;
+  // A present list of layer numbers below `layers` (num_hidden_layers), as a per-layer flag.
+  std::vector<bool> layer_set(const std::string& key, int layers) const;
+  // A present list naming one of `kinds` for each of `layers` layers, as the index of each layer's kind.
+  std::vector<int> layer_kinds(const std::string& key, int layers, const std::vector<std::string>& kinds) const;
   [[noreturn]] void fail(const std::string& what) const;
   const std::string& path() const { return path_; }
   const Json& root() const { return root_; }
