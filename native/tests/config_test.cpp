@@ -29,15 +29,7 @@ std::string read_text(const fs::path& p) {
 std::string demo_with(const std::string& key, const std::string& raw, std::map<std::string, std::string> more = {}) {
   more[key] = raw;
   const fs::path demo = fs::path(rstest::fixtures_dir) / ".." / ".." / "media" / "demo-model" / "config.json";
-  Json root = Json::parse(read_text(demo));
-  std::string out = "{";
-  for (const auto& kv : root.members()) {
-    auto it = more.find(kv.first);
-    out += (out.size() > 1 ? ",\"" : "\"") + kv.first + "\":" + (it != more.end() ? it->second : kv.second.dump());
-    if (it != more.end()) more.erase(it);
-  }
-  for (const auto& kv : more) out += ",\"" + kv.first + "\":" + kv.second;
-  return out + "}";
+  return rstest::config_with(read_text(demo), {more.begin(), more.end()});
 }
 
 }  // namespace
