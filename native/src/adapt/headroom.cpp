@@ -255,9 +255,7 @@ HeadroomResult routing_headroom(Session& session, const std::vector<int>& prompt
   const ModelConfig& cfg = s.m_.checkpoint().config;
   const int E = cfg.experts, L = cfg.layers;
   require_score_router(cfg.router, "routing headroom");
-  if (cfg.expert_mlp.input_scaled)  // its candidates replay cached expert outputs by weight
-    throw Error("UNSUPPORTED", "routing headroom is not available for llama4: it replays each layer as a weighted sum of "
-                               "cached expert outputs, and Llama 4's routing weight scales the expert's input instead");
+  require_output_mixing(cfg.expert_mlp, "routing headroom");  // its candidates replay cached expert outputs by weight
   if (prompt.empty()) throw Error("BAD_TOKENS", "no prompt tokens");
   s.check_tokens(prompt, 0);
   if (o.label < 0 || o.label >= cfg.vocab) throw Error("BAD_TOKENS", "the label token is outside the vocabulary");

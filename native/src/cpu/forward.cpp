@@ -660,10 +660,7 @@ void Decoder::moe_parts(int l, const float* h_mid, float* z, float* experts, flo
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden, E = cfg_.experts, I = cfg_.expert_width;
   if (!w.moe) throw Error("BAD_ARGUMENT", "layer " + std::to_string(l) + " has no router");
-  // Llama 4's weight scales the expert's input: its block is no weighted sum of routing-independent outputs.
-  if (cfg_.expert_mlp.input_scaled)
-    throw Error("UNSUPPORTED", "the MoE block of layer " + std::to_string(l) + " is not a weighted sum of expert outputs " +
-                                   "(llama4: the routing weight scales each expert's input)");
+  require_output_mixing(cfg_.expert_mlp, "splitting layer " + std::to_string(l) + "'s MoE block into expert outputs");
   std::vector<float> x(H);
   norm_row(h_mid, w.mlp_norm.data(), bias_or_null(w.mlp_norm_bias), H, cfg_.eps, x.data());
   matmul(pool_, x.data(), 1, w.router, z);

@@ -108,6 +108,12 @@ void require_score_router(const RouterRule& rule, const char* method) {
                                    "score row over all experts that " + method + " could re-mix");
 }
 
+void require_output_mixing(const ExpertMlp& mlp, const std::string& method) {
+  if (mlp.input_scaled)
+    throw Error("UNSUPPORTED", method + " is not available for llama4: it replays the MoE block as a weighted sum of " +
+                                   "cached expert outputs, and Llama 4's routing weight scales each expert's input instead");
+}
+
 void route_token(const RouterRule& rule, const float* z_raw, int E, int k, const float* selection_bias,
                  const LayerPatch* lp, int abs_pos, float* s, int32_t* sel, float* w, bool* mixed) {
   if (rule.scoring == Scoring::SparseMixer) {

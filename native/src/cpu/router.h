@@ -21,6 +21,7 @@
 //   a mix row has no meaning here (there is no score row to replace); the patch parser refuses it
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "model/config.h"
 #include "routescope/engine.h"
@@ -47,6 +48,9 @@ void sparsemixer_backward(int E, int k, const float* scores, const float* w, con
 // Refuses (Error UNSUPPORTED) a method built on score rows (C3PO's ω, rerouting's confidence, headroom's re-mixes)
 // for a router that has none (SparseMixer).
 void require_score_router(const RouterRule& rule, const char* method);
+// Refuses (Error UNSUPPORTED) a method that replays an MoE block as a weighted sum of cached expert outputs for
+// experts whose routing weight scales their input instead (Llama 4).
+void require_output_mixing(const ExpertMlp& mlp, const std::string& method);
 // ω = scoring(θ): the row a mix gradient or C3PO's θ stands for (softmax: a distribution; sigmoid: per expert).
 void scores_from_logits(Scoring scoring, const float* theta, int E, float* out);
 
