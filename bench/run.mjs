@@ -600,7 +600,9 @@ function table(res) {
       lines.push(padEnd('  per CPU-second', w[0]) + pad(ratioCell(r.per_cpu_second.prefill), w[1]) + pad(olong ? ratioCell(r.per_cpu_second.long_prefill) : '', w[2]) + pad(ratioCell(r.per_cpu_second.decode), w[3]));
     }
     if (typeof o.bound_tokens_per_s === 'number') {
-      lines.push(`  decode vs bandwidth bound: ${fmt(o.decode_tokens_per_s, 2)} of ${fmt(o.bound_tokens_per_s)} tok/s (${fmt(o.active_bytes_per_token / 1e9, 3)} GB read per token) = ${fmt(100 * o.fraction_of_bound, 0)}%`);
+      const rows = o.engines.filter((e) => isEngine(e) && !e.error && typeof e.fraction_of_bound === 'number');
+      const each = rows.length > 1 ? rows.map((e) => `${e.activations} activations ${fmt(e.decode_tokens_per_s, 2)} = ${fmt(100 * e.fraction_of_bound, 0)}%`).join(', ') : `${fmt(o.decode_tokens_per_s, 2)} = ${fmt(100 * o.fraction_of_bound, 0)}%`;
+      lines.push(`  decode vs bandwidth bound of ${fmt(o.bound_tokens_per_s)} tok/s (${fmt(o.active_bytes_per_token / 1e9, 3)} GB read per token): ${each}`);
     }
     const om = o.llama_check_mxfp4;
     if (om?.prompts) {
@@ -608,7 +610,14 @@ function table(res) {
     }
     const oc = o.llama_check;
     if (oc?.prompts) {
-      lines.push(`  same model check (llama.cpp BF16 vs routescope inspect, last position, ${oc.prompts.map((x) => x.tokens).join('/')}-token prompts): top-5 tokens ${oc.top5_identical ? 'identical' : 'DIFFER (llama.cpp not timed)'}, max |logit diff| ${oc.prompts.map((x) => x.max_abs_logit_diff.toFixed(4)).join(' / ')} (logits up to ${fmt(Math.max(...oc.prompts.map((x) => x.max_abs_logit)), 2)})`);
+      // One line per activation precision checked; llama.cpp is timed when the first (the default) agrees.
+      const checked = Object.keys(oc.by_activations ?? { [oc.activations]: oc });
+      for (const [i, a] of checked.entries()) {
+        const ps = oc.prompts.map((x) => x.by_activations?.[a] ?? x);
+        const same = ps.every((x) => x.top5_identical);
+        const verdict = same ? 'identical' : i === 0 ? 'DIFFER (llama.cpp not timed)' : 'DIFFER';
+        lines.push(`  same model check (llama.cpp BF16 vs routescope inspect${checked.length > 1 ? ` --activations ${a}` : ''}, last position, ${oc.prompts.map((x) => x.tokens).join('/')}-token prompts): top-5 tokens ${verdict}, max |logit diff| ${ps.map((x) => x.max_abs_logit_diff.toFixed(4)).join(' / ')} (logits up to ${fmt(Math.max(...ps.map((x) => x.max_abs_logit)), 2)})`);
+      }
     } else if (oc?.skipped) {
       lines.push(`  llama.cpp: not compared (${oc.skipped})`);
     } else if (oc?.error) {
@@ -838,8 +847,10 @@ async function main() {
     const promptTokens = Math.min(opts.promptTokens, ocfg.max_position_embeddings - opts.decodeTokens);
     const longPromptTokens = Math.min(opts.longPromptTokens, ocfg.max_position_embeddings);
     const entry = { shape, dir: path.relative(ROOT, odir), file_bytes: ock.fileBytes, model_type: ock.config.model_type, prompt_tokens: promptTokens, long_prompt_tokens: longPromptTokens, engines: [], ratios: [], llama_check: null };
-    const rsEntry = { id: 'routescope', label: engines[0].label, activations: engines[0].activations, runs: [] };
-    entry.engines.push(rsEntry);
+    // The same engine rows as the main comparison (one per activation precision), in the same interleaved rounds.
+    const rsEntries = engines.filter(isEngine).map((e) => ({ id: e.id, label: e.label.replace(/ \[ran .*\]$/, ''), activations: e.activations, runs: [] }));
+    const rsEntry = rsEntries[0];
+    entry.engines.push(...rsEntries);
     let gguf = null;
     if (!llamaReady) entry.llama_check = { skipped: opts.peers.includes('llama') ? 'the llama.cpp peer is unavailable' : 'no llama peer (--peers)' };
     else if (!ggufArchitecture(ocfg)) entry.llama_check = { skipped: `the GGUF writer has no llama.cpp layout for model_type ${ocfg.model_type}` };
@@ -848,7 +859,8 @@ async function main() {
       const g = ensureGguf(odir, OUT, 'bf16', log);
       log(g.reused ? `reusing ${path.relative(ROOT, g.file)}` : `wrote ${path.relative(ROOT, g.file)} (${gb(g.bytes)}) in ${g.seconds.toFixed(1)} s`);
       log(`${shape}: same-model check, llama.cpp vs routescope inspect on ${CHECK_PROMPT_LENGTHS.join('/')}-token prompts ...`);
-      let check = llamaCrossCheck(odir, g.file, opts, ocfg.vocab_size, [rsEntry.activations]);
+      const checkActivations = rsEntries.map((e) => e.activations);
+      let check = llamaCrossCheck(odir, g.file, opts, ocfg.vocab_size, checkActivations);
       let label = ocfg.model_type === 'gpt_oss' ? 'llama.cpp BF16 (MXFP4 experts)' : 'llama.cpp BF16';
       let file = g;
       if (!check.error && !check.top5_identical && ocfg.quantization_config?.quant_method === 'mxfp4') {
@@ -857,7 +869,7 @@ async function main() {
         entry.llama_check_mxfp4 = check;
         file = ensureGguf(odir, OUT, 'bf16', log, { dequantizeMxfp4: true });
         log(`${shape}: the MXFP4 GGUF's top 5 differ; same-model check of the experts dequantized to BF16 ...`);
-        check = llamaCrossCheck(odir, file.file, opts, ocfg.vocab_size, [rsEntry.activations]);
+        check = llamaCrossCheck(odir, file.file, opts, ocfg.vocab_size, checkActivations);
         label = 'llama.cpp BF16 (experts dequantized)';
       }
       entry.llama_check = check;
@@ -868,14 +880,23 @@ async function main() {
         entry.engines.push({ id: 'llama_bf16', label, gguf: path.relative(ROOT, file.file), gguf_bytes: file.bytes, runs: [] });
       }
     }
-    const measure = (e, prompt, decode) => (isEngine(e) ? engineRun(odir, rsEntry.activations, prompt, decode) : llamaTime(gguf, opts, ocfg.vocab_size, prompt, decode));
+    const measure = (e, prompt, decode) => (isEngine(e) ? engineRun(odir, e.activations, prompt, decode) : llamaTime(gguf, opts, ocfg.vocab_size, prompt, decode));
     const failure = timeRounds(entry.engines, opts, promptTokens, longPromptTokens, measure, `${shape}: `);
     if (failure) {
       realError = realError ?? failure;
-      if (rsEntry.error) entry.error = rsEntry.error;
+      const failed = rsEntries.find((e) => e.error);
+      if (failed) entry.error = failed.error;
     }
     for (const e of entry.engines) summarizeRuns(e, promptTokens, opts.decodeTokens, longPromptTokens);
-    for (const e of entry.engines.slice(1)) if (!e.error) entry.ratios.push(ratioRow(rsEntry, e));
+    for (const rs of rsEntries) {
+      if (rs.error) continue;
+      for (const e of entry.engines.filter((x) => !isEngine(x) && !x.error)) {
+        const r = ratioRow(rs, e);
+        r.engine = rs.id;
+        if (rsEntries.length > 1) r.label = `${rs.label.replace(/^Routescope \((.*)\)$/, '$1')} ÷ ${e.label}`;
+        entry.ratios.push(r);
+      }
+    }
     entry.prefill_tokens_per_s = rsEntry.prefill_tokens_per_s;
     entry.long_prefill_tokens_per_s = rsEntry.long_prefill_tokens_per_s;
     entry.decode_tokens_per_s = rsEntry.decode_tokens_per_s;
@@ -883,6 +904,7 @@ async function main() {
     if (!bw.error) {
       entry.bound_tokens_per_s = (bw.read_bandwidth_gbps * 1e9) / entry.active_bytes_per_token;
       entry.fraction_of_bound = typeof entry.decode_tokens_per_s === 'number' ? entry.decode_tokens_per_s / entry.bound_tokens_per_s : null;
+      for (const rs of rsEntries) rs.fraction_of_bound = typeof rs.decode_tokens_per_s === 'number' ? rs.decode_tokens_per_s / entry.bound_tokens_per_s : null;
     }
     otherShapes.push(entry);
   }

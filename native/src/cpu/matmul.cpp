@@ -96,8 +96,11 @@ void matmul_bf16_rounded_batch(ThreadPool& pool, const std::vector<MatmulJob>& j
   struct Split {
     const float* x;
     int T, K;
-    std::vector<uint32_t> xb;
+    uint32_t* xb;
   };
+  // The inputs' pairs go to buffers the calling thread keeps (a prompt's are MBs: fresh ones each call cost page
+  // faults and zero-filling on the calling thread alone); one above 64 MiB goes when a call needs under a quarter.
+  thread_local std::vector<std::vector<uint32_t>> keep;
   std::vector<Split> splits;
   std::vector<int> split_of(jobs.size(), -1);
   for (size_t i = 0; i < jobs.size(); ++i) {
@@ -115,11 +118,18 @@ void matmul_bf16_rounded_batch(ThreadPool& pool, const std::vector<MatmulJob>& j
     if (same == splits.end()) splits.push_back({j.x, j.T, j.W.cols, {}});
   }
   if (splits.empty()) return;
-  for (Split& s : splits) {
+  if (keep.size() < splits.size()) keep.resize(splits.size());
+  for (size_t i = 0; i < splits.size(); ++i) {
+    Split& s = splits[i];
     const int K = s.K, P = (K + 1) / 2;
-    s.xb.resize(static_cast<size_t>(s.T) * P);
-    pool.parallel_for(s.T, 64, [&](int64_t a, int64_t b, int) {
-      bf16dp::split_rows(s.x + a * K, K, nullptr, static_cast<int>(b - a), K, s.xb.data() + a * P, nullptr);
+    const size_t n = static_cast<size_t>(s.T) * P;
+    std::vector<uint32_t>& b = keep[i];
+    constexpr size_t kKeepPairs = (size_t(64) << 20) / sizeof(uint32_t);
+    if (b.size() > kKeepPairs && n < b.size() / 4) std::vector<uint32_t>().swap(b);
+    if (b.size() < n) b.resize(n);
+    s.xb = b.data();
+    pool.parallel_for(s.T, 64, [&](int64_t a, int64_t e, int) {
+      bf16dp::split_rows(s.x + a * K, K, nullptr, static_cast<int>(e - a), K, s.xb + a * P, nullptr);
     });
   }
   // Units of 256 rows x 128 columns, rows outermost within a job: a unit's rows stay in cache across the columns
@@ -143,7 +153,7 @@ void matmul_bf16_rounded_batch(ThreadPool& pool, const std::vector<MatmulJob>& j
       const Unit& un = units[u];
       const MatmulJob& j = jobs[un.job];
       const int N = j.W.rows, K = j.W.cols, P = (K + 1) / 2;
-      bf16dp::gemm_rows(splits[split_of[un.job]].xb.data() + static_cast<size_t>(un.t0) * P, nullptr,
+      bf16dp::gemm_rows(splits[split_of[un.job]].xb + static_cast<size_t>(un.t0) * P, nullptr,
                         std::min(kUnitRows, j.T - un.t0), K, j.W.data, un.n0, std::min(kUnitCols, N - un.n0),
                         j.y + static_cast<size_t>(un.t0) * N + un.n0, N, j.accumulate, panel.data());
     }
