@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "cpu/attention.h"
+#include "cpu/attention_avx512.h"
 #include "cpu/backward.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
@@ -140,6 +141,7 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
       attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window, sinks, chunk}, q, T, pos0, cache.k, cache.v, out))
     return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
+  const bool vector_softmax = cpu_has_avx512();
   for (int g = 0; g < nkv; ++g) {
     for (int i0 = 0; i0 < T; i0 += block) {
       const int i1 = std::min(T, i0 + block), bi = i1 - i0, rows = group * bi, keys = pos0 + i1;
@@ -156,6 +158,10 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
           const int i = i0 + static_cast<int>(r % bi), p = pos0 + i;
           const int j0 = first_visible_key(p, window, chunk);
           float* srow = &scores[static_cast<size_t>(r) * keys];
+          if (vector_softmax) {
+            avx512::softmax_row(srow, keys, j0, p, scale, sinks ? sinks + g * group + static_cast<int>(r / bi) : nullptr);
+            continue;
+          }
           float mx = -std::numeric_limits<float>::infinity();
           for (int j = j0; j <= p; ++j) mx = std::max(mx, srow[j] * scale);
           const float sink = sinks ? sinks[g * group + static_cast<int>(r / bi)] : 0.f;
