@@ -2,6 +2,8 @@
 #include "call.h"
 
 #include <algorithm>
+#include <chrono>
+#include <deque>
 
 namespace routescope::binding {
 
@@ -26,6 +28,69 @@ void SessionState::Release() {
 // ---------------------------------------------------------------------------------------------------------------
 // Session calls.
 
+namespace {
+
+// Threads that run session calls, each kept for a while after its call: the engine keeps per-thread scratch
+// (layer buffers, matrix panels, backward temporaries) that a fresh thread per call allocated, faulted in and
+// zeroed again on every call. A job starts at once on an idle thread or on a new one, never behind another call.
+class CallThreads {
+ public:
+  // Never destroyed: idle threads may still wait on it while the process exits.
+  static CallThreads& Get() {
+    static CallThreads* threads = new CallThreads();
+    return *threads;
+  }
+  // Runs job on an idle thread, or on a new one when none is idle (throws when no thread can be had).
+  void Post(std::function<void()> job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.push_back(std::move(job));
+    if (jobs_.size() <= idle_) {
+      cv_.notify_one();
+      return;
+    }
+    try {
+      std::thread([this] { Loop(); }).detach();
+    } catch (...) {
+      jobs_.pop_back();
+      throw;
+    }
+  }
+
+ private:
+  static constexpr std::chrono::seconds kIdle{60};  // an idle thread exits after this long
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      ++idle_;
+      const bool got = cv_.wait_for(lock, kIdle, [&] { return !jobs_.empty(); });
+      --idle_;
+      if (!got) return;
+      std::function<void()> job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  size_t idle_ = 0;  // threads waiting for a job
+};
+
+}  // namespace
+
+void Call::Finished::Set() {
+  std::lock_guard<std::mutex> lock(mu);
+  done = true;
+  cv.notify_all();
+}
+
+void Call::Finished::Wait() {
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+}
+
 Call::Call(Napi::Env env, std::shared_ptr<SessionState> state, Napi::Function on_layer, Napi::Function on_token,
            Napi::Function on_round)
     : deferred_(Napi::Promise::Deferred::New(env)), state_(std::move(state)) {
@@ -46,7 +111,7 @@ Napi::Promise Call::Start(Napi::Env env, std::unique_ptr<Call> call_owner, Work 
   try {
     call->tsfn_ = CallTsfn::New(env, "routescope", 0, 1, call, [](Napi::Env, void*, Call* c) {
       c->Abandon();  // at environment teardown the worker may still wait for a layer copy that will not come
-      if (c->thread_.joinable()) c->thread_.join();
+      c->finished_->Wait();
       delete c;
     });
   } catch (...) {
@@ -58,11 +123,15 @@ Napi::Promise Call::Start(Napi::Env env, std::unique_ptr<Call> call_owner, Work 
     return promise;
   }
   try {
-    call->thread_ = std::thread([call] { call->Run(); });
+    CallThreads::Get().Post([call, finished = call->finished_] {
+      call->Run();
+      finished->Set();  // the call may be deleted from here on
+    });
   } catch (...) {  // no thread to be had: settle the promise through the same queue
     call->failure_ = std::make_unique<CodedError>(Classify(std::current_exception()));
     call->state_->EngineDone();
     call->Send(new Message(DoneMessage{}));
+    call->finished_->Set();
     call->tsfn_.Release();
   }
   return promise;

@@ -1,4 +1,4 @@
-// Asynchronous engine calls. A session call runs on its own thread; its routing, token and round callbacks, and
+// Asynchronous engine calls. A session call runs on a call thread (kept between calls, see CallThreads); its routing, token and round callbacks, and
 // then its result, travel to the JS thread through one thread-safe function, so every callback arrives before the
 // promise settles. A model call (C3PO) has no callbacks and runs on libuv's pool.
 #pragma once
@@ -81,7 +81,7 @@ class Call {
   // `first_rows` rows (the tokens of the first forward) and, when decode_rows > 0, four decode steps' worth of
   // `decode_rows`-row slots, topped up as they are delivered.
   void PlanRouting(Napi::Env env, int first_rows, int decode_rows);
-  // Starts `work` on a new thread; `resolve` builds the result on the JS thread. The Call deletes itself once the
+  // Starts `work` on a call thread; `resolve` builds the result on the JS thread. The Call deletes itself once the
   // thread-safe function is finalized.
   static Napi::Promise Start(Napi::Env env, std::unique_ptr<Call> call, Work work, Resolver resolve);
 
@@ -112,7 +112,15 @@ class Call {
   Napi::ObjectReference callback_error_;
   std::atomic<bool> callback_failed_{false};
   CallTsfn tsfn_;
-  std::thread thread_;
+  // Set once Run has returned on the call thread; the finalizer waits for it before deleting the call.
+  struct Finished {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    void Set();
+    void Wait();
+  };
+  std::shared_ptr<Finished> finished_ = std::make_shared<Finished>();
   Work work_;
   Resolver resolve_;
   std::unique_ptr<CodedError> failure_;  // written by the worker before the done message, read after it

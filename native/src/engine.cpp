@@ -268,7 +268,7 @@ double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h
   const ModelConfig& cfg = m_.checkpoint().config;
   const Checkpoint& ck = m_.checkpoint();
   const int H = cfg.hidden, V = cfg.vocab, rows = te - ts;
-  std::vector<float> logits(static_cast<size_t>(rows) * V);
+  std::vector<float>& logits = dec_.scratch(Decoder::Scratch::Logits, static_cast<size_t>(rows) * V);
   dec_.logits(h + static_cast<size_t>(ts - 1) * H, rows, logits.data());
   // Cross-entropy per row; z becomes dLoss/dz = (softmax(z) - onehot) / rows in place (one exp per logit).
   std::vector<double> row_loss(rows);
@@ -290,7 +290,7 @@ double SessionImpl::loss_and_grad(const std::vector<int>& tokens, const float* h
   double loss = 0;
   for (double x : row_loss) loss += x;
   if (dh) {
-    std::vector<float> dnorm(static_cast<size_t>(rows) * H);
+    std::vector<float>& dnorm = dec_.scratch(Decoder::Scratch::DNorm, static_cast<size_t>(rows) * H);
     matmul_backward_input(dec_.pool(), logits.data(), rows, ck.lm_head, dnorm.data(), false);
     const int T = static_cast<int>(tokens.size());
     std::fill(dh, dh + static_cast<size_t>(T) * H, 0.f);
@@ -398,14 +398,14 @@ GradResult SessionImpl::grad(const std::vector<int>& tokens, const Patch& patch_
   if (lowest == cfg.layers) lowest = cfg.layers - 1;  // loss only
 
   // Forward: plain below the lowest layer asked for, keeping activations from there up.
-  std::vector<float> h(static_cast<size_t>(T) * H);
+  std::vector<float>& h = dec_.scratch(Decoder::Scratch::Hidden, static_cast<size_t>(T) * H);
   dec_.embed(tokens, h.data());
   prepare_grad_workspace();
   std::vector<LayerSave>& saves = grad_saves_;
   for (int l = 0; l < cfg.layers; ++l)
     dec_.layer_forward(l, h.data(), T, 0, grad_cache_[l], patch, nullptr, l >= lowest ? &saves[l] : nullptr);
   GradResult res;
-  std::vector<float> dh(static_cast<size_t>(T) * H);
+  std::vector<float>& dh = dec_.scratch(Decoder::Scratch::DHidden, static_cast<size_t>(T) * H);  // loss_and_grad writes all
   res.loss = loss_and_grad(tokens, h.data(), ts, te, dh.data());
   for (int l : req.bias_layers) res.bias_grad[l].assign(E, 0.f);
   if (req.mix_layer >= 0) res.mix_grad.assign(E, 0.f);
@@ -435,7 +435,9 @@ void SessionImpl::trim_grad_workspace() {
   for (const auto& s : grad_saves_) bytes += s.bytes();
   for (const auto& c : grad_cache_)
     for (size_t g = 0; g < c.k.size(); ++g) bytes += (c.k[g].capacity() + c.v[g].capacity()) * sizeof(float);
+  bytes += dec_.scratch_bytes();
   if (bytes <= keep) return;
+  dec_.release_scratch();
   std::vector<LayerSave>().swap(grad_saves_);
   std::vector<KVCache>().swap(grad_cache_);
 }

@@ -147,5 +147,34 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
   }
 }
 
+void softmax_row(float* row, int keys, int j0, int p, float scale, const float* sink) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  auto mask = [](int n) { return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); };
+  __m512 mv = _mm512_set1_ps(-__builtin_inff());
+  for (int j = j0; j <= p; j += 16) {
+    const __mmask16 m = mask(p + 1 - j);
+    mv = _mm512_mask_max_ps(mv, m, mv, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), sc));
+  }
+  float mx = _mm512_reduce_max_ps(mv);
+  if (sink && *sink > mx) mx = *sink;
+  const __m512 mxv = _mm512_set1_ps(mx);
+  __m512 sum = _mm512_setzero_ps();
+  for (int j = j0; j <= p; j += 16) {
+    const __mmask16 m = mask(p + 1 - j);
+    const __m512 e = _mm512_maskz_mov_ps(m, avx512math::exp_ps(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, row + j), sc, mxv)));
+    _mm512_mask_storeu_ps(row + j, m, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  float total = _mm512_reduce_add_ps(sum);
+  if (sink) total += _mm512_cvtss_f32(avx512math::exp_ps(_mm512_set1_ps(*sink - mx)));
+  const __m512 inv = _mm512_set1_ps(1.f / total);
+  for (int j = 0; j < j0; ++j) row[j] = 0.f;
+  for (int j = j0; j <= p; j += 16) {
+    const __mmask16 m = mask(p + 1 - j);
+    _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), inv));
+  }
+  for (int j = p + 1; j < keys; ++j) row[j] = 0.f;
+}
+
 }  // namespace avx512
 }  // namespace routescope

@@ -15,5 +15,10 @@ long attention_scratch_floats(int rows, int k_dim, int v_dim);
 void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
                     float scale, int window, int chunk, const float* sink, float* out, long ldo, float* scratch);
 
+// The attention probabilities of one score row in place (the path that keeps them for a backward pass): row[j] for j
+// in [j0, p] becomes softmax over those keys of scale · row[j] (a non-null sink joins the denominator), every other
+// entry of [0, keys) becomes 0.
+void softmax_row(float* row, int keys, int j0, int p, float scale, const float* sink);
+
 }  // namespace avx512
 }  // namespace routescope

@@ -18,6 +18,7 @@ float* scratch(std::vector<float>& v, size_t n) {
   return v.data();
 }
 Mat f32_mat(const float* data, int rows, int cols) { return Mat{reinterpret_cast<const uint8_t*>(data), DType::F32, rows, cols}; }
+constexpr int kQueryBlock = 64;  // queries per causal block of the attention backward
 }  // namespace
 
 void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int hd, int vd, float scale,
@@ -26,7 +27,7 @@ void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int 
   const int group = nh / nkv, R = group * T, all = pos0 + T;
   const int qw = nh * hd, ow = nh * vd, kw = nkv * hd, vw = nkv * vd;
   pool.parallel_for(nkv, 1, [&](int64_t a, int64_t b, int) {
-    thread_local std::vector<float> s_do, s_q, s_ds, s_dq, s_t, s_own;
+    thread_local std::vector<float> s_do, s_q, s_ds, s_dq, s_t, s_own, s_blk;
     for (int g = static_cast<int>(a); g < b; ++g) {
       // Rows of the group's query heads stacked: row h*T + i is head g*group + h at query i.
       float* dO = scratch(s_do, static_cast<size_t>(R) * vd);
@@ -38,20 +39,28 @@ void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int 
           std::memcpy(Q + (static_cast<size_t>(h) * T + i) * hd, q + static_cast<size_t>(i) * qw + head * hd, hd * sizeof(float));
         }
       const float* P = probs + static_cast<size_t>(g) * group * T * all;  // [R, all]
-      const Mat K = f32_mat(cache.k[g].data(), all, hd), V = f32_mat(cache.v[g].data(), all, vd);
-      // dS = P * (dO V^T - rowsum(P * dO V^T)) * scale: the softmax backward, zero wherever P is.
+      // dS = P * (dO V^T - rowsum(P * dO V^T)) * scale: the softmax backward, zero wherever P is. Causal: a block of
+      // queries i0..i1-1 sees keys below pos0 + i1 only, so dO V^T and dS K run over those keys (P is zero beyond).
       float* dS = scratch(s_ds, static_cast<size_t>(R) * all);
-      matmul_serial(dO, R, V, dS);
-      for (int r = 0; r < R; ++r) {
-        const float* pr = P + static_cast<size_t>(r) * all;
-        float* sr = dS + static_cast<size_t>(r) * all;
-        double dot = 0;
-        for (int j = 0; j < all; ++j) dot += static_cast<double>(pr[j]) * sr[j];
-        const float d = static_cast<float>(dot);
-        for (int j = 0; j < all; ++j) sr[j] = pr[j] * (sr[j] - d) * scale;
-      }
       float* dQ = scratch(s_dq, static_cast<size_t>(R) * hd);
-      matmul_backward_input_serial(dS, R, K, dQ, false);
+      float* blk = scratch(s_blk, static_cast<size_t>(kQueryBlock) * all);
+      for (int h = 0; h < group; ++h)
+        for (int i0 = 0; i0 < T; i0 += kQueryBlock) {
+          const int rows = std::min(T, i0 + kQueryBlock) - i0, keys = pos0 + i0 + rows;
+          const size_t r0 = static_cast<size_t>(h) * T + i0;
+          matmul_serial(dO + r0 * vd, rows, f32_mat(cache.v[g].data(), keys, vd), blk);
+          for (int r = 0; r < rows; ++r) {
+            const float* pr = P + (r0 + r) * all;
+            float* br = blk + static_cast<size_t>(r) * keys;
+            float* sr = dS + (r0 + r) * all;
+            double dot = 0;
+            for (int j = 0; j < keys; ++j) dot += static_cast<double>(pr[j]) * br[j];
+            const float d = static_cast<float>(dot);
+            for (int j = 0; j < keys; ++j) sr[j] = br[j] = pr[j] * (br[j] - d) * scale;
+            std::fill(sr + keys, sr + all, 0.f);
+          }
+          matmul_backward_input_serial(blk, rows, f32_mat(cache.k[g].data(), keys, hd), dQ + r0 * hd, false);
+        }
       for (int h = 0; h < group; ++h)
         for (int i = 0; i < T; ++i)
           std::memcpy(dq + static_cast<size_t>(i) * qw + (g * group + h) * hd, dQ + (static_cast<size_t>(h) * T + i) * hd, hd * sizeof(float));

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "cpu/attention.h"
+#include "cpu/attention_avx512.h"
 #include "cpu/backward.h"
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
@@ -89,6 +90,22 @@ void Decoder::rope_angles(int pos, int call_end, std::vector<float>& cos_t, std:
   }
 }
 
+std::vector<float>& Decoder::scratch(Scratch which, size_t n) {
+  std::vector<float>& v = scratch_[static_cast<int>(which)];
+  v.resize(n);  // zero-fills only what grows past the last size
+  return v;
+}
+
+size_t Decoder::scratch_bytes() const {
+  size_t n = 0;
+  for (const auto& v : scratch_) n += v.capacity();
+  return n * sizeof(float);
+}
+
+void Decoder::release_scratch() {
+  for (auto& v : scratch_) std::vector<float>().swap(v);
+}
+
 void Decoder::embed(const std::vector<int>& tokens, float* h) const {
   ck_.check_files_unchanged();  // every call that starts from tokens: a truncated file is an error, not SIGBUS
   const int H = cfg_.hidden;
@@ -124,16 +141,16 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
       attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window, sinks, chunk}, q, T, pos0, cache.k, cache.v, out))
     return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
-  std::vector<float> qb, scores, ob;
+  const bool vector_softmax = cpu_has_avx512();
   for (int g = 0; g < nkv; ++g) {
     for (int i0 = 0; i0 < T; i0 += block) {
       const int i1 = std::min(T, i0 + block), bi = i1 - i0, rows = group * bi, keys = pos0 + i1;
-      qb.resize(static_cast<size_t>(rows) * hd);
+      std::vector<float>& qb = scratch(Scratch::Queries, static_cast<size_t>(rows) * hd);
       for (int a = 0; a < group; ++a)
         for (int i = i0; i < i1; ++i)
           std::memcpy(&qb[(static_cast<size_t>(a) * bi + (i - i0)) * hd], q + static_cast<size_t>(i) * qw + (g * group + a) * hd,
                       hd * sizeof(float));
-      scores.resize(static_cast<size_t>(rows) * keys);
+      std::vector<float>& scores = scratch(Scratch::Scores, static_cast<size_t>(rows) * keys);
       matmul(pool_, qb.data(), rows, Mat{reinterpret_cast<const uint8_t*>(cache.k[g].data()), DType::F32, keys, hd},
              scores.data());
       pool_.parallel_for(rows, 8, [&](int64_t a0, int64_t a1, int) {
@@ -141,6 +158,10 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
           const int i = i0 + static_cast<int>(r % bi), p = pos0 + i;
           const int j0 = first_visible_key(p, window, chunk);
           float* srow = &scores[static_cast<size_t>(r) * keys];
+          if (vector_softmax) {
+            avx512::softmax_row(srow, keys, j0, p, scale, sinks ? sinks + g * group + static_cast<int>(r / bi) : nullptr);
+            continue;
+          }
           float mx = -std::numeric_limits<float>::infinity();
           for (int j = j0; j <= p; ++j) mx = std::max(mx, srow[j] * scale);
           const float sink = sinks ? sinks[g * group + static_cast<int>(r / bi)] : 0.f;
@@ -154,7 +175,7 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
           for (int j = 0; j < keys; ++j) srow[j] = (j >= j0 && j <= p) ? srow[j] * inv : 0.f;
         }
       }, int64_t(rows) * keys * 8);  // an exp is worth several multiply-adds
-      ob.resize(static_cast<size_t>(rows) * vd);
+      std::vector<float>& ob = scratch(Scratch::Values, static_cast<size_t>(rows) * vd);
       matmul_backward_input(pool_, scores.data(), rows,
                             Mat{reinterpret_cast<const uint8_t*>(cache.v[g].data()), DType::F32, keys, vd}, ob.data(), false);
       for (int a = 0; a < group; ++a) {
@@ -283,7 +304,8 @@ std::vector<float>& Decoder::attn_input(int l, const float* h, int T, LayerSave*
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float>& x = layer_buffer(LayerBuffer::AttnInput, TH);
+  std::vector<float>& x = save ? save->x_attn : layer_buffer(LayerBuffer::AttnInput, TH);
+  x.resize(TH);
   std::vector<float> r_attn(T);
   for (int t = 0; t < T; ++t)
     r_attn[t] = norm_row(h + t * H, w.attn_norm.data(), bias_or_null(w.attn_norm_bias), H, cfg_.eps, x.data() + t * H);
@@ -291,7 +313,6 @@ std::vector<float>& Decoder::attn_input(int l, const float* h, int T, LayerSave*
     save->T = T;
     save->h_in.assign(h, h + TH);
     save->r_attn = std::move(r_attn);
-    save->x_attn = x;
   }
   return x;
 }
@@ -299,10 +320,10 @@ std::vector<float>& Decoder::attn_input(int l, const float* h, int T, LayerSave*
 void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, LayerSave* save) {
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
   std::vector<float>& x = attn_input(l, h, T, save);
-  // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied
-  std::vector<float>& q = layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * nh * hd);
-  std::vector<float>& kk = layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * nkv * hd);
-  std::vector<float>& vv = layer_buffer(LayerBuffer::Value, static_cast<size_t>(T) * nkv * vd);
+  // [T, nh·hd], [T, nkv·hd], [T, nkv·vd], RoPE applied; written into the save when there is one (no copy)
+  std::vector<float>& q = save ? save->q : layer_buffer(LayerBuffer::Query, static_cast<size_t>(T) * nh * hd);
+  std::vector<float>& kk = save ? save->k : layer_buffer(LayerBuffer::Key, static_cast<size_t>(T) * nkv * hd);
+  std::vector<float>& vv = save ? save->v : layer_buffer(LayerBuffer::Value, static_cast<size_t>(T) * nkv * vd);
   if (cfg_.attention == AttentionKind::Latent) latent_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   else standard_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   const int kw = nkv * hd, vw = nkv * vd;
@@ -312,18 +333,15 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
       std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kw + g * hd], hd * sizeof(float));
       std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * vd], &vv[static_cast<size_t>(t) * vw + g * vd], vd * sizeof(float));
     }
-  std::vector<float>& attn = layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * nh * vd);
+  std::vector<float>& attn = save ? save->attn : layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * nh * vd);
   if (save) {
-    save->q = q;
-    save->k = kk;
-    save->v = vv;
+    attn.resize(static_cast<size_t>(T) * nh * vd);
     save->probs.resize(static_cast<size_t>(nh) * T * (pos0 + T));  // attention() writes every entry
     save->pos0 = pos0;
     save->cache = &cache;
     save->row_pos.clear();
   }
   attention(l, T, pos0, q.data(), cache, attn.data(), save ? save->probs.data() : nullptr);
-  if (save) save->attn = attn;
   attn_output(l, attn.data(), T, h, save != nullptr);
 }
 
@@ -384,16 +402,38 @@ void Decoder::attn_output(int l, const float* attn, int T, float* h, bool saving
       h[static_cast<size_t>(t) * H + d] += m * (y[static_cast<size_t>(t) * H + d] + (w.o_bias.empty() ? 0.f : w.o_bias[d]));
 }
 
+void Decoder::grow_rope_table(int positions) const {
+  const int h = cfg_.rope.dims / 2;
+  const int n = std::max({positions, 2 * rope_positions_, 64});
+  rope_cos_.resize(static_cast<size_t>(n) * h);
+  rope_sin_.resize(static_cast<size_t>(n) * h);
+  std::vector<float> cs, sn;
+  for (int p = rope_positions_; p < n; ++p) {
+    rope_angles(p, p + 1, cs, sn);
+    std::copy(cs.begin(), cs.end(), rope_cos_.begin() + static_cast<size_t>(p) * h);
+    std::copy(sn.begin(), sn.end(), rope_sin_.begin() + static_cast<size_t>(p) * h);
+  }
+  rope_positions_ = n;
+}
+
 void Decoder::rope_rows(float* rows, int T, int pos0, int heads, int stride, int offset, float sign,
                         const int* row_pos) const {
   std::vector<float> cs, sn;
   const bool interleaved = cfg_.rope.layout == RopeLayout::Interleaved;
+  const int h = cfg_.rope.dims / 2;
   for (int t = 0; t < T; ++t) {
-    if (row_pos) rope_angles(row_pos[t], row_pos[t] + 1, cs, sn);
-    else rope_angles(pos0 + t, pos0 + T, cs, sn);
+    const int pos = row_pos ? row_pos[t] : pos0 + t;
+    const float *c, *s;
+    if (cfg_.rope.longrope) {  // the frequency set depends on the call's last position
+      rope_angles(pos, row_pos ? pos + 1 : pos0 + T, cs, sn);
+      c = cs.data(), s = sn.data();
+    } else {
+      if (pos >= rope_positions_) grow_rope_table(pos + 1);
+      c = &rope_cos_[static_cast<size_t>(pos) * h], s = &rope_sin_[static_cast<size_t>(pos) * h];
+    }
     for (int hh = 0; hh < heads; ++hh)
-      rope_head(rows + static_cast<size_t>(t) * heads * stride + hh * stride + offset, cs.data(), sn.data(), cfg_.rope.dims,
-                interleaved, sign);
+      rope_head(rows + static_cast<size_t>(t) * heads * stride + hh * stride + offset, c, s, cfg_.rope.dims, interleaved,
+                sign);
   }
 }
 
@@ -468,7 +508,8 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   const LayerWeights& w = ck_.layers[l];
   const int H = cfg_.hidden;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float>& x = layer_buffer(LayerBuffer::MlpInput, TH);
+  std::vector<float>& x = save ? save->x_mlp : layer_buffer(LayerBuffer::MlpInput, TH);
+  x.resize(TH);
   if (save) save->T = T, save->pos0 = pos0;
   std::vector<float> r_mlp(T);
   for (int t = 0; t < T; ++t)
@@ -476,7 +517,6 @@ void Decoder::mlp_forward(int l, float* h, int T, int pos0, const Patch& patch, 
   if (save) {
     save->h_mid.assign(h, h + TH);
     save->r_mlp = r_mlp;
-    save->x_mlp = x;
   }
   std::vector<float>& y = layer_buffer(LayerBuffer::MlpOutput, TH);
   if (w.moe) {
@@ -501,7 +541,8 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
   const LayerWeights& w = ck_.layers[l];
   const int T = s.T, H = cfg_.hidden, E = cfg_.experts, k = cfg_.top_k;
   const size_t TH = static_cast<size_t>(T) * H;
-  std::vector<float> dx(TH, 0.f);  // gradient w.r.t. the normed MLP input
+  std::vector<float>& dx = scratch(Scratch::DMlpInput, TH);  // gradient w.r.t. the normed MLP input
+  std::fill(dx.begin(), dx.end(), 0.f);
   std::vector<float> dy_scaled;    // dLoss/d(block output) when a residual multiplier scales it (GraniteMoE)
   const float* dy = dh;
   if (cfg_.residual_multiplier != 1.f) {
@@ -510,7 +551,8 @@ bool Decoder::mlp_backward(int l, const LayerSave& s, float* dh, bool stop_at_ro
     dy = dy_scaled.data();
   }
   if (w.moe) {
-    std::vector<float> dz(static_cast<size_t>(T) * E, 0.f);
+    std::vector<float>& dz = scratch(Scratch::DRouter, static_cast<size_t>(T) * E);
+    std::fill(dz.begin(), dz.end(), 0.f);
     std::vector<double> dp;
     // Router: a_e = <dy, o_e>; dLoss/dscores by the weight rule; dz through the scoring function (selection fixed).
     for (int t = 0; t < T; ++t) {
@@ -585,7 +627,7 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   const int nh = cfg_.heads, nkv = cfg_.kv_heads, hd = cfg_.head_dim, vd = cfg_.v_head_dim;
   const int qw = nh * hd, kw = nkv * hd, ow = nh * vd, vw = nkv * vd;
   const float scale = cfg_.softmax_scale;
-  std::vector<float> dattn(static_cast<size_t>(T) * ow);
+  std::vector<float>& dattn = scratch(Scratch::DAttn, static_cast<size_t>(T) * ow);
   if (cfg_.residual_multiplier != 1.f) {  // GraniteMoE: h += m · o(attn)
     std::vector<float> dy(dh, dh + TH);
     for (float& v : dy) v *= cfg_.residual_multiplier;
@@ -593,7 +635,10 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
   } else {
     matmul_backward_input(pool_, dh, T, w.o, dattn.data(), false);
   }
-  std::vector<float> dq(static_cast<size_t>(T) * qw), dk(static_cast<size_t>(T) * kw), dv(static_cast<size_t>(T) * vw);
+  // Every entry written by attention_backward.
+  std::vector<float>& dq = scratch(Scratch::DQuery, static_cast<size_t>(T) * qw);
+  std::vector<float>& dk = scratch(Scratch::DKey, static_cast<size_t>(T) * kw);
+  std::vector<float>& dv = scratch(Scratch::DValue, static_cast<size_t>(T) * vw);
   // Keys before pos0 come from the cache and are constants; rows of this call get dk/dv.
   if (s.row_pos.empty()) {
     attention_backward(pool_, T, s.pos0, nh, nkv, hd, vd, scale, s.probs.data(), s.q.data(), dattn.data(), *s.cache,
@@ -605,7 +650,8 @@ void Decoder::attn_backward(int l, const LayerSave& s, float* dh) {
                          *s.row_cache[t], dq.data() + static_cast<size_t>(t) * qw, dk.data() + static_cast<size_t>(t) * kw,
                          dv.data() + static_cast<size_t>(t) * vw);
   }
-  std::vector<float> dxa(TH, 0.f);
+  std::vector<float>& dxa = scratch(Scratch::DAttnInput, TH);
+  std::fill(dxa.begin(), dxa.end(), 0.f);
   if (cfg_.attention == AttentionKind::Latent) latent_qkv_backward(l, s, dq, dk, dv, dxa.data());
   else standard_qkv_backward(l, s, dq, dk, dv, dxa.data());
   for (int t = 0; t < T; ++t)

@@ -96,6 +96,18 @@ class Decoder {
 
   const ModelConfig& config() const { return cfg_; }
   ThreadPool& pool() { return pool_; }
+  // Temporaries of the backward pass and of the attention that keeps its probabilities, owned by the session's
+  // decoder and kept between calls, so that each pass reuses their pages instead of allocating, faulting in and
+  // zeroing them per layer. n floats; the contents are whatever the last user left: callers overwrite them.
+  enum class Scratch {
+    DAttn, DQuery, DKey, DValue, DAttnInput, DMlpInput, DRouter,  // layer backward
+    Queries, Scores, Values,                                      // attention keeping its probabilities
+    Hidden, DHidden, Logits, DNorm,                               // the session's gradient pass and its loss
+    Count
+  };
+  std::vector<float>& scratch(Scratch which, size_t n);
+  size_t scratch_bytes() const;
+  void release_scratch();
   std::atomic<bool>* cancel_flag = nullptr;
   // LoadOptions::activations "bf16": inference rows of a prefill (more than 4, no save for a backward pass) round
   // their activations to bf16 before the products with the routed experts, the attention projections and the dense
@@ -145,6 +157,12 @@ class Decoder {
   ThreadPool& pool_;
   std::vector<double> inv_freq_;
   std::vector<double> inv_freq_long_;  // LongRoPE's long set (inv_freq_ then holds the short one)
+  std::vector<float> scratch_[static_cast<int>(Scratch::Count)];
+  // cos and sin of every position below rope_positions_ ([position, dims/2] each), grown on demand: the angles do not
+  // depend on the call except under LongRoPE, which computes them per call.
+  mutable std::vector<float> rope_cos_, rope_sin_;
+  mutable int rope_positions_ = 0;
+  void grow_rope_table(int positions) const;
 };
 
 }  // namespace routescope
