@@ -21,7 +21,8 @@ namespace routescope {
 
 void KVCache::ensure(int positions, int kv_heads, int k_dim, int v_dim) {
   if (positions <= capacity && static_cast<int>(k.size()) == kv_heads) return;
-  int cap = std::max(positions, std::max(64, capacity * 2));
+  // Headroom past a prompt: the decode steps after a prefill do not pay a copy and fresh page faults at once.
+  int cap = std::max({positions + std::max(64, positions / 4), capacity * 2});
   k.resize(kv_heads);
   v.resize(kv_heads);
   for (int g = 0; g < kv_heads; ++g) {
