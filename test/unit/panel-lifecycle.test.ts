@@ -4,8 +4,8 @@
 // after Open Demo Model, as the statistics end-to-end suite does after its reload).
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import Module from 'node:module';
 import { ROOT } from '../helpers/cli';
+import { withVscodeStub } from '../helpers/vscode-stub';
 
 const events = () => ({ dispose: () => undefined });
 const warnings: string[] = [];
@@ -45,19 +45,8 @@ const vscodeStub = {
   workspace: { getConfiguration: () => ({ get: (key: string) => configuration[key] }) },
 };
 
-async function withVscode<T>(load: () => Promise<T>): Promise<T> {
-  const loader = Module as unknown as { _load: (request: string, parent: unknown, isMain: boolean) => unknown };
-  const originalLoad = loader._load;
-  loader._load = (request, parent, isMain) => (request === 'vscode' ? vscodeStub : originalLoad(request, parent, isMain));
-  try {
-    return await load();
-  } finally {
-    loader._load = originalLoad;
-  }
-}
-
 test('a restored statistics panel keeps its live page up to date whatever view-state events come after its ready', async () => {
-  const { StatsPanel } = await withVscode(() => import('../../extension/src/views/statsPanel'));
+  const { StatsPanel } = await withVscodeStub(vscodeStub, () => import('../../extension/src/views/statsPanel'));
   const rerun: string[][] = [];
   const stats = new StatsPanel({ extensionUri: { fsPath: ROOT } } as never, {
     openContext: async () => undefined, steer: async () => undefined, applyPatch: () => undefined,
@@ -93,7 +82,7 @@ test('a restored statistics panel keeps its live page up to date whatever view-s
 });
 
 test('an action needing a model waits for the open in flight instead of offering to open one', async () => {
-  const { modelCommands } = await withVscode(() => import('../../extension/src/commands/models'));
+  const { modelCommands } = await withVscodeStub(vscodeStub, () => import('../../extension/src/commands/models'));
   configuration = {};
   warnings.length = 0;
   let finishLoad!: () => void;

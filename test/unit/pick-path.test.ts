@@ -4,7 +4,7 @@
 // stands for its folder; with nothing found the dialog opens at once.
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import Module from 'node:module';
+import { withVscodeStub } from '../helpers/vscode-stub';
 
 interface Calls {
   quickPick: { items: { label: string; description?: string; path?: string; action?: string }[]; options: unknown }[];
@@ -34,14 +34,11 @@ const vscodeStub = {
 };
 
 /** pickPath with `next` standing in for the user (the module is loaded once, with the stand-in for vscode). */
-async function withVscode(next: Answers): Promise<{ pickPath: typeof import('../../extension/src/commands/pickPath').pickPath; calls: Calls; restore: () => void }> {
+async function withVscode(next: Answers): Promise<{ pickPath: typeof import('../../extension/src/commands/pickPath').pickPath; calls: Calls }> {
   answers = next;
   calls = { quickPick: [], openDialog: [], inputBox: [] };
-  const loader = Module as unknown as { _load: (request: string, parent: unknown, isMain: boolean) => unknown };
-  const originalLoad = loader._load;
-  loader._load = (request, parent, isMain) => (request === 'vscode' ? vscodeStub : originalLoad(request, parent, isMain));
-  const { pickPath } = await import('../../extension/src/commands/pickPath');
-  return { pickPath, calls, restore: () => (loader._load = originalLoad) };
+  const { pickPath } = await withVscodeStub(vscodeStub, () => import('../../extension/src/commands/pickPath'));
+  return { pickPath, calls };
 }
 
 const reference = {
@@ -54,21 +51,17 @@ const reference = {
 };
 
 test('Browse… opens VS Code\'s open dialog in the workspace with the picker\'s filters; a manifest.json stands for its folder', async () => {
-  const { pickPath, calls, restore } = await withVscode({ pick: (items) => items.find((i) => i.action === 'browse'), dialog: ['/data/ref/manifest.json'] });
-  try {
-    assert.equal(await pickPath(reference), '/data/ref');
-    assert.deepEqual(calls.quickPick[0].items.map((i) => i.label), ['ref-a', 'Type the folder\'s path…', '$(folder-opened) Browse…']);
-    assert.equal(calls.openDialog.length, 1);
-    const options = calls.openDialog[0];
-    assert.equal(options.canSelectFiles, true);
-    assert.equal(options.canSelectFolders, true);
-    assert.equal(options.canSelectMany, false);
-    assert.deepEqual(options.filters, { 'Reference set manifest': ['json'] });
-    assert.equal(options.title, reference.title);
-    assert.equal((options.defaultUri as { fsPath: string }).fsPath, '/work/space');
-  } finally {
-    restore();
-  }
+  const { pickPath, calls } = await withVscode({ pick: (items) => items.find((i) => i.action === 'browse'), dialog: ['/data/ref/manifest.json'] });
+  assert.equal(await pickPath(reference), '/data/ref');
+  assert.deepEqual(calls.quickPick[0].items.map((i) => i.label), ['ref-a', 'Type the folder\'s path…', '$(folder-opened) Browse…']);
+  assert.equal(calls.openDialog.length, 1);
+  const options = calls.openDialog[0];
+  assert.equal(options.canSelectFiles, true);
+  assert.equal(options.canSelectFolders, true);
+  assert.equal(options.canSelectMany, false);
+  assert.deepEqual(options.filters, { 'Reference set manifest': ['json'] });
+  assert.equal(options.title, reference.title);
+  assert.equal((options.defaultUri as { fsPath: string }).fsPath, '/work/space');
 });
 
 test('a set found in the workspace is taken without a dialog; a typed path is what was typed; dismissing gives nothing', async () => {
@@ -78,31 +71,23 @@ test('a set found in the workspace is taken without a dialog; a typed path is wh
     [{ pick: () => undefined }, undefined],
     [{ pick: (items: { action?: string }[]) => items.find((i) => i.action === 'browse') }, undefined],
   ] as const) {
-    const { pickPath, calls, restore } = await withVscode(answers);
-    try {
-      assert.equal(await pickPath(reference), want);
-      if (want === '/work/space/sets/ref-a') assert.equal(calls.openDialog.length, 0);
-    } finally {
-      restore();
-    }
+    const { pickPath, calls } = await withVscode(answers);
+    assert.equal(await pickPath(reference), want);
+    if (want === '/work/space/sets/ref-a') assert.equal(calls.openDialog.length, 0);
   }
 });
 
 test('the headroom task file: with no .jsonl in the workspace the open dialog (files, .jsonl) opens at once', async () => {
-  const { pickPath, calls, restore } = await withVscode({ dialog: ['/data/tasks.jsonl'] });
-  try {
-    const file = await pickPath({
-      title: 'Routing headroom: a task file',
-      placeHolder: 'Labelled items (JSONL)',
-      found: [],
-      browse: { description: 'a .jsonl file', options: { canSelectFiles: true, canSelectFolders: false, filters: { 'Labelled items (JSONL)': ['jsonl'] }, openLabel: 'Analyse' } },
-    });
-    assert.equal(file, '/data/tasks.jsonl');
-    assert.equal(calls.quickPick.length, 0);
-    assert.deepEqual(calls.openDialog[0].filters, { 'Labelled items (JSONL)': ['jsonl'] });
-    assert.equal(calls.openDialog[0].canSelectFiles, true);
-    assert.equal(calls.openDialog[0].canSelectFolders, false);
-  } finally {
-    restore();
-  }
+  const { pickPath, calls } = await withVscode({ dialog: ['/data/tasks.jsonl'] });
+  const file = await pickPath({
+    title: 'Routing headroom: a task file',
+    placeHolder: 'Labelled items (JSONL)',
+    found: [],
+    browse: { description: 'a .jsonl file', options: { canSelectFiles: true, canSelectFolders: false, filters: { 'Labelled items (JSONL)': ['jsonl'] }, openLabel: 'Analyse' } },
+  });
+  assert.equal(file, '/data/tasks.jsonl');
+  assert.equal(calls.quickPick.length, 0);
+  assert.deepEqual(calls.openDialog[0].filters, { 'Labelled items (JSONL)': ['jsonl'] });
+  assert.equal(calls.openDialog[0].canSelectFiles, true);
+  assert.equal(calls.openDialog[0].canSelectFolders, false);
 });
