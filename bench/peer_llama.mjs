@@ -4,7 +4,7 @@
 //
 //   node bench/peer_llama.mjs --model FILE.gguf --vocab V --threads T --check-tokens 1,2,3 --check-out PREFIX
 //       writes PREFIX.logits.f32 (last-position logits of the prompt) and prints JSON
-//   node bench/peer_llama.mjs --model FILE.gguf --vocab V --threads T --prompt-tokens N --decode-tokens M [--seed S]
+//   node bench/peer_llama.mjs --model FILE.gguf --vocab V --threads T --prompt-tokens N --decode-tokens M [--seed S] [--mmap on|off]
 //       times one prefill of N random tokens and M greedy single-token steps; prints JSON
 import fs from 'node:fs';
 import path from 'node:path';
@@ -68,6 +68,7 @@ async function main() {
       vocab: { type: 'string' },
       'check-tokens': { type: 'string' },
       'check-out': { type: 'string' },
+      mmap: { type: 'string', default: 'on' },
     },
     strict: true,
   });
@@ -78,7 +79,7 @@ async function main() {
   const { getLlama, LlamaLogLevel } = await import(pathToFileURL(ENTRY).href);
   // Prebuilt CPU binaries only: never download or compile anything.
   const llama = await getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, skipDownload: true, logLevel: LlamaLogLevel.error, progressLogs: false });
-  const model = await llama.loadModel({ modelPath: values.model, gpuLayers: 0, useMmap: true });
+  const model = await llama.loadModel({ modelPath: values.model, gpuLayers: 0, useMmap: values.mmap !== 'off' });
   const vocab = Number(values.vocab ?? 0);
   if (!(vocab > 0)) throw new Error('--vocab N (the model\'s vocabulary size) is required');
   const check = values['check-tokens'];

@@ -3,7 +3,7 @@
 // adapt/settings.ts (shared with the CLI, which range-checks them), the adaptation hyperparameters. No vscode
 // import: the editor passes VS Code's configuration in (editorConfig.ts), the CLI shares the defaults, and a unit
 // test holds settingKeys() equal to what package.json contributes.
-import type { Activations, Backend } from './engine/native';
+import type { Activations, Backend, WeightsChoice } from './engine/native';
 import { DEFAULT_METRICS, type Metric } from '../../common/src/panelProtocol';
 import { readAdaptSettings, settingKeys as adaptSettingKeys, type AdaptSettings, type C3poMethod } from './adapt/settings';
 
@@ -17,6 +17,7 @@ export interface EditorSettings {
   threads: number;
   backend: Backend;
   activations: Activations;
+  weights: WeightsChoice;
   maxNewTokens: number;
   openDemoOnStartup: boolean;
   /** What the routing panel colours by when it opens. */
@@ -31,6 +32,7 @@ export const EDITOR_DEFAULTS: Readonly<EditorSettings> = Object.freeze({
   threads: 0,
   backend: 'auto',
   activations: 'fp32',
+  weights: 'auto',
   maxNewTokens: DEFAULT_MAX_NEW_TOKENS,
   openDemoOnStartup: false,
   defaultMetric: 'expert',
@@ -44,6 +46,7 @@ export const EDITOR_KEYS: Readonly<Record<keyof EditorSettings, string>> = Objec
   threads: 'routescope.threads',
   backend: 'routescope.backend',
   activations: 'routescope.activations',
+  weights: 'routescope.weights',
   maxNewTokens: 'routescope.maxNewTokens',
   openDemoOnStartup: 'routescope.openDemoOnStartup',
   defaultMetric: 'routescope.routingPanel.defaultMetric',
@@ -59,6 +62,7 @@ const VALID: { [K in keyof EditorSettings]: (v: unknown) => boolean } = {
   threads: (v) => isInteger(v, 0),
   backend: oneOf(['auto', 'cpu', 'cuda']),
   activations: oneOf(['fp32', 'bf16']),
+  weights: oneOf(['auto', 'mapped', 'resident']),
   maxNewTokens: (v) => isInteger(v, 1, 4096),
   openDemoOnStartup: (v) => typeof v === 'boolean',
   defaultMetric: oneOf(DEFAULT_METRICS),

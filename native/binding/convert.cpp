@@ -295,6 +295,7 @@ Napi::Object InfoToJs(Napi::Env env, const ModelInfo& m) {
   o.Set("backend", m.backend);
   o.Set("threads", m.threads);
   o.Set("activations", m.activations);
+  o.Set("weights", m.weights);
   return o;
 }
 

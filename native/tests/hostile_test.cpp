@@ -194,10 +194,11 @@ TEST("checkpoint: weights or config linked from outside the model folder are ref
   CHECK_MSG(t.message.empty(), t.message);
 }
 
-TEST("checkpoint: weights truncated while loaded give MODEL_CHANGED at the next call, not SIGBUS") {
+TEST("checkpoint: mapped weights truncated while loaded give MODEL_CHANGED at the next call, not SIGBUS") {
   TempDir tmp;
   const std::string dir = copy_model(tmp, "mixtral-perexpert-f32");
-  auto model = Model::load(dir, {1, "cpu"});
+  auto model = Model::load(dir, {1, "cpu", "fp32", "mapped"});
+  CHECK_MSG(model->info().weights == "mapped", model->info().weights);
   auto session = model->create_session();
   session->forward({1, 2, 3}, Patch{}, LogitsMode::Last);
   const std::string file = dir + "/model.safetensors";
@@ -205,6 +206,36 @@ TEST("checkpoint: weights truncated while loaded give MODEL_CHANGED at the next 
   const Thrown t = thrown([&] { session->forward({4}, Patch{}, LogitsMode::Last); });
   CHECK_MSG(t.code == "MODEL_CHANGED" && contains(t.message, file + ": the model file changed while it was in use"),
             t.code << " " << t.message);
+}
+
+TEST("checkpoint: resident weights give the mapped model's logits, and a model file changed afterwards does not matter") {
+  TempDir tmp;
+  const std::string dir = copy_model(tmp, "mixtral-perexpert-f32");
+  auto mapped = Model::load(dir, {1, "cpu", "fp32", "mapped"});
+  auto resident = Model::load(dir, {1, "cpu", "fp32", "resident"});
+  CHECK_MSG(resident->info().weights == "resident", resident->info().weights);
+  const std::string chosen = Model::load(dir, {1, "cpu"})->info().weights;  // auto: a small model fits in memory
+  CHECK_MSG(chosen == "resident", chosen);
+  auto a = mapped->create_session()->forward({1, 2, 3, 4}, Patch{}, LogitsMode::All).logits;
+  auto session = resident->create_session();
+  auto b = session->forward({1, 2, 3}, Patch{}, LogitsMode::All).logits;
+  const std::string file = dir + "/model.safetensors";
+  CHECK(::truncate(file.c_str(), 4096) == 0);
+  auto c = session->forward({4}, Patch{}, LogitsMode::All).logits;  // reads only the copy: no MODEL_CHANGED
+  b.insert(b.end(), c.begin(), c.end());
+  CHECK(a.size() == b.size());
+  CHECK(a == b);  // the same bytes, the same kernels: bit for bit
+}
+
+TEST("checkpoint: resident loading refuses a file that is too short, and an unknown weights choice") {
+  TempDir tmp;
+  const std::string dir = copy_model(tmp, "mixtral-perexpert-f32");
+  Thrown t = thrown([&] { Model::load(dir, {1, "cpu", "fp32", "everywhere"}); });
+  CHECK_MSG(t.code == "BAD_ARGUMENT" && contains(t.message, "weights must be auto, mapped or resident"), t.message);
+  const std::string file = dir + "/model.safetensors";
+  CHECK(::truncate(file.c_str(), 4096) == 0);
+  t = thrown([&] { Model::load(dir, {1, "cpu", "fp32", "resident"}); });
+  CHECK_MSG(t.code == "BAD_CHECKPOINT" && contains(t.message, file), t.code << " " << t.message);
 }
 
 TEST("checkpoint: a SIGBUS inside mapped weights ends the process with one line naming the file, exit 1") {

@@ -1,5 +1,5 @@
 // Engine micro-benchmark without Node: `rs_bench --model DIR [--prompt-tokens N] [--decode-tokens M] [--threads T]
-// [--repeat R] [--activations fp32|bf16]` prints prefill/decode tokens per second (best of R) as JSON, with the process CPU seconds of each
+// [--repeat R] [--activations fp32|bf16] [--weights auto|mapped|resident]` prints prefill/decode tokens per second (best of R) as JSON, with the process CPU seconds of each
 // phase (on a machine shared with other work, tokens per CPU-second move far less than tokens per wall-second);
 // `rs_bench --bandwidth [--threads T]` measures the memory read bandwidth that bounds decode;
 // `rs_bench --attention [--prompt-tokens N]` times the fused attention alone;
@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
   std::string model;
   int prompt = 512, decode = 32, threads = 0, repeat = 1;
   bool bandwidth = false, experts = false, stream = false, attention = false;
-  std::string kernels, activations = "fp32";
+  std::string kernels, activations = "fp32", weights = "auto";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -229,6 +229,7 @@ int main(int argc, char** argv) {
     else if (a == "--attention") attention = true;
     else if (a == "--kernels") kernels = next();
     else if (a == "--activations") activations = next();
+    else if (a == "--weights") weights = next();
     else {
       std::fprintf(stderr, "rs_bench: unknown argument %s\n", a.c_str());
       return 2;
@@ -247,7 +248,7 @@ int main(int argc, char** argv) {
   try {
     if (experts) return experts_bench(model, prompt, threads, repeat, kernels);
     if (stream) return stream_bench(model, threads, repeat);
-    auto m = routescope::Model::load(model, {threads, "cpu", activations});
+    auto m = routescope::Model::load(model, {threads, "cpu", activations, weights});
     const auto& info = m->info();
     std::mt19937 rng(1);
     std::vector<int> tokens(prompt);
@@ -282,10 +283,10 @@ int main(int argc, char** argv) {
     std::printf("{\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, \"prefill_cpu_seconds\": %.3f, "
                 "\"decode_cpu_seconds\": %.3f, \"prompt_tokens\": %d, \"decode_tokens\": %d, \"threads\": %d, "
                 "\"repeat\": %d, \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, \"active_parameters\": %llu, "
-                "\"activations\": \"%s\"}\n",
+                "\"activations\": \"%s\", \"weights\": \"%s\"}\n",
                 prompt / prefill, decode > 0 ? decode / dec : 0.0, prefill_cpu, dec_cpu, prompt, decode, threads, repeat,
                 ru.ru_maxrss / 1024.0, (unsigned long long)info.weight_bytes,
-                (unsigned long long)info.active_parameters, info.activations.c_str());
+                (unsigned long long)info.active_parameters, info.activations.c_str(), info.weights.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rs_bench: %s\n", e.what());
     return 1;

@@ -168,4 +168,11 @@ test('info prints what the engine read', () => {
   const json = JSON.parse(r.stdout) as Record<string, unknown>;
   assert.equal(json.model_type, 'olmoe');
   assert.equal(json.dtype, 'BF16');
+  assert.equal(json.weights, 'resident', 'auto keeps a model this small in memory');
+  const mapped = runCli(['info', '--model', model, '--weights', 'mapped', '--json']);
+  assert.equal(mapped.code, 0, mapped.stderr);
+  assert.equal((JSON.parse(mapped.stdout) as Record<string, unknown>).weights, 'mapped');
+  const bad = runCli(['info', '--model', model, '--weights', 'disk']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /--weights/);
 });

@@ -203,7 +203,7 @@ test('c3po errors: released prefix, prefix of another model, prefix above the fi
   await rejectsWithCode(model.c3poNgd({ '0': new Float32Array(3) }, [{ prefix: high, answer: 1, weight: 1 }], { ...opts, layers: [0] }), 'BAD_ARGUMENT', /size E/);
   model.close();
   await rejectsWithCode(model.c3poPrefix(Int32Array.of(1, 2), 0), 'CLOSED');
-  // Prefixes keep their model's weights mapped until released (or collected).
+  // Prefixes keep their model's weights alive until released (or collected).
   foreign.release();
   high.release();
   other.close();

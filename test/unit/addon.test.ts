@@ -76,6 +76,22 @@ test('activations bf16: a first-class load option, reported in info, fp32 where 
   rounded.close();
 });
 
+test('weights: mapped or resident, reported in info, the same logits either way', async () => {
+  const addon = loadAddon();
+  assert.throws(() => addon.loadModel(MODEL, { weights: 'disk' as 'mapped' }), { code: 'BAD_ARGUMENT', message: /weights must be auto, mapped or resident/ });
+  const mapped = addon.loadModel(MODEL, { threads: 2, weights: 'mapped' });
+  const resident = addon.loadModel(MODEL, { threads: 2, weights: 'resident' });
+  const auto = addon.loadModel(MODEL, { threads: 2 });
+  assert.equal(mapped.info().weights, 'mapped');
+  assert.equal(resident.info().weights, 'resident');
+  assert.equal(auto.info().weights, 'resident', 'auto keeps a model this small in memory');
+  const tokens = Int32Array.from([1, 2, 3, 4, 5]);
+  const a = await mapped.createSession().forward(tokens, { logits: 'all' });
+  const b = await resident.createSession().forward(tokens, { logits: 'all' });
+  assert.deepEqual(Array.from(b.logits), Array.from(a.logits));
+  for (const m of [mapped, resident, auto]) m.close();
+});
+
 test('forward: routing arrives per layer, as copies, before the promise resolves', async () => {
   const model = open();
   const session = model.createSession(16);

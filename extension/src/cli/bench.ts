@@ -83,7 +83,7 @@ async function bench(options: BenchOptions): Promise<void> {
       return;
     }
     out(`${describeModel(info)}\n`);
-    out(`weights mapped: ${formatBytes(info.weightBytes)}\n`);
+    out(`weights ${info.weights}: ${formatBytes(info.weightBytes)}\n`);
     out(`prefill: ${promptTokens} tokens in ${prefillSeconds.toFixed(3)} s = ${report.prefill_tokens_per_s.toFixed(1)} tokens/s\n`);
     if (decodeTokens > 0) out(`decode:  ${decodeTokens} tokens in ${decodeSeconds.toFixed(3)} s = ${(decodeTokens / decodeSeconds).toFixed(1)} tokens/s\n`);
     out(`peak RSS: ${formatBytes(peakRssBytes)}\n`);
@@ -100,7 +100,7 @@ async function info(options: CommonOptions): Promise<void> {
     out(`hidden ${info.hiddenSize}, heads ${info.numHeads}/${info.numKvHeads} × ${info.headDim}, expert width ${info.expertWidth}`);
     out(`${info.sharedExpertWidth ? `, shared expert ${info.sharedExpertWidth}` : ''}, vocab ${info.vocabSize}, context ${info.maxPositionEmbeddings}\n`);
     out(`routing: ${info.routingRule}\n`);
-    out(`weights mapped: ${formatBytes(info.weightBytes)} in ${info.shards} file${info.shards === 1 ? '' : 's'}\n`);
+    out(`weights ${info.weights}: ${formatBytes(info.weightBytes)} in ${info.shards} file${info.shards === 1 ? '' : 's'}\n`);
     for (const w of info.warnings) out(`warning: ${w}\n`);
   });
 }

@@ -112,6 +112,7 @@ export function modelInfoJson(info: NativeModelInfo): Record<string, unknown> {
     backend: info.backend,
     threads: info.threads,
     activations: info.activations,
+    weights: info.weights,
   };
 }
 

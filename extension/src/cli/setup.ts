@@ -117,6 +117,7 @@ export interface CommonOptions {
   threads?: number;
   backend?: 'auto' | 'cpu' | 'cuda';
   activations?: 'fp32' | 'bf16';
+  weights?: 'auto' | 'mapped' | 'resident';
   json?: boolean;
 }
 
@@ -126,6 +127,7 @@ export function commonOptions(command: Command): Command {
     .addOption(new Option('--threads <n>', 'engine threads (default: all cores)').argParser((v) => parseInteger('--threads', v, 1, 4096)))
     .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']))
     .addOption(new Option('--activations <precision>', 'fp32 (default) or bf16: prefill activations rounded to bf16 for BF16 weights, as llama.cpp').choices(['fp32', 'bf16']))
+    .addOption(new Option('--weights <where>', 'auto (default: in memory when the files take at most half of the available memory), mapped or resident').choices(['auto', 'mapped', 'resident']))
     .option('--json', 'print one JSON object for scripts');
 }
 
@@ -173,6 +175,7 @@ export function openModel(options: CommonOptions): OpenModel {
     ...(options.threads !== undefined ? { threads: options.threads } : {}),
     ...(options.backend !== undefined ? { backend: options.backend } : {}),
     ...(options.activations !== undefined ? { activations: options.activations } : {}),
+    ...(options.weights !== undefined ? { weights: options.weights } : {}),
   });
   return { model, info: model.info(), dir };
 }

@@ -6,6 +6,8 @@ export type Backend = 'auto' | 'cpu' | 'cuda';
 /** fp32 (default, held to transformers by the parity tests) or bf16: prefill activations rounded to bf16 before the
  *  products with BF16 weights, as llama.cpp's BF16 matmul (AVX512_BF16 CPUs; README "Activation precision"). */
 export type Activations = 'fp32' | 'bf16';
+/** Where the engine keeps the weights: `auto` (in memory when they take at most half of what is available), `mapped`, `resident`. */
+export type WeightsChoice = 'auto' | 'mapped' | 'resident';
 export type LogitsMode = 'none' | 'last' | 'all';
 export type RouterScoring = 'softmax' | 'sigmoid' | 'sparsemixer';
 
@@ -38,6 +40,7 @@ export interface NativeModelInfo {
   backend: string;              // cpu | cuda
   threads: number;
   activations: Activations;     // what the requested activations resolved to (warnings say why bf16 was not used)
+  weights: 'mapped' | 'resident'; // what the requested weights choice resolved to
 }
 
 export interface NativeForwardOptions {
@@ -205,5 +208,5 @@ export interface NativeModel {
 export interface NativeAddon {
   version: string;
   cudaCompiled: boolean;
-  loadModel(dir: string, options?: { threads?: number; backend?: Backend; activations?: Activations }): NativeModel;
+  loadModel(dir: string, options?: { threads?: number; backend?: Backend; activations?: Activations; weights?: WeightsChoice }): NativeModel;
 }

@@ -104,6 +104,7 @@ const core: HandlerTable<CoreMethods> = {
       ...(params.threads ? { threads: params.threads } : {}),
       ...(params.backend ? { backend: params.backend } : {}),
       ...(params.activations ? { activations: params.activations } : {}),
+      ...(params.weights ? { weights: params.weights } : {}),
     });
     const info = model.info();
     let tokenizer: ModelTokenizer | undefined;
@@ -114,7 +115,7 @@ const core: HandlerTable<CoreMethods> = {
       tokenizerError = error instanceof Error ? error.message : String(error);
     }
     loaded = { model, info, ...(tokenizer ? { tokenizer } : {}), ...(tokenizerError ? { tokenizerError } : {}) };
-    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${info.threads} threads, ${info.activations} activations)`);
+    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${info.threads} threads, ${info.activations} activations, weights ${info.weights})`);
     return describeLoaded(loaded);
   },
   unload() {

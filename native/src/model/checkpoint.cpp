@@ -7,6 +7,8 @@
 #include <set>
 #include <sstream>
 
+#include <sys/stat.h>
+
 #include "cpu/convert.h"
 #include "model/arch.h"
 #include "model/model.h"
@@ -90,7 +92,8 @@ std::vector<float> to_f32(const TensorView& t) {
   return out;
 }
 
-std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
+std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in,
+                                             const std::function<WeightResidency(uint64_t)>& residency_for) {
   std::string dir = dir_in;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   auto ck = std::unique_ptr<Checkpoint>(new Checkpoint());
@@ -147,10 +150,20 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in) {
   } else {
     throw Error("BAD_CHECKPOINT", dir + ": no model.safetensors or model.safetensors.index.json");
   }
+  WeightResidency residency = WeightResidency::Mapped;
+  if (residency_for) {
+    uint64_t total = 0;
+    for (const auto& name : shard_names) {
+      struct stat st;
+      if (::stat(join_path(dir, name).c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_size);
+    }
+    residency = residency_for(total);
+  }
+  info.weights = residency == WeightResidency::Resident ? "resident" : "mapped";
   std::map<std::string, const TensorView*> all;
   for (const auto& name : shard_names) {
     check_inside_folder(dir, join_path(dir, name), "BAD_CHECKPOINT");
-    ck->files_.push_back(std::make_unique<SafetensorsFile>(join_path(dir, name)));
+    ck->files_.push_back(std::make_unique<SafetensorsFile>(join_path(dir, name), residency));
     info.weight_bytes += ck->files_.back()->size();
     for (const auto& kv : ck->files_.back()->tensors()) {
       if (!weight_map.empty()) {

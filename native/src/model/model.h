@@ -2,6 +2,7 @@
 #pragma once
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -67,7 +68,9 @@ struct LayerWeights {
 
 class Checkpoint {
  public:
-  static std::unique_ptr<Checkpoint> open(const std::string& dir);
+  // `residency_for(weight_bytes)` chooses where the weights live once the shards' total size is known (null: mapped).
+  static std::unique_ptr<Checkpoint> open(const std::string& dir,
+                                          const std::function<WeightResidency(uint64_t)>& residency_for = nullptr);
   ModelConfig config;
   ModelInfo info;
   Mat embed, lm_head;

@@ -68,12 +68,14 @@ int64_t mtime_ns(const struct stat& st) {
 }
 }  // namespace
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+MappedFile::MappedFile(const std::string& path, WeightResidency residency) : path_(path) {
   struct stat st;
   fd_ = open_regular_file(path, "BAD_CHECKPOINT", nullptr, &st);
   size_ = static_cast<uint64_t>(st.st_size);
   mtime_ns_ = mtime_ns(st);
-  if (size_ > 0) {
+  if (size_ > 0 && residency == WeightResidency::Resident) {
+    read_resident();
+  } else if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
     if (p == MAP_FAILED) {
       const int err = errno;
@@ -85,8 +87,44 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   }
 }
 
+// Reads the whole file into anonymous memory aligned to 2 MiB (so that huge pages can back it), then closes it.
+void MappedFile::read_resident() {
+  constexpr size_t kHuge = size_t(2) << 20;
+  resident_bytes_ = (static_cast<size_t>(size_) + kHuge - 1) / kHuge * kHuge + kHuge;  // + slack for the alignment
+  void* p = ::mmap(nullptr, resident_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    resident_bytes_ = 0;
+    ::close(fd_);
+    throw Error("OOM", path_ + ": cannot allocate " + std::to_string(size_ >> 20) +
+                           " MiB to hold the weights in memory; load them mapped instead (weights: mapped)");
+  }
+  resident_ = static_cast<uint8_t*>(p);
+  uint8_t* dst = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(resident_) + kHuge - 1) & ~uintptr_t(kHuge - 1));
+#ifdef MADV_HUGEPAGE
+  ::madvise(dst, static_cast<size_t>(size_), MADV_HUGEPAGE);
+#endif
+  for (uint64_t done = 0; done < size_;) {
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(size_ - done, uint64_t(64) << 20));
+    const ssize_t n = ::pread(fd_, dst + done, chunk, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = n < 0 ? std::strerror(errno) : "the file became shorter while it was read";
+      ::munmap(resident_, resident_bytes_);
+      resident_ = nullptr, resident_bytes_ = 0;
+      ::close(fd_);
+      bad(path_, "cannot read the weights into memory at byte " + std::to_string(done) + ": " + why);
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  ::close(fd_);
+  fd_ = -1;
+  data_ = dst;
+}
+
 MappedFile::~MappedFile() {
-  if (data_) {
+  if (resident_) {
+    ::munmap(resident_, resident_bytes_);
+  } else if (data_) {
     unregister_mapping(data_);
     ::munmap(const_cast<uint8_t*>(data_), size_);
   }
@@ -94,6 +132,7 @@ MappedFile::~MappedFile() {
 }
 
 void MappedFile::check_unchanged() const {
+  if (resident_) return;
   struct stat st;
   if (::fstat(fd_, &st) != 0) return;
   const uint64_t now = static_cast<uint64_t>(st.st_size);
@@ -105,8 +144,8 @@ void MappedFile::check_unchanged() const {
                                          "loaded); open the model again");
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path)
-    : file_(path), tensors_(parse_safetensors(file_.data(), file_.size(), path)) {}
+SafetensorsFile::SafetensorsFile(const std::string& path, WeightResidency residency)
+    : file_(path, residency), tensors_(parse_safetensors(file_.data(), file_.size(), path)) {}
 
 std::map<std::string, TensorView> parse_safetensors(const uint8_t* data, uint64_t size, const std::string& path) {
   std::map<std::string, TensorView> tensors;
