@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -54,18 +53,6 @@ ModelImpl& engine_model(Model& model, const char* what) {
   return *impl;
 }
 
-namespace {
-// MemAvailable of /proc/meminfo in bytes; 0 where unknown.
-uint64_t available_memory_bytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kib = 0;
-  std::string unit;
-  while (in >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
-  return 0;
-}
-}  // namespace
 
 SessionImpl& engine_session(Session& session, const char* what) {
   auto* impl = dynamic_cast<SessionImpl*>(&session);
@@ -83,18 +70,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opts.weights != "auto" && opts.weights != "mapped" && opts.weights != "resident")
     throw Error("BAD_ARGUMENT", "weights must be auto, mapped or resident (got \"" + opts.weights + "\")");
   // The CUDA backend uploads the weights: a resident host copy would only take memory.
-  const bool mapped = opts.weights == "mapped" || opts.backend == "cuda";
-  auto residency_for = [&](uint64_t weight_bytes) {
-    if (mapped) return WeightResidency::Mapped;
-    const uint64_t available = available_memory_bytes();
-    if (opts.weights == "resident") {
-      if (available && weight_bytes > available / 10 * 9)
-        throw Error("OOM", dir + ": the weights need " + std::to_string(weight_bytes >> 20) + " MiB in memory, " +
-                               std::to_string(available >> 20) + " MiB are available; load them mapped (weights: mapped)");
-      return WeightResidency::Resident;
-    }
-    return available && weight_bytes <= available / 2 ? WeightResidency::Resident : WeightResidency::Mapped;
-  };
+  const std::string weights = opts.backend == "cuda" ? "mapped" : opts.weights;
+  auto residency_for = [&](uint64_t weight_bytes) { return choose_residency(weights, weight_bytes, dir); };
   return std::make_unique<ModelImpl>(Checkpoint::open(dir, residency_for), opts);
 }
 

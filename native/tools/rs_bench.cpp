@@ -4,7 +4,9 @@
 // `rs_bench --bandwidth [--threads T]` measures the memory read bandwidth that bounds decode;
 // `rs_bench --attention [--prompt-tokens N]` times the fused attention alone;
 // `rs_bench --experts --model DIR [--prompt-tokens N] [--kernels generic|avx512|avx512_bf16|avx512_bf16_rounded] [--repeat R]` times the
-// routed experts of the first MoE layer alone (random routing, N tokens), for A/B measurements of the kernel families.
+// routed experts of the first MoE layer alone (random routing, N tokens), for A/B measurements of the kernel families;
+// `rs_bench --stream --model DIR` streams the LM head one row at a time against the bandwidth probe. --weights applies
+// to all three model modes (default auto, as the engine).
 #include <sys/resource.h>
 
 #if defined(__x86_64__)
@@ -99,8 +101,14 @@ static double read_bandwidth_gbps(int threads) {
 }
 
 // GFLOP per call of the routed experts for T tokens.
-static int experts_bench(const std::string& dir, int T, int threads, int repeat, const std::string& kernels) {
-  auto ck = routescope::Checkpoint::open(dir);
+// The checkpoint with its weights where the engine would keep them for --weights.
+static std::unique_ptr<routescope::Checkpoint> open_checkpoint(const std::string& dir, const std::string& weights) {
+  return routescope::Checkpoint::open(dir, [&](uint64_t bytes) { return routescope::choose_residency(weights, bytes, dir); });
+}
+
+static int experts_bench(const std::string& dir, const std::string& weights, int T, int threads, int repeat,
+                         const std::string& kernels) {
+  auto ck = open_checkpoint(dir, weights);
   const auto& cfg = ck->config;
   int layer = 0;
   while (layer < cfg.layers && !ck->layers[layer].moe) ++layer;
@@ -155,8 +163,8 @@ static int experts_bench(const std::string& dir, int T, int threads, int repeat,
 }
 
 // One-row products streaming the LM head (decode's largest read), interleaved with the bandwidth probe: GB/s of each.
-static int stream_bench(const std::string& dir, int threads, int repeat) {
-  auto ck = routescope::Checkpoint::open(dir);
+static int stream_bench(const std::string& dir, const std::string& weights, int threads, int repeat) {
+  auto ck = open_checkpoint(dir, weights);
   const routescope::Mat& W = ck->lm_head;
   const size_t bytes = size_t(W.rows) * W.cols * routescope::dtype_size(W.dtype);
   std::vector<float> x(W.cols, 0.01f), y(W.rows);
@@ -246,8 +254,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    if (experts) return experts_bench(model, prompt, threads, repeat, kernels);
-    if (stream) return stream_bench(model, threads, repeat);
+    if (weights != "auto" && weights != "mapped" && weights != "resident") {
+      std::fprintf(stderr, "rs_bench: --weights must be auto, mapped or resident\n");
+      return 2;
+    }
+    if (experts) return experts_bench(model, weights, prompt, threads, repeat, kernels);
+    if (stream) return stream_bench(model, weights, threads, repeat);
     auto m = routescope::Model::load(model, {threads, "cpu", activations, weights});
     const auto& info = m->info();
     std::mt19937 rng(1);

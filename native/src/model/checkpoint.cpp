@@ -92,6 +92,30 @@ std::vector<float> to_f32(const TensorView& t) {
   return out;
 }
 
+namespace {
+// MemAvailable of /proc/meminfo in bytes; 0 where unknown.
+uint64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib = 0;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
+}  // namespace
+
+WeightResidency choose_residency(const std::string& choice, uint64_t weight_bytes, const std::string& dir) {
+  if (choice == "mapped") return WeightResidency::Mapped;
+  const uint64_t available = available_memory_bytes();
+  if (choice == "resident") {
+    if (available && weight_bytes > available / 10 * 9)
+      throw Error("OOM", dir + ": the weights need " + std::to_string(weight_bytes >> 20) + " MiB in memory, " +
+                             std::to_string(available >> 20) + " MiB are available; load them mapped (weights: mapped)");
+    return WeightResidency::Resident;
+  }
+  return available && weight_bytes <= available / 2 ? WeightResidency::Resident : WeightResidency::Mapped;
+}
+
 std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir_in,
                                              const std::function<WeightResidency(uint64_t)>& residency_for) {
   std::string dir = dir_in;

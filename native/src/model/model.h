@@ -66,6 +66,11 @@ struct LayerWeights {
   bool has_shared() const { return shared_gate.data != nullptr; }
 };
 
+// Where the weights of `dir` live for LoadOptions::weights `choice` (auto | mapped | resident) and files of
+// `weight_bytes` in all: auto is resident when they take at most half of the memory available; resident is refused
+// (Error "OOM") when they exceed 90 % of it.
+WeightResidency choose_residency(const std::string& choice, uint64_t weight_bytes, const std::string& dir);
+
 class Checkpoint {
  public:
   // `residency_for(weight_bytes)` chooses where the weights live once the shards' total size is known (null: mapped).
