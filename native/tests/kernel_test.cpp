@@ -182,7 +182,8 @@ TEST("kernels: fused causal attention (online softmax per block of keys) matches
   double worst_all = 0;
   for (Case c : {Case{2, 2, 16, 16, 1, 0, 0}, Case{4, 2, 24, 40, 5, 37, 0}, Case{2, 1, 128, 128, 70, 0, 0},
                  Case{4, 4, 64, 72, 130, 33, 0}, Case{2, 2, 32, 32, 90, 20, 50}, Case{3, 1, 20, 8, 1, 200, 0},
-                 Case{2, 2, 128, 128, 3, 4000, 0}}) {
+                 Case{2, 2, 128, 128, 3, 4000, 0}, Case{2, 2, 128, 128, 1, 4000, 0}, Case{2, 1, 32, 32, 1, 300, 50},
+                 Case{4, 2, 24, 40, 1, 37, 0}}) {
     AttentionShape s{c.heads, c.kv_heads, c.k_dim, c.v_dim, 1.f / std::sqrt(float(c.k_dim)), c.window};
     const int P = c.pos0 + c.T;
     std::vector<std::vector<float>> K(c.kv_heads, std::vector<float>(size_t(P) * c.k_dim)),

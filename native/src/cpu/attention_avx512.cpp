@@ -43,7 +43,7 @@ inline unsigned bits(int lo, int hi) {
 }  // namespace
 
 long attention_scratch_floats(int rows, int k_dim, int v_dim) {
-  return (long)k_dim * kKeys + (long)rows * round16(v_dim) + 2L * rows + (long)kRows * kKeys + 64;
+  return (long)k_dim * kKeys + (long)rows * round16(v_dim) + 2L * rows + (long)(kRows + 1) * kKeys + 64;
 }
 
 void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
@@ -63,9 +63,27 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
   const int last = p0 + rows - 1;  // the last key any row sees
   const int first = first_visible_key(p0, window, chunk);  // nondecreasing in p: row 0's is the lowest
   const __m512 vscale = _mm512_set1_ps(scale);
+  // One row (decode): each key's score is a direct dot product, streaming K once without transposing it.
+  float* one = pr + kRows * kKeys;  // kKeys scores of the single row
   for (int kb = first; kb <= last; kb += kKeys) {
     const int nk = imin(kKeys, last + 1 - kb);
-    pack_keys(K, k_dim, kb, nk, kt);
+    if (rows == 1) {
+      for (int j = 0; j < kKeys; ++j) {
+        if (j >= nk) {
+          one[j] = 0.f;
+          continue;
+        }
+        const float* kr = K + (long)(kb + j) * k_dim;
+        __m512 acc = _mm512_setzero_ps();
+        for (int d = 0; d < k_dim; d += 16) {
+          const __mmask16 m = tail16(k_dim - d);
+          acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d), _mm512_maskz_loadu_ps(m, kr + d), acc);
+        }
+        one[j] = _mm512_reduce_add_ps(acc);
+      }
+    } else {
+      pack_keys(K, k_dim, kb, nk, kt);
+    }
     for (int r0 = 0; r0 < rows; r0 += kRows) {
       const int mr = imin(kRows, rows - r0);
       // Which keys of this block each row sees.
@@ -80,7 +98,8 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
       // Scores of mr rows x 32 keys.
       __m512 s0[kRows], s1[kRows];
       for (int i = 0; i < kRows; ++i) s0[i] = s1[i] = _mm512_setzero_ps();
-      for (int d = 0; d < k_dim; ++d) {
+      if (rows == 1) s0[0] = _mm512_loadu_ps(one), s1[0] = _mm512_loadu_ps(one + 16);
+      for (int d = 0; d < k_dim && rows > 1; ++d) {
         const __m512 k0 = _mm512_loadu_ps(kt + (long)d * kKeys), k1 = _mm512_loadu_ps(kt + (long)d * kKeys + 16);
         for (int i = 0; i < mr; ++i) {
           const __m512 b = _mm512_set1_ps(q[(r0 + i) * ldq + d]);
