@@ -27,16 +27,16 @@ void Decoder::latent_qkv(int l, const float* x, int T, int pos0, std::vector<flo
   if (m.q_lora_rank > 0) {
     const int R = m.q_lora_rank;
     std::vector<float> qa(static_cast<size_t>(T) * R), r(T);
-    matmul(pool_, x, T, w.q_a, qa.data());
+    project(x, T, w.q_a, qa.data(), false, save != nullptr);
     if (save) save->q_lat = qa;
     for (int t = 0; t < T; ++t) r[t] = rmsnorm_row(&qa[static_cast<size_t>(t) * R], w.q_a_norm.data(), R, kLatentEps, &qa[static_cast<size_t>(t) * R]);
     if (save) save->r_q_lat = r;
-    matmul(pool_, qa.data(), T, w.q_b, q.data());
+    project(qa.data(), T, w.q_b, q.data(), false, save != nullptr);
   } else {
-    matmul(pool_, x, T, w.q, q.data());
+    project(x, T, w.q, q.data(), false, save != nullptr);
   }
   std::vector<float> ckv(static_cast<size_t>(T) * kva), cn(static_cast<size_t>(T) * lat), r(T);
-  matmul(pool_, x, T, w.kv_a, ckv.data());
+  project(x, T, w.kv_a, ckv.data(), false, save != nullptr);
   for (int t = 0; t < T; ++t)
     r[t] = rmsnorm_row(&ckv[static_cast<size_t>(t) * kva], w.kv_a_norm.data(), lat, kLatentEps, &cn[static_cast<size_t>(t) * lat]);
   if (save) {
@@ -46,7 +46,7 @@ void Decoder::latent_qkv(int l, const float* x, int T, int pos0, std::vector<flo
     save->r_kv_lat = r;
   }
   std::vector<float> kv(static_cast<size_t>(T) * nh * kvb);
-  matmul(pool_, cn.data(), T, w.kv_b, kv.data());
+  project(cn.data(), T, w.kv_b, kv.data(), false, save != nullptr);
   // RoPE on the shared k_rope (one head of width rope, stride kva, at offset lat) and on q's rope parts.
   rope_rows(ckv.data(), T, pos0, 1, kva, lat, 1.f);
   rope_rows(q.data(), T, pos0, nh, hd, nope, 1.f);
