@@ -311,7 +311,9 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     const bool inline_only = static_cast<int64_t>(N) * K * T < (int64_t(1) << 20);
     const int threads = inline_only ? 1 : pool.size();
     const int TB = std::min(T, 16);
-    std::vector<float> partials(static_cast<size_t>(threads) * TB * K);
+    thread_local std::vector<float> partials_kept;  // the calling thread's, kept across calls (zeroed below)
+    partials_kept.resize(static_cast<size_t>(threads) * TB * K);
+    std::vector<float>& partials = partials_kept;
     const int slab = 256;
     const int units = (N + slab - 1) / slab;
     for (int t0 = 0; t0 < T; t0 += TB) {
