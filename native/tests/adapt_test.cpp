@@ -5,6 +5,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "adapt/optimizer.h"
 #include "cpu/router.h"
 #include "engine_impl.h"
 #include "routescope/adapt.h"
@@ -101,6 +102,42 @@ TEST("reroute: rounds lower the loss; the rebuilt KV cache equals a fresh prefil
     auto fresh = model->create_session()->forward(context, dp, LogitsMode::Last);
     float d = max_diff(next.logits, fresh.logits);
     CHECK_MSG(d < 1e-4, name << ": rebuilt cache differs from a fresh prefill by " << d);
+  }
+}
+
+TEST("reroute: the first round's first step reuses the prompt's forward; its loss and step are the gradient pass's, bit for bit") {
+  // The prompt runs as the first round's step 0 would run it (delta zero), so the step takes that forward's
+  // activations instead of running it again. Recomputed here by the gradient pass over the prompt (the same forward
+  // from the lowest candidate layer up): the round's first loss, and with one step its delta (Adam's first step on
+  // the pass's bias gradient), must match exactly, whichever layer the round adapts (above the lowest candidate too).
+  for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "deepseek_v2-perexpert-bf16"}) {
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
+    const ModelInfo& info = model->info();
+    const auto prompt = random_tokens(14, info.vocab_size, 5);
+    Patch none;
+    GradRequest req;
+    req.bias_layers = info.moe_layers;  // the candidates: the pass runs the same forward from the lowest of them
+    const GradResult g = model->create_session()->grad(prompt, none, req);
+    bool above_lowest = false;
+    for (bool least_confident_first : {true, false}) {
+      RerouteOptions ro;
+      ro.steps = 1;
+      ro.layer_fraction = 1.f / static_cast<float>(info.moe_layers.size());  // one layer, a different one each way
+      ro.least_confident_first = least_confident_first;
+      SampleOptions so;
+      so.max_new_tokens = 0;
+      auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
+      CHECK_MSG(rr.rounds.size() == 1 && rr.rounds[0].losses.size() == 1, name << ": rounds " << rr.rounds.size());
+      if (rr.rounds.size() != 1) continue;
+      CHECK_MSG(rr.rounds[0].losses[0] == g.loss, name << ": first loss " << rr.rounds[0].losses[0] << " vs " << g.loss);
+      const int l = rr.rounds[0].layers.front();
+      above_lowest |= l > info.moe_layers.front();
+      Adam adam;
+      std::vector<float> want(info.num_experts, 0.f);
+      adam.step(want, g.bias_grad.at(l), ro.lr);
+      CHECK_MSG(rr.delta.at(l) == want, name << ": layer " << l << "'s delta after one step differs from the pass's");
+    }
+    CHECK_MSG(above_lowest, name << ": no round adapted a layer above the lowest candidate");
   }
 }
 

@@ -377,6 +377,80 @@ TEST("kernels: decode's streaming products (1-4 rows, prefetched slabs on 1 and 
         }
 }
 
+TEST("kernels: decode's streaming products sum each row's lanes in _mm512_reduce_add_ps's order, bit for bit") {
+  // The products keep 16 partial sums per output (lane c % 16 takes column c, one fused multiply-add each) and add
+  // them the way GCC's _mm512_reduce_add_ps does: halves, quarters, then lanes 0+2 and 1+3, then those two. The
+  // sums of four outputs are taken together; this holds them to the bits of one reduction per output.
+  if (!cpu_has_avx512()) return;
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool1(1);
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int K : {16, 40, 128, 7})
+      for (int N : {1, 2, 3, 4, 5, 7, 37})
+        for (int T : {1, 2, 3, 4}) {
+          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+          std::vector<float> x(size_t(T) * K);
+          for (auto& v : x) v = nd(rng);
+          for (bool accumulate : {false, true}) {
+            std::vector<float> y(size_t(T) * N), before(y.size());
+            for (auto& v : before) v = nd(rng);
+            y = before;
+            matmul(pool1, x.data(), T, W.mat, y.data(), accumulate);
+            bool same = true;
+            for (int t = 0; t < T; ++t)
+              for (int n = 0; n < N; ++n) {
+                float lane[16] = {};
+                for (int c0 = 0; c0 < K; c0 += 16)
+                  for (int i = 0; i < 16; ++i) {
+                    const int c = c0 + i;  // past K: the masked loads' zeros
+                    lane[i] = std::fma(c < K ? W.values[size_t(n) * K + c] : 0.f, c < K ? x[size_t(t) * K + c] : 0.f, lane[i]);
+                  }
+                float half[8], quarter[4];
+                for (int i = 0; i < 8; ++i) half[i] = lane[i + 8] + lane[i];
+                for (int i = 0; i < 4; ++i) quarter[i] = half[i + 4] + half[i];
+                const float sum = (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+                const float want = accumulate ? before[size_t(t) * N + n] + sum : sum;
+                same = same && std::memcmp(&want, &y[size_t(t) * N + n], sizeof(float)) == 0;
+              }
+            CHECK_MSG(same, "stream order " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
+          }
+        }
+}
+
+TEST("kernels: few-row input gradients (C3PO's stacked rows) sum each output over n in order, bit for bit") {
+  // dx[t, k] (+)= sum_n dy[t, n] W[n, k]: whether W is streamed row by row or walked in column tiles, each output is
+  // one chain of fused multiply-adds over n from zero, added to the old value when accumulating (the AVX-512 kernels).
+  if (!cpu_has_avx512()) return;
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool1(1), pool2(2);
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int N : {5, 81, 128, 300})
+      for (int K : {32, 40, 128})
+        for (int T : {1, 2, 3, 4}) {
+          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+          std::vector<float> dy(size_t(T) * N);
+          for (auto& v : dy) v = nd(rng);
+          for (bool accumulate : {false, true}) {
+            std::vector<float> before(size_t(T) * K);
+            for (auto& v : before) v = nd(rng);
+            std::vector<float> dx1(before), dx2(before);
+            matmul_backward_input(pool1, dy.data(), T, W.mat, dx1.data(), accumulate);
+            matmul_backward_input(pool2, dy.data(), T, W.mat, dx2.data(), accumulate);
+            bool same = dx1 == dx2;
+            for (int t = 0; t < T; ++t)
+              for (int k = 0; k < K; ++k) {
+                float acc = 0.f;
+                for (int n = 0; n < N; ++n) acc = std::fma(dy[size_t(t) * N + n], W.values[size_t(n) * K + k], acc);
+                const float want = accumulate ? before[size_t(t) * K + k] + acc : acc;
+                same = same && want == dx1[size_t(t) * K + k];
+              }
+            CHECK_MSG(same, "backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
+          }
+        }
+}
+
 TEST("kernels: matmul with bf16-rounded activations (vdpbf16ps, and the reference path) matches a float64 loop") {
   std::mt19937 rng(19);
   std::normal_distribution<float> nd(0.f, 1.f);

@@ -230,12 +230,15 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
   std::vector<LayerSave> mlp_saves(L);                                        // MLP halves, neighbours stacked
   LayerSave block_save;
   std::map<int, Adam> adam;
+  // Kept across steps, rewritten in place at each: the gradients, the stacked patch, each row's mix-gradient slot.
+  std::map<int, std::vector<float>> grad;
+  Patch stacked;
+  std::map<int, float*> row_grads, no_rows;
+  for (int j = 0; j < K; ++j) row_grads[j] = gl.data() + static_cast<size_t>(j) * E;
   const int evaluations = std::max(o.steps, 1) + (o.final_loss ? 1 : 0);
   for (int step = 0; step < evaluations; ++step) {
     const bool need_grad = step < std::max(o.steps, 1);
-    std::map<int, std::vector<float>> grad;
     for (int l : o.layers) grad[l].assign(E, 0.f);
-    Patch stacked;
     for (int l : o.layers) {
       const std::vector<float> omega = scores_row(cfg, theta[l]);
       for (int j = 0; j < K; ++j) stacked.layers[l].mix[j] = omega;
@@ -288,13 +291,9 @@ C3poResult c3po_ngd(Model& model_in, const std::map<int, std::vector<float>>& om
                            dnorm.data() + static_cast<size_t>(j) * H, H, dh.data() + static_cast<size_t>(j) * H, false);
     // dLoss/dtheta of every critical layer, summed over the neighbours.
     auto take = [&](int l, const LayerSave& s, bool stop) {
-      std::map<int, float*> mg;
       const bool critical = grad.count(l) > 0;
-      if (critical) {
-        std::fill(gl.begin(), gl.end(), 0.f);
-        for (int j = 0; j < K; ++j) mg[j] = gl.data() + static_cast<size_t>(j) * E;
-      }
-      const bool below = dec.mlp_backward(l, s, dh.data(), stop, nullptr, mg);
+      if (critical) std::fill(gl.begin(), gl.end(), 0.f);
+      const bool below = dec.mlp_backward(l, s, dh.data(), stop, nullptr, critical ? row_grads : no_rows);
       if (critical)
         for (int j = 0; j < K; ++j)
           for (int e = 0; e < E; ++e) grad[l][e] += gl[static_cast<size_t>(j) * E + e];

@@ -1,7 +1,8 @@
 // Continuous rerouting (arXiv:2510.14853): during generation, a router-logit offset delta per adapted layer is
 // optimised on the self-supervised next-token loss of the context, after prefill and then every `interval` tokens.
 // A round runs only the layers at and above the lowest layer it adapts, from hidden states kept at the lowest
-// candidate layer, and chooses its layers from routing confidences recorded while the context was routed.
+// candidate layer, and chooses its layers from routing confidences recorded while the context was routed. The prompt
+// runs as the first round's first step would run it (delta is zero then), and that step takes its activations.
 #include <algorithm>
 #include <cmath>
 
@@ -63,6 +64,28 @@ class Rerouter {
     };
   }
 
+  // The prompt's forward as the first round's first step runs it (delta is zero then: the same patch), keeping what
+  // that step needs: every layer's activations from the lowest candidate up, and the last layer's output. The step
+  // then skips its forward. Returns the last position's logits.
+  std::vector<float> prefill(const std::vector<int>& prompt) {
+    s_.check_tokens(prompt, 0);
+    const int T = static_cast<int>(prompt.size()), H = cfg_.hidden, L = cfg_.layers;
+    s_.prepare_grad_workspace();
+    prompt_h_.resize(static_cast<size_t>(T) * H);
+    s_.dec_.embed(prompt, prompt_h_.data());
+    const RoutingCallback record = confidence_callback();
+    for (int l = 0; l < L; ++l) {
+      if (l == s_.keep_layer_) s_.hidden_.assign(prompt_h_.begin(), prompt_h_.end());
+      s_.dec_.layer_forward(l, prompt_h_.data(), T, 0, s_.cache_[l], current_, record,
+                            l >= s_.keep_layer_ ? &s_.grad_saves_[l] : nullptr);
+    }
+    s_.pos_ = T;
+    prompt_saved_ = true;
+    std::vector<float> logits(cfg_.vocab);
+    s_.dec_.logits(prompt_h_.data() + static_cast<size_t>(T - 1) * H, 1, logits.data());
+    return logits;
+  }
+
   // Optimises delta of the selected layers on the next-token loss of the window, then rebuilds the KV cache of the
   // layers at and above the lowest adapted one over the window with the final delta. Returns the last position's
   // logits.
@@ -91,10 +114,18 @@ class Rerouter {
       if (!delta_.count(l)) delta_[l].assign(E, 0.f);
     if (o_.reset_adam_each_round) adam_.clear();
     const int low = selected.front();
+    // The first round right after prefill() starts from the prompt's forward: its saves are step 0's.
+    const bool reuse = prompt_saved_ && pos0 == 0 && static_cast<size_t>(T) * H == prompt_h_.size();
+    prompt_saved_ = false;
     // The window's hidden states entering the lowest adapted layer: the layers below it do not change in this round.
-    const int store = s_.keep_layer_;
-    std::vector<float> h_low(s_.hidden_.begin() + static_cast<size_t>(pos0) * H, s_.hidden_.begin() + static_cast<size_t>(T) * H);
-    for (int l = store; l < low; ++l) s_.dec_.layer_forward(l, h_low.data(), Tw, pos0, s_.cache_[l], current_, nullptr, nullptr);
+    std::vector<float> h_low;
+    if (reuse) {
+      h_low = s_.grad_saves_[low].h_in;
+    } else {
+      h_low.assign(s_.hidden_.begin() + static_cast<size_t>(pos0) * H, s_.hidden_.begin() + static_cast<size_t>(T) * H);
+      for (int l = s_.keep_layer_; l < low; ++l)
+        s_.dec_.layer_forward(l, h_low.data(), Tw, pos0, s_.cache_[l], current_, nullptr, nullptr);
+    }
     const std::vector<int> window(context.begin() + pos0, context.end());
     // Steps: the window's rows from the lowest adapted layer up, writing their keys and values into the session's
     // cache (the rebuild below overwrites them; older positions stay as cached).
@@ -105,8 +136,12 @@ class Rerouter {
     const std::map<int, float*> none;
     for (int step = 0; step < o_.steps; ++step) {
       s_.check_cancelled();
-      h = h_low;
-      for (int l = low; l < L; ++l) s_.dec_.layer_forward(l, h.data(), Tw, pos0, s_.cache_[l], current_, nullptr, &saves[l]);
+      if (step == 0 && reuse) {
+        h = prompt_h_;
+      } else {
+        h = h_low;
+        for (int l = low; l < L; ++l) s_.dec_.layer_forward(l, h.data(), Tw, pos0, s_.cache_[l], current_, nullptr, &saves[l]);
+      }
       round.losses.push_back(s_.loss_and_grad(window, h.data(), 1, Tw, dh.data()));
       for (int l : selected) grads[l].assign(E, 0.f);
       for (int l = L - 1; l >= low; --l) {
@@ -142,6 +177,8 @@ class Rerouter {
   std::map<int, Adam> adam_;
   std::map<int, std::vector<float>> confidence_;  // per candidate layer, per position
   int last_round_end_ = 0;
+  bool prompt_saved_ = false;      // prefill() left the first round's step-0 activations in the session
+  std::vector<float> prompt_h_;    // the prompt's last-layer output from prefill()
 };
 
 }  // namespace
@@ -171,7 +208,10 @@ RerouteResult generate_rerouted(Session& session, const std::vector<int>& prompt
   Rerouter rr(s, patch, o, candidates);
   try {
     const RoutingCallback record = rr.confidence_callback();
-    std::vector<float> logits = s.forward(prompt, rr.patch(), LogitsMode::Last, record).logits;
+    // With a round to come right after it, the prompt runs as that round's first step would run it.
+    std::vector<float> logits = o.steps > 0 && prompt.size() >= 2
+                                    ? rr.prefill(prompt)
+                                    : s.forward(prompt, rr.patch(), LogitsMode::Last, record).logits;
     int since = 0;
     auto maybe_round = [&] {
       if (o.steps == 0 || context.size() < 2) return;

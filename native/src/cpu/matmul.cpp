@@ -299,7 +299,11 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
   // attention's probabilities times V), wrong for a few rows against a large W (the LM head's backward), which
   // streams W row by row instead.
   const bool small_w = static_cast<int64_t>(N) * K * (dt == 0 ? 4 : 2) <= (int64_t(4) << 20);
-  if (N >= 256 && !(T >= 8 && small_w)) {
+  // A few rows against a small W (C3PO's stacked rows, one query's probabilities times V) stream it too: the column
+  // tiles would walk W once per row with one chain of multiply-adds each. Each output sums over n in the same order
+  // either way, so the bits are the tiles'.
+  const bool few_rows = T <= kStreamBackwardRows && static_cast<int64_t>(N) * K * T < (int64_t(1) << 20);
+  if ((N >= 256 && !(T >= 8 && small_w)) || few_rows) {
     // Stream W row by row in slabs (contiguous reads), each thread summing into its own K-wide partials for a block
     // of up to 16 rows of dy, then reduce. The column-block kernel below reads W with a 32-float stride and once per
     // 8 rows, which made the LM-head backward (N = vocab) of C3PO steps and rerouting rounds bandwidth-starved.
@@ -307,7 +311,9 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     const bool inline_only = static_cast<int64_t>(N) * K * T < (int64_t(1) << 20);
     const int threads = inline_only ? 1 : pool.size();
     const int TB = std::min(T, 16);
-    std::vector<float> partials(static_cast<size_t>(threads) * TB * K);
+    thread_local std::vector<float> partials_kept;  // the calling thread's, kept across calls (zeroed below)
+    partials_kept.resize(static_cast<size_t>(threads) * TB * K);
+    std::vector<float>& partials = partials_kept;
     const int slab = 256;
     const int units = (N + slab - 1) / slab;
     for (int t0 = 0; t0 < T; t0 += TB) {
