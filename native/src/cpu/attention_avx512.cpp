@@ -74,6 +74,12 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
           continue;
         }
         const float* kr = K + (long)(kb + j) * k_dim;
+        if (kb + kKeys + j <= last) {  // the next block's key and value rows, a block ahead of their reads
+          const char* kn = (const char*)(kr + (long)kKeys * k_dim);
+          const char* vn = (const char*)(V + (long)(kb + kKeys + j) * v_dim);
+          for (long b = 0; b < (long)k_dim * 4; b += 64) _mm_prefetch(kn + b, _MM_HINT_T0);
+          for (long b = 0; b < (long)v_dim * 4; b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
+        }
         __m512 acc = _mm512_setzero_ps();
         for (int d = 0; d < k_dim; d += 16) {
           const __mmask16 m = tail16(k_dim - d);
