@@ -1,6 +1,7 @@
 // Hostile inputs through the real CLI: FIFOs and devices in place of files, files over their size limit, links out
 // of the model folder, non-standard JSON, values beyond float32, results that would print NaN, input that used to
-// surface as internal errors, weights truncated while in use, and output folders that must not be written.
+// surface as internal errors, and output folders that must not be written (weights truncated while in use:
+// weights-truncated.test.ts).
 // Each case: one line "routescope: <file or flag>: <problem>" on stderr, exit 1 (or the stated handling), the
 // user's files untouched, and no hang (every run has a timeout).
 import { test } from 'node:test';
@@ -317,61 +318,6 @@ test('a malformed reference set is refused when opened, with one line naming the
       ['index-null-line', (d) => fs.appendFileSync(path.join(d, 'index.jsonl'), 'null\n'), 'index.jsonl:', /expected a JSON object, got null/],
     ];
     for (const [name, edit, names, problem] of cases) assertOneLine(run(evalArgs(variant(name, edit))), names, problem);
-  }));
-
-// ---------------------------------------------------------------------------------------------------------------
-// Item 8: weights truncated while in use.
-
-test('mapped weights truncated while generate runs: "the model file changed while it was in use", exit 1', () =>
-  withTemp(async (tmp) => {
-    writeRandomOlmoe(tmp);
-    const file = path.join(tmp, 'model.safetensors');
-    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'routescope.js'), 'generate', '--model', tmp, '--tokens', '1,2,3', '--max-new-tokens', '4000', '--threads', '1', '--weights', 'mapped'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    let truncated = false;
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-      if (!truncated && /\|\s+\d+/.test(stdout)) {
-        truncated = true;
-        fs.truncateSync(file, 4096);
-      }
-    });
-    const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])));
-    assert.ok(truncated, 'the generation ended before the file was truncated');
-    assert.equal(signal, null, `killed by ${signal}`);
-    assert.equal(code, 1, `exit ${code}: ${stderr}`);
-    assert.match(stderr, new RegExp(`^routescope: ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: the model file changed while it was in use[^\\n]*\\n$`));
-  }));
-
-test('resident weights (the default for a small model): the file truncated while generate runs changes nothing', () =>
-  withTemp(async (tmp) => {
-    writeRandomOlmoe(tmp);
-    const file = path.join(tmp, 'model.safetensors');
-    const args = ['generate', '--model', tmp, '--tokens', '1,2,3', '--max-new-tokens', '300', '--threads', '1'];
-    const before = runCli(args);
-    assert.equal(before.code, 0, before.stderr);
-    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'routescope.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let truncatedAt = -1;
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-      if (truncatedAt < 0 && /\|\s+\d+/.test(stdout)) {
-        truncatedAt = stdout.length;
-        fs.truncateSync(file, 4096);
-      }
-    });
-    const [code, signal] = await new Promise<[number | null, string | null]>((resolve) => child.on('close', (c, sig) => resolve([c, sig])));
-    assert.ok(truncatedAt >= 0, 'the generation printed nothing to truncate after');
-    assert.equal(signal, null, `killed by ${signal}`);
-    assert.equal(code, 0, `exit ${code}: ${stderr}`);
-    assert.ok(stdout.length > truncatedAt, 'nothing was generated after the file was truncated');
-    assert.equal(stdout, before.stdout);
   }));
 
 // ---------------------------------------------------------------------------------------------------------------
