@@ -67,8 +67,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opts.backend == "cuda" && !cuda::compiled()) throw Error("NO_CUDA", cuda::probe() + "; use backend cpu or auto");
   if (opts.activations != "fp32" && opts.activations != "bf16")
     throw Error("BAD_ARGUMENT", "activations must be fp32 or bf16 (got \"" + opts.activations + "\")");
-  if (opts.weights != "auto" && opts.weights != "mapped" && opts.weights != "resident")
-    throw Error("BAD_ARGUMENT", "weights must be auto, mapped or resident (got \"" + opts.weights + "\")");
+  check_weights_choice(opts.weights);
   // The CUDA backend uploads the weights: a resident host copy would only take memory.
   const std::string weights = opts.backend == "cuda" ? "mapped" : opts.weights;
   auto residency_for = [&](uint64_t weight_bytes) { return choose_residency(weights, weight_bytes, dir); };

@@ -254,10 +254,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    if (weights != "auto" && weights != "mapped" && weights != "resident") {
-      std::fprintf(stderr, "rs_bench: --weights must be auto, mapped or resident\n");
-      return 2;
-    }
+    routescope::check_weights_choice(weights);
     if (experts) return experts_bench(model, weights, prompt, threads, repeat, kernels);
     if (stream) return stream_bench(model, weights, threads, repeat);
     auto m = routescope::Model::load(model, {threads, "cpu", activations, weights});

@@ -313,7 +313,7 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     const int TB = std::min(T, 16);
     thread_local std::vector<float> partials_kept;  // the calling thread's, kept across calls (zeroed below)
     partials_kept.resize(static_cast<size_t>(threads) * TB * K);
-    std::vector<float>& partials = partials_kept;
+    std::vector<float>& partials = partials_kept;  // a reference: the pool's threads must use the caller's buffer
     const int slab = 256;
     const int units = (N + slab - 1) / slab;
     for (int t0 = 0; t0 < T; t0 += TB) {

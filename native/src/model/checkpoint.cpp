@@ -104,7 +104,13 @@ uint64_t available_memory_bytes() {
 }
 }  // namespace
 
+void check_weights_choice(const std::string& choice) {
+  if (choice != "auto" && choice != "mapped" && choice != "resident")
+    throw Error("BAD_ARGUMENT", "weights must be auto, mapped or resident (got \"" + choice + "\")");
+}
+
 WeightResidency choose_residency(const std::string& choice, uint64_t weight_bytes, const std::string& dir) {
+  check_weights_choice(choice);
   if (choice == "mapped") return WeightResidency::Mapped;
   const uint64_t available = available_memory_bytes();
   if (choice == "resident") {

@@ -70,6 +70,8 @@ struct LayerWeights {
 // `weight_bytes` in all: auto is resident when they take at most half of the memory available; resident is refused
 // (Error "OOM") when they exceed 90 % of it.
 WeightResidency choose_residency(const std::string& choice, uint64_t weight_bytes, const std::string& dir);
+// Throws Error("BAD_ARGUMENT") unless `choice` is auto, mapped or resident.
+void check_weights_choice(const std::string& choice);
 
 class Checkpoint {
  public:
