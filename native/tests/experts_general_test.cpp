@@ -129,3 +129,47 @@ TEST("kernels: MXFP4 rows (every second row from an offset) and transposed inter
     check_against(W, dense, off ? "transposed up rows" : "transposed gate rows");
   }
 }
+
+TEST("kernels: MXFP4 decode rows read in place give the bits of the same rows widened to f32") {
+  // The decode path reads the blocks where they are stored; before it, the rows were widened to an f32 tile and
+  // multiplied there. Same products, same order: the same bits, pooled and serial, with and without accumulate.
+  std::mt19937 rng(17);
+  std::normal_distribution<float> nd;
+  const int rows = 301, K = 2880, stored = 2 * rows;
+  std::vector<uint8_t> blocks(size_t(stored) * K / 2), scales(size_t(stored) * K / 32);
+  for (auto& b : blocks) b = uint8_t(rng() & 0xFF);
+  for (size_t i = 0; i < scales.size(); ++i) scales[i] = i % 97 == 0 ? 0 : uint8_t(118 + rng() % 16);  // 0: 2^-127
+  ThreadPool pool(2);
+  for (int off = 0; off < 2; ++off) {
+    Mat W;
+    W.enc = Encoding::Mxfp4;
+    W.rows = rows;
+    W.cols = K;
+    W.data = blocks.data();
+    W.mx_scales = scales.data();
+    W.rstep = 2;
+    W.roff = off;
+    std::vector<float> wide(size_t(rows) * K);
+    for (int r = 0; r < rows; ++r) {
+      const size_t sr = size_t(r) * 2 + off;
+      for (int c = 0; c < K; ++c) {
+        const uint8_t byte = blocks[sr * (K / 2) + c / 2];
+        const int code = c % 2 ? byte >> 4 : byte & 0xF;
+        wide[size_t(r) * K + c] = float(kFp4[code]) * std::ldexp(1.f, int(scales[sr * (K / 32) + c / 32]) - 127);
+      }
+    }
+    const Mat Wf{reinterpret_cast<const uint8_t*>(wide.data()), DType::F32, rows, K};
+    for (int T = 1; T <= kStreamRows; ++T)
+      for (bool acc : {false, true}) {
+        std::vector<float> x(size_t(T) * K), start(size_t(T) * rows);
+        for (auto& v : x) v = nd(rng);
+        for (auto& v : start) v = nd(rng);
+        std::vector<float> want = start, pooled = start, serial = start;
+        matmul_serial(x.data(), T, Wf, want.data(), acc);
+        matmul(pool, x.data(), T, W, pooled.data(), acc);
+        matmul_serial(x.data(), T, W, serial.data(), acc);
+        CHECK_MSG(std::memcmp(want.data(), pooled.data(), want.size() * 4) == 0, "pooled, T=" << T << " accumulate " << acc << " offset " << off);
+        CHECK_MSG(std::memcmp(want.data(), serial.data(), want.size() * 4) == 0, "serial, T=" << T << " accumulate " << acc << " offset " << off);
+      }
+  }
+}

@@ -259,6 +259,75 @@ void backward_rows_dt(const float* dy, int T, int N, const uint8_t* W, int K, in
 }
 }  // namespace
 
+namespace {
+// Up to 4 MXFP4 rows against TT rows of x, as dot_block<0, TT> runs on the same rows widened to f32: per row and x
+// row one accumulator, fused multiply-adds over 16 columns at a time in column order, then reduce_add4.
+template <int TT>
+void mxfp4_block(const float* x, int K, const uint8_t* const* q, const uint8_t* const* e, int rows, const float* fp4,
+                 const float* scale, float* y, int ldy, int n, int accumulate) {
+  const __m512 table = _mm512_loadu_ps(fp4);
+  const __m256i lo_mask = _mm256_set1_epi16(0x000F), hi_mask = _mm256_set1_epi16(0x00F0);
+  __m512 acc[4][TT];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int b = 0; b < K / 32; ++b) {
+    const int k = b * 32;
+    __m512 x0[TT], x1[TT];
+    for (int t = 0; t < TT; ++t) x0[t] = _mm512_loadu_ps(x + (long)t * K + k), x1[t] = _mm512_loadu_ps(x + (long)t * K + k + 16);
+    for (int r = 0; r < 4; ++r) {
+      if (b % 4 == 0) _mm_prefetch((const char*)(q[r] + b * 16 + 512), _MM_HINT_T0);
+      // 16 bytes = 32 codes; each byte widened to 16 bits becomes [low nibble, high nibble] as two bytes: the codes
+      // in column order.
+      const __m256i w16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q[r] + b * 16)));
+      const __m256i codes = _mm256_or_si256(_mm256_and_si256(w16, lo_mask), _mm256_slli_epi16(_mm256_and_si256(w16, hi_mask), 4));
+      const __m512 s = _mm512_set1_ps(scale[e[r][b]]);
+      const __m512 w0 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)), table), s);
+      const __m512 w1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)), table), s);
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w0, x0[t], acc[r][t]);
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w1, x1[t], acc[r][t]);
+    }
+  }
+  const __mmask8 live = (__mmask8)((1u << rows) - 1);
+  for (int t = 0; t < TT; ++t) {
+    __m128 sum = reduce_add4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+    float* dst = y + (long)t * ldy + n;
+    if (accumulate) sum = _mm_add_ps(_mm_maskz_loadu_ps(live, dst), sum);
+    _mm_mask_storeu_ps(dst, live, sum);
+  }
+}
+
+template <int TT>
+void mxfp4_rows_t(const float* x, int K, const uint8_t* q, const uint8_t* e, int rstep, int roff, const float* fp4,
+                  const float* scale, int n0, int n1, float* y, int ldy, int accumulate) {
+  for (int n = n0; n < n1; n += 4) {
+    const int rows = imin(4, n1 - n);
+    const uint8_t* qr[4];
+    const uint8_t* er[4];
+    for (int r = 0; r < 4; ++r) {
+      const long row = (long)(n + (r < rows ? r : 0)) * rstep + roff;
+      qr[r] = q + row * (K / 2);
+      er[r] = e + row * (K / 32);
+    }
+    mxfp4_block<TT>(x, K, qr, er, rows, fp4, scale, y, ldy, n, accumulate);
+  }
+}
+}  // namespace
+
+void mxfp4_rows(const float* x, int T, int K, const uint8_t* q, const uint8_t* e, int rstep, int roff, const float* fp4,
+                const float* scale, int n0, int n1, float* y, int ldy, int accumulate) {
+  for (int t = 0; t < T; t += 4) {
+    const int tt = imin(4, T - t);
+    const float* xs = x + (long)t * K;
+    float* ys = y + (long)t * ldy;
+    switch (tt) {
+      case 1: mxfp4_rows_t<1>(xs, K, q, e, rstep, roff, fp4, scale, n0, n1, ys, ldy, accumulate); break;
+      case 2: mxfp4_rows_t<2>(xs, K, q, e, rstep, roff, fp4, scale, n0, n1, ys, ldy, accumulate); break;
+      case 3: mxfp4_rows_t<3>(xs, K, q, e, rstep, roff, fp4, scale, n0, n1, ys, ldy, accumulate); break;
+      default: mxfp4_rows_t<4>(xs, K, q, e, rstep, roff, fp4, scale, n0, n1, ys, ldy, accumulate); break;
+    }
+  }
+}
+
 void dot_rows(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
               int accumulate) {
   if (dt == 0) dot_rows_dt<0>(x, T, K, W, n0, n1, y, ldy, accumulate);

@@ -17,6 +17,12 @@ void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, in
 // KC block of each column panel overwrites unless accumulate.
 void backward_gemm(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, int k0, int k1,
                    float* dx, int accumulate, float* panel /* KC*32 floats */);
+// y[t, n] (+)= sum_k W[n, k] x[t, k] over MXFP4 rows n in [n0, n1), up to 4 rows of x (decode): row n is storage
+// row n·rstep + roff, its K/2 bytes of E2M1 pairs (low nibble first) at q + row·K/2 and its K/32 E8M0 exponents at
+// e + row·K/32; fp4: the 16 E2M1 values, scale: the 256 values 2^(e - 127). Read where stored (no widened copy), with
+// the same products in the same order as widening the rows to f32 and dot_rows, so the same bits.
+void mxfp4_rows(const float* x, int T, int K, const uint8_t* q, const uint8_t* e, int rstep, int roff, const float* fp4,
+                const float* scale, int n0, int n1, float* y, int ldy, int accumulate);
 void convert(const uint8_t* src, int dt, float* dst, long n);
 // out[i][c] = silu(g[i][c]) * u[i][c] for an [m][n] tile (row strides ldg, ldo).
 void silu_mul(const float* g, const float* u, int m, int n, long ldg, float* out, long ldo);

@@ -2,12 +2,14 @@
 // (gpt-oss experts) — are multiplied a tile of rows at a time: the tile is widened to f32 (with its scales), run
 // through the f32 kernels, and dropped; no dequantised or transposed copy larger than one tile (about 4 MiB) exists.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "cpu/convert.h"
 #include "cpu/matmul.h"
+#include "cpu/matmul_avx512.h"
 
 namespace routescope {
 
@@ -31,6 +33,22 @@ const E4M3Table kE4M3;
 
 // The 16 FP4 (E2M1) values, low nibble first within a byte (transformers' integrations/mxfp4.py).
 const float kFp4[16] = {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
+
+// The 256 E8M0 scales 2^(e - 127) as widen_rows computes them (e = 255 gives inf, as there).
+struct E8M0Table {
+  float v[256];
+  E8M0Table() {
+    for (int e = 0; e < 256; ++e) v[e] = std::ldexp(1.f, e - 127);
+  }
+};
+const E8M0Table kE8M0;
+
+// Decode-sized products with MXFP4 weights read the blocks where they are stored (avx512::mxfp4_rows): widening a
+// tile to f32 first writes and reads eight times the bytes the weights take, and decode is bound by those reads.
+bool mxfp4_direct(const Mat& W, int T) { return W.enc == Encoding::Mxfp4 && T <= kStreamRows && cpu_has_avx512(); }
+void mxfp4_rows(const float* x, int T, const Mat& W, int n0, int n1, float* y, bool accumulate) {
+  avx512::mxfp4_rows(x, T, W.cols, W.data, W.mx_scales, W.rstep, W.roff, kFp4, kE8M0.v, n0, n1, y, W.rows, accumulate);
+}
 
 // Rows per tile: whole scale blocks, about 4 MiB of f32.
 int tile_rows(const Mat& W) {
@@ -90,6 +108,15 @@ void fp8_to_f32(const uint8_t* src, float* dst, size_t n) {
 
 void matmul_tiled(ThreadPool& pool, const float* x, int T, const Mat& W, float* y, bool accumulate) {
   const int N = W.rows, K = W.cols, R = tile_rows(W);
+  if (mxfp4_direct(W, T)) {  // slabs of 64 rows (about 46 KiB of blocks at K = 2880) taken dynamically, as matmul's
+    constexpr int kSlab = 64;
+    const int slabs = (N + kSlab - 1) / kSlab;
+    std::atomic<int> next{0};
+    pool.run_on_all([&](int) {
+      for (int u; (u = next.fetch_add(1)) < slabs;) mxfp4_rows(x, T, W, u * kSlab, std::min(N, (u + 1) * kSlab), y, accumulate);
+    }, int64_t(T) * N * K);
+    return;
+  }
   std::vector<float> tile(static_cast<size_t>(R) * K), part(static_cast<size_t>(T) * R);
   for (int r0 = 0; r0 < N; r0 += R) {
     const int r1 = std::min(N, r0 + R), n = r1 - r0;
@@ -118,6 +145,7 @@ void matmul_tiled_backward_input(ThreadPool& pool, const float* dy, int T, const
 // The serial kernels' tiled path: called from a pool worker (one expert per thread), so tiles are widened on this thread.
 void matmul_tiled_serial(const float* x, int T, const Mat& W, float* y, bool accumulate) {
   const int N = W.rows, K = W.cols, R = tile_rows(W);
+  if (mxfp4_direct(W, T)) return mxfp4_rows(x, T, W, 0, N, y, accumulate);
   thread_local std::vector<float> tile, part;
   tile.resize(static_cast<size_t>(R) * K), part.resize(static_cast<size_t>(T) * R);
   for (int r0 = 0; r0 < N; r0 += R) {
