@@ -130,9 +130,10 @@ TEST("kernels: MXFP4 rows (every second row from an offset) and transposed inter
   }
 }
 
-TEST("kernels: MXFP4 decode rows read in place give the bits of the same rows widened to f32") {
-  // The decode path reads the blocks where they are stored; before it, the rows were widened to an f32 tile and
-  // multiplied there. Same products, same order: the same bits, pooled and serial, with and without accumulate.
+TEST("kernels: MXFP4 products give the bits of the same rows widened to f32 one value at a time") {
+  // Decode sizes read the blocks where they are stored, larger ones widen tiles with vector code; before both, every
+  // size widened value by value. Same products, same order: the same bits, pooled and serial, with and without
+  // accumulate.
   std::mt19937 rng(17);
   std::normal_distribution<float> nd;
   const int rows = 301, K = 2880, stored = 2 * rows;
@@ -159,13 +160,19 @@ TEST("kernels: MXFP4 decode rows read in place give the bits of the same rows wi
       }
     }
     const Mat Wf{reinterpret_cast<const uint8_t*>(wide.data()), DType::F32, rows, K};
-    for (int T = 1; T <= kStreamRows; ++T)
+    for (int T : {1, 2, 3, 4, 5, 20})  // decode sizes read in place; larger ones widen tiles (vectorised) for the GEMM
       for (bool acc : {false, true}) {
         std::vector<float> x(size_t(T) * K), start(size_t(T) * rows);
         for (auto& v : x) v = nd(rng);
         for (auto& v : start) v = nd(rng);
         std::vector<float> want = start, pooled = start, serial = start;
-        matmul_serial(x.data(), T, Wf, want.data(), acc);
+        if (T <= kStreamRows || !acc) {
+          matmul_serial(x.data(), T, Wf, want.data(), acc);
+        } else {  // a widened tile's product is formed alone, then added (its sums do not start from y)
+          std::vector<float> part(want.size());
+          matmul_serial(x.data(), T, Wf, part.data(), false);
+          for (size_t i = 0; i < want.size(); ++i) want[i] = want[i] + part[i];
+        }
         matmul(pool, x.data(), T, W, pooled.data(), acc);
         matmul_serial(x.data(), T, W, serial.data(), acc);
         CHECK_MSG(std::memcmp(want.data(), pooled.data(), want.size() * 4) == 0, "pooled, T=" << T << " accumulate " << acc << " offset " << off);

@@ -313,6 +313,18 @@ void mxfp4_rows_t(const float* x, int K, const uint8_t* q, const uint8_t* e, int
 }
 }  // namespace
 
+void mxfp4_widen_row(const uint8_t* q, const uint8_t* e, int K, const float* fp4, const float* scale, float* out) {
+  const __m512 table = _mm512_loadu_ps(fp4);
+  const __m256i lo_mask = _mm256_set1_epi16(0x000F), hi_mask = _mm256_set1_epi16(0x00F0);
+  for (int b = 0; b < K / 32; ++b) {
+    const __m256i w16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q + b * 16)));
+    const __m256i codes = _mm256_or_si256(_mm256_and_si256(w16, lo_mask), _mm256_slli_epi16(_mm256_and_si256(w16, hi_mask), 4));
+    const __m512 s = _mm512_set1_ps(scale[e[b]]);
+    _mm512_storeu_ps(out + b * 32, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)), table), s));
+    _mm512_storeu_ps(out + b * 32 + 16, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)), table), s));
+  }
+}
+
 void mxfp4_rows(const float* x, int T, int K, const uint8_t* q, const uint8_t* e, int rstep, int roff, const float* fp4,
                 const float* scale, int n0, int n1, float* y, int ldy, int accumulate) {
   for (int t = 0; t < T; t += 4) {

@@ -23,6 +23,9 @@ void backward_gemm(const float* dy, int T, int N, const uint8_t* W, int dt, int 
 // the same products in the same order as widening the rows to f32 and dot_rows, so the same bits.
 void mxfp4_rows(const float* x, int T, int K, const uint8_t* q, const uint8_t* e, int rstep, int roff, const float* fp4,
                 const float* scale, int n0, int n1, float* y, int ldy, int accumulate);
+// One MXFP4 row (K/2 bytes of E2M1 pairs at q, K/32 exponents at e) as K f32 values: fp4[code] · scale[exponent], the
+// products widen_rows forms one by one.
+void mxfp4_widen_row(const uint8_t* q, const uint8_t* e, int K, const float* fp4, const float* scale, float* out);
 void convert(const uint8_t* src, int dt, float* dst, long n);
 // out[i][c] = silu(g[i][c]) * u[i][c] for an [m][n] tile (row strides ldg, ldo).
 void silu_mul(const float* g, const float* u, int m, int n, long ldg, float* out, long ldo);

@@ -67,6 +67,10 @@ void widen_rows(const Mat& W, int r0, int64_t a, int64_t b, float* out) {
       const size_t srow = static_cast<size_t>(r) * W.rstep + W.roff;
       const uint8_t* q = W.data + srow * (K / 2);
       const uint8_t* e = W.mx_scales + srow * (K / 32);
+      if (cpu_has_avx512()) {
+        avx512::mxfp4_widen_row(q, e, K, kFp4, kE8M0.v, o);
+        continue;
+      }
       for (int blk = 0; blk < K / 32; ++blk) {
         const float s = std::ldexp(1.f, int(e[blk]) - 127);
         for (int j = 0; j < 16; ++j) {
