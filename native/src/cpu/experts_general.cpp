@@ -7,6 +7,33 @@
 
 namespace routescope {
 
+namespace {
+// gate x and up x for n rows. gpt-oss stores gate and up interleaved (gate rows even, up rows odd, one storage);
+// decode-sized products of that MXFP4 storage read it once as 2I consecutive rows and split the outputs, rather
+// than twice, every other row each time (the same products per row, so the same bits).
+void gate_up(ThreadPool& pool, const float* x, int n, const Mat& gate, const Mat& up, float* g, float* u) {
+  const int I = gate.rows;
+  const bool interleaved = gate.enc == Encoding::Mxfp4 && up.enc == Encoding::Mxfp4 && gate.data == up.data &&
+                           gate.mx_scales == up.mx_scales && gate.rstep == 2 && up.rstep == 2 && gate.roff == 0 &&
+                           up.roff == 1 && up.rows == I && gate.cols == up.cols;
+  if (!interleaved || n > kStreamRows) {
+    matmul(pool, x, n, gate, g);
+    matmul(pool, x, n, up, u);
+    return;
+  }
+  Mat both = gate;
+  both.rows = 2 * I;
+  both.rstep = 1;
+  std::vector<float> gu(static_cast<size_t>(n) * 2 * I);
+  matmul(pool, x, n, both, gu.data());
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < I; ++j) {
+      g[static_cast<size_t>(i) * I + j] = gu[(static_cast<size_t>(i) * I + j) * 2];
+      u[static_cast<size_t>(i) * I + j] = gu[(static_cast<size_t>(i) * I + j) * 2 + 1];
+    }
+}
+}  // namespace
+
 void experts_forward_general(ThreadPool& pool, const ExpertMlp& mlp, const float* x, int T, int k, const int32_t* sel,
                              const float* w, const LayerWeights& lw, float* y, float* save_g, float* save_u,
                              float* save_o) {
@@ -21,8 +48,7 @@ void experts_forward_general(ThreadPool& pool, const ExpertMlp& mlp, const float
     xe.resize(static_cast<size_t>(n) * H), g.resize(static_cast<size_t>(n) * I), u.resize(static_cast<size_t>(n) * I);
     a.resize(static_cast<size_t>(n) * I);
     for (int i = 0; i < n; ++i) std::memcpy(&xe[static_cast<size_t>(i) * H], x + static_cast<size_t>(rows[e][i] / k) * H, H * sizeof(float));
-    matmul(pool, xe.data(), n, lw.gate[e], g.data());
-    matmul(pool, xe.data(), n, lw.up[e], u.data());
+    gate_up(pool, xe.data(), n, lw.gate[e], lw.up[e], g.data(), u.data());
     if (mlp.bias)
       for (int i = 0; i < n; ++i)
         for (int j = 0; j < I; ++j) {
