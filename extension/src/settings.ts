@@ -3,7 +3,7 @@
 // adapt/settings.ts (shared with the CLI, which range-checks them), the adaptation hyperparameters. No vscode
 // import: the editor passes VS Code's configuration in (editorConfig.ts), the CLI shares the defaults, and a unit
 // test holds settingKeys() equal to what package.json contributes.
-import type { Activations, Backend, WeightsChoice } from './engine/native';
+import type { Activations, Backend, KvCache, WeightsChoice } from './engine/native';
 import { DEFAULT_METRICS, type Metric } from '../../common/src/panelProtocol';
 import { readAdaptSettings, settingKeys as adaptSettingKeys, type AdaptSettings, type C3poMethod } from './adapt/settings';
 
@@ -18,6 +18,7 @@ export interface EditorSettings {
   backend: Backend;
   activations: Activations;
   weights: WeightsChoice;
+  kvCache: KvCache;
   maxNewTokens: number;
   openDemoOnStartup: boolean;
   /** What the routing panel colours by when it opens. */
@@ -33,6 +34,7 @@ export const EDITOR_DEFAULTS: Readonly<EditorSettings> = Object.freeze({
   backend: 'auto',
   activations: 'fp32',
   weights: 'auto',
+  kvCache: 'fp32',
   maxNewTokens: DEFAULT_MAX_NEW_TOKENS,
   openDemoOnStartup: false,
   defaultMetric: 'expert',
@@ -47,6 +49,7 @@ export const EDITOR_KEYS: Readonly<Record<keyof EditorSettings, string>> = Objec
   backend: 'routescope.backend',
   activations: 'routescope.activations',
   weights: 'routescope.weights',
+  kvCache: 'routescope.kvCache',
   maxNewTokens: 'routescope.maxNewTokens',
   openDemoOnStartup: 'routescope.openDemoOnStartup',
   defaultMetric: 'routescope.routingPanel.defaultMetric',
@@ -63,6 +66,7 @@ const VALID: { [K in keyof EditorSettings]: (v: unknown) => boolean } = {
   backend: oneOf(['auto', 'cpu', 'cuda']),
   activations: oneOf(['fp32', 'bf16']),
   weights: oneOf(['auto', 'mapped', 'resident']),
+  kvCache: oneOf(['fp32', 'bf16']),
   maxNewTokens: (v) => isInteger(v, 1, 4096),
   openDemoOnStartup: (v) => typeof v === 'boolean',
   defaultMetric: oneOf(DEFAULT_METRICS),

@@ -19,6 +19,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     load.backend = StringOption(env, options, "backend", "auto");
     load.activations = StringOption(env, options, "activations", "fp32");
     load.weights = StringOption(env, options, "weights", "auto");
+    load.kv_cache = StringOption(env, options, "kvCache", "fp32");
     std::unique_ptr<Model> model = Model::load(dir, load);
     if (!model) Throw(env, "INTERNAL", "internal error: the engine returned no model for " + dir);
     return ModelWrap::New(env, std::move(model));

@@ -296,6 +296,7 @@ Napi::Object InfoToJs(Napi::Env env, const ModelInfo& m) {
   o.Set("threads", m.threads);
   o.Set("activations", m.activations);
   o.Set("weights", m.weights);
+  o.Set("kvCache", m.kv_cache);
   return o;
 }
 

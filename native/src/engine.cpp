@@ -45,6 +45,12 @@ ModelImpl::ModelImpl(std::unique_ptr<Checkpoint> ck, const LoadOptions& opts) : 
     if (why) info_.warnings.push_back(std::string("activations bf16 not used: ") + why + "; running fp32 activations");
     else info_.activations = "bf16";
   }
+  info_.kv_cache = "fp32";
+  if (opts.kv_cache == "bf16") {
+    if (info_.backend == "cuda")
+      info_.warnings.push_back("kv cache bf16 not used: the CUDA backend keeps an fp32 KV cache; running fp32 keys and values");
+    else info_.kv_cache = "bf16";
+  }
 }
 
 ModelImpl& engine_model(Model& model, const char* what) {
@@ -67,6 +73,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   if (opts.backend == "cuda" && !cuda::compiled()) throw Error("NO_CUDA", cuda::probe() + "; use backend cpu or auto");
   if (opts.activations != "fp32" && opts.activations != "bf16")
     throw Error("BAD_ARGUMENT", "activations must be fp32 or bf16 (got \"" + opts.activations + "\")");
+  kv_cache_dtype(opts.kv_cache);  // checks the choice
   check_weights_choice(opts.weights);
   // The CUDA backend uploads the weights: a resident host copy would only take memory.
   const std::string weights = opts.backend == "cuda" ? "mapped" : opts.weights;
@@ -81,6 +88,7 @@ SessionImpl::SessionImpl(ModelImpl& model, int max_context)
   max_context_ = max_context > 0 ? std::min(max_context, limit) : limit;
   dec_.cancel_flag = &cancel_;
   dec_.bf16_activations = model.info().activations == "bf16";
+  dec_.kv_dtype = kv_cache_dtype(model.info().kv_cache);
   on_device_ = model.device() != nullptr;  // the GPU KV cache is allocated on first use
 }
 
@@ -438,8 +446,7 @@ void SessionImpl::trim_grad_workspace() {
   const size_t keep = size_t(256) << 20;
   size_t bytes = 0;
   for (const auto& s : grad_saves_) bytes += s.bytes();
-  for (const auto& c : grad_cache_)
-    for (size_t g = 0; g < c.k.size(); ++g) bytes += (c.k[g].capacity() + c.v[g].capacity()) * sizeof(float);
+  for (const auto& c : grad_cache_) bytes += c.bytes();
   bytes += dec_.scratch_bytes();
   if (bytes <= keep) return;
   dec_.release_scratch();

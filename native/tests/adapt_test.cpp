@@ -548,3 +548,59 @@ TEST("gradient pass: a session's scratch and RoPE table, reused across passes of
     }
   }
 }
+
+TEST("kv cache bf16: rerouting's first step is the gradient pass's bit for bit; C3PO's last-position gradient is the full sequence's") {
+  // Every cache of a bf16-KV model holds bf16, the gradient pass's and C3PO's neighbour prefixes included, and the
+  // backward reads the keys and values the forward used.
+  for (const char* name : {"olmoe-perexpert-bf16", "qwen3_moe-fused-f32", "deepseek_v2-perexpert-bf16"}) {
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu", "fp32", "auto", "bf16"});
+    const ModelInfo& info = model->info();
+    CHECK(info.kv_cache == "bf16");
+    Patch none;
+    // Rerouting: the prompt's saving forward is the gradient pass's forward, so its first loss and step are too.
+    const auto prompt = random_tokens(14, info.vocab_size, 5);
+    GradRequest req;
+    req.bias_layers = info.moe_layers;
+    const GradResult g = model->create_session()->grad(prompt, none, req);
+    RerouteOptions ro;
+    ro.steps = 1;
+    ro.layer_fraction = 1.f / static_cast<float>(info.moe_layers.size());
+    SampleOptions so;
+    so.max_new_tokens = 0;
+    auto rr = generate_rerouted(*model->create_session(), prompt, none, so, ro);
+    CHECK_MSG(rr.rounds.size() == 1 && rr.rounds[0].losses[0] == g.loss, name << ": rerouting's first loss differs from the pass's");
+    if (rr.rounds.size() == 1) {
+      const int l = rr.rounds[0].layers.front();
+      Adam adam;
+      std::vector<float> want(info.num_experts, 0.f);
+      adam.step(want, g.bias_grad.at(l), ro.lr);
+      CHECK_MSG(rr.delta.at(l) == want, name << ": layer " << l << "'s delta after one step differs from the pass's");
+    }
+    // C3PO: one neighbour's last-position gradient against grad() on prompt + answer with the mix there, to the fp32
+    // test's tolerances (the neighbour's last keys come from a one-row projection, the pass's from a prefill: none of
+    // these sits on a bf16 rounding midpoint, see the decode test in engine_test).
+    const bool sigmoid = info.router_scoring == "sigmoid";
+    const int last_layer = info.moe_layers.back();
+    auto omega = last_scores(*model, random_tokens(7, info.vocab_size, 10), {last_layer});
+    auto nb_prompt = random_tokens(9, info.vocab_size, 11);
+    C3poOptions o;
+    o.layers = {last_layer};
+    o.steps = 0;
+    auto r0 = c3po_ngd(*model, omega, {{c3po_prefix(*model, nb_prompt, last_layer), 5, 1.f}}, o);
+    std::vector<int> seq = nb_prompt;
+    seq.push_back(5);
+    GradRequest mix;
+    mix.target_start = int(nb_prompt.size());
+    mix.target_end = int(seq.size());
+    mix.mix_layer = last_layer;
+    mix.mix_position = int(nb_prompt.size()) - 1;
+    for (float p : omega[last_layer]) mix.mix_logits.push_back(sigmoid ? std::log(p / (1 - p)) : std::log(std::max(1e-30f, p)));
+    auto full = model->create_session()->grad(seq, none, mix);
+    CHECK_MSG(std::fabs(full.loss - r0.losses[0]) < 1e-4, name << ": loss " << full.loss << " vs " << r0.losses[0]);
+    float scale = 0;
+    for (float x : full.mix_grad) scale = std::max(scale, std::fabs(x));
+    const float d = max_diff(r0.first_grad[last_layer], full.mix_grad);
+    CHECK_MSG(scale > 0 && d <= 1e-3 * scale + 1e-7, name << ": last-position gradient differs by " << d << " (scale " << scale << ")");
+    std::printf("     %-28s C3PO loss %.2e apart, gradient %.2e of %.2e\n", name, std::fabs(full.loss - r0.losses[0]), d, scale);
+  }
+}

@@ -62,4 +62,16 @@ TEST("cuda: the GPU path matches the CPU path on every fixture (experts identica
   CHECK(checked > 0);
 }
 
+TEST("cuda: a bf16 KV cache asked of the CUDA backend runs fp32 and says so") {
+  if (!cuda::compiled()) SKIP("built without CUDA");
+  const std::string why = cuda::probe();
+  if (!why.empty()) SKIP(why);
+  auto gpu = Model::load((fs::path(rstest::fixtures_dir) / "parity/olmoe-perexpert-bf16/model").string(),
+                         LoadOptions{2, "cuda", "fp32", "auto", "bf16"});
+  CHECK(gpu->info().kv_cache == "fp32");
+  bool warned = false;
+  for (const auto& w : gpu->info().warnings) warned |= w.rfind("kv cache bf16 not used: ", 0) == 0;
+  CHECK(warned);
+}
+
 }  // namespace

@@ -10,6 +10,7 @@
 #include "model/model.h"
 #include "routescope/engine.h"
 #include "cpu/forward.h"
+#include "engine_impl.h"
 #include "test.h"
 
 using namespace routescope;
@@ -295,4 +296,93 @@ TEST("kv cache: a prompt's cache leaves room for the decode steps after it (no c
   CHECK_MSG(cache.k[0].data() == k0, "the first 64 decode steps reallocated the cache");
   cache.ensure(10000, 2, 4, 4);  // a long prompt later: at least the positions asked for, and doubling beyond
   CHECK(cache.capacity >= 10000 && cache.k[1].size() == static_cast<size_t>(cache.capacity) * 4);
+}
+
+TEST("kv cache bf16: decode after a prefill equals one longer prefill; the cache takes half the memory") {
+  // Both sides bf16: the prefill reads its own keys back from the cache rounded, as the decode steps do. A prefill's
+  // projections and a decode step's sum in different orders (fp32: ~1e-6 of the largest entry apart), so a key that
+  // close to a bf16 rounding midpoint rounds the other way: the first layer's caches are equal but for a few entries
+  // one bf16 step (or that fp32 noise, for entries near zero) apart, and those steps move the logits by up to ~1e-3
+  // (fp32 caches: 1e-4, the test above). MLA (cached expanded keys), sinks and sliding windows (gpt-oss), chunked
+  // layers (Llama 4) included.
+  for (const char* name : {"olmoe-perexpert-bf16", "deepseek_v2-perexpert-bf16", "gpt_oss-fused-f32", "llama4-fused-bf16-sharded",
+                           "qwen2_moe-fused-f32"}) {
+    auto fp32 = Model::load(fixture_model(name), LoadOptions{2, "cpu"});
+    auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu", "fp32", "auto", "bf16"});
+    CHECK_MSG(model->info().kv_cache == "bf16" && fp32->info().kv_cache == "fp32", name << ": " << model->info().kv_cache);
+    const int V = model->info().vocab_size, P = 40;
+    auto tokens = random_tokens(P, V, 13);
+    Patch none;
+    auto full = model->create_session();
+    auto all = full->forward(tokens, none, LogitsMode::All);
+    auto s = model->create_session();
+    auto r1 = s->forward(std::vector<int>(tokens.begin(), tokens.begin() + 9), none, LogitsMode::All);
+    float worst = 0;
+    for (size_t i = 0; i < r1.logits.size(); ++i) worst = std::max(worst, std::fabs(r1.logits[i] - all.logits[i]));
+    for (int t = 9; t < P; ++t) {
+      auto r = s->forward({tokens[t]}, none, LogitsMode::Last);
+      for (int v = 0; v < V; ++v) worst = std::max(worst, std::fabs(r.logits[v] - all.logits[size_t(t) * V + v]));
+    }
+    CHECK_MSG(worst < 2e-3, name << ": bf16 decode differs from the bf16 full forward by " << worst);
+    const KVCache& a = engine_session(*full, "test").cache_[0];
+    const KVCache& b = engine_session(*s, "test").cache_[0];
+    size_t entries = 0, apart = 0, beyond = 0;
+    float largest = 0;
+    for (size_t g = 0; g < a.k16.size(); ++g)
+      for (uint16_t x : a.k16[g]) largest = std::max(largest, std::fabs(bf16_to_f32(x)));
+    for (size_t g = 0; g < a.k16.size(); ++g)
+      for (int kv = 0; kv < 2; ++kv) {
+        const std::vector<uint16_t>& x = kv ? a.v16[g] : a.k16[g];
+        const std::vector<uint16_t>& y = kv ? b.v16[g] : b.k16[g];
+        for (size_t i = 0; i < size_t(P) * (kv ? a.v_dim : a.k_dim); ++i, ++entries) {
+          const float u = bf16_to_f32(x[i]), w = bf16_to_f32(y[i]);
+          apart += x[i] != y[i];
+          beyond += std::fabs(u - w) > std::ldexp(std::max(std::fabs(u), std::fabs(w)), -7) + 1e-5f * largest;
+        }
+      }
+    CHECK_MSG(entries > 0 && beyond == 0 && apart * 100 < entries,
+              name << ": layer 0's caches differ at " << apart << " of " << entries << " entries, " << beyond << " by more than a bf16 step");
+    // The same prefill's cache in fp32 and in bf16: every layer's bytes halve.
+    auto s32 = fp32->create_session();
+    s32->forward(tokens, none, LogitsMode::None);
+    const auto& c16 = engine_session(*full, "test").cache_;
+    const auto& c32 = engine_session(*s32, "test").cache_;
+    for (size_t l = 0; l < c16.size(); ++l)
+      CHECK_MSG(c16[l].bytes() > 0 && 2 * c16[l].bytes() == c32[l].bytes(),
+                name << ": layer " << l << " holds " << c16[l].bytes() << " bytes in bf16, " << c32[l].bytes() << " in fp32");
+  }
+}
+
+TEST("kv cache bf16: the gradient pass (two-product attention) gives the loss of the fused forward's logits") {
+  // Inference runs the fused kernel; a pass that keeps its probabilities runs scores = Q K^T and P V as matrix
+  // products over the cache's bf16 matrices. Both read the same rounded keys and values: the same loss.
+  for (const char* name : {"qwen3_moe-fused-f32", "deepseek_v2-perexpert-bf16"}) {
+    for (const char* kv : {"fp32", "bf16"}) {
+      auto model = Model::load(fixture_model(name), LoadOptions{2, "cpu", "fp32", "auto", kv});
+      const int V = model->info().vocab_size;
+      auto tokens = random_tokens(30, V, 17);
+      Patch none;
+      auto r = model->create_session()->forward(tokens, none, LogitsMode::All);
+      double loss = 0;
+      for (int t = 1; t < 30; ++t) {
+        const float* z = &r.logits[size_t(t - 1) * V];
+        double mx = *std::max_element(z, z + V), sum = 0;
+        for (int v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
+        loss -= z[tokens[t]] - mx - std::log(sum);
+      }
+      loss /= 29;
+      const double g = model->create_session()->grad(tokens, none, GradRequest()).loss;
+      CHECK_MSG(std::fabs(g - loss) < 2e-6 * std::max(1.0, loss), name << " kv " << kv << ": gradient pass loss " << g << " vs " << loss);
+    }
+  }
+}
+
+TEST("kv cache: a choice other than fp32 or bf16 is refused in one line") {
+  std::string message;
+  try {
+    Model::load(fixture_model("olmoe-perexpert-bf16"), LoadOptions{1, "cpu", "fp32", "auto", "fp16"});
+  } catch (const Error& e) {
+    message = std::string(e.code()) + ": " + e.what();
+  }
+  CHECK_MSG(message == "BAD_ARGUMENT: kv cache must be fp32 or bf16 (got \"fp16\")", message);
 }

@@ -7,7 +7,9 @@
 #include <random>
 
 #include "cpu/attention.h"
+#include "cpu/backward.h"
 #include "cpu/convert.h"
+#include "cpu/forward.h"
 #include "cpu/matmul.h"
 #include "cpu/matmul_bf16.h"
 #include "cpu/moe_experts.h"
@@ -172,18 +174,50 @@ TEST("kernels: bf16 pair split keeps 16 bits of every activation (|x - hi - lo| 
   CHECK_MSG(worst <= std::ldexp(1.0, -16), "split error " << worst);
 }
 
+// The cases of the fused attention's tests: GQA and MHA, key and value widths apart (MLA), decode rows (T = 1) and
+// prefill blocks, a cache before them (pos0), sliding windows.
+struct AttentionCase {
+  int heads, kv_heads, k_dim, v_dim, T, pos0, window;
+};
+const AttentionCase kAttentionCases[] = {
+    {2, 2, 16, 16, 1, 0, 0},    {4, 2, 24, 40, 5, 37, 0},     {2, 1, 128, 128, 70, 0, 0}, {4, 4, 64, 72, 130, 33, 0},
+    {2, 2, 32, 32, 90, 20, 50}, {3, 1, 20, 8, 1, 200, 0},     {2, 2, 128, 128, 3, 4000, 0},
+    {2, 2, 128, 128, 1, 4000, 0}, {2, 1, 32, 32, 1, 300, 50}, {4, 2, 24, 40, 1, 37, 0}};
+
+// Largest |o - out| / (1 + |o|) of attention outputs `out` [T, heads*v_dim] against a float64 loop over keys K and
+// values V (per kv head, as the kernel was given them, or their fp32 values).
+double attention_error_vs_float64(const AttentionCase& c, float scale, const std::vector<float>& q,
+                                  const std::vector<std::vector<float>>& K, const std::vector<std::vector<float>>& V,
+                                  const std::vector<float>& out) {
+  double worst = 0;
+  const int group = c.heads / c.kv_heads;
+  for (int i = 0; i < c.T; ++i)
+    for (int h = 0; h < c.heads; ++h) {
+      const int p = c.pos0 + i, g = h / group, j0 = c.window > 0 ? std::max(0, p - c.window + 1) : 0;
+      std::vector<double> sc(p + 1);
+      double mx = -1e300, sum = 0;
+      for (int j = j0; j <= p; ++j) {
+        double d = 0;
+        for (int t = 0; t < c.k_dim; ++t) d += double(q[(size_t(i) * c.heads + h) * c.k_dim + t]) * K[g][size_t(j) * c.k_dim + t];
+        sc[j] = d * scale;
+        mx = std::max(mx, sc[j]);
+      }
+      for (int j = j0; j <= p; ++j) sum += std::exp(sc[j] - mx);
+      for (int t = 0; t < c.v_dim; ++t) {
+        double o = 0;
+        for (int j = j0; j <= p; ++j) o += std::exp(sc[j] - mx) / sum * V[g][size_t(j) * c.v_dim + t];
+        worst = std::max(worst, std::fabs(o - out[(size_t(i) * c.heads + h) * c.v_dim + t]) / (1 + std::fabs(o)));
+      }
+    }
+  return worst;
+}
+
 TEST("kernels: fused causal attention (online softmax per block of keys) matches a float64 loop") {
   ThreadPool pool(2);
   std::mt19937 rng(17);
   std::normal_distribution<float> nd(0.f, 1.f);
-  struct Case {
-    int heads, kv_heads, k_dim, v_dim, T, pos0, window;
-  };
   double worst_all = 0;
-  for (Case c : {Case{2, 2, 16, 16, 1, 0, 0}, Case{4, 2, 24, 40, 5, 37, 0}, Case{2, 1, 128, 128, 70, 0, 0},
-                 Case{4, 4, 64, 72, 130, 33, 0}, Case{2, 2, 32, 32, 90, 20, 50}, Case{3, 1, 20, 8, 1, 200, 0},
-                 Case{2, 2, 128, 128, 3, 4000, 0}, Case{2, 2, 128, 128, 1, 4000, 0}, Case{2, 1, 32, 32, 1, 300, 50},
-                 Case{4, 2, 24, 40, 1, 37, 0}}) {
+  for (const AttentionCase& c : kAttentionCases) {
     AttentionShape s{c.heads, c.kv_heads, c.k_dim, c.v_dim, 1.f / std::sqrt(float(c.k_dim)), c.window};
     const int P = c.pos0 + c.T;
     std::vector<std::vector<float>> K(c.kv_heads, std::vector<float>(size_t(P) * c.k_dim)),
@@ -193,31 +227,86 @@ TEST("kernels: fused causal attention (online softmax per block of keys) matches
     std::vector<float> q(size_t(c.T) * c.heads * c.k_dim), out(size_t(c.T) * c.heads * c.v_dim, 9.f);
     for (auto& x : q) x = 2.f * nd(rng);
     if (!attention_fused(pool, s, q.data(), c.T, c.pos0, K, V, out.data())) SKIP("no fused attention kernel on this CPU");
-    double worst = 0;
-    const int group = c.heads / c.kv_heads;
-    for (int i = 0; i < c.T; ++i)
-      for (int h = 0; h < c.heads; ++h) {
-        const int p = c.pos0 + i, g = h / group, j0 = c.window > 0 ? std::max(0, p - c.window + 1) : 0;
-        std::vector<double> sc(p + 1);
-        double mx = -1e300, sum = 0;
-        for (int j = j0; j <= p; ++j) {
-          double d = 0;
-          for (int t = 0; t < c.k_dim; ++t) d += double(q[(size_t(i) * c.heads + h) * c.k_dim + t]) * K[g][size_t(j) * c.k_dim + t];
-          sc[j] = d * s.scale;
-          mx = std::max(mx, sc[j]);
-        }
-        for (int j = j0; j <= p; ++j) sum += std::exp(sc[j] - mx);
-        for (int t = 0; t < c.v_dim; ++t) {
-          double o = 0;
-          for (int j = j0; j <= p; ++j) o += std::exp(sc[j] - mx) / sum * V[g][size_t(j) * c.v_dim + t];
-          worst = std::max(worst, std::fabs(o - out[(size_t(i) * c.heads + h) * c.v_dim + t]) / (1 + std::fabs(o)));
-        }
-      }
+    const double worst = attention_error_vs_float64(c, s.scale, q, K, V, out);
     CHECK_MSG(worst < 1e-5, "heads " << c.heads << "/" << c.kv_heads << " dims " << c.k_dim << "/" << c.v_dim << " T=" << c.T
                                      << " pos0=" << c.pos0 << " window=" << c.window << ": error " << worst);
     worst_all = std::max(worst_all, worst);
   }
   std::printf("     worst relative error vs float64: %.2e\n", worst_all);
+}
+
+TEST("kernels: fused attention over bf16 keys and values (a bf16 KV cache) matches a float64 loop on the rounded values") {
+  // The bf16 entry widens each key and value exactly as it loads them, so it must also give the fp32 entry's bits on
+  // the rounded values (prefill blocks and decode rows alike).
+  ThreadPool pool(2);
+  std::mt19937 rng(19);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  double worst_all = 0;
+  for (const AttentionCase& c : kAttentionCases) {
+    AttentionShape s{c.heads, c.kv_heads, c.k_dim, c.v_dim, 1.f / std::sqrt(float(c.k_dim)), c.window};
+    const int P = c.pos0 + c.T;
+    std::vector<std::vector<uint16_t>> K16(c.kv_heads), V16(c.kv_heads);
+    std::vector<std::vector<float>> K(c.kv_heads), V(c.kv_heads);  // the rounded values in fp32
+    for (int g = 0; g < c.kv_heads; ++g) {
+      for (size_t i = 0; i < size_t(P) * c.k_dim; ++i) K16[g].push_back(f32_to_bf16(nd(rng))), K[g].push_back(bf16_to_f32(K16[g].back()));
+      for (size_t i = 0; i < size_t(P) * c.v_dim; ++i) V16[g].push_back(f32_to_bf16(nd(rng))), V[g].push_back(bf16_to_f32(V16[g].back()));
+    }
+    std::vector<float> q(size_t(c.T) * c.heads * c.k_dim), out(size_t(c.T) * c.heads * c.v_dim, 9.f), out32(out.size(), 7.f);
+    for (auto& x : q) x = 2.f * nd(rng);
+    if (!attention_fused(pool, s, q.data(), c.T, c.pos0, K16, V16, out.data())) SKIP("no fused attention kernel on this CPU");
+    attention_fused(pool, s, q.data(), c.T, c.pos0, K, V, out32.data());
+    const double worst = attention_error_vs_float64(c, s.scale, q, K, V, out);
+    const std::string label = "heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " T=" + std::to_string(c.T) +
+                              " pos0=" + std::to_string(c.pos0) + " window=" + std::to_string(c.window);
+    CHECK_MSG(worst < 1e-5, label << ": error " << worst);
+    CHECK_MSG(out == out32, label << ": the bf16 entry differs from the fp32 one on the rounded values");
+    worst_all = std::max(worst_all, worst);
+  }
+  std::printf("     worst relative error vs float64 (on the rounded keys and values): %.2e\n", worst_all);
+}
+
+TEST("kernels: the attention backward reads a bf16 KV cache as the fp32 cache of its rounded keys and values") {
+  // The gradient of the forward that ran on the rounded keys and values: a bf16 cache and an fp32 cache holding the
+  // same rounded numbers give the same dq, dk and dv (the matrix kernels widen bf16 exactly).
+  ThreadPool pool(2);
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  struct Case {
+    int nh, nkv, hd, vd, T, pos0;
+  };
+  for (Case c : {Case{4, 2, 24, 40, 5, 37}, Case{2, 2, 16, 16, 70, 0}, Case{4, 1, 32, 32, 1, 90}}) {
+    const int P = c.pos0 + c.T;
+    KVCache b16, f32;
+    b16.ensure(P, c.nkv, c.hd, c.vd, DType::BF16);
+    f32.ensure(P, c.nkv, c.hd, c.vd, DType::F32);
+    std::vector<float> key(c.hd), value(c.vd), kr(c.hd), vr(c.vd);
+    for (int g = 0; g < c.nkv; ++g)
+      for (int p = 0; p < P; ++p) {
+        for (int i = 0; i < c.hd; ++i) key[i] = nd(rng), kr[i] = round_to_bf16(key[i]);
+        for (int i = 0; i < c.vd; ++i) value[i] = nd(rng), vr[i] = round_to_bf16(value[i]);
+        b16.store(g, p, key.data(), value.data());
+        f32.store(g, p, kr.data(), vr.data());
+      }
+    CHECK(b16.bytes() * 2 == f32.bytes());
+    std::vector<float> probs(size_t(c.nh) * c.T * P), q(size_t(c.T) * c.nh * c.hd), dattn(size_t(c.T) * c.nh * c.vd);
+    for (auto& x : probs) x = std::fabs(nd(rng)) / P;
+    for (auto& x : q) x = nd(rng);
+    for (auto& x : dattn) x = nd(rng);
+    std::vector<float> dq[2], dk[2], dv[2];
+    for (int i = 0; i < 2; ++i) {
+      dq[i].assign(q.size(), 0.f), dk[i].assign(size_t(c.T) * c.nkv * c.hd, 0.f), dv[i].assign(size_t(c.T) * c.nkv * c.vd, 0.f);
+      attention_backward(pool, c.T, c.pos0, c.nh, c.nkv, c.hd, c.vd, 0.3f, probs.data(), q.data(), dattn.data(),
+                         i == 0 ? b16 : f32, dq[i].data(), dk[i].data(), dv[i].data());
+    }
+    auto worst = [](const std::vector<float>& a, const std::vector<float>& b) {
+      double w = 0, scale = 0;
+      for (size_t i = 0; i < a.size(); ++i) w = std::max(w, double(std::fabs(a[i] - b[i]))), scale = std::max(scale, double(std::fabs(b[i])));
+      return w / (scale + 1e-30);
+    };
+    const std::string label = "nh " + std::to_string(c.nh) + "/" + std::to_string(c.nkv) + " T=" + std::to_string(c.T) + " pos0=" + std::to_string(c.pos0);
+    CHECK_MSG(worst(dq[0], dq[1]) < 1e-6, label << ": dq differs by " << worst(dq[0], dq[1]));
+    CHECK_MSG(dk[0] == dk[1] && dv[0] == dv[1], label << ": dk/dv differ");
+  }
 }
 
 TEST("kernels: loops below the pool's work threshold run on the calling thread with the pooled bits") {

@@ -189,6 +189,33 @@ void run_case(const fs::path& dir) {
   }
 }
 
+// Every run of a fixture with keys and values cached in bf16 against the same run with the fp32 cache: the largest
+// |Δlogit| relative to the run's largest |logit|, and the largest |Δlogit| and |logit| themselves.
+struct LogitChange {
+  float relative = 0, change = 0, logit = 0;
+};
+LogitChange kv_bf16_logit_change(const fs::path& dir) {
+  Json cases = read_json(dir / "cases.json");
+  const std::string model = model_dir(dir, cases).string();
+  auto fp32 = Model::load(model, LoadOptions{2, "cpu"});
+  auto bf16 = Model::load(model, LoadOptions{2, "cpu", "fp32", "auto", "bf16"});
+  CHECK_MSG(bf16->info().kv_cache == "bf16", dir.filename().string() << ": kv cache " << bf16->info().kv_cache);
+  const auto tokens = tokens_of(cases);
+  LogitChange worst;
+  for (const auto& run : cases.find("runs")->items()) {
+    const std::string patch_json = run.find("patch") ? run.find("patch")->dump() : "null";
+    auto a = fp32->create_session()->forward(tokens, parse_patch(patch_json, fp32->info()), LogitsMode::All);
+    auto b = bf16->create_session()->forward(tokens, parse_patch(patch_json, bf16->info()), LogitsMode::All);
+    float scale = 0;
+    for (float x : a.logits) scale = std::max(scale, std::fabs(x));
+    const float change = max_abs_diff(a.logits.data(), b.logits.data(), a.logits.size());
+    worst.relative = std::max(worst.relative, change / scale);
+    worst.change = std::max(worst.change, change);
+    worst.logit = std::max(worst.logit, scale);
+  }
+  return worst;
+}
+
 struct RegisterParity {
   RegisterParity() {
     // Cases are discovered at run time so new fixtures need no code change.
@@ -205,6 +232,18 @@ struct RegisterParity {
           CHECK_MSG(false, d.filename().string() << ": " << e.what());
         }
       }
+    });
+    static rstest::Registrar kv("parity: every fixture case with a bf16 KV cache keeps its logits within 1% of the fp32 cache's", [] {
+      float worst = 0;
+      for (const auto& d : case_dirs()) {
+        const LogitChange c = kv_bf16_logit_change(d);
+        std::printf("     %-36s max |logit change| %.2e of logits up to %.2f (%.2e)\n", d.filename().string().c_str(), c.change,
+                    c.logit, c.relative);
+        CHECK_MSG(c.relative > 0 && c.relative < 0.01f,
+                  d.filename().string() << ": bf16 keys and values moved the logits by " << c.relative << " of the largest");
+        worst = std::max(worst, c.relative);
+      }
+      std::printf("     worst: %.2e\n", worst);
     });
   }
 } register_parity;

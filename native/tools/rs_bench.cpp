@@ -1,9 +1,11 @@
 // Engine micro-benchmark without Node: `rs_bench --model DIR [--prompt-tokens N] [--decode-tokens M] [--threads T]
-// [--repeat R] [--activations fp32|bf16] [--weights auto|mapped|resident]` prints prefill/decode tokens per second (best of R) as JSON, with the process CPU seconds of each
-// phase (on a machine shared with other work, tokens per CPU-second move far less than tokens per wall-second);
+// [--repeat R] [--activations fp32|bf16] [--weights auto|mapped|resident] [--kv-cache fp32|bf16]` prints prefill/decode
+// tokens per second (best of R) as JSON, with the process CPU seconds of each phase (on a machine shared with other
+// work, tokens per CPU-second move far less than tokens per wall-second);
 // `rs_bench --bandwidth [--threads T] [--probe-seconds S]` measures the memory read bandwidth that bounds decode: the
 // best single pass and the rate sustained over S seconds (default 1, about one decode run);
-// `rs_bench --attention [--prompt-tokens N]` times the fused attention alone;
+// `rs_bench --attention [--prompt-tokens N] [--kv-cache fp32|bf16]` times the fused attention alone (keys and values
+// stored in that dtype);
 // `rs_bench --experts --model DIR [--prompt-tokens N] [--kernels generic|avx512|avx512_bf16|avx512_bf16_rounded] [--repeat R]` times the
 // routed experts of the first MoE layer alone (random routing, N tokens), for A/B measurements of the kernel families;
 // `rs_bench --stream --model DIR` streams the LM head one row at a time against the bandwidth probe. --weights applies
@@ -27,6 +29,8 @@
 #include <vector>
 
 #include "cpu/attention.h"
+#include "cpu/convert.h"
+#include "cpu/forward.h"
 #include "cpu/matmul.h"
 #include "cpu/moe_experts.h"
 #include "model/model.h"
@@ -197,8 +201,9 @@ static int stream_bench(const std::string& dir, const std::string& weights, int 
   return 0;
 }
 
-// The fused causal attention alone (16 heads x 128, the bench model's shape) over an N-token prompt: GFLOP/s.
-static int attention_bench(int T, int threads, int repeat) {
+// The fused causal attention alone (16 heads x 128, the bench model's shape) over an N-token prompt, keys and values
+// stored as kv_cache says: GFLOP/s.
+static int attention_bench(int T, int threads, int repeat, routescope::DType kv_dtype) {
   const int heads = 16, dim = 128;
   std::mt19937 rng(5);
   std::normal_distribution<float> nd;
@@ -207,9 +212,17 @@ static int attention_bench(int T, int threads, int repeat) {
   for (auto& h : V) for (auto& x : h) x = nd(rng);
   std::vector<float> q(size_t(T) * heads * dim), out(q.size());
   for (auto& x : q) x = nd(rng);
+  const bool bf16 = kv_dtype == routescope::DType::BF16;
+  std::vector<std::vector<uint16_t>> K16(bf16 ? heads : 0), V16(bf16 ? heads : 0);
+  for (size_t h = 0; h < K16.size(); ++h)
+    for (size_t i = 0; i < K[h].size(); ++i) K16[h].push_back(routescope::f32_to_bf16(K[h][i])), V16[h].push_back(routescope::f32_to_bf16(V[h][i]));
   routescope::ThreadPool pool(threads);
   routescope::AttentionShape shape{heads, heads, dim, dim, 1.f / std::sqrt(float(dim)), 0};
-  if (!routescope::attention_fused(pool, shape, q.data(), T, 0, K, V, out.data())) {
+  auto run = [&] {
+    return bf16 ? routescope::attention_fused(pool, shape, q.data(), T, 0, K16, V16, out.data())
+                : routescope::attention_fused(pool, shape, q.data(), T, 0, K, V, out.data());
+  };
+  if (!run()) {
     std::fprintf(stderr, "rs_bench: no fused attention kernel on this CPU\n");
     return 1;
   }
@@ -217,13 +230,14 @@ static int attention_bench(int T, int threads, int repeat) {
   for (int r = 0; r < repeat; ++r) {
     const double c0 = cpu_seconds();
     const auto t0 = Clock::now();
-    routescope::attention_fused(pool, shape, q.data(), T, 0, K, V, out.data());
+    run();
     wall = std::min(wall, seconds_since(t0));
     cpu = std::min(cpu, cpu_seconds() - c0);
   }
   const double gflop = 2.0 * 2.0 * heads * dim * (double(T) * (T + 1) / 2) / 1e9;  // q·k and p·v over the causal pairs
-  std::printf("{\"attention_tokens\": %d, \"threads\": %d, \"seconds\": %.4f, \"cpu_seconds\": %.4f, \"gflops\": %.1f, "
-              "\"gflops_per_cpu_second\": %.1f}\n", T, threads, wall, cpu, gflop / wall, gflop / cpu);
+  std::printf("{\"attention_tokens\": %d, \"kv_cache\": \"%s\", \"threads\": %d, \"seconds\": %.4f, \"cpu_seconds\": %.4f, "
+              "\"gflops\": %.1f, \"gflops_per_cpu_second\": %.1f}\n", T, bf16 ? "bf16" : "fp32", threads, wall, cpu,
+              gflop / wall, gflop / cpu);
   return 0;
 }
 
@@ -231,7 +245,7 @@ int main(int argc, char** argv) {
   std::string model;
   int prompt = 512, decode = 32, threads = 0, repeat = 1;
   bool bandwidth = false, experts = false, stream = false, attention = false;
-  std::string kernels, activations = "fp32", weights = "auto";
+  std::string kernels, activations = "fp32", weights = "auto", kv_cache = "fp32";
   double probe_seconds = 1.0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -255,13 +269,21 @@ int main(int argc, char** argv) {
     else if (a == "--kernels") kernels = next();
     else if (a == "--activations") activations = next();
     else if (a == "--weights") weights = next();
+    else if (a == "--kv-cache") kv_cache = next();
     else {
       std::fprintf(stderr, "rs_bench: unknown argument %s\n", a.c_str());
       return 2;
     }
   }
   if (threads <= 0) threads = int(std::thread::hardware_concurrency());
-  if (attention) return attention_bench(prompt, threads, repeat);
+  routescope::DType kv_dtype;
+  try {
+    kv_dtype = routescope::kv_cache_dtype(kv_cache);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rs_bench: --kv-cache: %s\n", e.what());
+    return 2;
+  }
+  if (attention) return attention_bench(prompt, threads, repeat, kv_dtype);
   if (bandwidth) {
     const ReadBandwidth bw = read_bandwidth(threads, probe_seconds);
     std::printf("{\"read_bandwidth_gbps\": %.2f, \"sustained_gbps\": %.2f, \"sustained_seconds\": %.2f, \"threads\": %d}\n",
@@ -276,7 +298,7 @@ int main(int argc, char** argv) {
     routescope::check_weights_choice(weights);
     if (experts) return experts_bench(model, weights, prompt, threads, repeat, kernels);
     if (stream) return stream_bench(model, weights, threads, repeat);
-    auto m = routescope::Model::load(model, {threads, "cpu", activations, weights});
+    auto m = routescope::Model::load(model, {threads, "cpu", activations, weights, kv_cache});
     const auto& info = m->info();
     std::mt19937 rng(1);
     std::vector<int> tokens(prompt);
@@ -311,10 +333,11 @@ int main(int argc, char** argv) {
     std::printf("{\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, \"prefill_cpu_seconds\": %.3f, "
                 "\"decode_cpu_seconds\": %.3f, \"prompt_tokens\": %d, \"decode_tokens\": %d, \"threads\": %d, "
                 "\"repeat\": %d, \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, \"active_parameters\": %llu, "
-                "\"activations\": \"%s\", \"weights\": \"%s\"}\n",
+                "\"activations\": \"%s\", \"weights\": \"%s\", \"kv_cache\": \"%s\"}\n",
                 prompt / prefill, decode > 0 ? decode / dec : 0.0, prefill_cpu, dec_cpu, prompt, decode, threads, repeat,
                 ru.ru_maxrss / 1024.0, (unsigned long long)info.weight_bytes,
-                (unsigned long long)info.active_parameters, info.activations.c_str(), info.weights.c_str());
+                (unsigned long long)info.active_parameters, info.activations.c_str(), info.weights.c_str(),
+                info.kv_cache.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rs_bench: %s\n", e.what());
     return 1;

@@ -176,3 +176,26 @@ test('info prints what the engine read', () => {
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /--weights/);
 });
+
+test('--kv-cache: info says what the KV cache holds; an unknown dtype is refused naming the flag', () => {
+  assert.equal((JSON.parse(runCli(['info', '--model', model, '--json']).stdout) as Record<string, unknown>).kv_cache, 'fp32');
+  const r = runCli(['info', '--model', model, '--kv-cache', 'bf16', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal((JSON.parse(r.stdout) as Record<string, unknown>).kv_cache, 'bf16');
+  const human = runCli(['info', '--model', model, '--kv-cache', 'bf16']);
+  assert.equal(human.code, 0, human.stderr);
+  assert.match(human.stdout, /, bf16 KV cache\n/);
+  assert.match(human.stdout, /; KV cache bf16\n/);
+  // Another command takes it too, and its logits move (by the rounding of the cached keys and values).
+  const logits = (kv: string) => {
+    const r = runCli(['inspect', '--model', model, '--tokens', '1,2,3,4,5,6,7,8', '--kv-cache', kv, '--logits', 'last', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { logits: number[][] }).logits[0];
+  };
+  const [a, b] = [logits('fp32'), logits('bf16')];
+  const worst = Math.max(...a.map((x, i) => Math.abs(x - b[i])));
+  assert.ok(worst > 0 && worst < 0.05, `bf16 keys and values moved the logits by ${worst}`);
+  const bad = runCli(['info', '--model', model, '--kv-cache', 'fp16']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /--kv-cache/);
+});

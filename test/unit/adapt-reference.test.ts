@@ -165,6 +165,14 @@ test('the prefix cache evicts least recently used prefixes beyond its memory cap
   cache.clear();
 });
 
+test('the prefix cache counts a bf16 KV cache at two bytes per key and value entry', () => {
+  const info = model.info();
+  const entries = 100 * info.numLayers * info.numKvHeads * info.headDim * 2;
+  const fp32 = new PrefixCache(model, { ...info, kvCache: 'fp32' }, 2, 1).estimate(100);
+  const bf16 = new PrefixCache(model, { ...info, kvCache: 'bf16' }, 2, 1).estimate(100);
+  assert.equal(fp32 - bf16, entries * 2);
+});
+
 test('panel comparisons: C3PO re-mix before/after and generation with/without rerouting', async () => {
   const info = model.info();
   const ref = loadReference(refDir, info, modelDir);

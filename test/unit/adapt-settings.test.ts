@@ -62,4 +62,6 @@ test('one settings reader: every routescope.* setting package.json contributes i
   assert.equal(read.defaultMetric, 'entropy');
   assert.equal(readEditorSettings((key) => (key === 'routescope.activations' ? 'bf16' : undefined)).activations, 'bf16');
   assert.equal(readEditorSettings((key) => (key === 'routescope.activations' ? 'fp16' : undefined)).activations, 'fp32', 'an unknown precision falls back to fp32');
+  assert.equal(readEditorSettings((key) => (key === 'routescope.kvCache' ? 'bf16' : undefined)).kvCache, 'bf16');
+  assert.equal(readEditorSettings((key) => (key === 'routescope.kvCache' ? 'fp8' : undefined)).kvCache, 'fp32', 'an unknown KV cache dtype falls back to fp32');
 });

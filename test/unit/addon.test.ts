@@ -92,6 +92,28 @@ test('weights: mapped or resident, reported in info, the same logits either way'
   for (const m of [mapped, resident, auto]) m.close();
 });
 
+test('kvCache bf16: a load option reported in info; logits move by the rounding of keys and values, no more', async () => {
+  const addon = loadAddon();
+  assert.throws(() => addon.loadModel(MODEL, { kvCache: 'fp16' as 'fp32' }), { code: 'BAD_ARGUMENT', message: /kv cache must be fp32 or bf16 \(got "fp16"\)/ });
+  const exact = addon.loadModel(MODEL, { threads: 2 });
+  const rounded = addon.loadModel(MODEL, { threads: 2, kvCache: 'bf16' });
+  assert.equal(exact.info().kvCache, 'fp32');
+  assert.equal(rounded.info().kvCache, 'bf16');
+  const tokens = Int32Array.from({ length: 24 }, (_, i) => (i * 7 + 3) % exact.info().vocabSize);
+  const a = await exact.createSession().forward(tokens, { logits: 'all' });
+  const b = await rounded.createSession().forward(tokens, { logits: 'all' });
+  let worst = 0;
+  let scale = 0;
+  for (let i = 0; i < a.logits.length; i++) {
+    worst = Math.max(worst, Math.abs(a.logits[i] - b.logits[i]));
+    scale = Math.max(scale, Math.abs(a.logits[i]));
+  }
+  assert.ok(worst > 0, 'a bf16 KV cache changed nothing');
+  assert.ok(worst < 0.01 * scale, `a bf16 KV cache moved the logits by ${worst} (logits up to ${scale})`);
+  exact.close();
+  rounded.close();
+});
+
 test('forward: routing arrives per layer, as copies, before the promise resolves', async () => {
   const model = open();
   const session = model.createSession(16);

@@ -25,11 +25,12 @@ export class PrefixCache {
     private readonly capBytes: number,
   ) {}
 
-  /** Engine memory of one cached prefix: K/V of every layer (capacity >= 64 positions) plus the first critical
-   *  layer's cached parts (every expert's output, the residual, the router logits). */
+  /** Engine memory of one cached prefix: K/V of every layer (capacity >= 64 positions, in the model's KV cache
+   *  dtype) plus the first critical layer's cached parts (every expert's output, the residual, the router logits). */
   estimate(tokens: number): number {
     const i = this.info;
-    return Math.max(64, tokens) * i.numLayers * i.numKvHeads * i.headDim * 2 * 4 + (i.numExperts + 1) * i.hiddenSize * 4 + i.numExperts * 4 + 4096;
+    const kvBytes = i.kvCache === 'bf16' ? 2 : 4;
+    return Math.max(64, tokens) * i.numLayers * i.numKvHeads * i.headDim * 2 * kvBytes + (i.numExperts + 1) * i.hiddenSize * 4 + i.numExperts * 4 + 4096;
   }
 
   async get(index: number, tokens: readonly number[]): Promise<NativeC3poPrefix> {

@@ -100,7 +100,7 @@ async function info(options: CommonOptions): Promise<void> {
     out(`hidden ${info.hiddenSize}, heads ${info.numHeads}/${info.numKvHeads} × ${info.headDim}, expert width ${info.expertWidth}`);
     out(`${info.sharedExpertWidth ? `, shared expert ${info.sharedExpertWidth}` : ''}, vocab ${info.vocabSize}, context ${info.maxPositionEmbeddings}\n`);
     out(`routing: ${info.routingRule}\n`);
-    out(`weights ${info.weights}: ${formatBytes(info.weightBytes)} in ${info.shards} file${info.shards === 1 ? '' : 's'}\n`);
+    out(`weights ${info.weights}: ${formatBytes(info.weightBytes)} in ${info.shards} file${info.shards === 1 ? '' : 's'}; KV cache ${info.kvCache}\n`);
     for (const w of info.warnings) out(`warning: ${w}\n`);
   });
 }

@@ -113,6 +113,7 @@ export function modelInfoJson(info: NativeModelInfo): Record<string, unknown> {
     threads: info.threads,
     activations: info.activations,
     weights: info.weights,
+    kv_cache: info.kvCache,
   };
 }
 
@@ -121,6 +122,6 @@ export function describeModel(info: NativeModelInfo): string {
   return (
     `${info.modelType} · ${info.numLayers} layers${moe} · ${info.numExperts} experts, top-${info.topK} · ` +
     `${formatCount(info.parameters)} params (${formatCount(info.activeParameters)} active) · ${info.dtype} ${info.expertLayout} · ` +
-    `${info.backend}, ${info.threads} threads${info.activations === 'bf16' ? ', bf16 activations' : ''}`
+    `${info.backend}, ${info.threads} threads${info.activations === 'bf16' ? ', bf16 activations' : ''}${info.kvCache === 'bf16' ? ', bf16 KV cache' : ''}`
   );
 }

@@ -118,6 +118,7 @@ export interface CommonOptions {
   backend?: 'auto' | 'cpu' | 'cuda';
   activations?: 'fp32' | 'bf16';
   weights?: 'auto' | 'mapped' | 'resident';
+  kvCache?: 'fp32' | 'bf16';
   json?: boolean;
 }
 
@@ -128,6 +129,7 @@ export function commonOptions(command: Command): Command {
     .addOption(new Option('--backend <name>', 'compute backend').choices(['auto', 'cpu', 'cuda']))
     .addOption(new Option('--activations <precision>', 'fp32 (default) or bf16: prefill activations rounded to bf16 for BF16 weights, as llama.cpp').choices(['fp32', 'bf16']))
     .addOption(new Option('--weights <where>', 'auto (default: in memory when the files take at most half of the available memory), mapped or resident').choices(['auto', 'mapped', 'resident']))
+    .addOption(new Option('--kv-cache <dtype>', 'fp32 (default) or bf16: keys and values cached as bf16, half the KV memory and decode attention reads').choices(['fp32', 'bf16']))
     .option('--json', 'print one JSON object for scripts');
 }
 
@@ -176,6 +178,7 @@ export function openModel(options: CommonOptions): OpenModel {
     ...(options.backend !== undefined ? { backend: options.backend } : {}),
     ...(options.activations !== undefined ? { activations: options.activations } : {}),
     ...(options.weights !== undefined ? { weights: options.weights } : {}),
+    ...(options.kvCache !== undefined ? { kvCache: options.kvCache } : {}),
   });
   return { model, info: model.info(), dir };
 }

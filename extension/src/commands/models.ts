@@ -68,7 +68,7 @@ export function modelCommands(c: CommandContext) {
       void vscode.window.showErrorMessage(`Routescope: ${problem}`);
       return false;
     }
-    const { threads, backend, activations, weights } = editorSettings();
+    const { threads, backend, activations, weights, kvCache } = editorSettings();
     try {
       const loaded = await withRunProgress(
         `Routescope: opening ${path.basename(dir)}`,
@@ -76,7 +76,7 @@ export function modelCommands(c: CommandContext) {
           // Loading is one native call; Cancel stops the engine process (which frees whatever it mapped).
           const sub = token.onCancellationRequested(() => void session.host.restart());
           try {
-            return await session.host.load({ dir, backend, activations, weights, ...(threads > 0 ? { threads } : {}) });
+            return await session.host.load({ dir, backend, activations, weights, kvCache, ...(threads > 0 ? { threads } : {}) });
           } catch (error) {
             if (token.isCancellationRequested) throw new EngineError('CANCELLED', 'cancelled');
             throw error;

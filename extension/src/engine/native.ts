@@ -6,6 +6,9 @@ export type Backend = 'auto' | 'cpu' | 'cuda';
 /** fp32 (default, held to transformers by the parity tests) or bf16: prefill activations rounded to bf16 before the
  *  products with BF16 weights, as llama.cpp's BF16 matmul (AVX512_BF16 CPUs; README "Activation precision"). */
 export type Activations = 'fp32' | 'bf16';
+/** fp32 (default) or bf16: the dtype of the sessions' KV caches — bf16 halves their memory and the bytes a decode
+ *  step's attention reads; CPU backend (README "KV cache precision"). */
+export type KvCache = 'fp32' | 'bf16';
 /** Where the engine keeps the weights: `auto` (in memory when they take at most half of what is available), `mapped`, `resident`. */
 export type WeightsChoice = 'auto' | 'mapped' | 'resident';
 export type LogitsMode = 'none' | 'last' | 'all';
@@ -41,6 +44,7 @@ export interface NativeModelInfo {
   threads: number;
   activations: Activations;     // what the requested activations resolved to (warnings say why bf16 was not used)
   weights: 'mapped' | 'resident'; // what the requested weights choice resolved to
+  kvCache: KvCache;             // what the requested KV cache dtype resolved to (warnings say why bf16 was not used)
 }
 
 export interface NativeForwardOptions {
@@ -208,5 +212,5 @@ export interface NativeModel {
 export interface NativeAddon {
   version: string;
   cudaCompiled: boolean;
-  loadModel(dir: string, options?: { threads?: number; backend?: Backend; activations?: Activations; weights?: WeightsChoice }): NativeModel;
+  loadModel(dir: string, options?: { threads?: number; backend?: Backend; activations?: Activations; weights?: WeightsChoice; kvCache?: KvCache }): NativeModel;
 }

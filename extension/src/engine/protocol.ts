@@ -3,7 +3,7 @@
 // (router logits, experts, weights, token ids) travel as typed arrays, never as JSON number lists.
 // The engine's own requests are CoreMethods; adaptation adds its requests from adapt/ (adapt/protocol.ts types,
 // adapt/requests.ts handlers), so nothing here knows about it.
-import type { Activations, Backend, LogitsMode, NativeGradResult, NativeModelInfo, WeightsChoice } from './native';
+import type { Activations, Backend, KvCache, LogitsMode, NativeGradResult, NativeModelInfo, WeightsChoice } from './native';
 import type { RoutingSpan } from '../../../common/src/routing';
 import type { NextToken } from '../../../common/src/run';
 
@@ -21,6 +21,7 @@ export interface LoadParams {
   backend?: Backend;
   activations?: Activations;
   weights?: WeightsChoice;
+  kvCache?: KvCache;
 }
 
 export interface LoadResult {

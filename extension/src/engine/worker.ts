@@ -105,6 +105,7 @@ const core: HandlerTable<CoreMethods> = {
       ...(params.backend ? { backend: params.backend } : {}),
       ...(params.activations ? { activations: params.activations } : {}),
       ...(params.weights ? { weights: params.weights } : {}),
+      ...(params.kvCache ? { kvCache: params.kvCache } : {}),
     });
     const info = model.info();
     let tokenizer: ModelTokenizer | undefined;
@@ -115,7 +116,7 @@ const core: HandlerTable<CoreMethods> = {
       tokenizerError = error instanceof Error ? error.message : String(error);
     }
     loaded = { model, info, ...(tokenizer ? { tokenizer } : {}), ...(tokenizerError ? { tokenizerError } : {}) };
-    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${info.threads} threads, ${info.activations} activations, weights ${info.weights})`);
+    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${info.threads} threads, ${info.activations} activations, weights ${info.weights}, ${info.kvCache} KV cache)`);
     return describeLoaded(loaded);
   },
   unload() {

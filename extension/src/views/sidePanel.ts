@@ -59,7 +59,7 @@ class ModelTree implements vscode.TreeDataProvider<vscode.TreeItem> {
       row('Routing', info.routingRule, 'git-compare'),
       row('Weights', `${info.dtype}, ${info.expertLayout} experts, ${info.shards} shard${info.shards === 1 ? '' : 's'}`, 'file-binary'),
       row('Parameters', `${formatCount(info.parameters)} (${formatCount(info.activeParameters)} active per token)`, 'symbol-number'),
-      row('Memory', `${formatBytes(info.weightBytes)} weights (${info.weights}); engine process ${formatBytes(loaded.rssBytes)}`, 'server'),
+      row('Memory', `${formatBytes(info.weightBytes)} weights (${info.weights}), ${info.kvCache} KV cache; engine process ${formatBytes(loaded.rssBytes)}`, 'server'),
       row('Backend', `${info.backend}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`, 'chip'),
       row('Tokenizer', loaded.tokenizer ? 'tokenizer.json' : `none (${loaded.tokenizerError ?? 'missing'})`, 'symbol-string'),
       row('Engine process', this.session.host.running ? `pid ${this.session.host.pid}` : 'stopped (starts on the next action)', 'pulse'),

@@ -58,6 +58,7 @@ struct ModelInfo {
   std::string device;            // GPU name when backend == "cuda"
   int threads = 1;
   std::string activations = "fp32";  // what LoadOptions::activations resolved to on this CPU and these weights
+  std::string kv_cache = "fp32";     // what LoadOptions::kv_cache resolved to on this backend
 };
 
 // The one routing patch type. Layers and experts are 0-based.
@@ -174,6 +175,11 @@ struct LoadOptions {
   // files can change afterwards); mapped maps them (nothing copied, pages shared with the page cache). auto: resident
   // on the CPU backend when the files take at most half of the memory available, else mapped.
   std::string weights = "auto";
+  // fp32 (default: the parity tests' precision) | bf16: every KV cache of the model's sessions holds keys and values
+  // rounded to bf16 (nearest, ties to even), half the memory and half the bytes a decode step's attention reads; the
+  // attention kernels read them as stored, the backward included (gradients of the forward that ran). CPU backend;
+  // the CUDA backend keeps fp32 and says so in ModelInfo::kv_cache and warnings.
+  std::string kv_cache = "fp32";
 };
 
 class Model {

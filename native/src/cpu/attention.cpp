@@ -10,10 +10,11 @@ namespace routescope {
 
 namespace {
 constexpr int kBlockRows = 256;  // query rows of one work unit (one head): each unit streams its keys and values once
-}  // namespace
 
-bool attention_fused(ThreadPool& pool, const AttentionShape& s, const float* q, int T, int pos0,
-                     const std::vector<std::vector<float>>& k, const std::vector<std::vector<float>>& v, float* out) {
+// attention_fused for keys and values stored as KV (float, or bf16 bits).
+template <typename KV>
+bool fused(ThreadPool& pool, const AttentionShape& s, const float* q, int T, int pos0,
+           const std::vector<std::vector<KV>>& k, const std::vector<std::vector<KV>>& v, float* out) {
   if (!cpu_has_avx512() || T <= 0) return false;
   const int group = s.heads / s.kv_heads;
   const long ldq = static_cast<long>(s.heads) * s.k_dim, ldo = static_cast<long>(s.heads) * s.v_dim;
@@ -39,6 +40,17 @@ bool attention_fused(ThreadPool& pool, const AttentionShape& s, const float* q, 
     }
   }, int64_t(s.heads) * T * (pos0 + T) * (s.k_dim + s.v_dim));
   return true;
+}
+}  // namespace
+
+bool attention_fused(ThreadPool& pool, const AttentionShape& s, const float* q, int T, int pos0,
+                     const std::vector<std::vector<float>>& k, const std::vector<std::vector<float>>& v, float* out) {
+  return fused(pool, s, q, T, pos0, k, v, out);
+}
+
+bool attention_fused(ThreadPool& pool, const AttentionShape& s, const float* q, int T, int pos0,
+                     const std::vector<std::vector<uint16_t>>& k, const std::vector<std::vector<uint16_t>>& v, float* out) {
+  return fused(pool, s, q, T, pos0, k, v, out);
 }
 
 }  // namespace routescope

@@ -2,6 +2,7 @@
 // weighted sum of values per block of keys, in cache, without materialising the [queries x keys] score matrix.
 // Used for inference; the backward pass needs the probabilities and keeps the two-product path in forward.cpp.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "cpu/attention_keys.h"
@@ -25,5 +26,8 @@ struct AttentionShape {
 // Returns false (and does nothing) when this CPU has no fused kernel; the caller then runs its own path.
 bool attention_fused(ThreadPool& pool, const AttentionShape& shape, const float* q, int T, int pos0,
                      const std::vector<std::vector<float>>& k, const std::vector<std::vector<float>>& v, float* out);
+// The same over keys and values stored as bf16 (KVCache in bf16), widened to fp32 as the kernel loads them.
+bool attention_fused(ThreadPool& pool, const AttentionShape& shape, const float* q, int T, int pos0,
+                     const std::vector<std::vector<uint16_t>>& k, const std::vector<std::vector<uint16_t>>& v, float* out);
 
 }  // namespace routescope

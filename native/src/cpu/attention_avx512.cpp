@@ -4,6 +4,7 @@
 #include "cpu/attention_keys.h"
 
 #include <immintrin.h>
+#include <stdint.h>
 
 #include "cpu/vecmath_avx512.h"
 
@@ -21,14 +22,21 @@ inline long round16(long n) { return (n + 15) / 16 * 16; }
 
 inline __mmask16 tail16(int n) { return n >= 16 ? (__mmask16)0xFFFF : (n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1)); }
 
+// Up to 16 entries of a key or value row as fp32: as stored, or bf16 widened (exactly) on load.
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
 // kt[d][j] = K[kb + j][d] for j < nk (zero beyond), d < k_dim: 16x16 blocks transposed in registers.
-void pack_keys(const float* K, int k_dim, int kb, int nk, float* kt) {
+template <typename KV>
+void pack_keys(const KV* K, int k_dim, int kb, int nk, float* kt) {
   __m512 r[16];
   for (int jb = 0; jb < kKeys; jb += 16)
     for (int db = 0; db < k_dim; db += 16) {
       const __mmask16 m = tail16(k_dim - db);
       for (int i = 0; i < 16; ++i)
-        r[i] = jb + i < nk ? _mm512_maskz_loadu_ps(m, K + (long)(kb + jb + i) * k_dim + db) : _mm512_setzero_ps();
+        r[i] = jb + i < nk ? load16(K + (long)(kb + jb + i) * k_dim + db, m) : _mm512_setzero_ps();
       avx512math::transpose16(r);
       const int dw = imin(16, k_dim - db);
       for (int c = 0; c < dw; ++c) _mm512_storeu_ps(kt + (long)(db + c) * kKeys + jb, r[c]);
@@ -40,14 +48,10 @@ inline unsigned bits(int lo, int hi) {
   const unsigned long long upto = hi >= 31 ? 0xFFFFFFFFull : ((1ull << (hi + 1)) - 1);
   return (unsigned)(upto & ~((1ull << lo) - 1));
 }
-}  // namespace
-
-long attention_scratch_floats(int rows, int k_dim, int v_dim) {
-  return (long)k_dim * kKeys + (long)rows * round16(v_dim) + 2L * rows + (long)(kRows + 1) * kKeys + 64;
-}
-
-void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
-                    float scale, int window, int chunk, const float* sink, float* out, long ldo, float* scratch) {
+// attention_rows for keys and values stored as KV (float or bf16).
+template <typename KV>
+void rows_of(const float* q, long ldq, int rows, int p0, const KV* K, const KV* V, int k_dim, int v_dim, float scale,
+             int window, int chunk, const float* sink, float* out, long ldo, float* scratch) {
   const long vdp = round16(v_dim);
   float* kt = scratch;                          // [k_dim][32]
   float* o = kt + (long)k_dim * kKeys;          // [rows][vdp], unnormalised outputs
@@ -73,17 +77,17 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
           one[j] = 0.f;
           continue;
         }
-        const float* kr = K + (long)(kb + j) * k_dim;
+        const KV* kr = K + (long)(kb + j) * k_dim;
         if (kb + kKeys + j <= last) {  // the next block's key and value rows, a block ahead of their reads
           const char* kn = (const char*)(kr + (long)kKeys * k_dim);
           const char* vn = (const char*)(V + (long)(kb + kKeys + j) * v_dim);
-          for (long b = 0; b < (long)k_dim * 4; b += 64) _mm_prefetch(kn + b, _MM_HINT_T0);
-          for (long b = 0; b < (long)v_dim * 4; b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
+          for (long b = 0; b < (long)k_dim * (long)sizeof(KV); b += 64) _mm_prefetch(kn + b, _MM_HINT_T0);
+          for (long b = 0; b < (long)v_dim * (long)sizeof(KV); b += 64) _mm_prefetch(vn + b, _MM_HINT_T0);
         }
         __m512 acc = _mm512_setzero_ps();
         for (int d = 0; d < k_dim; d += 16) {
           const __mmask16 m = tail16(k_dim - d);
-          acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d), _mm512_maskz_loadu_ps(m, kr + d), acc);
+          acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d), load16(kr + d, m), acc);
         }
         one[j] = _mm512_reduce_add_ps(acc);
       }
@@ -150,9 +154,9 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
           for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_mul_ps(ci, _mm512_maskz_loadu_ps(cm[u], o + (r0 + i) * vdp + c0 + 16 * u));
         }
         for (int j = 0; j < nk; ++j) {
-          const float* vr = V + (long)(kb + j) * v_dim + c0;
+          const KV* vr = V + (long)(kb + j) * v_dim + c0;
           __m512 vv[4];
-          for (int u = 0; u < 4; ++u) vv[u] = _mm512_maskz_loadu_ps(cm[u], vr + 16 * u);
+          for (int u = 0; u < 4; ++u) vv[u] = load16(vr + 16 * u, cm[u]);
           for (int i = 0; i < mr; ++i) {
             const __m512 b = _mm512_set1_ps(pr[i * kKeys + j]);
             for (int u = 0; u < 4; ++u) acc[i][u] = _mm512_fmadd_ps(b, vv[u], acc[i][u]);
@@ -170,6 +174,23 @@ void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, 
       _mm512_mask_storeu_ps(out + r * ldo + c, m, _mm512_mul_ps(inv, _mm512_maskz_loadu_ps(m, o + r * vdp + c)));
     }
   }
+}
+
+}  // namespace
+
+long attention_scratch_floats(int rows, int k_dim, int v_dim) {
+  return (long)k_dim * kKeys + (long)rows * round16(v_dim) + 2L * rows + (long)(kRows + 1) * kKeys + 64;
+}
+
+void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
+                    float scale, int window, int chunk, const float* sink, float* out, long ldo, float* scratch) {
+  rows_of(q, ldq, rows, p0, K, V, k_dim, v_dim, scale, window, chunk, sink, out, ldo, scratch);
+}
+
+void attention_rows(const float* q, long ldq, int rows, int p0, const uint16_t* K, const uint16_t* V, int k_dim,
+                    int v_dim, float scale, int window, int chunk, const float* sink, float* out, long ldo,
+                    float* scratch) {
+  rows_of(q, ldq, rows, p0, K, V, k_dim, v_dim, scale, window, chunk, sink, out, ldo, scratch);
 }
 
 void softmax_row(float* row, int keys, int j0, int p, float scale, const float* sink) {

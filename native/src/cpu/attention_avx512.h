@@ -1,6 +1,7 @@
 // AVX-512 kernel of the fused attention (attention.h); shared with a translation unit compiled with -mavx512*:
 // raw pointers only.
 #pragma once
+#include <stdint.h>
 
 namespace routescope {
 namespace avx512 {
@@ -14,6 +15,11 @@ long attention_scratch_floats(int rows, int k_dim, int v_dim);
 // in every row's softmax that takes no value.
 void attention_rows(const float* q, long ldq, int rows, int p0, const float* K, const float* V, int k_dim, int v_dim,
                     float scale, int window, int chunk, const float* sink, float* out, long ldo, float* scratch);
+// The same over keys and values stored as bf16 (a KV cache in bf16): each row widened to fp32 as it is loaded, so
+// the arithmetic is the fp32 kernel's on the rounded values, and a decode step reads half the bytes.
+void attention_rows(const float* q, long ldq, int rows, int p0, const uint16_t* K, const uint16_t* V, int k_dim,
+                    int v_dim, float scale, int window, int chunk, const float* sink, float* out, long ldo,
+                    float* scratch);
 
 // The attention probabilities of one score row in place (the path that keeps them for a backward pass): row[j] for j
 // in [j0, p] becomes softmax over those keys of scale · row[j] (a non-null sink joins the denominator), every other

@@ -48,7 +48,7 @@ void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int 
         for (int i0 = 0; i0 < T; i0 += kQueryBlock) {
           const int rows = std::min(T, i0 + kQueryBlock) - i0, keys = pos0 + i0 + rows;
           const size_t r0 = static_cast<size_t>(h) * T + i0;
-          matmul_serial(dO + r0 * vd, rows, f32_mat(cache.v[g].data(), keys, vd), blk);
+          matmul_serial(dO + r0 * vd, rows, cache.values(g, keys), blk);
           for (int r = 0; r < rows; ++r) {
             const float* pr = P + (r0 + r) * all;
             float* br = blk + static_cast<size_t>(r) * keys;
@@ -59,7 +59,7 @@ void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int 
             for (int j = 0; j < keys; ++j) sr[j] = br[j] = pr[j] * (br[j] - d) * scale;
             std::fill(sr + keys, sr + all, 0.f);
           }
-          matmul_backward_input_serial(blk, rows, f32_mat(cache.k[g].data(), keys, hd), dQ + r0 * hd, false);
+          matmul_backward_input_serial(blk, rows, cache.keys(g, keys), dQ + r0 * hd, false);
         }
       for (int h = 0; h < group; ++h)
         for (int i = 0; i < T; ++i)

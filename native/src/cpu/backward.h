@@ -15,7 +15,8 @@ namespace routescope {
 // constants), given the saved probabilities probs [nh, T, pos0 + T] (zero outside each row's window), the queries
 // q [T, nh*hd] (after QK-norm and RoPE) and dattn = dLoss/d(attention output) [T, nh*vd]: writes dq [T, nh*hd],
 // dk [T, nkv*hd] and dv [T, nkv*vd] for the rows of this call (overwritten). Query heads sharing a KV head run
-// stacked; KV heads run in parallel.
+// stacked; KV heads run in parallel. A bf16 cache is read as stored, the keys and values the forward used: the
+// gradient of that forward, its rounding of this call's keys and values passed straight through.
 void attention_backward(ThreadPool& pool, int T, int pos0, int nh, int nkv, int hd, int vd, float scale,
                         const float* probs, const float* q, const float* dattn, const KVCache& cache, float* dq,
                         float* dk, float* dv);

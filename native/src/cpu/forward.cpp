@@ -19,17 +19,66 @@
 
 namespace routescope {
 
-void KVCache::ensure(int positions, int kv_heads, int k_dim, int v_dim) {
-  if (positions <= capacity && static_cast<int>(k.size()) == kv_heads) return;
+void KVCache::ensure(int positions, int kv_heads, int key_dim, int value_dim, DType dt) {
+  if (dt != dtype) {
+    *this = KVCache();
+    dtype = dt;
+  }
+  k_dim = key_dim, v_dim = value_dim;
+  const bool bf16 = dtype == DType::BF16;
+  if (positions <= capacity && static_cast<int>(bf16 ? k16.size() : k.size()) == kv_heads) return;
   // Headroom past a prompt: the decode steps after a prefill do not pay a copy and fresh page faults at once.
   int cap = std::max({positions + std::max(64, positions / 4), capacity * 2});
-  k.resize(kv_heads);
-  v.resize(kv_heads);
-  for (int g = 0; g < kv_heads; ++g) {
-    k[g].resize(static_cast<size_t>(cap) * k_dim);
-    v[g].resize(static_cast<size_t>(cap) * v_dim);
-  }
+  auto grow = [&](auto& keys, auto& values) {
+    keys.resize(kv_heads);
+    values.resize(kv_heads);
+    for (int g = 0; g < kv_heads; ++g) {
+      keys[g].resize(static_cast<size_t>(cap) * k_dim);
+      values[g].resize(static_cast<size_t>(cap) * v_dim);
+    }
+  };
+  if (bf16) grow(k16, v16);
+  else grow(k, v);
   capacity = cap;
+}
+
+void KVCache::store(int g, int pos, const float* key, const float* value) {
+  if (dtype == DType::BF16) {
+    uint16_t* kd = &k16[g][static_cast<size_t>(pos) * k_dim];
+    uint16_t* vd = &v16[g][static_cast<size_t>(pos) * v_dim];
+    for (int i = 0; i < k_dim; ++i) kd[i] = f32_to_bf16(key[i]);
+    for (int i = 0; i < v_dim; ++i) vd[i] = f32_to_bf16(value[i]);
+    return;
+  }
+  std::memcpy(&k[g][static_cast<size_t>(pos) * k_dim], key, k_dim * sizeof(float));
+  std::memcpy(&v[g][static_cast<size_t>(pos) * v_dim], value, v_dim * sizeof(float));
+}
+
+Mat KVCache::keys(int g, int positions) const {
+  const uint8_t* data = dtype == DType::BF16 ? reinterpret_cast<const uint8_t*>(k16[g].data())
+                                             : reinterpret_cast<const uint8_t*>(k[g].data());
+  return Mat{data, dtype, positions, k_dim};
+}
+
+Mat KVCache::values(int g, int positions) const {
+  const uint8_t* data = dtype == DType::BF16 ? reinterpret_cast<const uint8_t*>(v16[g].data())
+                                             : reinterpret_cast<const uint8_t*>(v[g].data());
+  return Mat{data, dtype, positions, v_dim};
+}
+
+size_t KVCache::bytes() const {
+  size_t n = 0;
+  for (const auto* heads : {&k, &v})
+    for (const auto& h : *heads) n += h.capacity() * sizeof(float);
+  for (const auto* heads : {&k16, &v16})
+    for (const auto& h : *heads) n += h.capacity() * sizeof(uint16_t);
+  return n;
+}
+
+DType kv_cache_dtype(const std::string& choice) {
+  if (choice == "fp32") return DType::F32;
+  if (choice == "bf16") return DType::BF16;
+  throw Error("BAD_ARGUMENT", "kv cache must be fp32 or bf16 (got \"" + choice + "\")");
 }
 
 // inv_freq as transformers computes it: θ^(−2i/d) over the rotated dims d, or YaRN's blend of interpolated and
@@ -138,8 +187,9 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
   const float scale = cfg_.softmax_scale;
   const int window = cfg_.window(l), chunk = cfg_.chunk(l);
   const float* sinks = ck_.layers[l].sinks.empty() ? nullptr : ck_.layers[l].sinks.data();
-  if (!probs &&
-      attention_fused(pool_, AttentionShape{nh, nkv, hd, vd, scale, window, sinks, chunk}, q, T, pos0, cache.k, cache.v, out))
+  const AttentionShape shape{nh, nkv, hd, vd, scale, window, sinks, chunk};
+  if (!probs && (cache.dtype == DType::BF16 ? attention_fused(pool_, shape, q, T, pos0, cache.k16, cache.v16, out)
+                                            : attention_fused(pool_, shape, q, T, pos0, cache.k, cache.v, out)))
     return;  // inference: scores, softmax and values fused per block of keys (cpu/attention.h)
   const int block = 64;
   const bool vector_softmax = cpu_has_avx512();
@@ -152,8 +202,7 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
           std::memcpy(&qb[(static_cast<size_t>(a) * bi + (i - i0)) * hd], q + static_cast<size_t>(i) * qw + (g * group + a) * hd,
                       hd * sizeof(float));
       std::vector<float>& scores = scratch(Scratch::Scores, static_cast<size_t>(rows) * keys);
-      matmul(pool_, qb.data(), rows, Mat{reinterpret_cast<const uint8_t*>(cache.k[g].data()), DType::F32, keys, hd},
-             scores.data());
+      matmul(pool_, qb.data(), rows, cache.keys(g, keys), scores.data());
       pool_.parallel_for(rows, 8, [&](int64_t a0, int64_t a1, int) {
         for (int64_t r = a0; r < a1; ++r) {
           const int i = i0 + static_cast<int>(r % bi), p = pos0 + i;
@@ -177,8 +226,7 @@ void Decoder::attention(int l, int T, int pos0, const float* q, const KVCache& c
         }
       }, int64_t(rows) * keys * 8);  // an exp is worth several multiply-adds
       std::vector<float>& ob = scratch(Scratch::Values, static_cast<size_t>(rows) * vd);
-      matmul_backward_input(pool_, scores.data(), rows,
-                            Mat{reinterpret_cast<const uint8_t*>(cache.v[g].data()), DType::F32, keys, vd}, ob.data(), false);
+      matmul_backward_input(pool_, scores.data(), rows, cache.values(g, keys), ob.data(), false);
       for (int a = 0; a < group; ++a) {
         const int hh = g * group + a;
         for (int i = i0; i < i1; ++i) {
@@ -328,12 +376,10 @@ void Decoder::attn_forward(int l, float* h, int T, int pos0, KVCache& cache, Lay
   if (cfg_.attention == AttentionKind::Latent) latent_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   else standard_qkv(l, x.data(), T, pos0, q, kk, vv, save);
   const int kw = nkv * hd, vw = nkv * vd;
-  cache.ensure(pos0 + T, nkv, hd, vd);
+  cache.ensure(pos0 + T, nkv, hd, vd, kv_dtype);
   for (int t = 0; t < T; ++t)
-    for (int g = 0; g < nkv; ++g) {
-      std::memcpy(&cache.k[g][static_cast<size_t>(pos0 + t) * hd], &kk[static_cast<size_t>(t) * kw + g * hd], hd * sizeof(float));
-      std::memcpy(&cache.v[g][static_cast<size_t>(pos0 + t) * vd], &vv[static_cast<size_t>(t) * vw + g * vd], vd * sizeof(float));
-    }
+    for (int g = 0; g < nkv; ++g)
+      cache.store(g, pos0 + t, &kk[static_cast<size_t>(t) * kw + g * hd], &vv[static_cast<size_t>(t) * vw + g * vd]);
   std::vector<float>& attn = save ? save->attn : layer_buffer(LayerBuffer::AttnOutput, static_cast<size_t>(T) * nh * vd);
   if (save) {
     attn.resize(static_cast<size_t>(T) * nh * vd);
@@ -374,11 +420,9 @@ void Decoder::attn_forward_rows(int l, float* h, const std::vector<KVCache*>& ca
   }
   for (int t = 0; t < T; ++t) {
     KVCache& cache = *caches[t];
-    cache.ensure(pos[t] + 1, nkv, hd, vd);
-    for (int g = 0; g < nkv; ++g) {
-      std::memcpy(&cache.k[g][static_cast<size_t>(pos[t]) * hd], &kk[static_cast<size_t>(t) * kw + g * hd], hd * sizeof(float));
-      std::memcpy(&cache.v[g][static_cast<size_t>(pos[t]) * vd], &vv[static_cast<size_t>(t) * vw + g * vd], vd * sizeof(float));
-    }
+    cache.ensure(pos[t] + 1, nkv, hd, vd, kv_dtype);
+    for (int g = 0; g < nkv; ++g)
+      cache.store(g, pos[t], &kk[static_cast<size_t>(t) * kw + g * hd], &vv[static_cast<size_t>(t) * vw + g * vd]);
     attention(l, 1, pos[t], q.data() + static_cast<size_t>(t) * qw, cache, attn.data() + static_cast<size_t>(t) * ow,
               save ? save->probs.data() + save->row_probs[t] : nullptr);
   }

@@ -2,6 +2,7 @@
 #pragma once
 #include <atomic>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "cpu/matmul.h"
@@ -11,12 +12,26 @@
 
 namespace routescope {
 
-// Per-layer key/value cache, head-major so each KV head's keys form one [positions, head_dim] matrix.
+// Per-layer key/value cache, head-major so each KV head's keys form one [positions, head_dim] matrix, stored in the
+// dtype of the decoder that writes it (Decoder::kv_dtype, LoadOptions::kv_cache): fp32, or bf16 rounded to nearest
+// even, which every attention path (fused, two-product, backward) reads as stored.
 struct KVCache {
-  std::vector<std::vector<float>> k, v;  // [kv_head][capacity * head_dim]
-  int capacity = 0;
-  void ensure(int positions, int kv_heads, int k_dim, int v_dim);
+  DType dtype = DType::F32;
+  std::vector<std::vector<float>> k, v;          // F32: [kv_head][capacity * head_dim] (v: v_head_dim)
+  std::vector<std::vector<uint16_t>> k16, v16;   // BF16: the same layout, bf16 bits
+  int capacity = 0, k_dim = 0, v_dim = 0;
+  // Room for `positions` per head; a cache asked for another dtype starts over empty in it.
+  void ensure(int positions, int kv_heads, int key_dim, int value_dim, DType dt = DType::F32);
+  // Writes kv head g's key [k_dim] and value [v_dim] at position pos (rounded in a bf16 cache).
+  void store(int g, int pos, const float* key, const float* value);
+  // Kv head g's keys / values at positions [0, positions) as a matrix in the stored dtype (matmul widens bf16).
+  Mat keys(int g, int positions) const;
+  Mat values(int g, int positions) const;
+  size_t bytes() const;  // memory held (capacity, every head)
 };
+
+// The cache dtype LoadOptions::kv_cache names ("fp32" or "bf16"); anything else is Error("BAD_ARGUMENT").
+DType kv_cache_dtype(const std::string& choice);
 
 // Activations of one layer kept for the backward pass (only filled when requested).
 struct LayerSave {
@@ -113,6 +128,9 @@ class Decoder {
   // their activations to bf16 before the products with the routed experts, the attention projections and the dense
   // or shared MLPs; the router, decode steps and every gradient pass stay fp32.
   bool bf16_activations = false;
+  // LoadOptions::kv_cache: the dtype of every KV cache this decoder writes (the session's, the gradient pass's,
+  // C3PO's neighbour prefixes, rerouting's rounds), F32 or BF16.
+  DType kv_dtype = DType::F32;
 
  private:
   void init_rope();
