@@ -53,10 +53,17 @@ function engineEnv(opts) {
   return env;
 }
 
-/** The table's name for the engine at this activation precision (and pinned expert kernels, if any). */
+/** The table's name for the engine at this activation precision and KV cache (and pinned expert kernels, if any). */
 function engineLabel(activations, opts) {
   const kernels = opts.expertKernels === 'auto' ? '' : `, experts ${opts.expertKernels}`;
-  return `Routescope (${activations} activations${kernels})`;
+  const kv = kvCacheFor(activations, opts);
+  return `Routescope (${activations} activations${kv === 'fp32' ? '' : `, ${kv} KV cache`}${kernels})`;
+}
+
+/** The KV cache of the row at these activations: --kv-cache auto follows them (bf16 activations with a bf16 cache
+ *  is llama.cpp's own precision: its BF16 matmul rounds activations to bf16 and its KV cache is F16). */
+function kvCacheFor(activations, opts) {
+  return opts.kvCache === 'auto' ? activations : opts.kvCache;
 }
 
 /** Both precisions where the CPU runs bf16 activations (AVX512_BF16), else fp32 alone. */
@@ -74,7 +81,7 @@ class BenchError extends Error {}
 function usage() {
   return `usage: npm run bench -- [--layers N] [--prompt-tokens N] [--long-prompt-tokens N] [--decode-tokens M]
                         [--repeat R] [--threads T] [--peers LIST] [--llama-types LIST] [--check-tokens K] [--seed S]
-                        [--python PATH] [--engine auto|cli|rs_bench] [--activations LIST] [--expert-kernels K] [--skip-peer] [--skip-adapt]
+                        [--python PATH] [--engine auto|cli|rs_bench] [--activations LIST] [--kv-cache auto|fp32|bf16] [--expert-kernels K] [--skip-peer] [--skip-adapt]
                         [--json]
   --layers              layers in the random checkpoint (default 2)
   --shape               olmoe (OLMoE-1B-7B, default), deepseek-v2-lite, moonlight, gpt-oss-20b or llama4-scout (their
@@ -97,6 +104,8 @@ function usage() {
                         against the same peer runs: fp32 (the default of the product, held to transformers by the
                         parity tests) and bf16 (prefill activations rounded to bf16 as llama.cpp's BF16 matmul does;
                         --activations of the CLI). Default: fp32,bf16 on CPUs with AVX512_BF16, else fp32
+  --kv-cache            KV cache of the engine rows: auto (default: each row's as its activations, so the bf16 row is
+                        at llama.cpp's own precision, whose KV cache is F16), fp32 or bf16 for every row
   --expert-kernels      pin the routed-expert kernels of every engine run (ROUTESCOPE_EXPERT_KERNELS, for A/B
                         measurements): auto (default), avx512_bf16_rounded, avx512_bf16, avx512 or generic
   --check-tokens        length of the PyTorch cross-check prompt (default 16, 0 = skip)
@@ -130,6 +139,7 @@ function parseOptions(argv) {
       peers: { type: 'string', default: 'llama' },
       'llama-types': { type: 'string', default: 'bf16,q8_0' },
       activations: { type: 'string', default: defaultActivations() },
+      'kv-cache': { type: 'string', default: 'auto' },
       'expert-kernels': { type: 'string', default: process.env.ROUTESCOPE_EXPERT_KERNELS ?? 'auto' },
       'skip-peer': { type: 'boolean', default: false },
       'skip-adapt': { type: 'boolean', default: false },
@@ -156,6 +166,7 @@ function parseOptions(argv) {
   if (activations.length === 0) throw new BenchError(`--activations needs at least one of ${ACTIVATIONS.join(', ')}`);
   let alsoShapes = list('also-shapes', values['also-shapes'], [...Object.keys(SHAPES), 'none']);
   if (alsoShapes.includes('none') || values.shape !== 'olmoe') alsoShapes = [];
+  if (!['auto', 'fp32', 'bf16'].includes(values['kv-cache'])) throw new BenchError(`--kv-cache must be auto, fp32 or bf16, got ${JSON.stringify(values['kv-cache'])}`);
   if (!['auto', 'cli', 'rs_bench'].includes(values.engine)) throw new BenchError(`--engine must be auto, cli or rs_bench, got ${JSON.stringify(values.engine)}`);
   return {
     help: values.help,
@@ -175,6 +186,7 @@ function parseOptions(argv) {
     llamaTypes: list('llama-types', values['llama-types'], ['bf16', 'q8_0']),
     expertKernels: values['expert-kernels'],
     activations,
+    kvCache: values['kv-cache'],
     skipAdapt: values['skip-adapt'] || values.shape !== 'olmoe',
     json: values.json,
   };
@@ -293,7 +305,7 @@ function engineViaCli(dir, opts, activations, promptTokens, decodeTokens) {
   const r = run(process.execPath, [
     CLI, 'bench', '--model', dir,
     '--prompt-tokens', String(promptTokens), '--decode-tokens', String(decodeTokens),
-    '--threads', String(opts.threads), '--activations', activations, '--json',
+    '--threads', String(opts.threads), '--activations', activations, '--kv-cache', kvCacheFor(activations, opts), '--json',
   ], { env: engineEnv(opts) });
   if (!r.ok) return { error: `routescope bench failed: ${describeFailure(r)}` };
   const j = lastJson(r.stdout);
@@ -303,6 +315,7 @@ function engineViaCli(dir, opts, activations, promptTokens, decodeTokens) {
   return {
     via: 'cli',
     activations_used: j.model?.activations ?? null,
+    kv_cache_used: j.model?.kv_cache ?? j.kv_cache ?? null,
     weights_used: j.model?.weights ?? null,
     prefill_tokens_per_s: j.prefill_tokens_per_s,
     decode_tokens_per_s: decodeTokens > 0 ? j.decode_tokens_per_s : null,
@@ -319,13 +332,14 @@ function engineViaRsBench(dir, opts, activations, promptTokens, decodeTokens) {
   if (!fs.existsSync(RS_BENCH)) return { error: `${path.relative(ROOT, RS_BENCH)} is missing` };
   const r = run(RS_BENCH, [
     '--model', dir, '--prompt-tokens', String(promptTokens), '--decode-tokens', String(Math.max(decodeTokens, 1)),
-    '--threads', String(opts.threads), '--activations', activations,
+    '--threads', String(opts.threads), '--activations', activations, '--kv-cache', kvCacheFor(activations, opts),
   ], { env: engineEnv(opts) });
   const j = r.ok ? lastJson(r.stdout) : null;
   if (!j || typeof j.prefill_tokens_per_s !== 'number') return { error: `rs_bench failed: ${describeFailure(r)}` };
   return {
     via: 'rs_bench',
     activations_used: j.activations ?? null,
+    kv_cache_used: j.kv_cache ?? null,
     weights_used: j.weights ?? null,
     prefill_tokens_per_s: j.prefill_tokens_per_s,
     decode_tokens_per_s: decodeTokens > 0 ? j.decode_tokens_per_s : null,
@@ -378,7 +392,7 @@ function llamaCrossCheck(dir, gguf, opts, vocab, activationsList) {
     const tp = top(Array.from(peer));
     const byActivations = {};
     for (const activations of activationsList) {
-      const e = run(process.execPath, [CLI, 'inspect', '--model', dir, '--tokens', tokens.join(','), '--logits', 'last', '--threads', String(opts.threads), '--activations', activations, '--json']);
+      const e = run(process.execPath, [CLI, 'inspect', '--model', dir, '--tokens', tokens.join(','), '--logits', 'last', '--threads', String(opts.threads), '--activations', activations, '--kv-cache', kvCacheFor(activations, opts), '--json']);
       if (!e.ok) return { error: `routescope inspect --activations ${activations} failed: ${describeFailure(e)}` };
       let row;
       try {
@@ -746,6 +760,7 @@ async function main() {
     id: i === 0 ? 'routescope' : `routescope_${a}`,
     label: engineLabel(a, opts),
     activations: a,
+    kv_cache: kvCacheFor(a, opts),
     expert_kernels: opts.expertKernels,
     runs: [],
   }));
@@ -812,6 +827,7 @@ async function main() {
       const used = [...new Set(e.runs.map((r) => r.activations_used).filter(Boolean))];
       e.activations_used = used.length === 1 ? used[0] : used.length ? used : null;
       e.weights_used = [...new Set(e.runs.map((r) => r.weights_used).filter(Boolean))].join(', ') || null;
+      e.kv_cache_used = [...new Set(e.runs.map((r) => r.kv_cache_used).filter(Boolean))].join(', ') || null;
       if (used.some((u) => u !== e.activations)) {
         notes.push(`${e.label}: the engine ran ${used.join(', ')} activations (see routescope info's warnings)`);
         e.label += ` [ran ${used.join(', ')}]`;
