@@ -432,7 +432,10 @@ TEST("kernels: the LM head's one-pass cross-entropy and input gradient match a f
             worst = std::max(worst, std::fabs(dx1[size_t(t) * K + k] - want_dx) / (1 + std::fabs(want_dx)));
           }
         }
-        CHECK_MSG(worst < 2e-5, dtype_name(dt) << " V=" << V << " T=" << T << ": error " << worst);
+        // Without AVX-512 the input gradient is one float sum over the whole vocabulary (matmul_backward_input), not
+        // the fused path's per-slab partials: its error grows with V (2.6e-5 at V = 4099).
+        const double tol = cpu_has_avx512() ? 2e-5 : 6e-5;
+        CHECK_MSG(worst < tol, dtype_name(dt) << " V=" << V << " T=" << T << ": error " << worst);
       }
 }
 
