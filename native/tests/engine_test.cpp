@@ -289,12 +289,12 @@ TEST("threads: two sessions of one model running at once on two threads (shared 
 
 TEST("kv cache: a prompt's cache leaves room for the decode steps after it (no copy and fresh pages at the first step)") {
   KVCache cache;
-  cache.ensure(512, 2, 4, 4);
+  cache.ensure(512, 2, 4, 4, DType::F32);
   CHECK_MSG(cache.capacity >= 512 + 64, cache.capacity);
   const float* k0 = cache.k[0].data();
-  for (int p = 513; p <= 576; ++p) cache.ensure(p, 2, 4, 4);
+  for (int p = 513; p <= 576; ++p) cache.ensure(p, 2, 4, 4, DType::F32);
   CHECK_MSG(cache.k[0].data() == k0, "the first 64 decode steps reallocated the cache");
-  cache.ensure(10000, 2, 4, 4);  // a long prompt later: at least the positions asked for, and doubling beyond
+  cache.ensure(10000, 2, 4, 4, DType::F32);  // a long prompt later: at least the positions asked for, and doubling beyond
   CHECK(cache.capacity >= 10000 && cache.k[1].size() == static_cast<size_t>(cache.capacity) * 4);
 }
 

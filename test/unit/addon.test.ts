@@ -10,6 +10,17 @@ import { PARITY_DIR } from '../helpers/cli';
 
 const MODEL = path.join(PARITY_DIR, 'mixtral-perexpert-f32', 'model'); // 3 layers, 8 experts, top-2, vocab 96, context 64
 
+/** The largest |a − b| over two runs' logits, and the largest |a| (the scale it is judged against). */
+function logitGap(a: Float32Array, b: Float32Array): { worst: number; scale: number } {
+  let worst = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(a[i]));
+  }
+  return { worst, scale };
+}
+
 function open(): NativeModel {
   return loadAddon().loadModel(MODEL, { threads: 2 });
 }
@@ -60,12 +71,7 @@ test('activations bf16: a first-class load option, reported in info, fp32 where 
   const b = await rounded.createSession().forward(tokens, { logits: 'all' });
   if (rounded.info().activations === 'bf16') {
     // Prefill rows round to bf16 (8 significant bits): the logits move, by about that rounding and no more.
-    let worst = 0;
-    let scale = 0;
-    for (let i = 0; i < a.logits.length; i++) {
-      worst = Math.max(worst, Math.abs(a.logits[i] - b.logits[i]));
-      scale = Math.max(scale, Math.abs(a.logits[i]));
-    }
+    const { worst, scale } = logitGap(a.logits, b.logits);
     assert.ok(worst > 0, 'bf16 activations changed nothing');
     assert.ok(worst < 0.006 * (1 + scale), `bf16 activations moved the logits by ${worst} (logits up to ${scale})`);
   } else {
@@ -102,12 +108,7 @@ test('kvCache bf16: a load option reported in info; logits move by the rounding 
   const tokens = Int32Array.from({ length: 24 }, (_, i) => (i * 7 + 3) % exact.info().vocabSize);
   const a = await exact.createSession().forward(tokens, { logits: 'all' });
   const b = await rounded.createSession().forward(tokens, { logits: 'all' });
-  let worst = 0;
-  let scale = 0;
-  for (let i = 0; i < a.logits.length; i++) {
-    worst = Math.max(worst, Math.abs(a.logits[i] - b.logits[i]));
-    scale = Math.max(scale, Math.abs(a.logits[i]));
-  }
+  const { worst, scale } = logitGap(a.logits, b.logits);
   assert.ok(worst > 0, 'a bf16 KV cache changed nothing');
   assert.ok(worst < 0.01 * scale, `a bf16 KV cache moved the logits by ${worst} (logits up to ${scale})`);
   exact.close();

@@ -21,7 +21,7 @@ struct KVCache {
   std::vector<std::vector<uint16_t>> k16, v16;   // BF16: the same layout, bf16 bits
   int capacity = 0, k_dim = 0, v_dim = 0;
   // Room for `positions` per head; a cache asked for another dtype starts over empty in it.
-  void ensure(int positions, int kv_heads, int key_dim, int value_dim, DType dt = DType::F32);
+  void ensure(int positions, int kv_heads, int key_dim, int value_dim, DType dt);
   // Writes kv head g's key [k_dim] and value [v_dim] at position pos (rounded in a bf16 cache).
   void store(int g, int pos, const float* key, const float* value);
   // Kv head g's keys / values at positions [0, positions) as a matrix in the stored dtype (matmul widens bf16).

@@ -260,13 +260,22 @@ void backward_rows_dt(const float* dy, int T, int N, const uint8_t* W, int K, in
 }  // namespace
 
 namespace {
+// One MXFP4 block: 16 bytes = 32 E2M1 codes (low nibble first), as 32 f32 values fp4[code] · s in w0 (columns 0-15)
+// and w1 (16-31). Each byte widened to 16 bits becomes [low nibble, high nibble] as two bytes: the codes in order.
+inline void mxfp4_block32(const uint8_t* q16, __m512 table, __m512 s, __m512& w0, __m512& w1) {
+  const __m256i w16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)q16));
+  const __m256i codes = _mm256_or_si256(_mm256_and_si256(w16, _mm256_set1_epi16(0x000F)),
+                                        _mm256_slli_epi16(_mm256_and_si256(w16, _mm256_set1_epi16(0x00F0)), 4));
+  w0 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)), table), s);
+  w1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)), table), s);
+}
+
 // Up to 4 MXFP4 rows against TT rows of x, as dot_block<0, TT> runs on the same rows widened to f32: per row and x
 // row one accumulator, fused multiply-adds over 16 columns at a time in column order, then reduce_add4.
 template <int TT>
 void mxfp4_block(const float* x, int K, const uint8_t* const* q, const uint8_t* const* e, int rows, const float* fp4,
                  const float* scale, float* y, int ldy, int n, int accumulate) {
   const __m512 table = _mm512_loadu_ps(fp4);
-  const __m256i lo_mask = _mm256_set1_epi16(0x000F), hi_mask = _mm256_set1_epi16(0x00F0);
   __m512 acc[4][TT];
   for (int r = 0; r < 4; ++r)
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
@@ -276,13 +285,8 @@ void mxfp4_block(const float* x, int K, const uint8_t* const* q, const uint8_t* 
     for (int t = 0; t < TT; ++t) x0[t] = _mm512_loadu_ps(x + (long)t * K + k), x1[t] = _mm512_loadu_ps(x + (long)t * K + k + 16);
     for (int r = 0; r < 4; ++r) {
       if (b % 4 == 0) _mm_prefetch((const char*)(q[r] + b * 16 + 512), _MM_HINT_T0);
-      // 16 bytes = 32 codes; each byte widened to 16 bits becomes [low nibble, high nibble] as two bytes: the codes
-      // in column order.
-      const __m256i w16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q[r] + b * 16)));
-      const __m256i codes = _mm256_or_si256(_mm256_and_si256(w16, lo_mask), _mm256_slli_epi16(_mm256_and_si256(w16, hi_mask), 4));
-      const __m512 s = _mm512_set1_ps(scale[e[r][b]]);
-      const __m512 w0 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)), table), s);
-      const __m512 w1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)), table), s);
+      __m512 w0, w1;
+      mxfp4_block32(q[r] + b * 16, table, _mm512_set1_ps(scale[e[r][b]]), w0, w1);
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w0, x0[t], acc[r][t]);
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w1, x1[t], acc[r][t]);
     }
@@ -315,13 +319,11 @@ void mxfp4_rows_t(const float* x, int K, const uint8_t* q, const uint8_t* e, int
 
 void mxfp4_widen_row(const uint8_t* q, const uint8_t* e, int K, const float* fp4, const float* scale, float* out) {
   const __m512 table = _mm512_loadu_ps(fp4);
-  const __m256i lo_mask = _mm256_set1_epi16(0x000F), hi_mask = _mm256_set1_epi16(0x00F0);
   for (int b = 0; b < K / 32; ++b) {
-    const __m256i w16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q + b * 16)));
-    const __m256i codes = _mm256_or_si256(_mm256_and_si256(w16, lo_mask), _mm256_slli_epi16(_mm256_and_si256(w16, hi_mask), 4));
-    const __m512 s = _mm512_set1_ps(scale[e[b]]);
-    _mm512_storeu_ps(out + b * 32, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(codes)), table), s));
-    _mm512_storeu_ps(out + b * 32 + 16, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(codes, 1)), table), s));
+    __m512 w0, w1;
+    mxfp4_block32(q + b * 16, table, _mm512_set1_ps(scale[e[b]]), w0, w1);
+    _mm512_storeu_ps(out + b * 32, w0);
+    _mm512_storeu_ps(out + b * 32 + 16, w1);
   }
 }
 
