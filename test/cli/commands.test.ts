@@ -145,6 +145,7 @@ test('bench --json reports throughput, peak memory and the model', () => {
   const json = JSON.parse(r.stdout) as Record<string, unknown> & { model: Record<string, unknown> };
   assert.equal(json.prompt_tokens, 16);
   assert.equal(json.decode_tokens, 4);
+  assert.equal(json.generated_tokens, 4, 'decode generates every token asked for: no stop token ends it early');
   assert.ok((json.prefill_tokens_per_s as number) > 0);
   assert.ok((json.decode_tokens_per_s as number) > 0);
   assert.ok((json.peak_rss_bytes as number) > 1e6);

@@ -34,16 +34,19 @@ async function bench(options: BenchOptions): Promise<void> {
     if (limit > 0 && promptTokens + decodeTokens > limit) {
       throw new CliError(`--prompt-tokens + --decode-tokens = ${promptTokens + decodeTokens} exceed max_position_embeddings=${limit} of ${path.join(info.dir, 'config.json')}`);
     }
-    const tokens = randomTokens(promptTokens + decodeTokens, info.vocabSize, seed);
+    const tokens = randomTokens(promptTokens + 1, info.vocabSize, seed);
     const prompt = Int32Array.from(tokens.slice(0, promptTokens));
     const session = model.createSession(promptTokens + decodeTokens);
 
+    // Decode runs the engine's own generation loop, as the product generates: greedy, no stop token, one
+    // single-token step per generated token (llama.cpp's peer likewise samples greedily in native code each step).
+    const greedy = (maxNewTokens: number) => ({ maxNewTokens, temperature: 0, topP: 1, seed: 0, stopTokens: [] });
     // Warm-up: one full-length prefill maps the weights and sizes the engine's buffers (llama.cpp likewise allocates
-    // its compute buffers and KV cache when a context is created, outside any timing), and one single-token step;
+    // its compute buffers and KV cache when a context is created, outside any timing), and two single-token steps;
     // then the timed runs start from an empty cache.
     await engineCall(session, () => session.forward(prompt, { logits: 'last' }));
     session.reset();
-    await engineCall(session, () => session.forward(Int32Array.of(tokens[0]), { logits: 'last' }));
+    await engineCall(session, () => session.generate(Int32Array.of(tokens[0]), greedy(2)));
     session.reset();
 
     // CPU seconds of the whole process (all engine threads) beside wall time: on a machine shared with other work,
@@ -59,9 +62,11 @@ async function bench(options: BenchOptions): Promise<void> {
     const prefillCpuSeconds = cpuSeconds(c0);
     t0 = performance.now();
     c0 = process.cpuUsage();
-    for (let i = 0; i < decodeTokens; i++) {
-      const token = Int32Array.of(tokens[promptTokens + i]);
-      await engineCall(session, () => session.forward(token, { logits: 'last' }));
+    let generated = 0;
+    if (decodeTokens > 0) {
+      const first = Int32Array.of(tokens[promptTokens]);
+      generated = (await engineCall(session, () => session.generate(first, greedy(decodeTokens)))).tokens.length;
+      if (generated !== decodeTokens) throw new CliError(`the engine generated ${generated} of ${decodeTokens} tokens`);
     }
     const decodeSeconds = (performance.now() - t0) / 1000;
     const decodeCpuSeconds = cpuSeconds(c0);
@@ -69,6 +74,7 @@ async function bench(options: BenchOptions): Promise<void> {
     const report = {
       prompt_tokens: promptTokens,
       decode_tokens: decodeTokens,
+      generated_tokens: generated,
       prefill_seconds: prefillSeconds,
       prefill_tokens_per_s: promptTokens / prefillSeconds,
       prefill_cpu_seconds: prefillCpuSeconds,
@@ -108,7 +114,7 @@ async function info(options: CommonOptions): Promise<void> {
 export function registerBenchCommands(program: Command): void {
   commonOptions(program.command('bench').description('prefill and decode throughput and peak memory'))
     .option('--prompt-tokens <n>', 'prefill length (random in-vocabulary tokens)', '512')
-    .option('--decode-tokens <n>', 'single-token decode steps after the prefill', '64')
+    .option('--decode-tokens <n>', 'tokens generated greedily after the prefill, one single-token step each', '64')
     .option('--seed <n>', 'seed of the random tokens', '0')
     .action(action(bench));
 

@@ -13,9 +13,10 @@
 namespace routescope {
 
 namespace {
-// A waiter polls this long before it sleeps: a decode step dispatches a loop every few hundred microseconds, and a
-// thread woken from a futex wait on a virtual machine can take tens of microseconds to run again.
-constexpr auto kSpin = std::chrono::microseconds(50);
+// A waiter polls this long before it sleeps: a decode step dispatches a loop every few hundred microseconds with
+// serial stretches of up to ~60 µs between them (norms, routing), and a thread woken from a futex wait on a virtual
+// machine takes tens of microseconds to run again (50 µs here left the worker starting ~25 µs late per loop).
+constexpr auto kSpin = std::chrono::microseconds(250);
 
 // Polls ready() until it holds or kSpin passes; true when it held.
 template <class F>
