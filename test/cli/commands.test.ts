@@ -176,6 +176,9 @@ test('info prints what the engine read', () => {
   const bad = runCli(['info', '--model', model, '--weights', 'disk']);
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /--weights/);
+  // The thread count in the model line takes the noun's right number ("cpu, 1 threads" was printed before).
+  assert.match(runCli(['info', '--model', model, '--threads', '1']).stdout, / cpu, 1 thread\n/);
+  assert.match(runCli(['info', '--model', model, '--threads', '2']).stdout, / cpu, 2 threads\n/);
 });
 
 test('--kv-cache: info says what the KV cache holds; an unknown dtype is refused naming the flag', () => {

@@ -1,7 +1,7 @@
 // JSON output for scripts: float32 values in their shortest round-tripping form, large arrays written in pieces.
 // NaN and ±Infinity are never printed as figures: they are refused with a one-line error (NonFiniteError).
 import type { NativeModelInfo } from '../engine/native';
-import { formatCount } from '../../../common/src/format';
+import { formatCount, plural } from '../../../common/src/format';
 
 /** A result that holds NaN or ±Infinity where a figure belongs; the CLI reports it instead of printing it. */
 export class NonFiniteError extends Error {
@@ -122,6 +122,6 @@ export function describeModel(info: NativeModelInfo): string {
   return (
     `${info.modelType} · ${info.numLayers} layers${moe} · ${info.numExperts} experts, top-${info.topK} · ` +
     `${formatCount(info.parameters)} params (${formatCount(info.activeParameters)} active) · ${info.dtype} ${info.expertLayout} · ` +
-    `${info.backend}, ${info.threads} threads${info.activations === 'bf16' ? ', bf16 activations' : ''}${info.kvCache === 'bf16' ? ', bf16 KV cache' : ''}`
+    `${info.backend}, ${plural(info.threads, 'thread')}${info.activations === 'bf16' ? ', bf16 activations' : ''}${info.kvCache === 'bf16' ? ', bf16 KV cache' : ''}`
   );
 }
