@@ -5,6 +5,7 @@
 import type { NativeAddon, NativeModel, NativeModelInfo, NativeSession } from './native';
 import { loadAddon } from './addon';
 import { loadTokenizer, type ModelTokenizer } from '../checkpoint/tokenizer';
+import { plural } from '../../../common/src/format';
 import { softmax, topIndices } from '../../../common/src/math';
 import type { NextToken } from '../../../common/src/run';
 import {
@@ -116,7 +117,7 @@ const core: HandlerTable<CoreMethods> = {
       tokenizerError = error instanceof Error ? error.message : String(error);
     }
     loaded = { model, info, ...(tokenizer ? { tokenizer } : {}), ...(tokenizerError ? { tokenizerError } : {}) };
-    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${info.threads} threads, ${info.activations} activations, weights ${info.weights}, ${info.kvCache} KV cache)`);
+    log(`loaded ${info.modelType} from ${info.dir}: ${info.numLayers} layers, ${info.numExperts} experts, top-${info.topK}, ${info.dtype}, ${info.backend} (${plural(info.threads, 'thread')}, ${info.activations} activations, weights ${info.weights}, ${info.kvCache} KV cache)`);
     return describeLoaded(loaded);
   },
   unload() {
