@@ -359,6 +359,41 @@ void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, 
 namespace {
 // partial[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :] for a few rows t: W streamed row by row (contiguous reads,
 // the K-wide partial sums stay in cache). Four weight rows per pass over the partial sums.
+// Four weight rows into the partial sums of C rows at once (C <= 4): each 16-wide slice of the four rows is widened
+// once for all C rows, and every partial sum gets the same four FMAs in the same order as one row at a time would.
+template <int DT, int C>
+inline void stream_four_rows(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int K,
+                             const __m512 (&b)[4][4], float* const (&out)[4]) {
+  int k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 w0 = load16<DT>(r0, k), w1 = load16<DT>(r1, k), w2 = load16<DT>(r2, k), w3 = load16<DT>(r3, k);
+    for (int c = 0; c < C; ++c) {
+      __m512 acc = _mm512_loadu_ps(out[c] + k);
+      acc = _mm512_fmadd_ps(b[c][0], w0, acc);
+      acc = _mm512_fmadd_ps(b[c][1], w1, acc);
+      acc = _mm512_fmadd_ps(b[c][2], w2, acc);
+      acc = _mm512_fmadd_ps(b[c][3], w3, acc);
+      _mm512_storeu_ps(out[c] + k, acc);
+    }
+  }
+  if (k < K) {
+    const __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+    const __m512 w0 = load16_masked<DT>(r0, k, m), w1 = load16_masked<DT>(r1, k, m), w2 = load16_masked<DT>(r2, k, m),
+                 w3 = load16_masked<DT>(r3, k, m);
+    for (int c = 0; c < C; ++c) {
+      __m512 acc = _mm512_maskz_loadu_ps(m, out[c] + k);
+      acc = _mm512_fmadd_ps(b[c][0], w0, acc);
+      acc = _mm512_fmadd_ps(b[c][1], w1, acc);
+      acc = _mm512_fmadd_ps(b[c][2], w2, acc);
+      acc = _mm512_fmadd_ps(b[c][3], w3, acc);
+      _mm512_mask_storeu_ps(out[c] + k, m, acc);
+    }
+  }
+}
+
+// partial[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :] for a few rows t: W streamed row by row (contiguous reads,
+// the K-wide partial sums stay in cache). Four weight rows per pass, widened once for up to four rows t whose dy
+// there is not all zero (rows of zeros are skipped, as before: their sums keep their bits).
 template <int DT>
 void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, float* partial) {
   const long rb = (long)K * elem_bytes(DT);
@@ -368,29 +403,25 @@ void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, 
     const uint8_t* r1 = r0 + rb;
     const uint8_t* r2 = r1 + rb;
     const uint8_t* r3 = r2 + rb;
-    for (int t = 0; t < T; ++t) {
-      const float* g = dy + (long)t * N + n;
-      if (g[0] == 0.f && g[1] == 0.f && g[2] == 0.f && g[3] == 0.f) continue;
-      const __m512 b0 = _mm512_set1_ps(g[0]), b1 = _mm512_set1_ps(g[1]), b2 = _mm512_set1_ps(g[2]), b3 = _mm512_set1_ps(g[3]);
-      float* out = partial + (long)t * K;
-      int k = 0;
-      for (; k + 16 <= K; k += 16) {
-        __m512 acc = _mm512_loadu_ps(out + k);
-        acc = _mm512_fmadd_ps(b0, load16<DT>(r0, k), acc);
-        acc = _mm512_fmadd_ps(b1, load16<DT>(r1, k), acc);
-        acc = _mm512_fmadd_ps(b2, load16<DT>(r2, k), acc);
-        acc = _mm512_fmadd_ps(b3, load16<DT>(r3, k), acc);
-        _mm512_storeu_ps(out + k, acc);
+    __m512 b[4][4];
+    float* out[4];
+    int c = 0;
+    for (int t = 0; t <= T; ++t) {
+      if (t < T) {
+        const float* g = dy + (long)t * N + n;
+        if (g[0] == 0.f && g[1] == 0.f && g[2] == 0.f && g[3] == 0.f) continue;
+        for (int i = 0; i < 4; ++i) b[c][i] = _mm512_set1_ps(g[i]);
+        out[c++] = partial + (long)t * K;
+        if (c < 4) continue;
       }
-      if (k < K) {
-        const __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-        __m512 acc = _mm512_maskz_loadu_ps(m, out + k);
-        acc = _mm512_fmadd_ps(b0, load16_masked<DT>(r0, k, m), acc);
-        acc = _mm512_fmadd_ps(b1, load16_masked<DT>(r1, k, m), acc);
-        acc = _mm512_fmadd_ps(b2, load16_masked<DT>(r2, k, m), acc);
-        acc = _mm512_fmadd_ps(b3, load16_masked<DT>(r3, k, m), acc);
-        _mm512_mask_storeu_ps(out + k, m, acc);
+      switch (c) {
+        case 1: stream_four_rows<DT, 1>(r0, r1, r2, r3, K, b, out); break;
+        case 2: stream_four_rows<DT, 2>(r0, r1, r2, r3, K, b, out); break;
+        case 3: stream_four_rows<DT, 3>(r0, r1, r2, r3, K, b, out); break;
+        case 4: stream_four_rows<DT, 4>(r0, r1, r2, r3, K, b, out); break;
+        default: break;
       }
+      c = 0;
     }
   }
   for (; n < n1; ++n) {
