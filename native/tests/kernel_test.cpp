@@ -380,7 +380,7 @@ TEST("kernels: the LM head's one-pass cross-entropy and input gradient match a f
   std::normal_distribution<float> nd(0.f, 1.f);
   for (DType dt : {DType::BF16, DType::F32})
     for (int V : {5, 261, 1000, 4099})
-      for (int T : {1, 3, 6}) {
+      for (int T : {1, 3, 6, 30, 50}) {  // 30, 50: the input gradient widens W for four rows at a time, in chunks
         const int K = 72;
         rstest::TestMatrix w = misaligned_matrix(V, K, dt, 0.5f, rng);
         std::vector<float> x(size_t(T) * K), weight(T);
@@ -434,7 +434,9 @@ TEST("kernels: the LM head's one-pass cross-entropy and input gradient match a f
         }
         // Without AVX-512 the input gradient is one float sum over the whole vocabulary (matmul_backward_input), not
         // the fused path's per-slab partials: its error grows with V (2.6e-5 at V = 4099).
-        const double tol = cpu_has_avx512() ? 2e-5 : 6e-5;
+        // 30 and 50 rows: the worst of that many rows' float32 errors, as large on either path (the generic path's
+        // one float sum reads 6.4e-5 at V = 4099, T = 50).
+        const double tol = T > 6 ? 1e-4 : (cpu_has_avx512() ? 2e-5 : 6e-5);
         CHECK_MSG(worst < tol, dtype_name(dt) << " V=" << V << " T=" << T << ": error " << worst);
       }
 }
