@@ -512,6 +512,41 @@ TEST("kernels: decode's streaming products sum each row's lanes in _mm512_reduce
         }
 }
 
+TEST("kernels: input gradients against a tall W (the LM head's) give the same bits on every run and thread count") {
+  // Run after run on two threads, whichever thread takes which rows of W, and on one thread: fixed parts of W's rows,
+  // added in order (per-thread partials made \`routescope grad\` differ in its last bits from one run to the next).
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  ThreadPool pool1(1), pool2(2);
+  pool2.set_min_parallel_work(0);
+  for (DType dt : {DType::BF16, DType::F32})
+    for (int T : {1, 3, 6, 17}) {
+      const int N = 9001, K = 96;
+      rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+      std::vector<float> dy(size_t(T) * N);
+      for (auto& v : dy) v = nd(rng);
+      std::vector<float> want(size_t(T) * K), got(want.size());
+      matmul_backward_input(pool1, dy.data(), T, W.mat, want.data(), false);
+      bool same = true;
+      for (int run = 0; run < 6; ++run) {
+        matmul_backward_input(pool2, dy.data(), T, W.mat, got.data(), false);
+        same = same && std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0;
+      }
+      double worst = 0;
+      for (int t = 0; t < T; ++t)
+        for (int k = 0; k < K; ++k) {
+          double g = 0, scale = 0;
+          for (int n = 0; n < N; ++n) {
+            g += double(dy[size_t(t) * N + n]) * W.values[size_t(n) * K + k];
+            scale += std::fabs(double(dy[size_t(t) * N + n]) * W.values[size_t(n) * K + k]);
+          }
+          worst = std::max(worst, std::fabs(want[size_t(t) * K + k] - g) / (scale + 1e-30));
+        }
+      CHECK_MSG(same, dtype_name(dt) << " T=" << T << ": the bits moved between runs or thread counts");
+      CHECK_MSG(worst < 1e-6, dtype_name(dt) << " T=" << T << ": error " << worst);
+    }
+}
+
 TEST("kernels: few-row input gradients (C3PO's stacked rows) sum each output over n in order, bit for bit") {
   // dx[t, k] (+)= sum_n dy[t, n] W[n, k]: whether W is streamed row by row or walked in column tiles, each output is
   // one chain of fused multiply-adds over n from zero, added to the old value when accumulating (the AVX-512 kernels).

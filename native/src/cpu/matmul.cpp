@@ -304,37 +304,41 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
   // either way, so the bits are the tiles'.
   const bool few_rows = T <= kStreamBackwardRows && static_cast<int64_t>(N) * K * T < (int64_t(1) << 20);
   if ((N >= 256 && !(T >= 8 && small_w)) || few_rows) {
-    // Stream W row by row in slabs (contiguous reads), each thread summing into its own K-wide partials for a block
+    // Stream W row by row (contiguous reads), each part of its rows summing into its own K-wide partials for a block
     // of up to 16 rows of dy, then reduce. The column-block kernel below reads W with a 32-float stride and once per
     // 8 rows, which made the LM-head backward (N = vocab) of C3PO steps and rerouting rounds bandwidth-starved.
     // Small products run on the calling thread: waking the pool costs more than the work.
     const bool inline_only = static_cast<int64_t>(N) * K * T < (int64_t(1) << 20);
-    const int threads = inline_only ? 1 : pool.size();
     const int TB = std::min(T, 16);
+    // Fixed parts of W's rows, each summed in order into its own partials and then added in part order: the same bits
+    // for any thread count and whichever thread takes which part (per-thread partials made the same gradient differ
+    // in its last bits from one run to the next). Up to 2048 rows make one part, one chain over n for small W.
+    const int part_rows = std::max(2048, ((N + 31) / 32 + 255) / 256 * 256);
+    const int parts = (N + part_rows - 1) / part_rows;
     thread_local std::vector<float> partials_kept;  // the calling thread's, kept across calls (zeroed below)
-    partials_kept.resize(static_cast<size_t>(threads) * TB * K);
+    partials_kept.resize(static_cast<size_t>(parts) * TB * K);
     std::vector<float>& partials = partials_kept;  // a reference: the pool's threads must use the caller's buffer
-    const int slab = 256;
-    const int units = (N + slab - 1) / slab;
     for (int t0 = 0; t0 < T; t0 += TB) {
       const int tb = std::min(TB, T - t0);
       std::fill(partials.begin(), partials.end(), 0.f);
-      if (inline_only) {
-        avx512::backward_stream(dy + static_cast<size_t>(t0) * N, tb, N, W.data, dt, K, 0, N, partials.data());
+      auto run_part = [&](int p) {
+        avx512::backward_stream(dy + static_cast<size_t>(t0) * N, tb, N, W.data, dt, K, p * part_rows,
+                                std::min(N, (p + 1) * part_rows), partials.data() + static_cast<size_t>(p) * TB * K);
+      };
+      if (inline_only || parts == 1 || pool.size() == 1) {
+        for (int p = 0; p < parts; ++p) run_part(p);
       } else {
         std::atomic<int> next{0};
-        pool.run_on_all([&](int thread) {
-          float* partial = partials.data() + static_cast<size_t>(thread) * TB * K;
-          for (int u; (u = next.fetch_add(1)) < units;)
-            avx512::backward_stream(dy + static_cast<size_t>(t0) * N, tb, N, W.data, dt, K, u * slab, std::min(N, (u + 1) * slab), partial);
+        pool.run_on_all([&](int) {
+          for (int p; (p = next.fetch_add(1)) < parts;) run_part(p);
         });
       }
       for (int t = 0; t < tb; ++t) {
         float* out = dx + static_cast<size_t>(t0 + t) * K;
         if (!accumulate) std::fill(out, out + K, 0.f);
-        for (int i = 0; i < threads; ++i) {
-          const float* p = partials.data() + (static_cast<size_t>(i) * TB + t) * K;
-          for (int k = 0; k < K; ++k) out[k] += p[k];
+        for (int p = 0; p < parts; ++p) {
+          const float* part = partials.data() + (static_cast<size_t>(p) * TB + t) * K;
+          for (int k = 0; k < K; ++k) out[k] += part[k];
         }
       }
     }
