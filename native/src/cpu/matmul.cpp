@@ -310,10 +310,11 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     // Small products run on the calling thread: waking the pool costs more than the work.
     const bool inline_only = static_cast<int64_t>(N) * K * T < (int64_t(1) << 20);
     const int TB = std::min(T, 16);
-    // Fixed parts of W's rows, each summed in order into its own partials and then added in part order: the same bits
-    // for any thread count and whichever thread takes which part (per-thread partials made the same gradient differ
-    // in its last bits from one run to the next). Up to 2048 rows make one part, one chain over n for small W.
-    const int part_rows = std::max(2048, ((N + 31) / 32 + 255) / 256 * 256);
+    // Fixed parts of W's rows (by the product's shape alone), each summed in order into its own partials and then
+    // added in part order: the same bits for any thread count and whichever thread takes which part (per-thread
+    // partials made the same gradient differ in its last bits from one run to the next). A product small enough for
+    // the calling thread alone is one part, one chain over n; a larger one has up to ~16 parts for the threads.
+    const int part_rows = inline_only ? N : std::max(256, ((N + 15) / 16 + 255) / 256 * 256);
     const int parts = (N + part_rows - 1) / part_rows;
     thread_local std::vector<float> partials_kept;  // the calling thread's, kept across calls (zeroed below)
     partials_kept.resize(static_cast<size_t>(parts) * TB * K);
@@ -325,7 +326,7 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
         avx512::backward_stream(dy + static_cast<size_t>(t0) * N, tb, N, W.data, dt, K, p * part_rows,
                                 std::min(N, (p + 1) * part_rows), partials.data() + static_cast<size_t>(p) * TB * K);
       };
-      if (inline_only || parts == 1 || pool.size() == 1) {
+      if (parts == 1 || pool.size() == 1) {
         for (int p = 0; p < parts; ++p) run_part(p);
       } else {
         std::atomic<int> next{0};
