@@ -361,11 +361,24 @@ namespace {
 // the K-wide partial sums stay in cache). Four weight rows per pass over the partial sums.
 // Four weight rows into the partial sums of C rows at once (C <= 4): each 16-wide slice of the four rows is widened
 // once for all C rows, and every partial sum gets the same four FMAs in the same order as one row at a time would.
+// The rows are W's consecutive rows r0..r3, each fetched kStreamAhead ahead of the reads (the next block's row i once
+// past row i's end, when there is a next block), as the forward's dot_block does: a 2048-wide bf16 row is one 4 KiB
+// page, and the hardware prefetchers stop at page boundaries.
 template <int DT, int C>
 inline void stream_four_rows(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int K,
-                             const __m512 (&b)[4][4], float* const (&out)[4]) {
+                             const __m512 (&b)[4][4], float* const (&out)[4], bool next_block) {
+  const long rb = (long)K * elem_bytes(DT);
+  const uint8_t* rows[4] = {r0, r1, r2, r3};
   int k = 0;
   for (; k + 16 <= K; k += 16) {
+    const long at = (long)k * elem_bytes(DT);
+    if ((at & 63) == 0) {
+      const long ahead = at + kStreamAhead;
+      for (int i = 0; i < 4; ++i) {
+        if (ahead < rb) _mm_prefetch((const char*)(rows[i] + ahead), _MM_HINT_T0);
+        else if (next_block) _mm_prefetch((const char*)(rows[i] + 3 * rb + ahead), _MM_HINT_T0);
+      }
+    }
     const __m512 w0 = load16<DT>(r0, k), w1 = load16<DT>(r1, k), w2 = load16<DT>(r2, k), w3 = load16<DT>(r3, k);
     for (int c = 0; c < C; ++c) {
       __m512 acc = _mm512_loadu_ps(out[c] + k);
@@ -415,10 +428,10 @@ void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, 
         if (c < 4) continue;
       }
       switch (c) {
-        case 1: stream_four_rows<DT, 1>(r0, r1, r2, r3, K, b, out); break;
-        case 2: stream_four_rows<DT, 2>(r0, r1, r2, r3, K, b, out); break;
-        case 3: stream_four_rows<DT, 3>(r0, r1, r2, r3, K, b, out); break;
-        case 4: stream_four_rows<DT, 4>(r0, r1, r2, r3, K, b, out); break;
+        case 1: stream_four_rows<DT, 1>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
+        case 2: stream_four_rows<DT, 2>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
+        case 3: stream_four_rows<DT, 3>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
+        case 4: stream_four_rows<DT, 4>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
         default: break;
       }
       c = 0;
