@@ -614,8 +614,8 @@ function table(res) {
       if (!r.per_cpu_second || r.per_cpu_second.prefill === null) continue;
       lines.push(padEnd(r.label, w[0]) + pad(ratioCell(r.per_cpu_second.prefill), w[1]) + pad(long ? ratioCell(r.per_cpu_second.long_prefill) : '', w[2]) + pad(ratioCell(r.per_cpu_second.decode), w[3]));
     }
-    lines.push('  (CPU time of each process over the phase; llama.cpp\'s threads spin while they wait, Routescope\'s sleep. On a busy');
-    lines.push('   machine these move far less than tokens/s; the targets are judged on tokens/s.)');
+    lines.push('  (CPU time of each process over the phase; llama.cpp\'s threads spin while they wait, Routescope\'s poll 250 µs and');
+    lines.push('   then sleep. On a busy machine these move far less than tokens/s; the targets are judged on tokens/s.)');
   }
   lines.push('');
   const b = res.bandwidth;
