@@ -357,50 +357,42 @@ void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, 
 }
 
 namespace {
-// partial[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :] for a few rows t: W streamed row by row (contiguous reads,
-// the K-wide partial sums stay in cache). Four weight rows per pass over the partial sums.
-// Four weight rows into the partial sums of C rows at once (C <= 4): each 16-wide slice of the four rows is widened
-// once for all C rows, and every partial sum gets the same four FMAs in the same order as one row at a time would.
-// The rows are W's consecutive rows r0..r3, each fetched kStreamAhead ahead of the reads (the next block's row i once
-// past row i's end, when there is a next block), as the forward's dot_block does: a 2048-wide bf16 row is one 4 KiB
-// page, and the hardware prefetchers stop at page boundaries.
+// acc + b0·w0 + b1·w1 + b2·w2 + b3·w3, one FMA after another (the order every streamed input gradient sums in).
+inline __m512 fma_four(__m512 acc, const __m512 (&b)[4], __m512 w0, __m512 w1, __m512 w2, __m512 w3) {
+  acc = _mm512_fmadd_ps(b[0], w0, acc);
+  acc = _mm512_fmadd_ps(b[1], w1, acc);
+  acc = _mm512_fmadd_ps(b[2], w2, acc);
+  return _mm512_fmadd_ps(b[3], w3, acc);
+}
+
+// Four consecutive weight rows from r0 into the partial sums of C rows at once (C <= 4): each 16-wide slice of the
+// four rows is widened once for all C rows, and every partial sum gets the same four FMAs in the same order as one row
+// at a time would. The rows are prefetched kStreamAhead ahead, as the forward's dot_block does (the next block's once
+// past their end, when next_block): a 2048-wide bf16 row is one 4 KiB page, and the hardware prefetchers stop there.
 template <int DT, int C>
-inline void stream_four_rows(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3, int K,
-                             const __m512 (&b)[4][4], float* const (&out)[4], bool next_block) {
+inline void stream_four_rows(const uint8_t* r0, int K, const __m512 (&b)[4][4], float* const (&out)[4], bool next_block) {
   const long rb = (long)K * elem_bytes(DT);
-  const uint8_t* rows[4] = {r0, r1, r2, r3};
+  const uint8_t* rows[4] = {r0, r0 + rb, r0 + 2 * rb, r0 + 3 * rb};
   int k = 0;
   for (; k + 16 <= K; k += 16) {
     const long at = (long)k * elem_bytes(DT);
     if ((at & 63) == 0) {
-      const long ahead = at + kStreamAhead;
+      const long ahead = at + kStreamAhead;  // row i's next line, or the next block's row i (3 rows on) past its end
       for (int i = 0; i < 4; ++i) {
         if (ahead < rb) _mm_prefetch((const char*)(rows[i] + ahead), _MM_HINT_T0);
         else if (next_block) _mm_prefetch((const char*)(rows[i] + 3 * rb + ahead), _MM_HINT_T0);
       }
     }
-    const __m512 w0 = load16<DT>(r0, k), w1 = load16<DT>(r1, k), w2 = load16<DT>(r2, k), w3 = load16<DT>(r3, k);
-    for (int c = 0; c < C; ++c) {
-      __m512 acc = _mm512_loadu_ps(out[c] + k);
-      acc = _mm512_fmadd_ps(b[c][0], w0, acc);
-      acc = _mm512_fmadd_ps(b[c][1], w1, acc);
-      acc = _mm512_fmadd_ps(b[c][2], w2, acc);
-      acc = _mm512_fmadd_ps(b[c][3], w3, acc);
-      _mm512_storeu_ps(out[c] + k, acc);
-    }
+    const __m512 w0 = load16<DT>(rows[0], k), w1 = load16<DT>(rows[1], k), w2 = load16<DT>(rows[2], k),
+                 w3 = load16<DT>(rows[3], k);
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out[c] + k, fma_four(_mm512_loadu_ps(out[c] + k), b[c], w0, w1, w2, w3));
   }
   if (k < K) {
     const __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-    const __m512 w0 = load16_masked<DT>(r0, k, m), w1 = load16_masked<DT>(r1, k, m), w2 = load16_masked<DT>(r2, k, m),
-                 w3 = load16_masked<DT>(r3, k, m);
-    for (int c = 0; c < C; ++c) {
-      __m512 acc = _mm512_maskz_loadu_ps(m, out[c] + k);
-      acc = _mm512_fmadd_ps(b[c][0], w0, acc);
-      acc = _mm512_fmadd_ps(b[c][1], w1, acc);
-      acc = _mm512_fmadd_ps(b[c][2], w2, acc);
-      acc = _mm512_fmadd_ps(b[c][3], w3, acc);
-      _mm512_mask_storeu_ps(out[c] + k, m, acc);
-    }
+    const __m512 w0 = load16_masked<DT>(rows[0], k, m), w1 = load16_masked<DT>(rows[1], k, m),
+                 w2 = load16_masked<DT>(rows[2], k, m), w3 = load16_masked<DT>(rows[3], k, m);
+    for (int c = 0; c < C; ++c)
+      _mm512_mask_storeu_ps(out[c] + k, m, fma_four(_mm512_maskz_loadu_ps(m, out[c] + k), b[c], w0, w1, w2, w3));
   }
 }
 
@@ -413,29 +405,28 @@ void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, 
   int n = n0;
   for (; n + 4 <= n1; n += 4) {
     const uint8_t* r0 = W + (long)n * rb;
-    const uint8_t* r1 = r0 + rb;
-    const uint8_t* r2 = r1 + rb;
-    const uint8_t* r3 = r2 + rb;
+    const bool next_block = n + 8 <= n1;
     __m512 b[4][4];
     float* out[4];
     int c = 0;
-    for (int t = 0; t <= T; ++t) {
-      if (t < T) {
-        const float* g = dy + (long)t * N + n;
-        if (g[0] == 0.f && g[1] == 0.f && g[2] == 0.f && g[3] == 0.f) continue;
-        for (int i = 0; i < 4; ++i) b[c][i] = _mm512_set1_ps(g[i]);
-        out[c++] = partial + (long)t * K;
-        if (c < 4) continue;
-      }
+    auto flush = [&] {
       switch (c) {
-        case 1: stream_four_rows<DT, 1>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
-        case 2: stream_four_rows<DT, 2>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
-        case 3: stream_four_rows<DT, 3>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
-        case 4: stream_four_rows<DT, 4>(r0, r1, r2, r3, K, b, out, n + 8 <= n1); break;
+        case 1: stream_four_rows<DT, 1>(r0, K, b, out, next_block); break;
+        case 2: stream_four_rows<DT, 2>(r0, K, b, out, next_block); break;
+        case 3: stream_four_rows<DT, 3>(r0, K, b, out, next_block); break;
+        case 4: stream_four_rows<DT, 4>(r0, K, b, out, next_block); break;
         default: break;
       }
       c = 0;
+    };
+    for (int t = 0; t < T; ++t) {
+      const float* g = dy + (long)t * N + n;
+      if (g[0] == 0.f && g[1] == 0.f && g[2] == 0.f && g[3] == 0.f) continue;
+      for (int i = 0; i < 4; ++i) b[c][i] = _mm512_set1_ps(g[i]);
+      out[c++] = partial + (long)t * K;
+      if (c == 4) flush();
     }
+    flush();
   }
   for (; n < n1; ++n) {
     const uint8_t* r0 = W + (long)n * rb;
