@@ -478,38 +478,48 @@ TEST("kernels: decode's streaming products sum each row's lanes in _mm512_reduce
   if (!cpu_has_avx512()) return;
   std::mt19937 rng(23);
   std::normal_distribution<float> nd(0.f, 1.f);
+  // Small matrices read four rows side by side; from 128 KiB of weights on, one row of x reads them one row after
+  // another (K = 4100: a 16-wide tail; N = 37: a block of one row): both must keep the order.
+  struct Shape {
+    int K, N;
+  };
+  std::vector<Shape> shapes;
+  for (int K : {16, 40, 128, 7})
+    for (int N : {1, 2, 3, 4, 5, 7, 37}) shapes.push_back({K, N});
+  shapes.push_back({4100, 37});
+  shapes.push_back({4096, 40});
   ThreadPool pool1(1);
   for (DType dt : {DType::BF16, DType::F16, DType::F32})
-    for (int K : {16, 40, 128, 7})
-      for (int N : {1, 2, 3, 4, 5, 7, 37})
-        for (int T : {1, 2, 3, 4}) {
-          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
-          std::vector<float> x(size_t(T) * K);
-          for (auto& v : x) v = nd(rng);
-          for (bool accumulate : {false, true}) {
-            std::vector<float> y(size_t(T) * N), before(y.size());
-            for (auto& v : before) v = nd(rng);
-            y = before;
-            matmul(pool1, x.data(), T, W.mat, y.data(), accumulate);
-            bool same = true;
-            for (int t = 0; t < T; ++t)
-              for (int n = 0; n < N; ++n) {
-                float lane[16] = {};
-                for (int c0 = 0; c0 < K; c0 += 16)
-                  for (int i = 0; i < 16; ++i) {
-                    const int c = c0 + i;  // past K: the masked loads' zeros
-                    lane[i] = std::fma(c < K ? W.values[size_t(n) * K + c] : 0.f, c < K ? x[size_t(t) * K + c] : 0.f, lane[i]);
-                  }
-                float half[8], quarter[4];
-                for (int i = 0; i < 8; ++i) half[i] = lane[i + 8] + lane[i];
-                for (int i = 0; i < 4; ++i) quarter[i] = half[i + 4] + half[i];
-                const float sum = (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
-                const float want = accumulate ? before[size_t(t) * N + n] + sum : sum;
-                same = same && std::memcmp(&want, &y[size_t(t) * N + n], sizeof(float)) == 0;
-              }
-            CHECK_MSG(same, "stream order " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
-          }
+    for (const Shape& shape : shapes)
+      for (int T : {1, 2, 3, 4}) {
+        const int K = shape.K, N = shape.N;
+        rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+        std::vector<float> x(size_t(T) * K);
+        for (auto& v : x) v = nd(rng);
+        for (bool accumulate : {false, true}) {
+          std::vector<float> y(size_t(T) * N), before(y.size());
+          for (auto& v : before) v = nd(rng);
+          y = before;
+          matmul(pool1, x.data(), T, W.mat, y.data(), accumulate);
+          bool same = true;
+          for (int t = 0; t < T; ++t)
+            for (int n = 0; n < N; ++n) {
+              float lane[16] = {};
+              for (int c0 = 0; c0 < K; c0 += 16)
+                for (int i = 0; i < 16; ++i) {
+                  const int c = c0 + i;  // past K: the masked loads' zeros
+                  lane[i] = std::fma(c < K ? W.values[size_t(n) * K + c] : 0.f, c < K ? x[size_t(t) * K + c] : 0.f, lane[i]);
+                }
+              float half[8], quarter[4];
+              for (int i = 0; i < 8; ++i) half[i] = lane[i + 8] + lane[i];
+              for (int i = 0; i < 4; ++i) quarter[i] = half[i + 4] + half[i];
+              const float sum = (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+              const float want = accumulate ? before[size_t(t) * N + n] + sum : sum;
+              same = same && std::memcmp(&want, &y[size_t(t) * N + n], sizeof(float)) == 0;
+            }
+          CHECK_MSG(same, "stream order " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
         }
+      }
 }
 
 TEST("kernels: input gradients against a tall W (the LM head's) give the same bits on every run and thread count") {
