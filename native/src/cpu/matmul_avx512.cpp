@@ -50,8 +50,8 @@ inline __m128 reduce_add4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, q));
 }
 
-// Up to 4 rows of W against 2-4 rows of x, reduced horizontally at the end (tiny batches: C3PO's stacked rows, a few
-// tokens per expert); each x vector serves four weight rows. next: the rows of the block that follows (null where
+// Up to 4 rows of W against up to 4 rows of x, reduced horizontally at the end (C3PO's stacked rows, a few tokens per
+// expert, decode on small matrices); each x vector serves four weight rows. next: the rows of the block that follows (null where
 // there is none), prefetched once the reads run past these rows' end.
 template <int DT, int TT>
 void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, int rows, float* y, int ldy,
@@ -100,14 +100,13 @@ void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, i
   }
 }
 
-// One row of x against up to 4 rows of W (decode), the rows read one after another: consecutive rows are adjacent, so
-// the weights stream as one sequential run of memory, which the hardware prefetchers follow across pages. Reading the
-// four rows side by side (dot_block) reached 55-65 % of that rate on a Zen 4; with more rows of x, dot_block's
-// sharing of each x vector across four weight rows matters more, so it stays for them. Each row's chain of
-// multiply-adds is the same either way, so the same bits.
-// From this many bytes of W in one call on: below it the rows are likely in cache (tiny models), where dot_block's four
-// independent chains run 10-15 % faster than one chain at a time.
+// From this many bytes of W per call, one row of x reads W's rows one after another (below it the rows are likely in
+// cache, where dot_block's four independent chains ran 10-15 % faster).
 constexpr long kSequentialBytes = 128 << 10;
+
+// One row of x against up to 4 rows of W (decode): adjacent rows read in turn make one sequential stream, which the
+// prefetchers follow (four rows side by side, four streams, reached 55-65 % of its rate on a Zen 4); each row's chain
+// of multiply-adds is dot_block's, so the same bits.
 template <int DT>
 void dot_block_sequential(const float* x, int K, const uint8_t* W, long row_bytes, int n, int rows, float* y,
                           int accumulate) {
