@@ -50,9 +50,17 @@ inline __m128 reduce_add4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, q));
 }
 
+// The sums of four rows' accumulators into dst[0..rows), added to what is there when accumulate.
+inline void store_sums4(__m512 a, __m512 b, __m512 c, __m512 d, int rows, float* dst, int accumulate) {
+  const __mmask8 live = (__mmask8)((1u << rows) - 1);
+  __m128 s = reduce_add4(a, b, c, d);
+  if (accumulate) s = _mm_add_ps(_mm_maskz_loadu_ps(live, dst), s);
+  _mm_mask_storeu_ps(dst, live, s);
+}
+
 // Up to 4 rows of W against up to 4 rows of x, reduced horizontally at the end (C3PO's stacked rows, a few tokens per
-// expert, decode on small matrices); each x vector serves four weight rows. next: the rows of the block that follows (null where
-// there is none), prefetched once the reads run past these rows' end.
+// expert, decode on small matrices); each x vector serves four weight rows. next: the rows of the block that follows
+// (null where there is none), prefetched once the reads run past these rows' end.
 template <int DT, int TT>
 void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, int rows, float* y, int ldy,
                int accumulate, const uint8_t* const* next) {
@@ -91,13 +99,8 @@ void dot_block(const float* x, int K, const uint8_t* W, long row_bytes, int n, i
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
     }
   }
-  const __mmask8 live = (__mmask8)((1u << rows) - 1);
-  for (int t = 0; t < TT; ++t) {
-    __m128 s = reduce_add4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-    float* dst = y + (long)t * ldy + n;
-    if (accumulate) s = _mm_add_ps(_mm_maskz_loadu_ps(live, dst), s);
-    _mm_mask_storeu_ps(dst, live, s);
-  }
+  for (int t = 0; t < TT; ++t)
+    store_sums4(acc[0][t], acc[1][t], acc[2][t], acc[3][t], rows, y + (long)t * ldy + n, accumulate);
 }
 
 // From this many bytes of W per call, one row of x reads W's rows one after another (below it the rows are likely in
@@ -121,10 +124,7 @@ void dot_block_sequential(const float* x, int K, const uint8_t* W, long row_byte
       acc[r] = _mm512_fmadd_ps(load16_masked<DT>(wr, k, m), _mm512_maskz_loadu_ps(m, x + k), acc[r]);
     }
   }
-  const __mmask8 live = (__mmask8)((1u << rows) - 1);
-  __m128 s = reduce_add4(acc[0], acc[1], acc[2], acc[3]);
-  if (accumulate) s = _mm_add_ps(_mm_maskz_loadu_ps(live, y + n), s);
-  _mm_mask_storeu_ps(y + n, live, s);
+  store_sums4(acc[0], acc[1], acc[2], acc[3], rows, y + n, accumulate);
 }
 
 template <int DT, int TT>
@@ -323,13 +323,8 @@ void mxfp4_block(const float* x, int K, const uint8_t* const* q, const uint8_t* 
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_fmadd_ps(w1, x1[t], acc[r][t]);
     }
   }
-  const __mmask8 live = (__mmask8)((1u << rows) - 1);
-  for (int t = 0; t < TT; ++t) {
-    __m128 sum = reduce_add4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
-    float* dst = y + (long)t * ldy + n;
-    if (accumulate) sum = _mm_add_ps(_mm_maskz_loadu_ps(live, dst), sum);
-    _mm_mask_storeu_ps(dst, live, sum);
-  }
+  for (int t = 0; t < TT; ++t)
+    store_sums4(acc[0][t], acc[1][t], acc[2][t], acc[3][t], rows, y + (long)t * ldy + n, accumulate);
 }
 
 template <int TT>
