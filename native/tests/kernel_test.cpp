@@ -11,6 +11,7 @@
 #include "cpu/convert.h"
 #include "cpu/forward.h"
 #include "cpu/matmul.h"
+#include "cpu/matmul_avx512.h"
 #include "cpu/matmul_bf16.h"
 #include "cpu/moe_experts.h"
 #include "model/model.h"
@@ -591,6 +592,34 @@ TEST("kernels: few-row input gradients (C3PO's stacked rows) sum each output ove
               }
             CHECK_MSG(same, "backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
           }
+        }
+}
+
+TEST("kernels: the LM head's input gradient over a cached slab gives the streamed rows' bits") {
+  // backward_cached keeps 64 columns in registers across the slab's rows; each sum must still be backward_stream's
+  // chain over n: four rows per fused step, rows of zeros skipped, the remainder one by one, masked last columns.
+  if (!cpu_has_avx512()) return;
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int N : {3, 8, 61, 64})
+      for (int K : {16, 72, 130, 2048})
+        for (int T : {1, 2, 3, 4, 7}) {
+          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+          std::vector<float> dy(size_t(T) * N);
+          for (auto& v : dy) v = nd(rng);
+          if (T >= 2) std::fill(dy.begin() + N, dy.begin() + 2 * N, 0.f);  // a row of zeros
+          if (T >= 3 && N >= 8) std::fill(dy.begin() + 2 * N + 4, dy.begin() + 2 * N + 8, 0.f);  // four rows of it
+          if (N % 4) dy[size_t(T - 1) * N + N - 1] = 0.f;  // a zero among the remainder rows
+          std::vector<float> streamed(size_t(T) * K), cached;
+          for (auto& v : streamed) v = nd(rng);
+          cached = streamed;
+          const int code = dt == DType::F32 ? 0 : dt == DType::F16 ? 1 : 2;
+          avx512::backward_stream(dy.data(), T, N, W.mat.data, code, K, 0, N, streamed.data());
+          avx512::backward_cached(dy.data(), T, N, W.mat.data, code, K, 0, N, cached.data(), 0);
+          bool same = true;
+          for (size_t i = 0; i < cached.size(); ++i) same = same && std::memcmp(&cached[i], &streamed[i], 4) == 0;
+          CHECK_MSG(same, "backward_cached " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K);
         }
 }
 

@@ -390,7 +390,8 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
       double* sp = s.data() + static_cast<size_t>(p) * T;
       float* ap = dx ? acc + static_cast<size_t>(p) * T * K : nullptr;
       if (ap) std::fill(ap, ap + static_cast<size_t>(T) * K, 0.f);
-      for (int b = slabs * p / parts; b < slabs * (p + 1) / parts; ++b) {
+      const int b_end = slabs * (p + 1) / parts;
+      for (int b = slabs * p / parts; b < b_end; ++b) {
         // Rows n0..n1 of W as rows 0..n of the slab (the kernels walk them from their first row either way).
         const int n0 = b * kSlab, n = std::min(V, n0 + kSlab) - n0;
         const uint8_t* Ws = W.row(n0);
@@ -412,7 +413,8 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
           for (int v = 0; v < n; ++v) sum += (zt[v] = std::exp(zt[v] - mp[t]));
           sp[t] += sum;
         }
-        if (ap) avx512::backward_stream(z.data(), T, kSlab, Ws, dt, K, 0, n, ap);
+        // The slab is in cache: its rows' share of the sums, while the next slab comes in for its logits.
+        if (ap) avx512::backward_cached(z.data(), T, kSlab, Ws, dt, K, 0, n, ap, b + 1 < b_end ? long(n) * W.cols * dtype_size(W.dtype) : 0);
       }
     }
   }, int64_t(T) * V * K * (dx ? 2 : 1));

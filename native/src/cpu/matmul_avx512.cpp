@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <vector>
+
 #include "cpu/block_prefetch.h"
 #include "cpu/vecmath_avx512.h"
 
@@ -469,12 +471,95 @@ void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, 
     }
   }
 }
+
+// backward_stream for rows of W already in cache (the LM head's slab, just read for its logits): 64 columns of C
+// rows' sums stay in registers across all the rows instead of a load and a store per four rows. Each sum is the same
+// chain over n (fma_four per four rows, rows of zeros skipped, the remainder one by one), so the same bits.
+template <int DT, int C, int KV, bool kMasked>
+inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, int n0, int n1, const uint8_t* active,
+                         int k, __mmask16 m, float* const (&out)[C], long next) {
+  __m512 acc[C][KV];
+  for (int c = 0; c < C; ++c)
+    for (int v = 0; v < KV; ++v)
+      acc[c][v] = kMasked ? _mm512_maskz_loadu_ps(m, out[c] + k + 16 * v) : _mm512_loadu_ps(out[c] + k + 16 * v);
+  int n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const unsigned a = active[(n - n0) / 4];
+    const uint8_t* r = W + (long)n * rb;
+    if (next && (((long)k * elem_bytes(DT)) & 63) == 0)  // the next slab's lines of this strip, into cache meanwhile
+      for (int i = 0; i < 4; ++i) _mm_prefetch((const char*)(r + i * rb + next + (long)k * elem_bytes(DT)), _MM_HINT_T1);
+    if (!a) continue;
+    __m512 b[C][4];
+    for (int c = 0; c < C; ++c)
+      for (int i = 0; i < 4; ++i) b[c][i] = _mm512_set1_ps(g[c][n + i]);
+    for (int v = 0; v < KV; ++v) {
+      const long kk = k + 16 * v;
+      const __m512 w0 = kMasked ? load16_masked<DT>(r, kk, m) : load16<DT>(r, kk),
+                   w1 = kMasked ? load16_masked<DT>(r + rb, kk, m) : load16<DT>(r + rb, kk),
+                   w2 = kMasked ? load16_masked<DT>(r + 2 * rb, kk, m) : load16<DT>(r + 2 * rb, kk),
+                   w3 = kMasked ? load16_masked<DT>(r + 3 * rb, kk, m) : load16<DT>(r + 3 * rb, kk);
+      for (int c = 0; c < C; ++c)
+        if (a >> c & 1) acc[c][v] = fma_four(acc[c][v], b[c], w0, w1, w2, w3);
+    }
+  }
+  for (; n < n1; ++n) {
+    const uint8_t* r = W + (long)n * rb;
+    for (int v = 0; v < KV; ++v) {
+      const __m512 w = kMasked ? load16_masked<DT>(r, k + 16 * v, m) : load16<DT>(r, k + 16 * v);
+      for (int c = 0; c < C; ++c)
+        if (g[c][n] != 0.f) acc[c][v] = _mm512_fmadd_ps(_mm512_set1_ps(g[c][n]), w, acc[c][v]);
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    for (int v = 0; v < KV; ++v) {
+      if (kMasked) _mm512_mask_storeu_ps(out[c] + k + 16 * v, m, acc[c][v]);
+      else _mm512_storeu_ps(out[c] + k + 16 * v, acc[c][v]);
+    }
+}
+
+template <int DT, int C>
+void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1, float* partial, int t0, long next) {
+  const long rb = (long)K * elem_bytes(DT);
+  const float* g[C];
+  float* out[C];
+  for (int c = 0; c < C; ++c) {
+    g[c] = dy + (long)(t0 + c) * N;
+    out[c] = partial + (long)(t0 + c) * K;
+  }
+  // Per four rows, which of the C rows t have a non-zero dy there (backward_stream skips the others).
+  thread_local std::vector<uint8_t> active;
+  active.assign((n1 - n0) / 4, 0);
+  for (int n = n0; n + 4 <= n1; n += 4)
+    for (int c = 0; c < C; ++c)
+      if (g[c][n] != 0.f || g[c][n + 1] != 0.f || g[c][n + 2] != 0.f || g[c][n + 3] != 0.f) active[(n - n0) / 4] |= 1u << c;
+  int k = 0;
+  for (; k + 64 <= K; k += 64) cached_strip<DT, C, 4, false>(g, W, rb, n0, n1, active.data(), k, 0xFFFF, out, next);
+  for (; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+    cached_strip<DT, C, 1, true>(g, W, rb, n0, n1, active.data(), k, m, out, next);
+  }
+}
+
+template <int DT>
+void backward_cached_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, float* partial, long next) {
+  int t = 0;
+  for (; t + 3 <= T; t += 3) cached_rows<DT, 3>(dy, N, W, K, n0, n1, partial, t, next);
+  if (T - t == 2) cached_rows<DT, 2>(dy, N, W, K, n0, n1, partial, t, next);
+  else if (T - t == 1) cached_rows<DT, 1>(dy, N, W, K, n0, n1, partial, t, next);
+}
 }  // namespace
 
 void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial) {
   if (dt == 0) backward_stream_dt<0>(dy, T, N, W, K, n0, n1, partial);
   else if (dt == 1) backward_stream_dt<1>(dy, T, N, W, K, n0, n1, partial);
   else backward_stream_dt<2>(dy, T, N, W, K, n0, n1, partial);
+}
+
+void backward_cached(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial,
+                     long prefetch_next) {
+  if (dt == 0) backward_cached_dt<0>(dy, T, N, W, K, n0, n1, partial, prefetch_next);
+  else if (dt == 1) backward_cached_dt<1>(dy, T, N, W, K, n0, n1, partial, prefetch_next);
+  else backward_cached_dt<2>(dy, T, N, W, K, n0, n1, partial, prefetch_next);
 }
 
 void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int k0, int k1, float* dx,
