@@ -472,12 +472,23 @@ void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, 
   }
 }
 
+// The next slab's lines, fetched a few at a time in address order (one sequential stream) while a slab in cache is
+// summed.
+struct NextLines {
+  const char* at = nullptr;
+  const char* end = nullptr;
+  int per_step = 0;
+  void fetch() {
+    for (int i = 0; i < per_step && at < end; ++i, at += 64) _mm_prefetch(at, _MM_HINT_T1);
+  }
+};
+
 // backward_stream for rows of W already in cache (the LM head's slab, just read for its logits): 64 columns of C
 // rows' sums stay in registers across all the rows instead of a load and a store per four rows. Each sum is the same
 // chain over n (fma_four per four rows, rows of zeros skipped, the remainder one by one), so the same bits.
 template <int DT, int C, int KV, bool kMasked>
 inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, int n0, int n1, const uint8_t* active,
-                         int k, __mmask16 m, float* const (&out)[C], long next) {
+                         int k, __mmask16 m, float* const (&out)[C], NextLines& next) {
   __m512 acc[C][KV];
   for (int c = 0; c < C; ++c)
     for (int v = 0; v < KV; ++v)
@@ -486,8 +497,7 @@ inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, 
   for (; n + 4 <= n1; n += 4) {
     const unsigned a = active[(n - n0) / 4];
     const uint8_t* r = W + (long)n * rb;
-    if (next && (((long)k * elem_bytes(DT)) & 63) == 0)  // the next slab's lines of this strip, into cache meanwhile
-      for (int i = 0; i < 4; ++i) _mm_prefetch((const char*)(r + i * rb + next + (long)k * elem_bytes(DT)), _MM_HINT_T1);
+    next.fetch();
     if (!a) continue;
     __m512 b[C][4];
     for (int c = 0; c < C; ++c)
@@ -518,7 +528,7 @@ inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, 
 }
 
 template <int DT, int C>
-void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1, float* partial, int t0, long next) {
+void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1, float* partial, int t0, long next_at) {
   const long rb = (long)K * elem_bytes(DT);
   const float* g[C];
   float* out[C];
@@ -532,6 +542,13 @@ void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1
   for (int n = n0; n + 4 <= n1; n += 4)
     for (int c = 0; c < C; ++c)
       if (g[c][n] != 0.f || g[c][n + 1] != 0.f || g[c][n + 2] != 0.f || g[c][n + 3] != 0.f) active[(n - n0) / 4] |= 1u << c;
+  NextLines next;
+  if (next_at) {  // spread over every group of four rows in every strip
+    next.at = reinterpret_cast<const char*>(W + (long)n0 * rb + next_at);
+    next.end = next.at + (long)(n1 - n0) * rb;
+    const long visits = (long)((n1 - n0) / 4) * (K / 64 + (K % 64 + 15) / 16), lines = ((long)(n1 - n0) * rb + 63) / 64;
+    next.per_step = visits ? static_cast<int>((lines + visits - 1) / visits) : 0;
+  }
   int k = 0;
   for (; k + 64 <= K; k += 64) cached_strip<DT, C, 4, false>(g, W, rb, n0, n1, active.data(), k, 0xFFFF, out, next);
   for (; k < K; k += 16) {
@@ -543,9 +560,9 @@ void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1
 template <int DT>
 void backward_cached_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, float* partial, long next) {
   int t = 0;
-  for (; t + 3 <= T; t += 3) cached_rows<DT, 3>(dy, N, W, K, n0, n1, partial, t, next);
-  if (T - t == 2) cached_rows<DT, 2>(dy, N, W, K, n0, n1, partial, t, next);
-  else if (T - t == 1) cached_rows<DT, 1>(dy, N, W, K, n0, n1, partial, t, next);
+  for (; t + 3 <= T; t += 3) cached_rows<DT, 3>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
+  if (T - t == 2) cached_rows<DT, 2>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
+  else if (T - t == 1) cached_rows<DT, 1>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
 }
 }  // namespace
 
