@@ -59,10 +59,12 @@ struct NextLines {
 // Rows [n0, n1) of a streamed matrix, fetched kFarAhead bytes ahead of where four rows side by side read (four lines per
 // step of 64 bytes along them): the next block of rows arrives in address order, one stream the memory serves at its
 // rate. On a Zen 4, three-row products went from 21-25 to 29-36 GB/s forward (16 KiB; 32 KiB: 27-30, 64 KiB: 25).
-constexpr long kFarAhead = 16 << 10;
+// Only from kFarFrom bytes of rows: smaller matrices are likely in cache already (the demo model's, 32 KiB each, ran
+// 1-9 % slower per C3PO item with these fetches).
+constexpr long kFarAhead = 16 << 10, kFarFrom = 128 << 10;
 inline NextLines lead_lines(const uint8_t* W, long rb, int n0, int n1) {
   NextLines far;
-  if ((long)(n1 - n0) * rb > kFarAhead) {
+  if ((long)(n1 - n0) * rb >= kFarFrom) {
     far.at = reinterpret_cast<const char*>(W + (long)n0 * rb + kFarAhead);
     far.end = reinterpret_cast<const char*>(W + (long)n1 * rb);
     far.per_step = 4;
