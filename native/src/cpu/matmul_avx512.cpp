@@ -514,41 +514,33 @@ void backward_stream_dt(const float* dy, int T, int N, const uint8_t* W, int K, 
 
 // backward_stream for rows of W already in cache (the LM head's slab, just read for its logits): 64 columns of C
 // rows' sums stay in registers across all the rows instead of a load and a store per four rows. Each sum is the same
-// chain over n (fma_four per four rows, rows of zeros skipped, the remainder one by one), so the same bits.
+// chain over n (fma_four per four rows, the remainder one by one: one multiply-add per row in turn), so the same bits;
+// every dy here is non-zero (the caller checks), so no row is skipped and the loop has no branch per row.
 template <int DT, int C, int KV, bool kMasked>
-inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, int n0, int n1, const uint8_t* active,
-                         int k, __mmask16 m, float* const (&out)[C], NextLines& next) {
+inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, int n0, int n1, int k, __mmask16 m,
+                         float* const (&out)[C], NextLines& next) {
   __m512 acc[C][KV];
   for (int c = 0; c < C; ++c)
     for (int v = 0; v < KV; ++v)
       acc[c][v] = kMasked ? _mm512_maskz_loadu_ps(m, out[c] + k + 16 * v) : _mm512_loadu_ps(out[c] + k + 16 * v);
-  int n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    const unsigned a = active[(n - n0) / 4];
-    const uint8_t* r = W + (long)n * rb;
-    next.fetch();
-    if (!a) continue;
-    __m512 b[C][4];
-    for (int c = 0; c < C; ++c)
-      for (int i = 0; i < 4; ++i) b[c][i] = _mm512_set1_ps(g[c][n + i]);
+  // Locals, not the caller's objects: a store through `next` may alias them for the compiler, which then reloads
+  // every pointer after each fetch.
+  NextLines ahead = next;
+  const float* gr[C];
+  for (int c = 0; c < C; ++c) gr[c] = g[c];
+  // One row at a time: each sum's chain is fma_four's (four rows in turn), with fewer registers live than four rows'
+  // widened vectors and broadcasts at once (which ran at two thirds of this loop's rate).
+  const uint8_t* r = W + (long)n0 * rb + (long)k * elem_bytes(DT);
+  for (int n = n0; n < n1; ++n, r += rb) {
+    ahead.fetch();
+    __m512 b[C];
+    for (int c = 0; c < C; ++c) b[c] = _mm512_set1_ps(gr[c][n]);
     for (int v = 0; v < KV; ++v) {
-      const long kk = k + 16 * v;
-      const __m512 w0 = kMasked ? load16_masked<DT>(r, kk, m) : load16<DT>(r, kk),
-                   w1 = kMasked ? load16_masked<DT>(r + rb, kk, m) : load16<DT>(r + rb, kk),
-                   w2 = kMasked ? load16_masked<DT>(r + 2 * rb, kk, m) : load16<DT>(r + 2 * rb, kk),
-                   w3 = kMasked ? load16_masked<DT>(r + 3 * rb, kk, m) : load16<DT>(r + 3 * rb, kk);
-      for (int c = 0; c < C; ++c)
-        if (a >> c & 1) acc[c][v] = fma_four(acc[c][v], b[c], w0, w1, w2, w3);
+      const __m512 w = kMasked ? load16_masked<DT>(r, 16 * v, m) : load16<DT>(r, 16 * v);
+      for (int c = 0; c < C; ++c) acc[c][v] = _mm512_fmadd_ps(b[c], w, acc[c][v]);
     }
   }
-  for (; n < n1; ++n) {
-    const uint8_t* r = W + (long)n * rb;
-    for (int v = 0; v < KV; ++v) {
-      const __m512 w = kMasked ? load16_masked<DT>(r, k + 16 * v, m) : load16<DT>(r, k + 16 * v);
-      for (int c = 0; c < C; ++c)
-        if (g[c][n] != 0.f) acc[c][v] = _mm512_fmadd_ps(_mm512_set1_ps(g[c][n]), w, acc[c][v]);
-    }
-  }
+  next = ahead;
   for (int c = 0; c < C; ++c)
     for (int v = 0; v < KV; ++v) {
       if (kMasked) _mm512_mask_storeu_ps(out[c] + k + 16 * v, m, acc[c][v]);
@@ -561,24 +553,24 @@ void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1
   const long rb = (long)K * elem_bytes(DT);
   const float* g[C];
   float* out[C];
+  bool all = true;  // every dy non-zero; otherwise the streamed kernel, which skips zeros (the same bits)
   for (int c = 0; c < C; ++c) {
     g[c] = dy + (long)(t0 + c) * N;
     out[c] = partial + (long)(t0 + c) * K;
+    for (int n = n0; n < n1; ++n) all = all && g[c][n] != 0.f;
   }
-  // Per four rows, which of the C rows t have a non-zero dy there (backward_stream skips the others).
-  thread_local std::vector<uint8_t> active;
-  active.assign((n1 - n0) / 4, 0);
-  for (int n = n0; n + 4 <= n1; n += 4)
-    for (int c = 0; c < C; ++c)
-      if (g[c][n] != 0.f || g[c][n + 1] != 0.f || g[c][n + 2] != 0.f || g[c][n + 3] != 0.f) active[(n - n0) / 4] |= 1u << c;
-  // Spread over every group of four rows in every strip.
+  if (!all) {
+    backward_stream_dt<DT>(dy + (long)t0 * N, C, N, W, K, n0, n1, partial + (long)t0 * K);
+    return;
+  }
+  // Spread over every row of every strip.
   NextLines next(next_at ? W + (long)n0 * rb + next_at : nullptr, (long)(n1 - n0) * rb,
-                 (long)((n1 - n0) / 4) * (K / 64 + (K % 64 + 15) / 16));
+                 (long)(n1 - n0) * (K / 64 + (K % 64 + 15) / 16));
   int k = 0;
-  for (; k + 64 <= K; k += 64) cached_strip<DT, C, 4, false>(g, W, rb, n0, n1, active.data(), k, 0xFFFF, out, next);
+  for (; k + 64 <= K; k += 64) cached_strip<DT, C, 4, false>(g, W, rb, n0, n1, k, 0xFFFF, out, next);
   for (; k < K; k += 16) {
     const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
-    cached_strip<DT, C, 1, true>(g, W, rb, n0, n1, active.data(), k, m, out, next);
+    cached_strip<DT, C, 1, true>(g, W, rb, n0, n1, k, m, out, next);
   }
 }
 
