@@ -602,6 +602,19 @@ TEST("kernels: few-row input gradients (C3PO's stacked rows) sum each output ove
                 same = same && want == dx1[size_t(t) * K + k];
               }
             CHECK_MSG(same, "backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
+            // On the calling thread alone (an expert's rows), up to four rows stream W: one chain over all of it from
+            // the old value (more rows go to the packed GEMM, which adds its blocks' chains).
+            if (T > 4) continue;
+            std::vector<float> dx3(before);
+            matmul_backward_input_serial(dy.data(), T, W.mat, dx3.data(), accumulate);
+            bool serial_same = true;
+            for (int t = 0; t < T; ++t)
+              for (int k = 0; k < K; ++k) {
+                float acc = accumulate ? before[size_t(t) * K + k] : 0.f;
+                for (int n = 0; n < N; ++n) acc = std::fma(dy[size_t(t) * N + n], W.values[size_t(n) * K + k], acc);
+                serial_same = serial_same && acc == dx3[size_t(t) * K + k];
+              }
+            CHECK_MSG(serial_same, "serial backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
           }
         }
 }

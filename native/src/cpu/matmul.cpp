@@ -211,6 +211,27 @@ void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulat
   avx512::gemm_panel(x, T, K, W.data, dt, 0, N, y, N, accumulate, panel.data());
 }
 
+// out[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :] for a few rows t (AVX-512), W's rows in one chain per output.
+// From 512 KiB of rows (the experts' and attention's backward in C3PO steps) it goes by 128 KiB slabs that fit in
+// cache: each is summed from cache (backward_cached, the same chains, so the same bits) while the next one is fetched
+// in address order. On A the three-row expert backward went from 17-21 to 21-26 GB/s (slabs of 64-128 KiB; 256: 22-23,
+// 512: 13-18); below that size W is likely in cache already and is streamed row by row.
+static void few_rows_backward(const float* dy, int T, const Mat& W, int dt, int n0, int n1, float* out) {
+  constexpr int64_t kCachedPartBytes = int64_t(512) << 10, kCachedSlabBytes = int64_t(128) << 10;
+  const int N = W.rows, K = W.cols;
+  const int64_t rb = int64_t(K) * dtype_size(W.dtype);
+  if (int64_t(n1 - n0) * rb < kCachedPartBytes) {
+    avx512::backward_stream(dy, T, N, W.data, dt, K, n0, n1, out);
+    return;
+  }
+  const int slab = std::max<int>(4, int(kCachedSlabBytes / rb) / 4 * 4);
+  for (int64_t x = 0; x < int64_t(slab) * rb; x += 64) __builtin_prefetch(W.row(n0) + x);
+  for (int n = n0; n < n1; n += slab) {
+    const int e = std::min(n1, n + slab);
+    avx512::backward_cached(dy, T, N, W.data, dt, K, n, e, out, e < n1 ? long(e - n) * rb : 0);
+  }
+}
+
 void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* dx, bool accumulate) {
   if (T <= 0) return;
   if (W.tiled()) return matmul_tiled_backward_input_serial(dy, T, W, dx, accumulate);
@@ -233,7 +254,7 @@ void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* d
     // A few rows (an expert's share of C3PO's stacked rows, decoding-size backward): W streamed once, row by row;
     // packing it into panels for so few rows costs more than the products.
     if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
-    avx512::backward_stream(dy, T, N, W.data, dt_code(W.dtype), K, 0, N, dx);
+    few_rows_backward(dy, T, W, dt_code(W.dtype), 0, N, dx);
     return;
   }
   thread_local std::vector<float> panel;
@@ -295,8 +316,6 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
     });
     return;
   }
-  // Few-row parts from this size are summed slab by slab from cache (below).
-  constexpr int64_t kCachedPartBytes = int64_t(512) << 10, kCachedSlabBytes = int64_t(128) << 10;
   // Column tiles (below) re-read W once per 8 rows of dy: right for many rows against a W that stays in cache (the
   // attention's probabilities times V), wrong for a few rows against a large W (the LM head's backward), which
   // streams W row by row instead.
@@ -325,24 +344,8 @@ void matmul_backward_input(ThreadPool& pool, const float* dy, int T, const Mat& 
       const int tb = std::min(TB, T - t0);
       std::fill(partials.begin(), partials.end(), 0.f);
       auto run_part = [&](int p) {
-        const int a = p * part_rows, b = std::min(N, (p + 1) * part_rows);
-        float* part = partials.data() + static_cast<size_t>(p) * TB * K;
-        const float* d = dy + static_cast<size_t>(t0) * N;
-        const int64_t rb = int64_t(K) * dtype_size(W.dtype);
-        if (int64_t(b - a) * rb < kCachedPartBytes) {
-          avx512::backward_stream(d, tb, N, W.data, dt, K, a, b, part);
-          return;
-        }
-        // A large part (the experts' and attention's rows in C3PO steps) goes by slabs that fit in cache: each is summed
-        // from cache (backward_cached, the same chains) while the next one is fetched in address order. On A the
-        // three-row expert backward went from 17-21 to 24-26 GB/s (slabs of 64-128 KiB; 256: 22-23, 512: 13-18).
-        const int slab = std::max<int>(4, int(kCachedSlabBytes / rb) / 4 * 4);
-        for (int64_t x = 0; x < std::min<int64_t>(int64_t(b - a) * rb, int64_t(slab) * rb); x += 64)
-          __builtin_prefetch(W.row(a) + x);
-        for (int n = a; n < b; n += slab) {
-          const int e = std::min(b, n + slab);
-          avx512::backward_cached(d, tb, N, W.data, dt, K, n, e, part, e < b ? long(e - n) * rb : 0);
-        }
+        few_rows_backward(dy + static_cast<size_t>(t0) * N, tb, W, dt, p * part_rows, std::min(N, (p + 1) * part_rows),
+                          partials.data() + static_cast<size_t>(p) * TB * K);
       };
       if (parts == 1 || pool.size() == 1) {
         for (int p = 0; p < parts; ++p) run_part(p);
