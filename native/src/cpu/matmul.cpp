@@ -214,8 +214,8 @@ void matmul_serial(const float* x, int T, const Mat& W, float* y, bool accumulat
 // out[t, :] += sum_{n in [n0, n1)} dy[t, n] W[n, :] for a few rows t (AVX-512), W's rows in one chain per output.
 // From 512 KiB of rows (the experts' and attention's backward in C3PO steps) it goes by 128 KiB slabs that fit in
 // cache: each is summed from cache (backward_cached, the same chains, so the same bits) while the next one is fetched
-// in address order. On A the three-row expert backward went from 17-21 to 21-26 GB/s (slabs of 64-128 KiB; 256: 22-23,
-// 512: 13-18); below that size W is likely in cache already and is streamed row by row.
+// in address order. On A the experts' backward for three rows went from 18.5-20 to 29-37 GB/s one expert per thread
+// (slabs of 64-128 KiB; 256: 22-23, 512: 13-18, split across threads); smaller W is streamed row by row.
 static void few_rows_backward(const float* dy, int T, const Mat& W, int dt, int n0, int n1, float* out) {
   constexpr int64_t kCachedPartBytes = int64_t(512) << 10, kCachedSlabBytes = int64_t(128) << 10;
   const int N = W.rows, K = W.cols;
@@ -251,7 +251,7 @@ void matmul_backward_input_serial(const float* dy, int T, const Mat& W, float* d
     return;
   }
   if (T <= kStreamBackwardRows) {
-    // A few rows (an expert's share of C3PO's stacked rows, decoding-size backward): W streamed once, row by row;
+    // A few rows (an expert's share of C3PO's stacked rows, decoding-size backward): W read once (few_rows_backward);
     // packing it into panels for so few rows costs more than the products.
     if (!accumulate) std::fill(dx, dx + static_cast<size_t>(T) * K, 0.f);
     few_rows_backward(dy, T, W, dt_code(W.dtype), 0, N, dx);
@@ -435,7 +435,8 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
           sp[t] += sum;
         }
         // The slab is in cache: its rows' share of the sums, while the next slab comes in for its logits.
-        if (ap) avx512::backward_cached(z.data(), T, kSlab, Ws, dt, K, 0, n, ap, b + 1 < b_end ? long(n) * W.cols * dtype_size(W.dtype) : 0);
+        const long next = b + 1 < b_end ? long(n) * W.cols * dtype_size(W.dtype) : 0;
+        if (ap) avx512::backward_cached(z.data(), T, kSlab, Ws, dt, K, 0, n, ap, next);
       }
     }
   }, int64_t(T) * V * K * (dx ? 2 : 1));

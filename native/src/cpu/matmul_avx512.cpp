@@ -56,9 +56,9 @@ struct NextLines {
   }
 };
 
-// Rows [n0, n1) of a streamed matrix, fetched kFarAhead bytes ahead of where four rows side by side read (four lines per
-// step of 64 bytes along them): the next block of rows arrives in address order, one stream the memory serves at its
-// rate. On a Zen 4, three-row products went from 21-25 to 29-36 GB/s forward (16 KiB; 32 KiB: 27-30, 64 KiB: 25).
+// Rows [n0, n1) of a streamed matrix, fetched kFarAhead bytes ahead of where four rows side by side read (four lines
+// per step of 64 bytes along them): the next block of rows arrives in address order, one stream the memory serves at
+// its rate. On a Zen 4, three-row products went from 21-25 to 29-36 GB/s forward (16 KiB; 32 KiB: 27-30, 64 KiB: 25).
 // Only from kFarFrom bytes of rows: smaller matrices are likely in cache already (the demo model's, 32 KiB each, ran
 // 1-9 % slower per C3PO item with these fetches).
 constexpr long kFarAhead = 16 << 10, kFarFrom = 128 << 10;
@@ -549,7 +549,8 @@ inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, 
 }
 
 template <int DT, int C>
-void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1, float* partial, int t0, long next_at) {
+void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1, float* partial, int t0,
+                 long next_at) {
   const long rb = (long)K * elem_bytes(DT);
   const float* g[C];
   float* out[C];
@@ -575,7 +576,8 @@ void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1
 }
 
 template <int DT>
-void backward_cached_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, float* partial, long next) {
+void backward_cached_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, float* partial,
+                        long next) {
   int t = 0;
   for (; t + 3 <= T; t += 3) cached_rows<DT, 3>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
   if (T - t == 2) cached_rows<DT, 2>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
