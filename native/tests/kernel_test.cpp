@@ -572,51 +572,51 @@ TEST("kernels: few-row input gradients (C3PO's stacked rows) sum each output ove
                                                   {1024, 1040}};
   for (DType dt : {DType::BF16, DType::F16, DType::F32})
     for (const auto& [N, K] : shapes)
-        for (int T : {1, 2, 3, 4, 5, 7}) {
-          if (N * K > 100000 && T != 3 && T != 4) continue;  // the float loop below is slow at that size
-          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
-          std::vector<float> dy(size_t(T) * N);
-          for (auto& v : dy) v = nd(rng);
-          // Rows of zeros are skipped (a whole row, and one block of four weight rows in another): the rows still
-          // summed share each widened slice of W, up to four at a time, and keep their own chains' bits.
-          if (T >= 2) std::fill(dy.begin() + N, dy.begin() + 2 * N, 0.f);
-          if (T >= 3 && N >= 8) std::fill(dy.begin() + 2 * N + 4, dy.begin() + 2 * N + 8, 0.f);
-          for (bool accumulate : {false, true}) {
-            std::vector<float> before(size_t(T) * K);
-            for (auto& v : before) v = nd(rng);
-            std::vector<float> dx1(before), dx2(before);
-            matmul_backward_input(pool1, dy.data(), T, W.mat, dx1.data(), accumulate);
-            matmul_backward_input(pool2, dy.data(), T, W.mat, dx2.data(), accumulate);
-            bool same = dx1 == dx2;
-            // A product past a million multiply-adds sums fixed parts of W's rows, each one chain, added in order.
-            const int part_rows = int64_t(N) * K * T < (int64_t(1) << 20) ? N : std::max(256, ((N + 15) / 16 + 255) / 256 * 256);
-            for (int t = 0; t < T; ++t)
-              for (int k = 0; k < K; ++k) {
-                float want = accumulate ? before[size_t(t) * K + k] : 0.f;
-                for (int p0 = 0; p0 < N; p0 += part_rows) {
-                  float acc = 0.f;
-                  for (int n = p0; n < std::min(N, p0 + part_rows); ++n)
-                    acc = std::fma(dy[size_t(t) * N + n], W.values[size_t(n) * K + k], acc);
-                  want = part_rows == N && !accumulate ? acc : want + acc;
-                }
-                same = same && want == dx1[size_t(t) * K + k];
+      for (int T : {1, 2, 3, 4, 5, 7}) {
+        if (N * K > 100000 && T != 3 && T != 4) continue;  // the float loop below is slow at that size
+        rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+        std::vector<float> dy(size_t(T) * N);
+        for (auto& v : dy) v = nd(rng);
+        // Rows of zeros are skipped (a whole row, and one block of four weight rows in another): the rows still
+        // summed share each widened slice of W, up to four at a time, and keep their own chains' bits.
+        if (T >= 2) std::fill(dy.begin() + N, dy.begin() + 2 * N, 0.f);
+        if (T >= 3 && N >= 8) std::fill(dy.begin() + 2 * N + 4, dy.begin() + 2 * N + 8, 0.f);
+        for (bool accumulate : {false, true}) {
+          std::vector<float> before(size_t(T) * K);
+          for (auto& v : before) v = nd(rng);
+          std::vector<float> dx1(before), dx2(before);
+          matmul_backward_input(pool1, dy.data(), T, W.mat, dx1.data(), accumulate);
+          matmul_backward_input(pool2, dy.data(), T, W.mat, dx2.data(), accumulate);
+          bool same = dx1 == dx2;
+          // A product past a million multiply-adds sums fixed parts of W's rows, each one chain, added in order.
+          const int part_rows = int64_t(N) * K * T < (int64_t(1) << 20) ? N : std::max(256, ((N + 15) / 16 + 255) / 256 * 256);
+          for (int t = 0; t < T; ++t)
+            for (int k = 0; k < K; ++k) {
+              float want = accumulate ? before[size_t(t) * K + k] : 0.f;
+              for (int p0 = 0; p0 < N; p0 += part_rows) {
+                float acc = 0.f;
+                for (int n = p0; n < std::min(N, p0 + part_rows); ++n)
+                  acc = std::fma(dy[size_t(t) * N + n], W.values[size_t(n) * K + k], acc);
+                want = part_rows == N && !accumulate ? acc : want + acc;
               }
-            CHECK_MSG(same, "backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
-            // On the calling thread alone (an expert's rows), up to four rows stream W: one chain over all of it from
-            // the old value (more rows go to the packed GEMM, which adds its blocks' chains).
-            if (T > 4) continue;
-            std::vector<float> dx3(before);
-            matmul_backward_input_serial(dy.data(), T, W.mat, dx3.data(), accumulate);
-            bool serial_same = true;
-            for (int t = 0; t < T; ++t)
-              for (int k = 0; k < K; ++k) {
-                float acc = accumulate ? before[size_t(t) * K + k] : 0.f;
-                for (int n = 0; n < N; ++n) acc = std::fma(dy[size_t(t) * N + n], W.values[size_t(n) * K + k], acc);
-                serial_same = serial_same && acc == dx3[size_t(t) * K + k];
-              }
-            CHECK_MSG(serial_same, "serial backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
-          }
+              same = same && want == dx1[size_t(t) * K + k];
+            }
+          CHECK_MSG(same, "backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
+          // On the calling thread alone (an expert's rows), up to four rows stream W: one chain over all of it from
+          // the old value (more rows go to the packed GEMM, which adds its blocks' chains).
+          if (T > 4) continue;
+          std::vector<float> dx3(before);
+          matmul_backward_input_serial(dy.data(), T, W.mat, dx3.data(), accumulate);
+          bool serial_same = true;
+          for (int t = 0; t < T; ++t)
+            for (int k = 0; k < K; ++k) {
+              float acc = accumulate ? before[size_t(t) * K + k] : 0.f;
+              for (int n = 0; n < N; ++n) acc = std::fma(dy[size_t(t) * N + n], W.values[size_t(n) * K + k], acc);
+              serial_same = serial_same && acc == dx3[size_t(t) * K + k];
+            }
+          CHECK_MSG(serial_same, "serial backward " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K << " accumulate=" << accumulate);
         }
+      }
 }
 
 TEST("kernels: the LM head's input gradient over a cached slab gives the streamed rows' bits") {

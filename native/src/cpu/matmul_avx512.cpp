@@ -4,8 +4,6 @@
 
 #include <immintrin.h>
 
-#include <vector>
-
 #include "cpu/block_prefetch.h"
 #include "cpu/vecmath_avx512.h"
 
