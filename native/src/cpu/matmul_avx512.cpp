@@ -3,6 +3,7 @@
 #include "cpu/matmul_avx512.h"
 
 #include <immintrin.h>
+#include <type_traits>
 
 #include "cpu/block_prefetch.h"
 #include "cpu/vecmath_avx512.h"
@@ -161,9 +162,10 @@ void dot_block_sequential(const float* x, int K, const uint8_t* W, long row_byte
 }
 
 template <int DT, int TT>
-void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate) {
+void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate,
+                const NextLines* fetch = nullptr) {
   const long rb = (long)K * elem_bytes(DT);
-  if (TT == 1 && (long)(n1 - n0) * rb >= kSequentialBytes) {
+  if (!fetch && TT == 1 && (long)(n1 - n0) * rb >= kSequentialBytes) {
     for (int n = n0; n < n1; n += 4) dot_block_sequential<DT>(x, K, W, rb, n, imin(4, n1 - n), y, accumulate);
     return;
   }
@@ -171,7 +173,7 @@ void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* 
   const long lead = rb < kStreamAhead ? rb : kStreamAhead;
   for (int r = 0; r < 4 && n0 + r < n1; ++r)
     for (long b = 0; b < lead; b += 64) _mm_prefetch((const char*)(W + (long)(n0 + r) * rb + b), _MM_HINT_T0);
-  NextLines far = lead_lines(W, rb, n0, n1);
+  NextLines far = fetch ? *fetch : lead_lines(W, rb, n0, n1);
   for (int n = n0; n < n1; n += 4) {
     const uint8_t* next[4];
     for (int r = 0; r < 4; ++r) next[r] = n + 4 + r < n1 ? W + (long)(n + 4 + r) * rb : nullptr;
@@ -410,6 +412,28 @@ void dot_rows(const float* x, int T, int K, const uint8_t* W, int dt, int n0, in
   else dot_rows_dt<2>(x, T, K, W, n0, n1, y, ldy, accumulate);
 }
 
+void dot_rows_cached(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
+                     int accumulate, const uint8_t* fetch, long fetch_bytes) {
+  if (T > 4) {
+    dot_rows(x, T, K, W, dt, n0, n1, y, ldy, accumulate);
+    return;
+  }
+  const long kl = dt == 0 ? 16 : 32;
+  const NextLines far(fetch, fetch_bytes, (long)(n1 - n0 + 3) / 4 * ((K + kl - 1) / kl));
+  auto run = [&](auto dtc) {
+    constexpr int DT = decltype(dtc)::value;
+    switch (T) {
+      case 1: dot_rows_t<DT, 1>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
+      case 2: dot_rows_t<DT, 2>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
+      case 3: dot_rows_t<DT, 3>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
+      default: dot_rows_t<DT, 4>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
+    }
+  };
+  if (dt == 0) run(std::integral_constant<int, 0>{});
+  else if (dt == 1) run(std::integral_constant<int, 1>{});
+  else run(std::integral_constant<int, 2>{});
+}
+
 void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
                 int accumulate, float* panel) {
   if (dt == 0) gemm_panel_dt<0>(x, T, K, W, n0, n1, y, ldy, accumulate, panel);
@@ -548,7 +572,7 @@ inline void cached_strip(const float* const (&g)[C], const uint8_t* W, long rb, 
 
 template <int DT, int C>
 void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1, float* partial, int t0,
-                 long next_at) {
+                 const uint8_t* fetch, long fetch_bytes) {
   const long rb = (long)K * elem_bytes(DT);
   const float* g[C];
   float* out[C];
@@ -563,8 +587,7 @@ void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1
     return;
   }
   // Spread over every row of every strip.
-  NextLines next(next_at ? W + (long)n0 * rb + next_at : nullptr, (long)(n1 - n0) * rb,
-                 (long)(n1 - n0) * (K / 64 + (K % 64 + 15) / 16));
+  NextLines next(fetch, fetch_bytes, (long)(n1 - n0) * (K / 64 + (K % 64 + 15) / 16));
   int k = 0;
   for (; k + 64 <= K; k += 64) cached_strip<DT, C, 4, false>(g, W, rb, n0, n1, k, 0xFFFF, out, next);
   for (; k < K; k += 16) {
@@ -575,11 +598,11 @@ void cached_rows(const float* dy, int N, const uint8_t* W, int K, int n0, int n1
 
 template <int DT>
 void backward_cached_dt(const float* dy, int T, int N, const uint8_t* W, int K, int n0, int n1, float* partial,
-                        long next) {
+                        const uint8_t* fetch, long fetch_bytes) {
   int t = 0;
-  for (; t + 3 <= T; t += 3) cached_rows<DT, 3>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
-  if (T - t == 2) cached_rows<DT, 2>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
-  else if (T - t == 1) cached_rows<DT, 1>(dy, N, W, K, n0, n1, partial, t, t == 0 ? next : 0);
+  for (; t + 3 <= T; t += 3) cached_rows<DT, 3>(dy, N, W, K, n0, n1, partial, t, t == 0 ? fetch : nullptr, fetch_bytes);
+  if (T - t == 2) cached_rows<DT, 2>(dy, N, W, K, n0, n1, partial, t, t == 0 ? fetch : nullptr, fetch_bytes);
+  else if (T - t == 1) cached_rows<DT, 1>(dy, N, W, K, n0, n1, partial, t, t == 0 ? fetch : nullptr, fetch_bytes);
 }
 }  // namespace
 
@@ -590,10 +613,10 @@ void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, in
 }
 
 void backward_cached(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial,
-                     long prefetch_next) {
-  if (dt == 0) backward_cached_dt<0>(dy, T, N, W, K, n0, n1, partial, prefetch_next);
-  else if (dt == 1) backward_cached_dt<1>(dy, T, N, W, K, n0, n1, partial, prefetch_next);
-  else backward_cached_dt<2>(dy, T, N, W, K, n0, n1, partial, prefetch_next);
+                     const uint8_t* fetch, long fetch_bytes) {
+  if (dt == 0) backward_cached_dt<0>(dy, T, N, W, K, n0, n1, partial, fetch, fetch_bytes);
+  else if (dt == 1) backward_cached_dt<1>(dy, T, N, W, K, n0, n1, partial, fetch, fetch_bytes);
+  else backward_cached_dt<2>(dy, T, N, W, K, n0, n1, partial, fetch, fetch_bytes);
 }
 
 void backward_rows(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int k0, int k1, float* dx,
