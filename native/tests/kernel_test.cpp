@@ -35,6 +35,24 @@ const char* family_name(ExpertKernels f) {
   }
 }
 
+// The LM head's slab kernels against their streamed counterparts: every dtype, ragged slabs (N rows, K columns) and
+// row counts of x, each with a matrix whose rows start off their natural alignment. code: the kernels' dtype code.
+template <class Check>
+void for_each_slab_shape(unsigned seed, Check check) {
+  std::mt19937 rng(seed);
+  for (DType dt : {DType::BF16, DType::F16, DType::F32})
+    for (int N : {3, 8, 61, 64})
+      for (int K : {16, 72, 130, 2048})
+        for (int T : {1, 2, 3, 4, 7}) {
+          const rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
+          check(W, dt == DType::F32 ? 0 : dt == DType::F16 ? 1 : 2, N, K, T, rng);
+        }
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
 }  // namespace
 
 TEST("kernels: grouped experts (gate/up, SiLU, down, weighted combine) match a float64 loop for every family") {
@@ -623,60 +641,46 @@ TEST("kernels: the LM head's input gradient over a cached slab gives the streame
   // backward_cached keeps 64 columns in registers across the slab's rows; each sum must still be backward_stream's
   // chain over n: four rows per fused step, rows of zeros skipped, the remainder one by one, masked last columns.
   if (!cpu_has_avx512()) return;
-  std::mt19937 rng(31);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  for (DType dt : {DType::BF16, DType::F16, DType::F32})
-    for (int N : {3, 8, 61, 64})
-      for (int K : {16, 72, 130, 2048})
-        for (int T : {1, 2, 3, 4, 7}) {
-          rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
-          std::vector<float> dy(size_t(T) * N);
-          for (auto& v : dy) v = nd(rng);
-          if (T >= 2) std::fill(dy.begin() + N, dy.begin() + 2 * N, 0.f);  // a row of zeros
-          if (T >= 3 && N >= 8) std::fill(dy.begin() + 2 * N + 4, dy.begin() + 2 * N + 8, 0.f);  // four rows of it
-          if (N % 4) dy[size_t(T - 1) * N + N - 1] = 0.f;  // a zero among the remainder rows
-          std::vector<float> streamed(size_t(T) * K), cached;
-          for (auto& v : streamed) v = nd(rng);
-          cached = streamed;
-          const int code = dt == DType::F32 ? 0 : dt == DType::F16 ? 1 : 2;
-          avx512::backward_stream(dy.data(), T, N, W.mat.data, code, K, 0, N, streamed.data());
-          // Fetching lines meanwhile (here the matrix's own, as the LM head fetches its next slab) changes no sum.
-          const long bytes = long(N) * K * (code == 0 ? 4 : 2);
-          avx512::backward_cached(dy.data(), T, N, W.mat.data, code, K, 0, N, cached.data(), T % 2 ? W.mat.data : nullptr,
-                                  T % 2 ? bytes : 0);
-          bool same = true;
-          for (size_t i = 0; i < cached.size(); ++i) same = same && std::memcmp(&cached[i], &streamed[i], 4) == 0;
-          CHECK_MSG(same, "backward_cached " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K);
-        }
+  for_each_slab_shape(31, [](const rstest::TestMatrix& W, int code, int N, int K, int T, std::mt19937& rng) {
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::vector<float> dy(size_t(T) * N);
+    for (auto& v : dy) v = nd(rng);
+    if (T >= 2) std::fill(dy.begin() + N, dy.begin() + 2 * N, 0.f);  // a row of zeros
+    if (T >= 3 && N >= 8) std::fill(dy.begin() + 2 * N + 4, dy.begin() + 2 * N + 8, 0.f);  // four rows of it
+    if (N % 4) dy[size_t(T - 1) * N + N - 1] = 0.f;  // a zero among the remainder rows
+    std::vector<float> streamed(size_t(T) * K), cached;
+    for (auto& v : streamed) v = nd(rng);
+    cached = streamed;
+    avx512::backward_stream(dy.data(), T, N, W.mat.data, code, K, 0, N, streamed.data());
+    // Fetching lines meanwhile (here the matrix's own, as the LM head fetches its next slab) changes no sum.
+    const long bytes = long(N) * K * (code == 0 ? 4 : 2);
+    avx512::backward_cached(dy.data(), T, N, W.mat.data, code, K, 0, N, cached.data(), T % 2 ? W.mat.data : nullptr,
+                            T % 2 ? bytes : 0);
+    CHECK_MSG(same_bits(cached, streamed), "backward_cached " << dtype_name(W.mat.dtype) << " T=" << T << " N=" << N
+                                                              << " K=" << K);
+  });
 }
 
 TEST("kernels: the LM head's logits over a cached slab give dot_rows' bits") {
   // dot_rows_cached runs four weight rows side by side for every row count (one row of x included, which dot_rows
   // streams row after row from 128 KiB on) while fetching the caller's next slab; each logit must be dot_rows' chain.
   if (!cpu_has_avx512()) return;
-  std::mt19937 rng(37);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  for (DType dt : {DType::BF16, DType::F16, DType::F32})
-    for (int N : {3, 8, 61, 64})
-      for (int K : {16, 72, 130, 2048})
-        for (int T : {1, 2, 3, 4, 7})
-          for (int accumulate : {0, 1}) {
-            rstest::TestMatrix W = misaligned_matrix(N, K, dt, 0.5f, rng);
-            std::vector<float> x(size_t(T) * K);
-            for (auto& v : x) v = nd(rng);
-            const int ldy = N + 3;
-            std::vector<float> plain(size_t(T) * ldy), cached;
-            for (auto& v : plain) v = nd(rng);
-            cached = plain;
-            const int code = dt == DType::F32 ? 0 : dt == DType::F16 ? 1 : 2;
-            const long bytes = long(N) * K * (code == 0 ? 4 : 2);
-            avx512::dot_rows(x.data(), T, K, W.mat.data, code, 1, N, plain.data(), ldy, accumulate);
-            avx512::dot_rows_cached(x.data(), T, K, W.mat.data, code, 1, N, cached.data(), ldy, accumulate, W.mat.data, bytes);
-            bool same = true;
-            for (size_t i = 0; i < cached.size(); ++i) same = same && std::memcmp(&cached[i], &plain[i], 4) == 0;
-            CHECK_MSG(same, "dot_rows_cached " << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K
-                                               << " accumulate=" << accumulate);
-          }
+  for_each_slab_shape(37, [](const rstest::TestMatrix& W, int code, int N, int K, int T, std::mt19937& rng) {
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (int accumulate : {0, 1}) {
+      std::vector<float> x(size_t(T) * K);
+      for (auto& v : x) v = nd(rng);
+      const int ldy = N + 3;
+      std::vector<float> plain(size_t(T) * ldy), cached;
+      for (auto& v : plain) v = nd(rng);
+      cached = plain;
+      const long bytes = long(N) * K * (code == 0 ? 4 : 2);
+      avx512::dot_rows(x.data(), T, K, W.mat.data, code, 1, N, plain.data(), ldy, accumulate);
+      avx512::dot_rows_cached(x.data(), T, K, W.mat.data, code, 1, N, cached.data(), ldy, accumulate, W.mat.data, bytes);
+      CHECK_MSG(same_bits(cached, plain), "dot_rows_cached " << dtype_name(W.mat.dtype) << " T=" << T << " N=" << N
+                                                             << " K=" << K << " accumulate=" << accumulate);
+    }
+  });
 }
 
 TEST("kernels: matmul with bf16-rounded activations (vdpbf16ps, and the reference path) matches a float64 loop") {

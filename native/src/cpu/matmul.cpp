@@ -228,7 +228,8 @@ static void few_rows_backward(const float* dy, int T, const Mat& W, int dt, int 
   for (int64_t x = 0; x < int64_t(slab) * rb; x += 64) __builtin_prefetch(W.row(n0) + x);
   for (int n = n0; n < n1; n += slab) {
     const int e = std::min(n1, n + slab);
-    avx512::backward_cached(dy, T, N, W.data, dt, K, n, e, out, W.row(e), e < n1 ? (std::min(n1, e + slab) - e) * rb : 0);
+    const int64_t next_bytes = e < n1 ? (std::min(n1, e + slab) - e) * rb : 0;
+    avx512::backward_cached(dy, T, N, W.data, dt, K, n, e, out, W.row(e), next_bytes);
   }
 }
 
@@ -418,12 +419,12 @@ void lm_head_cross_entropy(ThreadPool& pool, const float* x, int T, const Mat& W
         const uint8_t* Ws = W.row(n0);
         // With a gradient, the next slab is fetched while this one is worked on from cache: its first half during the
         // logits, the rest during the gradient, so the reads spread over both (one C3PO head pass for three rows on A:
-        // 8.5-11.5 -> 7.9-10.2 ms in alternated runs, against all of it during the gradient). A part's first slab streams from memory
-        // with dot_rows' own fetches, and its gradient fetches the whole next slab.
+        // 8.5-11.5 -> 7.9-10.2 ms in alternated runs, against all of it during the gradient). A part's first slab
+        // streams from memory with dot_rows' own fetches, and its gradient fetches the whole next slab.
         const bool streamed = !ap || b == slabs * p / parts;
         const long next_bytes = b + 1 < b_end ? long(std::min(V, n0 + n + kSlab) - n0 - n) * K * dtype_size(W.dtype) : 0;
         const long in_logits = streamed ? 0 : next_bytes / 2 / 64 * 64;
-        const uint8_t* Wn = W.row(n0 + n - 1) + long(K) * dtype_size(W.dtype);  // the next slab's first row
+        const uint8_t* Wn = Ws + long(n) * K * dtype_size(W.dtype);  // the next slab's first row
         if (streamed) avx512::dot_rows(x, T, K, Ws, dt, 0, n, z.data(), kSlab, 0);
         else avx512::dot_rows_cached(x, T, K, Ws, dt, 0, n, z.data(), kSlab, 0, Wn, in_logits);
         for (int t = 0; t < T; ++t) {

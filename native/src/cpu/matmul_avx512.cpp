@@ -3,7 +3,6 @@
 #include "cpu/matmul_avx512.h"
 
 #include <immintrin.h>
-#include <type_traits>
 
 #include "cpu/block_prefetch.h"
 #include "cpu/vecmath_avx512.h"
@@ -181,17 +180,21 @@ void dot_rows_t(const float* x, int K, const uint8_t* W, int n0, int n1, float* 
   }
 }
 
+// fetch: lines the first four rows' pass fetches instead of these rows' own (dot_rows_cached); the later passes
+// re-read the rows from cache.
 template <int DT>
-void dot_rows_dt(const float* x, int T, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate) {
+void dot_rows_dt(const float* x, int T, int K, const uint8_t* W, int n0, int n1, float* y, int ldy, int accumulate,
+                 const NextLines* fetch = nullptr) {
   for (int t = 0; t < T; t += 4) {
     int tt = imin(4, T - t);
     const float* xs = x + (long)t * K;
     float* ys = y + (long)t * ldy;
+    const NextLines* f = t == 0 ? fetch : nullptr;
     switch (tt) {
-      case 1: dot_rows_t<DT, 1>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
-      case 2: dot_rows_t<DT, 2>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
-      case 3: dot_rows_t<DT, 3>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
-      default: dot_rows_t<DT, 4>(xs, K, W, n0, n1, ys, ldy, accumulate); break;
+      case 1: dot_rows_t<DT, 1>(xs, K, W, n0, n1, ys, ldy, accumulate, f); break;
+      case 2: dot_rows_t<DT, 2>(xs, K, W, n0, n1, ys, ldy, accumulate, f); break;
+      case 3: dot_rows_t<DT, 3>(xs, K, W, n0, n1, ys, ldy, accumulate, f); break;
+      default: dot_rows_t<DT, 4>(xs, K, W, n0, n1, ys, ldy, accumulate, f); break;
     }
   }
 }
@@ -414,24 +417,11 @@ void dot_rows(const float* x, int T, int K, const uint8_t* W, int dt, int n0, in
 
 void dot_rows_cached(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
                      int accumulate, const uint8_t* fetch, long fetch_bytes) {
-  if (T > 4) {
-    dot_rows(x, T, K, W, dt, n0, n1, y, ldy, accumulate);
-    return;
-  }
-  const long kl = dt == 0 ? 16 : 32;
-  const NextLines far(fetch, fetch_bytes, (long)(n1 - n0 + 3) / 4 * ((K + kl - 1) / kl));
-  auto run = [&](auto dtc) {
-    constexpr int DT = decltype(dtc)::value;
-    switch (T) {
-      case 1: dot_rows_t<DT, 1>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
-      case 2: dot_rows_t<DT, 2>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
-      case 3: dot_rows_t<DT, 3>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
-      default: dot_rows_t<DT, 4>(x, K, W, n0, n1, y, ldy, accumulate, &far); break;
-    }
-  };
-  if (dt == 0) run(std::integral_constant<int, 0>{});
-  else if (dt == 1) run(std::integral_constant<int, 1>{});
-  else run(std::integral_constant<int, 2>{});
+  const long line = dt == 0 ? 16 : 32;  // elements per 64-byte line: one step of dot_block's loop
+  const NextLines far(fetch, fetch_bytes, (long)(n1 - n0 + 3) / 4 * ((K + line - 1) / line));
+  if (dt == 0) dot_rows_dt<0>(x, T, K, W, n0, n1, y, ldy, accumulate, &far);
+  else if (dt == 1) dot_rows_dt<1>(x, T, K, W, n0, n1, y, ldy, accumulate, &far);
+  else dot_rows_dt<2>(x, T, K, W, n0, n1, y, ldy, accumulate, &far);
 }
 
 void gemm_panel(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,

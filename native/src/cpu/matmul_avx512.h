@@ -16,8 +16,8 @@ void backward_stream(const float* dy, int T, int N, const uint8_t* W, int dt, in
 // fetch_bytes from fetch (the caller's next slab, or part of it) are fetched meanwhile, a few lines per row.
 void backward_cached(const float* dy, int T, int N, const uint8_t* W, int dt, int K, int n0, int n1, float* partial,
                      const uint8_t* fetch, long fetch_bytes);
-// dot_rows for up to 4 rows of x against rows of W already in cache, fetching fetch_bytes from fetch meanwhile in
-// address order, spread over the loop (the caller's next slab, or part of it); more rows of x go to dot_rows.
+// dot_rows over rows of W already in cache: the first four rows of x fetch fetch_bytes from fetch meanwhile in address
+// order, spread over their pass (the caller's next slab, or part of it); the same bits as dot_rows.
 void dot_rows_cached(const float* x, int T, int K, const uint8_t* W, int dt, int n0, int n1, float* y, int ldy,
                      int accumulate, const uint8_t* fetch, long fetch_bytes);
 // dx[t, k0:k1] (+)= sum_{n in [n0, n1)} dy[t, n] W[n, k0:k1] as a packed GEMM: W read once per call, in panels
